@@ -1,0 +1,89 @@
+//! Interception: terminate the client's TLS with a leaf minted for the
+//! CONNECT host, then run every inner HTTP/1.1 request through the same
+//! pipeline as plain HTTP, with the CONNECT target as the authoritative
+//! destination.
+
+use std::time::Duration;
+
+use pingora::apps::HttpServerApp;
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+
+use super::{connect, FrontDoor};
+use crate::pipeline::ctx::{ConnInfo, ConnectTarget};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn run(
+    door: &FrontDoor,
+    mut client: Stream,
+    conn: ConnInfo,
+    target: ConnectTarget,
+    shutdown: &ShutdownWatch,
+) {
+    let shared = &door.shared;
+    let server_config = match shared.leaves.server_config(&target.host) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(domain = %target.host, error = %e, "cannot mint a certificate");
+            let err = crate::error::ProxyError::BadRequest(format!(
+                "cannot intercept {:?}: {e}",
+                target.host
+            ));
+            connect::refuse(&mut client, &err).await;
+            return;
+        }
+    };
+    if connect::established(&mut client).await.is_err() {
+        return;
+    }
+    // The TLS acceptor needs the concrete stream type (a boxed `dyn IO` is not
+    // itself `IO`).
+    let l4: Box<L4Stream> = match client.into_any().downcast::<L4Stream>() {
+        Ok(s) => s,
+        Err(_) => {
+            tracing::error!("intercept: unexpected stream type");
+            return;
+        }
+    };
+    let acceptor = Acceptor::from_server_config(server_config);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(*l4)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            // Usually a client that does not trust our CA: expected, not an error of ours.
+            shared
+                .metrics
+                .proxy_errors_total
+                .with_label_values(&["client_tls_failed"])
+                .inc();
+            tracing::info!(domain = %target.host, error = %e, "client TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let conn = ConnInfo {
+        connect: Some(target),
+        ..conn
+    };
+    let mut stream: Stream = Box::new(tls);
+    let mut settings = None;
+    loop {
+        let mut session = ServerSession::new_http1(stream);
+        if let Some(s) = settings.take() {
+            pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session);
+        }
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        session.set_connection_user_context(Some(Box::new(conn.clone())));
+        match door.proxy.process_new_http(session, shutdown).await {
+            Some(reused) => {
+                let (s, p) = reused.consume();
+                stream = s;
+                settings = p;
+            }
+            None => return,
+        }
+    }
+}

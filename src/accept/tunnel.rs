@@ -1,0 +1,67 @@
+//! Tunnel mode (`tls = "tunnel"`): a blind byte tunnel for clients that pin
+//! the origin's certificate. The tunnel counts as one request for as long as
+//! it is open.
+
+use std::time::Duration;
+
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::net::TcpStream;
+
+use super::connect;
+use crate::error::ProxyError;
+use crate::pipeline::ctx::ConnectTarget;
+use crate::pipeline::upstream;
+use crate::state::Shared;
+
+pub async fn run(shared: &Shared, mut client: Stream, target: &ConnectTarget, shutdown: &ShutdownWatch) {
+    let _inflight = shared.inflight.enter();
+    let metrics = &shared.metrics;
+    let domain = metrics.domain_label(&target.host);
+    let mut upstream = match open(shared, target).await {
+        Ok(s) => s,
+        Err(err) => {
+            metrics.proxy_errors_total.with_label_values(&[err.code()]).inc();
+            metrics.requests_total.with_label_values(&[domain.as_str(), "error"]).inc();
+            tracing::info!(domain = %target.host, error = err.code(), "tunnel refused");
+            connect::refuse(&mut client, &err).await;
+            return;
+        }
+    };
+    if connect::established(&mut client).await.is_err() {
+        return;
+    }
+    metrics.requests_total.with_label_values(&[domain.as_str(), "forwarded"]).inc();
+    let mut shutdown = shutdown.clone();
+    let started = std::time::Instant::now();
+    let result = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => r.ok(),
+        // A tunnel has no request boundary to finish at: close it on shutdown.
+        _ = shutdown.changed() => None,
+    };
+    let (up, down) = result.unwrap_or_default();
+    tracing::info!(
+        target: "ezthrottle::access",
+        domain = %target.host,
+        bytes_up = up,
+        bytes_down = down,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "tunnel closed"
+    );
+}
+
+async fn open(shared: &Shared, target: &ConnectTarget) -> Result<TcpStream, ProxyError> {
+    let addr = upstream::resolve_one(shared, &target.host, target.port).await?;
+    let timeout: Duration = shared.config.proxy.connect_timeout;
+    let failed = || ProxyError::UpstreamConnectFailed {
+        host: target.host.clone(),
+        port: target.port,
+    };
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(_)) | Err(_) => Err(failed()),
+    }
+}

@@ -1,0 +1,186 @@
+//! The command line (SPEC §2). Flags beat environment variables, which beat
+//! the config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+use crate::tls::LocalCa;
+
+/// Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
+const EXIT_FAILURE: i32 = 1;
+const EXIT_CONFIG: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "ezthrottle", version, about = "Forward HTTP proxy that paces, de-duplicates and retries outbound API calls")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start the proxy and the control server.
+    Run(RunArgs),
+    /// Work with the config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage the local CA that signs intercepted hosts' certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ConfigArgs {
+    /// Config file (TOML); built-in defaults when absent.
+    #[arg(long, env = "EZTHROTTLE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for the CA and the embedded store.
+    #[arg(long, env = "EZTHROTTLE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    common: ConfigArgs,
+    /// Proxy listen address (default 127.0.0.1:4000).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Control listen address (default 127.0.0.1:4001).
+    #[arg(long)]
+    control_listen: Option<SocketAddr>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate the config and print the effective configuration.
+    Check(ConfigArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Create the local CA if it does not exist yet.
+    Init(ConfigArgs),
+    /// Print the path of the CA certificate (PEM).
+    Path(ConfigArgs),
+    /// Write the CA certificate (PEM) to --out, or to standard output.
+    Export {
+        #[command(flatten)]
+        common: ConfigArgs,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn load(args: &ConfigArgs, listen: Option<SocketAddr>, control_listen: Option<SocketAddr>) -> Result<Config, i32> {
+    let overrides = Overrides {
+        listen,
+        control_listen,
+        data_dir: args.data_dir.clone(),
+    };
+    Config::load(args.config.as_deref(), &overrides).map_err(|e| {
+        eprintln!("ezthrottle: config error: {e}");
+        EXIT_CONFIG
+    })
+}
+
+/// Entry point; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            init_logging();
+            let config = match load(&args.common, args.listen, args.control_listen) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match crate::server::run(config) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("ezthrottle: {e}");
+                    tracing::error!(error = %e, "start-up failed");
+                    EXIT_FAILURE
+                }
+            }
+        }
+        Command::Config(ConfigCommand::Check(args)) => match load(&args, None, None) {
+            Ok(config) => {
+                print!("{}", config.to_effective_toml());
+                let source = config
+                    .source
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "<defaults>".into());
+                eprintln!("ezthrottle: config ok ({source})");
+                0
+            }
+            Err(code) => code,
+        },
+        Command::Ca(cmd) => ca(cmd),
+    }
+}
+
+fn ca(cmd: CaCommand) -> i32 {
+    let (args, out) = match &cmd {
+        CaCommand::Init(a) | CaCommand::Path(a) => (a, None),
+        CaCommand::Export { common, out } => (common, out.clone()),
+    };
+    let config = match load(args, None, None) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let path = LocalCa::cert_path(&config);
+    if matches!(cmd, CaCommand::Path(_)) {
+        println!("{}", path.display());
+        return if path.exists() { 0 } else {
+            eprintln!("ezthrottle: no CA yet at {} (run `ezthrottle ca init`)", path.display());
+            EXIT_FAILURE
+        };
+    }
+    let ca = LocalCa::load_or_create(&config);
+    let ca = match ca {
+        Ok(ca) => ca,
+        Err(e) => {
+            eprintln!("ezthrottle: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    match (cmd, out) {
+        (CaCommand::Init(_), _) => {
+            println!("{}", path.display());
+            0
+        }
+        (_, Some(out)) => match std::fs::write(&out, ca.cert_pem()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ezthrottle: {}: {e}", out.display());
+                EXIT_FAILURE
+            }
+        },
+        (_, None) => {
+            print!("{}", ca.cert_pem());
+            0
+        }
+    }
+}
+
+/// `EZTHROTTLE_LOG` (tracing filter) and `EZTHROTTLE_LOG_FORMAT=json|text`;
+/// logs go to stderr so stdout stays for the ready line and command output.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("EZTHROTTLE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,pingora=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let json = std::env::var("EZTHROTTLE_LOG_FORMAT")
+        .map(|v| v.eq_ignore_ascii_case("json"))
+        .unwrap_or(false);
+    let result = if json { builder.json().try_init() } else { builder.try_init() };
+    if let Err(e) = result {
+        eprintln!("ezthrottle: logging: {e}");
+    }
+}

@@ -1,0 +1,128 @@
+//! Every error the proxy answers a client with, and the one place where each
+//! becomes an HTTP status, a stable machine-readable code and the JSON body of
+//! SPEC §8: `{"error":{"code":"...","message":"..."}}`.
+//!
+//! Messages are built only from what the client already sent or from our own
+//! configuration; they never carry upstream bodies, credentials or secrets.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// An error answered to a proxy client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProxyError {
+    #[error("this is a forward proxy: send absolute-form requests (GET http://host/path) or CONNECT; the control API listens on {control}")]
+    NotAProxyRequest { control: SocketAddr },
+    #[error("the request is not a valid proxy request: {0}")]
+    BadRequest(String),
+    #[error("the request targets this proxy itself")]
+    ProxyLoop,
+    #[error("CONNECT to port {port} is not allowed (allowed: {allowed})")]
+    ConnectPortDenied { port: u16, allowed: String },
+    #[error("client address {0} is not allowed to use this proxy")]
+    ClientNotAllowed(std::net::IpAddr),
+    #[error("could not resolve host {host}")]
+    UpstreamUnresolvable { host: String },
+    #[error("could not connect to {host}:{port}")]
+    UpstreamConnectFailed { host: String, port: u16 },
+    #[error("TLS handshake with {host}:{port} failed")]
+    UpstreamTlsFailed { host: String, port: u16 },
+    #[error("timed out talking to {host}:{port}")]
+    UpstreamTimeout { host: String, port: u16 },
+    #[error("the upstream connection to {host}:{port} failed")]
+    UpstreamFailed { host: String, port: u16 },
+    #[error("the proxy is shutting down")]
+    ShuttingDown,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ProxyError {
+    /// HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            ProxyError::NotAProxyRequest { .. } | ProxyError::BadRequest(_) => 400,
+            ProxyError::ProxyLoop => 508,
+            ProxyError::ConnectPortDenied { .. } | ProxyError::ClientNotAllowed(_) => 403,
+            ProxyError::UpstreamUnresolvable { .. }
+            | ProxyError::UpstreamConnectFailed { .. }
+            | ProxyError::UpstreamTlsFailed { .. }
+            | ProxyError::UpstreamFailed { .. } => 502,
+            ProxyError::UpstreamTimeout { .. } => 504,
+            ProxyError::ShuttingDown => 503,
+            ProxyError::Internal => 500,
+        }
+    }
+
+    /// Stable error code clients can match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NotAProxyRequest { .. } => "not_a_proxy_request",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::ProxyLoop => "proxy_loop",
+            ProxyError::ConnectPortDenied { .. } => "connect_port_denied",
+            ProxyError::ClientNotAllowed(_) => "client_not_allowed",
+            ProxyError::UpstreamUnresolvable { .. } => "upstream_unresolvable",
+            ProxyError::UpstreamConnectFailed { .. } => "upstream_connect_failed",
+            ProxyError::UpstreamTlsFailed { .. } => "upstream_tls_failed",
+            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::UpstreamFailed { .. } => "upstream_failed",
+            ProxyError::ShuttingDown => "shutting_down",
+            ProxyError::Internal => "internal_error",
+        }
+    }
+
+    /// `Retry-After` to send with this error, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProxyError::ShuttingDown => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// The JSON body of SPEC §8.
+    pub fn body(&self) -> Vec<u8> {
+        error_body(self.code(), &self.to_string())
+    }
+}
+
+/// `{"error":{"code":..,"message":..}}`, the one error body shape of the
+/// whole product (proxy port and control port alike).
+pub fn error_body(code: &str, message: &str) -> Vec<u8> {
+    let value = serde_json::json!({ "error": { "code": code, "message": message } });
+    // Serialising a `Value` built from two strings cannot fail.
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_spec_shape() {
+        let e = ProxyError::ConnectPortDenied {
+            port: 22,
+            allowed: "443".into(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["code"], "connect_port_denied");
+        assert!(v["error"]["message"].as_str().unwrap().contains("22"));
+        assert_eq!(e.status(), 403);
+    }
+
+    #[test]
+    fn statuses_follow_the_spec() {
+        assert_eq!(ProxyError::ProxyLoop.status(), 508);
+        assert_eq!(
+            ProxyError::NotAProxyRequest {
+                control: "127.0.0.1:4001".parse().unwrap()
+            }
+            .status(),
+            400
+        );
+        assert_eq!(
+            ProxyError::UpstreamUnresolvable { host: "x".into() }.status(),
+            502
+        );
+    }
+}

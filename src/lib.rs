@@ -1,0 +1,14 @@
+//! ezthrottle: a forward HTTP proxy that paces, de-duplicates and retries
+//! outbound API calls. See `docs/ARCHITECTURE.md` for the module map.
+
+pub mod accept;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod metrics;
+pub mod pipeline;
+pub mod resolve;
+pub mod server;
+pub mod state;
+pub mod tls;

@@ -1,0 +1,90 @@
+//! Per-connection and per-request state carried through the pipeline phases.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::error::ProxyError;
+use crate::state::InFlightGuard;
+
+/// What the front door knows about a downstream connection before pingora
+/// parses a request on it. Handed to the pipeline through pingora's
+/// connection user context (see `accept`).
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub client: Option<SocketAddr>,
+    /// Set on intercepted connections: the authoritative CONNECT target.
+    pub connect: Option<ConnectTarget>,
+}
+
+/// `CONNECT host:port` as the client sent it, host lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectTarget {
+    pub host: String,
+    pub port: u16,
+    /// The user named in `Proxy-Authorization` on the CONNECT, if any.
+    pub proxy_user: Option<String>,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Lower-cased host without brackets; also the throttling domain.
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    /// Origin-form path and query to send upstream.
+    pub path_and_query: String,
+}
+
+impl Target {
+    /// The domain that limits, metrics and idempotency scopes key on
+    /// (SPEC §1: lower-case host, port ignored).
+    pub fn domain(&self) -> &str {
+        &self.host
+    }
+}
+
+/// State of one request through the pipeline.
+pub struct RequestCtx {
+    pub started: Instant,
+    pub conn: Option<ConnInfo>,
+    pub target: Option<Target>,
+    pub workspace: String,
+    /// The error to answer with, set by the phase that failed.
+    pub error: Option<ProxyError>,
+    /// Upstream attempts made.
+    pub attempts: u32,
+    /// Time spent waiting for admission.
+    pub wait_ms: u64,
+    pub upstream_started: Option<Instant>,
+    pub upstream_status: Option<u16>,
+    /// Keeps the request counted as in flight until the context is dropped.
+    pub inflight: Option<InFlightGuard>,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        RequestCtx {
+            started: Instant::now(),
+            conn: None,
+            target: None,
+            workspace: String::from("default"),
+            error: None,
+            attempts: 0,
+            wait_ms: 0,
+            upstream_started: None,
+            upstream_status: None,
+            inflight: None,
+        }
+    }
+
+    pub fn domain(&self) -> Option<&str> {
+        self.target.as_ref().map(Target::domain)
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,271 @@
+//! Identify phase: which origin a request is for, which domain it counts
+//! against, which workspace it belongs to, and whether it looped back to us.
+
+use std::net::SocketAddr;
+
+use base64::Engine;
+use pingora::http::RequestHeader;
+
+use super::ctx::{ConnInfo, Target};
+use crate::error::ProxyError;
+
+/// Header apps use to name their workspace (SPEC §6).
+pub const WORKSPACE_HEADER: &str = "x-ezthrottle-workspace";
+
+/// Work out the target of a request.
+///
+/// On an intercepted connection the CONNECT target is authoritative (SPEC §4):
+/// the inner request's `Host` or absolute URI cannot redirect it elsewhere.
+/// Otherwise the request must be absolute-form (`GET http://host/p`).
+pub fn target(
+    req: &RequestHeader,
+    conn: Option<&ConnInfo>,
+    control: SocketAddr,
+) -> Result<Target, ProxyError> {
+    let raw = std::str::from_utf8(req.raw_path())
+        .map_err(|_| ProxyError::BadRequest("request target is not valid UTF-8".into()))?;
+    let uri: http::Uri = raw
+        .parse()
+        .map_err(|_| ProxyError::BadRequest(format!("request target {raw:?} is not a valid URI")))?;
+    let path_and_query = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/")
+        .to_string();
+
+    if let Some(connect) = conn.and_then(|c| c.connect.as_ref()) {
+        return Ok(Target {
+            host: connect.host.clone(),
+            port: connect.port,
+            tls: true,
+            path_and_query,
+        });
+    }
+
+    let Some(authority) = uri.authority() else {
+        return Err(ProxyError::NotAProxyRequest { control });
+    };
+    let tls = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => false,
+        Some(s) if s.eq_ignore_ascii_case("https") => true,
+        Some(other) => {
+            return Err(ProxyError::BadRequest(format!(
+                "unsupported scheme {other:?}: only http and https can be proxied"
+            )))
+        }
+        None => return Err(ProxyError::NotAProxyRequest { control }),
+    };
+    let host = normalize_host(authority.host())?;
+    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    Ok(Target {
+        host,
+        port,
+        tls,
+        path_and_query,
+    })
+}
+
+/// Split `host:port` (CONNECT's authority-form; IPv6 in brackets).
+pub fn split_authority(authority: &str) -> Result<(String, u16), ProxyError> {
+    let bad = || {
+        ProxyError::BadRequest(format!(
+            "CONNECT target {authority:?} is not host:port"
+        ))
+    };
+    let parsed: http::uri::Authority = authority.parse().map_err(|_| bad())?;
+    if authority.contains('@') {
+        return Err(bad());
+    }
+    let port = parsed.port_u16().ok_or_else(bad)?;
+    if port == 0 {
+        return Err(bad());
+    }
+    Ok((normalize_host(parsed.host())?, port))
+}
+
+/// Lower-case, strip IPv6 brackets and a trailing dot; reject empty hosts.
+pub fn normalize_host(host: &str) -> Result<String, ProxyError> {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return Err(ProxyError::BadRequest("empty host in request target".into()));
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+/// The workspace of a request (SPEC §6): `X-EZThrottle-Workspace`, else the
+/// Proxy-Authorization user (of this request, or of the CONNECT that opened
+/// the intercepted connection), else `default`.
+pub fn workspace(req: &RequestHeader, conn: Option<&ConnInfo>) -> Result<String, ProxyError> {
+    if let Some(value) = req.headers.get(WORKSPACE_HEADER) {
+        let ws = value
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|s| valid_workspace(s))
+            .ok_or_else(|| {
+                ProxyError::BadRequest(
+                    "X-EZThrottle-Workspace must be 1-128 characters of [A-Za-z0-9._-]".into(),
+                )
+            })?;
+        return Ok(ws.to_string());
+    }
+    if let Some(user) = req
+        .headers
+        .get(http::header::PROXY_AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(proxy_user)
+        .filter(|u| valid_workspace(u))
+    {
+        return Ok(user);
+    }
+    if let Some(user) = conn
+        .and_then(|c| c.connect.as_ref())
+        .and_then(|c| c.proxy_user.clone())
+        .filter(|u| valid_workspace(u))
+    {
+        return Ok(user);
+    }
+    Ok("default".to_string())
+}
+
+fn valid_workspace(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// The user of a `Basic` Proxy-Authorization value. The password is never
+/// kept or logged.
+pub fn proxy_user(value: &str) -> Option<String> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split(':').next()?.to_string();
+    (!user.is_empty()).then_some(user)
+}
+
+/// Token we put in `Via`; seeing our own token on an incoming request means
+/// the request went round a loop of proxies back to us.
+pub fn via_token(instance_id: &str) -> String {
+    format!("ezthrottle-{instance_id}")
+}
+
+/// True when the request already passed through this very instance.
+pub fn looped(req: &RequestHeader, instance_id: &str) -> bool {
+    let token = via_token(instance_id);
+    req.headers
+        .get_all(http::header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|hop| hop.split_whitespace().nth(1) == Some(&token)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::ctx::ConnectTarget;
+
+    fn control() -> SocketAddr {
+        "127.0.0.1:4001".parse().unwrap()
+    }
+
+    fn req(target: &str) -> RequestHeader {
+        RequestHeader::build("GET", target.as_bytes(), None).unwrap()
+    }
+
+    #[test]
+    fn absolute_form_http_and_https() {
+        let t = target(&req("http://API.Example.com:8080/a/b?x=1"), None, control()).unwrap();
+        assert_eq!(
+            t,
+            Target {
+                host: "api.example.com".into(),
+                port: 8080,
+                tls: false,
+                path_and_query: "/a/b?x=1".into()
+            }
+        );
+        let t = target(&req("https://example.com"), None, control()).unwrap();
+        assert_eq!((t.port, t.tls, t.path_and_query.as_str()), (443, true, "/"));
+        let t = target(&req("http://[::1]:9/x"), None, control()).unwrap();
+        assert_eq!(t.host, "::1");
+    }
+
+    #[test]
+    fn origin_form_is_not_a_proxy_request() {
+        let err = target(&req("/hello"), None, control()).unwrap_err();
+        assert_eq!(err.code(), "not_a_proxy_request");
+        assert!(err.to_string().contains("127.0.0.1:4001"));
+    }
+
+    #[test]
+    fn other_schemes_are_rejected() {
+        let err = target(&req("ftp://example.com/x"), None, control()).unwrap_err();
+        assert_eq!(err.code(), "bad_request");
+    }
+
+    #[test]
+    fn connect_target_is_authoritative() {
+        let conn = ConnInfo {
+            client: None,
+            connect: Some(ConnectTarget {
+                host: "api.example.com".into(),
+                port: 443,
+                proxy_user: None,
+            }),
+        };
+        let t = target(&req("http://evil.example.net/steal"), Some(&conn), control()).unwrap();
+        assert_eq!(t.host, "api.example.com");
+        assert_eq!(t.path_and_query, "/steal");
+        assert!(t.tls);
+        let t = target(&req("/v1/x?y"), Some(&conn), control()).unwrap();
+        assert_eq!(t.path_and_query, "/v1/x?y");
+    }
+
+    #[test]
+    fn authority_form() {
+        assert_eq!(
+            split_authority("Example.COM:443").unwrap(),
+            ("example.com".to_string(), 443)
+        );
+        assert_eq!(split_authority("[::1]:8443").unwrap(), ("::1".to_string(), 8443));
+        for bad in ["example.com", "example.com:0", "u:p@example.com:443", "", ":443"] {
+            assert!(split_authority(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn workspace_sources() {
+        let mut r = req("http://a/");
+        assert_eq!(workspace(&r, None).unwrap(), "default");
+        // "alice:secret"
+        r.insert_header("Proxy-Authorization", "Basic YWxpY2U6c2VjcmV0")
+            .unwrap();
+        assert_eq!(workspace(&r, None).unwrap(), "alice");
+        r.insert_header("X-EZThrottle-Workspace", "team-b").unwrap();
+        assert_eq!(workspace(&r, None).unwrap(), "team-b");
+        r.insert_header("X-EZThrottle-Workspace", "bad space").unwrap();
+        assert!(workspace(&r, None).is_err());
+    }
+
+    #[test]
+    fn via_loop_detection() {
+        let mut r = req("http://a/");
+        assert!(!looped(&r, "abc"));
+        r.insert_header("Via", "1.1 other, 1.1 ezthrottle-abc").unwrap();
+        assert!(looped(&r, "abc"));
+        assert!(!looped(&r, "abcd"));
+    }
+}

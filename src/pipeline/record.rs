@@ -1,0 +1,60 @@
+//! Record phase: metrics and the access log, once per request.
+
+use pingora::proxy::Session;
+use pingora::Error;
+
+use super::ctx::RequestCtx;
+use crate::state::Shared;
+
+/// How a request ended, for `requests_total{outcome}`.
+pub fn outcome(ctx: &RequestCtx, e: Option<&Error>) -> &'static str {
+    if ctx.upstream_status.is_some() && e.is_none() {
+        "forwarded"
+    } else if ctx.error.is_some() || e.is_some() {
+        "error"
+    } else {
+        "forwarded"
+    }
+}
+
+pub fn request_done(shared: &Shared, session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
+    let metrics = &shared.metrics;
+    let domain = ctx
+        .domain()
+        .map(|d| metrics.domain_label(d))
+        .unwrap_or_else(|| "none".to_string());
+    let outcome = outcome(ctx, e);
+    metrics
+        .requests_total
+        .with_label_values(&[domain.as_str(), outcome])
+        .inc();
+    if let Some(err) = &ctx.error {
+        metrics.proxy_errors_total.with_label_values(&[err.code()]).inc();
+    }
+    if let Some(started) = ctx.upstream_started {
+        metrics
+            .upstream_duration_seconds
+            .with_label_values(&[domain.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    let status = session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .unwrap_or(0);
+    let req = session.req_header();
+    // Only method, domain and path: query strings and headers may hold credentials.
+    tracing::info!(
+        target: "ezthrottle::access",
+        method = %req.method,
+        domain = ctx.domain().unwrap_or("-"),
+        path = req.uri.path(),
+        status,
+        outcome,
+        error = ctx.error.as_ref().map(|e| e.code()).unwrap_or(""),
+        attempts = ctx.attempts,
+        wait_ms = ctx.wait_ms,
+        duration_ms = ctx.started.elapsed().as_millis() as u64,
+        workspace = %ctx.workspace,
+        "request"
+    );
+}

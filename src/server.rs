@@ -1,0 +1,247 @@
+//! Assembles the running proxy: the shared state, the pingora server with the
+//! proxy listener (our front door) and the control listener, signal handling
+//! and the drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::accept::FrontDoor;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::resolve::Resolver;
+use crate::state::{InFlight, Shared};
+use crate::tls::{upstream_roots, LeafCache, LocalCa};
+
+/// A start-up failure, reported by the CLI with a non-zero exit.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{key} {addr}: cannot listen: {reason}")]
+    Listen {
+        key: &'static str,
+        addr: SocketAddr,
+        reason: String,
+    },
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("DNS resolver: {0}")]
+    Resolver(String),
+}
+
+/// Build the long-lived state from a validated config.
+pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
+    let config = Arc::new(config);
+    let ca = Arc::new(LocalCa::load_or_create(&config)?);
+    let leaves = Arc::new(LeafCache::new(ca.clone()));
+    let resolver = Arc::new(Resolver::new(&config).map_err(|e| StartError::Resolver(e.to_string()))?);
+    let metrics = Arc::new(Metrics::new(config.metrics.max_domains));
+    let instance_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    Ok(Arc::new(Shared {
+        config,
+        metrics,
+        ca,
+        leaves,
+        resolver,
+        instance_id,
+        inflight: Arc::new(InFlight::default()),
+        proxy_ready: Default::default(),
+    }))
+}
+
+/// Fail early with a clear message when an address cannot be bound: pingora
+/// would panic on it later.
+fn check_bind(key: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    std::net::TcpListener::bind(addr).map_err(|e| StartError::Listen {
+        key,
+        addr,
+        reason: e.to_string(),
+    })
+}
+
+/// Run until SIGTERM/SIGINT; returns after the drain.
+pub fn run(config: Config) -> Result<(), StartError> {
+    // The proxy port is bound by pingora; probe it first and release it.
+    drop(check_bind("proxy.listen", config.proxy.listen)?);
+    let control_listener = check_bind("control.listen", config.control.listen)?;
+    control_listener
+        .set_nonblocking(true)
+        .map_err(|e| StartError::Listen {
+            key: "control.listen",
+            addr: config.control.listen,
+            reason: e.to_string(),
+        })?;
+
+    let ca_file = upstream_roots::bundle_path(&config)?;
+    let shared = build_shared(config)?;
+    let cfg = &shared.config;
+
+    let conf = ServerConf {
+        threads: cfg.proxy.threads.max(1),
+        ca_file: ca_file.map(|p| p.to_string_lossy().into_owned()),
+        // pingora sleeps this long after a graceful shutdown begins; our drain
+        // watcher ends the process as soon as in-flight requests are done.
+        grace_period_seconds: Some(cfg.proxy.drain_timeout.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let conf = server.configuration.clone();
+
+    let proxy = Arc::new(pingora::proxy::http_proxy(&conf, Pipeline::new(shared.clone())));
+    let mut front = Service::new(
+        "ezthrottle proxy".to_string(),
+        FrontDoor::new(shared.clone(), proxy),
+    );
+    front.add_tcp(&cfg.proxy.listen.to_string());
+    server.add_service(front);
+    server.add_service(background_service(
+        "ezthrottle control",
+        ControlService {
+            shared: shared.clone(),
+            listener: std::sync::Mutex::new(Some(control_listener)),
+        },
+    ));
+
+    spawn_drain_watcher(&server, shared.clone());
+    tracing::info!(
+        proxy = %cfg.proxy.listen,
+        control = %cfg.control.listen,
+        data_dir = %cfg.data_dir.display(),
+        "ezthrottle starting"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals),
+    });
+    Ok(())
+}
+
+/// SIGTERM and SIGINT both drain gracefully (pingora's default makes SIGINT
+/// a fast exit that drops in-flight requests).
+struct Signals;
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers; waiting forever");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Once pingora has stopped accepting, wait for in-flight requests (bounded
+/// by `drain_timeout`) and exit 0, instead of pingora's fixed grace sleep.
+fn spawn_drain_watcher(server: &Server, shared: Arc<Shared>) {
+    let mut phases = server.watch_execution_phase();
+    let spawned = std::thread::Builder::new()
+        .name("ezthrottle-drain".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                loop {
+                    match phases.recv().await {
+                        Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return,
+                    }
+                }
+                let drain = shared.config.proxy.drain_timeout;
+                let waiting = shared.inflight.current();
+                tracing::info!(in_flight = waiting, "waiting for in-flight requests");
+                if tokio::time::timeout(drain, shared.inflight.wait_idle()).await.is_err() {
+                    tracing::warn!(
+                        in_flight = shared.inflight.current(),
+                        "drain timeout reached; exiting with requests still in flight"
+                    );
+                }
+                tracing::info!("ezthrottle stopped");
+                std::process::exit(0);
+            });
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the drain watcher");
+    }
+}
+
+/// The control listener, hosted as a pingora background service.
+struct ControlService {
+    shared: Arc<Shared>,
+    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+}
+
+#[async_trait]
+impl BackgroundService for ControlService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let std_listener = match self.listener.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(_) => None,
+        };
+        let Some(std_listener) = std_listener else {
+            return;
+        };
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "control listener");
+                return;
+            }
+        };
+        let shared = self.shared.clone();
+        tokio::spawn(announce_ready(shared.clone()));
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        if let Err(e) = crate::control::serve(listener, shared, stop).await {
+            tracing::error!(error = %e, "control server failed");
+        }
+    }
+}
+
+/// pingora gives no event when its listener is bound, so probe it with a
+/// connection (bounded), then flag readiness and print the ready line that
+/// supervisors and tests wait for.
+async fn announce_ready(shared: Arc<Shared>) {
+    let cfg = &shared.config;
+    let mut probe = cfg.proxy.listen;
+    if probe.ip().is_unspecified() {
+        probe.set_ip(match probe {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    for _ in 0..3000 {
+        if tokio::net::TcpStream::connect(probe).await.is_ok() {
+            shared.proxy_ready.store(true, Ordering::SeqCst);
+            tracing::info!(proxy = %cfg.proxy.listen, control = %cfg.control.listen, "ready");
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "ezthrottle ready proxy={} control={}",
+                cfg.proxy.listen, cfg.control.listen
+            );
+            let _ = out.flush();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::error!(proxy = %cfg.proxy.listen, "proxy listener never became reachable");
+}

@@ -1,0 +1,68 @@
+//! `Shared`: the long-lived parts that every phase of a request uses. Built
+//! once at start-up by `server.rs` and handed out as `Arc<Shared>`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::resolve::Resolver;
+use crate::tls::{LeafCache, LocalCa};
+
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub ca: Arc<LocalCa>,
+    pub leaves: Arc<LeafCache>,
+    pub resolver: Arc<Resolver>,
+    /// Token in our `Via` header; a request that already carries it looped back to us.
+    pub instance_id: String,
+    pub inflight: Arc<InFlight>,
+    /// Set once the proxy listener accepts connections (checked by `/readyz`).
+    pub proxy_ready: AtomicBool,
+}
+
+/// Requests (and tunnels) currently being served; shutdown waits for zero.
+#[derive(Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    pub fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+
+    pub fn current(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when nothing is in flight.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Register before checking so a drop to zero in between is not missed.
+            notified.as_mut().enable();
+            if self.current() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Held for as long as one request or tunnel is being served.
+pub struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,435 @@
+//! The real `ezthrottle` binary under test.
+//!
+//! `Ezthrottle::for_origin(&origin).start()` writes a config into a temp dir,
+//! runs `ezthrottle run --config FILE`, waits (bounded) for the single stdout
+//! line `ezthrottle ready proxy=<addr> control=<addr>`, and keeps draining
+//! stdout and stderr in background threads (stderr goes to a file that is
+//! printed when a test fails).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::origin::Origin;
+use super::proc::{describe, send_signal, Running};
+use super::{free_port, toml_str};
+
+/// How long the binary may take to print its ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a signalled binary may take to exit.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(45);
+
+const CLEARED_ENV: &[&str] = &[
+    "EZTHROTTLE_CONFIG",
+    "EZTHROTTLE_DATA_DIR",
+    "EZTHROTTLE_LOG_FORMAT",
+    "EZTHROTTLE_WEBHOOK_SECRET",
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// A `Command` for the binary with a clean environment (no inherited
+/// ezthrottle or proxy variables).
+pub fn ezthrottle_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ezthrottle"));
+    for k in CLEARED_ENV {
+        cmd.env_remove(k);
+    }
+    cmd.env("EZTHROTTLE_LOG", "info,ezthrottle=debug");
+    cmd
+}
+
+/// What to put in the config and on the command line.
+#[derive(Clone, Debug)]
+pub struct EzBuilder {
+    upstream_ca: Option<PathBuf>,
+    connect_ports: Vec<u16>,
+    resolve: Vec<(String, String)>,
+    extra_toml: String,
+    data_dir: Option<PathBuf>,
+    data_dir_in_file: bool,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl EzBuilder {
+    pub fn new() -> EzBuilder {
+        EzBuilder {
+            upstream_ca: None,
+            connect_ports: vec![443],
+            resolve: vec![("origin.test".into(), "127.0.0.1".into())],
+            extra_toml: String::new(),
+            data_dir: None,
+            data_dir_in_file: true,
+            args: vec![],
+            env: vec![],
+        }
+    }
+
+    /// `[tls] upstream_ca_file`.
+    pub fn upstream_ca(mut self, path: &Path) -> Self {
+        self.upstream_ca = Some(path.to_path_buf());
+        self
+    }
+
+    /// Leave `[tls] upstream_ca_file` out (the proxy then trusts only system roots).
+    pub fn no_upstream_ca(mut self) -> Self {
+        self.upstream_ca = None;
+        self
+    }
+
+    /// Add a port to `[proxy] connect_ports`.
+    pub fn connect_port(mut self, port: u16) -> Self {
+        self.connect_ports.push(port);
+        self
+    }
+
+    /// Add a `[resolve]` entry.
+    pub fn resolve(mut self, host: &str, ip: &str) -> Self {
+        self.resolve.push((host.into(), ip.into()));
+        self
+    }
+
+    /// TOML appended at the end of the config (after `[limits]`).
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra_toml.push('\n');
+        self.extra_toml.push_str(toml);
+        self.extra_toml.push('\n');
+        self
+    }
+
+    /// Use this data dir (default: `<tempdir>/data`).
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Write `data_dir` into the file (default true).
+    pub fn data_dir_in_file(mut self, yes: bool) -> Self {
+        self.data_dir_in_file = yes;
+        self
+    }
+
+    /// Extra command-line argument after `run --config FILE`.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Extra environment variable.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    fn config_text(&self, data_dir: &Path, proxy: u16, control: u16) -> String {
+        let mut t = String::new();
+        if self.data_dir_in_file {
+            t += &format!("data_dir = {}\n", toml_str(&data_dir.to_string_lossy()));
+        }
+        let ports: Vec<String> = self.connect_ports.iter().map(|p| p.to_string()).collect();
+        t += &format!(
+            "\n[proxy]\nlisten = \"127.0.0.1:{proxy}\"\nconnect_ports = [{}]\n",
+            ports.join(", ")
+        );
+        t += &format!("\n[control]\nlisten = \"127.0.0.1:{control}\"\n");
+        if let Some(ca) = &self.upstream_ca {
+            t += &format!(
+                "\n[tls]\nupstream_ca_file = {}\n",
+                toml_str(&ca.to_string_lossy())
+            );
+        }
+        t += "\n[resolve]\n";
+        for (host, ip) in &self.resolve {
+            t += &format!("{} = {}\n", toml_str(host), toml_str(ip));
+        }
+        t += "\n[limits]\nrps = 1000.0\nmax_concurrent = 100\n";
+        t += &self.extra_toml;
+        t
+    }
+
+    /// Start the binary; panics (with its stderr) unless it gets ready in time.
+    /// A port taken between picking and binding is retried with new ports.
+    pub fn start(self) -> Ezthrottle {
+        let work = tempfile::tempdir().expect("ezthrottle tempdir");
+        let mut last_err = String::new();
+        for _attempt in 0..3 {
+            match self.try_start(work.path()) {
+                Ok(mut ez) => {
+                    ez.work = Some(work);
+                    return ez;
+                }
+                Err((msg, retry)) => {
+                    if !retry {
+                        panic!("{msg}");
+                    }
+                    last_err = msg;
+                }
+            }
+        }
+        panic!("ezthrottle did not start after 3 attempts: {last_err}");
+    }
+
+    fn try_start(&self, work: &Path) -> Result<Ezthrottle, (String, bool)> {
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| work.join("data"));
+        let proxy_port = free_port();
+        let mut control_port = free_port();
+        while control_port == proxy_port {
+            control_port = free_port();
+        }
+        let config_path = work.join("ezthrottle.toml");
+        std::fs::write(
+            &config_path,
+            self.config_text(&data_dir, proxy_port, control_port),
+        )
+        .expect("write config");
+        let stderr_path = work.join(format!("stderr-{proxy_port}.log"));
+
+        let mut cmd = ezthrottle_cmd();
+        cmd.arg("run").arg("--config").arg(&config_path);
+        cmd.args(&self.args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn ezthrottle");
+
+        let mut stderr = child.stderr.take().expect("stderr");
+        let mut log = std::fs::File::create(&stderr_path).expect("create stderr log");
+        let stderr_thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match stderr.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let _ = log.write_all(&buf[..n]);
+                        let _ = log.flush();
+                    }
+                }
+            }
+        });
+
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel::<String>();
+        let stdout_thread = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    // Nobody listens any more: keep draining.
+                }
+            }
+        });
+
+        let mut ez = Ezthrottle {
+            proxy: SocketAddr::from(([127, 0, 0, 1], proxy_port)),
+            control: SocketAddr::from(([127, 0, 0, 1], control_port)),
+            ca_path: data_dir.join("ca").join("ca.pem"),
+            data_dir,
+            config_path,
+            stderr_path,
+            child: Some(child),
+            threads: vec![stderr_thread, stdout_thread],
+            stdout_lines: rx,
+            work: None,
+            quiet: false,
+        };
+
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match ez.stdout_lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("ezthrottle ready ") {
+                        let (p, c) = parse_ready(rest).unwrap_or_else(|| {
+                            panic!("malformed ready line: {line:?}");
+                        });
+                        assert_eq!(p, ez.proxy, "ready line proxy address: {line:?}");
+                        assert_eq!(c, ez.control, "ready line control address: {line:?}");
+                        return Ok(ez);
+                    }
+                    seen.push(line);
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // stdout closed: the process exited (or closed stdout) before ready.
+                    let status = ez.kill_and_reap();
+                    let log = ez.stderr_log();
+                    let in_use = log.contains("in use") || log.contains("AddrInUse");
+                    ez.quiet = true;
+                    return Err((
+                        format!(
+                            "ezthrottle exited before ready ({}); stdout: {seen:?}\n--- stderr ---\n{}",
+                            status.map(|s| describe(&s)).unwrap_or_default(),
+                            tail(&log, 200)
+                        ),
+                        in_use,
+                    ));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    ez.kill_and_reap();
+                    let log = ez.stderr_log();
+                    ez.quiet = true;
+                    return Err((
+                        format!(
+                            "ezthrottle printed no ready line within {READY_TIMEOUT:?}; stdout: {seen:?}\n--- stderr ---\n{}",
+                            tail(&log, 200)
+                        ),
+                        false,
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl Default for EzBuilder {
+    fn default() -> Self {
+        EzBuilder::new()
+    }
+}
+
+fn parse_ready(rest: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let mut proxy = None;
+    let mut control = None;
+    for tok in rest.split_whitespace() {
+        if let Some(v) = tok.strip_prefix("proxy=") {
+            proxy = v.parse().ok();
+        } else if let Some(v) = tok.strip_prefix("control=") {
+            control = v.parse().ok();
+        }
+    }
+    Some((proxy?, control?))
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    all[start..].join("\n")
+}
+
+/// A running `ezthrottle run`. Dropping it kills the process.
+pub struct Ezthrottle {
+    pub proxy: SocketAddr,
+    pub control: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `<data_dir>/ca/ca.pem`
+    pub ca_path: PathBuf,
+    pub config_path: PathBuf,
+    stderr_path: PathBuf,
+    child: Option<Child>,
+    threads: Vec<JoinHandle<()>>,
+    stdout_lines: mpsc::Receiver<String>,
+    work: Option<tempfile::TempDir>,
+    quiet: bool,
+}
+
+impl Ezthrottle {
+    /// Builder preset for `origin`: trusts the origin's test CA upstream,
+    /// allows CONNECT to its TLS port, resolves `origin.test` to 127.0.0.1.
+    pub fn for_origin(origin: &Origin) -> EzBuilder {
+        EzBuilder::new()
+            .upstream_ca(&origin.pki.ca_path)
+            .connect_port(origin.tls_addr.port())
+    }
+
+    /// `http://127.0.0.1:<proxy port>`
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.proxy)
+    }
+
+    /// `http://127.0.0.1:<control port><path>`
+    pub fn control_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.control, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("process already stopped").id()
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr_log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The ezthrottle CA PEM as written to the data dir.
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(&self.ca_path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", self.ca_path.display()))
+    }
+
+    /// Send `signal` and wait (bounded) for the exit.
+    pub fn stop_with(&mut self, signal: &str) -> ExitStatus {
+        let child = self.child.take().expect("process already stopped");
+        let pid = child.id();
+        let waiter = Running::watch(child, format!("ezthrottle (pid {pid})"));
+        send_signal(pid, signal);
+        let out = waiter.wait(EXIT_TIMEOUT);
+        self.join_threads();
+        out.status
+    }
+
+    /// SIGTERM, then the exit status (bounded wait).
+    pub fn stop_sigterm(&mut self) -> ExitStatus {
+        self.stop_with("TERM")
+    }
+
+    /// SIGINT, then the exit status (bounded wait).
+    pub fn stop_sigint(&mut self) -> ExitStatus {
+        self.stop_with("INT")
+    }
+
+    /// Start a signal-driven stop in the background; `wait` it later.
+    pub fn signal_nowait(&mut self, signal: &str) -> Running {
+        let child = self.child.take().expect("process already stopped");
+        let pid = child.id();
+        let waiter = Running::watch(child, format!("ezthrottle (pid {pid})"));
+        send_signal(pid, signal);
+        waiter
+    }
+
+    fn kill_and_reap(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = child.kill();
+        let status = child.wait().ok();
+        self.join_threads();
+        status
+    }
+
+    fn join_threads(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Ezthrottle {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+        self.join_threads();
+        if std::thread::panicking() && !self.quiet {
+            eprintln!(
+                "--- ezthrottle stderr (proxy {}, control {}) ---\n{}\n--- end ---",
+                self.proxy,
+                self.control,
+                tail(&self.stderr_log(), 300)
+            );
+        }
+        // Keep the work dir alive until the process is gone.
+        drop(self.work.take());
+    }
+}
