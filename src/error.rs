@@ -31,6 +31,12 @@ pub enum ProxyError {
     UpstreamTimeout { host: String, port: u16 },
     #[error("the upstream connection to {host}:{port} failed")]
     UpstreamFailed { host: String, port: u16 },
+    #[error("too many requests are already waiting for {domain}; retry after {}s", secs(*retry_after))]
+    ThrottleQueueFull { domain: String, retry_after: Duration },
+    #[error("{domain} cannot take this request within its max wait; retry after {}s", secs(*retry_after))]
+    ThrottleWaitTimeout { domain: String, retry_after: Duration },
+    #[error("the client went away while waiting")]
+    ClientGone,
     #[error("the proxy is shutting down")]
     ShuttingDown,
     #[error("internal error")]
@@ -49,6 +55,8 @@ impl ProxyError {
             | ProxyError::UpstreamTlsFailed { .. }
             | ProxyError::UpstreamFailed { .. } => 502,
             ProxyError::UpstreamTimeout { .. } => 504,
+            ProxyError::ThrottleQueueFull { .. } | ProxyError::ThrottleWaitTimeout { .. } => 429,
+            ProxyError::ClientGone => 499,
             ProxyError::ShuttingDown => 503,
             ProxyError::Internal => 500,
         }
@@ -67,6 +75,9 @@ impl ProxyError {
             ProxyError::UpstreamTlsFailed { .. } => "upstream_tls_failed",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
+            ProxyError::ThrottleQueueFull { .. } => "throttle_queue_full",
+            ProxyError::ThrottleWaitTimeout { .. } => "throttle_wait_timeout",
+            ProxyError::ClientGone => "client_gone",
             ProxyError::ShuttingDown => "shutting_down",
             ProxyError::Internal => "internal_error",
         }
@@ -76,6 +87,10 @@ impl ProxyError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ProxyError::ShuttingDown => Some(Duration::from_secs(1)),
+            ProxyError::ThrottleQueueFull { retry_after, .. }
+            | ProxyError::ThrottleWaitTimeout { retry_after, .. } => {
+                Some(Duration::from_secs(secs(*retry_after)))
+            }
             _ => None,
         }
     }
@@ -84,6 +99,12 @@ impl ProxyError {
     pub fn body(&self) -> Vec<u8> {
         error_body(self.code(), &self.to_string())
     }
+}
+
+/// Whole seconds for `Retry-After`: rounded up, at least 1.
+fn secs(d: Duration) -> u64 {
+    let whole = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    whole.max(1)
 }
 
 /// `{"error":{"code":..,"message":..}}`, the one error body shape of the

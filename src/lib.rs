@@ -2,6 +2,7 @@
 //! outbound API calls. See `docs/ARCHITECTURE.md` for the module map.
 
 pub mod accept;
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -11,4 +12,5 @@ pub mod pipeline;
 pub mod resolve;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod tls;

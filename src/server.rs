@@ -14,11 +14,13 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::accept::FrontDoor;
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::resolve::Resolver;
 use crate::state::{InFlight, Shared};
+use crate::store::{EmbeddedStore, Store};
 use crate::tls::{upstream_roots, LeafCache, LocalCa};
 
 /// A start-up failure, reported by the CLI with a non-zero exit.
@@ -34,6 +36,19 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("DNS resolver: {0}")]
     Resolver(String),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("runtime: {0}")]
+    Runtime(String),
+}
+
+/// A small runtime for the async start-up steps that run before pingora's
+/// own runtimes exist.
+fn startup_runtime() -> Result<tokio::runtime::Runtime, StartError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Runtime(e.to_string()))
 }
 
 /// Build the long-lived state from a validated config.
@@ -43,6 +58,11 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
     let leaves = Arc::new(LeafCache::new(ca.clone()));
     let resolver = Arc::new(Resolver::new(&config).map_err(|e| StartError::Resolver(e.to_string()))?);
     let metrics = Arc::new(Metrics::new(config.metrics.max_domains));
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+    let learned = startup_runtime()?
+        .block_on(store.learned_limits())
+        .map_err(StartError::Store)?;
+    let admission = Arc::new(Admission::new(config.clone(), metrics.clone(), store.clone(), learned));
     let instance_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     Ok(Arc::new(Shared {
         config,
@@ -50,6 +70,8 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
         ca,
         leaves,
         resolver,
+        store,
+        admission,
         instance_id,
         inflight: Arc::new(InFlight::default()),
         proxy_ready: Default::default(),

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::resolve::Resolver;
+use crate::store::Store;
 use crate::tls::{LeafCache, LocalCa};
 
 pub struct Shared {
@@ -17,6 +19,8 @@ pub struct Shared {
     pub ca: Arc<LocalCa>,
     pub leaves: Arc<LeafCache>,
     pub resolver: Arc<Resolver>,
+    pub store: Arc<dyn Store>,
+    pub admission: Arc<Admission>,
     /// Token in our `Via` header; a request that already carries it looped back to us.
     pub instance_id: String,
     pub inflight: Arc<InFlight>,

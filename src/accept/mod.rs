@@ -145,13 +145,17 @@ impl ServerApp for FrontDoor {
             connect: None,
         };
         let mut settings = None;
+        let mut counted = false;
         loop {
             let first = next_request(&mut stream, shutdown).await?;
             if &first == b"CONNECT " {
                 self.handle_connect(stream, conn, shutdown).await;
                 return None;
             }
-            self.shared.metrics.connections_total.with_label_values(&["plain"]).inc();
+            if !counted {
+                counted = true;
+                self.shared.metrics.connections_total.with_label_values(&["plain"]).inc();
+            }
             let mut session = ServerSession::new_http1(stream);
             if let Some(s) = settings.take() {
                 pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session);

@@ -9,6 +9,7 @@ use pingora::server::ShutdownWatch;
 use tokio::net::TcpStream;
 
 use super::connect;
+use crate::admission::Denied;
 use crate::error::ProxyError;
 use crate::pipeline::ctx::ConnectTarget;
 use crate::pipeline::upstream;
@@ -18,6 +19,26 @@ pub async fn run(shared: &Shared, mut client: Stream, target: &ConnectTarget, sh
     let _inflight = shared.inflight.enter();
     let metrics = &shared.metrics;
     let domain = metrics.domain_label(&target.host);
+    // A tunnel is one request and holds one concurrency slot while open.
+    let max_wait = shared.config.limits_for(&target.host).max_wait;
+    let _permit = match shared.admission.admit(&target.host, max_wait).await {
+        Ok((permit, _)) => permit,
+        Err(denied) => {
+            let err = match denied {
+                Denied::QueueFull { retry_after } => ProxyError::ThrottleQueueFull {
+                    domain: target.host.clone(),
+                    retry_after,
+                },
+                Denied::WaitTimeout { retry_after } => ProxyError::ThrottleWaitTimeout {
+                    domain: target.host.clone(),
+                    retry_after,
+                },
+            };
+            metrics.requests_total.with_label_values(&[domain.as_str(), "rejected"]).inc();
+            connect::refuse(&mut client, &err).await;
+            return;
+        }
+    };
     let mut upstream = match open(shared, target).await {
         Ok(s) => s,
         Err(err) => {

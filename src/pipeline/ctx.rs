@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::admission::Permit;
 use crate::error::ProxyError;
 use crate::state::InFlightGuard;
 
@@ -58,6 +59,8 @@ pub struct RequestCtx {
     pub wait_ms: u64,
     pub upstream_started: Option<Instant>,
     pub upstream_status: Option<u16>,
+    /// The domain's concurrency slot, held until the request is done.
+    pub permit: Option<Permit>,
     /// Keeps the request counted as in flight until the context is dropped.
     pub inflight: Option<InFlightGuard>,
 }
@@ -74,6 +77,7 @@ impl RequestCtx {
             wait_ms: 0,
             upstream_started: None,
             upstream_status: None,
+            permit: None,
             inflight: None,
         }
     }

@@ -4,13 +4,14 @@
 //!
 //! | pingora hook | phase | module |
 //! |---|---|---|
-//! | `request_filter` | identify → idempotency → admission | [`identify`] (idempotency and admission plug in here) |
+//! | `request_filter` | identify → idempotency → admission | [`identify`], [`admit`] (idempotency plugs in between) |
 //! | `upstream_peer` | upstream: resolve, choose peer | [`upstream`] |
 //! | `upstream_request_filter` | upstream: rewrite for the origin | [`upstream`] |
 //! | `upstream_response_filter` | classify: status, learned limits, retry | [`classify`] |
 //! | `fail_to_proxy` | classify + respond: transport failures | [`classify`], [`respond`] |
 //! | `logging` | record | [`record`] |
 
+pub mod admit;
 pub mod classify;
 pub mod ctx;
 pub mod identify;
@@ -84,9 +85,15 @@ impl ProxyHttp for Pipeline {
         if let Err(err) = self.identify(session, ctx) {
             return self.reject(session, ctx, err).await;
         }
-        // Idempotency (replay / conflict) and admission (per-domain pace and
-        // concurrency) run here, in that order, before anything goes upstream.
-        Ok(false)
+        // Idempotency (replay / conflict) runs here, before admission.
+        match admit::admit(&self.shared, session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(ProxyError::ClientGone) => {
+                ctx.error = Some(ProxyError::ClientGone);
+                Err(Error::explain(ErrorType::ConnectionClosed, "client left while waiting for admission"))
+            }
+            Err(err) => self.reject(session, ctx, err).await,
+        }
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
@@ -143,6 +150,8 @@ impl ProxyHttp for Pipeline {
                 .upstream_responses_total
                 .with_label_values(&[label.as_str(), &code.to_string()])
                 .inc();
+            // Classify: the API's own limit headers govern the next admission.
+            self.shared.admission.learn(domain, code, &upstream_response.headers).await;
         }
         upstream_response.insert_header(WAIT_MS_HEADER, ctx.wait_ms.to_string())?;
         upstream_response.insert_header(ATTEMPTS_HEADER, ctx.attempts.to_string())?;
@@ -154,7 +163,7 @@ impl ProxyHttp for Pipeline {
             Some(err) => Some(err),
             None => classify::failure(e, ctx.target.as_ref()),
         };
-        let Some(err) = err else {
+        let Some(err) = err.filter(|e| !matches!(e, ProxyError::ClientGone)) else {
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,

@@ -4,16 +4,18 @@ use pingora::proxy::Session;
 use pingora::Error;
 
 use super::ctx::RequestCtx;
+use crate::error::ProxyError;
 use crate::state::Shared;
 
 /// How a request ended, for `requests_total{outcome}`.
 pub fn outcome(ctx: &RequestCtx, e: Option<&Error>) -> &'static str {
-    if ctx.upstream_status.is_some() && e.is_none() {
-        "forwarded"
-    } else if ctx.error.is_some() || e.is_some() {
-        "error"
-    } else {
-        "forwarded"
+    match &ctx.error {
+        Some(ProxyError::ClientGone) => "cancelled",
+        // Refused by the proxy itself, before anything went upstream.
+        Some(err) if err.status() < 500 || err.status() == 508 => "rejected",
+        Some(_) => "error",
+        None if e.is_some() && ctx.upstream_status.is_none() => "error",
+        None => "forwarded",
     }
 }
 

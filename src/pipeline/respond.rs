@@ -14,7 +14,7 @@ pub async fn error(session: &mut Session, err: &ProxyError) -> pingora::Result<(
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     if let Some(after) = err.retry_after() {
-        resp.insert_header(http::header::RETRY_AFTER, after.as_secs().max(1).to_string())?;
+        resp.insert_header(http::header::RETRY_AFTER, after.as_secs().to_string())?;
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
@@ -35,7 +35,7 @@ pub fn error_bytes(err: &ProxyError) -> Vec<u8> {
         body.len()
     );
     if let Some(after) = err.retry_after() {
-        out.push_str(&format!("Retry-After: {}\r\n", after.as_secs().max(1)));
+        out.push_str(&format!("Retry-After: {}\r\n", after.as_secs()));
     }
     out.push_str("\r\n");
     let mut bytes = out.into_bytes();

@@ -85,6 +85,17 @@ impl Fetch {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// The server certificate's issuer as `curl -v` printed it
+    /// (`*  issuer: CN=...`); needs `-v`.
+    pub fn issuer(&self) -> Option<String> {
+        verbose_field(&self.stderr, "issuer:")
+    }
+
+    /// The server certificate's subject as `curl -v` printed it; needs `-v`.
+    pub fn subject(&self) -> Option<String> {
+        verbose_field(&self.stderr, "subject:")
+    }
+
     /// One-line summary for assertion messages.
     pub fn describe(&self) -> String {
         format!(
@@ -127,6 +138,23 @@ impl CurlCmd {
     /// `--cacert <path>`
     pub fn cacert(self, path: &Path) -> Self {
         self.arg("--cacert").arg(path)
+    }
+
+    /// `--data-binary @<path>` (a POST with the file's exact bytes).
+    pub fn data_file(self, path: &Path) -> Self {
+        let mut at = OsString::from("@");
+        at.push(path);
+        self.arg("--data-binary")
+            .arg(at)
+            .arg("-H")
+            .arg("Content-Type: application/octet-stream")
+    }
+
+    /// Write `data` to a temp file and send it with `--data-binary`.
+    pub fn upload(self, data: &[u8]) -> Self {
+        let path = self.temp_path("upload.bin");
+        std::fs::write(&path, data).expect("write upload file");
+        self.data_file(&path)
     }
 
     pub fn env(mut self, key: &str, value: impl AsRef<str>) -> Self {
@@ -210,4 +238,13 @@ fn last_header_block(dump: &str) -> Vec<(String, String)> {
         }
     }
     blocks.pop().unwrap_or_default()
+}
+
+fn verbose_field(stderr: &str, field: &str) -> Option<String> {
+    stderr.lines().find_map(|l| {
+        l.strip_prefix('*')
+            .map(str::trim_start)
+            .and_then(|l| l.strip_prefix(field))
+            .map(|v| v.trim().to_string())
+    })
 }

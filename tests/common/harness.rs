@@ -54,6 +54,8 @@ pub fn ezthrottle_cmd() -> Command {
 pub struct EzBuilder {
     upstream_ca: Option<PathBuf>,
     connect_ports: Vec<u16>,
+    connect_self: bool,
+    listen_flags: bool,
     resolve: Vec<(String, String)>,
     extra_toml: String,
     data_dir: Option<PathBuf>,
@@ -67,6 +69,8 @@ impl EzBuilder {
         EzBuilder {
             upstream_ca: None,
             connect_ports: vec![443],
+            connect_self: false,
+            listen_flags: false,
             resolve: vec![("origin.test".into(), "127.0.0.1".into())],
             extra_toml: String::new(),
             data_dir: None,
@@ -91,6 +95,19 @@ impl EzBuilder {
     /// Add a port to `[proxy] connect_ports`.
     pub fn connect_port(mut self, port: u16) -> Self {
         self.connect_ports.push(port);
+        self
+    }
+
+    /// Also allow CONNECT to the proxy's own port (to test loop detection).
+    pub fn connect_self(mut self) -> Self {
+        self.connect_self = true;
+        self
+    }
+
+    /// Pass `--listen` / `--control-listen` with other ports than the file's;
+    /// the ready line must then show the flag addresses.
+    pub fn listen_flags(mut self) -> Self {
+        self.listen_flags = true;
         self
     }
 
@@ -137,7 +154,10 @@ impl EzBuilder {
         if self.data_dir_in_file {
             t += &format!("data_dir = {}\n", toml_str(&data_dir.to_string_lossy()));
         }
-        let ports: Vec<String> = self.connect_ports.iter().map(|p| p.to_string()).collect();
+        let mut ports: Vec<String> = self.connect_ports.iter().map(|p| p.to_string()).collect();
+        if self.connect_self {
+            ports.push(proxy.to_string());
+        }
         t += &format!(
             "\n[proxy]\nlisten = \"127.0.0.1:{proxy}\"\nconnect_ports = [{}]\n",
             ports.join(", ")
@@ -201,6 +221,18 @@ impl EzBuilder {
         let mut cmd = ezthrottle_cmd();
         cmd.arg("run").arg("--config").arg(&config_path);
         cmd.args(&self.args);
+        let (proxy_port, control_port) = if self.listen_flags {
+            let p = free_port();
+            let mut c = free_port();
+            while c == p {
+                c = free_port();
+            }
+            cmd.arg("--listen").arg(format!("127.0.0.1:{p}"));
+            cmd.arg("--control-listen").arg(format!("127.0.0.1:{c}"));
+            (p, c)
+        } else {
+            (proxy_port, control_port)
+        };
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

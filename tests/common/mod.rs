@@ -5,7 +5,7 @@
 //! Every wait in here is bounded: a hung proxy fails a test, it never hangs it.
 
 // Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod ca;
 pub mod curl;
@@ -13,6 +13,7 @@ pub mod harness;
 pub mod metrics;
 pub mod origin;
 pub mod proc;
+pub mod py;
 pub mod raw;
 
 use std::net::{SocketAddr, TcpListener};

@@ -77,14 +77,16 @@ impl RawConn {
     /// Read one response to a non-HEAD, non-CONNECT request.
     pub fn read_response(&mut self) -> RawResponse {
         self.try_read_response(false)
-            .unwrap_or_else(|e| panic!("reading response failed: {e}"))
+            .unwrap_or_else(|e| panic!("reading response failed (read timeout {IO_TIMEOUT:?}): {e}"))
     }
 
     /// Read the response to a CONNECT: a 2xx has no body (the tunnel follows);
     /// anything else is framed normally.
     pub fn read_connect_response(&mut self) -> RawResponse {
         self.try_read_response(true)
-            .unwrap_or_else(|e| panic!("reading CONNECT response failed: {e}"))
+            .unwrap_or_else(|e| {
+                panic!("reading CONNECT response failed (read timeout {IO_TIMEOUT:?}): {e}")
+            })
     }
 
     /// Like `read_response`, but reports EOF / timeouts as errors.

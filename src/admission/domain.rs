@@ -1,0 +1,525 @@
+//! One domain's throttle: the pace (GCRA), the concurrency cap, pauses, and
+//! the FIFO queue of requests waiting for both.
+//!
+//! Waiting is event-driven: a per-domain dispatcher task sleeps until the
+//! next pace slot or pause end (a timer, not a poll), or until a permit is
+//! released or the limits change (a `Notify`), and hands slots to waiters in
+//! arrival order. It exists only while someone is waiting.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus::{Gauge, IntGauge};
+use tokio::sync::{oneshot, Notify};
+
+use super::gcra::Gcra;
+use super::learn::Signals;
+
+/// Where a limit value came from (reported by `/api/v1/domains`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Default,
+    Config,
+    Learned,
+}
+
+/// The limits a domain starts with.
+#[derive(Debug, Clone)]
+pub struct Initial {
+    pub rps: f64,
+    pub rps_source: Source,
+    pub max_concurrent: u32,
+    pub concurrency_source: Source,
+    pub burst: u32,
+    pub queue_capacity: usize,
+    pub pinned: bool,
+    pub rps_ceiling: f64,
+    pub concurrency_ceiling: u32,
+}
+
+/// Prometheus handles for one domain, resolved once.
+pub struct Gauges {
+    pub rps_limit: Gauge,
+    pub concurrency_limit: IntGauge,
+    pub in_flight: IntGauge,
+    pub waiting: IntGauge,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Denied {
+    QueueFull { retry_after: Duration },
+    WaitTimeout { retry_after: Duration },
+}
+
+/// A learned value that changed and should be persisted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changed {
+    pub rps: Option<f64>,
+    pub max_concurrent: Option<u32>,
+}
+
+impl Changed {
+    pub fn any(&self) -> bool {
+        self.rps.is_some() || self.max_concurrent.is_some()
+    }
+}
+
+/// What `/api/v1/domains` shows for a domain.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Snapshot {
+    pub domain: String,
+    pub rps: f64,
+    pub rps_source: Source,
+    pub max_concurrent: u32,
+    pub concurrency_source: Source,
+    pub burst: u32,
+    pub pinned: bool,
+    pub in_flight: u32,
+    pub waiting: usize,
+    pub queue_capacity: usize,
+    /// Unix milliseconds, or null when not paused.
+    pub paused_until: Option<u64>,
+}
+
+struct Waiter {
+    id: u64,
+    grant: oneshot::Sender<()>,
+}
+
+struct State {
+    gcra: Gcra,
+    init: Initial,
+    in_flight: u32,
+    paused_until: Option<Instant>,
+    paused_until_wall: Option<SystemTime>,
+    queue: VecDeque<Waiter>,
+    next_id: u64,
+    dispatcher: bool,
+}
+
+impl State {
+    fn paused(&mut self, now: Instant) -> Option<Instant> {
+        match self.paused_until {
+            Some(p) if now < p => Some(p),
+            Some(_) => {
+                self.paused_until = None;
+                self.paused_until_wall = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn can_start(&mut self, now: Instant) -> bool {
+        self.paused(now).is_none() && self.in_flight < self.init.max_concurrent && self.gcra.next_start() <= now
+    }
+
+    /// Lower bound on when the request at queue position `n` could start.
+    fn eta(&mut self, n: usize, now: Instant) -> Duration {
+        let pace = self.gcra.start_of(n, now);
+        let start = self.paused(now).map_or(pace, |p| p.max(pace));
+        start.saturating_duration_since(now)
+    }
+}
+
+pub struct DomainThrottle {
+    pub name: String,
+    state: Mutex<State>,
+    wake: Notify,
+    gauges: Gauges,
+}
+
+impl DomainThrottle {
+    pub fn new(name: String, init: Initial, gauges: Gauges) -> Arc<Self> {
+        gauges.rps_limit.set(init.rps);
+        gauges.concurrency_limit.set(i64::from(init.max_concurrent));
+        let state = State {
+            gcra: Gcra::new(init.rps, init.burst, Instant::now()),
+            init,
+            in_flight: 0,
+            paused_until: None,
+            paused_until_wall: None,
+            queue: VecDeque::new(),
+            next_id: 0,
+            dispatcher: false,
+        };
+        Arc::new(DomainThrottle {
+            name,
+            state: Mutex::new(state),
+            wake: Notify::new(),
+            gauges,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code path panics while holding the lock; recover the data anyway.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start(&self, st: &mut State, now: Instant) {
+        st.gcra.take(now);
+        st.in_flight += 1;
+        self.gauges.in_flight.set(i64::from(st.in_flight));
+    }
+
+    /// Wait (FIFO, at most `max_wait`) for a pace slot and a concurrency
+    /// slot. Dropping the returned future leaves the queue at once and
+    /// consumes nothing.
+    pub async fn acquire(self: &Arc<Self>, max_wait: Duration) -> Result<Permit, Denied> {
+        let now = Instant::now();
+        let (id, grant) = {
+            let mut st = self.lock();
+            if st.queue.is_empty() && st.can_start(now) {
+                self.start(&mut st, now);
+                return Ok(Permit(self.clone()));
+            }
+            let position = st.queue.len();
+            if position >= st.init.queue_capacity {
+                return Err(Denied::QueueFull {
+                    retry_after: st.eta(position, now),
+                });
+            }
+            // The pace alone already makes this request wait longer than it
+            // is willing to: say so now rather than after max_wait.
+            let eta = st.eta(position, now);
+            if eta > max_wait {
+                return Err(Denied::WaitTimeout { retry_after: eta });
+            }
+            let id = st.next_id;
+            st.next_id += 1;
+            let (tx, rx) = oneshot::channel();
+            st.queue.push_back(Waiter { id, grant: tx });
+            self.gauges.waiting.set(st.queue.len() as i64);
+            if !st.dispatcher {
+                st.dispatcher = true;
+                tokio::spawn(self.clone().dispatch());
+            }
+            (id, rx)
+        };
+        let mut guard = WaitGuard {
+            throttle: self,
+            id,
+            granted: false,
+        };
+        match tokio::time::timeout(max_wait, grant).await {
+            Ok(Ok(())) => {
+                guard.granted = true;
+                Ok(Permit(self.clone()))
+            }
+            _ => {
+                let mut st = self.lock();
+                if remove_waiter(&mut st, id) {
+                    self.gauges.waiting.set(st.queue.len() as i64);
+                    guard.granted = true; // nothing left for the guard to undo
+                    let n = st.queue.len();
+                    let retry_after = st.eta(n, Instant::now());
+                    Err(Denied::WaitTimeout { retry_after })
+                } else {
+                    // Granted in the same instant the wait ran out: take it.
+                    guard.granted = true;
+                    Ok(Permit(self.clone()))
+                }
+            }
+        }
+    }
+
+    async fn dispatch(self: Arc<Self>) {
+        loop {
+            let wait_until = {
+                let mut st = self.lock();
+                loop {
+                    if st.queue.is_empty() {
+                        st.dispatcher = false;
+                        return;
+                    }
+                    let now = Instant::now();
+                    if let Some(p) = st.paused(now) {
+                        break Some(p);
+                    }
+                    if st.in_flight >= st.init.max_concurrent {
+                        break None;
+                    }
+                    let next = st.gcra.next_start();
+                    if next > now {
+                        break Some(next);
+                    }
+                    if let Some(w) = st.queue.pop_front() {
+                        self.gauges.waiting.set(st.queue.len() as i64);
+                        self.start(&mut st, now);
+                        // If the waiter is gone, its guard gives the slot back.
+                        let _ = w.grant.send(());
+                        let _ = w.id;
+                    }
+                }
+            };
+            match wait_until {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                        _ = self.wake.notified() => {}
+                    }
+                }
+                None => self.wake.notified().await,
+            }
+        }
+    }
+
+    fn release(&self) {
+        let mut st = self.lock();
+        st.in_flight = st.in_flight.saturating_sub(1);
+        self.gauges.in_flight.set(i64::from(st.in_flight));
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Apply what a response said. Returns the learned values that changed.
+    pub fn learn(&self, signals: &Signals) -> Changed {
+        let mut changed = Changed::default();
+        let mut st = self.lock();
+        if st.init.pinned {
+            return changed;
+        }
+        if let Some(rps) = signals.rps {
+            let rps = rps.clamp(0.01, st.init.rps_ceiling);
+            st.init.rps_source = Source::Learned;
+            if rps != st.init.rps {
+                st.init.rps = rps;
+                let burst = st.init.burst;
+                st.gcra.set_rate(rps, burst);
+                self.gauges.rps_limit.set(rps);
+                changed.rps = Some(rps);
+            }
+        }
+        if let Some(c) = signals.max_concurrent {
+            let c = u32::try_from(c).unwrap_or(u32::MAX).clamp(1, st.init.concurrency_ceiling);
+            st.init.concurrency_source = Source::Learned;
+            if c != st.init.max_concurrent {
+                st.init.max_concurrent = c;
+                self.gauges.concurrency_limit.set(i64::from(c));
+                changed.max_concurrent = Some(c);
+            }
+        }
+        if let Some(pause) = signals.pause {
+            let until = Instant::now() + pause;
+            if st.paused_until.is_none_or(|p| p < until) {
+                st.paused_until = Some(until);
+                st.paused_until_wall = Some(SystemTime::now() + pause);
+            }
+        }
+        drop(st);
+        self.wake.notify_one();
+        changed
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let paused = st.paused(now).is_some();
+        Snapshot {
+            domain: self.name.clone(),
+            rps: st.init.rps,
+            rps_source: st.init.rps_source,
+            max_concurrent: st.init.max_concurrent,
+            concurrency_source: st.init.concurrency_source,
+            burst: st.init.burst,
+            pinned: st.init.pinned,
+            in_flight: st.in_flight,
+            waiting: st.queue.len(),
+            queue_capacity: st.init.queue_capacity,
+            paused_until: if paused {
+                st.paused_until_wall
+                    .and_then(|w| w.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as u64)
+            } else {
+                None
+            },
+        }
+    }
+
+    /// Estimated wait for a newcomer now (for `Retry-After` elsewhere).
+    pub fn backlog(&self) -> Duration {
+        let mut st = self.lock();
+        let n = st.queue.len();
+        st.eta(n, Instant::now())
+    }
+}
+
+fn remove_waiter(st: &mut State, id: u64) -> bool {
+    match st.queue.iter().position(|w| w.id == id) {
+        Some(pos) => {
+            st.queue.remove(pos);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Undoes a wait that ended without the waiter taking its slot: leaves the
+/// queue, or gives back a slot granted to a waiter that is gone.
+struct WaitGuard<'a> {
+    throttle: &'a Arc<DomainThrottle>,
+    id: u64,
+    granted: bool,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        if self.granted {
+            return;
+        }
+        let t = self.throttle;
+        let mut st = t.lock();
+        if remove_waiter(&mut st, self.id) {
+            t.gauges.waiting.set(st.queue.len() as i64);
+        } else {
+            // The dispatcher granted us a slot we will never use.
+            st.in_flight = st.in_flight.saturating_sub(1);
+            st.gcra.give_back();
+            t.gauges.in_flight.set(i64::from(st.in_flight));
+        }
+        drop(st);
+        t.wake.notify_one();
+    }
+}
+
+/// A concurrency slot, held while the request (or tunnel) is upstream.
+pub struct Permit(Arc<DomainThrottle>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn throttle(rps: f64, conc: u32, cap: usize) -> Arc<DomainThrottle> {
+        let gauges = Gauges {
+            rps_limit: Gauge::new("r", "r").unwrap(),
+            concurrency_limit: IntGauge::new("c", "c").unwrap(),
+            in_flight: IntGauge::new("i", "i").unwrap(),
+            waiting: IntGauge::new("w", "w").unwrap(),
+        };
+        DomainThrottle::new(
+            "t.test".into(),
+            Initial {
+                rps,
+                rps_source: Source::Default,
+                max_concurrent: conc,
+                concurrency_source: Source::Default,
+                burst: 1,
+                queue_capacity: cap,
+                pinned: false,
+                rps_ceiling: 10_000.0,
+                concurrency_ceiling: 1024,
+            },
+            gauges,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paces_fifo_at_the_rate() {
+        let t = throttle(10.0, 100, 100);
+        let start = tokio::time::Instant::now();
+        let mut handles = Vec::new();
+        for i in 0..5 {
+            let t = t.clone();
+            handles.push(tokio::spawn(async move {
+                let p = t.acquire(Duration::from_secs(10)).await.unwrap();
+                (i, tokio::time::Instant::now() - start, p)
+            }));
+            tokio::task::yield_now().await;
+        }
+        let mut times = Vec::new();
+        for h in handles {
+            let (i, at, _p) = h.await.unwrap();
+            times.push((i, at));
+        }
+        for (n, (i, at)) in times.iter().enumerate() {
+            assert_eq!(*i, n);
+            assert!(*at >= Duration::from_millis(100) * n as u32, "{n}: {at:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_cap_holds_and_release_admits_next() {
+        let t = throttle(1000.0, 1, 10);
+        let p1 = t.acquire(Duration::from_secs(5)).await.unwrap();
+        let t2 = t.clone();
+        let waiter = tokio::spawn(async move { t2.acquire(Duration::from_secs(5)).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(t.snapshot().waiting, 1);
+        assert_eq!(t.snapshot().in_flight, 1);
+        drop(p1);
+        waiter.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queue_full_and_wait_timeout() {
+        let t = throttle(1000.0, 1, 1);
+        let _p = t.acquire(Duration::from_secs(5)).await.unwrap();
+        let t2 = t.clone();
+        let queued = tokio::spawn(async move { t2.acquire(Duration::from_millis(300)).await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert!(matches!(t.acquire(Duration::from_secs(1)).await, Err(Denied::QueueFull { .. })));
+        assert!(matches!(queued.await.unwrap(), Err(Denied::WaitTimeout { .. })));
+        assert_eq!(t.snapshot().waiting, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pace_longer_than_max_wait_is_rejected_at_once() {
+        let t = throttle(0.1, 10, 10);
+        let _p = t.acquire(Duration::from_secs(1)).await.unwrap();
+        let before = tokio::time::Instant::now();
+        let r = t.acquire(Duration::from_secs(1)).await;
+        assert!(matches!(r, Err(Denied::WaitTimeout { retry_after }) if retry_after >= Duration::from_secs(9)));
+        assert_eq!(tokio::time::Instant::now(), before);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_leaves_consumes_nothing() {
+        let t = throttle(1.0, 10, 10);
+        let _p = t.acquire(Duration::from_secs(5)).await.unwrap();
+        let t2 = t.clone();
+        let gone = tokio::spawn(async move { t2.acquire(Duration::from_secs(5)).await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        assert_eq!(t.snapshot().waiting, 1);
+        gone.abort();
+        let _ = gone.await;
+        assert_eq!(t.snapshot().waiting, 0);
+        // The next request gets the slot the leaver would have had (t0 + 1 s).
+        let start = tokio::time::Instant::now();
+        let _p2 = t.acquire(Duration::from_secs(5)).await.unwrap();
+        assert!(tokio::time::Instant::now() - start <= Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn learned_pause_and_rate_apply_to_the_next_admission() {
+        let t = throttle(1000.0, 10, 10);
+        drop(t.acquire(Duration::from_secs(5)).await.unwrap());
+        t.learn(&Signals {
+            pause: Some(Duration::from_secs(2)),
+            ..Default::default()
+        });
+        let start = tokio::time::Instant::now();
+        drop(t.acquire(Duration::from_secs(5)).await.unwrap());
+        assert!(tokio::time::Instant::now() - start >= Duration::from_secs(2) - Duration::from_millis(5));
+        let changed = t.learn(&Signals {
+            rps: Some(0.5),
+            max_concurrent: Some(5000),
+            ..Default::default()
+        });
+        assert_eq!(changed, Changed { rps: Some(0.5), max_concurrent: Some(1024) });
+        let s = t.snapshot();
+        assert_eq!((s.rps, s.rps_source, s.max_concurrent), (0.5, Source::Learned, 1024));
+        let start = tokio::time::Instant::now();
+        drop(t.acquire(Duration::from_secs(5)).await.unwrap());
+        assert!(tokio::time::Instant::now() - start >= Duration::from_secs(2) - Duration::from_millis(5));
+    }
+}

@@ -1,0 +1,189 @@
+//! Reading an API's own limits from its response headers (SPEC §5).
+//!
+//! Pure functions: headers in, signals out. What a signal does to a domain
+//! is decided in `domain.rs`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+
+pub const RPS_HEADER: &str = "x-ezthrottle-rps";
+pub const CONCURRENCY_HEADER: &str = "x-ezthrottle-max-concurrent";
+
+/// Values beyond these are not a limit anyone means: they are ignored
+/// rather than clamped (SPEC §5 clamps sane values to the ceilings).
+const ABSURD_RPS: f64 = 1e9;
+const ABSURD_CONCURRENCY: u64 = 1_000_000;
+/// A pause longer than a day is a broken header, not a plan.
+const ABSURD_PAUSE: Duration = Duration::from_secs(24 * 3600);
+/// `X-RateLimit-Reset` above this is a Unix timestamp (GitHub style), below
+/// it a number of seconds (IETF `RateLimit-Reset` style).
+const EPOCH_THRESHOLD: u64 = 1_000_000_000;
+
+/// What one response says about its domain's limits.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Signals {
+    pub rps: Option<f64>,
+    pub max_concurrent: Option<u64>,
+    /// Pause the domain for this long from now.
+    pub pause: Option<Duration>,
+    /// Header names whose values were present but unusable.
+    pub ignored: Vec<&'static str>,
+}
+
+impl Signals {
+    pub fn is_empty(&self) -> bool {
+        self.rps.is_none() && self.max_concurrent.is_none() && self.pause.is_none() && self.ignored.is_empty()
+    }
+}
+
+/// Read every limit signal from a response.
+pub fn read(status: u16, headers: &HeaderMap, now: SystemTime) -> Signals {
+    let mut s = Signals::default();
+    if let Some(v) = header(headers, RPS_HEADER) {
+        match parse_rps(v) {
+            Some(r) => s.rps = Some(r),
+            None => s.ignored.push(RPS_HEADER),
+        }
+    }
+    if let Some(v) = header(headers, CONCURRENCY_HEADER) {
+        match parse_concurrency(v) {
+            Some(c) => s.max_concurrent = Some(c),
+            None => s.ignored.push(CONCURRENCY_HEADER),
+        }
+    }
+    if status == 429 || status == 503 {
+        if let Some(v) = header(headers, "retry-after") {
+            match parse_retry_after(v, now) {
+                Some(d) => s.pause = Some(d),
+                None => s.ignored.push("retry-after"),
+            }
+        }
+    }
+    for (remaining, reset) in [
+        ("ratelimit-remaining", "ratelimit-reset"),
+        ("x-ratelimit-remaining", "x-ratelimit-reset"),
+    ] {
+        let Some(rem) = header(headers, remaining) else {
+            continue;
+        };
+        match rem.trim().parse::<u64>() {
+            Ok(0) => match header(headers, reset).and_then(|r| parse_reset(r, now)) {
+                Some(d) => s.pause = Some(s.pause.map_or(d, |p| p.max(d))),
+                None => s.ignored.push(if remaining.starts_with('x') { "x-ratelimit-reset" } else { "ratelimit-reset" }),
+            },
+            Ok(_) => {}
+            Err(_) => s.ignored.push(if remaining.starts_with('x') { "x-ratelimit-remaining" } else { "ratelimit-remaining" }),
+        }
+    }
+    s
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    // A value that is not visible ASCII is treated as present-but-unusable.
+    headers.get(name).map(|v| v.to_str().unwrap_or("\u{0}"))
+}
+
+pub fn parse_rps(v: &str) -> Option<f64> {
+    let r: f64 = v.trim().parse().ok()?;
+    (r.is_finite() && r > 0.0 && r < ABSURD_RPS).then_some(r)
+}
+
+pub fn parse_concurrency(v: &str) -> Option<u64> {
+    let c: u64 = v.trim().parse().ok()?;
+    (c > 0 && c < ABSURD_CONCURRENCY).then_some(c)
+}
+
+/// `Retry-After`: delta seconds or an HTTP-date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
+    let v = v.trim();
+    let d = if let Ok(secs) = v.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let when = httpdate::parse_http_date(v).ok()?;
+        when.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    (d > Duration::ZERO && d <= ABSURD_PAUSE).then_some(d)
+}
+
+fn parse_reset(v: &str, now: SystemTime) -> Option<Duration> {
+    let n: u64 = v.trim().parse().ok()?;
+    let d = if n >= EPOCH_THRESHOLD {
+        let at = UNIX_EPOCH + Duration::from_secs(n);
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    } else {
+        Duration::from_secs(n)
+    };
+    (d > Duration::ZERO && d <= ABSURD_PAUSE).then_some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn reads_rps_and_concurrency_case_insensitively() {
+        let s = read(200, &h(&[("X-EZTHROTTLE-RPS", "0.5"), ("x-ezthrottle-max-concurrent", " 7 ")]), SystemTime::now());
+        assert_eq!(s.rps, Some(0.5));
+        assert_eq!(s.max_concurrent, Some(7));
+        assert!(s.ignored.is_empty());
+    }
+
+    #[test]
+    fn bad_values_are_ignored_and_reported() {
+        for bad in ["fast", "NaN", "inf", "-infinity", "-1", "0", "0.0", "1e300", "", "1,5"] {
+            let s = read(200, &h(&[(RPS_HEADER, bad)]), SystemTime::now());
+            assert_eq!(s.rps, None, "{bad}");
+            assert_eq!(s.ignored, vec![RPS_HEADER], "{bad}");
+        }
+        for bad in ["two", "0", "-3", "2.5", "99999999999", "18446744073709551616"] {
+            let s = read(200, &h(&[(CONCURRENCY_HEADER, bad)]), SystemTime::now());
+            assert_eq!(s.max_concurrent, None, "{bad}");
+            assert_eq!(s.ignored, vec![CONCURRENCY_HEADER], "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_after_only_on_429_and_503() {
+        let now = SystemTime::now();
+        assert_eq!(read(429, &h(&[("retry-after", "3")]), now).pause, Some(Duration::from_secs(3)));
+        assert_eq!(read(503, &h(&[("retry-after", "3")]), now).pause, Some(Duration::from_secs(3)));
+        assert_eq!(read(200, &h(&[("retry-after", "3")]), now).pause, None);
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(10));
+        let p = read(429, &h(&[("retry-after", &date)]), now).pause.unwrap();
+        assert!(p > Duration::from_secs(8) && p <= Duration::from_secs(10), "{p:?}");
+        for bad in ["soon", "-5", "0", "999999999", "Wed, 99 Foo 2020 00:00:00 GMT"] {
+            let s = read(429, &h(&[("retry-after", bad)]), now);
+            assert_eq!(s.pause, None, "{bad}");
+            assert_eq!(s.ignored, vec!["retry-after"], "{bad}");
+        }
+    }
+
+    #[test]
+    fn ratelimit_remaining_zero_pauses_until_reset() {
+        let now = SystemTime::now();
+        let s = read(200, &h(&[("RateLimit-Remaining", "0"), ("RateLimit-Reset", "4")]), now);
+        assert_eq!(s.pause, Some(Duration::from_secs(4)));
+        let s = read(200, &h(&[("RateLimit-Remaining", "3"), ("RateLimit-Reset", "4")]), now);
+        assert_eq!(s.pause, None);
+        let epoch = (now + Duration::from_secs(6)).duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let s = read(200, &h(&[("X-RateLimit-Remaining", "0"), ("X-RateLimit-Reset", &epoch.to_string())]), now);
+        let p = s.pause.unwrap();
+        assert!(p > Duration::from_secs(4) && p <= Duration::from_secs(6), "{p:?}");
+        let s = read(200, &h(&[("X-RateLimit-Remaining", "zero")]), now);
+        assert_eq!(s.ignored, vec!["x-ratelimit-remaining"]);
+        let s = read(200, &h(&[("RateLimit-Remaining", "0"), ("RateLimit-Reset", "later")]), now);
+        assert_eq!((s.pause, s.ignored), (None, vec!["ratelimit-reset"]));
+    }
+}

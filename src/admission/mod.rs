@@ -1,0 +1,187 @@
+//! Admission phase: per-domain pace and concurrency (SPEC §5).
+//!
+//! [`Admission`] owns one [`DomainThrottle`] per domain, built from the
+//! config and from limits learned earlier (persisted in the store), and feeds
+//! every upstream response's limit headers back into it.
+
+pub mod domain;
+pub mod gcra;
+pub mod learn;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use dashmap::DashMap;
+
+pub use domain::{Denied, DomainThrottle, Permit, Snapshot, Source};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{now_ms, LearnedLimit, Store};
+
+/// Request header carrying a request's patience in seconds (SPEC §5).
+pub const MAX_WAIT_HEADER: &str = "x-ezthrottle-max-wait";
+
+pub struct Admission {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
+    domains: DashMap<String, Arc<DomainThrottle>>,
+    /// Limits learned before this start, applied when a domain is first seen.
+    learned: HashMap<String, LearnedLimit>,
+    /// Domains whose bad header values were already logged (log once per domain).
+    warned: DashMap<String, ()>,
+}
+
+impl Admission {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, store: Arc<dyn Store>, learned: Vec<LearnedLimit>) -> Self {
+        let admission = Admission {
+            config,
+            metrics,
+            store,
+            domains: DashMap::new(),
+            learned: learned.into_iter().map(|l| (l.domain.clone(), l)).collect(),
+            warned: DashMap::new(),
+        };
+        // Show learned domains in /api/v1/domains and metrics right after a restart.
+        let names: Vec<String> = admission.learned.keys().cloned().collect();
+        for name in names {
+            admission.throttle(&name);
+        }
+        admission
+    }
+
+    /// The throttle of `domain`, created on first use.
+    pub fn throttle(&self, domain: &str) -> Arc<DomainThrottle> {
+        if let Some(t) = self.domains.get(domain) {
+            return t.clone();
+        }
+        self.domains
+            .entry(domain.to_string())
+            .or_insert_with(|| DomainThrottle::new(domain.to_string(), self.initial(domain), self.gauges(domain)))
+            .clone()
+    }
+
+    fn initial(&self, domain: &str) -> domain::Initial {
+        let limits = &self.config.limits;
+        let dc = self.config.domain(domain);
+        let l = dc.map(|d| &d.limits).unwrap_or(&limits.defaults);
+        let pinned = dc.is_some_and(|d| d.pin);
+        let source = |set: bool| if set { Source::Config } else { Source::Default };
+        let mut init = domain::Initial {
+            rps: l.rps,
+            rps_source: source(dc.is_some_and(|d| d.rps_set)),
+            max_concurrent: l.max_concurrent,
+            concurrency_source: source(dc.is_some_and(|d| d.max_concurrent_set)),
+            burst: l.burst,
+            queue_capacity: l.queue_capacity,
+            pinned,
+            rps_ceiling: limits.rps_ceiling,
+            concurrency_ceiling: limits.concurrency_ceiling,
+        };
+        if !pinned {
+            if let Some(learned) = self.learned.get(domain) {
+                if let Some(rps) = learned.rps.filter(|r| r.is_finite() && *r > 0.0) {
+                    init.rps = rps.clamp(0.01, limits.rps_ceiling);
+                    init.rps_source = Source::Learned;
+                }
+                if let Some(c) = learned.max_concurrent.filter(|c| *c > 0) {
+                    init.max_concurrent = c.clamp(1, limits.concurrency_ceiling);
+                    init.concurrency_source = Source::Learned;
+                }
+            }
+        }
+        init
+    }
+
+    fn gauges(&self, domain: &str) -> domain::Gauges {
+        let m = &self.metrics;
+        let label = m.domain_label(domain);
+        let l = [label.as_str()];
+        domain::Gauges {
+            rps_limit: m.domain_rps_limit.with_label_values(&l),
+            concurrency_limit: m.domain_concurrency_limit.with_label_values(&l),
+            in_flight: m.domain_in_flight.with_label_values(&l),
+            waiting: m.domain_waiting.with_label_values(&l),
+        }
+    }
+
+    /// The max wait of a request: its `X-EZThrottle-Max-Wait` (seconds) or
+    /// the domain's configured `max_wait`.
+    pub fn max_wait(&self, domain: &str, header: Option<&str>) -> Result<Duration, String> {
+        match header {
+            None => Ok(self.config.limits_for(domain).max_wait),
+            Some(v) => {
+                let secs: f64 = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("X-EZThrottle-Max-Wait must be a number of seconds, got {v:?}"))?;
+                if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 {
+                    return Err(format!("X-EZThrottle-Max-Wait must be between 0 and 86400 seconds, got {v:?}"));
+                }
+                Ok(Duration::from_secs_f64(secs))
+            }
+        }
+    }
+
+    /// Wait for admission; records the wait time.
+    pub async fn admit(&self, domain: &str, max_wait: Duration) -> Result<(Permit, Duration), Denied> {
+        let throttle = self.throttle(domain);
+        let started = Instant::now();
+        let result = throttle.acquire(max_wait).await;
+        let waited = started.elapsed();
+        let label = self.metrics.domain_label(domain);
+        self.metrics
+            .throttle_wait_seconds
+            .with_label_values(&[label.as_str()])
+            .observe(waited.as_secs_f64());
+        result.map(|p| (p, waited))
+    }
+
+    /// Learn from an upstream response of `domain`. Changed limits are
+    /// persisted before this returns, so the client's response is only sent
+    /// once a restart would remember them.
+    pub async fn learn(&self, domain: &str, status: u16, headers: &http::HeaderMap) {
+        let signals = learn::read(status, headers, SystemTime::now());
+        if signals.is_empty() {
+            return;
+        }
+        let throttle = self.throttle(domain);
+        if !signals.ignored.is_empty() {
+            let label = self.metrics.domain_label(domain);
+            for header in &signals.ignored {
+                self.metrics
+                    .limit_headers_ignored_total
+                    .with_label_values(&[label.as_str(), header])
+                    .inc();
+            }
+            if self.warned.insert(domain.to_string(), ()).is_none() {
+                tracing::warn!(domain, headers = ?signals.ignored, "ignoring unusable rate-limit header values (logged once per domain)");
+            }
+        }
+        let changed = throttle.learn(&signals);
+        if let Some(pause) = signals.pause {
+            tracing::info!(domain, pause_ms = pause.as_millis() as u64, "domain paused by upstream");
+        }
+        if changed.any() {
+            tracing::info!(domain, rps = ?changed.rps, max_concurrent = ?changed.max_concurrent, "learned limits");
+            let record = LearnedLimit {
+                domain: domain.to_string(),
+                rps: changed.rps,
+                max_concurrent: changed.max_concurrent,
+                updated_at: now_ms(),
+            };
+            if let Err(e) = self.store.save_learned_limit(record).await {
+                tracing::error!(domain, error = %e, "cannot persist learned limits");
+            }
+        }
+    }
+
+    /// Every known domain, sorted by name.
+    pub fn snapshot(&self) -> Vec<Snapshot> {
+        let mut all: Vec<Snapshot> = self.domains.iter().map(|e| e.value().snapshot()).collect();
+        all.sort_by(|a, b| a.domain.cmp(&b.domain));
+        all
+    }
+}

@@ -1,0 +1,112 @@
+//! Python clients (`urllib`, `requests`, `ssl`) driven through `tests/py/`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use super::proc::{run, show};
+use super::{py_script, python, CLIENT_TIMEOUT};
+
+const CLEARED_ENV: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "PYTHONPATH",
+];
+
+fn base(script: &str) -> Command {
+    let mut cmd = Command::new(python());
+    for k in CLEARED_ENV {
+        cmd.env_remove(k);
+    }
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd.arg(py_script(script));
+    cmd
+}
+
+/// What `tests/py/fetch.py` reported.
+#[derive(Debug)]
+pub struct PyFetch {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body_len: u64,
+    pub body_sha256: String,
+    pub body_text: String,
+}
+
+impl PyFetch {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Fetch `url` with Python `lib` ("urllib" or "requests"); proxies and CA
+/// trust only through `env`. Panics with the script's output on a transport
+/// error, and with a pointer to `scripts/test` if `requests` is missing.
+pub fn fetch(lib: &str, url: &str, env: &[(&str, &str)], data_file: Option<&Path>) -> PyFetch {
+    let mut cmd = base("fetch.py");
+    cmd.arg("--lib").arg(lib);
+    if let Some(f) = data_file {
+        cmd.arg("--method").arg("POST").arg("--data-file").arg(f);
+    }
+    cmd.arg(url);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run(&mut cmd, CLIENT_TIMEOUT);
+    match out.status.code() {
+        Some(0) => {}
+        Some(3) => panic!(
+            "Python `{lib}` is not available to {} (EZT_PYTHON={:?}). Run the tests \
+             through scripts/test, which creates a venv with `requests` and sets \
+             EZT_PYTHON.\n{}",
+            python(),
+            std::env::var("EZT_PYTHON").ok(),
+            show(&out)
+        ),
+        _ => panic!("python {lib} fetch of {url} failed:\n{}", show(&out)),
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("fetch.py printed no JSON ({e}):\n{}", show(&out)));
+    PyFetch {
+        status: v["status"].as_u64().expect("status") as u16,
+        headers: v["headers"]
+            .as_array()
+            .expect("headers")
+            .iter()
+            .map(|p| {
+                (
+                    p[0].as_str().unwrap_or_default().to_string(),
+                    p[1].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect(),
+        body_len: v["body_len"].as_u64().expect("body_len"),
+        body_sha256: v["body_sha256"].as_str().expect("sha").to_string(),
+        body_text: v["body_text"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
+/// CONNECT through `proxy` to `target` ("host:port") and handshake TLS
+/// trusting only `cafile`; returns the JSON report of `tests/py/peer_cert.py`
+/// (`ok`, `peer_issuer`, `peer_subject`, `san`, `ca_subject`, `error`).
+pub fn peer_cert(proxy: SocketAddr, target: &str, cafile: &Path) -> serde_json::Value {
+    let mut cmd = base("peer_cert.py");
+    cmd.arg(proxy.to_string()).arg(target).arg(cafile);
+    let out = run(&mut cmd, CLIENT_TIMEOUT);
+    assert!(out.status.success(), "peer_cert.py failed:\n{}", show(&out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("peer_cert.py printed no JSON ({e}):\n{}", show(&out)))
+}

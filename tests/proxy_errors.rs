@@ -1,0 +1,225 @@
+//! Every error the proxy answers with: status AND the SPEC §8 JSON code,
+//! for plain requests, CONNECT answers and intercepted inner requests.
+
+mod common;
+
+use common::raw::{self, RawConn, RawResponse};
+use common::{closed_addr, curl, error_code, Ezthrottle, Origin};
+
+fn assert_error(resp: &RawResponse, status: u16, code: &str) {
+    assert_eq!(
+        resp.status,
+        status,
+        "expected {status} {code}, got {} {:?} body {}",
+        resp.status,
+        resp.headers,
+        resp.text()
+    );
+    assert_eq!(resp.error_code(), code, "body: {}", resp.text());
+    let message = resp.error_message();
+    assert!(!message.is_empty(), "empty error message: {}", resp.text());
+    let ct = resp.header("content-type").unwrap_or("");
+    assert!(
+        ct.contains("application/json"),
+        "error bodies are JSON, Content-Type was {ct:?}"
+    );
+}
+
+#[test]
+fn origin_form_request_is_not_a_proxy_request() {
+    let origin = Origin::start();
+    let ez = Ezthrottle::for_origin(&origin).start();
+
+    let resp = raw::request(
+        ez.proxy,
+        &format!(
+            "GET /some/path HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            ez.proxy
+        ),
+    );
+    assert_error(&resp, 400, "not_a_proxy_request");
+    let message = resp.error_message();
+    assert!(
+        message.contains(&ez.control.to_string()),
+        "the message must name the control address {}: {message:?}",
+        ez.control
+    );
+
+    // curl pointed straight at the proxy port (no --proxy) sends origin-form too.
+    let f = curl().fetch(&format!("http://{}/", ez.proxy));
+    assert_eq!(f.code, 400, "{}", f.describe());
+    assert_eq!(error_code(&f.body), "not_a_proxy_request");
+}
+
+#[test]
+fn connect_to_a_port_not_allowed_is_403() {
+    let origin = Origin::start();
+    let ez = Ezthrottle::for_origin(&origin).start();
+
+    let (_c, resp) = raw::connect(ez.proxy, "origin.test:22");
+    assert_error(&resp, 403, "connect_port_denied");
+
+    // The plain HTTP port of the origin is not in connect_ports either.
+    let target = format!("origin.test:{}", origin.http_addr.port());
+    let (_c, resp) = raw::connect(ez.proxy, &target);
+    assert_error(&resp, 403, "connect_port_denied");
+
+    // curl sees the refusal as the CONNECT answer.
+    let f = curl()
+        .proxy(&ez)
+        .cacert(&ez.ca_path)
+        .fetch(&format!("https://origin.test:{}/", origin.http_addr.port()));
+    assert_eq!(f.connect_code, 403, "{}", f.describe());
+    assert_ne!(f.exit, 0);
+    assert_eq!(origin.count("/"), 0);
+}
+
+#[test]
+fn request_to_the_proxy_itself_is_a_loop() {
+    let origin = Origin::start();
+    let ez = Ezthrottle::for_origin(&origin).connect_self().start();
+
+    let resp = raw::proxy_get(ez.proxy, &format!("http://{}/x", ez.proxy));
+    assert_error(&resp, 508, "proxy_loop");
+
+    let f = curl()
+        .proxy(&ez)
+        .fetch(&format!("http://127.0.0.1:{}/y", ez.proxy.port()));
+    assert_eq!(f.code, 508, "{}", f.describe());
+    assert_eq!(error_code(&f.body), "proxy_loop");
+
+    // CONNECT to the proxy's own address (its port allowed for this test).
+    let (_c, resp) = raw::connect(ez.proxy, &ez.proxy.to_string());
+    assert_error(&resp, 508, "proxy_loop");
+}
+
+#[test]
+fn unresolvable_host_is_502() {
+    let origin = Origin::start();
+    let ez = Ezthrottle::for_origin(&origin)
+        .extra("[limits.domains.\"tunnel-nope.invalid\"]\ntls = \"tunnel\"")
+        .start();
+
+    let resp = raw::proxy_get(ez.proxy, "http://nope.invalid/");
+    assert_error(&resp, 502, "upstream_unresolvable");
+
+    let f = curl().proxy(&ez).fetch("http://nope.invalid/path");
+    assert_eq!(f.code, 502, "{}", f.describe());
+    assert_eq!(error_code(&f.body), "upstream_unresolvable");
+
+    // A tunnel must reach the upstream before it can answer 200, so the
+    // failure is the CONNECT answer.
+    let (_c, resp) = raw::connect(ez.proxy, "tunnel-nope.invalid:443");
+    assert_error(&resp, 502, "upstream_unresolvable");
+
+    // Intercept mode may answer the CONNECT before resolving: then the inner
+    // request gets the error.
+    let (_c, resp) = raw::connect(ez.proxy, "nope.invalid:443");
+    if resp.status == 200 {
+        let f = curl()
+            .proxy(&ez)
+            .cacert(&ez.ca_path)
+            .fetch("https://nope.invalid/");
+        assert_eq!(f.code, 502, "{}", f.describe());
+        assert_eq!(error_code(&f.body), "upstream_unresolvable");
+    } else {
+        assert_error(&resp, 502, "upstream_unresolvable");
+    }
+}
+
+#[test]
+fn connection_refused_is_502() {
+    let origin = Origin::start();
+    let closed = closed_addr();
+    let ez = Ezthrottle::for_origin(&origin)
+        .connect_port(closed.port())
+        .resolve("closed.test", "127.0.0.1")
+        .extra("[limits.domains.\"closed.test\"]\ntls = \"tunnel\"")
+        .start();
+
+    let resp = raw::proxy_get(ez.proxy, &format!("http://{closed}/"));
+    assert_error(&resp, 502, "upstream_connect_failed");
+
+    let f = curl()
+        .proxy(&ez)
+        .fetch(&format!("http://closed.test:{}/x", closed.port()));
+    assert_eq!(f.code, 502, "{}", f.describe());
+    assert_eq!(error_code(&f.body), "upstream_connect_failed");
+
+    let (_c, resp) = raw::connect(ez.proxy, &format!("closed.test:{}", closed.port()));
+    assert_error(&resp, 502, "upstream_connect_failed");
+}
+
+#[test]
+fn untrusted_origin_certificate_is_upstream_tls_failed() {
+    let origin = Origin::start();
+    // No upstream_ca_file: the proxy trusts only the system roots, which do
+    // not include the origin's test CA.
+    let ez = Ezthrottle::for_origin(&origin).no_upstream_ca().start();
+
+    let f = curl()
+        .proxy(&ez)
+        .cacert(&ez.ca_path)
+        .fetch(&origin.https_url("/echo"));
+    assert_eq!(f.connect_code, 200, "{}", f.describe());
+    assert_eq!(f.code, 502, "{}", f.describe());
+    assert_eq!(error_code(&f.body), "upstream_tls_failed", "{}", f.text());
+    assert_eq!(
+        origin.count("/echo"),
+        0,
+        "no request may be sent over an unverified connection"
+    );
+
+    // Same proxy, verified origin on another run: trust makes the difference.
+    let ez_trusting = Ezthrottle::for_origin(&origin).start();
+    curl()
+        .proxy(&ez_trusting)
+        .cacert(&ez_trusting.ca_path)
+        .fetch(&origin.https_url("/echo"))
+        .assert_status(200);
+}
+
+#[test]
+fn malformed_requests_get_4xx_not_a_hang() {
+    let origin = Origin::start();
+    let ez = Ezthrottle::for_origin(&origin).start();
+
+    let cases = [
+        "GARBAGE\r\n\r\n",
+        "GET http://bad host/ HTTP/1.1\r\nHost: bad host\r\n\r\n",
+        "GET http:///no-host HTTP/1.1\r\nHost: \r\n\r\n",
+        "GET http://origin.test:99999/ HTTP/1.1\r\nHost: origin.test:99999\r\n\r\n",
+        "CONNECT origin.test HTTP/1.1\r\nHost: origin.test\r\n\r\n",
+        "CONNECT :443 HTTP/1.1\r\n\r\n",
+    ];
+    for case in cases {
+        let mut c = RawConn::connect(ez.proxy);
+        c.send(case.as_bytes());
+        let resp = c
+            .try_read_response(true)
+            .unwrap_or_else(|e| panic!("no response to {case:?} ({e})"));
+        assert!(
+            (400..500).contains(&resp.status),
+            "{case:?} got {} {}",
+            resp.status,
+            resp.text()
+        );
+    }
+    assert_eq!(origin.count("/"), 0);
+}
+
+#[test]
+fn proxy_stays_healthy_after_errors() {
+    let origin = Origin::start();
+    let ez = Ezthrottle::for_origin(&origin).start();
+
+    for _ in 0..3 {
+        let mut c = RawConn::connect(ez.proxy);
+        c.send(b"GARBAGE\r\n\r\n");
+        let _ = c.try_read_response(false);
+        let _ = raw::proxy_get(ez.proxy, "http://nope.invalid/");
+        let _ = raw::proxy_get(ez.proxy, &format!("http://{}/", closed_addr()));
+    }
+    let f = curl().proxy(&ez).fetch(&origin.http_url("/echo"));
+    f.assert_status(200);
+}
