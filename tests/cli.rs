@@ -68,7 +68,10 @@ fn config_check_accepts_a_good_file_and_prints_the_effective_config() {
         text.contains(&format!("127.0.0.1:{port}")),
         "effective config must show the proxy listen address:\n{text}"
     );
-    assert!(text.contains("7.5"), "effective config must show rps:\n{text}");
+    assert!(
+        text.contains("7.5"),
+        "effective config must show rps:\n{text}"
+    );
     assert!(
         text.contains("api.example.test"),
         "effective config must show the domain table:\n{text}"
@@ -97,7 +100,11 @@ fn config_check_rejects_unknown_keys() {
     let cfg = write(dir.path(), "unknown.toml", "[proxy]\nlisten_addr = \"x\"\n");
 
     let out = ez(&["config", "check", "--config", s(&cfg)], &[]);
-    assert!(!out.status.success(), "unknown key accepted: {}", show(&out));
+    assert!(
+        !out.status.success(),
+        "unknown key accepted: {}",
+        show(&out)
+    );
     let err = stderr(&out);
     assert!(err.contains("listen_addr"), "must name the key: {err}");
     assert!(err.contains("unknown.toml"), "must name the file: {err}");
@@ -163,19 +170,34 @@ fn ca_init_path_and_export() {
         pem.starts_with("-----BEGIN CERTIFICATE-----"),
         "not a PEM certificate: {pem}"
     );
-    assert!(!pem.contains("PRIVATE KEY"), "the CA PEM must not hold the key");
+    assert!(
+        !pem.contains("PRIVATE KEY"),
+        "the CA PEM must not hold the key"
+    );
 
     let keys: Vec<PathBuf> = std::fs::read_dir(&ca_dir)
         .expect("read ca dir")
         .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("key")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains("key"))
+        })
         .collect();
     assert!(!keys.is_empty(), "no key file in {}", ca_dir.display());
     for key in &keys {
-        let mode = std::fs::metadata(key).expect("key metadata").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(key)
+            .expect("key metadata")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{} has mode {mode:o}", key.display());
         let text = std::fs::read_to_string(key).expect("read key");
-        assert!(text.contains("PRIVATE KEY"), "{} is not a key", key.display());
+        assert!(
+            text.contains("PRIVATE KEY"),
+            "{} is not a key",
+            key.display()
+        );
     }
 
     // init again keeps the existing CA.
@@ -193,7 +215,10 @@ fn ca_init_path_and_export() {
     );
 
     let exported = dir.path().join("exported.pem");
-    let out = ez(&["ca", "export", "--out", s(&exported), "--config", s(&cfg)], &[]);
+    let out = ez(
+        &["ca", "export", "--out", s(&exported), "--config", s(&cfg)],
+        &[],
+    );
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(std::fs::read_to_string(&exported).expect("exported"), pem);
 
@@ -273,7 +298,10 @@ fn data_dir_flag_beats_env_which_beats_file() {
         .data_dir(&file_dir)
         .env("EZTHROTTLE_DATA_DIR", s(&env_dir))
         .start();
-    assert!(env_dir.join("ca").join("ca.pem").exists(), "env must beat the file");
+    assert!(
+        env_dir.join("ca").join("ca.pem").exists(),
+        "env must beat the file"
+    );
     assert!(!file_dir.join("ca").exists(), "file dir was used");
     assert!(ez.stop_sigterm().success());
 }

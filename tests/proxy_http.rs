@@ -20,8 +20,18 @@ fn curl_proxy_flag_forwards_status_headers_and_body() {
     f.assert_status(200);
     assert_eq!(f.text(), HEADERS_BODY);
     assert_eq!(f.header("x-custom-one"), Some("alpha"), "{:?}", f.headers);
-    assert_eq!(f.header("x-custom-two"), Some("beta; gamma=1"), "{:?}", f.headers);
-    assert_eq!(f.header("cache-control"), Some("no-store"), "{:?}", f.headers);
+    assert_eq!(
+        f.header("x-custom-two"),
+        Some("beta; gamma=1"),
+        "{:?}",
+        f.headers
+    );
+    assert_eq!(
+        f.header("cache-control"),
+        Some("no-store"),
+        "{:?}",
+        f.headers
+    );
     let cookies = f.headers_all("set-cookie");
     assert_eq!(
         cookies,

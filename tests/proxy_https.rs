@@ -107,7 +107,9 @@ fn leaf_shown_to_client_is_issued_by_the_ezthrottle_ca() {
         .arg("-v")
         .fetch(&origin.https_url("/echo"));
     f.assert_status(200);
-    let issuer = f.issuer().unwrap_or_else(|| panic!("no issuer in curl -v:\n{}", f.stderr));
+    let issuer = f
+        .issuer()
+        .unwrap_or_else(|| panic!("no issuer in curl -v:\n{}", f.stderr));
     assert!(
         !issuer.contains(TEST_CA_CN),
         "intercepted connection shows the origin's issuer {issuer:?}"
@@ -290,7 +292,9 @@ fn tunnel_mode_client_sees_the_origin_certificate() {
         .fetch(&origin.https_url("/echo?tunnel=1"));
     f.assert_status(200);
     assert_eq!(f.connect_code, 200);
-    let issuer = f.issuer().unwrap_or_else(|| panic!("no issuer in curl -v:\n{}", f.stderr));
+    let issuer = f
+        .issuer()
+        .unwrap_or_else(|| panic!("no issuer in curl -v:\n{}", f.stderr));
     assert!(
         issuer.contains(TEST_CA_CN),
         "tunnel must show the origin's certificate, issuer was {issuer:?}"

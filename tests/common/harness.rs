@@ -201,10 +201,7 @@ impl EzBuilder {
     }
 
     fn try_start(&self, work: &Path) -> Result<Ezthrottle, (String, bool)> {
-        let data_dir = self
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| work.join("data"));
+        let data_dir = self.data_dir.clone().unwrap_or_else(|| work.join("data"));
         let proxy_port = free_port();
         let mut control_port = free_port();
         while control_port == proxy_port {

@@ -126,8 +126,9 @@ impl Origin {
     /// Wait (bounded) for the next `/slow` request to arrive; returns its target.
     pub fn wait_slow_arrival(&self, timeout: Duration) -> String {
         let rx = self.arrivals.lock().expect("arrivals lock");
-        rx.recv_timeout(timeout)
-            .unwrap_or_else(|e| panic!("no /slow request reached the origin within {timeout:?}: {e}"))
+        rx.recv_timeout(timeout).unwrap_or_else(|e| {
+            panic!("no /slow request reached the origin within {timeout:?}: {e}")
+        })
     }
 }
 

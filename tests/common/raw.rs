@@ -76,17 +76,17 @@ impl RawConn {
 
     /// Read one response to a non-HEAD, non-CONNECT request.
     pub fn read_response(&mut self) -> RawResponse {
-        self.try_read_response(false)
-            .unwrap_or_else(|e| panic!("reading response failed (read timeout {IO_TIMEOUT:?}): {e}"))
+        self.try_read_response(false).unwrap_or_else(|e| {
+            panic!("reading response failed (read timeout {IO_TIMEOUT:?}): {e}")
+        })
     }
 
     /// Read the response to a CONNECT: a 2xx has no body (the tunnel follows);
     /// anything else is framed normally.
     pub fn read_connect_response(&mut self) -> RawResponse {
-        self.try_read_response(true)
-            .unwrap_or_else(|e| {
-                panic!("reading CONNECT response failed (read timeout {IO_TIMEOUT:?}): {e}")
-            })
+        self.try_read_response(true).unwrap_or_else(|e| {
+            panic!("reading CONNECT response failed (read timeout {IO_TIMEOUT:?}): {e}")
+        })
     }
 
     /// Like `read_response`, but reports EOF / timeouts as errors.
@@ -138,9 +138,9 @@ impl RawConn {
         if chunked {
             resp.body = self.read_chunked()?;
         } else if let Some(len) = resp.header("content-length") {
-            let len: usize = len.parse().map_err(|_| {
-                std::io::Error::new(ErrorKind::InvalidData, "bad content-length")
-            })?;
+            let len: usize = len
+                .parse()
+                .map_err(|_| std::io::Error::new(ErrorKind::InvalidData, "bad content-length"))?;
             let mut body = vec![0u8; len];
             self.reader.read_exact(&mut body)?;
             resp.body = body;
