@@ -1,18 +1,153 @@
-//! Prometheus metrics (SPEC §10), prefix `ezthrottle_`.
+//! Prometheus metrics (SPEC §10), prefix `ezthrottle_`, on a registry of
+//! our own so tests and embedders never share global state.
 //!
-//! CONTRACT (used by pipeline/, accept/, control/):
-//! - `Metrics::new(max_domains: usize) -> Metrics` registers every family on its own `Registry`.
-//! - `Metrics::domain_label(&self, domain: &str) -> String`: the domain itself for the first
-//!   `max_domains` distinct domains seen, `"other"` after that.
-//! - `Metrics::render(&self) -> String`: Prometheus text exposition format.
-//! - Public fields (label order as listed):
-//!   `requests_total: IntCounterVec` {domain, outcome} (forwarded|replayed|conflict|rejected|parked|error),
-//!   `upstream_responses_total: IntCounterVec` {domain, code},
-//!   `upstream_duration_seconds: HistogramVec` {domain},
-//!   `throttle_wait_seconds: HistogramVec` {domain},
-//!   `domain_rps_limit: GaugeVec` {domain}, `domain_concurrency_limit: IntGaugeVec` {domain},
-//!   `domain_in_flight: IntGaugeVec` {domain}, `domain_waiting: IntGaugeVec` {domain},
-//!   `retries_total: IntCounterVec` {domain, kind}, `idempotency_total: IntCounterVec` {result},
-//!   `jobs: IntGaugeVec` {status}, `webhook_deliveries_total: IntCounterVec` {result},
-//!   `connections_total: IntCounterVec` {kind} (plain|connect_intercept|connect_tunnel|denied),
-//!   `proxy_errors_total: IntCounterVec` {code}.
+//! The `domain` label is capped at `[metrics] max_domains` distinct values
+//! (the rest are `other`): a proxy sees whatever hosts its apps call, and an
+//! unbounded label would let one misbehaving app exhaust the scraper.
+
+use dashmap::DashSet;
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    max_domains: usize,
+    seen: DashSet<String>,
+    pub requests_total: IntCounterVec,
+    pub upstream_responses_total: IntCounterVec,
+    pub upstream_duration_seconds: HistogramVec,
+    pub throttle_wait_seconds: HistogramVec,
+    pub domain_rps_limit: GaugeVec,
+    pub domain_concurrency_limit: IntGaugeVec,
+    pub domain_in_flight: IntGaugeVec,
+    pub domain_waiting: IntGaugeVec,
+    pub retries_total: IntCounterVec,
+    pub idempotency_total: IntCounterVec,
+    pub jobs: IntGaugeVec,
+    pub webhook_deliveries_total: IntCounterVec,
+    pub connections_total: IntCounterVec,
+    pub proxy_errors_total: IntCounterVec,
+    pub limit_headers_ignored_total: IntCounterVec,
+}
+
+const WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("ezthrottle")
+}
+
+fn hopts(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
+    HistogramOpts::new(name, help)
+        .namespace("ezthrottle")
+        .buckets(buckets.to_vec())
+}
+
+/// Register a collector; names are fixed and unique, so failure is a bug
+/// caught by the unit tests, not something input can cause.
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    if let Err(e) = r.register(Box::new(c.clone())) {
+        tracing::error!(error = %e, "metric registration failed");
+    }
+    c
+}
+
+macro_rules! vec_metric {
+    ($r:expr, $ty:ty, $opts:expr, $labels:expr) => {
+        reg($r, <$ty>::new($opts, $labels).expect("static metric definition"))
+    };
+}
+
+impl Metrics {
+    pub fn new(max_domains: usize) -> Metrics {
+        let r = Registry::new();
+        let d = &["domain"];
+        Metrics {
+            requests_total: vec_metric!(&r, IntCounterVec, opts("requests_total", "Requests seen by the proxy, by target domain and how they ended (forwarded, replayed, conflict, rejected, parked, error, cancelled)."), &["domain", "outcome"]),
+            upstream_responses_total: vec_metric!(&r, IntCounterVec, opts("upstream_responses_total", "Responses received from upstream, by domain and status code."), &["domain", "code"]),
+            upstream_duration_seconds: vec_metric!(&r, HistogramVec, hopts("upstream_duration_seconds", "Time from choosing the upstream to the end of the request, by domain.", UPSTREAM_BUCKETS), d),
+            throttle_wait_seconds: vec_metric!(&r, HistogramVec, hopts("throttle_wait_seconds", "Time requests waited for admission (pace and concurrency), by domain.", WAIT_BUCKETS), d),
+            domain_rps_limit: vec_metric!(&r, GaugeVec, opts("domain_rps_limit", "Current requests-per-second limit of a domain."), d),
+            domain_concurrency_limit: vec_metric!(&r, IntGaugeVec, opts("domain_concurrency_limit", "Current concurrency limit of a domain."), d),
+            domain_in_flight: vec_metric!(&r, IntGaugeVec, opts("domain_in_flight", "Requests of a domain currently upstream."), d),
+            domain_waiting: vec_metric!(&r, IntGaugeVec, opts("domain_waiting", "Requests of a domain waiting for admission."), d),
+            retries_total: vec_metric!(&r, IntCounterVec, opts("retries_total", "Extra upstream attempts, by domain and kind (retry, reroute)."), &["domain", "kind"]),
+            idempotency_total: vec_metric!(&r, IntCounterVec, opts("idempotency_total", "Idempotency-Key lookups by result."), &["result"]),
+            jobs: vec_metric!(&r, IntGaugeVec, opts("jobs", "Jobs by status."), &["status"]),
+            webhook_deliveries_total: vec_metric!(&r, IntCounterVec, opts("webhook_deliveries_total", "Webhook delivery attempts by result."), &["result"]),
+            connections_total: vec_metric!(&r, IntCounterVec, opts("connections_total", "Client connections by kind (plain, connect_intercept, connect_tunnel, denied)."), &["kind"]),
+            proxy_errors_total: vec_metric!(&r, IntCounterVec, opts("proxy_errors_total", "Errors answered by the proxy itself, by error code."), &["code"]),
+            limit_headers_ignored_total: vec_metric!(&r, IntCounterVec, opts("limit_headers_ignored_total", "Rate-limit response header values that were present but unusable, by domain and header."), &["domain", "header"]),
+            registry: r,
+            max_domains: max_domains.max(1),
+            seen: DashSet::new(),
+        }
+    }
+
+    /// The `domain` label for `domain`: itself for the first `max_domains`
+    /// distinct domains, `other` after that.
+    pub fn domain_label(&self, domain: &str) -> String {
+        if self.seen.contains(domain) {
+            return domain.to_string();
+        }
+        // Racing inserts may overshoot the cap by a few; that is harmless.
+        if self.seen.len() < self.max_domains {
+            self.seen.insert(domain.to_string());
+            return domain.to_string();
+        }
+        "other".to_string()
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_label_is_capped() {
+        let m = Metrics::new(2);
+        assert_eq!(m.domain_label("a.test"), "a.test");
+        assert_eq!(m.domain_label("b.test"), "b.test");
+        assert_eq!(m.domain_label("c.test"), "other");
+        assert_eq!(m.domain_label("a.test"), "a.test");
+    }
+
+    #[test]
+    fn render_has_every_family_after_use() {
+        let m = Metrics::new(10);
+        m.requests_total.with_label_values(&["a.test", "forwarded"]).inc();
+        m.upstream_responses_total.with_label_values(&["a.test", "200"]).inc();
+        m.throttle_wait_seconds.with_label_values(&["a.test"]).observe(0.2);
+        m.domain_rps_limit.with_label_values(&["a.test"]).set(2.0);
+        let text = m.render();
+        for family in [
+            "ezthrottle_requests_total",
+            "ezthrottle_upstream_responses_total",
+            "ezthrottle_throttle_wait_seconds_bucket",
+            "ezthrottle_domain_rps_limit",
+        ] {
+            assert!(text.contains(family), "{family} missing:\n{text}");
+        }
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let (name, value) = line.rsplit_once(' ').expect("name value");
+            assert!(name.starts_with("ezthrottle_"), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+        assert!(text.contains("# TYPE ezthrottle_requests_total counter"));
+    }
+}

@@ -57,6 +57,7 @@ pub struct EzBuilder {
     connect_self: bool,
     listen_flags: bool,
     resolve: Vec<(String, String)>,
+    limits: String,
     extra_toml: String,
     data_dir: Option<PathBuf>,
     data_dir_in_file: bool,
@@ -72,6 +73,7 @@ impl EzBuilder {
             connect_self: false,
             listen_flags: false,
             resolve: vec![("origin.test".into(), "127.0.0.1".into())],
+            limits: "rps = 1000.0\nmax_concurrent = 100".to_string(),
             extra_toml: String::new(),
             data_dir: None,
             data_dir_in_file: true,
@@ -114,6 +116,14 @@ impl EzBuilder {
     /// Add a `[resolve]` entry.
     pub fn resolve(mut self, host: &str, ip: &str) -> Self {
         self.resolve.push((host.into(), ip.into()));
+        self
+    }
+
+    /// The body of the `[limits]` table (default `rps = 1000.0` and
+    /// `max_concurrent = 100`, so tests that are not about throttling stay
+    /// fast); `""` leaves the built-in defaults.
+    pub fn limits(mut self, body: &str) -> Self {
+        self.limits = body.to_string();
         self
     }
 
@@ -173,7 +183,7 @@ impl EzBuilder {
         for (host, ip) in &self.resolve {
             t += &format!("{} = {}\n", toml_str(host), toml_str(ip));
         }
-        t += "\n[limits]\nrps = 1000.0\nmax_concurrent = 100\n";
+        t += &format!("\n[limits]\n{}\n", self.limits);
         t += &self.extra_toml;
         t
     }
@@ -273,7 +283,7 @@ impl EzBuilder {
             stderr_path,
             child: Some(child),
             threads: vec![stderr_thread, stdout_thread],
-            stdout_lines: rx,
+            stdout_lines: std::sync::Mutex::new(rx),
             work: None,
             quiet: false,
         };
@@ -282,7 +292,12 @@ impl EzBuilder {
         let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match ez.stdout_lines.recv_timeout(left) {
+            let next = ez
+                .stdout_lines
+                .lock()
+                .expect("stdout lock")
+                .recv_timeout(left);
+            match next {
                 Ok(line) => {
                     if let Some(rest) = line.strip_prefix("ezthrottle ready ") {
                         let (p, c) = parse_ready(rest).unwrap_or_else(|| {
@@ -362,7 +377,9 @@ pub struct Ezthrottle {
     stderr_path: PathBuf,
     child: Option<Child>,
     threads: Vec<JoinHandle<()>>,
-    stdout_lines: mpsc::Receiver<String>,
+    /// Stdout lines after the ready line (Mutex: the handle is shared across
+    /// client threads, and a Receiver is not Sync).
+    stdout_lines: std::sync::Mutex<mpsc::Receiver<String>>,
     work: Option<tempfile::TempDir>,
     quiet: bool,
 }

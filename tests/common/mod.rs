@@ -10,6 +10,7 @@
 pub mod ca;
 pub mod curl;
 pub mod harness;
+pub mod limit_origin;
 pub mod metrics;
 pub mod origin;
 pub mod proc;
