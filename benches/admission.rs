@@ -47,7 +47,10 @@ fn bench(c: &mut Criterion) {
     });
     let mut headers = http::HeaderMap::new();
     headers.insert("x-ezthrottle-rps", http::HeaderValue::from_static("25.5"));
-    headers.insert("x-ezthrottle-max-concurrent", http::HeaderValue::from_static("8"));
+    headers.insert(
+        "x-ezthrottle-max-concurrent",
+        http::HeaderValue::from_static("8"),
+    );
     c.bench_function("read_limit_headers", |b| {
         b.iter(|| learn::read(200, &headers, std::time::SystemTime::now()))
     });

@@ -154,7 +154,9 @@ async fn client(proxy_port: u16, url: String, host: String, deadline: Instant) {
         // Read one response: headers, then Content-Length bytes of body.
         let mut have = 0;
         let (head_end, body_len) = loop {
-            let Ok(k) = conn.read(&mut buf[have..]).await else { return };
+            let Ok(k) = conn.read(&mut buf[have..]).await else {
+                return;
+            };
             if k == 0 {
                 return;
             }
@@ -174,7 +176,9 @@ async fn client(proxy_port: u16, url: String, host: String, deadline: Instant) {
         };
         let mut body_have = have - head_end;
         while body_have < body_len {
-            let Ok(k) = conn.read(&mut buf[..]).await else { return };
+            let Ok(k) = conn.read(&mut buf[..]).await else {
+                return;
+            };
             if k == 0 {
                 return;
             }

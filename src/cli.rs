@@ -14,7 +14,11 @@ const EXIT_FAILURE: i32 = 1;
 const EXIT_CONFIG: i32 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "ezthrottle", version, about = "Forward HTTP proxy that paces, de-duplicates and retries outbound API calls")]
+#[command(
+    name = "ezthrottle",
+    version,
+    about = "Forward HTTP proxy that paces, de-duplicates and retries outbound API calls"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -75,7 +79,11 @@ enum CaCommand {
     },
 }
 
-fn load(args: &ConfigArgs, listen: Option<SocketAddr>, control_listen: Option<SocketAddr>) -> Result<Config, i32> {
+fn load(
+    args: &ConfigArgs,
+    listen: Option<SocketAddr>,
+    control_listen: Option<SocketAddr>,
+) -> Result<Config, i32> {
     let overrides = Overrides {
         listen,
         control_listen,
@@ -135,8 +143,13 @@ fn ca(cmd: CaCommand) -> i32 {
     let path = LocalCa::cert_path(&config);
     if matches!(cmd, CaCommand::Path(_)) {
         println!("{}", path.display());
-        return if path.exists() { 0 } else {
-            eprintln!("ezthrottle: no CA yet at {} (run `ezthrottle ca init`)", path.display());
+        return if path.exists() {
+            0
+        } else {
+            eprintln!(
+                "ezthrottle: no CA yet at {} (run `ezthrottle ca init`)",
+                path.display()
+            );
             EXIT_FAILURE
         };
     }
@@ -171,15 +184,20 @@ fn ca(cmd: CaCommand) -> i32 {
 /// logs go to stderr so stdout stays for the ready line and command output.
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("EZTHROTTLE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,pingora=warn"));
+    let filter = EnvFilter::try_from_env("EZTHROTTLE_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,pingora=warn")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let json = std::env::var("EZTHROTTLE_LOG_FORMAT")
         .map(|v| v.eq_ignore_ascii_case("json"))
         .unwrap_or(false);
-    let result = if json { builder.json().try_init() } else { builder.try_init() };
+    let result = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
     if let Err(e) = result {
         eprintln!("ezthrottle: logging: {e}");
     }

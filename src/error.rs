@@ -32,9 +32,15 @@ pub enum ProxyError {
     #[error("the upstream connection to {host}:{port} failed")]
     UpstreamFailed { host: String, port: u16 },
     #[error("too many requests are already waiting for {domain}; retry after {}s", secs(*retry_after))]
-    ThrottleQueueFull { domain: String, retry_after: Duration },
+    ThrottleQueueFull {
+        domain: String,
+        retry_after: Duration,
+    },
     #[error("{domain} cannot take this request within its max wait; retry after {}s", secs(*retry_after))]
-    ThrottleWaitTimeout { domain: String, retry_after: Duration },
+    ThrottleWaitTimeout {
+        domain: String,
+        retry_after: Duration,
+    },
     #[error("the client went away while waiting")]
     ClientGone,
     #[error("the proxy is shutting down")]

@@ -60,7 +60,10 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 
 macro_rules! vec_metric {
     ($r:expr, $ty:ty, $opts:expr, $labels:expr) => {
-        reg($r, <$ty>::new($opts, $labels).expect("static metric definition"))
+        reg(
+            $r,
+            <$ty>::new($opts, $labels).expect("static metric definition"),
+        )
     };
 }
 
@@ -130,9 +133,15 @@ mod tests {
     #[test]
     fn render_has_every_family_after_use() {
         let m = Metrics::new(10);
-        m.requests_total.with_label_values(&["a.test", "forwarded"]).inc();
-        m.upstream_responses_total.with_label_values(&["a.test", "200"]).inc();
-        m.throttle_wait_seconds.with_label_values(&["a.test"]).observe(0.2);
+        m.requests_total
+            .with_label_values(&["a.test", "forwarded"])
+            .inc();
+        m.upstream_responses_total
+            .with_label_values(&["a.test", "200"])
+            .inc();
+        m.throttle_wait_seconds
+            .with_label_values(&["a.test"])
+            .observe(0.2);
         m.domain_rps_limit.with_label_values(&["a.test"]).set(2.0);
         let text = m.render();
         for family in [
@@ -143,7 +152,10 @@ mod tests {
         ] {
             assert!(text.contains(family), "{family} missing:\n{text}");
         }
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             let (name, value) = line.rsplit_once(' ').expect("name value");
             assert!(name.starts_with("ezthrottle_"), "{line}");
             assert!(value.parse::<f64>().is_ok(), "{line}");

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::server::{
+    ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
@@ -56,13 +58,19 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
     let config = Arc::new(config);
     let ca = Arc::new(LocalCa::load_or_create(&config)?);
     let leaves = Arc::new(LeafCache::new(ca.clone()));
-    let resolver = Arc::new(Resolver::new(&config).map_err(|e| StartError::Resolver(e.to_string()))?);
+    let resolver =
+        Arc::new(Resolver::new(&config).map_err(|e| StartError::Resolver(e.to_string()))?);
     let metrics = Arc::new(Metrics::new(config.metrics.max_domains));
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir)?);
     let learned = startup_runtime()?
         .block_on(store.learned_limits())
         .map_err(StartError::Store)?;
-    let admission = Arc::new(Admission::new(config.clone(), metrics.clone(), store.clone(), learned));
+    let admission = Arc::new(Admission::new(
+        config.clone(),
+        metrics.clone(),
+        store.clone(),
+        learned,
+    ));
     let instance_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     Ok(Arc::new(Shared {
         config,
@@ -118,7 +126,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
     server.bootstrap();
     let conf = server.configuration.clone();
 
-    let proxy = Arc::new(pingora::proxy::http_proxy(&conf, Pipeline::new(shared.clone())));
+    let proxy = Arc::new(pingora::proxy::http_proxy(
+        &conf,
+        Pipeline::new(shared.clone()),
+    ));
     let mut front = Service::new(
         "ezthrottle proxy".to_string(),
         FrontDoor::new(shared.clone(), proxy),
@@ -154,7 +165,10 @@ struct Signals;
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers; waiting forever");
             return std::future::pending().await;
         };
@@ -173,7 +187,10 @@ fn spawn_drain_watcher(server: &Server, shared: Arc<Shared>) {
     let spawned = std::thread::Builder::new()
         .name("ezthrottle-drain".into())
         .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -188,7 +205,10 @@ fn spawn_drain_watcher(server: &Server, shared: Arc<Shared>) {
                 let drain = shared.config.proxy.drain_timeout;
                 let waiting = shared.inflight.current();
                 tracing::info!(in_flight = waiting, "waiting for in-flight requests");
-                if tokio::time::timeout(drain, shared.inflight.wait_idle()).await.is_err() {
+                if tokio::time::timeout(drain, shared.inflight.wait_idle())
+                    .await
+                    .is_err()
+                {
                     tracing::warn!(
                         in_flight = shared.inflight.current(),
                         "drain timeout reached; exiting with requests still in flight"

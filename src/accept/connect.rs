@@ -22,10 +22,9 @@ const MAX_HEAD: usize = 16 * 1024;
 pub async fn read_head(stream: &mut Stream) -> Result<ConnectTarget, ProxyError> {
     let mut buf = Vec::with_capacity(256);
     loop {
-        let byte = stream
-            .read_u8()
-            .await
-            .map_err(|_| ProxyError::BadRequest("connection closed inside the CONNECT head".into()))?;
+        let byte = stream.read_u8().await.map_err(|_| {
+            ProxyError::BadRequest("connection closed inside the CONNECT head".into())
+        })?;
         buf.push(byte);
         if buf.ends_with(b"\r\n\r\n") {
             break;
@@ -46,7 +45,11 @@ pub fn parse_head(buf: &[u8]) -> Result<ConnectTarget, ProxyError> {
         Ok(httparse::Status::Partial) => {
             return Err(ProxyError::BadRequest("incomplete CONNECT head".into()))
         }
-        Err(e) => return Err(ProxyError::BadRequest(format!("malformed CONNECT head: {e}"))),
+        Err(e) => {
+            return Err(ProxyError::BadRequest(format!(
+                "malformed CONNECT head: {e}"
+            )))
+        }
     }
     if req.method != Some("CONNECT") {
         return Err(ProxyError::BadRequest("expected CONNECT".into()));

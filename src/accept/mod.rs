@@ -48,10 +48,9 @@ impl FrontDoor {
                 let ip = addr.ip();
                 // `::ffff:127.0.0.1` on a dual-stack socket is the IPv4 client.
                 let ip = match ip {
-                    std::net::IpAddr::V6(v6) => v6
-                        .to_ipv4_mapped()
-                        .map(std::net::IpAddr::V4)
-                        .unwrap_or(ip),
+                    std::net::IpAddr::V6(v6) => {
+                        v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip)
+                    }
                     v4 => v4,
                 };
                 if self
@@ -72,12 +71,20 @@ impl FrontDoor {
         }
     }
 
-    async fn handle_connect(self: &Arc<Self>, mut stream: Stream, conn: ConnInfo, shutdown: &ShutdownWatch) {
+    async fn handle_connect(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        conn: ConnInfo,
+        shutdown: &ShutdownWatch,
+    ) {
         let metrics = &self.shared.metrics;
         let target = match connect::read_head(&mut stream).await {
             Ok(t) => t,
             Err(err) => {
-                metrics.proxy_errors_total.with_label_values(&[err.code()]).inc();
+                metrics
+                    .proxy_errors_total
+                    .with_label_values(&[err.code()])
+                    .inc();
                 connect::refuse(&mut stream, &err).await;
                 return;
             }
@@ -92,19 +99,31 @@ impl FrontDoor {
                     .collect::<Vec<_>>()
                     .join(", "),
             };
-            metrics.connections_total.with_label_values(&["denied"]).inc();
-            metrics.proxy_errors_total.with_label_values(&[err.code()]).inc();
+            metrics
+                .connections_total
+                .with_label_values(&["denied"])
+                .inc();
+            metrics
+                .proxy_errors_total
+                .with_label_values(&[err.code()])
+                .inc();
             tracing::info!(domain = %target.host, port = target.port, "CONNECT port denied");
             connect::refuse(&mut stream, &err).await;
             return;
         }
         match self.shared.config.tls_mode(&target.host) {
             TlsMode::Tunnel => {
-                metrics.connections_total.with_label_values(&["connect_tunnel"]).inc();
+                metrics
+                    .connections_total
+                    .with_label_values(&["connect_tunnel"])
+                    .inc();
                 tunnel::run(&self.shared, stream, &target, shutdown).await;
             }
             TlsMode::Intercept => {
-                metrics.connections_total.with_label_values(&["connect_intercept"]).inc();
+                metrics
+                    .connections_total
+                    .with_label_values(&["connect_intercept"])
+                    .inc();
                 intercept::run(self, stream, conn, target, shutdown).await;
             }
         }
@@ -130,12 +149,20 @@ async fn next_request(stream: &mut Stream, shutdown: &ShutdownWatch) -> Option<[
 
 #[async_trait]
 impl ServerApp for FrontDoor {
-    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let client = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()));
         if let Err(err) = self.client_allowed(client) {
-            self.shared.metrics.connections_total.with_label_values(&["denied"]).inc();
+            self.shared
+                .metrics
+                .connections_total
+                .with_label_values(&["denied"])
+                .inc();
             tracing::warn!(client = ?client, "client not allowed");
             connect::refuse(&mut stream, &err).await;
             return None;
@@ -154,13 +181,21 @@ impl ServerApp for FrontDoor {
             }
             if !counted {
                 counted = true;
-                self.shared.metrics.connections_total.with_label_values(&["plain"]).inc();
+                self.shared
+                    .metrics
+                    .connections_total
+                    .with_label_values(&["plain"])
+                    .inc();
             }
             let mut session = ServerSession::new_http1(stream);
             if let Some(s) = settings.take() {
                 pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session);
             }
-            session.set_keepalive(if *shutdown.borrow() { None } else { Some(KEEPALIVE.as_secs()) });
+            session.set_keepalive(if *shutdown.borrow() {
+                None
+            } else {
+                Some(KEEPALIVE.as_secs())
+            });
             session.set_connection_user_context(Some(Box::new(conn.clone())));
             let reused = self.proxy.process_new_http(session, shutdown).await?;
             let (s, p) = reused.consume();

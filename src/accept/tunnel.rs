@@ -15,7 +15,12 @@ use crate::pipeline::ctx::ConnectTarget;
 use crate::pipeline::upstream;
 use crate::state::Shared;
 
-pub async fn run(shared: &Shared, mut client: Stream, target: &ConnectTarget, shutdown: &ShutdownWatch) {
+pub async fn run(
+    shared: &Shared,
+    mut client: Stream,
+    target: &ConnectTarget,
+    shutdown: &ShutdownWatch,
+) {
     let _inflight = shared.inflight.enter();
     let metrics = &shared.metrics;
     let domain = metrics.domain_label(&target.host);
@@ -34,7 +39,10 @@ pub async fn run(shared: &Shared, mut client: Stream, target: &ConnectTarget, sh
                     retry_after,
                 },
             };
-            metrics.requests_total.with_label_values(&[domain.as_str(), "rejected"]).inc();
+            metrics
+                .requests_total
+                .with_label_values(&[domain.as_str(), "rejected"])
+                .inc();
             connect::refuse(&mut client, &err).await;
             return;
         }
@@ -42,8 +50,14 @@ pub async fn run(shared: &Shared, mut client: Stream, target: &ConnectTarget, sh
     let mut upstream = match open(shared, target).await {
         Ok(s) => s,
         Err(err) => {
-            metrics.proxy_errors_total.with_label_values(&[err.code()]).inc();
-            metrics.requests_total.with_label_values(&[domain.as_str(), "error"]).inc();
+            metrics
+                .proxy_errors_total
+                .with_label_values(&[err.code()])
+                .inc();
+            metrics
+                .requests_total
+                .with_label_values(&[domain.as_str(), "error"])
+                .inc();
             tracing::info!(domain = %target.host, error = err.code(), "tunnel refused");
             connect::refuse(&mut client, &err).await;
             return;
@@ -52,7 +66,10 @@ pub async fn run(shared: &Shared, mut client: Stream, target: &ConnectTarget, sh
     if connect::established(&mut client).await.is_err() {
         return;
     }
-    metrics.requests_total.with_label_values(&[domain.as_str(), "forwarded"]).inc();
+    metrics
+        .requests_total
+        .with_label_values(&[domain.as_str(), "forwarded"])
+        .inc();
     let mut shutdown = shutdown.clone();
     let started = std::time::Instant::now();
     let result = tokio::select! {

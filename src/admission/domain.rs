@@ -114,7 +114,9 @@ impl State {
     }
 
     fn can_start(&mut self, now: Instant) -> bool {
-        self.paused(now).is_none() && self.in_flight < self.init.max_concurrent && self.gcra.next_start() <= now
+        self.paused(now).is_none()
+            && self.in_flight < self.init.max_concurrent
+            && self.gcra.next_start() <= now
     }
 
     /// Lower bound on when the request at queue position `n` could start.
@@ -294,7 +296,9 @@ impl DomainThrottle {
             }
         }
         if let Some(c) = signals.max_concurrent {
-            let c = u32::try_from(c).unwrap_or(u32::MAX).clamp(1, st.init.concurrency_ceiling);
+            let c = u32::try_from(c)
+                .unwrap_or(u32::MAX)
+                .clamp(1, st.init.concurrency_ceiling);
             st.init.concurrency_source = Source::Learned;
             if c != st.init.max_concurrent {
                 st.init.max_concurrent = c;
@@ -451,7 +455,8 @@ mod tests {
         let t = throttle(1000.0, 1, 10);
         let p1 = t.acquire(Duration::from_secs(5)).await.unwrap();
         let t2 = t.clone();
-        let waiter = tokio::spawn(async move { t2.acquire(Duration::from_secs(5)).await.map(|_| ()) });
+        let waiter =
+            tokio::spawn(async move { t2.acquire(Duration::from_secs(5)).await.map(|_| ()) });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(t.snapshot().waiting, 1);
         assert_eq!(t.snapshot().in_flight, 1);
@@ -464,11 +469,18 @@ mod tests {
         let t = throttle(1000.0, 1, 1);
         let _p = t.acquire(Duration::from_secs(5)).await.unwrap();
         let t2 = t.clone();
-        let queued = tokio::spawn(async move { t2.acquire(Duration::from_millis(300)).await.map(|_| ()) });
+        let queued =
+            tokio::spawn(async move { t2.acquire(Duration::from_millis(300)).await.map(|_| ()) });
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
-        assert!(matches!(t.acquire(Duration::from_secs(1)).await, Err(Denied::QueueFull { .. })));
-        assert!(matches!(queued.await.unwrap(), Err(Denied::WaitTimeout { .. })));
+        assert!(matches!(
+            t.acquire(Duration::from_secs(1)).await,
+            Err(Denied::QueueFull { .. })
+        ));
+        assert!(matches!(
+            queued.await.unwrap(),
+            Err(Denied::WaitTimeout { .. })
+        ));
         assert_eq!(t.snapshot().waiting, 0);
     }
 
@@ -478,7 +490,9 @@ mod tests {
         let _p = t.acquire(Duration::from_secs(1)).await.unwrap();
         let before = tokio::time::Instant::now();
         let r = t.acquire(Duration::from_secs(1)).await;
-        assert!(matches!(r, Err(Denied::WaitTimeout { retry_after }) if retry_after >= Duration::from_secs(9)));
+        assert!(
+            matches!(r, Err(Denied::WaitTimeout { retry_after }) if retry_after >= Duration::from_secs(9))
+        );
         assert_eq!(tokio::time::Instant::now(), before);
     }
 
@@ -487,7 +501,8 @@ mod tests {
         let t = throttle(1.0, 10, 10);
         let _p = t.acquire(Duration::from_secs(5)).await.unwrap();
         let t2 = t.clone();
-        let gone = tokio::spawn(async move { t2.acquire(Duration::from_secs(5)).await.map(|_| ()) });
+        let gone =
+            tokio::spawn(async move { t2.acquire(Duration::from_secs(5)).await.map(|_| ()) });
         tokio::task::yield_now().await;
         assert_eq!(t.snapshot().waiting, 1);
         gone.abort();
@@ -509,17 +524,32 @@ mod tests {
         });
         let start = tokio::time::Instant::now();
         drop(t.acquire(Duration::from_secs(5)).await.unwrap());
-        assert!(tokio::time::Instant::now() - start >= Duration::from_secs(2) - Duration::from_millis(5));
+        assert!(
+            tokio::time::Instant::now() - start
+                >= Duration::from_secs(2) - Duration::from_millis(5)
+        );
         let changed = t.learn(&Signals {
             rps: Some(0.5),
             max_concurrent: Some(5000),
             ..Default::default()
         });
-        assert_eq!(changed, Changed { rps: Some(0.5), max_concurrent: Some(1024) });
+        assert_eq!(
+            changed,
+            Changed {
+                rps: Some(0.5),
+                max_concurrent: Some(1024)
+            }
+        );
         let s = t.snapshot();
-        assert_eq!((s.rps, s.rps_source, s.max_concurrent), (0.5, Source::Learned, 1024));
+        assert_eq!(
+            (s.rps, s.rps_source, s.max_concurrent),
+            (0.5, Source::Learned, 1024)
+        );
         let start = tokio::time::Instant::now();
         drop(t.acquire(Duration::from_secs(5)).await.unwrap());
-        assert!(tokio::time::Instant::now() - start >= Duration::from_secs(2) - Duration::from_millis(5));
+        assert!(
+            tokio::time::Instant::now() - start
+                >= Duration::from_secs(2) - Duration::from_millis(5)
+        );
     }
 }

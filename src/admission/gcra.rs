@@ -43,7 +43,11 @@ impl Gcra {
         self.tolerance = self.interval * burst.max(1).saturating_sub(1);
         if !old.is_zero() && self.interval != old {
             // tat = last_start + old interval  →  last_start + new interval
-            self.tat = self.tat.checked_sub(old).map(|last| last + self.interval).unwrap_or(self.tat);
+            self.tat = self
+                .tat
+                .checked_sub(old)
+                .map(|last| last + self.interval)
+                .unwrap_or(self.tat);
         }
     }
 

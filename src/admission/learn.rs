@@ -33,7 +33,10 @@ pub struct Signals {
 
 impl Signals {
     pub fn is_empty(&self) -> bool {
-        self.rps.is_none() && self.max_concurrent.is_none() && self.pause.is_none() && self.ignored.is_empty()
+        self.rps.is_none()
+            && self.max_concurrent.is_none()
+            && self.pause.is_none()
+            && self.ignored.is_empty()
     }
 }
 
@@ -70,10 +73,18 @@ pub fn read(status: u16, headers: &HeaderMap, now: SystemTime) -> Signals {
         match rem.trim().parse::<u64>() {
             Ok(0) => match header(headers, reset).and_then(|r| parse_reset(r, now)) {
                 Some(d) => s.pause = Some(s.pause.map_or(d, |p| p.max(d))),
-                None => s.ignored.push(if remaining.starts_with('x') { "x-ratelimit-reset" } else { "ratelimit-reset" }),
+                None => s.ignored.push(if remaining.starts_with('x') {
+                    "x-ratelimit-reset"
+                } else {
+                    "ratelimit-reset"
+                }),
             },
             Ok(_) => {}
-            Err(_) => s.ignored.push(if remaining.starts_with('x') { "x-ratelimit-remaining" } else { "ratelimit-remaining" }),
+            Err(_) => s.ignored.push(if remaining.starts_with('x') {
+                "x-ratelimit-remaining"
+            } else {
+                "ratelimit-remaining"
+            }),
         }
     }
     s
@@ -134,7 +145,14 @@ mod tests {
 
     #[test]
     fn reads_rps_and_concurrency_case_insensitively() {
-        let s = read(200, &h(&[("X-EZTHROTTLE-RPS", "0.5"), ("x-ezthrottle-max-concurrent", " 7 ")]), SystemTime::now());
+        let s = read(
+            200,
+            &h(&[
+                ("X-EZTHROTTLE-RPS", "0.5"),
+                ("x-ezthrottle-max-concurrent", " 7 "),
+            ]),
+            SystemTime::now(),
+        );
         assert_eq!(s.rps, Some(0.5));
         assert_eq!(s.max_concurrent, Some(7));
         assert!(s.ignored.is_empty());
@@ -142,12 +160,30 @@ mod tests {
 
     #[test]
     fn bad_values_are_ignored_and_reported() {
-        for bad in ["fast", "NaN", "inf", "-infinity", "-1", "0", "0.0", "1e300", "", "1,5"] {
+        for bad in [
+            "fast",
+            "NaN",
+            "inf",
+            "-infinity",
+            "-1",
+            "0",
+            "0.0",
+            "1e300",
+            "",
+            "1,5",
+        ] {
             let s = read(200, &h(&[(RPS_HEADER, bad)]), SystemTime::now());
             assert_eq!(s.rps, None, "{bad}");
             assert_eq!(s.ignored, vec![RPS_HEADER], "{bad}");
         }
-        for bad in ["two", "0", "-3", "2.5", "99999999999", "18446744073709551616"] {
+        for bad in [
+            "two",
+            "0",
+            "-3",
+            "2.5",
+            "99999999999",
+            "18446744073709551616",
+        ] {
             let s = read(200, &h(&[(CONCURRENCY_HEADER, bad)]), SystemTime::now());
             assert_eq!(s.max_concurrent, None, "{bad}");
             assert_eq!(s.ignored, vec![CONCURRENCY_HEADER], "{bad}");
@@ -157,13 +193,28 @@ mod tests {
     #[test]
     fn retry_after_only_on_429_and_503() {
         let now = SystemTime::now();
-        assert_eq!(read(429, &h(&[("retry-after", "3")]), now).pause, Some(Duration::from_secs(3)));
-        assert_eq!(read(503, &h(&[("retry-after", "3")]), now).pause, Some(Duration::from_secs(3)));
+        assert_eq!(
+            read(429, &h(&[("retry-after", "3")]), now).pause,
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            read(503, &h(&[("retry-after", "3")]), now).pause,
+            Some(Duration::from_secs(3))
+        );
         assert_eq!(read(200, &h(&[("retry-after", "3")]), now).pause, None);
         let date = httpdate::fmt_http_date(now + Duration::from_secs(10));
         let p = read(429, &h(&[("retry-after", &date)]), now).pause.unwrap();
-        assert!(p > Duration::from_secs(8) && p <= Duration::from_secs(10), "{p:?}");
-        for bad in ["soon", "-5", "0", "999999999", "Wed, 99 Foo 2020 00:00:00 GMT"] {
+        assert!(
+            p > Duration::from_secs(8) && p <= Duration::from_secs(10),
+            "{p:?}"
+        );
+        for bad in [
+            "soon",
+            "-5",
+            "0",
+            "999999999",
+            "Wed, 99 Foo 2020 00:00:00 GMT",
+        ] {
             let s = read(429, &h(&[("retry-after", bad)]), now);
             assert_eq!(s.pause, None, "{bad}");
             assert_eq!(s.ignored, vec!["retry-after"], "{bad}");
@@ -173,17 +224,42 @@ mod tests {
     #[test]
     fn ratelimit_remaining_zero_pauses_until_reset() {
         let now = SystemTime::now();
-        let s = read(200, &h(&[("RateLimit-Remaining", "0"), ("RateLimit-Reset", "4")]), now);
+        let s = read(
+            200,
+            &h(&[("RateLimit-Remaining", "0"), ("RateLimit-Reset", "4")]),
+            now,
+        );
         assert_eq!(s.pause, Some(Duration::from_secs(4)));
-        let s = read(200, &h(&[("RateLimit-Remaining", "3"), ("RateLimit-Reset", "4")]), now);
+        let s = read(
+            200,
+            &h(&[("RateLimit-Remaining", "3"), ("RateLimit-Reset", "4")]),
+            now,
+        );
         assert_eq!(s.pause, None);
-        let epoch = (now + Duration::from_secs(6)).duration_since(UNIX_EPOCH).unwrap().as_secs();
-        let s = read(200, &h(&[("X-RateLimit-Remaining", "0"), ("X-RateLimit-Reset", &epoch.to_string())]), now);
+        let epoch = (now + Duration::from_secs(6))
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let s = read(
+            200,
+            &h(&[
+                ("X-RateLimit-Remaining", "0"),
+                ("X-RateLimit-Reset", &epoch.to_string()),
+            ]),
+            now,
+        );
         let p = s.pause.unwrap();
-        assert!(p > Duration::from_secs(4) && p <= Duration::from_secs(6), "{p:?}");
+        assert!(
+            p > Duration::from_secs(4) && p <= Duration::from_secs(6),
+            "{p:?}"
+        );
         let s = read(200, &h(&[("X-RateLimit-Remaining", "zero")]), now);
         assert_eq!(s.ignored, vec!["x-ratelimit-remaining"]);
-        let s = read(200, &h(&[("RateLimit-Remaining", "0"), ("RateLimit-Reset", "later")]), now);
+        let s = read(
+            200,
+            &h(&[("RateLimit-Remaining", "0"), ("RateLimit-Reset", "later")]),
+            now,
+        );
         assert_eq!((s.pause, s.ignored), (None, vec!["ratelimit-reset"]));
     }
 }

@@ -35,7 +35,12 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, store: Arc<dyn Store>, learned: Vec<LearnedLimit>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        store: Arc<dyn Store>,
+        learned: Vec<LearnedLimit>,
+    ) -> Self {
         let admission = Admission {
             config,
             metrics,
@@ -59,7 +64,13 @@ impl Admission {
         }
         self.domains
             .entry(domain.to_string())
-            .or_insert_with(|| DomainThrottle::new(domain.to_string(), self.initial(domain), self.gauges(domain)))
+            .or_insert_with(|| {
+                DomainThrottle::new(
+                    domain.to_string(),
+                    self.initial(domain),
+                    self.gauges(domain),
+                )
+            })
             .clone()
     }
 
@@ -113,12 +124,13 @@ impl Admission {
         match header {
             None => Ok(self.config.limits_for(domain).max_wait),
             Some(v) => {
-                let secs: f64 = v
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("X-EZThrottle-Max-Wait must be a number of seconds, got {v:?}"))?;
+                let secs: f64 = v.trim().parse().map_err(|_| {
+                    format!("X-EZThrottle-Max-Wait must be a number of seconds, got {v:?}")
+                })?;
                 if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 {
-                    return Err(format!("X-EZThrottle-Max-Wait must be between 0 and 86400 seconds, got {v:?}"));
+                    return Err(format!(
+                        "X-EZThrottle-Max-Wait must be between 0 and 86400 seconds, got {v:?}"
+                    ));
                 }
                 Ok(Duration::from_secs_f64(secs))
             }
@@ -126,7 +138,11 @@ impl Admission {
     }
 
     /// Wait for admission; records the wait time.
-    pub async fn admit(&self, domain: &str, max_wait: Duration) -> Result<(Permit, Duration), Denied> {
+    pub async fn admit(
+        &self,
+        domain: &str,
+        max_wait: Duration,
+    ) -> Result<(Permit, Duration), Denied> {
         let throttle = self.throttle(domain);
         let started = Instant::now();
         let result = throttle.acquire(max_wait).await;
@@ -162,7 +178,11 @@ impl Admission {
         }
         let changed = throttle.learn(&signals);
         if let Some(pause) = signals.pause {
-            tracing::info!(domain, pause_ms = pause.as_millis() as u64, "domain paused by upstream");
+            tracing::info!(
+                domain,
+                pause_ms = pause.as_millis() as u64,
+                "domain paused by upstream"
+            );
         }
         if changed.any() {
             tracing::info!(domain, rps = ?changed.rps, max_concurrent = ?changed.max_concurrent, "learned limits");

@@ -190,7 +190,9 @@ impl Config {
 
     /// TLS mode for a CONNECT host (default intercept).
     pub fn tls_mode(&self, host: &str) -> TlsMode {
-        self.domain(host).map(|d| d.tls).unwrap_or(TlsMode::Intercept)
+        self.domain(host)
+            .map(|d| d.tls)
+            .unwrap_or(TlsMode::Intercept)
     }
 
     /// Effective limits for `host`.

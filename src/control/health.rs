@@ -19,11 +19,19 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// Ready when the proxy listener accepts connections and the store answers.
 pub async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     if !shared.proxy_ready.load(Ordering::SeqCst) {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the proxy listener is not accepting connections yet");
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the proxy listener is not accepting connections yet",
+        );
     }
     if let Err(e) = shared.store.ping().await {
         tracing::warn!(error = %e, "readiness: store unreachable");
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the store is not reachable");
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the store is not reachable",
+        );
     }
     Json(serde_json::json!({ "status": "ready" })).into_response()
 }
@@ -38,7 +46,10 @@ pub async fn ca_pem(State(shared): State<Arc<Shared>>) -> Response {
 
 pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         shared.metrics.render(),
     )
         .into_response()

@@ -8,7 +8,11 @@ use crate::admission::{Denied, MAX_WAIT_HEADER};
 use crate::error::ProxyError;
 use crate::state::Shared;
 
-pub async fn admit(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
+pub async fn admit(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), ProxyError> {
     let Some(domain) = ctx.domain().map(str::to_string) else {
         return Err(ProxyError::Internal);
     };
@@ -41,7 +45,13 @@ pub async fn admit(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx)
             ctx.wait_ms = waited.as_millis() as u64;
             Ok(())
         }
-        Err(Denied::QueueFull { retry_after }) => Err(ProxyError::ThrottleQueueFull { domain, retry_after }),
-        Err(Denied::WaitTimeout { retry_after }) => Err(ProxyError::ThrottleWaitTimeout { domain, retry_after }),
+        Err(Denied::QueueFull { retry_after }) => Err(ProxyError::ThrottleQueueFull {
+            domain,
+            retry_after,
+        }),
+        Err(Denied::WaitTimeout { retry_after }) => Err(ProxyError::ThrottleWaitTimeout {
+            domain,
+            retry_after,
+        }),
     }
 }

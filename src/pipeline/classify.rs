@@ -10,9 +10,7 @@ use crate::error::ProxyError;
 /// The error to answer the client with for a failed proxy attempt, or `None`
 /// when the client itself went away (nobody to answer).
 pub fn failure(e: &Error, target: Option<&Target>) -> Option<ProxyError> {
-    let (host, port) = target
-        .map(|t| (t.host.clone(), t.port))
-        .unwrap_or_default();
+    let (host, port) = target.map(|t| (t.host.clone(), t.port)).unwrap_or_default();
     if matches!(e.esource(), ErrorSource::Downstream) {
         return match e.etype() {
             ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => None,

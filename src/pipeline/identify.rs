@@ -24,9 +24,9 @@ pub fn target(
 ) -> Result<Target, ProxyError> {
     let raw = std::str::from_utf8(req.raw_path())
         .map_err(|_| ProxyError::BadRequest("request target is not valid UTF-8".into()))?;
-    let uri: http::Uri = raw
-        .parse()
-        .map_err(|_| ProxyError::BadRequest(format!("request target {raw:?} is not a valid URI")))?;
+    let uri: http::Uri = raw.parse().map_err(|_| {
+        ProxyError::BadRequest(format!("request target {raw:?} is not a valid URI"))
+    })?;
     let path_and_query = uri
         .path_and_query()
         .map(|p| p.as_str())
@@ -68,11 +68,7 @@ pub fn target(
 
 /// Split `host:port` (CONNECT's authority-form; IPv6 in brackets).
 pub fn split_authority(authority: &str) -> Result<(String, u16), ProxyError> {
-    let bad = || {
-        ProxyError::BadRequest(format!(
-            "CONNECT target {authority:?} is not host:port"
-        ))
-    };
+    let bad = || ProxyError::BadRequest(format!("CONNECT target {authority:?} is not host:port"));
     let parsed: http::uri::Authority = authority.parse().map_err(|_| bad())?;
     if authority.contains('@') {
         return Err(bad());
@@ -92,7 +88,9 @@ pub fn normalize_host(host: &str) -> Result<String, ProxyError> {
         .unwrap_or(host);
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.is_empty() {
-        return Err(ProxyError::BadRequest("empty host in request target".into()));
+        return Err(ProxyError::BadRequest(
+            "empty host in request target".into(),
+        ));
     }
     Ok(host.to_ascii_lowercase())
 }
@@ -136,8 +134,7 @@ pub fn workspace(req: &RequestHeader, conn: Option<&ConnInfo>) -> Result<String,
 fn valid_workspace(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
@@ -169,7 +166,10 @@ pub fn looped(req: &RequestHeader, instance_id: &str) -> bool {
         .get_all(http::header::VIA)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|hop| hop.split_whitespace().nth(1) == Some(&token)))
+        .any(|v| {
+            v.split(',')
+                .any(|hop| hop.split_whitespace().nth(1) == Some(&token))
+        })
 }
 
 #[cfg(test)]
@@ -226,7 +226,12 @@ mod tests {
                 proxy_user: None,
             }),
         };
-        let t = target(&req("http://evil.example.net/steal"), Some(&conn), control()).unwrap();
+        let t = target(
+            &req("http://evil.example.net/steal"),
+            Some(&conn),
+            control(),
+        )
+        .unwrap();
         assert_eq!(t.host, "api.example.com");
         assert_eq!(t.path_and_query, "/steal");
         assert!(t.tls);
@@ -240,8 +245,17 @@ mod tests {
             split_authority("Example.COM:443").unwrap(),
             ("example.com".to_string(), 443)
         );
-        assert_eq!(split_authority("[::1]:8443").unwrap(), ("::1".to_string(), 8443));
-        for bad in ["example.com", "example.com:0", "u:p@example.com:443", "", ":443"] {
+        assert_eq!(
+            split_authority("[::1]:8443").unwrap(),
+            ("::1".to_string(), 8443)
+        );
+        for bad in [
+            "example.com",
+            "example.com:0",
+            "u:p@example.com:443",
+            "",
+            ":443",
+        ] {
             assert!(split_authority(bad).is_err(), "{bad}");
         }
     }
@@ -256,7 +270,8 @@ mod tests {
         assert_eq!(workspace(&r, None).unwrap(), "alice");
         r.insert_header("X-EZThrottle-Workspace", "team-b").unwrap();
         assert_eq!(workspace(&r, None).unwrap(), "team-b");
-        r.insert_header("X-EZThrottle-Workspace", "bad space").unwrap();
+        r.insert_header("X-EZThrottle-Workspace", "bad space")
+            .unwrap();
         assert!(workspace(&r, None).is_err());
     }
 
@@ -264,7 +279,8 @@ mod tests {
     fn via_loop_detection() {
         let mut r = req("http://a/");
         assert!(!looped(&r, "abc"));
-        r.insert_header("Via", "1.1 other, 1.1 ezthrottle-abc").unwrap();
+        r.insert_header("Via", "1.1 other, 1.1 ezthrottle-abc")
+            .unwrap();
         assert!(looped(&r, "abc"));
         assert!(!looped(&r, "abcd"));
     }

@@ -47,14 +47,23 @@ impl Pipeline {
     }
 
     /// Answer the request with `err` and stop the pipeline.
-    async fn reject(&self, session: &mut Session, ctx: &mut RequestCtx, err: ProxyError) -> Result<bool> {
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        err: ProxyError,
+    ) -> Result<bool> {
         respond::error(session, &err).await?;
         ctx.error = Some(err);
         Ok(true)
     }
 
     /// Identify phase; returns the error to answer with, if any.
-    fn identify(&self, session: &Session, ctx: &mut RequestCtx) -> std::result::Result<(), ProxyError> {
+    fn identify(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<(), ProxyError> {
         let req = session.req_header();
         if identify::looped(req, &self.shared.instance_id) {
             return Err(ProxyError::ProxyLoop);
@@ -74,7 +83,12 @@ impl ProxyHttp for Pipeline {
         RequestCtx::new()
     }
 
-    fn on_connection_reuse(&self, _session: &mut Session, ctx: &mut RequestCtx, prev: Box<dyn Any + Send + Sync>) {
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        prev: Box<dyn Any + Send + Sync>,
+    ) {
         if let Ok(conn) = prev.downcast::<ConnInfo>() {
             ctx.conn = Some(*conn);
         }
@@ -90,13 +104,20 @@ impl ProxyHttp for Pipeline {
             Ok(()) => Ok(false),
             Err(ProxyError::ClientGone) => {
                 ctx.error = Some(ProxyError::ClientGone);
-                Err(Error::explain(ErrorType::ConnectionClosed, "client left while waiting for admission"))
+                Err(Error::explain(
+                    ErrorType::ConnectionClosed,
+                    "client left while waiting for admission",
+                ))
             }
             Err(err) => self.reject(session, ctx, err).await,
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let Some(target) = ctx.target.as_ref() else {
             ctx.error = Some(ProxyError::Internal);
             return Err(Error::new(ErrorType::InternalError));
@@ -151,14 +172,22 @@ impl ProxyHttp for Pipeline {
                 .with_label_values(&[label.as_str(), &code.to_string()])
                 .inc();
             // Classify: the API's own limit headers govern the next admission.
-            self.shared.admission.learn(domain, code, &upstream_response.headers).await;
+            self.shared
+                .admission
+                .learn(domain, code, &upstream_response.headers)
+                .await;
         }
         upstream_response.insert_header(WAIT_MS_HEADER, ctx.wait_ms.to_string())?;
         upstream_response.insert_header(ATTEMPTS_HEADER, ctx.attempts.to_string())?;
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let err = match ctx.error.clone() {
             Some(err) => Some(err),
             None => classify::failure(e, ctx.target.as_ref()),

@@ -31,7 +31,10 @@ pub fn request_done(shared: &Shared, session: &Session, e: Option<&Error>, ctx: 
         .with_label_values(&[domain.as_str(), outcome])
         .inc();
     if let Some(err) = &ctx.error {
-        metrics.proxy_errors_total.with_label_values(&[err.code()]).inc();
+        metrics
+            .proxy_errors_total
+            .with_label_values(&[err.code()])
+            .inc();
     }
     if let Some(started) = ctx.upstream_started {
         metrics

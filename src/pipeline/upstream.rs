@@ -48,7 +48,10 @@ pub async fn resolve_one(shared: &Shared, host: &str, port: u16) -> Result<Socke
         }
     })?;
     let listen = shared.config.proxy.listen;
-    if ips.iter().any(|ip| is_self(SocketAddr::new(*ip, port), listen)) {
+    if ips
+        .iter()
+        .any(|ip| is_self(SocketAddr::new(*ip, port), listen))
+    {
         return Err(ProxyError::ProxyLoop);
     }
     // Prefer IPv4 when both families resolve: loopback-only sandboxes and many
@@ -65,12 +68,17 @@ pub async fn resolve_one(shared: &Shared, host: &str, port: u16) -> Result<Socke
 /// Is `addr` the proxy listener itself?
 pub fn is_self(addr: SocketAddr, listen: SocketAddr) -> bool {
     let local = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
-    addr.port() == listen.port() && (addr.ip() == listen.ip() || (local(addr.ip()) && local(listen.ip())))
+    addr.port() == listen.port()
+        && (addr.ip() == listen.ip() || (local(addr.ip()) && local(listen.ip())))
 }
 
 /// Rewrite the request for the origin: origin-form target, no proxy or
 /// control headers, and our `Via` hop for loop detection.
-pub fn rewrite(req: &mut RequestHeader, target: &Target, instance_id: &str) -> Result<(), ProxyError> {
+pub fn rewrite(
+    req: &mut RequestHeader,
+    target: &Target,
+    instance_id: &str,
+) -> Result<(), ProxyError> {
     let uri: http::Uri = target
         .path_and_query
         .parse()
@@ -99,7 +107,11 @@ pub fn rewrite(req: &mut RequestHeader, target: &Target, instance_id: &str) -> R
         req.remove_header(&name);
     }
     let hop = format!("1.1 {}", identify::via_token(instance_id));
-    let via = match req.headers.get(http::header::VIA).and_then(|v| v.to_str().ok()) {
+    let via = match req
+        .headers
+        .get(http::header::VIA)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(existing) => format!("{existing}, {hop}"),
         None => hop,
     };
@@ -125,14 +137,16 @@ mod tests {
 
     #[test]
     fn rewrite_strips_proxy_and_control_headers() {
-        let mut req =
-            RequestHeader::build("POST", b"http://api.test:8080/v1/x?y=1", None).unwrap();
+        let mut req = RequestHeader::build("POST", b"http://api.test:8080/v1/x?y=1", None).unwrap();
         req.insert_header("Host", "api.test:8080").unwrap();
-        req.insert_header("Proxy-Authorization", "Basic dTpw").unwrap();
+        req.insert_header("Proxy-Authorization", "Basic dTpw")
+            .unwrap();
         req.insert_header("X-EZThrottle-Max-Wait", "5").unwrap();
-        req.insert_header("Connection", "keep-alive, X-Drop-Me").unwrap();
+        req.insert_header("Connection", "keep-alive, X-Drop-Me")
+            .unwrap();
         req.insert_header("X-Drop-Me", "1").unwrap();
-        req.insert_header("Authorization", "Bearer app-token").unwrap();
+        req.insert_header("Authorization", "Bearer app-token")
+            .unwrap();
         let target = Target {
             host: "api.test".into(),
             port: 8080,
@@ -144,7 +158,10 @@ mod tests {
         assert!(req.headers.get("proxy-authorization").is_none());
         assert!(req.headers.get("x-ezthrottle-max-wait").is_none());
         assert!(req.headers.get("x-drop-me").is_none());
-        assert_eq!(req.headers.get("authorization").unwrap(), "Bearer app-token");
+        assert_eq!(
+            req.headers.get("authorization").unwrap(),
+            "Bearer app-token"
+        );
         assert_eq!(req.headers.get("via").unwrap(), "1.1 ezthrottle-abc");
     }
 }

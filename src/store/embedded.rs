@@ -26,13 +26,18 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 impl EmbeddedStore {
     /// Open (creating if needed) the database under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| err(format!("{}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| err(format!("{}: {e}", data_dir.display())))?;
         let path = data_dir.join("ezthrottle.db");
         let conn = Connection::open(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
         migrate(&conn)?;
         Ok(EmbeddedStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -105,7 +110,9 @@ impl Store for EmbeddedStore {
                     Ok(LearnedLimit {
                         domain: r.get(0)?,
                         rps: r.get(1)?,
-                        max_concurrent: r.get::<_, Option<i64>>(2)?.and_then(|v| u32::try_from(v).ok()),
+                        max_concurrent: r
+                            .get::<_, Option<i64>>(2)?
+                            .and_then(|v| u32::try_from(v).ok()),
                         updated_at: r.get::<_, i64>(3)?.max(0) as u64,
                     })
                 })

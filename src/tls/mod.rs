@@ -27,4 +27,11 @@ pub enum TlsError {
     File { path: String, reason: String },
     #[error("certificate generation failed: {0}")]
     Generate(String),
+    /// A setting combination that cannot work (e.g. `ca_cert` without `ca_key`).
+    #[error("{0}")]
+    Config(String),
+    /// A CONNECT host no certificate can be minted for. `host` is already
+    /// `{:?}`-quoted and length-capped, since it comes from the client.
+    #[error("cannot mint a certificate for {host}: {reason}")]
+    InvalidHost { host: String, reason: String },
 }

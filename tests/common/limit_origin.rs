@@ -62,7 +62,9 @@ impl LimitOrigin {
         let state = Arc::new(Mutex::new(State::default()));
         let (tx, rx) = mpsc::channel();
         let addr = rt.block_on(async {
-            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind limit origin");
+            let l = TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind limit origin");
             let addr = l.local_addr().expect("addr");
             tokio::spawn(serve(l, state.clone(), tx));
             addr
@@ -84,7 +86,11 @@ impl LimitOrigin {
     /// Visits to `host`, in arrival order.
     pub fn visits(&self, host: &str) -> Vec<Visit> {
         let st = self.state.lock().expect("state");
-        st.visits.iter().filter(|v| v.host == host).cloned().collect()
+        st.visits
+            .iter()
+            .filter(|v| v.host == host)
+            .cloned()
+            .collect()
     }
 
     pub fn count(&self, host: &str) -> usize {
@@ -99,8 +105,9 @@ impl LimitOrigin {
     /// Wait (bounded) for the next request to arrive; returns its `id`.
     pub fn wait_arrival(&self, timeout: Duration) -> String {
         let rx = self.arrivals.lock().expect("arrivals");
-        rx.recv_timeout(timeout)
-            .unwrap_or_else(|e| panic!("no request reached the limit origin within {timeout:?}: {e}"))
+        rx.recv_timeout(timeout).unwrap_or_else(|e| {
+            panic!("no request reached the limit origin within {timeout:?}: {e}")
+        })
     }
 
     /// Gaps between consecutive arrivals at `host`.
@@ -120,7 +127,9 @@ impl Drop for LimitOrigin {
 
 async fn serve(l: TcpListener, state: Arc<Mutex<State>>, arrivals: mpsc::Sender<String>) {
     loop {
-        let Ok((stream, _)) = l.accept().await else { continue };
+        let Ok((stream, _)) = l.accept().await else {
+            continue;
+        };
         let state = state.clone();
         let arrivals = arrivals.clone();
         tokio::spawn(async move {
@@ -191,7 +200,9 @@ async fn handle(
     if let Some(ms) = get("delay_ms").and_then(|v| v.parse::<u64>().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let status = get("status").and_then(|v| v.parse::<u16>().ok()).unwrap_or(200);
+    let status = get("status")
+        .and_then(|v| v.parse::<u16>().ok())
+        .unwrap_or(200);
     let mut resp = Response::builder().status(status);
     for (k, v) in &q {
         if k == "h" {
