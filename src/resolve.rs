@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -75,9 +75,9 @@ struct Engine {
 pub struct Resolver {
     /// `[resolve]` overrides, keys lower-cased.
     overrides: HashMap<String, IpAddr>,
+    /// Started once (`OnceLock` makes concurrent first callers wait, so only
+    /// one DNS thread is ever spawned).
     engine: OnceLock<Result<Engine, String>>,
-    /// Serialises engine start-up so only one DNS thread is ever spawned.
-    start: Mutex<()>,
     /// Names recently found not to exist, with their expiry.
     negative: DashMap<String, Instant>,
     /// Where queries go; tests point this at a server that never answers.
@@ -118,7 +118,6 @@ impl Resolver {
                 .map(|(h, ip)| (normalize_name(&h), ip))
                 .collect(),
             engine: OnceLock::new(),
-            start: Mutex::new(()),
             negative: DashMap::new(),
             upstream: Upstream::System,
             deadline: LOOKUP_DEADLINE,
@@ -205,12 +204,6 @@ impl Resolver {
     /// Starts the DNS thread and resolver once; a start-up failure is
     /// remembered and reported by every lookup (it will not fix itself).
     fn engine(&self) -> Result<&Engine, &String> {
-        if let Some(e) = self.engine.get() {
-            return e.as_ref();
-        }
-        // A poisoned lock only means another starter panicked; starting is
-        // still safe, so carry on.
-        let _guard = self.start.lock().unwrap_or_else(|p| p.into_inner());
         self.engine
             .get_or_init(|| start_engine(&self.upstream))
             .as_ref()
@@ -323,6 +316,12 @@ mod tests {
                 IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)),
             ),
         ])
+    }
+
+    #[test]
+    fn shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<Resolver>();
     }
 
     #[tokio::test]

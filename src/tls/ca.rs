@@ -222,7 +222,7 @@ impl LocalCa {
         let key = KeyPair::try_from(&key_der).map_err(|e| {
             file_err(
                 key_path,
-                format!("cannot sign with this key ({e}); a PKCS#8 ECDSA P-256/P-384, Ed25519 or RSA key is needed"),
+                format!("cannot sign with this key ({e}); a PKCS#8 ECDSA P-256/P-384, Ed25519 or RSA key is needed (convert with `openssl pkcs8 -topk8 -nocrypt`)"),
             )
         })?;
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)
@@ -401,18 +401,45 @@ mod tests {
     }
 
     #[test]
-    fn generated_ca_is_a_ca_with_expected_subject() {
+    fn generated_ca_is_a_ca_with_expected_fields() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let ca = LocalCa::load_or_create_files(&data_dir_files(tmp.path())).expect("create");
-        let dn = format!("{:?}", ca.issuer());
-        assert!(dn.contains("ezthrottle local CA "), "{dn}");
-        assert!(ca
-            .issuer()
-            .key_usages()
-            .contains(&KeyUsagePurpose::KeyCertSign));
+        let (_, cert) = x509_parser::parse_x509_certificate(ca.cert_der()).expect("parse");
+        let cn: Vec<_> = cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|c| c.as_str().ok())
+            .collect();
+        assert_eq!(cn.len(), 1);
+        let id = cn[0]
+            .strip_prefix("ezthrottle local CA ")
+            .expect("CN prefix");
+        assert_eq!(id.len(), 8, "{id}");
+        assert!(cert.is_ca());
+        let ku = cert.key_usage().expect("ku ext").expect("ku present").value;
+        assert!(ku.key_cert_sign() && ku.crl_sign());
+        let v = cert.validity();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        assert!(
+            v.not_before.timestamp() <= now - 23 * 3600,
+            "backdated a day"
+        );
+        assert!(
+            v.not_after.timestamp() >= now + 9 * 365 * 24 * 3600,
+            "~10 years"
+        );
+        // P-256 ECDSA signature.
+        assert_eq!(
+            cert.signature_algorithm.algorithm.to_id_string(),
+            "1.2.840.10045.4.3.2"
+        );
+        // Two CAs never share a name (the random id).
+        let tmp2 = tempfile::tempdir().expect("tempdir");
+        let other = LocalCa::load_or_create_files(&data_dir_files(tmp2.path())).expect("create");
+        assert_ne!(ca.cert_pem(), other.cert_pem());
         // The Debug output never carries key material.
         let dbg = format!("{ca:?}");
-        assert!(!dbg.contains("PRIVATE"), "{dbg}");
+        assert!(!dbg.contains("PRIVATE") && !dbg.contains("key"), "{dbg}");
     }
 
     #[test]

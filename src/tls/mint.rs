@@ -454,6 +454,13 @@ mod tests {
     }
 
     #[test]
+    fn shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<LeafCache>();
+        assert_send_sync::<LocalCa>();
+    }
+
+    #[test]
     fn cache_is_bounded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let leaves = LeafCache::with_capacity(test_ca(dir.path()), 4);
