@@ -10,7 +10,8 @@
 #   DURATION      seconds per run (default 10; 4 runs)
 #   CONNECTIONS   wrk connections (default 32)
 #   WRK_THREADS   wrk threads (default 2)
-#   TLS_THREADS   tls_load.py connections, one thread each (default 16)
+#   TLS_THREADS   tls_load.py connections per process, one thread each (default 8)
+#   TLS_PROCS     tls_load.py processes (default 2)
 #   EZTHROTTLE_LOG  proxy log filter during the run (default warn)
 #   SKIP_BUILD=1  use the existing release binary
 #   DIRECT_ONLY=1 only the direct runs (checks the origin and the clients)
@@ -27,7 +28,8 @@ DURATION=${DURATION:-10}
 DURATION=${DURATION%s}
 CONNECTIONS=${CONNECTIONS:-32}
 WRK_THREADS=${WRK_THREADS:-2}
-TLS_THREADS=${TLS_THREADS:-16}
+TLS_THREADS=${TLS_THREADS:-8}
+TLS_PROCS=${TLS_PROCS:-2}
 HOST=bench.test
 DIRECT_ONLY=${DIRECT_ONLY:-0}
 [ "$DIRECT_ONLY" = 1 ] && SKIP_BUILD=1
@@ -75,13 +77,15 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/ezthrottle-bench.XXXXXX")
 chmod 755 "$TMP"   # nginx workers may run as an unprivileged user
 NGINX_PID=""
 EZT_PID=""
+LOAD_PID=""
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    [ -n "$LOAD_PID" ] && kill -TERM "$LOAD_PID" 2>/dev/null || true
     for pid in "$EZT_PID" "$NGINX_PID"; do
         [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
     done
-    for pid in "$EZT_PID" "$NGINX_PID"; do
+    for pid in "$LOAD_PID" "$EZT_PID" "$NGINX_PID"; do
         [ -z "$pid" ] && continue
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null || true
@@ -247,18 +251,30 @@ LUA
 WRK=(wrk --latency -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s)
 BOUND=$((DURATION + 30))
 
+# Run a load generator in the background and wait for it, so that a signal
+# reaches the cleanup trap at once instead of after the run.
+load() {  # outfile, command...
+    local out=$1; shift
+    "$@" > "$out" 2> "$out.err" &
+    LOAD_PID=$!
+    local rc=0
+    wait "$LOAD_PID" || rc=$?
+    LOAD_PID=""
+    return "$rc"
+}
+
 run_wrk() {  # name, script, url
     log "$1: ${WRK[*]} $3"
-    timeout "$BOUND" "${WRK[@]}" -s "$2" "$3" > "$TMP/$1.txt" 2>&1 \
-        || { cat "$TMP/$1.txt" >&2; die "$1: wrk failed"; }
+    load "$TMP/$1.txt" timeout "$BOUND" "${WRK[@]}" -s "$2" "$3" \
+        || { cat "$TMP/$1.txt" "$TMP/$1.txt.err" >&2; die "$1: wrk failed"; }
     grep '^JSON ' "$TMP/$1.txt" | sed 's/^JSON //' > "$TMP/$1.json"
 }
 run_tls() {  # name, args...
     local name=$1; shift
-    log "$name: tls_load.py --threads $TLS_THREADS --duration $DURATION $*"
-    timeout "$BOUND" python3 "$ROOT/benches/tls_load.py" --host "$HOST" --port "$HTTPS_PORT" \
-        --threads "$TLS_THREADS" --duration "$DURATION" --requests 1000000 "$@" > "$TMP/$name.json" \
-        || { cat "$TMP/$name.json" >&2; die "$name: tls_load.py failed"; }
+    log "$name: tls_load.py --procs $TLS_PROCS --threads $TLS_THREADS --duration $DURATION $*"
+    load "$TMP/$name.json" timeout "$BOUND" python3 "$ROOT/benches/tls_load.py" --host "$HOST" --port "$HTTPS_PORT" \
+        --procs "$TLS_PROCS" --threads "$TLS_THREADS" --duration "$DURATION" "$@" \
+        || { cat "$TMP/$name.json" "$TMP/$name.json.err" >&2; show_logs; die "$name: tls_load.py failed"; }
 }
 
 run_wrk http-direct "$TMP/report.lua" "http://127.0.0.1:$HTTP_PORT/"
@@ -269,9 +285,9 @@ run_tls https-proxied --proxy "127.0.0.1:$PROXY_PORT" --cafile "$TMP/data/ca/ca.
 fi
 
 # ---- report ---------------------------------------------------------------------------------
-python3 - "$TMP" "$CONNECTIONS" "$TLS_THREADS" "$DURATION" <<'PY'
+python3 - "$TMP" "$CONNECTIONS" "$((TLS_THREADS * TLS_PROCS))" "$DURATION" <<'PY'
 import json, os, sys
-tmp, conns, tls_threads, duration = sys.argv[1:5]
+tmp, conns, tls_conns, duration = sys.argv[1:5]
 def load(name):
     path = os.path.join(tmp, name + ".json")
     if not os.path.exists(path):
@@ -285,7 +301,7 @@ rows = [
     ("HTTPS intercepted, through ezthrottle (tls_load.py)", "https-proxied", "https-direct"),
 ]
 print()
-print(f"wrk: {conns} connections; tls_load.py: {tls_threads} keep-alive connections; {duration} s each")
+print(f"wrk: {conns} connections; tls_load.py: {tls_conns} keep-alive connections; {duration} s each")
 print()
 print("| scenario | req/s | p50 ms | p99 ms | proxied / direct req/s | errors |")
 print("|---|---|---|---|---|---|")

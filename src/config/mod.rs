@@ -9,6 +9,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod effective;
+mod load;
+mod raw;
+
 /// A config error that names the file, the key and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}: {key}: {reason}")]
@@ -171,21 +175,54 @@ impl Config {
     /// Load from a file, or built-in defaults when `path` is `None`, then
     /// apply overrides and validate.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let _ = (path, overrides);
-        todo!("config helper implements")
+        let (mut config, file) = match path {
+            None => (Self::from_toml_str("", "<defaults>")?, "<defaults>".to_string()),
+            Some(p) => {
+                let file = p.display().to_string();
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    file: file.clone(),
+                    key: "<file>".into(),
+                    reason: format!("cannot read: {e}"),
+                })?;
+                let mut c = Self::from_toml_str(&text, &file)?;
+                c.source = Some(p.to_path_buf());
+                (c, file)
+            }
+        };
+        if let Some(a) = overrides.listen {
+            config.proxy.listen = a;
+        }
+        if let Some(a) = overrides.control_listen {
+            config.control.listen = a;
+        }
+        if let Some(d) = &overrides.data_dir {
+            config.data_dir = d.clone();
+        }
+        load::cross_checks(&load::Ctx { file: &file }, &config)?;
+        Ok(config)
     }
 
     /// Parse TOML text; `file` names it in errors.
     pub fn from_toml_str(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let _ = (text, file);
-        todo!("config helper implements")
+        load::parse(text, file)
     }
 
     /// The config for `host` (lower-case, no port): an exact
     /// `[limits.domains]` entry, else the longest matching `*.suffix` entry.
     pub fn domain(&self, host: &str) -> Option<&DomainConfig> {
-        let _ = host;
-        todo!("config helper implements")
+        if let Some(d) = self.limits.domains.get(host) {
+            return Some(d);
+        }
+        self.limits
+            .domains
+            .iter()
+            .filter_map(|(k, d)| {
+                let suffix = k.strip_prefix("*.")?;
+                let rest = host.strip_suffix(suffix)?;
+                (rest.len() > 1 && rest.ends_with('.')).then_some((suffix.len(), d))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, d)| d)
     }
 
     /// TLS mode for a CONNECT host (default intercept).
@@ -204,6 +241,6 @@ impl Config {
 
     /// The effective config as TOML (for `config check`), secrets masked.
     pub fn to_effective_toml(&self) -> String {
-        todo!("config helper implements")
+        effective::render(self)
     }
 }

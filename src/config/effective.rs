@@ -1,0 +1,153 @@
+//! The effective configuration as TOML, for `ezthrottle config check`:
+//! every key with the value in force, in the file's own layout, secrets
+//! masked so the output is safe to paste into a ticket.
+
+use toml::{Table, Value};
+
+use super::load::format_duration;
+use super::*;
+
+fn mask(secret: &str) -> String {
+    let head: String = secret.chars().take(4).collect();
+    format!("{head}****")
+}
+
+fn limits_table(l: &DomainLimits) -> Table {
+    let mut t = Table::new();
+    t.insert("rps".into(), Value::Float(l.rps));
+    t.insert("max_concurrent".into(), Value::Integer(l.max_concurrent.into()));
+    t.insert("burst".into(), Value::Integer(l.burst.into()));
+    t.insert("queue_capacity".into(), Value::Integer(l.queue_capacity as i64));
+    t.insert("max_wait".into(), Value::String(format_duration(l.max_wait)));
+    t
+}
+
+fn retry_table(r: &RetryConfig) -> Table {
+    let codes = |c: &[u16]| Value::Array(c.iter().map(|v| Value::Integer((*v).into())).collect());
+    let mut t = Table::new();
+    t.insert("max_retries".into(), Value::Integer(r.max_retries.into()));
+    t.insert("max_reroutes".into(), Value::Integer(r.max_reroutes.into()));
+    t.insert("retry_codes".into(), codes(&r.retry_codes));
+    t.insert("reroute_codes".into(), codes(&r.reroute_codes));
+    t.insert("max_buffered_body".into(), Value::Integer(r.max_buffered_body as i64));
+    t
+}
+
+pub(super) fn render(c: &Config) -> String {
+    let s = |v: String| Value::String(v);
+    let mut root = Table::new();
+    root.insert("data_dir".into(), s(c.data_dir.display().to_string()));
+
+    let mut proxy = Table::new();
+    proxy.insert("listen".into(), s(c.proxy.listen.to_string()));
+    proxy.insert(
+        "connect_ports".into(),
+        Value::Array(c.proxy.connect_ports.iter().map(|p| Value::Integer((*p).into())).collect()),
+    );
+    proxy.insert(
+        "allow_clients".into(),
+        Value::Array(c.proxy.allow_clients.iter().map(|n| s(n.to_string())).collect()),
+    );
+    proxy.insert("drain_timeout".into(), s(format_duration(c.proxy.drain_timeout)));
+    proxy.insert("connect_timeout".into(), s(format_duration(c.proxy.connect_timeout)));
+    proxy.insert("read_timeout".into(), s(format_duration(c.proxy.read_timeout)));
+    proxy.insert("threads".into(), Value::Integer(c.proxy.threads as i64));
+    root.insert("proxy".into(), Value::Table(proxy));
+
+    let mut control = Table::new();
+    control.insert("listen".into(), s(c.control.listen.to_string()));
+    let keys: Table = c
+        .control
+        .api_keys
+        .iter()
+        .map(|(token, ws)| (mask(token), s(ws.clone())))
+        .collect();
+    control.insert("api_keys".into(), Value::Table(keys));
+    root.insert("control".into(), Value::Table(control));
+
+    let mut tls = Table::new();
+    for (k, v) in [
+        ("ca_cert", &c.tls.ca_cert),
+        ("ca_key", &c.tls.ca_key),
+        ("upstream_ca_file", &c.tls.upstream_ca_file),
+    ] {
+        if let Some(p) = v {
+            tls.insert(k.into(), s(p.display().to_string()));
+        }
+    }
+    root.insert("tls".into(), Value::Table(tls));
+
+    let resolve: Table = c.resolve.iter().map(|(h, ip)| (h.clone(), s(ip.to_string()))).collect();
+    root.insert("resolve".into(), Value::Table(resolve));
+
+    let mut limits = limits_table(&c.limits.defaults);
+    limits.insert("rps_ceiling".into(), Value::Float(c.limits.rps_ceiling));
+    limits.insert("concurrency_ceiling".into(), Value::Integer(c.limits.concurrency_ceiling.into()));
+    let mut domains = Table::new();
+    for (host, d) in &c.limits.domains {
+        let mut t = limits_table(&d.limits);
+        t.insert("pin".into(), Value::Boolean(d.pin));
+        let mode = match d.tls {
+            TlsMode::Intercept => "intercept",
+            TlsMode::Tunnel => "tunnel",
+        };
+        t.insert("tls".into(), s(mode.into()));
+        t.insert("regions".into(), Value::Array(d.regions.iter().map(|r| s(r.clone())).collect()));
+        if let Some(r) = &d.retry {
+            t.insert("retry".into(), Value::Table(retry_table(r)));
+        }
+        domains.insert(host.clone(), Value::Table(t));
+    }
+    limits.insert("domains".into(), Value::Table(domains));
+    root.insert("limits".into(), Value::Table(limits));
+
+    root.insert("retry".into(), Value::Table(retry_table(&c.retry)));
+
+    let mut idem = Table::new();
+    idem.insert("ttl".into(), s(format_duration(c.idempotency.ttl)));
+    idem.insert("max_stored_body".into(), Value::Integer(c.idempotency.max_stored_body as i64));
+    root.insert("idempotency".into(), Value::Table(idem));
+
+    let mut hooks = Table::new();
+    if let Some(secret) = &c.webhooks.secret {
+        hooks.insert("secret".into(), s(mask(secret)));
+    }
+    hooks.insert("max_attempts".into(), Value::Integer(c.webhooks.max_attempts.into()));
+    root.insert("webhooks".into(), Value::Table(hooks));
+
+    let regions: Table = c
+        .regions
+        .iter()
+        .map(|(n, r)| {
+            let mut t = Table::new();
+            t.insert("proxy".into(), s(r.proxy.clone()));
+            (n.clone(), Value::Table(t))
+        })
+        .collect();
+    root.insert("regions".into(), Value::Table(regions));
+
+    let mut storage = Table::new();
+    match &c.storage.backend {
+        StorageBackend::Embedded => {
+            storage.insert("backend".into(), s("embedded".into()));
+        }
+        StorageBackend::Redis { url } => {
+            storage.insert("backend".into(), s("redis".into()));
+            let shown = match url.split_once('@') {
+                Some((scheme_user, host)) => {
+                    let scheme = scheme_user.split("://").next().unwrap_or("redis");
+                    format!("{scheme}://****@{host}")
+                }
+                None => url.clone(),
+            };
+            storage.insert("url".into(), s(shown));
+        }
+    }
+    root.insert("storage".into(), Value::Table(storage));
+
+    let mut metrics = Table::new();
+    metrics.insert("max_domains".into(), Value::Integer(c.metrics.max_domains as i64));
+    root.insert("metrics".into(), Value::Table(metrics));
+
+    toml::to_string_pretty(&root).unwrap_or_default()
+}

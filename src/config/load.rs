@@ -1,0 +1,503 @@
+//! Parsing and validation: TOML text → `RawConfig` → `Config`. Every error
+//! names the file, the dotted key and the reason.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::*;
+use super::*;
+
+pub(super) struct Ctx<'a> {
+    pub file: &'a str,
+}
+
+impl Ctx<'_> {
+    pub fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `limits.domains."api.example.com"`: quote keys that hold dots.
+pub(super) fn quoted(key: &str) -> String {
+    if key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        key.to_string()
+    } else {
+        format!("{key:?}")
+    }
+}
+
+pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let cx = Ctx { file };
+    let de = toml::Deserializer::new(text);
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().trim().to_string();
+        let key = if path == "." || path.is_empty() {
+            unknown_key(&message).unwrap_or_else(|| "<file>".into())
+        } else {
+            match unknown_key(&message) {
+                // serde_path_to_error stops at the table; name the unknown key itself.
+                Some(k) if !path.ends_with(&k) => format!("{path}.{k}"),
+                _ => path,
+            }
+        };
+        let line = inner
+            .span()
+            .map(|s| format!(" (line {})", text[..s.start.min(text.len())].lines().count().max(1)))
+            .unwrap_or_default();
+        cx.err(key, format!("{message}{line}"))
+    })?;
+    build(&cx, raw)
+}
+
+fn unknown_key(message: &str) -> Option<String> {
+    let rest = message.split("unknown field `").nth(1)?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+pub(super) fn duration(cx: &Ctx, key: &str, v: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v.trim())
+        .map_err(|_| cx.err(key, format!("expected a duration like \"500ms\", \"30s\" or \"24h\", got {v:?}")))
+}
+
+/// Sizes: an integer number of bytes, or a string like "512KiB", "1MiB",
+/// "10MB". Hand-written because the accepted forms are a handful and a
+/// crate's wider grammar (floats, spaces, bit units) would accept typos.
+pub(super) fn size(cx: &Ctx, key: &str, v: &toml::Value) -> Result<u64, ConfigError> {
+    let bad = || cx.err(key, format!("expected a size in bytes or like \"1MiB\", got {v}"));
+    match v {
+        toml::Value::Integer(i) if *i >= 0 => Ok(*i as u64),
+        toml::Value::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let (num, unit) = s.split_at(split);
+            let n: u64 = num.parse().map_err(|_| bad())?;
+            let mult: u64 = match unit.trim() {
+                "" | "B" => 1,
+                "KB" | "kB" => 1_000,
+                "KiB" => 1 << 10,
+                "MB" => 1_000_000,
+                "MiB" => 1 << 20,
+                "GB" => 1_000_000_000,
+                "GiB" => 1 << 30,
+                _ => return Err(bad()),
+            };
+            n.checked_mul(mult).ok_or_else(bad)
+        }
+        _ => Err(bad()),
+    }
+}
+
+pub(super) fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
+fn addr(cx: &Ctx, key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.trim()
+        .parse()
+        .map_err(|_| cx.err(key, format!("expected an address like \"127.0.0.1:4000\", got {v:?}")))
+}
+
+fn positive_u32(cx: &Ctx, key: &str, v: i64, max: u64) -> Result<u32, ConfigError> {
+    if v < 1 || v as u64 > max {
+        return Err(cx.err(key, format!("must be between 1 and {max}, got {v}")));
+    }
+    Ok(v as u32)
+}
+
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn default_allow_clients() -> Vec<ipnet::IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+fn status_codes(cx: &Ctx, key: &str, v: &[i64]) -> Result<Vec<u16>, ConfigError> {
+    v.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if (100..=599).contains(c) {
+                Ok(*c as u16)
+            } else {
+                Err(cx.err(format!("{key}[{i}]"), format!("must be an HTTP status code 100-599, got {c}")))
+            }
+        })
+        .collect()
+}
+
+fn retry(cx: &Ctx, key: &str, raw: &RawRetry, base: &RetryConfig) -> Result<RetryConfig, ConfigError> {
+    let count = |k: &str, v: Option<i64>, d: u32| -> Result<u32, ConfigError> {
+        match v {
+            None => Ok(d),
+            Some(n) if (0..=1000).contains(&n) => Ok(n as u32),
+            Some(n) => Err(cx.err(format!("{key}.{k}"), format!("must be between 0 and 1000, got {n}"))),
+        }
+    };
+    Ok(RetryConfig {
+        max_retries: count("max_retries", raw.max_retries, base.max_retries)?,
+        max_reroutes: count("max_reroutes", raw.max_reroutes, base.max_reroutes)?,
+        retry_codes: match &raw.retry_codes {
+            Some(v) => status_codes(cx, &format!("{key}.retry_codes"), v)?,
+            None => base.retry_codes.clone(),
+        },
+        reroute_codes: match &raw.reroute_codes {
+            Some(v) => status_codes(cx, &format!("{key}.reroute_codes"), v)?,
+            None => base.reroute_codes.clone(),
+        },
+        max_buffered_body: match &raw.max_buffered_body {
+            Some(v) => size(cx, &format!("{key}.max_buffered_body"), v)?,
+            None => base.max_buffered_body,
+        },
+    })
+}
+
+fn default_retry() -> RetryConfig {
+    RetryConfig {
+        max_retries: 3,
+        max_reroutes: 2,
+        retry_codes: vec![429, 503],
+        reroute_codes: vec![500, 502, 504],
+        max_buffered_body: 1 << 20,
+    }
+}
+
+fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
+    // [proxy]
+    let p = &raw.proxy;
+    let listen = match &p.listen {
+        Some(v) => addr(cx, "proxy.listen", v)?,
+        None => SocketAddr::from(([127, 0, 0, 1], 4000)),
+    };
+    let connect_ports = match &p.connect_ports {
+        None => vec![443],
+        Some(v) if v.is_empty() => return Err(cx.err("proxy.connect_ports", "must list at least one port")),
+        Some(v) => v
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                u16::try_from(*port)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| cx.err(format!("proxy.connect_ports[{i}]"), format!("must be a port 1-65535, got {port}")))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let allow_clients = match &p.allow_clients {
+        None => default_allow_clients(),
+        Some(v) => v
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let s = s.trim();
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| cx.err(format!("proxy.allow_clients[{i}]"), format!("expected a CIDR like \"10.0.0.0/8\" or an IP, got {s:?}")))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let dur = |key: &str, v: &Option<String>, d: u64| -> Result<Duration, ConfigError> {
+        let d = match v {
+            Some(v) => duration(cx, key, v)?,
+            None => Duration::from_secs(d),
+        };
+        if d.is_zero() {
+            return Err(cx.err(key, "must be longer than 0"));
+        }
+        Ok(d)
+    };
+    let threads = match p.threads {
+        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        Some(n) if (1..=1024).contains(&n) => n as usize,
+        Some(n) => return Err(cx.err("proxy.threads", format!("must be between 1 and 1024, got {n}"))),
+    };
+    let proxy = ProxyConfig {
+        listen,
+        connect_ports,
+        allow_clients,
+        drain_timeout: dur("proxy.drain_timeout", &p.drain_timeout, 30)?,
+        connect_timeout: dur("proxy.connect_timeout", &p.connect_timeout, 10)?,
+        read_timeout: dur("proxy.read_timeout", &p.read_timeout, 60)?,
+        threads,
+    };
+
+    // [control]
+    let control_listen = match &raw.control.listen {
+        Some(v) => addr(cx, "control.listen", v)?,
+        None => SocketAddr::from(([127, 0, 0, 1], 4001)),
+    };
+    for (token, ws) in &raw.control.api_keys {
+        if token.trim().is_empty() || ws.trim().is_empty() {
+            return Err(cx.err("control.api_keys", "tokens and workspace names must not be empty"));
+        }
+    }
+    let control = ControlConfig {
+        listen: control_listen,
+        api_keys: raw.control.api_keys.clone(),
+    };
+
+    // [tls]
+    let path = |v: &Option<String>| v.as_ref().map(PathBuf::from);
+    let tls = TlsConfig {
+        ca_cert: path(&raw.tls.ca_cert),
+        ca_key: path(&raw.tls.ca_key),
+        upstream_ca_file: path(&raw.tls.upstream_ca_file),
+    };
+    if tls.ca_cert.is_some() != tls.ca_key.is_some() {
+        let key = if tls.ca_cert.is_some() { "tls.ca_key" } else { "tls.ca_cert" };
+        return Err(cx.err(key, "tls.ca_cert and tls.ca_key must be set together"));
+    }
+
+    // [resolve]
+    let mut resolve = BTreeMap::new();
+    for (host, ip) in &raw.resolve {
+        let key = format!("resolve.{}", quoted(host));
+        let h = host.trim().to_ascii_lowercase();
+        if !valid_host(&h) {
+            return Err(cx.err(key, "expected a host name"));
+        }
+        let ip: IpAddr = ip
+            .trim()
+            .parse()
+            .map_err(|_| cx.err(&key, format!("expected an IP address, got {ip:?}")))?;
+        resolve.insert(h, ip);
+    }
+
+    // [limits]
+    let l = &raw.limits;
+    let rps_ceiling = l.rps_ceiling.unwrap_or(10_000.0);
+    if !rps_ceiling.is_finite() || rps_ceiling <= 0.0 {
+        return Err(cx.err("limits.rps_ceiling", "must be a finite number > 0"));
+    }
+    let concurrency_ceiling = positive_u32(cx, "limits.concurrency_ceiling", l.concurrency_ceiling.unwrap_or(1024), u32::MAX as u64)?;
+    let check_limits = |prefix: &str,
+                        rps: Option<f64>,
+                        mc: Option<i64>,
+                        burst: Option<i64>,
+                        qc: Option<i64>,
+                        mw: &Option<String>,
+                        base: &DomainLimits|
+     -> Result<DomainLimits, ConfigError> {
+        let rps = match rps {
+            Some(r) if !r.is_finite() || r <= 0.0 => return Err(cx.err(format!("{prefix}.rps"), format!("must be a finite number > 0, got {r}"))),
+            Some(r) if r > rps_ceiling => {
+                return Err(cx.err(format!("{prefix}.rps"), format!("{r} is above limits.rps_ceiling ({rps_ceiling})")))
+            }
+            Some(r) => r,
+            None => base.rps,
+        };
+        let max_concurrent = match mc {
+            Some(v) => positive_u32(cx, &format!("{prefix}.max_concurrent"), v, concurrency_ceiling as u64)?,
+            None => base.max_concurrent,
+        };
+        let burst = match burst {
+            Some(v) => positive_u32(cx, &format!("{prefix}.burst"), v, 1_000_000)?,
+            None => base.burst,
+        };
+        let queue_capacity = match qc {
+            Some(v) => positive_u32(cx, &format!("{prefix}.queue_capacity"), v, 10_000_000)? as usize,
+            None => base.queue_capacity,
+        };
+        let max_wait = match mw {
+            Some(v) => {
+                let d = duration(cx, &format!("{prefix}.max_wait"), v)?;
+                if d.is_zero() {
+                    return Err(cx.err(format!("{prefix}.max_wait"), "must be longer than 0"));
+                }
+                d
+            }
+            None => base.max_wait,
+        };
+        Ok(DomainLimits {
+            rps,
+            max_concurrent,
+            burst,
+            queue_capacity,
+            max_wait,
+        })
+    };
+    let builtin = DomainLimits {
+        rps: 2.0,
+        max_concurrent: 2,
+        burst: 1,
+        queue_capacity: 10_000,
+        max_wait: Duration::from_secs(60),
+    };
+    let defaults = check_limits("limits", l.rps, l.max_concurrent, l.burst, l.queue_capacity, &l.max_wait, &builtin)?;
+
+    // [retry]
+    let retry_cfg = retry(cx, "retry", &raw.retry, &default_retry())?;
+
+    // [regions]
+    let mut regions = BTreeMap::new();
+    for (name, r) in &raw.regions {
+        let key = format!("regions.{}", quoted(name));
+        if name == "local" {
+            return Err(cx.err(key, "\"local\" is the built-in region (direct connections) and cannot be redefined"));
+        }
+        let Some(proxy) = &r.proxy else {
+            return Err(cx.err(format!("{key}.proxy"), "is required: the http://host:port of the peer proxy"));
+        };
+        let ok = proxy
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|u| u.scheme_str() == Some("http") && u.port_u16().is_some() && u.host().is_some_and(|h| !h.is_empty()))
+            .is_some();
+        if !ok {
+            return Err(cx.err(format!("{key}.proxy"), format!("expected http://host:port, got {proxy:?}")));
+        }
+        regions.insert(name.clone(), RegionConfig { proxy: proxy.clone() });
+    }
+
+    // [limits.domains."x"]
+    let mut domains = BTreeMap::new();
+    for (host, d) in &l.domains {
+        let prefix = format!("limits.domains.{}", quoted(host));
+        let h = host.trim().to_ascii_lowercase();
+        let bare = h.strip_prefix("*.").unwrap_or(&h);
+        if !valid_host(bare) {
+            return Err(cx.err(prefix, "expected a host name like \"api.example.com\" or \"*.example.com\" (no scheme, port or path)"));
+        }
+        let limits = check_limits(&prefix, d.rps, d.max_concurrent, d.burst, d.queue_capacity, &d.max_wait, &defaults)?;
+        let tls = match d.tls.as_deref() {
+            None | Some("intercept") => TlsMode::Intercept,
+            Some("tunnel") => TlsMode::Tunnel,
+            Some(other) => return Err(cx.err(format!("{prefix}.tls"), format!("expected \"intercept\" or \"tunnel\", got {other:?}"))),
+        };
+        let region_list = match &d.regions {
+            None => vec!["local".to_string()],
+            Some(list) => {
+                for (i, r) in list.iter().enumerate() {
+                    if r != "local" && !regions.contains_key(r) {
+                        return Err(cx.err(format!("{prefix}.regions[{i}]"), format!("unknown region {r:?}: define [regions.{r}] or use \"local\"")));
+                    }
+                }
+                list.clone()
+            }
+        };
+        let retry = match &d.retry {
+            Some(r) => Some(retry(cx, &format!("{prefix}.retry"), r, &retry_cfg)?),
+            None => None,
+        };
+        domains.insert(
+            h,
+            DomainConfig {
+                limits,
+                rps_set: d.rps.is_some(),
+                max_concurrent_set: d.max_concurrent.is_some(),
+                pin: d.pin.unwrap_or(false),
+                tls,
+                regions: region_list,
+                retry,
+            },
+        );
+    }
+
+    // [idempotency]
+    let idempotency = IdempotencyConfig {
+        ttl: dur("idempotency.ttl", &raw.idempotency.ttl, 24 * 3600)?,
+        max_stored_body: match &raw.idempotency.max_stored_body {
+            Some(v) => size(cx, "idempotency.max_stored_body", v)?,
+            None => 10 << 20,
+        },
+    };
+
+    // [webhooks]
+    if let Some(s) = &raw.webhooks.secret {
+        if s.chars().count() < 16 {
+            return Err(cx.err("webhooks.secret", "must be at least 16 characters"));
+        }
+    }
+    let webhooks = WebhooksConfig {
+        secret: raw.webhooks.secret.clone(),
+        max_attempts: positive_u32(cx, "webhooks.max_attempts", raw.webhooks.max_attempts.unwrap_or(8), 1000)?,
+    };
+
+    // [storage]
+    let backend = match raw.storage.backend.as_deref() {
+        None | Some("embedded") => {
+            if raw.storage.url.is_some() {
+                return Err(cx.err("storage.url", "only used with backend = \"redis\""));
+            }
+            StorageBackend::Embedded
+        }
+        Some("redis") => match &raw.storage.url {
+            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => StorageBackend::Redis { url: u.clone() },
+            Some(u) => return Err(cx.err("storage.url", format!("expected redis://host:port or rediss://..., got {:?}", mask_url(u)))),
+            None => return Err(cx.err("storage.url", "is required with backend = \"redis\"")),
+        },
+        Some(other) => return Err(cx.err("storage.backend", format!("expected \"embedded\" or \"redis\", got {other:?}"))),
+    };
+
+    let metrics = MetricsConfig {
+        max_domains: positive_u32(cx, "metrics.max_domains", raw.metrics.max_domains.unwrap_or(500), 1_000_000)? as usize,
+    };
+
+    let config = Config {
+        source: None,
+        data_dir: PathBuf::from(raw.data_dir.unwrap_or_else(|| "./ezthrottle-data".into())),
+        proxy,
+        control,
+        tls,
+        resolve,
+        limits: LimitsConfig {
+            defaults,
+            rps_ceiling,
+            concurrency_ceiling,
+            domains,
+        },
+        retry: retry_cfg,
+        idempotency,
+        webhooks,
+        regions,
+        storage: StorageConfig { backend },
+        metrics,
+    };
+    cross_checks(cx, &config)?;
+    Ok(config)
+}
+
+fn mask_url(u: &str) -> String {
+    // redis://user:password@host — never echo a password.
+    match u.split_once('@') {
+        Some((_, host)) => format!("****@{host}"),
+        None => u.to_string(),
+    }
+}
+
+/// Rules that involve several keys; re-run after command-line overrides.
+pub(super) fn cross_checks(cx: &Ctx, c: &Config) -> Result<(), ConfigError> {
+    if !c.control.listen.ip().is_loopback() && c.control.api_keys.is_empty() {
+        return Err(cx.err(
+            "control.api_keys",
+            format!(
+                "control.listen {} is not a loopback address: set api keys, or the job and secrets API would be open to the network",
+                c.control.listen
+            ),
+        ));
+    }
+    if !c.proxy.listen.ip().is_loopback() && c.proxy.allow_clients == default_allow_clients() {
+        return Err(cx.err(
+            "proxy.allow_clients",
+            format!(
+                "proxy.listen {} accepts remote connections but allow_clients only allows loopback: list the networks that may use the proxy",
+                c.proxy.listen
+            ),
+        ));
+    }
+    Ok(())
+}
