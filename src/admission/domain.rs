@@ -8,7 +8,9 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use prometheus::{Gauge, IntGauge};
 use tokio::sync::{oneshot, Notify};
@@ -260,7 +262,7 @@ impl DomainThrottle {
             match wait_until {
                 Some(at) => {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(at.into()) => {}
+                        _ = tokio::time::sleep_until(at) => {}
                         _ = self.wake.notified() => {}
                     }
                 }

@@ -12,7 +12,9 @@
 //! waiting client leaves) and to change the rate on the fly from learned
 //! headers, none of which `governor`'s check-and-consume API exposes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct Gcra {

@@ -15,10 +15,19 @@ fn mask(secret: &str) -> String {
 fn limits_table(l: &DomainLimits) -> Table {
     let mut t = Table::new();
     t.insert("rps".into(), Value::Float(l.rps));
-    t.insert("max_concurrent".into(), Value::Integer(l.max_concurrent.into()));
+    t.insert(
+        "max_concurrent".into(),
+        Value::Integer(l.max_concurrent.into()),
+    );
     t.insert("burst".into(), Value::Integer(l.burst.into()));
-    t.insert("queue_capacity".into(), Value::Integer(l.queue_capacity as i64));
-    t.insert("max_wait".into(), Value::String(format_duration(l.max_wait)));
+    t.insert(
+        "queue_capacity".into(),
+        Value::Integer(l.queue_capacity as i64),
+    );
+    t.insert(
+        "max_wait".into(),
+        Value::String(format_duration(l.max_wait)),
+    );
     t
 }
 
@@ -29,7 +38,10 @@ fn retry_table(r: &RetryConfig) -> Table {
     t.insert("max_reroutes".into(), Value::Integer(r.max_reroutes.into()));
     t.insert("retry_codes".into(), codes(&r.retry_codes));
     t.insert("reroute_codes".into(), codes(&r.reroute_codes));
-    t.insert("max_buffered_body".into(), Value::Integer(r.max_buffered_body as i64));
+    t.insert(
+        "max_buffered_body".into(),
+        Value::Integer(r.max_buffered_body as i64),
+    );
     t
 }
 
@@ -42,15 +54,36 @@ pub(super) fn render(c: &Config) -> String {
     proxy.insert("listen".into(), s(c.proxy.listen.to_string()));
     proxy.insert(
         "connect_ports".into(),
-        Value::Array(c.proxy.connect_ports.iter().map(|p| Value::Integer((*p).into())).collect()),
+        Value::Array(
+            c.proxy
+                .connect_ports
+                .iter()
+                .map(|p| Value::Integer((*p).into()))
+                .collect(),
+        ),
     );
     proxy.insert(
         "allow_clients".into(),
-        Value::Array(c.proxy.allow_clients.iter().map(|n| s(n.to_string())).collect()),
+        Value::Array(
+            c.proxy
+                .allow_clients
+                .iter()
+                .map(|n| s(n.to_string()))
+                .collect(),
+        ),
     );
-    proxy.insert("drain_timeout".into(), s(format_duration(c.proxy.drain_timeout)));
-    proxy.insert("connect_timeout".into(), s(format_duration(c.proxy.connect_timeout)));
-    proxy.insert("read_timeout".into(), s(format_duration(c.proxy.read_timeout)));
+    proxy.insert(
+        "drain_timeout".into(),
+        s(format_duration(c.proxy.drain_timeout)),
+    );
+    proxy.insert(
+        "connect_timeout".into(),
+        s(format_duration(c.proxy.connect_timeout)),
+    );
+    proxy.insert(
+        "read_timeout".into(),
+        s(format_duration(c.proxy.read_timeout)),
+    );
     proxy.insert("threads".into(), Value::Integer(c.proxy.threads as i64));
     root.insert("proxy".into(), Value::Table(proxy));
 
@@ -77,12 +110,19 @@ pub(super) fn render(c: &Config) -> String {
     }
     root.insert("tls".into(), Value::Table(tls));
 
-    let resolve: Table = c.resolve.iter().map(|(h, ip)| (h.clone(), s(ip.to_string()))).collect();
+    let resolve: Table = c
+        .resolve
+        .iter()
+        .map(|(h, ip)| (h.clone(), s(ip.to_string())))
+        .collect();
     root.insert("resolve".into(), Value::Table(resolve));
 
     let mut limits = limits_table(&c.limits.defaults);
     limits.insert("rps_ceiling".into(), Value::Float(c.limits.rps_ceiling));
-    limits.insert("concurrency_ceiling".into(), Value::Integer(c.limits.concurrency_ceiling.into()));
+    limits.insert(
+        "concurrency_ceiling".into(),
+        Value::Integer(c.limits.concurrency_ceiling.into()),
+    );
     let mut domains = Table::new();
     for (host, d) in &c.limits.domains {
         let mut t = limits_table(&d.limits);
@@ -92,7 +132,10 @@ pub(super) fn render(c: &Config) -> String {
             TlsMode::Tunnel => "tunnel",
         };
         t.insert("tls".into(), s(mode.into()));
-        t.insert("regions".into(), Value::Array(d.regions.iter().map(|r| s(r.clone())).collect()));
+        t.insert(
+            "regions".into(),
+            Value::Array(d.regions.iter().map(|r| s(r.clone())).collect()),
+        );
         if let Some(r) = &d.retry {
             t.insert("retry".into(), Value::Table(retry_table(r)));
         }
@@ -105,14 +148,20 @@ pub(super) fn render(c: &Config) -> String {
 
     let mut idem = Table::new();
     idem.insert("ttl".into(), s(format_duration(c.idempotency.ttl)));
-    idem.insert("max_stored_body".into(), Value::Integer(c.idempotency.max_stored_body as i64));
+    idem.insert(
+        "max_stored_body".into(),
+        Value::Integer(c.idempotency.max_stored_body as i64),
+    );
     root.insert("idempotency".into(), Value::Table(idem));
 
     let mut hooks = Table::new();
     if let Some(secret) = &c.webhooks.secret {
         hooks.insert("secret".into(), s(mask(secret)));
     }
-    hooks.insert("max_attempts".into(), Value::Integer(c.webhooks.max_attempts.into()));
+    hooks.insert(
+        "max_attempts".into(),
+        Value::Integer(c.webhooks.max_attempts.into()),
+    );
     root.insert("webhooks".into(), Value::Table(hooks));
 
     let regions: Table = c
@@ -146,7 +195,10 @@ pub(super) fn render(c: &Config) -> String {
     root.insert("storage".into(), Value::Table(storage));
 
     let mut metrics = Table::new();
-    metrics.insert("max_domains".into(), Value::Integer(c.metrics.max_domains as i64));
+    metrics.insert(
+        "max_domains".into(),
+        Value::Integer(c.metrics.max_domains as i64),
+    );
     root.insert("metrics".into(), Value::Table(metrics));
 
     toml::to_string_pretty(&root).unwrap_or_default()

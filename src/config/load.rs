@@ -25,7 +25,10 @@ impl Ctx<'_> {
 
 /// `limits.domains."api.example.com"`: quote keys that hold dots.
 pub(super) fn quoted(key: &str) -> String {
-    if key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         key.to_string()
     } else {
         format!("{key:?}")
@@ -50,7 +53,12 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         };
         let line = inner
             .span()
-            .map(|s| format!(" (line {})", text[..s.start.min(text.len())].lines().count().max(1)))
+            .map(|s| {
+                format!(
+                    " (line {})",
+                    text[..s.start.min(text.len())].lines().count().max(1)
+                )
+            })
             .unwrap_or_default();
         cx.err(key, format!("{message}{line}"))
     })?;
@@ -63,15 +71,24 @@ fn unknown_key(message: &str) -> Option<String> {
 }
 
 pub(super) fn duration(cx: &Ctx, key: &str, v: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(v.trim())
-        .map_err(|_| cx.err(key, format!("expected a duration like \"500ms\", \"30s\" or \"24h\", got {v:?}")))
+    humantime::parse_duration(v.trim()).map_err(|_| {
+        cx.err(
+            key,
+            format!("expected a duration like \"500ms\", \"30s\" or \"24h\", got {v:?}"),
+        )
+    })
 }
 
 /// Sizes: an integer number of bytes, or a string like "512KiB", "1MiB",
 /// "10MB". Hand-written because the accepted forms are a handful and a
 /// crate's wider grammar (floats, spaces, bit units) would accept typos.
 pub(super) fn size(cx: &Ctx, key: &str, v: &toml::Value) -> Result<u64, ConfigError> {
-    let bad = || cx.err(key, format!("expected a size in bytes or like \"1MiB\", got {v}"));
+    let bad = || {
+        cx.err(
+            key,
+            format!("expected a size in bytes or like \"1MiB\", got {v}"),
+        )
+    };
     match v {
         toml::Value::Integer(i) if *i >= 0 => Ok(*i as u64),
         toml::Value::String(s) => {
@@ -100,9 +117,12 @@ pub(super) fn format_duration(d: Duration) -> String {
 }
 
 fn addr(cx: &Ctx, key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
-    v.trim()
-        .parse()
-        .map_err(|_| cx.err(key, format!("expected an address like \"127.0.0.1:4000\", got {v:?}")))
+    v.trim().parse().map_err(|_| {
+        cx.err(
+            key,
+            format!("expected an address like \"127.0.0.1:4000\", got {v:?}"),
+        )
+    })
 }
 
 fn positive_u32(cx: &Ctx, key: &str, v: i64, max: u64) -> Result<u32, ConfigError> {
@@ -116,7 +136,10 @@ fn valid_host(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -134,18 +157,29 @@ fn status_codes(cx: &Ctx, key: &str, v: &[i64]) -> Result<Vec<u16>, ConfigError>
             if (100..=599).contains(c) {
                 Ok(*c as u16)
             } else {
-                Err(cx.err(format!("{key}[{i}]"), format!("must be an HTTP status code 100-599, got {c}")))
+                Err(cx.err(
+                    format!("{key}[{i}]"),
+                    format!("must be an HTTP status code 100-599, got {c}"),
+                ))
             }
         })
         .collect()
 }
 
-fn retry(cx: &Ctx, key: &str, raw: &RawRetry, base: &RetryConfig) -> Result<RetryConfig, ConfigError> {
+fn retry(
+    cx: &Ctx,
+    key: &str,
+    raw: &RawRetry,
+    base: &RetryConfig,
+) -> Result<RetryConfig, ConfigError> {
     let count = |k: &str, v: Option<i64>, d: u32| -> Result<u32, ConfigError> {
         match v {
             None => Ok(d),
             Some(n) if (0..=1000).contains(&n) => Ok(n as u32),
-            Some(n) => Err(cx.err(format!("{key}.{k}"), format!("must be between 0 and 1000, got {n}"))),
+            Some(n) => Err(cx.err(
+                format!("{key}.{k}"),
+                format!("must be between 0 and 1000, got {n}"),
+            )),
         }
     };
     Ok(RetryConfig {
@@ -185,15 +219,19 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
     };
     let connect_ports = match &p.connect_ports {
         None => vec![443],
-        Some(v) if v.is_empty() => return Err(cx.err("proxy.connect_ports", "must list at least one port")),
+        Some(v) if v.is_empty() => {
+            return Err(cx.err("proxy.connect_ports", "must list at least one port"))
+        }
         Some(v) => v
             .iter()
             .enumerate()
             .map(|(i, port)| {
-                u16::try_from(*port)
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| cx.err(format!("proxy.connect_ports[{i}]"), format!("must be a port 1-65535, got {port}")))
+                u16::try_from(*port).ok().filter(|p| *p > 0).ok_or_else(|| {
+                    cx.err(
+                        format!("proxy.connect_ports[{i}]"),
+                        format!("must be a port 1-65535, got {port}"),
+                    )
+                })
             })
             .collect::<Result<_, _>>()?,
     };
@@ -206,7 +244,12 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
                 let s = s.trim();
                 s.parse::<ipnet::IpNet>()
                     .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| cx.err(format!("proxy.allow_clients[{i}]"), format!("expected a CIDR like \"10.0.0.0/8\" or an IP, got {s:?}")))
+                    .map_err(|_| {
+                        cx.err(
+                            format!("proxy.allow_clients[{i}]"),
+                            format!("expected a CIDR like \"10.0.0.0/8\" or an IP, got {s:?}"),
+                        )
+                    })
             })
             .collect::<Result<_, _>>()?,
     };
@@ -221,9 +264,16 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         Ok(d)
     };
     let threads = match p.threads {
-        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
         Some(n) if (1..=1024).contains(&n) => n as usize,
-        Some(n) => return Err(cx.err("proxy.threads", format!("must be between 1 and 1024, got {n}"))),
+        Some(n) => {
+            return Err(cx.err(
+                "proxy.threads",
+                format!("must be between 1 and 1024, got {n}"),
+            ))
+        }
     };
     let proxy = ProxyConfig {
         listen,
@@ -242,7 +292,10 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
     };
     for (token, ws) in &raw.control.api_keys {
         if token.trim().is_empty() || ws.trim().is_empty() {
-            return Err(cx.err("control.api_keys", "tokens and workspace names must not be empty"));
+            return Err(cx.err(
+                "control.api_keys",
+                "tokens and workspace names must not be empty",
+            ));
         }
     }
     let control = ControlConfig {
@@ -258,7 +311,11 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         upstream_ca_file: path(&raw.tls.upstream_ca_file),
     };
     if tls.ca_cert.is_some() != tls.ca_key.is_some() {
-        let key = if tls.ca_cert.is_some() { "tls.ca_key" } else { "tls.ca_cert" };
+        let key = if tls.ca_cert.is_some() {
+            "tls.ca_key"
+        } else {
+            "tls.ca_cert"
+        };
         return Err(cx.err(key, "tls.ca_cert and tls.ca_key must be set together"));
     }
 
@@ -283,7 +340,12 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
     if !rps_ceiling.is_finite() || rps_ceiling <= 0.0 {
         return Err(cx.err("limits.rps_ceiling", "must be a finite number > 0"));
     }
-    let concurrency_ceiling = positive_u32(cx, "limits.concurrency_ceiling", l.concurrency_ceiling.unwrap_or(1024), u32::MAX as u64)?;
+    let concurrency_ceiling = positive_u32(
+        cx,
+        "limits.concurrency_ceiling",
+        l.concurrency_ceiling.unwrap_or(1024),
+        u32::MAX as u64,
+    )?;
     let check_limits = |prefix: &str,
                         rps: Option<f64>,
                         mc: Option<i64>,
@@ -293,15 +355,28 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
                         base: &DomainLimits|
      -> Result<DomainLimits, ConfigError> {
         let rps = match rps {
-            Some(r) if !r.is_finite() || r <= 0.0 => return Err(cx.err(format!("{prefix}.rps"), format!("must be a finite number > 0, got {r}"))),
+            Some(r) if !r.is_finite() || r <= 0.0 => {
+                return Err(cx.err(
+                    format!("{prefix}.rps"),
+                    format!("must be a finite number > 0, got {r}"),
+                ))
+            }
             Some(r) if r > rps_ceiling => {
-                return Err(cx.err(format!("{prefix}.rps"), format!("{r} is above limits.rps_ceiling ({rps_ceiling})")))
+                return Err(cx.err(
+                    format!("{prefix}.rps"),
+                    format!("{r} is above limits.rps_ceiling ({rps_ceiling})"),
+                ))
             }
             Some(r) => r,
             None => base.rps,
         };
         let max_concurrent = match mc {
-            Some(v) => positive_u32(cx, &format!("{prefix}.max_concurrent"), v, concurrency_ceiling as u64)?,
+            Some(v) => positive_u32(
+                cx,
+                &format!("{prefix}.max_concurrent"),
+                v,
+                concurrency_ceiling as u64,
+            )?,
             None => base.max_concurrent,
         };
         let burst = match burst {
@@ -309,7 +384,9 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             None => base.burst,
         };
         let queue_capacity = match qc {
-            Some(v) => positive_u32(cx, &format!("{prefix}.queue_capacity"), v, 10_000_000)? as usize,
+            Some(v) => {
+                positive_u32(cx, &format!("{prefix}.queue_capacity"), v, 10_000_000)? as usize
+            }
             None => base.queue_capacity,
         };
         let max_wait = match mw {
@@ -337,7 +414,15 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         queue_capacity: 10_000,
         max_wait: Duration::from_secs(60),
     };
-    let defaults = check_limits("limits", l.rps, l.max_concurrent, l.burst, l.queue_capacity, &l.max_wait, &builtin)?;
+    let defaults = check_limits(
+        "limits",
+        l.rps,
+        l.max_concurrent,
+        l.burst,
+        l.queue_capacity,
+        &l.max_wait,
+        &builtin,
+    )?;
 
     // [retry]
     let retry_cfg = retry(cx, "retry", &raw.retry, &default_retry())?;
@@ -347,20 +432,38 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
     for (name, r) in &raw.regions {
         let key = format!("regions.{}", quoted(name));
         if name == "local" {
-            return Err(cx.err(key, "\"local\" is the built-in region (direct connections) and cannot be redefined"));
+            return Err(cx.err(
+                key,
+                "\"local\" is the built-in region (direct connections) and cannot be redefined",
+            ));
         }
         let Some(proxy) = &r.proxy else {
-            return Err(cx.err(format!("{key}.proxy"), "is required: the http://host:port of the peer proxy"));
+            return Err(cx.err(
+                format!("{key}.proxy"),
+                "is required: the http://host:port of the peer proxy",
+            ));
         };
         let ok = proxy
             .parse::<http::Uri>()
             .ok()
-            .filter(|u| u.scheme_str() == Some("http") && u.port_u16().is_some() && u.host().is_some_and(|h| !h.is_empty()))
+            .filter(|u| {
+                u.scheme_str() == Some("http")
+                    && u.port_u16().is_some()
+                    && u.host().is_some_and(|h| !h.is_empty())
+            })
             .is_some();
         if !ok {
-            return Err(cx.err(format!("{key}.proxy"), format!("expected http://host:port, got {proxy:?}")));
+            return Err(cx.err(
+                format!("{key}.proxy"),
+                format!("expected http://host:port, got {proxy:?}"),
+            ));
         }
-        regions.insert(name.clone(), RegionConfig { proxy: proxy.clone() });
+        regions.insert(
+            name.clone(),
+            RegionConfig {
+                proxy: proxy.clone(),
+            },
+        );
     }
 
     // [limits.domains."x"]
@@ -372,18 +475,34 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         if !valid_host(bare) {
             return Err(cx.err(prefix, "expected a host name like \"api.example.com\" or \"*.example.com\" (no scheme, port or path)"));
         }
-        let limits = check_limits(&prefix, d.rps, d.max_concurrent, d.burst, d.queue_capacity, &d.max_wait, &defaults)?;
+        let limits = check_limits(
+            &prefix,
+            d.rps,
+            d.max_concurrent,
+            d.burst,
+            d.queue_capacity,
+            &d.max_wait,
+            &defaults,
+        )?;
         let tls = match d.tls.as_deref() {
             None | Some("intercept") => TlsMode::Intercept,
             Some("tunnel") => TlsMode::Tunnel,
-            Some(other) => return Err(cx.err(format!("{prefix}.tls"), format!("expected \"intercept\" or \"tunnel\", got {other:?}"))),
+            Some(other) => {
+                return Err(cx.err(
+                    format!("{prefix}.tls"),
+                    format!("expected \"intercept\" or \"tunnel\", got {other:?}"),
+                ))
+            }
         };
         let region_list = match &d.regions {
             None => vec!["local".to_string()],
             Some(list) => {
                 for (i, r) in list.iter().enumerate() {
                     if r != "local" && !regions.contains_key(r) {
-                        return Err(cx.err(format!("{prefix}.regions[{i}]"), format!("unknown region {r:?}: define [regions.{r}] or use \"local\"")));
+                        return Err(cx.err(
+                            format!("{prefix}.regions[{i}]"),
+                            format!("unknown region {r:?}: define [regions.{r}] or use \"local\""),
+                        ));
                     }
                 }
                 list.clone()
@@ -424,7 +543,12 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let webhooks = WebhooksConfig {
         secret: raw.webhooks.secret.clone(),
-        max_attempts: positive_u32(cx, "webhooks.max_attempts", raw.webhooks.max_attempts.unwrap_or(8), 1000)?,
+        max_attempts: positive_u32(
+            cx,
+            "webhooks.max_attempts",
+            raw.webhooks.max_attempts.unwrap_or(8),
+            1000,
+        )?,
     };
 
     // [storage]
@@ -436,15 +560,35 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             StorageBackend::Embedded
         }
         Some("redis") => match &raw.storage.url {
-            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => StorageBackend::Redis { url: u.clone() },
-            Some(u) => return Err(cx.err("storage.url", format!("expected redis://host:port or rediss://..., got {:?}", mask_url(u)))),
+            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {
+                StorageBackend::Redis { url: u.clone() }
+            }
+            Some(u) => {
+                return Err(cx.err(
+                    "storage.url",
+                    format!(
+                        "expected redis://host:port or rediss://..., got {:?}",
+                        mask_url(u)
+                    ),
+                ))
+            }
             None => return Err(cx.err("storage.url", "is required with backend = \"redis\"")),
         },
-        Some(other) => return Err(cx.err("storage.backend", format!("expected \"embedded\" or \"redis\", got {other:?}"))),
+        Some(other) => {
+            return Err(cx.err(
+                "storage.backend",
+                format!("expected \"embedded\" or \"redis\", got {other:?}"),
+            ))
+        }
     };
 
     let metrics = MetricsConfig {
-        max_domains: positive_u32(cx, "metrics.max_domains", raw.metrics.max_domains.unwrap_or(500), 1_000_000)? as usize,
+        max_domains: positive_u32(
+            cx,
+            "metrics.max_domains",
+            raw.metrics.max_domains.unwrap_or(500),
+            1_000_000,
+        )? as usize,
     };
 
     let config = Config {

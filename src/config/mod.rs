@@ -176,7 +176,10 @@ impl Config {
     /// apply overrides and validate.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let (mut config, file) = match path {
-            None => (Self::from_toml_str("", "<defaults>")?, "<defaults>".to_string()),
+            None => (
+                Self::from_toml_str("", "<defaults>")?,
+                "<defaults>".to_string(),
+            ),
             Some(p) => {
                 let file = p.display().to_string();
                 let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
