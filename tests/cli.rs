@@ -234,6 +234,29 @@ fn data_dir_env_beats_the_file() {
     let env_dir = dir.path().join("from-env");
     let cfg = good_config(dir.path(), &file_dir, free_port());
 
+    // Before `ca init` the path is still printed, but the exit code says
+    // there is no CA there yet (so `$(ezthrottle ca path)` fails loudly).
+    let out = ez(
+        &["ca", "path", "--config", s(&cfg)],
+        &[("EZTHROTTLE_DATA_DIR", &env_dir)],
+    );
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        stdout(&out).trim().starts_with(s(&env_dir)),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ca init"),
+        "{}",
+        show(&out)
+    );
+
+    let out = ez(
+        &["ca", "init", "--config", s(&cfg)],
+        &[("EZTHROTTLE_DATA_DIR", &env_dir)],
+    );
+    assert!(out.status.success(), "{}", show(&out));
     let out = ez(
         &["ca", "path", "--config", s(&cfg)],
         &[("EZTHROTTLE_DATA_DIR", &env_dir)],

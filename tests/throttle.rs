@@ -361,6 +361,7 @@ fn queue_full_and_wait_timeout_answer_429_with_retry_after() {
         assert!(ra >= 1);
         assert_eq!(hog.join().expect("hog").code, 200);
         assert_eq!(queued.join().expect("queued").code, 200);
+        assert_eq!(origin.wait_arrival(Duration::from_secs(30)), "queued");
         assert!(origin.visits("full.test").iter().all(|v| v.id != "over"));
 
         // wait.test: blocked by concurrency, patience 0.5 s, waited at least that.

@@ -111,6 +111,16 @@ impl FrontDoor {
             connect::refuse(&mut stream, &err).await;
             return;
         }
+        if targets_self(&target.host, target.port, self.shared.config.proxy.listen) {
+            let err = ProxyError::ProxyLoop;
+            metrics
+                .proxy_errors_total
+                .with_label_values(&[err.code()])
+                .inc();
+            tracing::warn!(domain = %target.host, port = target.port, "CONNECT to the proxy itself");
+            connect::refuse(&mut stream, &err).await;
+            return;
+        }
         match self.shared.config.tls_mode(&target.host) {
             TlsMode::Tunnel => {
                 metrics
@@ -128,6 +138,19 @@ impl FrontDoor {
             }
         }
     }
+}
+
+/// A CONNECT aimed at our own listener by address (`127.0.0.1:4000`,
+/// `localhost:4000`) is refused before `200`, so the client sees `508` rather
+/// than a handshake with ourselves. Names that resolve to us are caught later
+/// by the upstream phase, like plain requests.
+fn targets_self(host: &str, port: u16, listen: SocketAddr) -> bool {
+    let ip = if host == "localhost" {
+        Some(std::net::IpAddr::from([127, 0, 0, 1]))
+    } else {
+        host.parse().ok()
+    };
+    ip.is_some_and(|ip| crate::pipeline::upstream::is_self(SocketAddr::new(ip, port), listen))
 }
 
 /// Wait for the first bytes of the next request; `None` when the client

@@ -127,7 +127,7 @@ impl Admission {
                 let secs: f64 = v.trim().parse().map_err(|_| {
                     format!("X-EZThrottle-Max-Wait must be a number of seconds, got {v:?}")
                 })?;
-                if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 {
+                if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
                     return Err(format!(
                         "X-EZThrottle-Max-Wait must be between 0 and 86400 seconds, got {v:?}"
                     ));

@@ -57,13 +57,36 @@ pub fn target(
         None => return Err(ProxyError::NotAProxyRequest { control }),
     };
     let host = normalize_host(authority.host())?;
-    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let port = explicit_port(authority.as_str())?.unwrap_or(if tls { 443 } else { 80 });
     Ok(Target {
         host,
         port,
         tls,
         path_and_query,
     })
+}
+
+/// The port written in an authority, if any. `http::uri::Authority::port`
+/// silently answers `None` for `host:99999`, which would send the request to
+/// the default port instead of refusing it.
+fn explicit_port(authority: &str) -> Result<Option<u16>, ProxyError> {
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    let after_host = match host_port.rfind(']') {
+        Some(i) => &host_port[i + 1..],
+        None => host_port,
+    };
+    let Some((_, port)) = after_host.rsplit_once(':') else {
+        return Ok(None);
+    };
+    if port.is_empty() {
+        return Ok(None);
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(Some(p)),
+        _ => Err(ProxyError::BadRequest(format!(
+            "port {port:?} in request target is not 1-65535"
+        ))),
+    }
 }
 
 /// Split `host:port` (CONNECT's authority-form; IPv6 in brackets).
@@ -201,6 +224,22 @@ mod tests {
         assert_eq!((t.port, t.tls, t.path_and_query.as_str()), (443, true, "/"));
         let t = target(&req("http://[::1]:9/x"), None, control()).unwrap();
         assert_eq!(t.host, "::1");
+    }
+
+    #[test]
+    fn out_of_range_ports_are_refused_not_defaulted() {
+        for bad in [
+            "http://a.test:99999/",
+            "http://a.test:0/",
+            "http://[::1]:70000/",
+        ] {
+            let err = target(&req(bad), None, control()).unwrap_err();
+            assert_eq!(err.code(), "bad_request", "{bad}");
+        }
+        let t = target(&req("http://a.test:/x"), None, control()).unwrap();
+        assert_eq!(t.port, 80);
+        let t = target(&req("http://u@a.test:81/x"), None, control()).unwrap();
+        assert_eq!(t.port, 81);
     }
 
     #[test]
