@@ -12,6 +12,8 @@ use std::time::Duration;
 mod effective;
 mod load;
 mod raw;
+#[cfg(test)]
+mod tests;
 
 /// A config error that names the file, the key and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,383 @@
+//! The config contract: the shipped example is complete and true to the
+//! built-in defaults, and every kind of bad value is refused naming the
+//! file, the key and the reason.
+
+use std::time::Duration;
+
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../conf/ezthrottle.toml");
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_str(text, "test.toml")
+}
+
+fn bad(text: &str) -> ConfigError {
+    match parse(text) {
+        Ok(_) => panic!("accepted bad config:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+fn assert_bad(text: &str, key: &str, reason_has: &str) {
+    let e = bad(text);
+    assert_eq!(e.file, "test.toml", "{e}");
+    assert_eq!(e.key, key, "{e}");
+    assert!(
+        e.reason.to_lowercase().contains(&reason_has.to_lowercase()),
+        "reason {:?} should mention {reason_has:?}",
+        e.reason
+    );
+    let shown = e.to_string();
+    assert!(shown.starts_with("test.toml: "), "{shown}");
+}
+
+/// Lines like `# key = value` in the example, made live.
+fn uncommented(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let t = l.trim_start();
+            match t.strip_prefix("# ") {
+                Some(rest)
+                    if rest.contains(" = ")
+                        && rest
+                            .chars()
+                            .next()
+                            .is_some_and(|c| c.is_ascii_lowercase() || c == '"') =>
+                {
+                    rest.to_string()
+                }
+                _ => l.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        // storage.url is only valid with the redis backend.
+        .replace("backend = \"embedded\"", "backend = \"redis\"")
+}
+
+#[test]
+fn the_example_file_parses_and_matches_the_built_in_defaults() {
+    let ex = parse(EXAMPLE).expect("conf/ezthrottle.toml must parse");
+    let def = parse("").expect("defaults");
+    assert_eq!(ex.data_dir, def.data_dir);
+    assert_eq!(ex.proxy.listen, def.proxy.listen);
+    assert_eq!(ex.proxy.connect_ports, def.proxy.connect_ports);
+    assert_eq!(ex.proxy.allow_clients, def.proxy.allow_clients);
+    assert_eq!(ex.proxy.drain_timeout, def.proxy.drain_timeout);
+    assert_eq!(ex.proxy.connect_timeout, def.proxy.connect_timeout);
+    assert_eq!(ex.proxy.read_timeout, def.proxy.read_timeout);
+    assert_eq!(ex.control.listen, def.control.listen);
+    assert_eq!(ex.limits.defaults, def.limits.defaults);
+    assert_eq!(ex.limits.rps_ceiling, def.limits.rps_ceiling);
+    assert_eq!(
+        ex.limits.concurrency_ceiling,
+        def.limits.concurrency_ceiling
+    );
+    assert_eq!(ex.retry, def.retry);
+    assert_eq!(ex.idempotency.ttl, def.idempotency.ttl);
+    assert_eq!(
+        ex.idempotency.max_stored_body,
+        def.idempotency.max_stored_body
+    );
+    assert_eq!(ex.webhooks.max_attempts, def.webhooks.max_attempts);
+    assert_eq!(ex.storage.backend, def.storage.backend);
+    assert_eq!(ex.metrics.max_domains, def.metrics.max_domains);
+
+    // The SPEC §12 defaults, stated once more so a change is deliberate.
+    assert_eq!(def.proxy.listen.to_string(), "127.0.0.1:4000");
+    assert_eq!(def.control.listen.to_string(), "127.0.0.1:4001");
+    assert_eq!(def.proxy.connect_ports, vec![443]);
+    assert_eq!(
+        def.limits.defaults,
+        DomainLimits {
+            rps: 2.0,
+            max_concurrent: 2,
+            burst: 1,
+            queue_capacity: 10_000,
+            max_wait: Duration::from_secs(60),
+        }
+    );
+    assert_eq!(def.retry.retry_codes, vec![429, 503]);
+    assert_eq!(def.retry.reroute_codes, vec![500, 502, 504]);
+    assert_eq!(def.retry.max_buffered_body, 1024 * 1024);
+    assert_eq!(def.idempotency.max_stored_body, 10 * 1024 * 1024);
+    assert_eq!(def.idempotency.ttl, Duration::from_secs(24 * 3600));
+}
+
+#[test]
+fn commented_examples_in_the_file_are_real_keys() {
+    let live = uncommented(EXAMPLE);
+    assert_ne!(live, EXAMPLE, "the example has commented keys to check");
+    let c = parse(&live).unwrap_or_else(|e| panic!("uncommented example fails: {e}"));
+    assert_eq!(c.proxy.threads, 4);
+    assert_eq!(
+        c.control.api_keys.get("tok_live_abc").map(String::as_str),
+        Some("workspace-a")
+    );
+    assert!(c.tls.ca_cert.is_some() && c.tls.ca_key.is_some() && c.tls.upstream_ca_file.is_some());
+    assert_eq!(
+        c.resolve.get("api.internal.test"),
+        Some(&"127.0.0.1".parse().unwrap())
+    );
+    assert!(c.webhooks.secret.is_some());
+}
+
+#[test]
+fn every_key_the_program_knows_is_in_the_example() {
+    // The effective config prints every key with its value; each must be
+    // documented in conf/ezthrottle.toml.
+    let live = uncommented(EXAMPLE);
+    let c = parse(&live).expect("uncommented example");
+    let effective = c.to_effective_toml();
+    let doc_keys: Vec<String> = EXAMPLE
+        .lines()
+        .map(|l| l.trim_start().trim_start_matches("# ").trim_start())
+        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim().to_string()))
+        .collect();
+    let table_doc = |t: &str| EXAMPLE.contains(&format!("[{t}]"));
+    for line in effective.lines() {
+        let line = line.trim();
+        if let Some(table) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            assert!(
+                table_doc(table) || table == "control.api_keys" || table == "resolve",
+                "table [{table}] is not in conf/ezthrottle.toml"
+            );
+            continue;
+        }
+        if let Some((key, _)) = line.split_once(" = ") {
+            let key = key.trim();
+            if key.starts_with('"') {
+                continue; // user-named entries (resolve hosts, api keys)
+            }
+            assert!(
+                doc_keys.iter().any(|k| k == key),
+                "key {key:?} is not documented in conf/ezthrottle.toml"
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_keys_are_named_with_their_table() {
+    assert_bad(
+        "[limits]\nmax_concurent = 3\n",
+        "limits.max_concurent",
+        "unknown field",
+    );
+    assert_bad("nonsense = 1\n", "nonsense", "unknown field");
+    assert_bad(
+        "[limits.domains.\"a.test\"]\nrsp = 1.0\n",
+        "limits.domains.a.test.rsp",
+        "unknown field",
+    );
+    assert_bad(
+        "[proxy]\nlisten = \"127.0.0.1:1\"\nport = 3\n",
+        "proxy.port",
+        "unknown field",
+    );
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    assert_bad("[limits]\nrps = \"fast\"\n", "limits.rps", "invalid type");
+    assert_bad(
+        "[proxy]\nconnect_ports = 443\n",
+        "proxy.connect_ports",
+        "invalid type",
+    );
+    let e = bad("[limits\nrps = 1");
+    assert_eq!(e.file, "test.toml");
+}
+
+#[test]
+fn bad_durations() {
+    for v in ["\"soon\"", "\"10\"", "\"0s\"", "\"-5s\""] {
+        assert_bad(
+            &format!("[limits]\nmax_wait = {v}\n"),
+            "limits.max_wait",
+            "",
+        );
+    }
+    assert_bad(
+        "[proxy]\ndrain_timeout = 30\n",
+        "proxy.drain_timeout",
+        "invalid type",
+    );
+    assert_bad("[idempotency]\nttl = \"forever\"\n", "idempotency.ttl", "");
+}
+
+#[test]
+fn bad_sizes() {
+    assert_bad(
+        "[retry]\nmax_buffered_body = \"1 parsec\"\n",
+        "retry.max_buffered_body",
+        "size",
+    );
+    assert_bad(
+        "[retry]\nmax_buffered_body = -1\n",
+        "retry.max_buffered_body",
+        "size",
+    );
+    assert_bad(
+        "[idempotency]\nmax_stored_body = 1.5\n",
+        "idempotency.max_stored_body",
+        "size",
+    );
+    let c = parse(
+        "[retry]\nmax_buffered_body = \"512KiB\"\n[idempotency]\nmax_stored_body = \"10MB\"\n",
+    )
+    .expect("sizes with units");
+    assert_eq!(c.retry.max_buffered_body, 512 * 1024);
+    assert_eq!(c.idempotency.max_stored_body, 10_000_000);
+}
+
+#[test]
+fn bad_addresses() {
+    assert_bad("[proxy]\nlisten = \"localhost:4000\"\n", "proxy.listen", "");
+    assert_bad("[control]\nlisten = \"127.0.0.1\"\n", "control.listen", "");
+    assert_bad(
+        "[resolve]\n\"a.test\" = \"not-an-ip\"\n",
+        "resolve.\"a.test\"",
+        "",
+    );
+    assert_bad(
+        "[proxy]\nallow_clients = [\"10.0.0.0/99\"]\n",
+        "proxy.allow_clients[0]",
+        "CIDR",
+    );
+    assert_bad(
+        "[proxy]\nconnect_ports = [0]\n",
+        "proxy.connect_ports[0]",
+        "port",
+    );
+    assert_bad(
+        "[proxy]\nconnect_ports = [70000]\n",
+        "proxy.connect_ports[0]",
+        "port",
+    );
+}
+
+#[test]
+fn bad_limit_values() {
+    for (text, key) in [
+        ("[limits]\nrps = -1.0\n", "limits.rps"),
+        ("[limits]\nrps = 0.0\n", "limits.rps"),
+        ("[limits]\nrps = nan\n", "limits.rps"),
+        ("[limits]\nrps = inf\n", "limits.rps"),
+        ("[limits]\nmax_concurrent = 0\n", "limits.max_concurrent"),
+        ("[limits]\nburst = 0\n", "limits.burst"),
+        ("[limits]\nqueue_capacity = -3\n", "limits.queue_capacity"),
+        (
+            "[limits.domains.\"a.test\"]\nrps = -2.0\n",
+            "limits.domains.\"a.test\".rps",
+        ),
+        (
+            "[limits.domains.\"a.test\"]\nmax_concurrent = 5000\n",
+            "limits.domains.\"a.test\".max_concurrent",
+        ),
+        (
+            "[limits.domains.\"a.test\"]\ntls = \"sometimes\"\n",
+            "limits.domains.\"a.test\".tls",
+        ),
+        (
+            "[limits.domains.\"a.test\"]\nregions = [\"mars\"]\n",
+            "limits.domains.\"a.test\".regions",
+        ),
+        (
+            "[limits.domains.\"https://a.test\"]\nrps = 1.0\n",
+            "limits.domains.\"https://a.test\"",
+        ),
+        ("[retry]\nretry_codes = [99]\n", "retry.retry_codes"),
+        ("[webhooks]\nsecret = \"short\"\n", "webhooks.secret"),
+        ("[storage]\nbackend = \"postgres\"\n", "storage.backend"),
+        ("[storage]\nbackend = \"redis\"\n", "storage.url"),
+        (
+            "[regions.local]\nproxy = \"http://127.0.0.1:1\"\n",
+            "regions.local",
+        ),
+        ("[tls]\nca_cert = \"/x/ca.pem\"\n", "tls.ca_key"),
+    ] {
+        let e = bad(text);
+        assert!(
+            e.key == key
+                || e.key.starts_with(&format!("{key}."))
+                || e.key.starts_with(&format!("{key}[")),
+            "{text:?}: expected key {key}, got {e}"
+        );
+        assert!(!e.reason.is_empty(), "{e}");
+    }
+}
+
+#[test]
+fn secrets_are_never_printed() {
+    let c = parse(
+        "[webhooks]\nsecret = \"super-secret-webhook-key\"\n[control]\napi_keys = { \"tok_live_hidden\" = \"ws\" }\n[storage]\nbackend = \"redis\"\nurl = \"redis://:hunter2pass@127.0.0.1:6379\"\n",
+    )
+    .expect("valid");
+    let shown = c.to_effective_toml();
+    for secret in ["super-secret-webhook-key", "tok_live_hidden", "hunter2pass"] {
+        assert!(!shown.contains(secret), "{secret} leaked:\n{shown}");
+    }
+}
+
+#[test]
+fn domain_tables_match_exactly_then_longest_wildcard() {
+    let c = parse(
+        "[limits.domains.\"API.Example.com\"]\nrps = 5.0\n\
+         [limits.domains.\"*.example.com\"]\nrps = 3.0\n\
+         [limits.domains.\"*.eu.example.com\"]\nrps = 4.0\nmax_concurrent = 7\n",
+    )
+    .expect("valid");
+    assert_eq!(c.limits_for("api.example.com").rps, 5.0);
+    assert_eq!(c.limits_for("other.example.com").rps, 3.0);
+    assert_eq!(c.limits_for("x.eu.example.com").rps, 4.0);
+    assert_eq!(c.limits_for("x.eu.example.com").max_concurrent, 7);
+    assert_eq!(c.limits_for("example.com").rps, 2.0);
+    assert_eq!(c.limits_for("example.com.evil.test").rps, 2.0);
+    // Unset keys of a domain table come from [limits].
+    assert_eq!(c.limits_for("other.example.com").max_concurrent, 2);
+}
+
+#[test]
+fn cross_checks_guard_against_open_listeners() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let p = write("open-proxy.toml", "[proxy]\nlisten = \"0.0.0.0:4000\"\n");
+    let e = Config::load(Some(&p), &Overrides::default()).unwrap_err();
+    assert_eq!(e.key, "proxy.allow_clients");
+    assert_eq!(e.file, p.display().to_string());
+
+    let p = write(
+        "open-control.toml",
+        "[control]\nlisten = \"0.0.0.0:4001\"\n",
+    );
+    let e = Config::load(Some(&p), &Overrides::default()).unwrap_err();
+    assert_eq!(e.key, "control.api_keys");
+
+    // The same check applies when the address comes from a flag.
+    let e = Config::load(
+        None,
+        &Overrides {
+            control_listen: Some("0.0.0.0:4001".parse().unwrap()),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "control.api_keys");
+
+    let p = write(
+        "ok.toml",
+        "[proxy]\nlisten = \"0.0.0.0:4000\"\nallow_clients = [\"10.0.0.0/8\"]\n",
+    );
+    let c = Config::load(Some(&p), &Overrides::default()).expect("explicit allow list is fine");
+    assert_eq!(c.source.as_deref(), Some(p.as_path()));
+
+    let missing = dir.path().join("missing.toml");
+    let e = Config::load(Some(&missing), &Overrides::default()).unwrap_err();
+    assert!(e.reason.contains("cannot read"), "{e}");
+}
