@@ -41,6 +41,16 @@ pub enum ProxyError {
         domain: String,
         retry_after: Duration,
     },
+    #[error("{0}")]
+    IdempotencyKeyInvalid(String),
+    #[error("Idempotency-Key was already used with a different request body. Generate a new key for new operations.")]
+    IdempotencyKeyReused,
+    #[error("a request with this Idempotency-Key is still in flight; retry after 1s")]
+    IdempotencyKeyInFlight,
+    #[error("request body is larger than {limit} bytes; {why}")]
+    RequestBodyTooLarge { limit: u64, why: &'static str },
+    #[error("the proxy's storage is unavailable")]
+    StoreUnavailable,
     #[error("the client went away while waiting")]
     ClientGone,
     #[error("the proxy is shutting down")]
@@ -62,6 +72,10 @@ impl ProxyError {
             | ProxyError::UpstreamFailed { .. } => 502,
             ProxyError::UpstreamTimeout { .. } => 504,
             ProxyError::ThrottleQueueFull { .. } | ProxyError::ThrottleWaitTimeout { .. } => 429,
+            ProxyError::IdempotencyKeyInvalid(_) => 400,
+            ProxyError::IdempotencyKeyReused | ProxyError::IdempotencyKeyInFlight => 409,
+            ProxyError::RequestBodyTooLarge { .. } => 413,
+            ProxyError::StoreUnavailable => 503,
             ProxyError::ClientGone => 499,
             ProxyError::ShuttingDown => 503,
             ProxyError::Internal => 500,
@@ -83,6 +97,11 @@ impl ProxyError {
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
             ProxyError::ThrottleQueueFull { .. } => "throttle_queue_full",
             ProxyError::ThrottleWaitTimeout { .. } => "throttle_wait_timeout",
+            ProxyError::IdempotencyKeyInvalid(_) => "idempotency_key_invalid",
+            ProxyError::IdempotencyKeyReused => "idempotency_key_reused",
+            ProxyError::IdempotencyKeyInFlight => "idempotency_key_in_flight",
+            ProxyError::RequestBodyTooLarge { .. } => "request_body_too_large",
+            ProxyError::StoreUnavailable => "store_unavailable",
             ProxyError::ClientGone => "client_gone",
             ProxyError::ShuttingDown => "shutting_down",
             ProxyError::Internal => "internal_error",
@@ -92,7 +111,9 @@ impl ProxyError {
     /// `Retry-After` to send with this error, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ProxyError::ShuttingDown => Some(Duration::from_secs(1)),
+            ProxyError::ShuttingDown
+            | ProxyError::IdempotencyKeyInFlight
+            | ProxyError::StoreUnavailable => Some(Duration::from_secs(1)),
             ProxyError::ThrottleQueueFull { retry_after, .. }
             | ProxyError::ThrottleWaitTimeout { retry_after, .. } => {
                 Some(Duration::from_secs(secs(*retry_after)))
@@ -124,6 +145,20 @@ pub fn error_body(code: &str, message: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reused_key_body_is_exactly_the_spec_text() {
+        let e = ProxyError::IdempotencyKeyReused;
+        assert_eq!(e.status(), 409);
+        assert_eq!(
+            String::from_utf8(e.body()).unwrap(),
+            r#"{"error":{"code":"idempotency_key_reused","message":"Idempotency-Key was already used with a different request body. Generate a new key for new operations."}}"#
+        );
+        assert_eq!(
+            ProxyError::IdempotencyKeyInFlight.retry_after(),
+            Some(Duration::from_secs(1))
+        );
+    }
 
     #[test]
     fn body_is_spec_shape() {

@@ -18,6 +18,7 @@ use pingora::services::listening::Service;
 use crate::accept::FrontDoor;
 use crate::admission::Admission;
 use crate::config::Config;
+use crate::idempotency::Idempotency;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::resolve::Resolver;
@@ -71,6 +72,11 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
         store.clone(),
         learned,
     ));
+    let idempotency = Arc::new(Idempotency::new(
+        store.clone(),
+        metrics.clone(),
+        config.idempotency.clone(),
+    ));
     let instance_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     Ok(Arc::new(Shared {
         config,
@@ -80,6 +86,7 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
         resolver,
         store,
         admission,
+        idempotency,
         instance_id,
         inflight: Arc::new(InFlight::default()),
         proxy_ready: Default::default(),
@@ -248,6 +255,7 @@ impl BackgroundService for ControlService {
         };
         let shared = self.shared.clone();
         tokio::spawn(announce_ready(shared.clone()));
+        tokio::spawn(shared.idempotency.clone().sweep_forever());
         let stop = async move {
             let _ = shutdown.changed().await;
         };

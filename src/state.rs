@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 
 use crate::admission::Admission;
 use crate::config::Config;
+use crate::idempotency::Idempotency;
 use crate::metrics::Metrics;
 use crate::resolve::Resolver;
 use crate::store::Store;
@@ -21,6 +22,7 @@ pub struct Shared {
     pub resolver: Arc<Resolver>,
     pub store: Arc<dyn Store>,
     pub admission: Arc<Admission>,
+    pub idempotency: Arc<Idempotency>,
     /// Token in our `Via` header; a request that already carries it looped back to us.
     pub instance_id: String,
     pub inflight: Arc<InFlight>,

@@ -152,6 +152,10 @@ pub(super) fn render(c: &Config) -> String {
         "max_stored_body".into(),
         Value::Integer(c.idempotency.max_stored_body as i64),
     );
+    idem.insert(
+        "max_request_body".into(),
+        Value::Integer(c.idempotency.max_request_body as i64),
+    );
     root.insert("idempotency".into(), Value::Table(idem));
 
     let mut hooks = Table::new();

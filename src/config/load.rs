@@ -533,6 +533,10 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             Some(v) => size(cx, "idempotency.max_stored_body", v)?,
             None => 10 << 20,
         },
+        max_request_body: match &raw.idempotency.max_request_body {
+            Some(v) => size(cx, "idempotency.max_request_body", v)?,
+            None => 10 << 20,
+        },
     };
 
     // [webhooks]

@@ -141,7 +141,11 @@ pub struct RetryConfig {
 #[derive(Debug, Clone)]
 pub struct IdempotencyConfig {
     pub ttl: Duration,
+    /// Responses larger than this pass through unstored (the key is freed).
     pub max_stored_body: u64,
+    /// A keyed request's body is held in memory to fingerprint it before
+    /// anything goes upstream; larger bodies get `413`. Key `max_request_body`.
+    pub max_request_body: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -104,6 +104,7 @@ pub struct RawRetry {
 pub struct RawIdempotency {
     pub ttl: Option<String>,
     pub max_stored_body: Option<toml::Value>,
+    pub max_request_body: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

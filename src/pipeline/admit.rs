@@ -1,6 +1,8 @@
 //! Admission phase on the proxy path: read the request's patience, wait for
 //! the domain's pace and concurrency, and notice a client that gives up.
 
+use std::time::Duration;
+
 use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
@@ -8,27 +10,35 @@ use crate::admission::{Denied, MAX_WAIT_HEADER};
 use crate::error::ProxyError;
 use crate::state::Shared;
 
-pub async fn admit(
-    shared: &Shared,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-) -> Result<(), ProxyError> {
-    let Some(domain) = ctx.domain().map(str::to_string) else {
-        return Err(ProxyError::Internal);
-    };
+/// How long this request may wait (for admission, or for an identical
+/// keyed request in flight): `X-EZThrottle-Max-Wait`, else the domain's
+/// `max_wait`.
+pub fn max_wait(shared: &Shared, session: &Session, domain: &str) -> Result<Duration, ProxyError> {
     let header = session
         .req_header()
         .headers
         .get(MAX_WAIT_HEADER)
         .map(|v| v.to_str().unwrap_or("\u{0}").to_string());
-    let max_wait = shared
+    shared
         .admission
-        .max_wait(&domain, header.as_deref())
-        .map_err(ProxyError::BadRequest)?;
+        .max_wait(domain, header.as_deref())
+        .map_err(ProxyError::BadRequest)
+}
+
+pub async fn admit(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    max_wait: Duration,
+) -> Result<(), ProxyError> {
+    let Some(domain) = ctx.domain().map(str::to_string) else {
+        return Err(ProxyError::Internal);
+    };
     let admission = shared.admission.admit(&domain, max_wait);
-    // With no request body to read, a read on the client connection can only
-    // end in a close: that is how we see a client leave the queue.
-    let result = if session.is_body_empty() {
+    // With no request body left to read (none, or read already by the
+    // idempotency phase), a read on the client connection can only end in a
+    // close: that is how we see a client leave the queue.
+    let result = if session.is_body_empty() || session.is_body_done() {
         tokio::select! {
             r = admission => r,
             gone = session.read_body_or_idle(true) => match gone {

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::idempotent::Keyed;
 use crate::admission::Permit;
 use crate::error::ProxyError;
 use crate::state::InFlightGuard;
@@ -63,6 +64,10 @@ pub struct RequestCtx {
     pub permit: Option<Permit>,
     /// Keeps the request counted as in flight until the context is dropped.
     pub inflight: Option<InFlightGuard>,
+    /// Set while a request with an `Idempotency-Key` holds its key.
+    pub keyed: Option<Keyed>,
+    /// Answered from the idempotency store.
+    pub replayed: bool,
 }
 
 impl RequestCtx {
@@ -79,6 +84,8 @@ impl RequestCtx {
             upstream_status: None,
             permit: None,
             inflight: None,
+            keyed: None,
+            replayed: false,
         }
     }
 

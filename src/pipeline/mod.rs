@@ -4,16 +4,19 @@
 //!
 //! | pingora hook | phase | module |
 //! |---|---|---|
-//! | `request_filter` | identify → idempotency → admission | [`identify`], [`admit`] (idempotency plugs in between) |
+//! | `request_filter` | identify → idempotency → admission | [`identify`], [`idempotent`], [`admit`] |
+//! | `request_body_filter` | idempotency: forward the body read for the fingerprint | [`idempotent`] |
 //! | `upstream_peer` | upstream: resolve, choose peer | [`upstream`] |
 //! | `upstream_request_filter` | upstream: rewrite for the origin | [`upstream`] |
 //! | `upstream_response_filter` | classify: status, learned limits, retry | [`classify`] |
+//! | `response_filter`, `response_body_filter` | idempotency: capture and store the response | [`idempotent`] |
 //! | `fail_to_proxy` | classify + respond: transport failures | [`classify`], [`respond`] |
 //! | `logging` | record | [`record`] |
 
 pub mod admit;
 pub mod classify;
 pub mod ctx;
+pub mod idempotent;
 pub mod identify;
 pub mod record;
 pub mod respond;
@@ -24,6 +27,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -99,8 +103,24 @@ impl ProxyHttp for Pipeline {
         if let Err(err) = self.identify(session, ctx) {
             return self.reject(session, ctx, err).await;
         }
-        // Idempotency (replay / conflict) runs here, before admission.
-        match admit::admit(&self.shared, session, ctx).await {
+        let Some(domain) = ctx.domain().map(str::to_string) else {
+            return self.reject(session, ctx, ProxyError::Internal).await;
+        };
+        let max_wait = match admit::max_wait(&self.shared, session, &domain) {
+            Ok(w) => w,
+            Err(err) => return self.reject(session, ctx, err).await,
+        };
+        // Idempotency before admission: a replay or a conflict takes no slot.
+        match idempotent::begin(&self.shared, session, ctx, max_wait).await {
+            Ok(None) => {}
+            Ok(Some(record)) => {
+                ctx.replayed = true;
+                idempotent::replay(session, &record).await?;
+                return Ok(true);
+            }
+            Err(err) => return self.reject(session, ctx, err).await,
+        }
+        match admit::admit(&self.shared, session, ctx, max_wait).await {
             Ok(()) => Ok(false),
             Err(ProxyError::ClientGone) => {
                 ctx.error = Some(ProxyError::ClientGone);
@@ -134,6 +154,17 @@ impl ProxyHttp for Pipeline {
                 Err(Error::new(ErrorType::HTTPStatus(status)))
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        idempotent::forward_body(ctx, body);
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -182,6 +213,27 @@ impl ProxyHttp for Pipeline {
         Ok(())
     }
 
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        idempotent::response_header(&self.shared, ctx, response);
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        idempotent::response_body(&self.shared, ctx, body, end_of_stream);
+        Ok(None)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -213,6 +265,7 @@ impl ProxyHttp for Pipeline {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        idempotent::finish(&self.shared, ctx, e.is_some() || ctx.error.is_some()).await;
         record::request_done(&self.shared, session, e, ctx);
     }
 }

@@ -9,8 +9,12 @@ use crate::state::Shared;
 
 /// How a request ended, for `requests_total{outcome}`.
 pub fn outcome(ctx: &RequestCtx, e: Option<&Error>) -> &'static str {
+    if ctx.replayed {
+        return "replayed";
+    }
     match &ctx.error {
         Some(ProxyError::ClientGone) => "cancelled",
+        Some(ProxyError::IdempotencyKeyReused) => "conflict",
         // Refused by the proxy itself, before anything went upstream.
         Some(err) if err.status() < 500 || err.status() == 508 => "rejected",
         Some(_) => "error",

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{LearnedLimit, Store, StoreError};
+use super::{IdempotencyRecord, LearnedLimit, Store, StoreError};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 pub struct EmbeddedStore {
     conn: Arc<Mutex<Connection>>,
@@ -86,6 +86,23 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )
         .map_err(err)?;
     }
+    if version < 2 {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS idempotency (
+                scope TEXT PRIMARY KEY,
+                fingerprint TEXT NOT NULL,
+                status INTEGER NOT NULL,
+                reason TEXT,
+                headers BLOB NOT NULL,
+                body BLOB NOT NULL,
+                created_at INTEGER NOT NULL,
+                expires_at INTEGER NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS idempotency_expires ON idempotency (expires_at);
+            PRAGMA user_version = 2;",
+        )
+        .map_err(err)?;
+    }
     Ok(())
 }
 
@@ -149,11 +166,112 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn idempotency_get(
+        &self,
+        scope: &str,
+        now_ms: u64,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let scope = scope.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT fingerprint, status, reason, headers, body, created_at, expires_at
+                 FROM idempotency WHERE scope = ?1 AND expires_at > ?2",
+                params![scope, now_ms as i64],
+                |r| {
+                    Ok(IdempotencyRecord {
+                        scope: scope.clone(),
+                        fingerprint: r.get(0)?,
+                        status: u16::try_from(r.get::<_, i64>(1)?).unwrap_or(500),
+                        reason: r.get(2)?,
+                        headers: r.get(3)?,
+                        body: r.get(4)?,
+                        created_at: r.get::<_, i64>(5)?.max(0) as u64,
+                        expires_at: r.get::<_, i64>(6)?.max(0) as u64,
+                    })
+                },
+            )
+            .optional()
+            .map_err(err)
+        })
+        .await
+    }
+
+    async fn idempotency_put(&self, record: IdempotencyRecord) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO idempotency
+                 (scope, fingerprint, status, reason, headers, body, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    record.scope,
+                    record.fingerprint,
+                    i64::from(record.status),
+                    record.reason,
+                    record.headers,
+                    record.body,
+                    record.created_at as i64,
+                    record.expires_at as i64
+                ],
+            )
+            .map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn idempotency_sweep(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "DELETE FROM idempotency WHERE expires_at <= ?1",
+                    params![now_ms as i64],
+                )
+                .map_err(err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(scope: &str, expires_at: u64) -> IdempotencyRecord {
+        IdempotencyRecord {
+            scope: scope.into(),
+            fingerprint: "f".repeat(64),
+            status: 201,
+            reason: Some("Created".into()),
+            headers: b"Content-Type: application/json\r\nX-A: 1\r\n".to_vec(),
+            body: vec![0, 1, 2, 255],
+            created_at: 10,
+            expires_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn idempotency_records_survive_reopen_expire_and_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = EmbeddedStore::open(dir.path()).unwrap();
+            s.idempotency_put(record("live", 1_000)).await.unwrap();
+            s.idempotency_put(record("old", 100)).await.unwrap();
+        }
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(
+            s.idempotency_get("live", 500).await.unwrap(),
+            Some(record("live", 1_000))
+        );
+        // Expired records are invisible even before the sweep deletes them.
+        assert_eq!(s.idempotency_get("old", 500).await.unwrap(), None);
+        assert_eq!(s.idempotency_get("nope", 500).await.unwrap(), None);
+        assert_eq!(s.idempotency_sweep(500).await.unwrap(), 1);
+        assert_eq!(s.idempotency_sweep(500).await.unwrap(), 0);
+        assert!(s.idempotency_get("live", 500).await.unwrap().is_some());
+        assert_eq!(s.idempotency_get("live", 1_000).await.unwrap(), None);
+    }
 
     #[tokio::test]
     async fn learned_limits_survive_reopen_and_merge() {

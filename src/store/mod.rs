@@ -24,6 +24,24 @@ pub struct LearnedLimit {
     pub updated_at: u64,
 }
 
+/// A response kept for replay under one idempotency scope (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// SHA-256 (hex) of the scope tuple (workspace, key, method, host + path).
+    pub scope: String,
+    /// SHA-256 (hex) of the canonicalised request body.
+    pub fingerprint: String,
+    pub status: u16,
+    pub reason: Option<String>,
+    /// The response header block exactly as first sent (HTTP/1 wire form,
+    /// `Name: value\r\n` lines in order, names in their original case).
+    pub headers: Vec<u8>,
+    pub body: Vec<u8>,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    pub expires_at: u64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Cheap round trip used by `/readyz`.
@@ -33,6 +51,19 @@ pub trait Store: Send + Sync {
 
     /// Merge: a `None` field keeps the stored value.
     async fn save_learned_limit(&self, limit: LearnedLimit) -> Result<(), StoreError>;
+
+    /// The record for `scope` unless it expired before `now_ms`.
+    async fn idempotency_get(
+        &self,
+        scope: &str,
+        now_ms: u64,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+
+    /// Durably store (or replace) a record; returns once committed.
+    async fn idempotency_put(&self, record: IdempotencyRecord) -> Result<(), StoreError>;
+
+    /// Delete records that expired before `now_ms`; returns how many.
+    async fn idempotency_sweep(&self, now_ms: u64) -> Result<u64, StoreError>;
 }
 
 /// Milliseconds since the Unix epoch.

@@ -479,3 +479,10 @@ impl Drop for Ezthrottle {
         drop(self.work.take());
     }
 }
+
+/// GET `path` on the control port; the body as text (panics unless 200).
+pub fn control_get(ez: &Ezthrottle, path: &str) -> String {
+    let r = super::raw::get(ez.control, path);
+    assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+    r.text()
+}

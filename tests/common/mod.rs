@@ -7,6 +7,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code, unused_imports)]
 
+pub mod api_origin;
 pub mod ca;
 pub mod curl;
 pub mod harness;

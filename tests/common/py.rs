@@ -110,3 +110,22 @@ pub fn peer_cert(proxy: SocketAddr, target: &str, cafile: &Path) -> serde_json::
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("peer_cert.py printed no JSON ({e}):\n{}", show(&out)))
 }
+
+/// Run inline Python `code` with `args` and `env` (proxy/CA variables
+/// cleared first); returns its stdout. Panics with the output on failure.
+pub fn run_script(code: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(python());
+    for k in CLEARED_ENV {
+        cmd.env_remove(k);
+    }
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd.arg("-c").arg(code).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run(&mut cmd, CLIENT_TIMEOUT);
+    if !out.status.success() {
+        panic!("python script failed:\n{}", show(&out));
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,236 @@
+//! A mutating API on loopback (plain HTTP and TLS) for the idempotency
+//! tests: every call gets a fresh serial number, so a replay is told apart
+//! from a second real call by its body alone, and the origin counts what it
+//! served per path.
+//!
+//! Query parameters (all optional):
+//! - `status=NNN`: answer with that status (default 201);
+//! - `delay_ms=N`: hold the answer N ms (the arrival is reported at once);
+//! - `pad=N`: add N bytes of padding to the body;
+//! - `abort=1`: close the connection without answering.
+//!
+//! Response headers, in this order: `X-Call`, `Content-Type`, two
+//! `Set-Cookie`, `X-Echo-Key` (the request's `Idempotency-Key`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+
+use super::ca::TestPki;
+use super::sha256_hex;
+
+struct State {
+    calls: AtomicU64,
+    per_path: Mutex<HashMap<String, usize>>,
+    arrivals: mpsc::Sender<String>,
+}
+
+pub struct ApiOrigin {
+    pub http_addr: SocketAddr,
+    pub tls_addr: SocketAddr,
+    pub pki: TestPki,
+    state: Arc<State>,
+    arrivals: Mutex<mpsc::Receiver<String>>,
+    rt: Option<tokio::runtime::Runtime>,
+    _dir: tempfile::TempDir,
+}
+
+impl ApiOrigin {
+    pub fn start() -> ApiOrigin {
+        let dir = tempfile::tempdir().expect("api origin tempdir");
+        let pki = TestPki::new(dir.path());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("api origin runtime");
+        let (tx, rx) = mpsc::channel();
+        let state = Arc::new(State {
+            calls: AtomicU64::new(0),
+            per_path: Mutex::new(HashMap::new()),
+            arrivals: tx,
+        });
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("tls versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![pki.leaf_der.clone()], pki.leaf_key())
+            .expect("server config");
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(tls));
+        let (http_addr, tls_addr) = rt.block_on(async {
+            let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let secure = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addrs = (
+                plain.local_addr().expect("addr"),
+                secure.local_addr().expect("addr"),
+            );
+            tokio::spawn(serve(plain, None, state.clone()));
+            tokio::spawn(serve(secure, Some(acceptor), state.clone()));
+            addrs
+        });
+        ApiOrigin {
+            http_addr,
+            tls_addr,
+            pki,
+            state,
+            arrivals: Mutex::new(rx),
+            rt: Some(rt),
+            _dir: dir,
+        }
+    }
+
+    /// `http://<host>:<port><path>`; map `host` to 127.0.0.1 in `[resolve]`.
+    pub fn http_url(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.http_addr.port())
+    }
+
+    /// `https://origin.test:<port><path>` (the name on the TLS certificate).
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://origin.test:{}{path}", self.tls_addr.port())
+    }
+
+    /// Calls served for `path` (without query), both listeners.
+    pub fn count(&self, path: &str) -> usize {
+        let m = self.state.per_path.lock().expect("counts");
+        m.get(path).copied().unwrap_or(0)
+    }
+
+    /// All calls served.
+    pub fn calls(&self) -> u64 {
+        self.state.calls.load(Ordering::SeqCst)
+    }
+
+    /// Wait (bounded) for the next request to arrive; returns its path.
+    pub fn wait_arrival(&self, timeout: Duration) -> String {
+        let rx = self.arrivals.lock().expect("arrivals");
+        rx.recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("no request reached the api origin in {timeout:?}: {e}"))
+    }
+}
+
+impl Drop for ApiOrigin {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, state: Arc<State>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(req, state.clone()));
+            let builder = hyper::server::conn::http1::Builder::new();
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(s) = acceptor.accept(tcp).await {
+                        let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                    }
+                }
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                }
+            }
+        });
+    }
+}
+
+fn param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query().and_then(|q| {
+        q.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == name).then(|| v.to_string())
+        })
+    })
+}
+
+#[derive(Debug)]
+struct Abort;
+impl std::fmt::Display for Abort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("abort requested")
+    }
+}
+impl std::error::Error for Abort {}
+
+async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Full<Bytes>>, Abort> {
+    let path = req.uri().path().to_string();
+    let status: u16 = param(&req, "status")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(201);
+    let delay: u64 = param(&req, "delay_ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let pad: usize = param(&req, "pad").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let abort = param(&req, "abort").is_some();
+    let method = req.method().to_string();
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let n = state.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    *state
+        .per_path
+        .lock()
+        .expect("counts")
+        .entry(path.clone())
+        .or_insert(0) += 1;
+    let _ = state.arrivals.send(path.clone());
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if abort {
+        return Err(Abort);
+    }
+    let value = serde_json::json!({
+        "call": n,
+        "method": method,
+        "path": path,
+        "body_len": body.len(),
+        "body_sha256": sha256_hex(&body),
+        "pad": "p".repeat(pad),
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(&value).expect("json"),
+    )));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    h.insert("x-call", n.to_string().parse().expect("hv"));
+    h.insert("content-type", "application/json".parse().expect("hv"));
+    h.append("set-cookie", format!("a={n}; Path=/").parse().expect("hv"));
+    h.append(
+        "set-cookie",
+        format!("b={n}; HttpOnly").parse().expect("hv"),
+    );
+    h.insert(
+        "x-echo-key",
+        key.parse().unwrap_or_else(|_| "?".parse().expect("hv")),
+    );
+    Ok(resp)
+}
