@@ -1,0 +1,200 @@
+//! Idempotency benchmark, printing figures (no pass/fail):
+//!
+//! 1. store write throughput: `EmbeddedStore::idempotency_put` of 1 KiB
+//!    responses into a fresh SQLite file, one writer and 8 concurrent
+//!    writers (ops/s);
+//! 2. replay latency through the real binary: one keyed POST stored, then
+//!    N replays of it over one keep-alive connection, against N forwarded
+//!    POSTs without a key to the same local origin (p50/p90/p99).
+//!
+//! Run: `cargo bench --bench idempotency` (`-- --n 500` for a quick look).
+//! Without `--bench` (as under `cargo test --all-targets`) it does nothing.
+
+#[path = "../tests/common/limit_origin.rs"]
+#[allow(dead_code)]
+mod limit_origin;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ezthrottle::store::{EmbeddedStore, IdempotencyRecord, Store};
+use limit_origin::LimitOrigin;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn record(i: usize) -> IdempotencyRecord {
+    IdempotencyRecord {
+        scope: format!("{i:064}"),
+        fingerprint: "f".repeat(64),
+        status: 201,
+        reason: None,
+        headers: b"Content-Type: application/json\r\nX-Request-Id: abc\r\n".to_vec(),
+        body: vec![b'x'; 1024],
+        created_at: 1,
+        expires_at: u64::MAX / 2,
+    }
+}
+
+fn store_throughput(n: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for writers in [1usize, 8] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open store"));
+        let start = Instant::now();
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for w in 0..writers {
+                let store = store.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in (w..n).step_by(writers) {
+                        store.idempotency_put(record(i)).await.expect("put");
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("writer");
+            }
+        });
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "store write (1 KiB body, {writers} writer{}): {n} puts in {secs:.2} s = {:.0} ops/s",
+            if writers == 1 { "" } else { "s" },
+            n as f64 / secs
+        );
+    }
+}
+
+/// One HTTP/1.1 exchange on a keep-alive connection; returns the status.
+fn exchange(conn: &mut BufReader<TcpStream>, request: &[u8]) -> u16 {
+    conn.get_mut().write_all(request).expect("write");
+    let mut status_line = String::new();
+    conn.read_line(&mut status_line).expect("status line");
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        conn.read_line(&mut line).expect("header");
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().expect("length");
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body).expect("body");
+    status
+}
+
+fn percentiles(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e3;
+    format!("p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms", p(0.5), p(0.9), p(0.99))
+}
+
+fn replay_latency(n: usize) {
+    let origin = LimitOrigin::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy_port = free_port();
+    let control_port = free_port();
+    let config = format!(
+        "data_dir = {:?}\n[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n[control]\nlisten = \"127.0.0.1:{control_port}\"\n\
+         [resolve]\n\"api.test\" = \"127.0.0.1\"\n[limits]\nrps = 100000.0\nmax_concurrent = 1000\n",
+        dir.path().join("data")
+    );
+    let config_path = dir.path().join("ezthrottle.toml");
+    std::fs::write(&config_path, config).expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ezthrottle"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("EZTHROTTLE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ezthrottle");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    match lines.next() {
+        Some(Ok(line)) if line.starts_with("ezthrottle ready") => {}
+        other => panic!("ezthrottle did not get ready: {other:?}"),
+    }
+    let url = origin.url("api.test", "/v1/charges");
+    let body = r#"{"amount":100,"currency":"USD"}"#;
+    let request = |key: Option<&str>| {
+        let key = key
+            .map(|k| format!("Idempotency-Key: {k}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "POST {url} HTTP/1.1\r\nHost: api.test:{}\r\nContent-Type: application/json\r\n{key}Content-Length: {}\r\n\r\n{body}",
+            origin.addr.port(),
+            body.len()
+        )
+        .into_bytes()
+    };
+    let mut conn = BufReader::new(TcpStream::connect(("127.0.0.1", proxy_port)).expect("connect"));
+    conn.get_mut().set_nodelay(true).expect("nodelay");
+
+    let keyed = request(Some("bench-key"));
+    assert_eq!(exchange(&mut conn, &keyed), 200);
+    let warm = n / 10;
+    let mut replays = Vec::with_capacity(n);
+    for i in 0..n + warm {
+        let t = Instant::now();
+        assert_eq!(exchange(&mut conn, &keyed), 200);
+        if i >= warm {
+            replays.push(t.elapsed());
+        }
+    }
+    let plain = request(None);
+    let mut forwarded = Vec::with_capacity(n);
+    for i in 0..n + warm {
+        let t = Instant::now();
+        assert_eq!(exchange(&mut conn, &plain), 200);
+        if i >= warm {
+            forwarded.push(t.elapsed());
+        }
+    }
+    let upstream_calls = origin.count("api.test");
+    println!("replay    ({n} keyed POSTs, 1 connection): {}", percentiles(replays));
+    println!("forwarded ({n} POSTs without key, same path): {}", percentiles(forwarded));
+    println!(
+        "origin saw {upstream_calls} calls (1 keyed + {} unkeyed expected)",
+        n + warm
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("idempotency: skipped (run with `cargo bench --bench idempotency`)");
+        return;
+    }
+    let n: usize = args
+        .iter()
+        .position(|a| a == "--n")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    store_throughput(n);
+    replay_latency(n);
+}
