@@ -117,7 +117,7 @@ fn replay_latency(n: usize) {
     let control_port = free_port();
     let config = format!(
         "data_dir = {:?}\n[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n[control]\nlisten = \"127.0.0.1:{control_port}\"\n\
-         [resolve]\n\"api.test\" = \"127.0.0.1\"\n[limits]\nrps = 100000.0\nmax_concurrent = 1000\n",
+         [resolve]\n\"api.test\" = \"127.0.0.1\"\n[limits]\nrps = 10000.0\nmax_concurrent = 1000\n",
         dir.path().join("data")
     );
     let config_path = dir.path().join("ezthrottle.toml");
