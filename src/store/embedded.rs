@@ -10,9 +10,12 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{IdempotencyRecord, LearnedLimit, Store, StoreError};
+use super::{
+    Delivery, DeliveryState, IdempotencyRecord, JobRecord, JobStatus, LearnedLimit, NewDelivery,
+    Store, StoreError, WebhookSecrets,
+};
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 pub struct EmbeddedStore {
     conn: Arc<Mutex<Connection>>,
@@ -103,7 +106,102 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )
         .map_err(err)?;
     }
+    if version < 3 {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS jobs (
+                id TEXT PRIMARY KEY,
+                workspace TEXT NOT NULL,
+                idempotent_key TEXT NOT NULL,
+                status TEXT NOT NULL,
+                spec TEXT NOT NULL,
+                attempts INTEGER NOT NULL,
+                next_attempt_at INTEGER NOT NULL,
+                lease_until INTEGER NOT NULL,
+                created_at INTEGER NOT NULL,
+                updated_at INTEGER NOT NULL,
+                result TEXT,
+                UNIQUE (workspace, idempotent_key)
+            );
+            CREATE INDEX IF NOT EXISTS jobs_due ON jobs (status, next_attempt_at);
+            CREATE TABLE IF NOT EXISTS deliveries (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                job_id TEXT NOT NULL REFERENCES jobs (id),
+                workspace TEXT NOT NULL,
+                url TEXT NOT NULL,
+                has_quorum_vote INTEGER NOT NULL,
+                payload BLOB NOT NULL,
+                state TEXT NOT NULL,
+                attempts INTEGER NOT NULL,
+                next_attempt_at INTEGER NOT NULL,
+                last_status INTEGER,
+                last_error TEXT,
+                updated_at INTEGER NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
+            CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries (job_id);
+            CREATE TABLE IF NOT EXISTS webhook_secrets (
+                workspace TEXT PRIMARY KEY,
+                primary_secret TEXT NOT NULL,
+                secondary_secret TEXT
+            );
+            PRAGMA user_version = 3;",
+        )
+        .map_err(err)?;
+    }
     Ok(())
+}
+
+const JOB_COLUMNS: &str = "id, workspace, idempotent_key, status, spec, attempts, \
+    next_attempt_at, lease_until, created_at, updated_at, result";
+
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    let status: String = r.get(3)?;
+    Ok(JobRecord {
+        id: r.get(0)?,
+        workspace: r.get(1)?,
+        idempotent_key: r.get(2)?,
+        status: JobStatus::parse(&status).unwrap_or(JobStatus::Failed),
+        spec: r.get(4)?,
+        attempts: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+        next_attempt_at: r.get::<_, i64>(6)?.max(0) as u64,
+        lease_until: r.get::<_, i64>(7)?.max(0) as u64,
+        created_at: r.get::<_, i64>(8)?.max(0) as u64,
+        updated_at: r.get::<_, i64>(9)?.max(0) as u64,
+        result: r.get(10)?,
+    })
+}
+
+const DELIVERY_COLUMNS: &str = "id, job_id, workspace, url, has_quorum_vote, payload, state, \
+    attempts, next_attempt_at, last_status, last_error, updated_at";
+
+fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
+    let state: String = r.get(6)?;
+    Ok(Delivery {
+        id: r.get(0)?,
+        job_id: r.get(1)?,
+        workspace: r.get(2)?,
+        url: r.get(3)?,
+        has_quorum_vote: r.get::<_, i64>(4)? != 0,
+        payload: r.get(5)?,
+        state: DeliveryState::parse(&state).unwrap_or(DeliveryState::Failed),
+        attempts: u32::try_from(r.get::<_, i64>(7)?).unwrap_or(0),
+        next_attempt_at: r.get::<_, i64>(8)?.max(0) as u64,
+        last_status: r
+            .get::<_, Option<i64>>(9)?
+            .and_then(|v| u16::try_from(v).ok()),
+        last_error: r.get(10)?,
+        updated_at: r.get::<_, i64>(11)?.max(0) as u64,
+    })
+}
+
+fn get_job(c: &Connection, id: &str) -> Result<Option<JobRecord>, StoreError> {
+    c.query_row(
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+        params![id],
+        job_row,
+    )
+    .optional()
+    .map_err(err)
 }
 
 #[async_trait]
@@ -232,6 +330,326 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn job_insert(&self, job: JobRecord) -> Result<Option<JobRecord>, StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction().map_err(err)?;
+            let existing = tx
+                .query_row(
+                    &format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = ?1 AND idempotent_key = ?2"
+                    ),
+                    params![job.workspace, job.idempotent_key],
+                    job_row,
+                )
+                .optional()
+                .map_err(err)?;
+            if existing.is_some() {
+                return Ok(existing);
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                ),
+                params![
+                    job.id,
+                    job.workspace,
+                    job.idempotent_key,
+                    job.status.as_str(),
+                    job.spec,
+                    i64::from(job.attempts),
+                    job.next_attempt_at as i64,
+                    job.lease_until as i64,
+                    job.created_at as i64,
+                    job.updated_at as i64,
+                    job.result
+                ],
+            )
+            .map_err(err)?;
+            tx.commit().map_err(err)?;
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn job_get(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let id = id.to_string();
+        self.with(move |c| get_job(c, &id)).await
+    }
+
+    async fn jobs_claim(
+        &self,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction().map_err(err)?;
+            let ids: Vec<String> = {
+                let mut stmt = tx
+                    .prepare(
+                        "SELECT id FROM jobs
+                         WHERE (status IN ('queued', 'retrying') AND next_attempt_at <= ?1)
+                            OR (status = 'in_flight' AND lease_until <= ?1)
+                         ORDER BY next_attempt_at, created_at LIMIT ?2",
+                    )
+                    .map_err(err)?;
+                let rows = stmt
+                    .query_map(params![now_ms as i64, limit as i64], |r| r.get(0))
+                    .map_err(err)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(err)?
+            };
+            let mut claimed = Vec::with_capacity(ids.len());
+            for id in ids {
+                tx.execute(
+                    "UPDATE jobs SET status = 'in_flight', attempts = attempts + 1,
+                     lease_until = ?2, updated_at = ?3 WHERE id = ?1",
+                    params![id, now_ms.saturating_add(lease_ms) as i64, now_ms as i64],
+                )
+                .map_err(err)?;
+                if let Some(job) = get_job(&tx, &id)? {
+                    claimed.push(job);
+                }
+            }
+            tx.commit().map_err(err)?;
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn job_reschedule(
+        &self,
+        id: &str,
+        status: JobStatus,
+        next_attempt_at: u64,
+    ) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET status = ?2, next_attempt_at = ?3, lease_until = 0, updated_at = ?4
+                 WHERE id = ?1 AND status = 'in_flight'",
+                params![id, status.as_str(), next_attempt_at as i64, super::now_ms() as i64],
+            )
+            .map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn job_finish(
+        &self,
+        id: &str,
+        status: JobStatus,
+        result: String,
+        payload: Vec<u8>,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(err)?;
+            let now = super::now_ms() as i64;
+            let changed = tx
+                .execute(
+                    "UPDATE jobs SET status = ?2, result = ?3, lease_until = 0, updated_at = ?4
+                     WHERE id = ?1 AND status NOT IN ('success', 'failed', 'cancelled')",
+                    params![id, status.as_str(), result, now],
+                )
+                .map_err(err)?;
+            if changed == 0 {
+                return Ok(false);
+            }
+            let workspace: String = tx
+                .query_row(
+                    "SELECT workspace FROM jobs WHERE id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .map_err(err)?;
+            for d in deliveries {
+                tx.execute(
+                    "INSERT INTO deliveries (job_id, workspace, url, has_quorum_vote, payload,
+                     state, attempts, next_attempt_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6)",
+                    params![
+                        id,
+                        workspace,
+                        d.url,
+                        i64::from(d.has_quorum_vote),
+                        payload,
+                        now
+                    ],
+                )
+                .map_err(err)?;
+            }
+            tx.commit().map_err(err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn job_cancel(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE jobs SET status = 'cancelled', lease_until = 0, updated_at = ?2
+                     WHERE id = ?1 AND status NOT IN ('success', 'failed', 'cancelled')",
+                    params![id, super::now_ms() as i64],
+                )
+                .map_err(err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn job_counts(&self) -> Result<Vec<(JobStatus, u64)>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (status, n) = row.map_err(err)?;
+                if let Some(status) = JobStatus::parse(&status) {
+                    out.push((status, n.max(0) as u64));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn jobs_next_due(&self) -> Result<Option<u64>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT MIN(t) FROM (
+                    SELECT MIN(next_attempt_at) AS t FROM jobs WHERE status IN ('queued', 'retrying')
+                    UNION ALL
+                    SELECT MIN(lease_until) AS t FROM jobs WHERE status = 'in_flight')",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map(|v| v.map(|t| t.max(0) as u64))
+            .map_err(err)
+        })
+        .await
+    }
+
+    async fn deliveries_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                     WHERE state = 'pending' AND next_attempt_at <= ?1
+                     ORDER BY next_attempt_at, id LIMIT ?2"
+                ))
+                .map_err(err)?;
+            let rows = stmt
+                .query_map(params![now_ms as i64, limit as i64], delivery_row)
+                .map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        })
+        .await
+    }
+
+    async fn delivery_update(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        let d = delivery.clone();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4,
+                 last_status = ?5, last_error = ?6, updated_at = ?7 WHERE id = ?1",
+                params![
+                    d.id,
+                    d.state.as_str(),
+                    i64::from(d.attempts),
+                    d.next_attempt_at as i64,
+                    d.last_status.map(i64::from),
+                    d.last_error,
+                    d.updated_at as i64
+                ],
+            )
+            .map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn deliveries_for_job(&self, job_id: &str) -> Result<Vec<Delivery>, StoreError> {
+        let job_id = job_id.to_string();
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE job_id = ?1 ORDER BY id"
+                ))
+                .map_err(err)?;
+            let rows = stmt.query_map(params![job_id], delivery_row).map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        })
+        .await
+    }
+
+    async fn deliveries_next_due(&self) -> Result<Option<u64>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map(|v| v.map(|t| t.max(0) as u64))
+            .map_err(err)
+        })
+        .await
+    }
+
+    async fn secrets_get(&self, workspace: &str) -> Result<Option<WebhookSecrets>, StoreError> {
+        let workspace = workspace.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT primary_secret, secondary_secret FROM webhook_secrets WHERE workspace = ?1",
+                params![workspace],
+                |r| {
+                    Ok(WebhookSecrets {
+                        workspace: workspace.clone(),
+                        primary: r.get(0)?,
+                        secondary: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(err)
+        })
+        .await
+    }
+
+    async fn secrets_put(&self, secrets: WebhookSecrets) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO webhook_secrets (workspace, primary_secret, secondary_secret)
+                 VALUES (?1, ?2, ?3)",
+                params![secrets.workspace, secrets.primary, secrets.secondary],
+            )
+            .map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn secrets_delete(&self, workspace: &str) -> Result<bool, StoreError> {
+        let workspace = workspace.to_string();
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "DELETE FROM webhook_secrets WHERE workspace = ?1",
+                    params![workspace],
+                )
+                .map_err(err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -271,6 +689,123 @@ mod tests {
         assert_eq!(s.idempotency_sweep(500).await.unwrap(), 0);
         assert!(s.idempotency_get("live", 500).await.unwrap().is_some());
         assert_eq!(s.idempotency_get("live", 1_000).await.unwrap(), None);
+    }
+
+    fn job(id: &str, key: &str, next: u64) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            workspace: "default".into(),
+            idempotent_key: key.into(),
+            status: JobStatus::Queued,
+            spec: "{}".into(),
+            attempts: 0,
+            next_attempt_at: next,
+            lease_until: 0,
+            created_at: 1,
+            updated_at: 1,
+            result: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn jobs_dedupe_claim_in_order_and_lapsed_leases_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(s.job_insert(job("j1", "k1", 20)).await.unwrap(), None);
+        assert_eq!(s.job_insert(job("j2", "k2", 10)).await.unwrap(), None);
+        let dup = s.job_insert(job("j3", "k1", 5)).await.unwrap();
+        assert_eq!(dup.map(|j| j.id), Some("j1".to_string()));
+        assert_eq!(s.job_get("j3").await.unwrap(), None);
+        assert_eq!(s.jobs_next_due().await.unwrap(), Some(10));
+
+        // Not yet due.
+        assert!(s.jobs_claim(5, 1000, 10).await.unwrap().is_empty());
+        let claimed = s.jobs_claim(100, 1000, 10).await.unwrap();
+        let ids: Vec<_> = claimed.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["j2", "j1"]);
+        assert!(claimed
+            .iter()
+            .all(|j| j.status == JobStatus::InFlight && j.attempts == 1));
+        // Leased: not claimable again until the lease lapses (a crash).
+        assert!(s.jobs_claim(500, 1000, 10).await.unwrap().is_empty());
+        assert_eq!(s.jobs_next_due().await.unwrap(), Some(1100));
+        drop(s);
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let again = s.jobs_claim(1100, 1000, 10).await.unwrap();
+        assert_eq!(again.len(), 2);
+        assert!(again.iter().all(|j| j.attempts == 2));
+
+        s.job_reschedule("j2", JobStatus::Retrying, 5000)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.job_get("j2").await.unwrap().unwrap().status,
+            JobStatus::Retrying
+        );
+
+        let deliveries = vec![
+            NewDelivery {
+                url: "http://127.0.0.1:1/a".into(),
+                has_quorum_vote: true,
+            },
+            NewDelivery {
+                url: "http://127.0.0.1:1/b".into(),
+                has_quorum_vote: false,
+            },
+        ];
+        assert!(s
+            .job_finish(
+                "j1",
+                JobStatus::Success,
+                "{}".into(),
+                b"{\"x\":1}".to_vec(),
+                deliveries.clone()
+            )
+            .await
+            .unwrap());
+        // Finished once only.
+        assert!(!s
+            .job_finish("j1", JobStatus::Failed, "{}".into(), vec![], deliveries)
+            .await
+            .unwrap());
+        let ds = s.deliveries_for_job("j1").await.unwrap();
+        assert_eq!(ds.len(), 2);
+        assert_eq!(ds[0].payload, b"{\"x\":1}");
+        assert!(ds[0].has_quorum_vote && !ds[1].has_quorum_vote);
+        assert_eq!(s.deliveries_due(u64::MAX / 2, 10).await.unwrap().len(), 2);
+
+        let mut d = ds[0].clone();
+        d.state = DeliveryState::Delivered;
+        d.attempts = 1;
+        d.last_status = Some(200);
+        s.delivery_update(&d).await.unwrap();
+        assert_eq!(s.deliveries_due(u64::MAX / 2, 10).await.unwrap().len(), 1);
+
+        assert!(s.job_cancel("j2").await.unwrap());
+        assert!(!s.job_cancel("j1").await.unwrap());
+        let mut counts = s.job_counts().await.unwrap();
+        counts.sort_by_key(|(st, _)| st.as_str());
+        assert_eq!(
+            counts,
+            vec![(JobStatus::Cancelled, 1), (JobStatus::Success, 1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn secrets_round_trip_and_never_debug_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(s.secrets_get("w").await.unwrap(), None);
+        let secrets = WebhookSecrets {
+            workspace: "w".into(),
+            primary: "primary-secret-0123".into(),
+            secondary: Some("secondary-secret-0123".into()),
+        };
+        assert!(!format!("{secrets:?}").contains("secret-0123"));
+        s.secrets_put(secrets.clone()).await.unwrap();
+        assert_eq!(s.secrets_get("w").await.unwrap(), Some(secrets));
+        assert!(s.secrets_delete("w").await.unwrap());
+        assert!(!s.secrets_delete("w").await.unwrap());
     }
 
     #[tokio::test]

@@ -42,6 +42,149 @@ pub struct IdempotencyRecord {
     pub expires_at: u64,
 }
 
+/// Where a job is in its life (SPEC §8 statuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobStatus {
+    Queued,
+    Racing,
+    InFlight,
+    Retrying,
+    Success,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 7] = [
+        JobStatus::Queued,
+        JobStatus::Racing,
+        JobStatus::InFlight,
+        JobStatus::Retrying,
+        JobStatus::Success,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Racing => "racing",
+            JobStatus::InFlight => "in_flight",
+            JobStatus::Retrying => "retrying",
+            JobStatus::Success => "success",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        JobStatus::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Success | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+}
+
+/// A job in the durable queue: a parked request (SPEC §7) or a submitted
+/// job (SPEC §8). What to send and how is the engine's JSON `spec`, so the
+/// store stays ignorant of request shapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    pub id: String,
+    pub workspace: String,
+    /// Unique per workspace; a second insert with it is a duplicate.
+    pub idempotent_key: String,
+    pub status: JobStatus,
+    pub spec: String,
+    /// Attempts started (incremented by each claim).
+    pub attempts: u32,
+    /// Unix ms: not to be claimed before.
+    pub next_attempt_at: u64,
+    /// Unix ms: a claimed job whose lease ran out (its runner crashed) is
+    /// claimed again.
+    pub lease_until: u64,
+    pub created_at: u64,
+    pub updated_at: u64,
+    /// The final result (engine JSON) once finished.
+    pub result: Option<String>,
+}
+
+/// A webhook to deliver, created with the result of its job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub url: String,
+    pub has_quorum_vote: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryState> {
+        [
+            DeliveryState::Pending,
+            DeliveryState::Delivered,
+            DeliveryState::Failed,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+/// One webhook delivery of one job result (SPEC §8), persisted so that a
+/// crash between the job's end and a 2xx from the receiver loses nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: i64,
+    pub job_id: String,
+    pub workspace: String,
+    pub url: String,
+    pub has_quorum_vote: bool,
+    /// The exact JSON body to POST (the signature covers these bytes).
+    pub payload: Vec<u8>,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    pub next_attempt_at: u64,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub updated_at: u64,
+}
+
+/// A workspace's webhook signing secrets (SPEC §8).
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecrets {
+    pub workspace: String,
+    pub primary: String,
+    pub secondary: Option<String>,
+}
+
+/// Never print secrets, not even in debug output.
+impl std::fmt::Debug for WebhookSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSecrets")
+            .field("workspace", &self.workspace)
+            .field("primary", &"<redacted>")
+            .field("secondary", &self.secondary.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Cheap round trip used by `/readyz`.
@@ -64,6 +207,76 @@ pub trait Store: Send + Sync {
 
     /// Delete records that expired before `now_ms`; returns how many.
     async fn idempotency_sweep(&self, now_ms: u64) -> Result<u64, StoreError>;
+
+    // ---- jobs (SPEC §7 parking, §8 jobs) ----
+
+    /// Durably insert a new job; if `(workspace, idempotent_key)` exists,
+    /// nothing is written and the existing job is returned.
+    async fn job_insert(&self, job: JobRecord) -> Result<Option<JobRecord>, StoreError>;
+
+    async fn job_get(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
+
+    /// Claim up to `limit` jobs that are due at `now_ms` (queued/retrying and
+    /// not before their next attempt, or in flight with a lapsed lease), in
+    /// next-attempt order: each becomes `in_flight`, `attempts + 1`, leased
+    /// until `now_ms + lease_ms`.
+    async fn jobs_claim(
+        &self,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Put a claimed job back in the queue (`queued` or `retrying`) for a
+    /// later attempt. No-op unless the job is in flight.
+    async fn job_reschedule(
+        &self,
+        id: &str,
+        status: JobStatus,
+        next_attempt_at: u64,
+    ) -> Result<(), StoreError>;
+
+    /// End a job with its result and create its webhook deliveries (each
+    /// carrying `payload`), all in one transaction. Returns false (and writes
+    /// nothing) if the job had already ended (e.g. cancelled).
+    async fn job_finish(
+        &self,
+        id: &str,
+        status: JobStatus,
+        result: String,
+        payload: Vec<u8>,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<bool, StoreError>;
+
+    /// Cancel a job that has not ended; returns whether it did.
+    async fn job_cancel(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Number of jobs per status.
+    async fn job_counts(&self) -> Result<Vec<(JobStatus, u64)>, StoreError>;
+
+    /// The earliest time (Unix ms) a job becomes claimable, if any.
+    async fn jobs_next_due(&self) -> Result<Option<u64>, StoreError>;
+
+    // ---- webhook deliveries and secrets (SPEC §8) ----
+
+    /// Pending deliveries due at `now_ms`, oldest first.
+    async fn deliveries_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Record the outcome of a delivery attempt (state, attempts,
+    /// next_attempt_at, last_status, last_error, updated_at).
+    async fn delivery_update(&self, delivery: &Delivery) -> Result<(), StoreError>;
+
+    async fn deliveries_for_job(&self, job_id: &str) -> Result<Vec<Delivery>, StoreError>;
+
+    /// The earliest `next_attempt_at` of a pending delivery, if any.
+    async fn deliveries_next_due(&self) -> Result<Option<u64>, StoreError>;
+
+    async fn secrets_get(&self, workspace: &str) -> Result<Option<WebhookSecrets>, StoreError>;
+
+    async fn secrets_put(&self, secrets: WebhookSecrets) -> Result<(), StoreError>;
+
+    /// Returns whether there was anything to delete.
+    async fn secrets_delete(&self, workspace: &str) -> Result<bool, StoreError>;
 }
 
 /// Milliseconds since the Unix epoch.
