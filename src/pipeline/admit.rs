@@ -34,25 +34,11 @@ pub async fn admit(
     let Some(domain) = ctx.domain().map(str::to_string) else {
         return Err(ProxyError::Internal);
     };
-    let admission = shared.admission.admit(&domain, max_wait);
-    // With no request body left to read (none, or read already by the
-    // idempotency phase), a read on the client connection can only end in a
-    // close: that is how we see a client leave the queue.
-    let result = if session.is_body_empty() || session.is_body_done() {
-        tokio::select! {
-            r = admission => r,
-            gone = session.read_body_or_idle(true) => match gone {
-                Err(_) => return Err(ProxyError::ClientGone),
-                Ok(_) => return Err(ProxyError::BadRequest("unexpected bytes while waiting (pipelining is not supported)".into())),
-            },
-        }
-    } else {
-        admission.await
-    };
+    let result = unless_client_leaves(session, shared.admission.admit(&domain, max_wait)).await?;
     match result {
         Ok((permit, waited)) => {
             ctx.permit = Some(permit);
-            ctx.wait_ms = waited.as_millis() as u64;
+            ctx.wait_ms += waited.as_millis() as u64;
             Ok(())
         }
         Err(Denied::QueueFull { retry_after }) => Err(ProxyError::ThrottleQueueFull {
@@ -63,5 +49,28 @@ pub async fn admit(
             domain,
             retry_after,
         }),
+    }
+}
+
+/// Run `fut`, unless the client closes its connection first.
+///
+/// With no request body left to read (none, or read already), a read on the
+/// client connection can only end in a close: that is how we see a client
+/// leave while it waits. With body bytes still unread we cannot tell, and
+/// just wait.
+pub async fn unless_client_leaves<F: std::future::Future>(
+    session: &mut Session,
+    fut: F,
+) -> Result<F::Output, ProxyError> {
+    if session.is_body_empty() || session.is_body_done() {
+        tokio::select! {
+            r = fut => Ok(r),
+            gone = session.read_body_or_idle(true) => match gone {
+                Err(_) => Err(ProxyError::ClientGone),
+                Ok(_) => Err(ProxyError::BadRequest("unexpected bytes while waiting (pipelining is not supported)".into())),
+            },
+        }
+    } else {
+        Ok(fut.await)
     }
 }

@@ -3,7 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use super::idempotent::Keyed;
+use super::park::ParkOptions;
+use super::retry::RetryState;
 use crate::admission::Permit;
 use crate::error::ProxyError;
 use crate::state::InFlightGuard;
@@ -68,6 +72,16 @@ pub struct RequestCtx {
     pub keyed: Option<Keyed>,
     /// Answered from the idempotency store.
     pub replayed: bool,
+    /// The whole request body, when it was read ahead (see `body.rs`).
+    pub body: Option<Bytes>,
+    /// Retry policy and progress, set once the request is admitted.
+    pub retry: Option<RetryState>,
+    /// Set when the request may be parked (it named a webhook).
+    pub park: Option<ParkOptions>,
+    /// Park instead of answering (decided by a phase that cannot answer).
+    pub park_now: bool,
+    /// The job this request became.
+    pub parked: Option<String>,
 }
 
 impl RequestCtx {
@@ -86,6 +100,11 @@ impl RequestCtx {
             inflight: None,
             keyed: None,
             replayed: false,
+            body: None,
+            retry: None,
+            park: None,
+            park_now: false,
+            parked: None,
         }
     }
 

@@ -3,10 +3,11 @@
 //! replayed, refused, or runs upstream holding its key while the response is
 //! captured for storage. The rules live in [`crate::idempotency`].
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
+use super::body;
 use super::ctx::RequestCtx;
 use crate::error::ProxyError;
 use crate::idempotency::inflight::Claim;
@@ -14,15 +15,9 @@ use crate::idempotency::{self, fingerprint, key, Begin, StoredResponse};
 use crate::state::Shared;
 use crate::store::IdempotencyRecord;
 
-/// pingora's retry buffer (`BODY_BUF_LIMIT`, 64 KiB). Once the body has been
-/// read here, pingora forwards only what is in that buffer; see [`read_body`].
-const RETRY_BUFFER: u64 = 64 * 1024;
-
 /// A keyed request on its way upstream.
 pub struct Keyed {
     claim: Option<Claim>,
-    /// The whole request body, forwarded in place of pingora's buffer.
-    body: Bytes,
     /// The response so far, while it may still be stored.
     capture: Option<StoredResponse>,
 }
@@ -55,84 +50,22 @@ pub async fn begin(
         .to_string();
     let scope = idempotency::scope(&ctx.workspace, &key, &method, &target.host, &path);
     let idem = &shared.idempotency;
-    let body = read_body(session, idem.config.max_request_body).await?;
+    let body = body::read_whole(
+        session,
+        ctx,
+        idem.config.max_request_body,
+        "requests with Idempotency-Key are held in memory up to [idempotency] max_request_body",
+    )
+    .await?;
     let fp = fingerprint::fingerprint(&body);
     match idem.begin(&scope, &fp, max_wait).await? {
         Begin::Replay(record) => Ok(Some(record)),
         Begin::Proceed(claim) => {
             ctx.keyed = Some(Keyed {
                 claim: Some(claim),
-                body,
                 capture: None,
             });
             Ok(None)
-        }
-    }
-}
-
-/// Read the whole request body so it can be fingerprinted before anything
-/// goes upstream, leaving pingora able to forward it.
-///
-/// pingora forwards an already-read body only from its retry buffer, which
-/// holds at most 64 KiB and is useless once overrun. So the buffer is armed
-/// just before the last 64 KiB of a `Content-Length` body: it ends up
-/// holding the tail, pingora hands that to `request_body_filter`, and
-/// [`forward_body`] swaps in the whole body. A chunked body has no known
-/// tail, so it must fit the buffer.
-async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ProxyError> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if let Some(n) = declared {
-        if n > limit {
-            return Err(ProxyError::RequestBodyTooLarge {
-                limit,
-                why: "requests with Idempotency-Key are held in memory up to [idempotency] max_request_body",
-            });
-        }
-    }
-    let mut buf = BytesMut::new();
-    let mut armed = false;
-    loop {
-        if !armed && declared.is_none_or(|n| n.saturating_sub(buf.len() as u64) <= RETRY_BUFFER) {
-            session.enable_retry_buffering();
-            armed = true;
-        }
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                buf.extend_from_slice(&chunk);
-                if buf.len() as u64 > limit {
-                    return Err(ProxyError::RequestBodyTooLarge {
-                        limit,
-                        why: "requests with Idempotency-Key are held in memory up to [idempotency] max_request_body",
-                    });
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!(error = %e, "reading a keyed request body failed");
-                return Err(ProxyError::ClientGone);
-            }
-        }
-    }
-    if !buf.is_empty() && session.get_retry_buffer().is_none() {
-        return Err(ProxyError::RequestBodyTooLarge {
-            limit: RETRY_BUFFER,
-            why: "a chunked body with Idempotency-Key must fit 64 KiB; send it with Content-Length",
-        });
-    }
-    Ok(buf.freeze())
-}
-
-/// `request_body_filter`: pingora offers the retry-buffer tail of a body
-/// read by [`read_body`]; send the whole body instead.
-pub fn forward_body(ctx: &RequestCtx, body: &mut Option<Bytes>) {
-    if let Some(keyed) = ctx.keyed.as_ref() {
-        if body.is_some() && !keyed.body.is_empty() {
-            *body = Some(keyed.body.clone());
         }
     }
 }

@@ -4,22 +4,26 @@
 //!
 //! | pingora hook | phase | module |
 //! |---|---|---|
-//! | `request_filter` | identify → idempotency → admission | [`identify`], [`idempotent`], [`admit`] |
-//! | `request_body_filter` | idempotency: forward the body read for the fingerprint | [`idempotent`] |
-//! | `upstream_peer` | upstream: resolve, choose peer | [`upstream`] |
-//! | `upstream_request_filter` | upstream: rewrite for the origin | [`upstream`] |
-//! | `upstream_response_filter` | classify: status, learned limits, retry | [`classify`] |
+//! | `request_filter` | identify → idempotency → (park) → admission | [`identify`], [`idempotent`], [`body`], [`park`], [`admit`] |
+//! | `request_body_filter` | forward the body read ahead | [`body`] |
+//! | `upstream_peer` | retry: pause and re-admit; upstream: resolve, choose peer or region | [`retry`], [`upstream`] |
+//! | `upstream_request_filter` | upstream: rewrite for the origin (or the region's proxy) | [`upstream`] |
+//! | `upstream_response_filter` | classify: status, learned limits, retry / reroute / park | [`classify`], [`retry`] |
+//! | `fail_to_connect`, `error_while_proxy` | classify: retry after transport failures | [`retry`] |
 //! | `response_filter`, `response_body_filter` | idempotency: capture and store the response | [`idempotent`] |
-//! | `fail_to_proxy` | classify + respond: transport failures | [`classify`], [`respond`] |
+//! | `fail_to_proxy` | park, or respond with the error | [`park`], [`classify`], [`respond`] |
 //! | `logging` | record | [`record`] |
 
 pub mod admit;
+pub mod body;
 pub mod classify;
 pub mod ctx;
 pub mod idempotent;
 pub mod identify;
+pub mod park;
 pub mod record;
 pub mod respond;
+pub mod retry;
 pub mod upstream;
 
 use std::any::Any;
@@ -60,6 +64,46 @@ impl Pipeline {
         respond::error(session, &err).await?;
         ctx.error = Some(err);
         Ok(true)
+    }
+
+    /// Park the request as a job and answer `202`.
+    async fn park(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match park::park(&self.shared, session, ctx).await {
+            Ok(accepted) => {
+                park::respond(session, &accepted).await?;
+                Ok(true)
+            }
+            Err(err) => self.reject(session, ctx, err).await,
+        }
+    }
+
+    /// Read the body ahead when it must be held: to park the request, or to
+    /// send it again on a retry when it is too big for pingora's own buffer.
+    async fn read_ahead(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        domain: &str,
+    ) -> std::result::Result<(), ProxyError> {
+        if ctx.body.is_some() || session.is_body_empty() {
+            return Ok(());
+        }
+        let limit =
+            crate::retry::route::retry_config(&self.shared.config, domain).max_buffered_body;
+        if ctx.park.is_some() {
+            body::read_whole(
+                session,
+                ctx,
+                limit,
+                "a request that may be parked (X-EZThrottle-Webhook) is held whole, up to [retry] max_buffered_body",
+            )
+            .await?;
+        } else if body::declared_len(session).is_some_and(|n| n > body::RETRY_BUFFER && n <= limit)
+        {
+            body::read_whole(session, ctx, limit, "the body is read ahead to be retryable")
+                .await?;
+        }
+        Ok(())
     }
 
     /// Identify phase; returns the error to answer with, if any.
@@ -110,6 +154,11 @@ impl ProxyHttp for Pipeline {
             Ok(w) => w,
             Err(err) => return self.reject(session, ctx, err).await,
         };
+        let deadline = tokio::time::Instant::now() + max_wait;
+        match park::options(session.req_header(), max_wait) {
+            Ok(opts) => ctx.park = opts,
+            Err(err) => return self.reject(session, ctx, err).await,
+        }
         // Idempotency before admission: a replay or a conflict takes no slot.
         match idempotent::begin(&self.shared, session, ctx, max_wait).await {
             Ok(None) => {}
@@ -120,8 +169,17 @@ impl ProxyHttp for Pipeline {
             }
             Err(err) => return self.reject(session, ctx, err).await,
         }
+        if let Err(err) = self.read_ahead(session, ctx, &domain).await {
+            return self.reject(session, ctx, err).await;
+        }
+        if ctx.park.as_ref().is_some_and(|p| p.respond_async) {
+            return self.park(session, ctx).await;
+        }
         match admit::admit(&self.shared, session, ctx, max_wait).await {
-            Ok(()) => Ok(false),
+            Ok(()) => {
+                retry::init(&self.shared, session, ctx, deadline);
+                Ok(false)
+            }
             Err(ProxyError::ClientGone) => {
                 ctx.error = Some(ProxyError::ClientGone);
                 Err(Error::explain(
@@ -129,21 +187,43 @@ impl ProxyHttp for Pipeline {
                     "client left while waiting for admission",
                 ))
             }
+            Err(ProxyError::ThrottleQueueFull { .. } | ProxyError::ThrottleWaitTimeout { .. })
+                if ctx.park.is_some() =>
+            {
+                self.park(session, ctx).await
+            }
             Err(err) => self.reject(session, ctx, err).await,
         }
     }
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if let Err(err) = retry::before_next_attempt(&self.shared, session, ctx).await {
+            if matches!(
+                err,
+                ProxyError::ThrottleQueueFull { .. } | ProxyError::ThrottleWaitTimeout { .. }
+            ) && ctx.park.is_some()
+            {
+                ctx.park_now = true;
+            }
+            let status = err.status();
+            ctx.error = Some(err);
+            return Err(Error::new(ErrorType::HTTPStatus(status)));
+        }
         let Some(target) = ctx.target.as_ref() else {
             ctx.error = Some(ProxyError::Internal);
             return Err(Error::new(ErrorType::InternalError));
         };
         ctx.attempts += 1;
-        match upstream::peer(&self.shared, target).await {
+        ctx.upstream_status = None;
+        let peer = match retry::via_region(&self.shared, ctx) {
+            Some((_, host, port)) => upstream::region_peer(&self.shared, &host, port).await,
+            None => upstream::peer(&self.shared, target).await,
+        };
+        match peer {
             Ok(peer) => {
                 ctx.upstream_started = Some(Instant::now());
                 Ok(peer)
@@ -163,7 +243,7 @@ impl ProxyHttp for Pipeline {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        idempotent::forward_body(ctx, body);
+        body::forward(ctx, body);
         Ok(())
     }
 
@@ -176,7 +256,10 @@ impl ProxyHttp for Pipeline {
         let Some(target) = ctx.target.as_ref() else {
             return Err(Error::new(ErrorType::InternalError));
         };
-        if let Err(err) = upstream::rewrite(upstream_request, target, &self.shared.instance_id) {
+        let via = retry::via_region(&self.shared, ctx).is_some();
+        if let Err(err) =
+            upstream::rewrite(upstream_request, target, &self.shared.instance_id, via)
+        {
             let status = err.status();
             ctx.error = Some(err);
             return Err(Error::new(ErrorType::HTTPStatus(status)));
@@ -186,7 +269,7 @@ impl ProxyHttp for Pipeline {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -207,6 +290,31 @@ impl ProxyHttp for Pipeline {
                 .admission
                 .learn(domain, code, &upstream_response.headers)
                 .await;
+        }
+        let retry_after = upstream_response
+            .headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                crate::admission::learn::parse_retry_after(v, std::time::SystemTime::now())
+            });
+        let truncated = session.as_ref().retry_buffer_truncated();
+        let outcome = crate::retry::Outcome::Status(code);
+        match retry::after(&self.shared, ctx, outcome, retry_after, truncated) {
+            retry::Next::Deliver => {}
+            retry::Next::Again => {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(code),
+                    "upstream answered with a retryable status",
+                ));
+            }
+            retry::Next::Park => {
+                ctx.park_now = true;
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(code),
+                    "a retry would outlast the max wait: parking",
+                ));
+            }
         }
         upstream_response.insert_header(WAIT_MS_HEADER, ctx.wait_ms.to_string())?;
         upstream_response.insert_header(ATTEMPTS_HEADER, ctx.attempts.to_string())?;
@@ -234,12 +342,70 @@ impl ProxyHttp for Pipeline {
         Ok(None)
     }
 
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let truncated = session.as_ref().retry_buffer_truncated();
+        let outcome = crate::retry::Outcome::ConnectFailed;
+        let next = retry::after(&self.shared, ctx, outcome, None, truncated);
+        ctx.park_now |= next == retry::Next::Park;
+        e.set_retry(next == retry::Next::Again);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // Decided in upstream_response_filter: a retry, or parking.
+        if retry::is_pending(ctx) {
+            e.set_retry(true);
+            return e;
+        }
+        if ctx.park_now || ctx.upstream_status.is_some() || session.response_written().is_some()
+        {
+            e.set_retry(false);
+            return e;
+        }
+        let truncated = session.as_ref().retry_buffer_truncated();
+        let outcome = crate::retry::Outcome::FailedAfterSend;
+        let next = retry::after(&self.shared, ctx, outcome, None, truncated);
+        ctx.park_now |= next == retry::Next::Park;
+        e.set_retry(next == retry::Next::Again);
+        e
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if ctx.park_now && session.response_written().is_none() {
+            ctx.park_now = false;
+            ctx.error = None;
+            match park::park(&self.shared, session, ctx).await {
+                Ok(accepted) => {
+                    if let Err(write_err) = park::respond(session, &accepted).await {
+                        tracing::debug!(error = %write_err, "could not send 202");
+                    }
+                    return FailToProxy {
+                        error_code: 202,
+                        can_reuse_downstream: false,
+                    };
+                }
+                Err(err) => ctx.error = Some(err),
+            }
+        }
         let err = match ctx.error.clone() {
             Some(err) => Some(err),
             None => classify::failure(e, ctx.target.as_ref()),

@@ -7,11 +7,16 @@ use pingora::proxy::Session;
 
 use crate::error::ProxyError;
 
+/// On every answer the proxy writes itself: its error code, so clients (and
+/// the job runner) can tell the proxy's 429 from the origin's.
+pub const ERROR_HEADER: &str = crate::jobs::attempt::ERROR_HEADER;
+
 /// Send `err` as the JSON error response of SPEC §8.
 pub async fn error(session: &mut Session, err: &ProxyError) -> pingora::Result<()> {
     let body = Bytes::from(err.body());
-    let mut resp = ResponseHeader::build(err.status(), Some(4))?;
+    let mut resp = ResponseHeader::build(err.status(), Some(5))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(ERROR_HEADER, err.code())?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     if let Some(after) = err.retry_after() {
         resp.insert_header(http::header::RETRY_AFTER, after.as_secs().to_string())?;
@@ -29,9 +34,10 @@ pub fn error_bytes(err: &ProxyError) -> Vec<u8> {
         .and_then(|s| s.canonical_reason())
         .unwrap_or("Error");
     let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nX-EZThrottle-Error: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
         err.status(),
         reason,
+        err.code(),
         body.len()
     );
     if let Some(after) = err.retry_after() {

@@ -37,6 +37,21 @@ pub async fn peer(shared: &Shared, target: &Target) -> Result<Box<HttpPeer>, Pro
     Ok(Box::new(peer))
 }
 
+/// The peer for an attempt through another region: that region's proxy,
+/// spoken to in plain HTTP/1.1 with an absolute-form target (see [`rewrite`]).
+pub async fn region_peer(shared: &Shared, host: &str, port: u16) -> Result<Box<HttpPeer>, ProxyError> {
+    let addr = resolve_one(shared, host, port).await?;
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    let cfg = &shared.config.proxy;
+    peer.options.connection_timeout = Some(cfg.connect_timeout);
+    peer.options.total_connection_timeout = Some(cfg.connect_timeout * 2);
+    // The peer may itself wait for its throttle and retry.
+    peer.options.read_timeout = Some(cfg.read_timeout * 4);
+    peer.options.write_timeout = Some(cfg.read_timeout);
+    peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+    Ok(Box::new(peer))
+}
+
 /// Resolve `host` to one socket address, refusing addresses that are this
 /// proxy's own listener (a request through us to us would loop forever).
 pub async fn resolve_one(shared: &Shared, host: &str, port: u16) -> Result<SocketAddr, ProxyError> {
@@ -73,17 +88,40 @@ pub fn is_self(addr: SocketAddr, listen: SocketAddr) -> bool {
 }
 
 /// Rewrite the request for the origin: origin-form target, no proxy or
-/// control headers, and our `Via` hop for loop detection.
+/// control headers, and our `Via` hop for loop detection. Through another
+/// region's proxy (`via_proxy`) the target is absolute-form instead — for
+/// https origins too: that proxy makes the TLS connection itself — with a
+/// `Host` that matches it.
 pub fn rewrite(
     req: &mut RequestHeader,
     target: &Target,
     instance_id: &str,
+    via_proxy: bool,
 ) -> Result<(), ProxyError> {
-    let uri: http::Uri = target
-        .path_and_query
-        .parse()
-        .map_err(|_| ProxyError::BadRequest("request path is not a valid URI".into()))?;
-    req.set_uri(uri);
+    let bad = || ProxyError::BadRequest("request path is not a valid URI".into());
+    if via_proxy {
+        let host = if target.host.contains(':') {
+            format!("[{}]", target.host)
+        } else {
+            target.host.clone()
+        };
+        let default_port = if target.tls { 443 } else { 80 };
+        let authority = if target.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", target.port)
+        };
+        let scheme = if target.tls { "https" } else { "http" };
+        // `set_uri` would serialise only the path; the raw target keeps the
+        // absolute form on the wire.
+        let absolute = format!("{scheme}://{authority}{}", target.path_and_query);
+        req.set_raw_path(absolute.as_bytes()).map_err(|_| bad())?;
+        req.insert_header(http::header::HOST, authority)
+            .map_err(|_| bad())?;
+    } else {
+        let uri: http::Uri = target.path_and_query.parse().map_err(|_| bad())?;
+        req.set_uri(uri);
+    }
     let connection_listed: Vec<String> = req
         .headers
         .get_all(http::header::CONNECTION)
@@ -153,7 +191,7 @@ mod tests {
             tls: false,
             path_and_query: "/v1/x?y=1".into(),
         };
-        rewrite(&mut req, &target, "abc").unwrap();
+        rewrite(&mut req, &target, "abc", false).unwrap();
         assert_eq!(req.raw_path(), b"/v1/x?y=1");
         assert!(req.headers.get("proxy-authorization").is_none());
         assert!(req.headers.get("x-ezthrottle-max-wait").is_none());
@@ -163,5 +201,27 @@ mod tests {
             "Bearer app-token"
         );
         assert_eq!(req.headers.get("via").unwrap(), "1.1 ezthrottle-abc");
+    }
+
+    #[test]
+    fn through_a_region_the_target_stays_absolute() {
+        let mut req = RequestHeader::build("GET", b"/v1/x?y=1", None).unwrap();
+        req.insert_header("Host", "API.test").unwrap();
+        let target = Target {
+            host: "api.test".into(),
+            port: 443,
+            tls: true,
+            path_and_query: "/v1/x?y=1".into(),
+        };
+        rewrite(&mut req, &target, "abc", true).unwrap();
+        assert_eq!(req.raw_path(), b"https://api.test/v1/x?y=1");
+        assert_eq!(req.headers.get("host").unwrap(), "api.test");
+        let target = Target {
+            port: 8443,
+            ..target
+        };
+        rewrite(&mut req, &target, "abc", true).unwrap();
+        assert_eq!(req.raw_path(), b"https://api.test:8443/v1/x?y=1");
+        assert_eq!(req.headers.get("host").unwrap(), "api.test:8443");
     }
 }

@@ -417,6 +417,19 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn jobs_release_leases(&self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let n = c
+                .execute(
+                    "UPDATE jobs SET lease_until = 0 WHERE status = 'in_flight' AND lease_until > 0",
+                    [],
+                )
+                .map_err(err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn job_reschedule(
         &self,
         id: &str,

@@ -227,6 +227,11 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> Result<Vec<JobRecord>, StoreError>;
 
+    /// Make every leased job claimable now. Called at start-up by the only
+    /// process using the store (the embedded backend), whose earlier leases
+    /// all died with it. Returns how many.
+    async fn jobs_release_leases(&self) -> Result<u64, StoreError>;
+
     /// Put a claimed job back in the queue (`queued` or `retrying`) for a
     /// later attempt. No-op unless the job is in flight.
     async fn job_reschedule(

@@ -7,7 +7,13 @@
 //! - `status=NNN`: answer with that status (default 201);
 //! - `delay_ms=N`: hold the answer N ms (the arrival is reported at once);
 //! - `pad=N`: add N bytes of padding to the body;
-//! - `abort=1`: close the connection without answering.
+//! - `abort=1`: close the connection without answering;
+//! - `fail_first=N&fail_status=NNN`: the first N calls to this path answer
+//!   `fail_status` (default 503), later ones answer normally;
+//! - `retry_after=S`: send `Retry-After: S` with those failures.
+//!
+//! The `Via` header of every call is kept per path ([`ApiOrigin::vias`]), so
+//! a test can tell which proxy (or region) a call came through.
 //!
 //! Response headers, in this order: `X-Call`, `Content-Type`, two
 //! `Set-Cookie`, `X-Echo-Key` (the request's `Idempotency-Key`).
@@ -34,6 +40,7 @@ use super::sha256_hex;
 struct State {
     calls: AtomicU64,
     per_path: Mutex<HashMap<String, usize>>,
+    vias: Mutex<HashMap<String, Vec<String>>>,
     arrivals: mpsc::Sender<String>,
 }
 
@@ -60,6 +67,7 @@ impl ApiOrigin {
         let state = Arc::new(State {
             calls: AtomicU64::new(0),
             per_path: Mutex::new(HashMap::new()),
+            vias: Mutex::new(HashMap::new()),
             arrivals: tx,
         });
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -107,6 +115,12 @@ impl ApiOrigin {
     pub fn count(&self, path: &str) -> usize {
         let m = self.state.per_path.lock().expect("counts");
         m.get(path).copied().unwrap_or(0)
+    }
+
+    /// The `Via` header of each call to `path`, in arrival order.
+    pub fn vias(&self, path: &str) -> Vec<String> {
+        let m = self.state.vias.lock().expect("vias");
+        m.get(path).cloned().unwrap_or_default()
     }
 
     /// All calls served.
@@ -182,6 +196,18 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Fu
         .unwrap_or(0);
     let pad: usize = param(&req, "pad").and_then(|v| v.parse().ok()).unwrap_or(0);
     let abort = param(&req, "abort").is_some();
+    let fail_first: usize = param(&req, "fail_first")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let fail_status: u16 = param(&req, "fail_status")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(503);
+    let retry_after = param(&req, "retry_after");
+    let via = req
+        .headers()
+        .get("via")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
     let method = req.method().to_string();
     let key = req
         .headers()
@@ -195,12 +221,21 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Fu
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let n = state.calls.fetch_add(1, Ordering::SeqCst) + 1;
-    *state
-        .per_path
+    let nth = {
+        let mut m = state.per_path.lock().expect("counts");
+        let c = m.entry(path.clone()).or_insert(0);
+        *c += 1;
+        *c
+    };
+    state
+        .vias
         .lock()
-        .expect("counts")
+        .expect("vias")
         .entry(path.clone())
-        .or_insert(0) += 1;
+        .or_default()
+        .push(via);
+    let failing = nth <= fail_first;
+    let status = if failing { fail_status } else { status };
     let _ = state.arrivals.send(path.clone());
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -232,5 +267,8 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Fu
         "x-echo-key",
         key.parse().unwrap_or_else(|_| "?".parse().expect("hv")),
     );
+    if let (true, Some(after)) = (failing, retry_after) {
+        h.insert("retry-after", after.parse().expect("hv"));
+    }
     Ok(resp)
 }

@@ -113,8 +113,9 @@ impl EzBuilder {
         self
     }
 
-    /// Add a `[resolve]` entry.
+    /// Add (or replace) a `[resolve]` entry.
     pub fn resolve(mut self, host: &str, ip: &str) -> Self {
+        self.resolve.retain(|(h, _)| h != host);
         self.resolve.push((host.into(), ip.into()));
         self
     }

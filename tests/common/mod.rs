@@ -17,6 +17,7 @@ pub mod origin;
 pub mod proc;
 pub mod py;
 pub mod raw;
+pub mod webhook_sink;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;

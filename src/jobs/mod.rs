@@ -1,0 +1,384 @@
+//! The durable job engine (SPEC §7 parking, §8 jobs): a queue on the store,
+//! ordered by next-attempt time and claimed with a lease, so an attempt cut
+//! short by a crash runs again after restart (at least once; the job's
+//! `Idempotency-Key` travels upstream so a repeat is safe end to end).
+//!
+//! | module | what it does |
+//! |---|---|
+//! | [`spec`] | what a job sends and where its result goes |
+//! | [`attempt`] | one attempt, through our own proxy listener |
+//! | this file | accepting jobs, the runner loop, finishing with webhooks |
+
+pub mod attempt;
+pub mod spec;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{now_ms, JobRecord, JobStatus, NewDelivery, Store, StoreError};
+use crate::webhooks::payload::{self, ResponseParts};
+use attempt::{AttemptResponse, Identity};
+use spec::JobSpec;
+
+/// Jobs attempted at the same time; the domain throttles pace them anyway.
+const MAX_RUNNING: usize = 256;
+/// Attempts that could not even reach our own listener before a job fails.
+const MAX_UNREACHABLE: u32 = 10;
+/// Proxy answers that mean "not now" rather than a result: the job waits in
+/// the queue instead of failing.
+const NOT_NOW: &[&str] = &[
+    "throttle_queue_full",
+    "throttle_wait_timeout",
+    "idempotency_key_in_flight",
+    "store_unavailable",
+    "shutting_down",
+];
+
+/// A job accepted into the queue (or found there already).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub job_id: String,
+    pub idempotent_key: String,
+    pub status: JobStatus,
+    pub queued_at: u64,
+    /// The key was known: nothing new was queued.
+    pub duplicate: bool,
+}
+
+pub struct Jobs {
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    config: Arc<Config>,
+    /// Our proxy listener, reached over loopback by every attempt.
+    proxy: SocketAddr,
+    wake: Notify,
+    running: Arc<Semaphore>,
+    /// Called when finished jobs created webhook deliveries.
+    deliveries_created: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Jobs {
+    pub fn new(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        config: Arc<Config>,
+        deliveries_created: Box<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        let listen = config.proxy.listen;
+        let ip = match listen.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        Jobs {
+            store,
+            metrics,
+            config,
+            proxy: SocketAddr::new(ip, listen.port()),
+            wake: Notify::new(),
+            running: Arc::new(Semaphore::new(MAX_RUNNING)),
+            deliveries_created,
+        }
+    }
+
+    /// Durably queue a job; returns once it is committed. A known
+    /// `(workspace, idempotent_key)` returns the existing job instead.
+    pub async fn submit(
+        &self,
+        workspace: &str,
+        idempotent_key: &str,
+        spec: &JobSpec,
+        not_before_ms: u64,
+    ) -> Result<Accepted, StoreError> {
+        let now = now_ms();
+        let record = JobRecord {
+            id: format!("job_{}", uuid::Uuid::new_v4().simple()),
+            workspace: workspace.to_string(),
+            idempotent_key: idempotent_key.to_string(),
+            status: JobStatus::Queued,
+            spec: serde_json::to_string(spec).map_err(|e| StoreError::Backend(e.to_string()))?,
+            attempts: 0,
+            next_attempt_at: not_before_ms.max(now),
+            lease_until: 0,
+            created_at: now,
+            updated_at: now,
+            result: None,
+        };
+        let accepted = match self.store.job_insert(record.clone()).await? {
+            Some(existing) => Accepted {
+                job_id: existing.id,
+                idempotent_key: existing.idempotent_key,
+                status: existing.status,
+                queued_at: existing.created_at,
+                duplicate: true,
+            },
+            None => {
+                self.wake.notify_one();
+                Accepted {
+                    job_id: record.id,
+                    idempotent_key: record.idempotent_key,
+                    status: JobStatus::Queued,
+                    queued_at: now,
+                    duplicate: false,
+                }
+            }
+        };
+        self.refresh_gauge().await;
+        Ok(accepted)
+    }
+
+    /// The runner: claims due jobs and runs them, sleeping until the next
+    /// one is due or a new job arrives. Never returns.
+    pub async fn run(self: Arc<Self>) {
+        // The embedded store belongs to this process alone: a job still
+        // leased at start-up was cut short by a crash, so it is due now.
+        match self.store.jobs_release_leases().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "resuming jobs interrupted by a restart"),
+            Err(e) => tracing::warn!(error = %e, "cannot release job leases"),
+        }
+        self.refresh_gauge().await;
+        loop {
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            // Registered before looking, so a job queued meanwhile wakes us.
+            woken.as_mut().enable();
+            let free = self.running.available_permits();
+            let claimed = if free == 0 {
+                Vec::new()
+            } else {
+                match self.store.jobs_claim(now_ms(), self.lease().as_millis() as u64, free).await {
+                    Ok(jobs) => jobs,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot claim jobs");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            };
+            let full = !claimed.is_empty() && claimed.len() == free;
+            for job in claimed {
+                let Ok(permit) = self.running.clone().acquire_owned().await else {
+                    return;
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.run_one(job).await;
+                    drop(permit);
+                    me.wake.notify_one();
+                });
+            }
+            self.refresh_gauge().await;
+            if full {
+                continue;
+            }
+            let next = match self.store.jobs_next_due().await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the job queue");
+                    Some(now_ms() + 1000)
+                }
+            };
+            match next {
+                Some(at) => {
+                    let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                    tokio::select! {
+                        _ = woken => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                None => woken.await,
+            }
+        }
+    }
+
+    /// How long one attempt may take: its wait for admission and retries,
+    /// plus every upstream attempt running to its read timeout.
+    fn attempt_timeout(&self, spec: &JobSpec) -> Duration {
+        let r = &self.config.retry;
+        let attempts = 1 + r.max_retries + r.max_reroutes;
+        Duration::from_millis(spec.max_wait_ms)
+            + (self.config.proxy.read_timeout + self.config.proxy.connect_timeout) * attempts
+    }
+
+    /// A claimed job is another runner's only after this long.
+    fn lease(&self) -> Duration {
+        let longest = self.config.limits.defaults.max_wait.max(
+            self.config
+                .limits
+                .domains
+                .values()
+                .map(|d| d.limits.max_wait)
+                .max()
+                .unwrap_or_default(),
+        );
+        let r = &self.config.retry;
+        longest
+            + (self.config.proxy.read_timeout + self.config.proxy.connect_timeout)
+                * (1 + r.max_retries + r.max_reroutes)
+            + Duration::from_secs(30)
+    }
+
+    async fn run_one(&self, job: JobRecord) {
+        let spec: JobSpec = match serde_json::from_str(&job.spec) {
+            Ok(spec) => spec,
+            Err(e) => {
+                tracing::error!(job_id = %job.id, error = %e, "unreadable job spec; failing the job");
+                let failed = AttemptResponse {
+                    status: 500,
+                    headers: Vec::new(),
+                    body: b"unreadable job".to_vec(),
+                    proxy_error: Some("internal_error".into()),
+                    retry_after: None,
+                };
+                self.finish(&job, &JobSpec::empty(), &failed).await;
+                return;
+            }
+        };
+        let who = Identity {
+            job_id: &job.id,
+            workspace: &job.workspace,
+            idempotent_key: &job.idempotent_key,
+        };
+        let max_body = self.config.idempotency.max_stored_body as usize;
+        let result = attempt::send(self.proxy, &who, &spec, self.attempt_timeout(&spec), max_body).await;
+        match result {
+            Ok(resp)
+                if resp
+                    .proxy_error
+                    .as_deref()
+                    .is_some_and(|code| NOT_NOW.contains(&code)) =>
+            {
+                let after = resp.retry_after.unwrap_or(Duration::from_secs(1));
+                tracing::debug!(job_id = %job.id, code = ?resp.proxy_error, "job not admitted yet; back in the queue");
+                self.reschedule(&job, after).await;
+            }
+            Ok(resp) => self.finish(&job, &spec, &resp).await,
+            Err(e) if job.attempts < MAX_UNREACHABLE => {
+                tracing::warn!(job_id = %job.id, error = %e, "job attempt failed; will try again");
+                let delay = crate::retry::backoff::ceiling(job.attempts.saturating_sub(1));
+                self.reschedule(&job, delay).await;
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, error = %e, "job attempt failed; giving up");
+                let failed = AttemptResponse {
+                    status: 502,
+                    headers: Vec::new(),
+                    body: e.into_bytes(),
+                    proxy_error: Some("upstream_failed".into()),
+                    retry_after: None,
+                };
+                self.finish(&job, &spec, &failed).await;
+            }
+        }
+    }
+
+    async fn reschedule(&self, job: &JobRecord, after: Duration) {
+        let at = now_ms() + after.as_millis() as u64;
+        if let Err(e) = self.store.job_reschedule(&job.id, JobStatus::Retrying, at).await {
+            tracing::warn!(job_id = %job.id, error = %e, "cannot reschedule job; its lease will bring it back");
+        }
+    }
+
+    /// End the job and queue its webhooks, in one transaction.
+    async fn finish(&self, job: &JobRecord, spec: &JobSpec, resp: &AttemptResponse) {
+        let success = (200..300).contains(&resp.status);
+        let status = if success {
+            JobStatus::Success
+        } else {
+            JobStatus::Failed
+        };
+        let result = json!({
+            "status_code": resp.status,
+            "headers": resp.headers,
+            "body": String::from_utf8_lossy(&resp.body),
+            "error": resp.proxy_error,
+        })
+        .to_string();
+        let body = payload::build(
+            &job.id,
+            &job.idempotent_key,
+            success,
+            ResponseParts {
+                status_code: resp.status,
+                headers: &resp.headers,
+                body: &resp.body,
+            },
+            spec.metadata.clone(),
+            None,
+        );
+        let deliveries: Vec<NewDelivery> = spec
+            .webhooks
+            .iter()
+            .map(|w| NewDelivery {
+                url: w.url.clone(),
+                has_quorum_vote: w.has_quorum_vote,
+            })
+            .collect();
+        let any = !deliveries.is_empty();
+        match self
+            .store
+            .job_finish(&job.id, status, result, body, deliveries)
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(job_id = %job.id, status = status.as_str(), upstream_status = resp.status, "job finished");
+                if any {
+                    (self.deliveries_created)();
+                }
+            }
+            Ok(false) => tracing::debug!(job_id = %job.id, "job had already ended (cancelled)"),
+            Err(e) => {
+                // Not recorded: the lease brings the job back and it runs
+                // again (its key makes that a replay).
+                tracing::warn!(job_id = %job.id, error = %e, "cannot record the job result");
+            }
+        }
+        self.refresh_gauge().await;
+    }
+
+    /// `ezthrottle_jobs{status}` from the store's counts.
+    pub async fn refresh_gauge(&self) {
+        let Ok(counts) = self.store.job_counts().await else {
+            return;
+        };
+        for status in JobStatus::ALL {
+            let n = counts
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
+            self.metrics
+                .jobs
+                .with_label_values(&[status.as_str()])
+                .set(n as i64);
+        }
+    }
+
+    /// Wake the runner (a job was queued or became due).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+impl JobSpec {
+    fn empty() -> JobSpec {
+        JobSpec {
+            method: "GET".into(),
+            url: String::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            webhooks: Vec::new(),
+            webhook_quorum: 1,
+            metadata: serde_json::Value::Null,
+            max_wait_ms: 0,
+            region: None,
+        }
+    }
+}

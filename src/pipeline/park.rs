@@ -1,0 +1,274 @@
+//! Parking (SPEC §7): a request that names a webhook and cannot be answered
+//! within its max wait — or is refused for capacity, or asks for
+//! `Prefer: respond-async` — is stored as a job and answered `202` at once;
+//! its result goes to the webhook(s) later.
+
+use std::time::Duration;
+
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use serde_json::{json, Value};
+
+use super::body;
+use super::ctx::RequestCtx;
+use crate::error::ProxyError;
+use crate::jobs::attempt::JOB_HEADER;
+use crate::jobs::spec::{JobSpec, WebhookSpec};
+use crate::jobs::Accepted;
+use crate::state::Shared;
+
+pub const WEBHOOK_HEADER: &str = "x-ezthrottle-webhook";
+pub const METADATA_HEADER: &str = "x-ezthrottle-metadata";
+
+/// What a request asked for about parking.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParkOptions {
+    pub webhooks: Vec<String>,
+    pub metadata: Value,
+    /// `Prefer: respond-async`: park at once.
+    pub respond_async: bool,
+    /// The request's max wait, which its job's attempts keep.
+    pub max_wait: Duration,
+}
+
+/// Read the parking headers. `None` when the request names no webhook, or
+/// is itself a job's attempt (a job never parks again).
+pub fn options(req: &RequestHeader, max_wait: Duration) -> Result<Option<ParkOptions>, ProxyError> {
+    if req.headers.contains_key(JOB_HEADER) {
+        return Ok(None);
+    }
+    let mut webhooks = Vec::new();
+    for value in req.headers.get_all(WEBHOOK_HEADER) {
+        let text = value.to_str().map_err(|_| {
+            ProxyError::BadRequest("X-EZThrottle-Webhook is not valid text".into())
+        })?;
+        for raw in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            webhooks.push(webhook_url(raw)?);
+        }
+    }
+    if webhooks.is_empty() {
+        return Ok(None);
+    }
+    let metadata = match req.headers.get(METADATA_HEADER) {
+        None => Value::Object(Default::default()),
+        Some(v) => {
+            let parsed: Option<Value> = v
+                .to_str()
+                .ok()
+                .and_then(|t| serde_json::from_str(t).ok());
+            match parsed {
+                Some(obj @ Value::Object(_)) => obj,
+                _ => {
+                    return Err(ProxyError::BadRequest(
+                        "X-EZThrottle-Metadata must be a JSON object".into(),
+                    ))
+                }
+            }
+        }
+    };
+    let respond_async = req
+        .headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"));
+    Ok(Some(ParkOptions {
+        webhooks,
+        metadata,
+        respond_async,
+        max_wait,
+    }))
+}
+
+fn webhook_url(raw: &str) -> Result<String, ProxyError> {
+    let bad = || {
+        ProxyError::BadRequest(format!(
+            "X-EZThrottle-Webhook: {raw:?} is not an absolute http(s) URL"
+        ))
+    };
+    let url = url::Url::parse(raw).map_err(|_| bad())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(bad());
+    }
+    Ok(url.to_string())
+}
+
+/// Hop-by-hop and proxy headers are not part of the parked request.
+const NOT_STORED: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "upgrade",
+    "expect",
+    "prefer",
+];
+
+/// Store the request as a job (durably, before anything is answered).
+pub async fn park(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Accepted, ProxyError> {
+    let Some(opts) = ctx.park.clone() else {
+        return Err(ProxyError::Internal);
+    };
+    let body = body::read_whole(
+        session,
+        ctx,
+        shared.config.retry.max_buffered_body,
+        "a parked request is stored whole, up to [retry] max_buffered_body",
+    )
+    .await?;
+    let Some(target) = ctx.target.as_ref() else {
+        return Err(ProxyError::Internal);
+    };
+    let req = session.req_header();
+    let host = if target.host.contains(':') {
+        format!("[{}]", target.host)
+    } else {
+        target.host.clone()
+    };
+    let default_port = if target.tls { 443 } else { 80 };
+    let authority = if target.port == default_port {
+        host
+    } else {
+        format!("{host}:{}", target.port)
+    };
+    let url = format!(
+        "{}://{authority}{}",
+        if target.tls { "https" } else { "http" },
+        target.path_and_query
+    );
+    let headers: Vec<(String, String)> = req
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .filter(|(k, _)| !NOT_STORED.contains(&k.as_str()) && !k.starts_with("x-ezthrottle-"))
+        .collect();
+    let key = req
+        .headers
+        .get(crate::idempotency::key::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("park_{}", uuid::Uuid::new_v4().simple()));
+    let spec = JobSpec {
+        method: req.method.as_str().to_string(),
+        url,
+        headers,
+        body: body.to_vec(),
+        webhooks: opts
+            .webhooks
+            .iter()
+            .map(|url| WebhookSpec {
+                url: url.clone(),
+                has_quorum_vote: true,
+            })
+            .collect(),
+        webhook_quorum: 1,
+        metadata: opts.metadata.clone(),
+        max_wait_ms: opts.max_wait.as_millis() as u64,
+        region: None,
+    };
+    let accepted = shared
+        .jobs
+        .submit(&ctx.workspace, &key, &spec, 0)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot park a request");
+            ProxyError::StoreUnavailable
+        })?;
+    ctx.parked = Some(accepted.job_id.clone());
+    Ok(accepted)
+}
+
+/// `202 {"job_id","status":"queued","idempotent_key"}`.
+pub async fn respond(session: &mut Session, accepted: &Accepted) -> pingora::Result<()> {
+    let body = json!({
+        "job_id": accepted.job_id,
+        "status": accepted.status.as_str(),
+        "idempotent_key": accepted.idempotent_key,
+    })
+    .to_string();
+    let mut resp = ResponseHeader::build(202, Some(3))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(bytes::Bytes::from(body)), true)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"http://api.test/x", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    const W: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn no_webhook_no_parking() {
+        assert_eq!(options(&req(&[]), W).unwrap(), None);
+        assert_eq!(
+            options(&req(&[("Prefer", "respond-async")]), W).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn webhooks_metadata_and_prefer() {
+        let o = options(
+            &req(&[
+                ("X-EZThrottle-Webhook", "http://127.0.0.1:9/a, https://h.test/b"),
+                ("X-EZThrottle-Metadata", r#"{"order":7}"#),
+                ("Prefer", "return=minimal, Respond-Async"),
+            ]),
+            W,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(o.webhooks, ["http://127.0.0.1:9/a", "https://h.test/b"]);
+        assert_eq!(o.metadata, json!({"order": 7}));
+        assert!(o.respond_async);
+    }
+
+    #[test]
+    fn bad_headers_are_400() {
+        for bad in ["ftp://h/x", "/relative", "http://", "not a url"] {
+            let e = options(&req(&[("X-EZThrottle-Webhook", bad)]), W).unwrap_err();
+            assert_eq!(e.status(), 400, "{bad}");
+        }
+        for bad in ["[1,2]", "{", "\"s\""] {
+            let e = options(
+                &req(&[
+                    ("X-EZThrottle-Webhook", "http://h.test/"),
+                    ("X-EZThrottle-Metadata", bad),
+                ]),
+                W,
+            )
+            .unwrap_err();
+            assert_eq!(e.status(), 400, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_jobs_own_attempt_never_parks() {
+        let r = req(&[
+            ("X-EZThrottle-Webhook", "http://h.test/"),
+            ("X-EZThrottle-Job", "job_1"),
+        ]);
+        assert_eq!(options(&r, W).unwrap(), None);
+    }
+}

@@ -1,0 +1,169 @@
+//! Classify's retry half on the proxy path (SPEC §7): after each attempt,
+//! deliver the answer, try again (same region or the next), or park. The
+//! policy itself is [`crate::retry`]; this module keeps one request's
+//! progress and does the waiting between attempts.
+//!
+//! pingora carries the mechanics: a hook that returns a retryable error makes
+//! it call `upstream_peer` again, re-sending the body from its retry buffer
+//! (or from the body read ahead, see `body.rs`).
+
+use std::time::Duration;
+
+use pingora::proxy::Session;
+use tokio::time::Instant;
+
+use super::admit;
+use super::ctx::RequestCtx;
+use crate::error::ProxyError;
+use crate::retry::route::{self, Route};
+use crate::retry::{Kind, Outcome, Policy, Spent};
+use crate::state::Shared;
+
+/// One request's retry policy and progress.
+pub struct RetryState {
+    pub policy: Policy,
+    pub spent: Spent,
+    pub route: Route,
+    /// Admission start + the request's max wait: no attempt starts later.
+    pub deadline: Instant,
+    /// The body is small enough to send again (`[retry] max_buffered_body`).
+    pub replayable: bool,
+    /// Decided, not yet started: the next attempt and its pause.
+    pub pending: Option<Pending>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Pending {
+    pub kind: Kind,
+    pub delay: Duration,
+}
+
+/// What to do with an attempt's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Answer the client with it.
+    Deliver,
+    /// Another attempt is scheduled (`RetryState::pending`).
+    Again,
+    /// The next attempt would end past the max wait: park the request.
+    Park,
+}
+
+/// Set up the retry state of an admitted request.
+pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: Instant) {
+    let Some(domain) = ctx.domain() else {
+        return;
+    };
+    let config = route::retry_config(&shared.config, domain).clone();
+    let req = session.req_header();
+    let keyed = req
+        .headers
+        .contains_key(crate::idempotency::key::HEADER);
+    // A body is replayable when it was read ahead, or when it is declared
+    // small enough (pingora buffers what it streams, see `after`).
+    let replayable = match (&ctx.body, super::body::declared_len(session)) {
+        (Some(b), _) => b.len() as u64 <= config.max_buffered_body,
+        (None, Some(n)) => n <= config.max_buffered_body.min(super::body::RETRY_BUFFER),
+        // Chunked: decided by pingora's buffer after the attempt.
+        (None, None) => true,
+    };
+    let route = match session
+        .req_header()
+        .headers
+        .get(REGION_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(first) => Route::starting_at(&shared.config, domain, first.trim()),
+        None => Route::for_domain(&shared.config, domain),
+    };
+    ctx.retry = Some(RetryState {
+        policy: Policy::new(config, &req.method, keyed),
+        spent: Spent::default(),
+        route,
+        deadline,
+        replayable,
+        pending: None,
+    });
+}
+
+/// Internal header: the region a job's attempt starts in (jobs name regions
+/// explicitly, SPEC §9). Stripped with the other control headers.
+pub const REGION_HEADER: &str = "x-ezthrottle-region";
+
+/// Decide after an attempt. `truncated`: pingora's retry buffer overflowed,
+/// so a body not read ahead cannot be sent again.
+pub fn after(
+    shared: &Shared,
+    ctx: &mut RequestCtx,
+    outcome: Outcome,
+    retry_after: Option<Duration>,
+    truncated: bool,
+) -> Next {
+    let can_park = ctx.park.is_some();
+    let domain = ctx.domain().unwrap_or_default().to_string();
+    let body_read_ahead = ctx.body.is_some();
+    let Some(state) = ctx.retry.as_mut() else {
+        return Next::Deliver;
+    };
+    if !state.replayable || (truncated && !body_read_ahead) {
+        return Next::Deliver;
+    }
+    let Ok(kind) = state.policy.decide(outcome, state.spent) else {
+        return Next::Deliver;
+    };
+    let delay = state.policy.delay(retry_after, state.spent);
+    if Instant::now() + delay > state.deadline {
+        return if can_park { Next::Park } else { Next::Deliver };
+    }
+    state.spent.record(kind);
+    let actual = if kind == Kind::Reroute && state.route.has_alternative() {
+        state.route.advance();
+        Kind::Reroute
+    } else {
+        Kind::Retry
+    };
+    let label = shared.metrics.domain_label(&domain);
+    shared
+        .metrics
+        .retries_total
+        .with_label_values(&[label.as_str(), actual.as_str()])
+        .inc();
+    tracing::debug!(domain = %domain, kind = actual.as_str(), delay_ms = delay.as_millis() as u64, region = state.route.current(), "upstream attempt will be repeated");
+    state.pending = Some(Pending {
+        kind: actual,
+        delay,
+    });
+    Next::Again
+}
+
+/// Whether a retry was decided and not started yet.
+pub fn is_pending(ctx: &RequestCtx) -> bool {
+    ctx.retry.as_ref().is_some_and(|s| s.pending.is_some())
+}
+
+/// Before a repeated attempt: give back the concurrency slot, pause, and
+/// pass the domain's throttle again within what is left of the max wait.
+pub async fn before_next_attempt(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), ProxyError> {
+    let Some(state) = ctx.retry.as_mut() else {
+        return Ok(());
+    };
+    let Some(pending) = state.pending.take() else {
+        return Ok(());
+    };
+    let deadline = state.deadline;
+    ctx.permit = None;
+    admit::unless_client_leaves(session, tokio::time::sleep(pending.delay)).await?;
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    admit::admit(shared, session, ctx, remaining).await
+}
+
+/// The peer proxy the current attempt goes through, if not `local`.
+pub fn via_region(shared: &Shared, ctx: &RequestCtx) -> Option<(String, String, u16)> {
+    let region = ctx.retry.as_ref()?.route.current();
+    let (host, port) = route::peer(&shared.config, region)?;
+    Some((region.to_string(), host, port))
+}
