@@ -43,6 +43,8 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("runtime: {0}")]
     Runtime(String),
+    #[error("{0}")]
+    Webhooks(#[from] crate::webhooks::WebhooksError),
 }
 
 /// A small runtime for the async start-up steps that run before pingora's
@@ -77,6 +79,18 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
         metrics.clone(),
         config.idempotency.clone(),
     ));
+    let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+        &config,
+        store.clone(),
+        metrics.clone(),
+    )?);
+    let notify = webhooks.clone();
+    let jobs = Arc::new(crate::jobs::Jobs::new(
+        store.clone(),
+        metrics.clone(),
+        config.clone(),
+        Box::new(move || notify.notify()),
+    ));
     let instance_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     Ok(Arc::new(Shared {
         config,
@@ -87,10 +101,22 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
         store,
         admission,
         idempotency,
+        webhooks,
+        jobs,
         instance_id,
         inflight: Arc::new(InFlight::default()),
         proxy_ready: Default::default(),
     }))
+}
+
+/// The most upstream attempts any request may make.
+fn attempt_budget(cfg: &crate::config::Config) -> usize {
+    let most = std::iter::once(&cfg.retry)
+        .chain(cfg.limits.domains.values().filter_map(|d| d.retry.as_ref()))
+        .map(|r| r.max_retries as usize + r.max_reroutes as usize)
+        .max()
+        .unwrap_or(0);
+    1 + most + 4
 }
 
 /// Fail early with a clear message when an address cannot be bound: pingora
@@ -127,6 +153,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
         // watcher ends the process as soon as in-flight requests are done.
         grace_period_seconds: Some(cfg.proxy.drain_timeout.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
+        // pingora's attempt loop must outlast our retry policy (SPEC §7):
+        // one attempt, every retry and reroute, and a few spare for its own
+        // retries on stale pooled connections.
+        max_retries: attempt_budget(cfg),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -256,6 +286,8 @@ impl BackgroundService for ControlService {
         let shared = self.shared.clone();
         tokio::spawn(announce_ready(shared.clone()));
         tokio::spawn(shared.idempotency.clone().sweep_forever());
+        tokio::spawn(shared.webhooks.clone().run());
+        tokio::spawn(shared.jobs.clone().run());
         let stop = async move {
             let _ = shutdown.changed().await;
         };

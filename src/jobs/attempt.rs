@@ -55,14 +55,20 @@ pub struct Identity<'a> {
     pub idempotent_key: &'a str,
 }
 
+/// Internal header: a job's `retry_policy` (JSON), read by the pipeline.
+pub const RETRY_POLICY_HEADER: &str = "x-ezthrottle-retry-policy";
+
+/// Send the job's request once through the proxy; `region` pins the region
+/// the attempt starts in.
 pub async fn send(
     proxy: SocketAddr,
     who: &Identity<'_>,
     spec: &JobSpec,
+    region: Option<&str>,
     timeout: Duration,
     max_body: usize,
 ) -> Result<AttemptResponse, String> {
-    tokio::time::timeout(timeout, send_inner(proxy, who, spec, max_body))
+    tokio::time::timeout(timeout, send_inner(proxy, who, spec, region, max_body))
         .await
         .map_err(|_| format!("no answer within {}s", timeout.as_secs()))?
 }
@@ -71,6 +77,7 @@ async fn send_inner(
     proxy: SocketAddr,
     who: &Identity<'_>,
     spec: &JobSpec,
+    region: Option<&str>,
     max_body: usize,
 ) -> Result<AttemptResponse, String> {
     let uri: http::Uri = spec
@@ -108,8 +115,12 @@ async fn send_inner(
             crate::admission::MAX_WAIT_HEADER,
             format!("{:.3}", spec.max_wait_ms as f64 / 1000.0),
         );
-    if let Some(region) = &spec.region {
-        builder = builder.header(crate::pipeline::retry::REGION_HEADER, region.as_str());
+    if let Some(region) = region.or(spec.region.as_deref()) {
+        builder = builder.header(crate::pipeline::retry::REGION_HEADER, region);
+    }
+    if let Some(policy) = &spec.retry_policy {
+        let text = serde_json::to_string(policy).map_err(|e| e.to_string())?;
+        builder = builder.header(RETRY_POLICY_HEADER, text);
     }
     if !spec.body.is_empty() || !matches!(spec.method.as_str(), "GET" | "HEAD" | "DELETE" | "OPTIONS") {
         builder = builder.header(http::header::CONTENT_LENGTH, spec.body.len());

@@ -10,6 +10,8 @@
 //! | this file | accepting jobs, the runner loop, finishing with webhooks |
 
 pub mod attempt;
+pub mod execute;
+pub mod request;
 pub mod spec;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -23,22 +25,14 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::{now_ms, JobRecord, JobStatus, NewDelivery, Store, StoreError};
 use crate::webhooks::payload::{self, ResponseParts};
-use attempt::{AttemptResponse, Identity};
+use attempt::AttemptResponse;
+use execute::{Run, Runner};
 use spec::JobSpec;
 
 /// Jobs attempted at the same time; the domain throttles pace them anyway.
 const MAX_RUNNING: usize = 256;
 /// Attempts that could not even reach our own listener before a job fails.
 const MAX_UNREACHABLE: u32 = 10;
-/// Proxy answers that mean "not now" rather than a result: the job waits in
-/// the queue instead of failing.
-const NOT_NOW: &[&str] = &[
-    "throttle_queue_full",
-    "throttle_wait_timeout",
-    "idempotency_key_in_flight",
-    "store_unavailable",
-    "shutting_down",
-];
 
 /// A job accepted into the queue (or found there already).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,52 +224,64 @@ impl Jobs {
             Ok(spec) => spec,
             Err(e) => {
                 tracing::error!(job_id = %job.id, error = %e, "unreadable job spec; failing the job");
-                let failed = AttemptResponse {
-                    status: 500,
-                    headers: Vec::new(),
-                    body: b"unreadable job".to_vec(),
-                    proxy_error: Some("internal_error".into()),
-                    retry_after: None,
-                };
-                self.finish(&job, &JobSpec::empty(), &failed).await;
+                let run = Run::Unreachable("unreadable job spec".into());
+                self.finish(&job, &JobSpec::request("GET", "", 0), &run).await;
                 return;
             }
         };
-        let who = Identity {
+        let runner = Runner {
+            proxy: self.proxy,
             job_id: &job.id,
             workspace: &job.workspace,
-            idempotent_key: &job.idempotent_key,
+            timeout: self.attempt_timeout(&spec),
+            max_body: self.config.idempotency.max_stored_body as usize,
         };
-        let max_body = self.config.idempotency.max_stored_body as usize;
-        let result = attempt::send(self.proxy, &who, &spec, self.attempt_timeout(&spec), max_body).await;
-        match result {
-            Ok(resp)
-                if resp
-                    .proxy_error
-                    .as_deref()
-                    .is_some_and(|code| NOT_NOW.contains(&code)) =>
-            {
-                let after = resp.retry_after.unwrap_or(Duration::from_secs(1));
-                tracing::debug!(job_id = %job.id, code = ?resp.proxy_error, "job not admitted yet; back in the queue");
+        let run = runner.chain(&spec, job.idempotent_key.clone(), 0);
+        // on_failure also fires when no success came within its timeout.
+        let run = match (spec.on_failure.as_deref(), spec.on_failure_timeout_ms) {
+            (Some(child), Some(ms)) => {
+                let mut run = run;
+                let timer = tokio::time::sleep(Duration::from_millis(ms));
+                tokio::select! {
+                    r = &mut run => r,
+                    _ = timer => {
+                        self.spawn_child(&job, child, "on_failure").await;
+                        run.await
+                    }
+                }
+            }
+            _ => run.await,
+        };
+        match run {
+            Run::NotNow(after) => {
+                tracing::debug!(job_id = %job.id, "job not admitted yet; back in the queue");
                 self.reschedule(&job, after).await;
             }
-            Ok(resp) => self.finish(&job, &spec, &resp).await,
-            Err(e) if job.attempts < MAX_UNREACHABLE => {
+            Run::Unreachable(e) if job.attempts < MAX_UNREACHABLE => {
                 tracing::warn!(job_id = %job.id, error = %e, "job attempt failed; will try again");
                 let delay = crate::retry::backoff::ceiling(job.attempts.saturating_sub(1));
                 self.reschedule(&job, delay).await;
             }
-            Err(e) => {
-                tracing::warn!(job_id = %job.id, error = %e, "job attempt failed; giving up");
-                let failed = AttemptResponse {
-                    status: 502,
-                    headers: Vec::new(),
-                    body: e.into_bytes(),
-                    proxy_error: Some("upstream_failed".into()),
-                    retry_after: None,
-                };
-                self.finish(&job, &spec, &failed).await;
-            }
+            run => self.finish(&job, &spec, &run).await,
+        }
+    }
+
+    /// Queue `child` (on_success / on_failure) with `parent_job_id` in its
+    /// metadata. Its key derives from the parent's, so a repeat (after a
+    /// crash, or the on_failure timeout followed by the failure) is a
+    /// duplicate, not a second job.
+    async fn spawn_child(&self, parent: &JobRecord, child: &JobSpec, why: &str) {
+        let mut spec = child.clone();
+        let mut meta = match spec.metadata.take() {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        meta.insert("parent_job_id".into(), serde_json::Value::String(parent.id.clone()));
+        spec.metadata = serde_json::Value::Object(meta);
+        let key = format!("{}:{why}", parent.idempotent_key);
+        match self.submit(&parent.workspace, &key, &spec, 0).await {
+            Ok(a) => tracing::info!(parent = %parent.id, job_id = %a.job_id, trigger = why, duplicate = a.duplicate, "spawned a follow-up job"),
+            Err(e) => tracing::warn!(parent = %parent.id, error = %e, "cannot spawn the {why} job"),
         }
     }
 
@@ -286,9 +292,29 @@ impl Jobs {
         }
     }
 
-    /// End the job and queue its webhooks, in one transaction.
-    async fn finish(&self, job: &JobRecord, spec: &JobSpec, resp: &AttemptResponse) {
-        let success = (200..300).contains(&resp.status);
+    /// End the job and queue its webhooks, in one transaction; then its
+    /// follow-up job, if any.
+    async fn finish(&self, job: &JobRecord, spec: &JobSpec, run: &Run) {
+        let (resp, region_results) = match run {
+            Run::Answer {
+                resp,
+                region_results,
+            } => (resp.clone(), region_results.clone()),
+            other => (
+                AttemptResponse {
+                    status: 502,
+                    headers: Vec::new(),
+                    body: match other {
+                        Run::Unreachable(e) => e.clone().into_bytes(),
+                        _ => b"not admitted".to_vec(),
+                    },
+                    proxy_error: Some("upstream_failed".into()),
+                    retry_after: None,
+                },
+                None,
+            ),
+        };
+        let success = execute::is_success(&resp);
         let status = if success {
             JobStatus::Success
         } else {
@@ -299,8 +325,14 @@ impl Jobs {
             "headers": resp.headers,
             "body": String::from_utf8_lossy(&resp.body),
             "error": resp.proxy_error,
+            "region_results": region_results,
         })
         .to_string();
+        let extra = region_results.map(|r| {
+            let mut m = serde_json::Map::new();
+            m.insert("region_results".into(), serde_json::Value::Array(r));
+            m
+        });
         let body = payload::build(
             &job.id,
             &job.idempotent_key,
@@ -311,7 +343,7 @@ impl Jobs {
                 body: &resp.body,
             },
             spec.metadata.clone(),
-            None,
+            extra,
         );
         let deliveries: Vec<NewDelivery> = spec
             .webhooks
@@ -333,12 +365,25 @@ impl Jobs {
                     (self.deliveries_created)();
                 }
             }
-            Ok(false) => tracing::debug!(job_id = %job.id, "job had already ended (cancelled)"),
+            Ok(false) => {
+                tracing::debug!(job_id = %job.id, "job had already ended (cancelled)");
+                self.refresh_gauge().await;
+                return;
+            }
             Err(e) => {
                 // Not recorded: the lease brings the job back and it runs
                 // again (its key makes that a replay).
                 tracing::warn!(job_id = %job.id, error = %e, "cannot record the job result");
+                return;
             }
+        }
+        let child = if success {
+            spec.on_success.as_deref().map(|c| (c, "on_success"))
+        } else {
+            spec.on_failure.as_deref().map(|c| (c, "on_failure"))
+        };
+        if let Some((child, why)) = child {
+            self.spawn_child(job, child, why).await;
         }
         self.refresh_gauge().await;
     }
@@ -364,21 +409,5 @@ impl Jobs {
     /// Wake the runner (a job was queued or became due).
     pub fn wake(&self) {
         self.wake.notify_one();
-    }
-}
-
-impl JobSpec {
-    fn empty() -> JobSpec {
-        JobSpec {
-            method: "GET".into(),
-            url: String::new(),
-            headers: Vec::new(),
-            body: Vec::new(),
-            webhooks: Vec::new(),
-            webhook_quorum: 1,
-            metadata: serde_json::Value::Null,
-            max_wait_ms: 0,
-            region: None,
-        }
     }
 }

@@ -44,6 +44,104 @@ pub struct JobSpec {
     /// Region the attempt starts in (`None`: the domain's order).
     #[serde(default)]
     pub region: Option<String>,
+    /// Regions to run in (SPEC §8 `regions`); empty: the domain's order.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    #[serde(default)]
+    pub execution_mode: ExecutionMode,
+    /// Per-job `[retry]` override, handed to the pipeline.
+    #[serde(default)]
+    pub retry_policy: Option<RetryPolicySpec>,
+    /// Runs when this job fails as its trigger says; first success wins.
+    #[serde(default)]
+    pub fallback: Option<Box<Fallback>>,
+    #[serde(default)]
+    pub on_success: Option<Box<JobSpec>>,
+    #[serde(default)]
+    pub on_failure: Option<Box<JobSpec>>,
+    /// `on_failure` also runs when no success came within this long.
+    #[serde(default)]
+    pub on_failure_timeout_ms: Option<u64>,
+}
+
+/// `race`: all regions at once, first 2xx wins; `fanout`: all run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionMode {
+    #[default]
+    Race,
+    Fanout,
+}
+
+/// A fallback job and what triggers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fallback {
+    pub trigger: Trigger,
+    pub job: JobSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Trigger {
+    /// The job ended with one of these status codes (empty: any failure).
+    OnError { codes: Vec<u16> },
+    /// The job had no final response after this long.
+    OnTimeout { timeout_ms: u64 },
+}
+
+/// The `retry_policy` of a job (every field optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_reroutes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_codes: Option<Vec<u16>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reroute_codes: Option<Vec<u16>>,
+}
+
+impl RetryPolicySpec {
+    /// Apply to a `[retry]` config.
+    pub fn apply(&self, base: &mut crate::config::RetryConfig) {
+        if let Some(v) = self.max_retries {
+            base.max_retries = v;
+        }
+        if let Some(v) = self.max_reroutes {
+            base.max_reroutes = v;
+        }
+        if let Some(v) = &self.retry_codes {
+            base.retry_codes = v.clone();
+        }
+        if let Some(v) = &self.reroute_codes {
+            base.reroute_codes = v.clone();
+        }
+    }
+}
+
+impl JobSpec {
+    /// A bare request: no body, webhooks or policy.
+    pub fn request(method: &str, url: &str, max_wait_ms: u64) -> JobSpec {
+        JobSpec {
+            method: method.to_string(),
+            url: url.to_string(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            webhooks: Vec::new(),
+            webhook_quorum: 1,
+            metadata: serde_json::Value::Null,
+            max_wait_ms,
+            region: None,
+            regions: Vec::new(),
+            execution_mode: ExecutionMode::Race,
+            retry_policy: None,
+            fallback: None,
+            on_success: None,
+            on_failure: None,
+            on_failure_timeout_ms: None,
+        }
+    }
 }
 
 mod b64 {
@@ -81,6 +179,19 @@ mod tests {
             metadata: serde_json::json!({"order": 7}),
             max_wait_ms: 60_000,
             region: None,
+            regions: vec!["local".into()],
+            execution_mode: ExecutionMode::Fanout,
+            retry_policy: Some(RetryPolicySpec {
+                max_retries: Some(1),
+                ..Default::default()
+            }),
+            fallback: Some(Box::new(Fallback {
+                trigger: Trigger::OnError { codes: vec![500] },
+                job: JobSpec::request("GET", "http://b.test/", 1000),
+            })),
+            on_success: Some(Box::new(JobSpec::request("GET", "http://c.test/", 1000))),
+            on_failure: None,
+            on_failure_timeout_ms: Some(5),
         };
         let text = serde_json::to_string(&spec).unwrap();
         assert_eq!(serde_json::from_str::<JobSpec>(&text).unwrap(), spec);

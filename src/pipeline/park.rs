@@ -158,8 +158,6 @@ pub async fn park(
         .map(str::to_string)
         .unwrap_or_else(|| format!("park_{}", uuid::Uuid::new_v4().simple()));
     let spec = JobSpec {
-        method: req.method.as_str().to_string(),
-        url,
         headers,
         body: body.to_vec(),
         webhooks: opts
@@ -172,8 +170,7 @@ pub async fn park(
             .collect(),
         webhook_quorum: 1,
         metadata: opts.metadata.clone(),
-        max_wait_ms: opts.max_wait.as_millis() as u64,
-        region: None,
+        ..JobSpec::request(req.method.as_str(), &url, opts.max_wait.as_millis() as u64)
     };
     let accepted = shared
         .jobs

@@ -12,6 +12,9 @@ pub fn outcome(ctx: &RequestCtx, e: Option<&Error>) -> &'static str {
     if ctx.replayed {
         return "replayed";
     }
+    if ctx.parked.is_some() {
+        return "parked";
+    }
     match &ctx.error {
         Some(ProxyError::ClientGone) => "cancelled",
         Some(ProxyError::IdempotencyKeyReused) => "conflict",

@@ -54,8 +54,17 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
     let Some(domain) = ctx.domain() else {
         return;
     };
-    let config = route::retry_config(&shared.config, domain).clone();
+    let mut config = route::retry_config(&shared.config, domain).clone();
     let req = session.req_header();
+    // A job's own retry_policy (set by the job runner, see jobs/attempt.rs).
+    if let Some(policy) = req
+        .headers
+        .get(crate::jobs::attempt::RETRY_POLICY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| serde_json::from_str::<crate::jobs::spec::RetryPolicySpec>(v).ok())
+    {
+        policy.apply(&mut config);
+    }
     let keyed = req
         .headers
         .contains_key(crate::idempotency::key::HEADER);

@@ -500,6 +500,59 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn jobs_list(
+        &self,
+        workspace: &str,
+        status: Option<JobStatus>,
+        limit: usize,
+        after: Option<(u64, String)>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let workspace = workspace.to_string();
+        self.with(move |c| {
+            let (after_t, after_id) = after
+                .map(|(t, id)| (t as i64, id))
+                .unwrap_or((i64::MAX, String::new()));
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs
+                     WHERE workspace = ?1 AND (?2 IS NULL OR status = ?2)
+                       AND (created_at < ?3 OR (created_at = ?3 AND id < ?4) OR ?4 = '' AND created_at <= ?3)
+                     ORDER BY created_at DESC, id DESC LIMIT ?5"
+                ))
+                .map_err(err)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        workspace,
+                        status.map(|s| s.as_str()),
+                        after_t,
+                        after_id,
+                        limit as i64
+                    ],
+                    job_row,
+                )
+                .map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        })
+        .await
+    }
+
+    async fn job_requeue(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE jobs SET status = 'queued', next_attempt_at = ?2, lease_until = 0,
+                     attempts = 0, updated_at = ?2
+                     WHERE id = ?1 AND status IN ('failed', 'cancelled')",
+                    params![id, now_ms as i64],
+                )
+                .map_err(err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     async fn job_cancel(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
         self.with(move |c| {

@@ -253,6 +253,21 @@ pub trait Store: Send + Sync {
         deliveries: Vec<NewDelivery>,
     ) -> Result<bool, StoreError>;
 
+    /// A workspace's jobs, newest first, optionally of one status, after the
+    /// cursor `(created_at, id)` of the last job of the previous page.
+    async fn jobs_list(
+        &self,
+        workspace: &str,
+        status: Option<JobStatus>,
+        limit: usize,
+        after: Option<(u64, String)>,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Queue an ended `failed` or `cancelled` job again (result and webhook
+    /// deliveries of the old run are kept until the new run ends); returns
+    /// whether it did.
+    async fn job_requeue(&self, id: &str, now_ms: u64) -> Result<bool, StoreError>;
+
     /// Cancel a job that has not ended; returns whether it did.
     async fn job_cancel(&self, id: &str) -> Result<bool, StoreError>;
 

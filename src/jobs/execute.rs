@@ -1,0 +1,213 @@
+//! How one run of a job unfolds (SPEC §8): its regions (`race`: first 2xx
+//! wins, the others are dropped; `fanout`: all run), then its fallback chain
+//! (`on_error` codes, `on_timeout`), first success winning.
+//!
+//! Each concurrent attempt carries its own idempotency key (`<key>#<region>`,
+//! `<key>#fallback<n>`): under one key our own idempotency layer would make
+//! the second attempt wait for the first, which is not a race.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde_json::{json, Value};
+
+use super::attempt::{self, AttemptResponse, Identity};
+use super::spec::{ExecutionMode, JobSpec, Trigger};
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub enum Run {
+    /// A final answer (the origin's, or the proxy's own error after its
+    /// retries).
+    Answer {
+        resp: AttemptResponse,
+        /// Fanout only: one entry per region.
+        region_results: Option<Vec<Value>>,
+    },
+    /// The proxy refused for now (capacity, key in flight, shutting down):
+    /// try the whole run again after this long.
+    NotNow(Duration),
+    /// Our own listener could not be reached.
+    Unreachable(String),
+}
+
+impl Run {
+    pub fn succeeded(&self) -> bool {
+        matches!(self, Run::Answer { resp, .. } if is_success(resp))
+    }
+
+    fn status(&self) -> Option<u16> {
+        match self {
+            Run::Answer { resp, .. } => Some(resp.status),
+            _ => None,
+        }
+    }
+}
+
+pub fn is_success(resp: &AttemptResponse) -> bool {
+    (200..300).contains(&resp.status)
+}
+
+/// Proxy answers that mean "not now" rather than a result.
+const NOT_NOW: &[&str] = &[
+    "throttle_queue_full",
+    "throttle_wait_timeout",
+    "idempotency_key_in_flight",
+    "store_unavailable",
+    "shutting_down",
+];
+
+/// Where attempts go and how long they may take.
+#[derive(Clone, Copy)]
+pub struct Runner<'a> {
+    pub proxy: SocketAddr,
+    pub job_id: &'a str,
+    pub workspace: &'a str,
+    pub timeout: Duration,
+    pub max_body: usize,
+}
+
+impl<'a> Runner<'a> {
+    /// The job with its fallback chain.
+    pub fn chain(self, spec: &'a JobSpec, key: String, depth: usize) -> BoxFuture<'a, Run> {
+        Box::pin(async move {
+            let primary = self.regions(spec, key.clone());
+            let Some(fb) = spec.fallback.as_deref() else {
+                return primary.await;
+            };
+            let fb_key = format!("{key}#fallback{}", depth + 1);
+            match &fb.trigger {
+                Trigger::OnError { codes } => {
+                    let run = primary.await;
+                    let triggered = match &run {
+                        Run::Answer { resp, .. } if !is_success(resp) => {
+                            codes.is_empty() || codes.contains(&resp.status)
+                        }
+                        Run::Unreachable(_) => codes.is_empty(),
+                        _ => false,
+                    };
+                    if !triggered {
+                        return run;
+                    }
+                    tracing::debug!(job_id = self.job_id, status = ?run.status(), "primary failed; running its fallback");
+                    self.chain(&fb.job, fb_key, depth + 1).await
+                }
+                Trigger::OnTimeout { timeout_ms } => {
+                    let mut primary = primary;
+                    let timer = tokio::time::sleep(Duration::from_millis(*timeout_ms));
+                    tokio::select! {
+                        run = &mut primary => return run,
+                        _ = timer => {}
+                    }
+                    tracing::debug!(job_id = self.job_id, "no answer in time; racing the fallback");
+                    let fallback = self.chain(&fb.job, fb_key, depth + 1);
+                    first_success(vec![primary, fallback]).await
+                }
+            }
+        })
+    }
+
+    /// One job (no fallback) across its regions.
+    fn regions(self, spec: &'a JobSpec, key: String) -> BoxFuture<'a, Run> {
+        Box::pin(async move {
+            if spec.regions.len() <= 1 {
+                let region = spec.regions.first().cloned();
+                return self.attempt(spec, key, region).await;
+            }
+            let runs: Vec<BoxFuture<'a, Run>> = spec
+                .regions
+                .iter()
+                .map(|r| {
+                    let key = format!("{key}#{r}");
+                    Box::pin(self.attempt(spec, key, Some(r.clone()))) as BoxFuture<'a, Run>
+                })
+                .collect();
+            match spec.execution_mode {
+                ExecutionMode::Race => first_success(runs).await,
+                ExecutionMode::Fanout => {
+                    let results = futures::future::join_all(runs).await;
+                    fanout(&spec.regions, results)
+                }
+            }
+        })
+    }
+
+    async fn attempt(self, spec: &JobSpec, key: String, region: Option<String>) -> Run {
+        let who = Identity {
+            job_id: self.job_id,
+            workspace: self.workspace,
+            idempotent_key: &key,
+        };
+        match attempt::send(self.proxy, &who, spec, region.as_deref(), self.timeout, self.max_body).await {
+            Ok(resp) => match resp.proxy_error.as_deref() {
+                Some(code) if NOT_NOW.contains(&code) => {
+                    Run::NotNow(resp.retry_after.unwrap_or(Duration::from_secs(1)))
+                }
+                _ => Run::Answer {
+                    resp,
+                    region_results: None,
+                },
+            },
+            Err(e) => Run::Unreachable(e),
+        }
+    }
+}
+
+/// The first successful run; else the most telling failure (an answer over
+/// "not now" over unreachable), once all have ended.
+async fn first_success<'a>(runs: Vec<BoxFuture<'a, Run>>) -> Run {
+    let mut pending: FuturesUnordered<_> = runs.into_iter().collect();
+    let mut best: Option<Run> = None;
+    while let Some(run) = pending.next().await {
+        if run.succeeded() {
+            // Dropping `pending` cancels the rest.
+            return run;
+        }
+        let better = match (&best, &run) {
+            (None, _) => true,
+            (Some(Run::Unreachable(_)), _) => true,
+            (Some(Run::NotNow(_)), Run::Answer { .. }) => true,
+            (Some(Run::Answer { .. }), Run::Answer { .. }) => true,
+            _ => false,
+        };
+        if better {
+            best = Some(run);
+        }
+    }
+    best.unwrap_or_else(|| Run::Unreachable("no attempt ran".into()))
+}
+
+/// All regions ran: success if any succeeded; `region_results` lists each.
+fn fanout(regions: &[String], results: Vec<Run>) -> Run {
+    let region_results: Vec<Value> = regions
+        .iter()
+        .zip(&results)
+        .map(|(region, run)| match run {
+            Run::Answer { resp, .. } => json!({
+                "region": region,
+                "status": if is_success(resp) { "success" } else { "failed" },
+                "status_code": resp.status,
+                "body": String::from_utf8_lossy(&resp.body),
+            }),
+            Run::NotNow(_) => json!({"region": region, "status": "failed", "status_code": null, "error": "not admitted"}),
+            Run::Unreachable(e) => json!({"region": region, "status": "failed", "status_code": null, "error": e}),
+        })
+        .collect();
+    let chosen = results
+        .iter()
+        .find(|r| r.succeeded())
+        .or_else(|| results.iter().find(|r| matches!(r, Run::Answer { .. })))
+        .cloned();
+    match chosen {
+        Some(Run::Answer { resp, .. }) => Run::Answer {
+            resp,
+            region_results: Some(region_results),
+        },
+        _ => results
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Run::Unreachable("no region".into())),
+    }
+}
