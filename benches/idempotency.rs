@@ -107,7 +107,12 @@ fn exchange(conn: &mut BufReader<TcpStream>, request: &[u8]) -> u16 {
 fn percentiles(mut v: Vec<Duration>) -> String {
     v.sort();
     let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e3;
-    format!("p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms", p(0.5), p(0.9), p(0.99))
+    format!(
+        "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms",
+        p(0.5),
+        p(0.9),
+        p(0.99)
+    )
 }
 
 fn replay_latency(n: usize) {
@@ -173,8 +178,14 @@ fn replay_latency(n: usize) {
         }
     }
     let upstream_calls = origin.count("api.test");
-    println!("replay    ({n} keyed POSTs, 1 connection): {}", percentiles(replays));
-    println!("forwarded ({n} POSTs without key, same path): {}", percentiles(forwarded));
+    println!(
+        "replay    ({n} keyed POSTs, 1 connection): {}",
+        percentiles(replays)
+    );
+    println!(
+        "forwarded ({n} POSTs without key, same path): {}",
+        percentiles(forwarded)
+    );
     println!(
         "origin saw {upstream_calls} calls (1 keyed + {} unkeyed expected)",
         n + warm

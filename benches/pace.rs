@@ -55,7 +55,7 @@ fn main() {
     for r in RATES {
         config += &format!("\"pace{r}.test\" = \"127.0.0.1\"\n");
     }
-    config += "[limits]\nrps = 2.0\nmax_concurrent = 2000\nqueue_capacity = 100000\nmax_wait = \"600s\"\n";
+    config += "[limits]\nrps = 2.0\nmax_concurrent = 1000\nqueue_capacity = 100000\nmax_wait = \"600s\"\n";
     for r in RATES {
         config += &format!("[limits.domains.\"pace{r}.test\"]\nrps = {r:.1}\npin = true\n");
     }

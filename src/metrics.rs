@@ -27,6 +27,7 @@ pub struct Metrics {
     pub idempotency_total: IntCounterVec,
     pub jobs: IntGaugeVec,
     pub webhook_deliveries_total: IntCounterVec,
+    pub webhook_quorum_failed_total: prometheus::IntCounter,
     pub connections_total: IntCounterVec,
     pub proxy_errors_total: IntCounterVec,
     pub limit_headers_ignored_total: IntCounterVec,
@@ -84,6 +85,15 @@ impl Metrics {
             idempotency_total: vec_metric!(&r, IntCounterVec, opts("idempotency_total", "Idempotency-Key lookups by result."), &["result"]),
             jobs: vec_metric!(&r, IntGaugeVec, opts("jobs", "Jobs by status."), &["status"]),
             webhook_deliveries_total: vec_metric!(&r, IntCounterVec, opts("webhook_deliveries_total", "Webhook delivery attempts by result."), &["result"]),
+            webhook_quorum_failed_total: {
+                let c = prometheus::IntCounter::with_opts(opts(
+                    "webhook_quorum_failed_total",
+                    "Jobs whose webhook quorum can no longer be met (too many voting deliveries failed for good).",
+                ))
+                .expect("metric");
+                r.register(Box::new(c.clone())).expect("register");
+                c
+            },
             connections_total: vec_metric!(&r, IntCounterVec, opts("connections_total", "Client connections by kind (plain, connect_intercept, connect_tunnel, denied)."), &["kind"]),
             proxy_errors_total: vec_metric!(&r, IntCounterVec, opts("proxy_errors_total", "Errors answered by the proxy itself, by error code."), &["code"]),
             limit_headers_ignored_total: vec_metric!(&r, IntCounterVec, opts("limit_headers_ignored_total", "Rate-limit response header values that were present but unusable, by domain and header."), &["domain", "header"]),

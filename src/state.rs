@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::resolve::Resolver;
 use crate::store::Store;
 use crate::tls::{LeafCache, LocalCa};
+use crate::webhooks::Webhooks;
 
 pub struct Shared {
     pub config: Arc<Config>,
@@ -23,6 +24,10 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     pub admission: Arc<Admission>,
     pub idempotency: Arc<Idempotency>,
+    /// Webhook secrets and the delivery worker (SPEC §8).
+    pub webhooks: Arc<Webhooks>,
+    /// The durable job queue and its runner (SPEC §7 parking, §8 jobs).
+    pub jobs: Arc<crate::jobs::Jobs>,
     /// Token in our `Via` header; a request that already carries it looped back to us.
     pub instance_id: String,
     pub inflight: Arc<InFlight>,

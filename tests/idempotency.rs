@@ -19,6 +19,9 @@ fn builder(origin: &ApiOrigin) -> EzBuilder {
         .resolve("api.test", "127.0.0.1")
         .resolve("other.test", "127.0.0.1")
         .limits("rps = 1000.0\nmax_concurrent = 100")
+        // 5xx answers must reach the client as they are here (each frees the
+        // key); the proxy's own retries are tested in tests/retries.rs.
+        .extra("\n[retry]\nmax_retries = 0\nmax_reroutes = 0\n")
 }
 
 fn start(origin: &ApiOrigin) -> Ezthrottle {

@@ -55,7 +55,12 @@ fn sdk_verifies(d: &Delivery, secret: &str) -> String {
         .unwrap_or_else(|| panic!("delivery has no X-EZThrottle-Signature: {:?}", d.headers));
     let code = "import sys\nfrom ezthrottle.webhook_utils import verify_webhook_signature\nok, why = verify_webhook_signature(open(sys.argv[1], 'rb').read(), sys.argv[2], sys.argv[3])\nprint(ok, why)";
     let out = common::proc::run(
-        Command::new(python).arg("-c").arg(code).arg(&payload).arg(sig).arg(secret),
+        Command::new(python)
+            .arg("-c")
+            .arg(code)
+            .arg(&payload)
+            .arg(sig)
+            .arg(secret),
         common::CLIENT_TIMEOUT,
     );
     assert!(out.status.success(), "SDK script failed: {out:?}");
@@ -79,7 +84,10 @@ fn respond_async_parks_at_once_and_the_signed_webhook_carries_the_result() {
     assert_eq!(f.code, 202, "{}", f.describe());
     let accepted = json(&f.body);
     let job_id = accepted["job_id"].as_str().expect("job_id").to_string();
-    let key = accepted["idempotent_key"].as_str().expect("idempotent_key").to_string();
+    let key = accepted["idempotent_key"]
+        .as_str()
+        .expect("idempotent_key")
+        .to_string();
     assert_eq!(accepted["status"], "queued");
     assert!(!key.is_empty());
 
@@ -91,9 +99,17 @@ fn respond_async_parks_at_once_and_the_signed_webhook_carries_the_result() {
     assert_eq!(p["idempotent_key"], key.as_str());
     assert_eq!(p["status"], "success");
     assert_eq!(p["response"]["status_code"], 201);
-    assert_eq!(p["metadata"], serde_json::json!({"order": 42, "who": "test"}));
+    assert_eq!(
+        p["metadata"],
+        serde_json::json!({"order": 42, "who": "test"})
+    );
     // The origin got the body and the job's key.
-    let body = json(p["response"]["body"].as_str().expect("body string").as_bytes());
+    let body = json(
+        p["response"]["body"]
+            .as_str()
+            .expect("body string")
+            .as_bytes(),
+    );
     assert_eq!(body["method"], "POST");
     assert_eq!(body["body_len"], 14);
     assert_eq!(p["response"]["headers"]["x-echo-key"], key.as_str());
@@ -113,7 +129,8 @@ fn respond_async_parks_at_once_and_the_signed_webhook_carries_the_result() {
     );
     common::eventually(Duration::from_secs(10), "jobs{status=success} = 1", || {
         let text = common::harness::control_get(&ez, "/metrics");
-        (metrics::value(&text, "ezthrottle_jobs", &[("status", "success")]) == Some(1.0)).then_some(())
+        (metrics::value(&text, "ezthrottle_jobs", &[("status", "success")]) == Some(1.0))
+            .then_some(())
     });
 }
 
@@ -148,7 +165,18 @@ fn an_exhausted_wait_parks_with_a_webhook_and_fails_fast_without() {
     let proxy = ez.proxy_url();
     let slow = std::thread::spawn(move || {
         let out = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "60", "-x", &proxy, &slow_url])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "60",
+                "-x",
+                &proxy,
+                &slow_url,
+            ])
             .output()
             .expect("curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -169,7 +197,10 @@ fn an_exhausted_wait_parks_with_a_webhook_and_fails_fast_without() {
         ],
     );
     assert_eq!(f.code, 202, "{}", f.describe());
-    let job_id = json(&f.body)["job_id"].as_str().expect("job_id").to_string();
+    let job_id = json(&f.body)["job_id"]
+        .as_str()
+        .expect("job_id")
+        .to_string();
     assert_eq!(slow.join().expect("slow request"), "201");
 
     // The job keeps the request's short max wait, so its first attempts may
@@ -220,10 +251,26 @@ fn parked_jobs_survive_kill_9_and_every_webhook_arrives() {
         .map(|i| origin.http_url("api.test", &format!("/v1/slow/{i}?delay_ms=100")))
         .collect();
     let out = Command::new("curl")
-        .args(["-s", "--max-time", "120", "-x", &ez.proxy_url(), "-X", "POST"])
-        .args(["-H", "Content-Type: application/json", "--data-binary", "{}"])
+        .args([
+            "-s",
+            "--max-time",
+            "120",
+            "-x",
+            &ez.proxy_url(),
+            "-X",
+            "POST",
+        ])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            "{}",
+        ])
         .args(["-H", "Prefer: respond-async"])
-        .args(["-H", &format!("X-EZThrottle-Webhook: {}", sink.url("/crash"))])
+        .args([
+            "-H",
+            &format!("X-EZThrottle-Webhook: {}", sink.url("/crash")),
+        ])
         .args(["-w", "\n"])
         .args(&urls)
         .output()
@@ -232,7 +279,12 @@ fn parked_jobs_survive_kill_9_and_every_webhook_arrives() {
     let accepted: Vec<String> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| json(l.as_bytes())["job_id"].as_str().expect("job_id").to_string())
+        .map(|l| {
+            json(l.as_bytes())["job_id"]
+                .as_str()
+                .expect("job_id")
+                .to_string()
+        })
         .collect();
     assert_eq!(accepted.len(), N, "every request answered 202: {text}");
     let expected: BTreeSet<String> = accepted.into_iter().collect();
@@ -243,21 +295,30 @@ fn parked_jobs_survive_kill_9_and_every_webhook_arrives() {
     let status = ez.stop_with("KILL");
     assert!(!status.success());
     let before = sink.all().len();
-    assert!(before < N, "killed too late to test anything ({before} delivered)");
+    assert!(
+        before < N,
+        "killed too late to test anything ({before} delivered)"
+    );
 
     let ez2 = builder(&origin, limits).data_dir(data.path()).start();
-    sink.until(Duration::from_secs(180), "a webhook for every parked job", |all| {
-        all.iter()
-            .filter_map(|d| d.json()["job_id"].as_str().map(str::to_string))
-            .collect::<BTreeSet<_>>()
-            .is_superset(&expected)
-    });
+    sink.until(
+        Duration::from_secs(180),
+        "a webhook for every parked job",
+        |all| {
+            all.iter()
+                .filter_map(|d| d.json()["job_id"].as_str().map(str::to_string))
+                .collect::<BTreeSet<_>>()
+                .is_superset(&expected)
+        },
+    );
     let all = sink.all();
     let mut per_job: BTreeMap<String, usize> = BTreeMap::new();
     for d in &all {
         let p = d.json();
         assert_eq!(p["status"], "success", "{p}");
-        *per_job.entry(p["job_id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+        *per_job
+            .entry(p["job_id"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
     }
     let repeats = per_job.values().filter(|n| **n > 1).count();
     println!(
@@ -315,4 +376,49 @@ fn a_webhook_that_fails_twice_gets_exactly_the_payload_on_the_third_try() {
     });
     // No fourth delivery once one succeeded.
     assert_eq!(sink.all().len(), 3);
+}
+
+#[test]
+fn a_quorum_that_cannot_be_met_shows_in_the_job_and_in_metrics() {
+    let origin = ApiOrigin::start();
+    let sink = WebhookSink::failing_first(usize::MAX);
+    let ez = EzBuilder::new()
+        .resolve("api.test", "127.0.0.1")
+        .extra("\n[webhooks]\nmax_attempts = 2\nbackoff = \"50ms\"\n")
+        .start();
+    let f = post(
+        &ez,
+        &origin.http_url("api.test", "/v1/unheard"),
+        &[
+            format!("X-EZThrottle-Webhook: {}", sink.url("/down")),
+            "Prefer: respond-async".into(),
+        ],
+    );
+    assert_eq!(f.code, 202, "{}", f.describe());
+    let job_id = json(&f.body)["job_id"]
+        .as_str()
+        .expect("job_id")
+        .to_string();
+    let view = common::eventually(
+        Duration::from_secs(30),
+        "the delivery to fail for good",
+        || {
+            let text = common::harness::control_get(&ez, &format!("/api/v1/jobs/{job_id}"));
+            let v = json(text.as_bytes());
+            (v["webhooks"][0]["state"] == "failed").then_some(v)
+        },
+    );
+    assert_eq!(
+        view["status"], "success",
+        "the job itself succeeded: {view}"
+    );
+    assert_eq!(view["webhooks"][0]["attempts"], 2);
+    assert_eq!(view["webhook_quorum"]["met"], false);
+    assert_eq!(view["webhook_quorum"]["impossible"], true);
+    assert_eq!(sink.all().len(), 2);
+    let text = common::harness::control_get(&ez, "/metrics");
+    assert_eq!(
+        metrics::value(&text, "ezthrottle_webhook_quorum_failed_total", &[]),
+        Some(1.0)
+    );
 }

@@ -41,7 +41,12 @@ fn attempts(f: &Fetch) -> u32 {
 fn two_503s_then_success_is_one_answer_after_three_attempts() {
     let origin = ApiOrigin::start();
     let ez = builder(&origin).start();
-    let f = request(&ez, "GET", &origin.http_url("api.test", "/v1/flaky?fail_first=2"), &[]);
+    let f = request(
+        &ez,
+        "GET",
+        &origin.http_url("api.test", "/v1/flaky?fail_first=2"),
+        &[],
+    );
     assert_eq!(f.code, 201, "{}", f.describe());
     assert_eq!(attempts(&f), 3);
     assert_eq!(json(&f.body)["call"], 3, "the answer is the third call's");
@@ -62,7 +67,12 @@ fn two_503s_then_success_is_one_answer_after_three_attempts() {
 fn intercepted_https_retries_too() {
     let origin = ApiOrigin::start();
     let ez = builder(&origin).start();
-    let f = request(&ez, "GET", &origin.https_url("/v1/tls-flaky?fail_first=1&fail_status=429"), &[]);
+    let f = request(
+        &ez,
+        "GET",
+        &origin.https_url("/v1/tls-flaky?fail_first=1&fail_status=429"),
+        &[],
+    );
     assert_eq!(f.code, 201, "{}", f.describe());
     assert_eq!(attempts(&f), 2);
     assert_eq!(origin.count("/v1/tls-flaky"), 2);
@@ -74,7 +84,12 @@ fn retries_end_with_the_last_upstream_answer() {
     let ez = builder(&origin)
         .extra("\n[retry]\nmax_retries = 2\n")
         .start();
-    let f = request(&ez, "GET", &origin.http_url("api.test", "/v1/down?fail_first=99"), &[]);
+    let f = request(
+        &ez,
+        "GET",
+        &origin.http_url("api.test", "/v1/down?fail_first=99"),
+        &[],
+    );
     assert_eq!(f.code, 503, "{}", f.describe());
     assert_eq!(attempts(&f), 3, "1 attempt + max_retries 2");
     assert_eq!(origin.count("/v1/down"), 3);
@@ -131,7 +146,10 @@ fn post_without_key_is_not_retried_on_500_but_is_with_a_key() {
         &ez,
         "POST",
         &origin.http_url("api.test", "/v1/charge-keyed?fail_first=1&fail_status=500"),
-        &["Content-Type: application/json", "Idempotency-Key: retry-key-1"],
+        &[
+            "Content-Type: application/json",
+            "Idempotency-Key: retry-key-1",
+        ],
     );
     assert_eq!(f.code, 201, "{}", f.describe());
     assert_eq!(attempts(&f), 2);
@@ -172,7 +190,11 @@ fn large_bodies_are_retried_up_to_max_buffered_body() {
 }
 
 /// Two instances: `peer` is region "east" of `ez`.
-fn with_region(origin: &ApiOrigin, peer_resolve: &str, own_resolve: &str) -> (Ezthrottle, Ezthrottle) {
+fn with_region(
+    origin: &ApiOrigin,
+    peer_resolve: &str,
+    own_resolve: &str,
+) -> (Ezthrottle, Ezthrottle) {
     let peer = EzBuilder::new()
         .upstream_ca(&origin.pki.ca_path)
         .connect_port(origin.tls_addr.port())
@@ -202,16 +224,30 @@ fn hops(via: &str) -> usize {
 fn a_reroute_travels_through_the_other_region() {
     let origin = ApiOrigin::start();
     let (ez, _peer) = with_region(&origin, "127.0.0.1", "127.0.0.1");
-    let f = request(&ez, "GET", &origin.http_url("api.test", "/v1/rr?fail_first=1&fail_status=502"), &[]);
+    let f = request(
+        &ez,
+        "GET",
+        &origin.http_url("api.test", "/v1/rr?fail_first=1&fail_status=502"),
+        &[],
+    );
     assert_eq!(f.code, 201, "{}", f.describe());
     assert_eq!(attempts(&f), 2);
     let vias = origin.vias("/v1/rr");
     assert_eq!(vias.len(), 2, "{vias:?}");
     assert_eq!(hops(&vias[0]), 1, "first attempt direct: {vias:?}");
-    assert_eq!(hops(&vias[1]), 2, "second attempt through the peer: {vias:?}");
+    assert_eq!(
+        hops(&vias[1]),
+        2,
+        "second attempt through the peer: {vias:?}"
+    );
 
     // Intercepted HTTPS is rerouted too: the peer makes the TLS connection.
-    let f = request(&ez, "GET", &origin.https_url("/v1/rr-tls?fail_first=1&fail_status=500"), &[]);
+    let f = request(
+        &ez,
+        "GET",
+        &origin.https_url("/v1/rr-tls?fail_first=1&fail_status=500"),
+        &[],
+    );
     assert_eq!(f.code, 201, "{}", f.describe());
     let vias = origin.vias("/v1/rr-tls");
     assert_eq!(vias.iter().map(|v| hops(v)).collect::<Vec<_>>(), [1, 2]);
@@ -232,7 +268,12 @@ fn a_connection_failure_reroutes_to_a_region_that_can_connect() {
     let origin = ApiOrigin::start();
     // Locally the name points where nothing listens; the peer reaches the origin.
     let (ez, _peer) = with_region(&origin, "127.0.0.1", "127.0.0.2");
-    let f = request(&ez, "POST", &origin.http_url("api.test", "/v1/conn"), &["Content-Type: application/json"]);
+    let f = request(
+        &ez,
+        "POST",
+        &origin.http_url("api.test", "/v1/conn"),
+        &["Content-Type: application/json"],
+    );
     assert_eq!(f.code, 201, "{}", f.describe());
     assert_eq!(attempts(&f), 2);
     let vias = origin.vias("/v1/conn");

@@ -44,9 +44,13 @@ fn start_in(
     data: Option<&std::path::Path>,
 ) -> Ezthrottle {
     let _ = origin;
+    // The origin answers 429/503 to teach limits; these tests watch the
+    // throttle alone, so the proxy must not retry them (tests/retries.rs).
     let mut b = common::harness::EzBuilder::new()
         .limits(limits)
-        .extra(extra);
+        .extra(&format!(
+            "{extra}\n[retry]\nmax_retries = 0\nmax_reroutes = 0\n"
+        ));
     for h in HOSTS {
         b = b.resolve(h, "127.0.0.1");
     }

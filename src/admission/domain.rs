@@ -484,8 +484,14 @@ mod tests {
             last = last.max(at);
         }
         assert_eq!(permits, 1000);
-        assert!(last >= Duration::from_millis(199), "faster than the pace: {last:?}");
-        assert!(last <= Duration::from_millis(250), "pace lost to timer ticks: {last:?}");
+        assert!(
+            last >= Duration::from_millis(199),
+            "faster than the pace: {last:?}"
+        );
+        assert!(
+            last <= Duration::from_millis(250),
+            "pace lost to timer ticks: {last:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

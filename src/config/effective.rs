@@ -166,6 +166,11 @@ pub(super) fn render(c: &Config) -> String {
         "max_attempts".into(),
         Value::Integer(c.webhooks.max_attempts.into()),
     );
+    hooks.insert("backoff".into(), s(format_duration(c.webhooks.backoff)));
+    hooks.insert(
+        "backoff_cap".into(),
+        s(format_duration(c.webhooks.backoff_cap)),
+    );
     root.insert("webhooks".into(), Value::Table(hooks));
 
     let regions: Table = c

@@ -553,7 +553,19 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             raw.webhooks.max_attempts.unwrap_or(8),
             1000,
         )?,
+        backoff: dur("webhooks.backoff", &raw.webhooks.backoff, 1)?,
+        backoff_cap: dur("webhooks.backoff_cap", &raw.webhooks.backoff_cap, 600)?,
     };
+    if webhooks.backoff_cap < webhooks.backoff {
+        return Err(cx.err(
+            "webhooks.backoff_cap",
+            format!(
+                "must be at least webhooks.backoff ({}), got {}",
+                format_duration(webhooks.backoff),
+                format_duration(webhooks.backoff_cap)
+            ),
+        ));
+    }
 
     // [storage]
     let backend = match raw.storage.backend.as_deref() {

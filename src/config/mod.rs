@@ -153,6 +153,10 @@ pub struct WebhooksConfig {
     /// Default-workspace secret (or `EZTHROTTLE_WEBHOOK_SECRET`). Never printed.
     pub secret: Option<String>,
     pub max_attempts: u32,
+    /// Delay before the 2nd attempt; doubles per attempt. Default 1s. Key `backoff`.
+    pub backoff: Duration,
+    /// Longest delay between two attempts; default 10m. Key `backoff_cap`.
+    pub backoff_cap: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -112,6 +112,8 @@ pub struct RawIdempotency {
 pub struct RawWebhooks {
     pub secret: Option<String>,
     pub max_attempts: Option<i64>,
+    pub backoff: Option<String>,
+    pub backoff_cap: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

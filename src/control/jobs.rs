@@ -194,7 +194,10 @@ pub async fn list(
     };
     let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => None,
-        Some(c) => match c.split_once('.').and_then(|(t, id)| Some((t.parse::<u64>().ok()?, id.to_string()))) {
+        Some(c) => match c
+            .split_once('.')
+            .and_then(|(t, id)| Some((t.parse::<u64>().ok()?, id.to_string())))
+        {
             Some(pair) => Some(pair),
             None => return bad(format!("cursor: not a cursor from this API: {c:?}")),
         },
@@ -258,8 +261,10 @@ pub async fn retry(
         Ok(true) => {
             shared.jobs.wake();
             shared.jobs.refresh_gauge().await;
-            Json(json!({"job_id": job.id, "status": "queued", "idempotent_key": job.idempotent_key}))
-                .into_response()
+            Json(
+                json!({"job_id": job.id, "status": "queued", "idempotent_key": job.idempotent_key}),
+            )
+            .into_response()
         }
         Ok(false) => error_response(
             StatusCode::CONFLICT,
@@ -307,7 +312,10 @@ pub async fn envelope(
         Err(e) => return bad(format!("body: not a proxy envelope: {e}")),
     };
     let Ok(target) = url::Url::parse(&env.target_url) else {
-        return bad(format!("target_url: not an absolute URL: {:?}", env.target_url));
+        return bad(format!(
+            "target_url: not an absolute URL: {:?}",
+            env.target_url
+        ));
     };
     let mut path = target.path().to_string();
     if let Some(q) = target.query() {
@@ -316,7 +324,13 @@ pub async fn envelope(
     if path.starts_with("/api/v1/proxy") {
         return bad("target_url: an envelope cannot target /api/v1/proxy".into());
     }
-    let method = match env.method.as_deref().unwrap_or("GET").to_ascii_uppercase().parse::<Method>() {
+    let method = match env
+        .method
+        .as_deref()
+        .unwrap_or("GET")
+        .to_ascii_uppercase()
+        .parse::<Method>()
+    {
         Ok(m) => m,
         Err(_) => return bad(format!("method: invalid {:?}", env.method)),
     };

@@ -2,15 +2,19 @@
 //! JSON APIs. Every error body has the one shape of SPEC §8, built by
 //! [`error_response`].
 
+pub mod auth;
 mod domains;
 mod health;
+pub mod jobs;
+pub mod secrets;
+mod status;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::error::error_body;
@@ -18,11 +22,22 @@ use crate::state::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(status::page))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/ca.pem", get(health::ca_pem))
         .route("/metrics", get(health::metrics))
         .route("/api/v1/domains", get(domains::list))
+        .route(
+            "/api/v1/webhook-secrets",
+            get(secrets::get)
+                .post(secrets::post)
+                .delete(secrets::delete),
+        )
+        .route("/api/v1/jobs", get(jobs::list).post(jobs::submit))
+        .route("/api/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
+        .route("/api/v1/jobs/{id}/retry", post(jobs::retry))
+        .route("/api/v1/proxy", post(jobs::envelope))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)

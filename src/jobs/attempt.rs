@@ -122,7 +122,9 @@ async fn send_inner(
         let text = serde_json::to_string(policy).map_err(|e| e.to_string())?;
         builder = builder.header(RETRY_POLICY_HEADER, text);
     }
-    if !spec.body.is_empty() || !matches!(spec.method.as_str(), "GET" | "HEAD" | "DELETE" | "OPTIONS") {
+    if !spec.body.is_empty()
+        || !matches!(spec.method.as_str(), "GET" | "HEAD" | "DELETE" | "OPTIONS")
+    {
         builder = builder.header(http::header::CONTENT_LENGTH, spec.body.len());
     }
     let req = builder

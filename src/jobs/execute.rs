@@ -101,7 +101,10 @@ impl<'a> Runner<'a> {
                         run = &mut primary => return run,
                         _ = timer => {}
                     }
-                    tracing::debug!(job_id = self.job_id, "no answer in time; racing the fallback");
+                    tracing::debug!(
+                        job_id = self.job_id,
+                        "no answer in time; racing the fallback"
+                    );
                     let fallback = self.chain(&fb.job, fb_key, depth + 1);
                     first_success(vec![primary, fallback]).await
                 }
@@ -140,7 +143,16 @@ impl<'a> Runner<'a> {
             workspace: self.workspace,
             idempotent_key: &key,
         };
-        match attempt::send(self.proxy, &who, spec, region.as_deref(), self.timeout, self.max_body).await {
+        match attempt::send(
+            self.proxy,
+            &who,
+            spec,
+            region.as_deref(),
+            self.timeout,
+            self.max_body,
+        )
+        .await
+        {
             Ok(resp) => match resp.proxy_error.as_deref() {
                 Some(code) if NOT_NOW.contains(&code) => {
                     Run::NotNow(resp.retry_after.unwrap_or(Duration::from_secs(1)))
@@ -165,13 +177,15 @@ async fn first_success<'a>(runs: Vec<BoxFuture<'a, Run>>) -> Run {
             // Dropping `pending` cancels the rest.
             return run;
         }
-        let better = match (&best, &run) {
-            (None, _) => true,
-            (Some(Run::Unreachable(_)), _) => true,
-            (Some(Run::NotNow(_)), Run::Answer { .. }) => true,
-            (Some(Run::Answer { .. }), Run::Answer { .. }) => true,
-            _ => false,
-        };
+        let better = matches!(
+            (&best, &run),
+            (None, _)
+                | (Some(Run::Unreachable(_)), _)
+                | (
+                    Some(Run::NotNow(_) | Run::Answer { .. }),
+                    Run::Answer { .. }
+                )
+        );
         if better {
             best = Some(run);
         }

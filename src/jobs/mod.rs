@@ -147,7 +147,11 @@ impl Jobs {
             let claimed = if free == 0 {
                 Vec::new()
             } else {
-                match self.store.jobs_claim(now_ms(), self.lease().as_millis() as u64, free).await {
+                match self
+                    .store
+                    .jobs_claim(now_ms(), self.lease().as_millis() as u64, free)
+                    .await
+                {
                     Ok(jobs) => jobs,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot claim jobs");
@@ -225,7 +229,8 @@ impl Jobs {
             Err(e) => {
                 tracing::error!(job_id = %job.id, error = %e, "unreadable job spec; failing the job");
                 let run = Run::Unreachable("unreadable job spec".into());
-                self.finish(&job, &JobSpec::request("GET", "", 0), &run).await;
+                self.finish(&job, &JobSpec::request("GET", "", 0), &run)
+                    .await;
                 return;
             }
         };
@@ -276,18 +281,27 @@ impl Jobs {
             serde_json::Value::Object(m) => m,
             _ => serde_json::Map::new(),
         };
-        meta.insert("parent_job_id".into(), serde_json::Value::String(parent.id.clone()));
+        meta.insert(
+            "parent_job_id".into(),
+            serde_json::Value::String(parent.id.clone()),
+        );
         spec.metadata = serde_json::Value::Object(meta);
         let key = format!("{}:{why}", parent.idempotent_key);
         match self.submit(&parent.workspace, &key, &spec, 0).await {
-            Ok(a) => tracing::info!(parent = %parent.id, job_id = %a.job_id, trigger = why, duplicate = a.duplicate, "spawned a follow-up job"),
+            Ok(a) => {
+                tracing::info!(parent = %parent.id, job_id = %a.job_id, trigger = why, duplicate = a.duplicate, "spawned a follow-up job")
+            }
             Err(e) => tracing::warn!(parent = %parent.id, error = %e, "cannot spawn the {why} job"),
         }
     }
 
     async fn reschedule(&self, job: &JobRecord, after: Duration) {
         let at = now_ms() + after.as_millis() as u64;
-        if let Err(e) = self.store.job_reschedule(&job.id, JobStatus::Retrying, at).await {
+        if let Err(e) = self
+            .store
+            .job_reschedule(&job.id, JobStatus::Retrying, at)
+            .await
+        {
             tracing::warn!(job_id = %job.id, error = %e, "cannot reschedule job; its lease will bring it back");
         }
     }

@@ -130,7 +130,12 @@ pub fn parse(body: &[u8], config: &Config) -> Result<Submission, Invalid> {
     let retry_at = match req.retry_at {
         None => 0,
         Some(t) if t >= 0 => t as u64,
-        Some(t) => return Err(invalid("retry_at", format!("must be a Unix time in ms >= 0, got {t}"))),
+        Some(t) => {
+            return Err(invalid(
+                "retry_at",
+                format!("must be a Unix time in ms >= 0, got {t}"),
+            ))
+        }
     };
     let spec = job(&req, "", config, false)?;
     Ok(Submission {
@@ -172,9 +177,13 @@ fn validate_key(path: &str, key: &str) -> Result<String, Invalid> {
 }
 
 fn http_url(path: &str, raw: &str) -> Result<String, Invalid> {
-    let url = url::Url::parse(raw).map_err(|e| invalid(path, format!("not an absolute URL ({e})")))?;
+    let url =
+        url::Url::parse(raw).map_err(|e| invalid(path, format!("not an absolute URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(path, format!("scheme must be http or https, got {:?}", url.scheme())));
+        return Err(invalid(
+            path,
+            format!("scheme must be http or https, got {:?}", url.scheme()),
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid(path, "has no host"));
@@ -185,7 +194,12 @@ fn http_url(path: &str, raw: &str) -> Result<String, Invalid> {
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
 /// One job (recursively: fallbacks, on_success, on_failure).
-fn job(req: &JobRequest, prefix: &str, config: &Config, in_fallback: bool) -> Result<JobSpec, Invalid> {
+fn job(
+    req: &JobRequest,
+    prefix: &str,
+    config: &Config,
+    in_fallback: bool,
+) -> Result<JobSpec, Invalid> {
     let url = match &req.url {
         Some(u) => http_url(&at(prefix, "url"), u)?,
         None => return Err(invalid(&at(prefix, "url"), "is required")),
@@ -290,7 +304,10 @@ fn job(req: &JobRequest, prefix: &str, config: &Config, in_fallback: bool) -> Re
         Some(p) => Some(retry_policy(p, &at(prefix, "retry_policy"))?),
     };
     if req.trigger.is_some() && !in_fallback {
-        return Err(invalid(&at(prefix, "trigger"), "is only valid inside a fallback_job"));
+        return Err(invalid(
+            &at(prefix, "trigger"),
+            "is only valid inside a fallback_job",
+        ));
     }
     let fallback = match &req.fallback_job {
         None => None,
@@ -326,7 +343,10 @@ fn job(req: &JobRequest, prefix: &str, config: &Config, in_fallback: bool) -> Re
     }
     let domain = url::Url::parse(&url)
         .ok()
-        .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase()))
+        .and_then(|u| {
+            u.host_str()
+                .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+        })
         .unwrap_or_default();
     let max_wait_ms = config.limits_for(&domain).max_wait.as_millis() as u64;
     Ok(JobSpec {
@@ -354,7 +374,12 @@ fn status_codes(path: &str, codes: &[i64]) -> Result<Vec<u16>, Invalid> {
             u16::try_from(*c)
                 .ok()
                 .filter(|c| (100..=599).contains(c))
-                .ok_or_else(|| invalid(&format!("{path}[{i}]"), format!("must be an HTTP status 100-599, got {c}")))
+                .ok_or_else(|| {
+                    invalid(
+                        &format!("{path}[{i}]"),
+                        format!("must be an HTTP status 100-599, got {c}"),
+                    )
+                })
         })
         .collect()
 }
@@ -364,7 +389,10 @@ fn retry_policy(p: &RetryPolicyRequest, path: &str) -> Result<RetryPolicySpec, I
         match v {
             None => Ok(None),
             Some(n) if (0..=100).contains(&n) => Ok(Some(n as u32)),
-            Some(n) => Err(invalid(&at(path, name), format!("must be between 0 and 100, got {n}"))),
+            Some(n) => Err(invalid(
+                &at(path, name),
+                format!("must be between 0 and 100, got {n}"),
+            )),
         }
     };
     Ok(RetryPolicySpec {
@@ -443,7 +471,11 @@ mod tests {
         let j = s.spec;
         assert_eq!(j.method, "POST");
         assert_eq!(j.body, br#"{"a":1}"#);
-        assert_eq!(j.regions, ["local", "east"], "unknown regions dropped (policy fallback)");
+        assert_eq!(
+            j.regions,
+            ["local", "east"],
+            "unknown regions dropped (policy fallback)"
+        );
         assert_eq!(j.execution_mode, ExecutionMode::Fanout);
         assert!(!j.webhooks[0].has_quorum_vote && j.webhooks[1].has_quorum_vote);
         assert_eq!(j.retry_policy.as_ref().unwrap().max_retries, Some(5));
@@ -464,35 +496,65 @@ mod tests {
         assert!(err(r#"{"url":"nope"}"#).starts_with("url: not an absolute URL"));
         assert!(err(r#"{"url":"http://a/","method":"BREW"}"#).starts_with("method:"));
         assert!(err(r#"{"url":"http://a/","body":{"a":1}}"#).starts_with("body: invalid type"));
-        assert!(err(r#"{"url":"http://a/","metadata":[1]}"#).starts_with("metadata: must be a JSON object"));
-        assert!(err(r#"{"url":"http://a/","webhooks":[{"url":"x"}]}"#).starts_with("webhooks[0].url:"));
+        assert!(err(r#"{"url":"http://a/","metadata":[1]}"#)
+            .starts_with("metadata: must be a JSON object"));
+        assert!(
+            err(r#"{"url":"http://a/","webhooks":[{"url":"x"}]}"#).starts_with("webhooks[0].url:")
+        );
         assert!(err(r#"{"url":"http://a/","webhook_quorum":0}"#).starts_with("webhook_quorum:"));
-        assert!(err(r#"{"url":"http://a/","webhooks":[{"url":"http://h/"}],"webhook_quorum":2}"#)
-            .starts_with("webhook_quorum:"));
-        assert!(err(r#"{"url":"http://a/","regions":["mars"],"region_policy":"strict"}"#)
-            .starts_with("regions[0]: unknown region"));
+        assert!(
+            err(r#"{"url":"http://a/","webhooks":[{"url":"http://h/"}],"webhook_quorum":2}"#)
+                .starts_with("webhook_quorum:")
+        );
+        assert!(
+            err(r#"{"url":"http://a/","regions":["mars"],"region_policy":"strict"}"#)
+                .starts_with("regions[0]: unknown region")
+        );
         assert!(err(r#"{"url":"http://a/","region_policy":"maybe"}"#).starts_with("region_policy:"));
-        assert!(err(r#"{"url":"http://a/","execution_mode":"relay"}"#).starts_with("execution_mode:"));
-        assert!(err(r#"{"url":"http://a/","fallback_job":{"url":"http://b/","trigger":{"type":"soon"}}}"#)
-            .starts_with("fallback_job.trigger.type:"));
-        assert!(err(r#"{"url":"http://a/","fallback_job":{"trigger":{"type":"on_error"}}}"#)
-            .starts_with("fallback_job.url: is required"));
-        assert!(err(r#"{"url":"http://a/","on_failure_timeout_ms":-1}"#).starts_with("on_failure_timeout_ms:"));
-        assert!(err(r#"{"url":"http://a/","retry_at":"soon"}"#).starts_with("retry_at: invalid type"));
+        assert!(
+            err(r#"{"url":"http://a/","execution_mode":"relay"}"#).starts_with("execution_mode:")
+        );
+        assert!(err(
+            r#"{"url":"http://a/","fallback_job":{"url":"http://b/","trigger":{"type":"soon"}}}"#
+        )
+        .starts_with("fallback_job.trigger.type:"));
+        assert!(
+            err(r#"{"url":"http://a/","fallback_job":{"trigger":{"type":"on_error"}}}"#)
+                .starts_with("fallback_job.url: is required")
+        );
+        assert!(err(r#"{"url":"http://a/","on_failure_timeout_ms":-1}"#)
+            .starts_with("on_failure_timeout_ms:"));
+        assert!(
+            err(r#"{"url":"http://a/","retry_at":"soon"}"#).starts_with("retry_at: invalid type")
+        );
         assert!(err(r#"{"url":"http://a/","trigger":{"type":"on_error"}}"#).starts_with("trigger:"));
         assert!(err(r#"{"url":"http://a/","colour":"red"}"#).contains("unknown field"));
         assert!(err("{").starts_with("body: not valid JSON"));
-        assert!(err(r#"{"url":"http://a/","retry_policy":{"retry_codes":[42]}}"#)
-            .starts_with("retry_policy.retry_codes[0]:"));
+        assert!(
+            err(r#"{"url":"http://a/","retry_policy":{"retry_codes":[42]}}"#)
+                .starts_with("retry_policy.retry_codes[0]:")
+        );
         assert!(err(r#"{"url":"http://a/","idempotent_key":""}"#).starts_with("idempotent_key:"));
     }
 
     #[test]
     fn derived_keys_ignore_json_formatting_but_not_content() {
         let c = config();
-        let a = parse(br#"{"url":"http://a/x","method":"POST","body":"{\"a\":1,\"b\":2}"}"#, &c).unwrap();
-        let b = parse(br#"{"url":"http://a/x","method":"POST","body":"{ \"b\":2, \"a\":1 }"}"#, &c).unwrap();
-        let d = parse(br#"{"url":"http://a/x","method":"POST","body":"{\"a\":1,\"b\":3}"}"#, &c).unwrap();
+        let a = parse(
+            br#"{"url":"http://a/x","method":"POST","body":"{\"a\":1,\"b\":2}"}"#,
+            &c,
+        )
+        .unwrap();
+        let b = parse(
+            br#"{"url":"http://a/x","method":"POST","body":"{ \"b\":2, \"a\":1 }"}"#,
+            &c,
+        )
+        .unwrap();
+        let d = parse(
+            br#"{"url":"http://a/x","method":"POST","body":"{\"a\":1,\"b\":3}"}"#,
+            &c,
+        )
+        .unwrap();
         assert_eq!(derived_key("w", &a.spec), derived_key("w", &b.spec));
         assert_ne!(derived_key("w", &a.spec), derived_key("w", &d.spec));
         assert_ne!(derived_key("w", &a.spec), derived_key("v", &a.spec));

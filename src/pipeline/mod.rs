@@ -100,8 +100,13 @@ impl Pipeline {
             .await?;
         } else if body::declared_len(session).is_some_and(|n| n > body::RETRY_BUFFER && n <= limit)
         {
-            body::read_whole(session, ctx, limit, "the body is read ahead to be retryable")
-                .await?;
+            body::read_whole(
+                session,
+                ctx,
+                limit,
+                "the body is read ahead to be retryable",
+            )
+            .await?;
         }
         Ok(())
     }
@@ -257,8 +262,7 @@ impl ProxyHttp for Pipeline {
             return Err(Error::new(ErrorType::InternalError));
         };
         let via = retry::via_region(&self.shared, ctx).is_some();
-        if let Err(err) =
-            upstream::rewrite(upstream_request, target, &self.shared.instance_id, via)
+        if let Err(err) = upstream::rewrite(upstream_request, target, &self.shared.instance_id, via)
         {
             let status = err.status();
             ctx.error = Some(err);
@@ -371,8 +375,7 @@ impl ProxyHttp for Pipeline {
             e.set_retry(true);
             return e;
         }
-        if ctx.park_now || ctx.upstream_status.is_some() || session.response_written().is_some()
-        {
+        if ctx.park_now || ctx.upstream_status.is_some() || session.response_written().is_some() {
             e.set_retry(false);
             return e;
         }

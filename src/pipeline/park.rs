@@ -39,9 +39,9 @@ pub fn options(req: &RequestHeader, max_wait: Duration) -> Result<Option<ParkOpt
     }
     let mut webhooks = Vec::new();
     for value in req.headers.get_all(WEBHOOK_HEADER) {
-        let text = value.to_str().map_err(|_| {
-            ProxyError::BadRequest("X-EZThrottle-Webhook is not valid text".into())
-        })?;
+        let text = value
+            .to_str()
+            .map_err(|_| ProxyError::BadRequest("X-EZThrottle-Webhook is not valid text".into()))?;
         for raw in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             webhooks.push(webhook_url(raw)?);
         }
@@ -52,10 +52,7 @@ pub fn options(req: &RequestHeader, max_wait: Duration) -> Result<Option<ParkOpt
     let metadata = match req.headers.get(METADATA_HEADER) {
         None => Value::Object(Default::default()),
         Some(v) => {
-            let parsed: Option<Value> = v
-                .to_str()
-                .ok()
-                .and_then(|t| serde_json::from_str(t).ok());
+            let parsed: Option<Value> = v.to_str().ok().and_then(|t| serde_json::from_str(t).ok());
             match parsed {
                 Some(obj @ Value::Object(_)) => obj,
                 _ => {
@@ -148,7 +145,12 @@ pub async fn park(
     let headers: Vec<(String, String)> = req
         .headers
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .filter(|(k, _)| !NOT_STORED.contains(&k.as_str()) && !k.starts_with("x-ezthrottle-"))
         .collect();
     let key = req
@@ -228,7 +230,10 @@ mod tests {
     fn webhooks_metadata_and_prefer() {
         let o = options(
             &req(&[
-                ("X-EZThrottle-Webhook", "http://127.0.0.1:9/a, https://h.test/b"),
+                (
+                    "X-EZThrottle-Webhook",
+                    "http://127.0.0.1:9/a, https://h.test/b",
+                ),
                 ("X-EZThrottle-Metadata", r#"{"order":7}"#),
                 ("Prefer", "return=minimal, Respond-Async"),
             ]),

@@ -65,9 +65,7 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
     {
         policy.apply(&mut config);
     }
-    let keyed = req
-        .headers
-        .contains_key(crate::idempotency::key::HEADER);
+    let keyed = req.headers.contains_key(crate::idempotency::key::HEADER);
     // A body is replayable when it was read ahead, or when it is declared
     // small enough (pingora buffers what it streams, see `after`).
     let replayable = match (&ctx.body, super::body::declared_len(session)) {

@@ -39,7 +39,11 @@ pub async fn peer(shared: &Shared, target: &Target) -> Result<Box<HttpPeer>, Pro
 
 /// The peer for an attempt through another region: that region's proxy,
 /// spoken to in plain HTTP/1.1 with an absolute-form target (see [`rewrite`]).
-pub async fn region_peer(shared: &Shared, host: &str, port: u16) -> Result<Box<HttpPeer>, ProxyError> {
+pub async fn region_peer(
+    shared: &Shared,
+    host: &str,
+    port: u16,
+) -> Result<Box<HttpPeer>, ProxyError> {
     let addr = resolve_one(shared, host, port).await?;
     let mut peer = HttpPeer::new(addr, false, String::new());
     let cfg = &shared.config.proxy;

@@ -41,6 +41,9 @@ mod tests {
         let picks: Vec<Duration> = (0..200).map(|_| full_jitter(2)).collect();
         assert!(picks.iter().all(|d| *d <= ceiling(2)));
         let first = picks[0];
-        assert!(picks.iter().any(|d| *d != first), "200 equal picks: not random");
+        assert!(
+            picks.iter().any(|d| *d != first),
+            "200 equal picks: not random"
+        );
     }
 }

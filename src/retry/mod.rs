@@ -179,18 +179,12 @@ mod tests {
             assert_eq!(p.decide(Outcome::Status(503), none), Ok(Kind::Retry));
             assert_eq!(p.decide(Outcome::Status(500), none), Err(Final::Unsafe));
             assert_eq!(p.decide(Outcome::Status(502), none), Err(Final::Unsafe));
-            assert_eq!(
-                p.decide(Outcome::FailedAfterSend, none),
-                Err(Final::Unsafe)
-            );
+            assert_eq!(p.decide(Outcome::FailedAfterSend, none), Err(Final::Unsafe));
             // Never sent: safe.
             assert_eq!(p.decide(Outcome::ConnectFailed, none), Ok(Kind::Reroute));
             // With a key the origin de-duplicates: all codes apply.
             let keyed = policy(method, true);
-            assert_eq!(
-                keyed.decide(Outcome::Status(500), none),
-                Ok(Kind::Reroute)
-            );
+            assert_eq!(keyed.decide(Outcome::Status(500), none), Ok(Kind::Reroute));
         }
         // PUT and DELETE are idempotent by definition.
         assert_eq!(

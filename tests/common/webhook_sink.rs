@@ -109,7 +109,10 @@ impl WebhookSink {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                panic!("timed out after {timeout:?} waiting for {what}; {} deliveries", self.all().len());
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; {} deliveries",
+                    self.all().len()
+                );
             }
             // Each delivery is an event; wake on it (or re-check at the deadline).
             let _ = rx.recv_timeout(left);
