@@ -32,39 +32,8 @@ const SDK_TIMEOUT: Duration = Duration::from_secs(90);
 const SECRET: &str = "sdk-conformance-secret-0123456789";
 const SDK_VERSION: &str = "1.3.0";
 
-const CLEARED_ENV: &[&str] = &[
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "SSL_CERT_FILE",
-    "PYTHONPATH",
-    "EZTHROTTLE_API_KEY",
-];
-
 // ---------------------------------------------------------------------------
 // The SDK, driven through tests/py/sdk_client.py.
-
-/// The SDK's interpreter. Never silently skipped: without it the test fails.
-fn sdk_python() -> String {
-    std::env::var("EZT_SDK_PYTHON")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| {
-            panic!(
-                "EZT_SDK_PYTHON is not set: these tests drive the real PyPI SDK \
-                 (ezthrottle=={SDK_VERSION}). Run them through scripts/test, which creates \
-                 .venv-sdk and exports EZT_SDK_PYTHON, or set it yourself, e.g. \
-                 EZT_SDK_PYTHON=$PWD/.venv-sdk/bin/python cargo test --test sdk_conformance"
-            )
-        })
-}
 
 /// One SDK client: `EZThrottle(api_key, tracktags_url=base, ezthrottle_url=base)`.
 struct Sdk {
@@ -83,9 +52,12 @@ impl Sdk {
     /// Run `ops` (see tests/py/sdk_client.py) in one Python process; one
     /// result per op.
     fn run(&self, ops: Value) -> Vec<Value> {
-        let python = sdk_python();
+        let python = common::py::sdk_python();
         let mut cmd = Command::new(&python);
-        for k in CLEARED_ENV {
+        for k in common::py::CLEARED_ENV
+            .iter()
+            .chain(&["EZTHROTTLE_API_KEY"])
+        {
             cmd.env_remove(k);
         }
         cmd.env("PYTHONDONTWRITEBYTECODE", "1")

@@ -152,16 +152,6 @@ if len(sys.argv) > 4:
 print("ok" if ok else "refused", reason)
 "#;
 
-fn sdk_python() -> String {
-    match std::env::var("EZT_SDK_PYTHON") {
-        Ok(p) if !p.is_empty() => p,
-        _ => panic!(
-            "EZT_SDK_PYTHON is not set: run the tests through scripts/test, which installs \
-             the ezthrottle SDK (1.3.0) from PyPI into .venv-sdk and exports EZT_SDK_PYTHON"
-        ),
-    }
-}
-
 /// What the SDK's `verify_webhook_signature(body, header, secret)` says
 /// (`try_verify_with_secrets(body, header, primary, secret)` when `primary`
 /// is given): `"ok valid..."` or `"refused <reason>"`.
@@ -169,7 +159,7 @@ fn sdk_verify(body: &[u8], header: &str, secret: &str, primary: Option<&str>) ->
     let dir = tempfile::tempdir().unwrap();
     let body_path = dir.path().join("body.json");
     std::fs::write(&body_path, body).unwrap();
-    let mut cmd = Command::new(sdk_python());
+    let mut cmd = Command::new(common::py::sdk_python());
     cmd.env("PYTHONDONTWRITEBYTECODE", "1")
         .arg("-c")
         .arg(SDK_VERIFY)

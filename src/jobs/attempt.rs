@@ -23,21 +23,6 @@ pub const JOB_HEADER: &str = "x-ezthrottle-job";
 /// Set by the proxy on its own error answers: the error code.
 pub const ERROR_HEADER: &str = "x-ezthrottle-error";
 
-/// Headers the job does not copy from the stored request: they describe the
-/// original hop, or are set for the attempt.
-const SKIP: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "te",
-    "upgrade",
-    "expect",
-];
-
 #[derive(Debug, Clone)]
 pub struct AttemptResponse {
     pub status: u16,
@@ -99,10 +84,7 @@ async fn send_inner(
         .header(http::header::HOST, authority);
     for (name, value) in &spec.headers {
         let lower = name.to_ascii_lowercase();
-        if SKIP.contains(&lower.as_str())
-            || lower.starts_with("x-ezthrottle-")
-            || lower == IDEMPOTENCY_KEY
-        {
+        if !super::spec::stored_header(&lower) || lower == IDEMPOTENCY_KEY {
             continue;
         }
         builder = builder.header(name.as_str(), value.as_str());

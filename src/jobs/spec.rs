@@ -4,6 +4,26 @@
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+/// Headers that describe one hop (or instruct ezthrottle) rather than the
+/// request: never stored with a job, never replayed by its attempts.
+const HOP_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "upgrade",
+    "expect",
+];
+
+/// Whether a (lower-case) request header belongs to a job's request.
+pub fn stored_header(name: &str) -> bool {
+    !HOP_HEADERS.contains(&name) && !name.starts_with("x-ezthrottle-")
+}
+
 /// One webhook of a job (SPEC §8 `webhooks[]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookSpec {

@@ -48,6 +48,28 @@ impl Target {
     pub fn domain(&self) -> &str {
         &self.host
     }
+
+    /// `host[:port]` as written in a URL or `Host` (port only when not the
+    /// scheme's default, IPv6 in brackets).
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    /// The absolute URL of the request.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.authority(), self.path_and_query)
+    }
 }
 
 /// State of one request through the pipeline.

@@ -13,7 +13,7 @@ use super::body;
 use super::ctx::RequestCtx;
 use crate::error::ProxyError;
 use crate::jobs::attempt::JOB_HEADER;
-use crate::jobs::spec::{JobSpec, WebhookSpec};
+use crate::jobs::spec::{stored_header, JobSpec, WebhookSpec};
 use crate::jobs::Accepted;
 use crate::state::Shared;
 
@@ -91,21 +91,6 @@ fn webhook_url(raw: &str) -> Result<String, ProxyError> {
     Ok(url.to_string())
 }
 
-/// Hop-by-hop and proxy headers are not part of the parked request.
-const NOT_STORED: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "te",
-    "upgrade",
-    "expect",
-    "prefer",
-];
-
 /// Store the request as a job (durably, before anything is answered).
 pub async fn park(
     shared: &Shared,
@@ -126,22 +111,7 @@ pub async fn park(
         return Err(ProxyError::Internal);
     };
     let req = session.req_header();
-    let host = if target.host.contains(':') {
-        format!("[{}]", target.host)
-    } else {
-        target.host.clone()
-    };
-    let default_port = if target.tls { 443 } else { 80 };
-    let authority = if target.port == default_port {
-        host
-    } else {
-        format!("{host}:{}", target.port)
-    };
-    let url = format!(
-        "{}://{authority}{}",
-        if target.tls { "https" } else { "http" },
-        target.path_and_query
-    );
+    let url = target.url();
     let headers: Vec<(String, String)> = req
         .headers
         .iter()
@@ -151,7 +121,7 @@ pub async fn park(
                 String::from_utf8_lossy(v.as_bytes()).into_owned(),
             )
         })
-        .filter(|(k, _)| !NOT_STORED.contains(&k.as_str()) && !k.starts_with("x-ezthrottle-"))
+        .filter(|(k, _)| stored_header(k) && k != "prefer")
         .collect();
     let key = req
         .headers

@@ -104,22 +104,11 @@ pub fn rewrite(
 ) -> Result<(), ProxyError> {
     let bad = || ProxyError::BadRequest("request path is not a valid URI".into());
     if via_proxy {
-        let host = if target.host.contains(':') {
-            format!("[{}]", target.host)
-        } else {
-            target.host.clone()
-        };
-        let default_port = if target.tls { 443 } else { 80 };
-        let authority = if target.port == default_port {
-            host
-        } else {
-            format!("{host}:{}", target.port)
-        };
-        let scheme = if target.tls { "https" } else { "http" };
+        let authority = target.authority();
         // `set_uri` would serialise only the path; the raw target keeps the
         // absolute form on the wire.
-        let absolute = format!("{scheme}://{authority}{}", target.path_and_query);
-        req.set_raw_path(absolute.as_bytes()).map_err(|_| bad())?;
+        req.set_raw_path(target.url().as_bytes())
+            .map_err(|_| bad())?;
         req.insert_header(http::header::HOST, authority)
             .map_err(|_| bad())?;
     } else {

@@ -17,7 +17,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -181,6 +181,10 @@ async fn handle(
         .map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase())
         .unwrap_or_default();
     let q = query_pairs(req.uri().query().unwrap_or(""));
+    // Read the request body like a real API: hyper closes a connection whose
+    // request body was left unread, which would make every pooled
+    // connection to this origin stale.
+    let _ = req.into_body().collect().await;
     let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let id = get("id").unwrap_or_default();
     let index = {

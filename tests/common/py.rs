@@ -7,7 +7,7 @@ use std::process::Command;
 use super::proc::{run, show};
 use super::{py_script, python, CLIENT_TIMEOUT};
 
-const CLEARED_ENV: &[&str] = &[
+pub const CLEARED_ENV: &[&str] = &[
     "HTTP_PROXY",
     "http_proxy",
     "HTTPS_PROXY",
@@ -128,4 +128,19 @@ pub fn run_script(code: &str, args: &[&str], env: &[(&str, &str)]) -> String {
         panic!("python script failed:\n{}", show(&out));
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The interpreter of `.venv-sdk` (the unmodified `ezthrottle==1.3.0` SDK
+/// from PyPI), from `EZT_SDK_PYTHON`. Never silently skipped: without it a
+/// test that needs the SDK fails, saying how to get it.
+pub fn sdk_python() -> String {
+    match std::env::var("EZT_SDK_PYTHON") {
+        Ok(p) if !p.is_empty() => p,
+        _ => panic!(
+            "EZT_SDK_PYTHON is not set: these tests drive the real PyPI SDK \
+             (ezthrottle==1.3.0). Run them through scripts/test, which creates .venv-sdk \
+             and exports EZT_SDK_PYTHON, or set it yourself, e.g. \
+             EZT_SDK_PYTHON=$PWD/.venv-sdk/bin/python cargo test"
+        ),
+    }
 }
