@@ -284,6 +284,19 @@ fn assert_paused(origin: &LimitOrigin, ez: &Ezthrottle, host: &str, first: &str,
     );
     let d = domain(ez, host);
     assert!(d["paused_until"].is_u64(), "{host} not paused: {d}");
+    // The same instant is exported for alerting, in Unix seconds.
+    let text = common::harness::control_get(ez, "/metrics");
+    let gauge = common::metrics::value(
+        &text,
+        "ezthrottle_domain_paused_until_seconds",
+        &[("domain", host)],
+    )
+    .unwrap_or_else(|| panic!("no paused_until gauge for {host}"));
+    let api_ms = d["paused_until"].as_u64().unwrap_or(0) as f64;
+    assert!(
+        (gauge * 1000.0 - api_ms).abs() < 1000.0,
+        "gauge {gauge} vs API {api_ms} ms"
+    );
     let r = get(ez, &origin.url(host, "/p?id=after"), &[]);
     assert_eq!(r.code, 200, "{}", r.describe());
     let gaps = origin.gaps(host);

@@ -47,6 +47,8 @@ pub struct Gauges {
     pub concurrency_limit: IntGauge,
     pub in_flight: IntGauge,
     pub waiting: IntGauge,
+    /// Unix seconds of the latest pause end (0: never paused).
+    pub paused_until: Gauge,
 }
 
 /// Why a request was not admitted.
@@ -320,7 +322,13 @@ impl DomainThrottle {
             let until = Instant::now() + pause;
             if st.paused_until.is_none_or(|p| p < until) {
                 st.paused_until = Some(until);
-                st.paused_until_wall = Some(SystemTime::now() + pause);
+                let wall = SystemTime::now() + pause;
+                st.paused_until_wall = Some(wall);
+                self.gauges.paused_until.set(
+                    wall.duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0),
+                );
             }
         }
         drop(st);
@@ -418,6 +426,7 @@ mod tests {
             concurrency_limit: IntGauge::new("c", "c").unwrap(),
             in_flight: IntGauge::new("i", "i").unwrap(),
             waiting: IntGauge::new("w", "w").unwrap(),
+            paused_until: Gauge::new("p", "p").unwrap(),
         };
         DomainThrottle::new(
             "t.test".into(),

@@ -115,6 +115,7 @@ impl Admission {
             concurrency_limit: m.domain_concurrency_limit.with_label_values(&l),
             in_flight: m.domain_in_flight.with_label_values(&l),
             waiting: m.domain_waiting.with_label_values(&l),
+            paused_until: m.domain_paused_until_seconds.with_label_values(&l),
         }
     }
 
