@@ -27,6 +27,7 @@ fn throttle() -> std::sync::Arc<DomainThrottle> {
             concurrency_limit: IntGauge::new("c", "c").expect("gauge"),
             in_flight: IntGauge::new("i", "i").expect("gauge"),
             waiting: IntGauge::new("w", "w").expect("gauge"),
+            paused_until: Gauge::new("p", "p").expect("gauge"),
         },
     )
 }
