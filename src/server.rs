@@ -45,6 +45,8 @@ pub enum StartError {
     Runtime(String),
     #[error("{0}")]
     Webhooks(#[from] crate::webhooks::WebhooksError),
+    #[error("storage.backend = \"redis\" is not available in this version of ezthrottle (only the Store trait is ready for it); use backend = \"embedded\"")]
+    RedisUnavailable,
 }
 
 /// A small runtime for the async start-up steps that run before pingora's
@@ -64,6 +66,14 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
     let resolver =
         Arc::new(Resolver::new(&config).map_err(|e| StartError::Resolver(e.to_string()))?);
     let metrics = Arc::new(Metrics::new(config.metrics.max_domains));
+    // Refuse rather than silently keep state per replica when the operator
+    // asked for shared state.
+    if matches!(
+        config.storage.backend,
+        crate::config::StorageBackend::Redis { .. }
+    ) {
+        return Err(StartError::RedisUnavailable);
+    }
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir)?);
     let learned = startup_runtime()?
         .block_on(store.learned_limits())

@@ -140,6 +140,36 @@ fn run_with_a_bad_config_exits_non_zero_without_ready() {
 }
 
 #[test]
+fn a_redis_backend_is_refused_at_start_not_silently_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write(
+        dir.path(),
+        "redis.toml",
+        &format!(
+            "data_dir = {}\n[proxy]\nlisten = \"127.0.0.1:{}\"\n[control]\nlisten = \"127.0.0.1:{}\"\n\
+             [storage]\nbackend = \"redis\"\nurl = \"redis://user:hunter2@127.0.0.1:6379\"\n",
+            toml_str(&dir.path().join("data").to_string_lossy()),
+            free_port(),
+            free_port()
+        ),
+    );
+    // The file itself is valid (SPEC §11 names the key)...
+    let check = ez(&["config", "check", "--config", s(&cfg)], &[]);
+    assert!(check.status.success(), "{}", show(&check));
+    // ...but this build cannot serve it, and says so instead of using a
+    // per-replica embedded store.
+    let out = ez(&["run", "--config", s(&cfg)], &[]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(!stdout(&out).contains("ezthrottle ready"), "{}", show(&out));
+    assert!(stderr(&out).contains("storage.backend"), "{}", show(&out));
+    assert!(
+        !stderr(&out).contains("hunter2"),
+        "password echoed: {}",
+        show(&out)
+    );
+}
+
+#[test]
 fn config_from_ezthrottle_config_env() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
