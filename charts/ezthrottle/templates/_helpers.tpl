@@ -299,7 +299,7 @@ wants a float, not the other way round).
 {{- else }}
 {{- $replicas := int .Values.gateway.replicaCount }}
 {{- if and .Values.persistence.enabled $embedded (gt $replicas 1) }}
-{{- fail "persistence with the embedded store needs gateway.replicaCount: 1 (the SQLite file has one owner); run more replicas without persistence, or with storage backend redis" }}
+{{- fail "persistence with the embedded store needs gateway.replicaCount: 1 (the SQLite file has one owner); run more replicas without persistence (each then has its own store and its own share of every domain limit)" }}
 {{- end }}
 {{- if and (eq $src "none") (gt $replicas 1) }}
 {{- fail "with several gateway replicas every pod would create its own CA: set ca.existingSecret, ca.cert + ca.key, or ca.generate.enabled" }}
