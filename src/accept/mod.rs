@@ -37,6 +37,13 @@ pub struct FrontDoor {
     pub proxy: Arc<HttpProxy<Pipeline>>,
 }
 
+/// Whether `ip` may use the proxy port: `[proxy] allow_clients`, and this
+/// host itself always — the job runner sends every job attempt through this
+/// listener (`jobs/attempt.rs`), from loopback or from the listen address.
+fn allowed(ip: std::net::IpAddr, listen: std::net::IpAddr, allow: &[ipnet::IpNet]) -> bool {
+    ip.is_loopback() || ip == listen || allow.iter().any(|net| net.contains(&ip))
+}
+
 impl FrontDoor {
     pub fn new(shared: Arc<Shared>, proxy: Arc<HttpProxy<Pipeline>>) -> Self {
         FrontDoor { shared, proxy }
@@ -53,14 +60,8 @@ impl FrontDoor {
                     }
                     v4 => v4,
                 };
-                if self
-                    .shared
-                    .config
-                    .proxy
-                    .allow_clients
-                    .iter()
-                    .any(|net| net.contains(&ip))
-                {
+                let proxy = &self.shared.config.proxy;
+                if allowed(ip, proxy.listen.ip(), &proxy.allow_clients) {
                     Ok(())
                 } else {
                     Err(ProxyError::ClientNotAllowed(ip))
@@ -230,5 +231,24 @@ impl ServerApp for FrontDoor {
     async fn cleanup(&self) {
         // Wakes keep-alive connections parked inside pingora so shutdown is not held up.
         self.proxy.http_cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::allowed;
+
+    #[test]
+    fn allow_list_plus_this_host() {
+        let nets: Vec<ipnet::IpNet> = vec!["10.42.0.0/16".parse().unwrap()];
+        let listen = "10.42.7.9".parse().unwrap();
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(allowed(ip("10.42.1.2"), listen, &nets));
+        assert!(!allowed(ip("10.43.1.2"), listen, &nets));
+        assert!(!allowed(ip("192.168.1.1"), listen, &nets));
+        // The job runner: loopback, or the listen address itself.
+        assert!(allowed(ip("127.0.0.1"), listen, &nets));
+        assert!(allowed(ip("::1"), listen, &nets));
+        assert!(allowed(ip("10.42.7.9"), ip("10.42.7.9"), &[]));
     }
 }
