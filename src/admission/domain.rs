@@ -102,6 +102,8 @@ struct State {
     queue: VecDeque<Waiter>,
     next_id: u64,
     dispatcher: bool,
+    /// Last start or release: how long the domain has been idle.
+    last_active: Instant,
 }
 
 impl State {
@@ -151,6 +153,7 @@ impl DomainThrottle {
             queue: VecDeque::new(),
             next_id: 0,
             dispatcher: false,
+            last_active: Instant::now(),
         };
         Arc::new(DomainThrottle {
             name,
@@ -168,6 +171,7 @@ impl DomainThrottle {
     fn start(&self, st: &mut State, now: Instant) {
         st.gcra.take(now);
         st.in_flight += 1;
+        st.last_active = Instant::now();
         self.gauges.in_flight.set(i64::from(st.in_flight));
     }
 
@@ -284,6 +288,7 @@ impl DomainThrottle {
     fn release(&self) {
         let mut st = self.lock();
         st.in_flight = st.in_flight.saturating_sub(1);
+        st.last_active = Instant::now();
         self.gauges.in_flight.set(i64::from(st.in_flight));
         drop(st);
         self.wake.notify_one();
@@ -334,6 +339,19 @@ impl DomainThrottle {
         drop(st);
         self.wake.notify_one();
         changed
+    }
+
+    /// Nothing in flight, waiting or paused, and no start or release for at
+    /// least `idle`: forgetting this throttle changes nothing a later request
+    /// could observe beyond the pace slot, which `idle` has long refilled.
+    pub fn idle_for(&self, idle: Duration) -> bool {
+        let mut st = self.lock();
+        let now = Instant::now();
+        st.in_flight == 0
+            && st.queue.is_empty()
+            && !st.dispatcher
+            && st.paused(now).is_none()
+            && now.duration_since(st.last_active) >= idle
     }
 
     pub fn snapshot(&self) -> Snapshot {

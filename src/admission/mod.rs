@@ -8,7 +8,6 @@ pub mod domain;
 pub mod gcra;
 pub mod learn;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,8 +27,10 @@ pub struct Admission {
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
     domains: DashMap<String, Arc<DomainThrottle>>,
-    /// Limits learned before this start, applied when a domain is first seen.
-    learned: HashMap<String, LearnedLimit>,
+    /// Learned limits (from the store at start, then as learned), applied
+    /// when a domain's throttle is created — first use, or again after an
+    /// idle throttle was forgotten.
+    learned: DashMap<String, LearnedLimit>,
     /// Domains whose bad header values were already logged (log once per domain).
     warned: DashMap<String, ()>,
 }
@@ -50,7 +51,7 @@ impl Admission {
             warned: DashMap::new(),
         };
         // Show learned domains in /api/v1/domains and metrics right after a restart.
-        let names: Vec<String> = admission.learned.keys().cloned().collect();
+        let names: Vec<String> = admission.learned.iter().map(|e| e.key().clone()).collect();
         for name in names {
             admission.throttle(&name);
         }
@@ -187,6 +188,20 @@ impl Admission {
         }
         if changed.any() {
             tracing::info!(domain, rps = ?changed.rps, max_concurrent = ?changed.max_concurrent, "learned limits");
+            {
+                let mut known = self
+                    .learned
+                    .entry(domain.to_string())
+                    .or_insert(LearnedLimit {
+                        domain: domain.to_string(),
+                        rps: None,
+                        max_concurrent: None,
+                        updated_at: 0,
+                    });
+                known.rps = changed.rps.or(known.rps);
+                known.max_concurrent = changed.max_concurrent.or(known.max_concurrent);
+                known.updated_at = now_ms();
+            }
             let record = LearnedLimit {
                 domain: domain.to_string(),
                 rps: changed.rps,
@@ -199,10 +214,82 @@ impl Admission {
         }
     }
 
+    /// Forget throttles idle for `idle` (nothing in flight, waiting or
+    /// paused) so a sidecar that talks to many hosts does not keep every
+    /// one forever. Safe against a racing request: a throttle is removed only
+    /// while the map holds its only reference, under the map's shard lock,
+    /// so no request is using it, and the next one creates a fresh throttle
+    /// from the config and the learned limits. Returns how many went.
+    pub fn forget_idle(&self, idle: Duration) -> usize {
+        let before = self.domains.len();
+        self.domains
+            .retain(|_, t| !(Arc::strong_count(t) == 1 && t.idle_for(idle)));
+        before.saturating_sub(self.domains.len())
+    }
+
+    /// Runs [`Admission::forget_idle`] every minute, for throttles idle 10 min.
+    pub async fn forget_idle_forever(self: Arc<Self>) {
+        const IDLE: Duration = Duration::from_secs(600);
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let n = self.forget_idle(IDLE);
+            if n > 0 {
+                tracing::debug!(domains = n, "forgot idle domain throttles");
+            }
+        }
+    }
+
     /// Every known domain, sorted by name.
     pub fn snapshot(&self) -> Vec<Snapshot> {
         let mut all: Vec<Snapshot> = self.domains.iter().map(|e| e.value().snapshot()).collect();
         all.sort_by(|a, b| a.domain.cmp(&b.domain));
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(dir: &std::path::Path) -> Admission {
+        let config = Arc::new(Config::from_toml_str("", "t.toml").expect("config"));
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::EmbeddedStore::open(dir).expect("store"));
+        Admission::new(config, Arc::new(Metrics::new(100)), store, Vec::new())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_throttles_are_forgotten_but_not_their_learned_limits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = admission(dir.path());
+        let (permit, _) = a
+            .admit("a.test", Duration::from_secs(1))
+            .await
+            .expect("admit");
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-ezthrottle-rps", "5".parse().expect("hv"));
+        a.learn("a.test", 200, &headers).await;
+        let held = a.throttle("b.test");
+
+        // In use, then not idle long enough: kept.
+        tokio::time::advance(Duration::from_secs(900)).await;
+        assert_eq!(
+            a.forget_idle(Duration::from_secs(600)),
+            0,
+            "a.test holds a permit"
+        );
+        drop(permit);
+        assert_eq!(a.forget_idle(Duration::from_secs(600)), 0, "just released");
+        tokio::time::advance(Duration::from_secs(601)).await;
+        assert_eq!(a.forget_idle(Duration::from_secs(600)), 1);
+        let names: Vec<String> = a.snapshot().into_iter().map(|s| s.domain).collect();
+        assert_eq!(names, ["b.test"], "b.test is referenced by a request");
+
+        // Seen again: recreated with what was learned.
+        let again = a.throttle("a.test").snapshot();
+        assert_eq!(again.rps, 5.0);
+        assert_eq!(again.rps_source, Source::Learned);
+        drop(held);
     }
 }
