@@ -421,3 +421,28 @@ fn a_quorum_that_cannot_be_met_shows_in_the_job_and_in_metrics() {
             .then_some(())
     });
 }
+
+#[test]
+fn an_intercepted_https_request_parks_and_its_job_calls_the_tls_origin() {
+    let origin = ApiOrigin::start();
+    let sink = WebhookSink::start();
+    let ez = builder(&origin, "rps = 1000.0\nmax_concurrent = 100").start();
+    let f = post(
+        &ez,
+        &origin.https_url("/v1/tls-parked"),
+        &[
+            format!("X-EZThrottle-Webhook: {}", sink.url("/tls")),
+            "Prefer: respond-async".into(),
+            "Authorization: Bearer app-token".into(),
+        ],
+    );
+    assert_eq!(f.code, 202, "{}", f.describe());
+    let job_id = json(&f.body)["job_id"].as_str().expect("job_id").to_string();
+    let p = sink.next(WEBHOOK_WAIT).json();
+    assert_eq!(p["job_id"], job_id.as_str());
+    assert_eq!(p["status"], "success", "{p}");
+    let body = json(p["response"]["body"].as_str().expect("body").as_bytes());
+    assert_eq!(body["path"], "/v1/tls-parked");
+    assert_eq!(body["body_len"], 14);
+    assert_eq!(origin.count("/v1/tls-parked"), 1);
+}
