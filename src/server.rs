@@ -298,6 +298,7 @@ impl BackgroundService for ControlService {
         tokio::spawn(shared.idempotency.clone().sweep_forever());
         tokio::spawn(shared.webhooks.clone().run());
         tokio::spawn(shared.jobs.clone().run());
+        tokio::spawn(shared.jobs.clone().sweep_forever());
         tokio::spawn(shared.admission.clone().forget_idle_forever());
         let stop = async move {
             let _ = shutdown.changed().await;

@@ -437,7 +437,10 @@ fn an_intercepted_https_request_parks_and_its_job_calls_the_tls_origin() {
         ],
     );
     assert_eq!(f.code, 202, "{}", f.describe());
-    let job_id = json(&f.body)["job_id"].as_str().expect("job_id").to_string();
+    let job_id = json(&f.body)["job_id"]
+        .as_str()
+        .expect("job_id")
+        .to_string();
     let p = sink.next(WEBHOOK_WAIT).json();
     assert_eq!(p["job_id"], job_id.as_str());
     assert_eq!(p["status"], "success", "{p}");

@@ -158,6 +158,10 @@ pub(super) fn render(c: &Config) -> String {
     );
     root.insert("idempotency".into(), Value::Table(idem));
 
+    let mut jobs = Table::new();
+    jobs.insert("retention".into(), s(format_duration(c.jobs.retention)));
+    root.insert("jobs".into(), Value::Table(jobs));
+
     let mut hooks = Table::new();
     if let Some(secret) = &c.webhooks.secret {
         hooks.insert("secret".into(), s(mask(secret)));

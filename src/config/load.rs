@@ -526,6 +526,11 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         );
     }
 
+    // [jobs]
+    let jobs = JobsConfig {
+        retention: dur("jobs.retention", &raw.jobs.retention, 7 * 24 * 3600)?,
+    };
+
     // [idempotency]
     let idempotency = IdempotencyConfig {
         ttl: dur("idempotency.ttl", &raw.idempotency.ttl, 24 * 3600)?,
@@ -622,6 +627,7 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         },
         retry: retry_cfg,
         idempotency,
+        jobs,
         webhooks,
         regions,
         storage: StorageConfig { backend },

@@ -48,6 +48,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub idempotency: IdempotencyConfig,
     pub webhooks: WebhooksConfig,
+    pub jobs: JobsConfig,
     pub regions: BTreeMap<String, RegionConfig>,
     pub storage: StorageConfig,
     pub metrics: MetricsConfig,
@@ -146,6 +147,13 @@ pub struct IdempotencyConfig {
     /// A keyed request's body is held in memory to fingerprint it before
     /// anything goes upstream; larger bodies get `413`. Key `max_request_body`.
     pub max_request_body: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// Finished jobs (and their delivered or failed webhooks) are deleted
+    /// this long after they ended; their keys are then free. Key `retention`.
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone)]

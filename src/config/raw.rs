@@ -26,6 +26,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub webhooks: RawWebhooks,
     #[serde(default)]
+    pub jobs: RawJobs,
+    #[serde(default)]
     pub regions: BTreeMap<String, RawRegion>,
     #[serde(default)]
     pub storage: RawStorage,
@@ -105,6 +107,12 @@ pub struct RawIdempotency {
     pub ttl: Option<String>,
     pub max_stored_body: Option<toml::Value>,
     pub max_request_body: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJobs {
+    pub retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -420,6 +420,24 @@ impl Jobs {
         }
     }
 
+    /// Deletes finished jobs older than `[jobs] retention` (whose webhooks
+    /// are settled), hourly. Never returns.
+    pub async fn sweep_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let before = now_ms().saturating_sub(self.config.jobs.retention.as_millis() as u64);
+            match self.store.jobs_sweep(before).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(jobs = n, "deleted finished jobs past their retention");
+                    self.refresh_gauge().await;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot sweep finished jobs"),
+            }
+        }
+    }
+
     /// Wake the runner (a job was queued or became due).
     pub fn wake(&self) {
         self.wake.notify_one();

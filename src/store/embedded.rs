@@ -553,6 +553,30 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn jobs_sweep(&self, before_ms: u64) -> Result<u64, StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction().map_err(err)?;
+            let old = "SELECT id FROM jobs
+                 WHERE status IN ('success', 'failed', 'cancelled') AND updated_at < ?1
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d
+                                   WHERE d.job_id = jobs.id AND d.state = 'pending')";
+            tx.execute(
+                &format!("DELETE FROM deliveries WHERE job_id IN ({old})"),
+                params![before_ms as i64],
+            )
+            .map_err(err)?;
+            let n = tx
+                .execute(
+                    &format!("DELETE FROM jobs WHERE id IN ({old})"),
+                    params![before_ms as i64],
+                )
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn job_cancel(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
         self.with(move |c| {
@@ -849,12 +873,22 @@ mod tests {
 
         assert!(s.job_cancel("j2").await.unwrap());
         assert!(!s.job_cancel("j1").await.unwrap());
-        let mut counts = s.job_counts().await.unwrap();
-        counts.sort_by_key(|(st, _)| st.as_str());
-        assert_eq!(
-            counts,
-            vec![(JobStatus::Cancelled, 1), (JobStatus::Success, 1)]
-        );
+
+        // Retention: j1 still has a pending delivery, so it stays.
+        assert_eq!(s.jobs_sweep(u64::MAX / 2).await.unwrap(), 1, "only j2");
+        assert!(s.job_get("j2").await.unwrap().is_none());
+        assert!(s.job_get("j1").await.unwrap().is_some());
+        let mut d2 = s.deliveries_for_job("j1").await.unwrap()[1].clone();
+        d2.state = DeliveryState::Failed;
+        s.delivery_update(&d2).await.unwrap();
+        assert_eq!(s.jobs_sweep(0).await.unwrap(), 0, "not old enough");
+        assert_eq!(s.jobs_sweep(u64::MAX / 2).await.unwrap(), 1);
+        assert!(s.deliveries_for_job("j1").await.unwrap().is_empty());
+        // The key is free again.
+        assert_eq!(s.job_insert(job("j9", "k1", 1)).await.unwrap(), None);
+        s.job_cancel("j9").await.unwrap();
+        let counts = s.job_counts().await.unwrap();
+        assert_eq!(counts, vec![(JobStatus::Cancelled, 1)]);
     }
 
     #[tokio::test]

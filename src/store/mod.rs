@@ -268,6 +268,10 @@ pub trait Store: Send + Sync {
     /// whether it did.
     async fn job_requeue(&self, id: &str, now_ms: u64) -> Result<bool, StoreError>;
 
+    /// Delete jobs that ended before `before_ms` and have no webhook delivery
+    /// still pending, with their deliveries; returns how many jobs.
+    async fn jobs_sweep(&self, before_ms: u64) -> Result<u64, StoreError>;
+
     /// Cancel a job that has not ended; returns whether it did.
     async fn job_cancel(&self, id: &str) -> Result<bool, StoreError>;
 
