@@ -10,6 +10,9 @@
 //! Run: `cargo bench --bench idempotency` (`-- --n 500` for a quick look).
 //! Without `--bench` (as under `cargo test --all-targets`) it does nothing.
 
+#[path = "../tests/common/serve.rs"]
+mod serve;
+
 #[path = "../tests/common/limit_origin.rs"]
 #[allow(dead_code)]
 mod limit_origin;

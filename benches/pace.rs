@@ -10,6 +10,9 @@
 //! Under `cargo test --all-targets` it is invoked without `--bench` and does
 //! nothing, so the suite stays fast.
 
+#[path = "../tests/common/serve.rs"]
+mod serve;
+
 #[path = "../tests/common/limit_origin.rs"]
 #[allow(dead_code)]
 mod limit_origin;

@@ -147,15 +147,9 @@ pub async fn get(
     State(shared): State<Arc<Shared>>,
     Workspace(ws): Workspace,
     Path(id): Path<String>,
-) -> Response {
-    let job = match find(&shared, &ws, &id).await {
-        Ok(j) => j,
-        Err(r) => return r,
-    };
-    match view(&shared, &job).await {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r,
-    }
+) -> Result<Response, Response> {
+    let job = find(&shared, &ws, &id).await?;
+    Ok(Json(view(&shared, &job).await?).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,17 +165,17 @@ pub async fn list(
     State(shared): State<Arc<Shared>>,
     Workspace(ws): Workspace,
     Query(q): Query<ListQuery>,
-) -> Response {
+) -> Result<Response, Response> {
     let bad = |m: String| error_response(StatusCode::BAD_REQUEST, "invalid_request", &m);
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => match JobStatus::parse(s) {
             Some(st) => Some(st),
             None => {
-                return bad(format!(
+                return Err(bad(format!(
                     "status: must be one of {}, got {s:?}",
                     JobStatus::ALL.map(|s| s.as_str()).join(", ")
-                ))
+                )))
             }
         },
     };
@@ -189,7 +183,7 @@ pub async fn list(
         None => 50,
         Some(l) => match l.parse::<usize>() {
             Ok(n) if (1..=500).contains(&n) => n,
-            _ => return bad(format!("limit: must be 1-500, got {l:?}")),
+            _ => return Err(bad(format!("limit: must be 1-500, got {l:?}"))),
         },
     };
     let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
@@ -199,24 +193,22 @@ pub async fn list(
             .and_then(|(t, id)| Some((t.parse::<u64>().ok()?, id.to_string())))
         {
             Some(pair) => Some(pair),
-            None => return bad(format!("cursor: not a cursor from this API: {c:?}")),
+            None => return Err(bad(format!("cursor: not a cursor from this API: {c:?}"))),
         },
     };
-    let jobs = match shared.store.jobs_list(&ws, status, limit, after).await {
-        Ok(j) => j,
-        Err(e) => return store_error(e),
-    };
+    let jobs = shared
+        .store
+        .jobs_list(&ws, status, limit, after)
+        .await
+        .map_err(store_error)?;
     let next_cursor = (jobs.len() == limit)
         .then(|| jobs.last().map(|j| format!("{}.{}", j.created_at, j.id)))
         .flatten();
     let mut out = Vec::with_capacity(jobs.len());
     for job in &jobs {
-        match view(&shared, job).await {
-            Ok(v) => out.push(v),
-            Err(r) => return r,
-        }
+        out.push(view(&shared, job).await?);
     }
-    Json(json!({ "jobs": out, "next_cursor": next_cursor })).into_response()
+    Ok(Json(json!({ "jobs": out, "next_cursor": next_cursor })).into_response())
 }
 
 /// `DELETE /api/v1/jobs/{id}`: cancel a job that has not ended.
@@ -224,12 +216,9 @@ pub async fn cancel(
     State(shared): State<Arc<Shared>>,
     Workspace(ws): Workspace,
     Path(id): Path<String>,
-) -> Response {
-    let job = match find(&shared, &ws, &id).await {
-        Ok(j) => j,
-        Err(r) => return r,
-    };
-    match shared.store.job_cancel(&job.id).await {
+) -> Result<Response, Response> {
+    let job = find(&shared, &ws, &id).await?;
+    Ok(match shared.store.job_cancel(&job.id).await {
         Ok(true) => {
             shared.jobs.refresh_gauge().await;
             Json(json!({"job_id": job.id, "status": "cancelled"})).into_response()
@@ -240,7 +229,7 @@ pub async fn cancel(
             &format!("job {id:?} has already ended ({})", job.status.as_str()),
         ),
         Err(e) => store_error(e),
-    }
+    })
 }
 
 /// `POST /api/v1/jobs/{id}/retry`: run a failed (or cancelled) job again.
@@ -248,34 +237,33 @@ pub async fn retry(
     State(shared): State<Arc<Shared>>,
     Workspace(ws): Workspace,
     Path(id): Path<String>,
-) -> Response {
-    let job = match find(&shared, &ws, &id).await {
-        Ok(j) => j,
-        Err(r) => return r,
-    };
-    match shared
-        .store
-        .job_requeue(&job.id, crate::store::now_ms())
-        .await
-    {
-        Ok(true) => {
-            shared.jobs.wake();
-            shared.jobs.refresh_gauge().await;
-            Json(
+) -> Result<Response, Response> {
+    let job = find(&shared, &ws, &id).await?;
+    Ok(
+        match shared
+            .store
+            .job_requeue(&job.id, crate::store::now_ms())
+            .await
+        {
+            Ok(true) => {
+                shared.jobs.wake();
+                shared.jobs.refresh_gauge().await;
+                Json(
                 json!({"job_id": job.id, "status": "queued", "idempotent_key": job.idempotent_key}),
             )
             .into_response()
-        }
-        Ok(false) => error_response(
-            StatusCode::CONFLICT,
-            "job_not_retryable",
-            &format!(
-                "only failed or cancelled jobs can be retried; job {id:?} is {}",
-                job.status.as_str()
+            }
+            Ok(false) => error_response(
+                StatusCode::CONFLICT,
+                "job_not_retryable",
+                &format!(
+                    "only failed or cancelled jobs can be retried; job {id:?} is {}",
+                    job.status.as_str()
+                ),
             ),
-        ),
-        Err(e) => store_error(e),
-    }
+            Err(e) => store_error(e),
+        },
+    )
 }
 
 /// The envelope of `POST /api/v1/proxy` (the SDK's TracktTags hop).

@@ -18,22 +18,6 @@ use crate::state::Shared;
 use crate::store::WebhookSecrets;
 use crate::webhooks::secrets::{mask, validate, SecretSource};
 
-pub async fn post(
-    State(shared): State<Arc<Shared>>,
-    Workspace(ws): Workspace,
-    body: Bytes,
-) -> Response {
-    set(&shared, &ws, &body).await
-}
-
-pub async fn get(State(shared): State<Arc<Shared>>, Workspace(ws): Workspace) -> Response {
-    show(&shared, &ws).await
-}
-
-pub async fn delete(State(shared): State<Arc<Shared>>, Workspace(ws): Workspace) -> Response {
-    remove(&shared, &ws).await
-}
-
 fn ok(message: &str) -> Response {
     Json(json!({ "status": "ok", "message": message })).into_response()
 }
@@ -108,8 +92,14 @@ fn parse(body: &[u8]) -> Result<(String, Option<String>), BadRequest> {
     Ok((primary.to_string(), secondary.map(str::to_string)))
 }
 
-async fn set(shared: &Arc<Shared>, workspace: &str, body: &[u8]) -> Response {
-    let (primary, secondary) = match parse(body) {
+/// `POST /api/v1/webhook-secrets`
+pub async fn post(
+    State(shared): State<Arc<Shared>>,
+    Workspace(workspace): Workspace,
+    body: Bytes,
+) -> Response {
+    let workspace = workspace.as_str();
+    let (primary, secondary) = match parse(&body) {
         Ok(v) => v,
         Err(bad) => return bad.into_response(),
     };
@@ -135,7 +125,9 @@ async fn set(shared: &Arc<Shared>, workspace: &str, body: &[u8]) -> Response {
     })
 }
 
-async fn show(shared: &Arc<Shared>, workspace: &str) -> Response {
+/// `GET /api/v1/webhook-secrets`
+pub async fn get(State(shared): State<Arc<Shared>>, Workspace(workspace): Workspace) -> Response {
+    let workspace = workspace.as_str();
     match shared.webhooks.secrets().resolve(workspace).await {
         Ok(Some(r)) => Json(json!({
             "primary_secret": mask(&r.secrets.primary),
@@ -148,7 +140,12 @@ async fn show(shared: &Arc<Shared>, workspace: &str) -> Response {
     }
 }
 
-async fn remove(shared: &Arc<Shared>, workspace: &str) -> Response {
+/// `DELETE /api/v1/webhook-secrets`
+pub async fn delete(
+    State(shared): State<Arc<Shared>>,
+    Workspace(workspace): Workspace,
+) -> Response {
+    let workspace = workspace.as_str();
     match shared.store.secrets_delete(workspace).await {
         Ok(true) => {
             tracing::info!(workspace, "webhook secrets deleted");

@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 /// One request as the origin saw it.
@@ -66,7 +64,10 @@ impl LimitOrigin {
                 .await
                 .expect("bind limit origin");
             let addr = l.local_addr().expect("addr");
-            tokio::spawn(serve(l, state.clone(), tx));
+            let st = state.clone();
+            tokio::spawn(super::serve::serve_plain(l, move |req| {
+                handle(req, st.clone(), tx.clone())
+            }));
             addr
         });
         LimitOrigin {
@@ -122,22 +123,6 @@ impl Drop for LimitOrigin {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
-    }
-}
-
-async fn serve(l: TcpListener, state: Arc<Mutex<State>>, arrivals: mpsc::Sender<String>) {
-    loop {
-        let Ok((stream, _)) = l.accept().await else {
-            continue;
-        };
-        let state = state.clone();
-        let arrivals = arrivals.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, state.clone(), arrivals.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
     }
 }
 

@@ -17,6 +17,7 @@ pub mod origin;
 pub mod proc;
 pub mod py;
 pub mod raw;
+pub mod serve;
 pub mod webhook_sink;
 
 use std::net::{SocketAddr, TcpListener};
@@ -27,6 +28,7 @@ pub use curl::{curl, Fetch};
 pub use harness::{ezthrottle_cmd, Ezthrottle};
 pub use origin::Origin;
 pub use raw::{RawConn, RawResponse};
+pub use serve::serve_plain;
 
 /// Default bound for one client call (curl, python, raw request).
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);

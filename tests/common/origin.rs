@@ -91,7 +91,10 @@ impl Origin {
                 plain.local_addr().expect("addr"),
                 secure.local_addr().expect("addr"),
             );
-            tokio::spawn(serve_plain(plain, state.clone()));
+            let st = state.clone();
+            tokio::spawn(super::serve_plain(plain, move |req| {
+                handle(req, st.clone())
+            }));
             tokio::spawn(serve_tls(secure, acceptor, state.clone()));
             addrs
         });
@@ -137,21 +140,6 @@ impl Drop for Origin {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
-    }
-}
-
-async fn serve_plain(listener: TcpListener, state: Arc<OriginState>) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, state.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
     }
 }
 

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 #[derive(Debug, Clone)]
@@ -72,7 +70,8 @@ impl WebhookSink {
         let addr = rt.block_on(async {
             let l = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
             let addr = l.local_addr().expect("addr");
-            tokio::spawn(serve(l, state.clone()));
+            let st = state.clone();
+            tokio::spawn(super::serve_plain(l, move |req| handle(req, st.clone())));
             addr
         });
         WebhookSink {
@@ -125,21 +124,6 @@ impl Drop for WebhookSink {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
-    }
-}
-
-async fn serve(listener: TcpListener, state: Arc<State>) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, state.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
     }
 }
 
