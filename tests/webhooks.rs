@@ -223,19 +223,7 @@ impl Lib {
     /// Insert a job and finish it with deliveries to `urls`, then notify.
     fn finish_job(&self, id: &str, workspace: &str, payload: &[u8], urls: &[&str]) {
         let now = now_ms();
-        let job = JobRecord {
-            id: id.into(),
-            workspace: workspace.into(),
-            idempotent_key: format!("key-{id}"),
-            status: JobStatus::Queued,
-            spec: "{}".into(),
-            attempts: 0,
-            next_attempt_at: now,
-            lease_until: 0,
-            created_at: now,
-            updated_at: now,
-            result: None,
-        };
+        let job = queued_job(id, workspace, now);
         let deliveries = urls
             .iter()
             .map(|u| NewDelivery {
@@ -766,6 +754,23 @@ fn secrets_api_requires_a_known_token_when_api_keys_are_set() {
     );
 }
 
+/// A queued job record (the webhook tests only need one to finish).
+fn queued_job(id: &str, workspace: &str, now: u64) -> JobRecord {
+    JobRecord {
+        id: id.into(),
+        workspace: workspace.into(),
+        idempotent_key: format!("key-{id}"),
+        status: JobStatus::Queued,
+        spec: "{}".into(),
+        attempts: 0,
+        next_attempt_at: now,
+        lease_until: 0,
+        created_at: now,
+        updated_at: now,
+        result: None,
+    }
+}
+
 /// Write a finished job with one pending delivery into the store under `data_dir`.
 fn seed_delivery(data_dir: &Path, job_id: &str, payload: &[u8], url: &str) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -776,19 +781,7 @@ fn seed_delivery(data_dir: &Path, job_id: &str, payload: &[u8], url: &str) {
         let store = EmbeddedStore::open(data_dir).unwrap();
         let now = now_ms();
         store
-            .job_insert(JobRecord {
-                id: job_id.into(),
-                workspace: "default".into(),
-                idempotent_key: format!("key-{job_id}"),
-                status: JobStatus::Queued,
-                spec: "{}".into(),
-                attempts: 0,
-                next_attempt_at: now,
-                lease_until: 0,
-                created_at: now,
-                updated_at: now,
-                result: None,
-            })
+            .job_insert(queued_job(job_id, "default", now))
             .await
             .unwrap();
         assert!(store
