@@ -1,0 +1,1478 @@
+//! Request framing and limits: every request head on the proxy port (plain
+//! or decrypted inside an intercepted CONNECT) is read and checked here
+//! before pingora sees a byte of it.
+//!
+//! Why not let pingora parse heads: it accepts heads up to 1 MiB, grows its
+//! buffer for as long as a client trickles bytes, forwards list-valued or
+//! oversized `Content-Length` verbatim (`3, 3` reached the origin, followed
+//! by the next request on the same upstream connection) and answers every
+//! parse failure with a bare `400`. So the front door reads the head itself,
+//! with limits, a deadline and a process-wide memory budget, refuses what it
+//! must with our JSON error, and hands pingora exactly one checked request:
+//! the head, then only the body bytes that the framing says belong to it
+//! ([`Framed`]). Bytes after the end of the request (a pipelined next
+//! request) stay with us and are checked as the next head, which is also
+//! what makes pipelining work: pingora drops a connection on which it read
+//! past the end of a request.
+//!
+//! [`inspect_head`] is a pure function over bytes and must never panic: a
+//! fuzz harness calls it with arbitrary input.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+    UniqueIDType,
+};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use crate::error::ProxyError;
+
+/// The largest `Content-Length` we accept: what a signed 64-bit length (the
+/// widest that common origins and libraries parse) can hold. Anything larger
+/// is either an attack or a mistake.
+pub const MAX_CONTENT_LENGTH: u64 = i64::MAX as u64;
+
+/// pingora's own header-count ceiling (`MAX_HEADERS`); `max_headers` must
+/// stay at or below it or pingora would refuse what we accepted.
+pub const PINGORA_MAX_HEADERS: usize = 256;
+
+/// pingora's own head-size ceiling (`MAX_HEADER_SIZE`).
+pub const PINGORA_MAX_HEAD: usize = 1_048_575;
+
+/// Size limits on one request head (`[proxy]` keys of the same names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Longest request line, without its CRLF → `414`.
+    pub max_request_line: usize,
+    /// Longest single header line, without its CRLF → `431`.
+    pub max_header_line: usize,
+    /// Largest whole head, request line to the blank line included → `431`.
+    pub max_head: usize,
+    /// Most header lines → `431`.
+    pub max_headers: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        HeadLimits {
+            max_request_line: 8 * 1024,
+            max_header_line: 16 * 1024,
+            max_head: 64 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// How the body of a checked request is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body: neither `Content-Length` nor `Transfer-Encoding`.
+    None,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// What [`inspect_head`] learned about a complete, acceptable head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadInfo {
+    /// Offset of the request line (empty lines before it are skipped, as
+    /// RFC 9112 §2.2 allows).
+    pub start: usize,
+    /// Offset just past the blank line that ends the head.
+    pub end: usize,
+    /// `CONNECT host:port`.
+    pub is_connect: bool,
+    /// An HTTP/1.1 `Upgrade` request: after a `101` the connection carries
+    /// other bytes, so nothing after the head is framed by us.
+    pub upgrade: bool,
+    pub body: BodyFraming,
+}
+
+/// Why a head is not (yet) acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    /// Not an error of the client: the head has not ended yet.
+    #[error("the request head is incomplete")]
+    Incomplete,
+    #[error("the request line is longer than {limit} bytes")]
+    RequestLineTooLong { limit: usize },
+    #[error("a header line is longer than {limit} bytes")]
+    HeaderLineTooLong { limit: usize },
+    #[error("the request head is larger than {limit} bytes")]
+    HeadTooLarge { limit: usize },
+    #[error("the request has more than {limit} header lines")]
+    TooManyHeaders { limit: usize },
+    /// Broken syntax: request line, header names or values, line endings.
+    #[error("malformed request head: {0}")]
+    Malformed(String),
+    /// Ambiguous or unsupported body framing (`Content-Length`, `Transfer-Encoding`).
+    #[error("{0}")]
+    Framing(String),
+}
+
+impl FramingError {
+    /// The answer to the client.
+    pub fn to_proxy_error(&self) -> ProxyError {
+        match self {
+            FramingError::RequestLineTooLong { limit } => {
+                ProxyError::RequestLineTooLong { limit: *limit }
+            }
+            FramingError::HeaderLineTooLong { .. }
+            | FramingError::HeadTooLarge { .. }
+            | FramingError::TooManyHeaders { .. } => {
+                ProxyError::RequestHeaderTooLarge(self.to_string())
+            }
+            FramingError::Framing(m) => ProxyError::InvalidFraming(m.clone()),
+            FramingError::Malformed(_) | FramingError::Incomplete => {
+                ProxyError::BadRequest(self.to_string())
+            }
+        }
+    }
+}
+
+/// Finds the end of a head in a growing buffer, checking the size limits
+/// on the way, so that a slow or huge head is refused as soon as it breaks
+/// a limit and each byte is looked at once (no quadratic rescans while a
+/// client trickles a head in).
+#[derive(Debug, Default, Clone)]
+pub struct HeadScanner {
+    /// Next byte to look at.
+    pos: usize,
+    /// Start of the line being read.
+    line_start: usize,
+    /// Start of the request line (after skipped empty lines).
+    start: usize,
+    /// Whether the request line has been read.
+    seen_request_line: bool,
+    /// Header lines read so far.
+    headers: usize,
+}
+
+impl HeadScanner {
+    /// Look at the bytes of `buf` not seen yet (`buf` only ever grows between
+    /// calls). `Ok(Some(end))` once the head is complete.
+    pub fn feed(&mut self, buf: &[u8], limits: &HeadLimits) -> Result<Option<usize>, FramingError> {
+        while self.pos < buf.len() {
+            let i = self.pos;
+            let b = buf[i];
+            self.pos += 1;
+            if b == 0 {
+                return Err(FramingError::Malformed(
+                    "NUL byte in the request head".into(),
+                ));
+            }
+            if b != b'\n' {
+                continue;
+            }
+            // A line ends at LF; it must be CRLF (a bare LF is read differently
+            // by different parsers: the classic smuggling lever).
+            let line = &buf[self.line_start..i];
+            let Some(content) = line.strip_suffix(b"\r") else {
+                return Err(FramingError::Malformed(
+                    "line ends with a bare LF; lines must end with CRLF".into(),
+                ));
+            };
+            if content.contains(&b'\r') {
+                return Err(FramingError::Malformed(
+                    "bare CR in the request head".into(),
+                ));
+            }
+            self.line_start = i + 1;
+            if !self.seen_request_line {
+                if content.is_empty() {
+                    self.start = i + 1;
+                    continue;
+                }
+                if content.len() > limits.max_request_line {
+                    return Err(FramingError::RequestLineTooLong {
+                        limit: limits.max_request_line,
+                    });
+                }
+                self.seen_request_line = true;
+            } else if content.is_empty() {
+                if i + 1 > limits.max_head {
+                    return Err(FramingError::HeadTooLarge {
+                        limit: limits.max_head,
+                    });
+                }
+                return Ok(Some(i + 1));
+            } else {
+                if content.len() > limits.max_header_line {
+                    return Err(FramingError::HeaderLineTooLong {
+                        limit: limits.max_header_line,
+                    });
+                }
+                if matches!(content.first(), Some(b' ' | b'\t')) {
+                    return Err(FramingError::Malformed(
+                        "obsolete line folding (a header line starting with whitespace)".into(),
+                    ));
+                }
+                self.headers += 1;
+                if self.headers > limits.max_headers {
+                    return Err(FramingError::TooManyHeaders {
+                        limit: limits.max_headers,
+                    });
+                }
+            }
+        }
+        // Incomplete: the line being read and the whole buffer must still fit.
+        let partial = buf.len() - self.line_start;
+        if !self.seen_request_line {
+            // +1: the CR of a line that is exactly at the limit.
+            if partial > limits.max_request_line + 1 {
+                return Err(FramingError::RequestLineTooLong {
+                    limit: limits.max_request_line,
+                });
+            }
+        } else if partial > limits.max_header_line + 1 {
+            return Err(FramingError::HeaderLineTooLong {
+                limit: limits.max_header_line,
+            });
+        }
+        if buf.len() > limits.max_head {
+            return Err(FramingError::HeadTooLarge {
+                limit: limits.max_head,
+            });
+        }
+        Ok(None)
+    }
+
+    /// Offset of the request line.
+    pub fn start(&self) -> usize {
+        self.start
+    }
+}
+
+/// Check a request head at the start of `buf`: size limits, syntax and body
+/// framing. `Err(Incomplete)` when `buf` holds no complete head yet (and no
+/// limit is broken so far). Pure and panic-free on any input.
+pub fn inspect_head(buf: &[u8], limits: &HeadLimits) -> Result<HeadInfo, FramingError> {
+    let mut scanner = HeadScanner::default();
+    let end = scanner.feed(buf, limits)?.ok_or(FramingError::Incomplete)?;
+    check_head(buf, scanner.start(), end)
+}
+
+/// `tchar` of RFC 9110 §5.6.2.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Bytes of a client's value for an error message: short and printable.
+fn shown(v: &[u8]) -> String {
+    let s: String = String::from_utf8_lossy(v).chars().take(40).collect();
+    format!("{s:?}")
+}
+
+/// Optional whitespace (SP / HTAB) trimmed from both ends.
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t'));
+    let Some(start) = start else {
+        return &[];
+    };
+    let end = v
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// A complete head `buf[start..end]` (lines already checked by the scanner).
+fn check_head(buf: &[u8], start: usize, end: usize) -> Result<HeadInfo, FramingError> {
+    let head = buf.get(start..end).unwrap_or_default();
+    let line_end = head
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| FramingError::Malformed("no request line".into()))?;
+    // The scanner guaranteed CRLF.
+    let request_line = head.get(..line_end.saturating_sub(1)).unwrap_or_default();
+    let mut parts = request_line.split(|b| *b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(FramingError::Malformed(
+            "the request line must be METHOD SP target SP HTTP-version".into(),
+        ));
+    };
+    if method.is_empty() || !method.iter().all(|b| is_tchar(*b)) {
+        return Err(FramingError::Malformed("invalid method".into()));
+    }
+    // Controls and spaces never belong in a target; other bytes pingora
+    // percent-escapes itself.
+    if target.is_empty() || target.iter().any(|b| *b < 0x21 || *b == 0x7f) {
+        return Err(FramingError::Malformed("invalid request target".into()));
+    }
+    let http10 = match version {
+        b"HTTP/1.1" => false,
+        b"HTTP/1.0" => true,
+        other => {
+            return Err(FramingError::Malformed(format!(
+                "unsupported HTTP version {}",
+                shown(other)
+            )))
+        }
+    };
+    let block = head.get(line_end + 1..).unwrap_or_default();
+    let count = block.iter().filter(|b| **b == b'\n').count();
+    let mut storage = vec![httparse::EMPTY_HEADER; count.max(1)];
+    let headers = match httparse::parse_headers(block, &mut storage) {
+        Ok(httparse::Status::Complete((_, headers))) => headers,
+        Ok(httparse::Status::Partial) => {
+            return Err(FramingError::Malformed("incomplete header section".into()))
+        }
+        Err(e) => return Err(FramingError::Malformed(format!("invalid header: {e}"))),
+    };
+
+    let mut lengths = Vec::new();
+    let mut codings = Vec::new();
+    let mut hosts = Vec::new();
+    let mut upgrade = false;
+    for h in headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            lengths.push(h.value);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            codings.push(h.value);
+        } else if h.name.eq_ignore_ascii_case("host") {
+            hosts.push(h.value);
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = !http10;
+        }
+    }
+    let is_connect = method == b"CONNECT";
+
+    let body = match (lengths.as_slice(), codings.as_slice()) {
+        ([], []) => BodyFraming::None,
+        ([_, ..], [_, ..]) => {
+            return Err(FramingError::Framing(
+                "the request has both Content-Length and Transfer-Encoding".into(),
+            ))
+        }
+        ([one], []) => BodyFraming::Length(content_length(one)?),
+        ([_, _, ..], []) => {
+            return Err(FramingError::Framing(
+                "the request has more than one Content-Length header".into(),
+            ))
+        }
+        ([], [one]) => {
+            if http10 {
+                return Err(FramingError::Framing(
+                    "Transfer-Encoding is not allowed in an HTTP/1.0 request".into(),
+                ));
+            }
+            let coding = trim_ows(one);
+            if !coding.eq_ignore_ascii_case(b"chunked") {
+                return Err(FramingError::Framing(format!(
+                    "unsupported Transfer-Encoding {}: only \"chunked\" is accepted",
+                    shown(one)
+                )));
+            }
+            BodyFraming::Chunked
+        }
+        ([], [_, _, ..]) => {
+            return Err(FramingError::Framing(
+                "the request has more than one Transfer-Encoding header".into(),
+            ))
+        }
+    };
+    if is_connect && body != BodyFraming::None && body != BodyFraming::Length(0) {
+        return Err(FramingError::Framing(
+            "a CONNECT request has no body".into(),
+        ));
+    }
+    if hosts.len() > 1 {
+        return Err(FramingError::Malformed("more than one Host header".into()));
+    }
+    if !is_connect {
+        authority_agrees(method, target, hosts.first().copied())?;
+    }
+    Ok(HeadInfo {
+        start,
+        end,
+        is_connect,
+        upgrade,
+        body,
+    })
+}
+
+/// One `Content-Length` value: digits only (no sign, no list, no spaces
+/// inside), at most [`MAX_CONTENT_LENGTH`].
+fn content_length(value: &[u8]) -> Result<u64, FramingError> {
+    let v = trim_ows(value);
+    if v.contains(&b',') {
+        return Err(FramingError::Framing(format!(
+            "Content-Length {} is a list; send exactly one length",
+            shown(value)
+        )));
+    }
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return Err(FramingError::Framing(format!(
+            "Content-Length {} is not a non-negative decimal number",
+            shown(value)
+        )));
+    }
+    let too_large = || {
+        FramingError::Framing(format!(
+            "Content-Length {} is larger than {MAX_CONTENT_LENGTH}",
+            shown(value)
+        ))
+    };
+    let mut n: u64 = 0;
+    for d in v {
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(d - b'0')))
+            .ok_or_else(too_large)?;
+    }
+    if n > MAX_CONTENT_LENGTH {
+        return Err(too_large());
+    }
+    Ok(n)
+}
+
+/// The rules pingora applies to the target and `Host` before any hook runs
+/// (its answer would be a bare `400`): the same check, run here so the
+/// client gets our JSON instead.
+fn authority_agrees(method: &[u8], target: &[u8], host: Option<&[u8]>) -> Result<(), FramingError> {
+    let method = std::str::from_utf8(method).unwrap_or("GET");
+    let bad = |e: Box<pingora::Error>| {
+        let why = e
+            .context
+            .as_ref()
+            .map(|c| c.as_str().to_string())
+            .unwrap_or_else(|| e.etype.as_str().to_string());
+        FramingError::Malformed(why)
+    };
+    let mut req = pingora::http::RequestHeader::build(method, target, Some(1)).map_err(bad)?;
+    if let Some(host) = host {
+        let value = http::HeaderValue::from_bytes(host)
+            .map_err(|_| FramingError::Malformed("invalid Host header".into()))?;
+        req.append_header(http::header::HOST, value).map_err(bad)?;
+    }
+    pingora::protocols::http::authority::validate_request_authority(&req).map_err(bad)
+}
+
+// ---------------------------------------------------------------------------
+// Memory budget
+
+/// A process-wide cap on bytes the proxy holds on behalf of clients that
+/// have not finished sending: unfinished heads, pipelined bytes waiting for
+/// their turn, and bodies read ahead (`pipeline::body`). A slow sender can
+/// take memory only from this budget; once it is spent, further requests
+/// that need it get `503 proxy_overloaded` instead of growing the process.
+#[derive(Debug)]
+pub struct MemBudget {
+    used: AtomicUsize,
+    cap: AtomicUsize,
+    refused: AtomicU64,
+}
+
+impl MemBudget {
+    pub fn new(cap: usize) -> Arc<MemBudget> {
+        Arc::new(MemBudget {
+            used: AtomicUsize::new(0),
+            cap: AtomicUsize::new(cap),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes currently held.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap.load(Ordering::Relaxed)
+    }
+
+    /// How many times a reservation was refused.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, n: usize) -> bool {
+        let cap = self.cap();
+        let ok = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= cap)
+            })
+            .is_ok();
+        if !ok {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// The process's budget: sized once from `[proxy] max_buffered` when the
+/// front door is built (one proxy per process).
+pub fn budget() -> &'static Arc<MemBudget> {
+    static BUDGET: OnceLock<Arc<MemBudget>> = OnceLock::new();
+    BUDGET.get_or_init(|| MemBudget::new(DEFAULT_MAX_BUFFERED))
+}
+
+/// Default `[proxy] max_buffered`.
+pub const DEFAULT_MAX_BUFFERED: usize = 64 << 20;
+
+/// Set the process budget's cap (start-up).
+pub fn set_budget_cap(cap: usize) {
+    budget().cap.store(cap, Ordering::Relaxed);
+}
+
+/// Bytes held against a [`MemBudget`]; given back on drop.
+#[derive(Debug)]
+pub struct Hold {
+    budget: Arc<MemBudget>,
+    n: usize,
+}
+
+/// The budget is spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetFull;
+
+impl Hold {
+    pub fn new(budget: &Arc<MemBudget>) -> Hold {
+        Hold {
+            budget: budget.clone(),
+            n: 0,
+        }
+    }
+
+    /// Hold exactly `n` bytes (growing takes from the budget, shrinking gives back).
+    pub fn set(&mut self, n: usize) -> Result<(), BudgetFull> {
+        if n > self.n {
+            if !self.budget.take(n - self.n) {
+                return Err(BudgetFull);
+            }
+        } else {
+            self.budget.give(self.n - n);
+        }
+        self.n = n;
+        Ok(())
+    }
+
+    /// Hold exactly `n` bytes even past the cap (for bytes already held).
+    pub fn force(&mut self, n: usize) {
+        if n > self.n {
+            self.budget.used.fetch_add(n - self.n, Ordering::AcqRel);
+        } else {
+            self.budget.give(self.n - n);
+        }
+        self.n = n;
+    }
+
+    pub fn held(&self) -> usize {
+        self.n
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.budget.give(self.n);
+    }
+}
+
+/// Bytes read from a client and not yet handed on, with their budget.
+#[derive(Debug)]
+pub struct Pending {
+    bytes: BytesMut,
+    hold: Hold,
+}
+
+impl Pending {
+    pub fn new(budget: &Arc<MemBudget>) -> Pending {
+        Pending {
+            bytes: BytesMut::new(),
+            hold: Hold::new(budget),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Append client bytes, taking their memory from the budget.
+    pub fn extend(&mut self, data: &[u8]) -> Result<(), BudgetFull> {
+        let want = self.bytes.len() + data.len();
+        // Account for what the buffer will really allocate.
+        let cap = self
+            .bytes
+            .capacity()
+            .max(want.next_power_of_two().min(want * 2));
+        self.hold.set(cap.max(want))?;
+        self.bytes.extend_from_slice(data);
+        let real = self.bytes.capacity();
+        // A smaller real allocation gives back; a larger one is rare and tiny.
+        let _ = self.hold.set(real);
+        Ok(())
+    }
+
+    /// Take everything, leaving an empty buffer that holds no memory.
+    pub fn take_all(&mut self) -> BytesMut {
+        let out = std::mem::take(&mut self.bytes);
+        let _ = self.hold.set(0);
+        out
+    }
+
+    /// Replace the contents with bytes already in memory (read past the
+    /// end of a head): they are accounted even beyond the cap, which is
+    /// enforced when bytes are read, not when they change hands.
+    pub fn refill(&mut self, bytes: BytesMut) {
+        self.take_all();
+        if bytes.is_empty() {
+            return;
+        }
+        self.hold.force(bytes.capacity());
+        self.bytes = bytes;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading a head from a connection
+
+/// Deadlines for reading one head.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadTimeouts {
+    /// How long to wait for the first byte of the head (keep-alive idle time).
+    pub idle: Duration,
+    /// How long the head may take once its first byte arrived → `408`.
+    pub head: Duration,
+}
+
+/// Outcome of [`read_head`].
+#[derive(Debug)]
+pub enum HeadRead {
+    /// `pending` starts with this checked head.
+    Head(HeadInfo),
+    /// Nothing to answer: the client closed or stayed idle, or we shut down.
+    Closed,
+    /// Answer this error and close.
+    Refuse(ProxyError),
+}
+
+/// Read until `pending` starts with a complete head, enforcing the limits,
+/// the deadlines and the budget. Bytes already in `pending` (pipelined
+/// after the previous request) are used first. When the connection is idle
+/// nothing is allocated: the buffer grows only as bytes arrive.
+pub async fn read_head(
+    stream: &mut Stream,
+    pending: &mut Pending,
+    limits: &HeadLimits,
+    timeouts: HeadTimeouts,
+    shutdown: &ShutdownWatch,
+) -> HeadRead {
+    let mut scanner = HeadScanner::default();
+    let mut shutdown = shutdown.clone();
+    let mut deadline = tokio::time::Instant::now()
+        + if pending.is_empty() {
+            timeouts.idle
+        } else {
+            timeouts.head
+        };
+    loop {
+        if !pending.is_empty() {
+            match scanner.feed(pending.as_slice(), limits) {
+                Ok(Some(end)) => {
+                    return match check_head(pending.as_slice(), scanner.start(), end) {
+                        Ok(info) => HeadRead::Head(info),
+                        Err(e) => HeadRead::Refuse(e.to_proxy_error()),
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return HeadRead::Refuse(e.to_proxy_error()),
+            }
+        } else if *shutdown.borrow() {
+            return HeadRead::Closed;
+        }
+        let mut chunk = [0u8; 4096];
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline, stream.read(&mut chunk)) => r,
+            _ = shutdown.changed(), if pending.is_empty() => return HeadRead::Closed,
+        };
+        match read {
+            Err(_) if pending.is_empty() => return HeadRead::Closed,
+            Err(_) => {
+                return HeadRead::Refuse(ProxyError::RequestHeadTimeout {
+                    secs: timeouts.head.as_secs().max(1),
+                })
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Closed,
+            Ok(Ok(n)) => {
+                if pending.is_empty() {
+                    deadline = tokio::time::Instant::now() + timeouts.head;
+                }
+                if pending.extend(&chunk[..n]).is_err() {
+                    return HeadRead::Refuse(ProxyError::Overloaded);
+                }
+            }
+        }
+    }
+}
+
+/// How long a refused connection is still read (and the bytes dropped)
+/// after our answer, so that the client reads the answer instead of a reset
+/// caused by the unread rest of its oversized head.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Write `err` as our JSON answer with `Connection: close`, half-close, and
+/// drain what the client still sends for a short while before closing.
+pub async fn refuse_and_close(stream: &mut Stream, err: &ProxyError) {
+    use tokio::io::AsyncWriteExt;
+    let bytes = crate::pipeline::respond::error_bytes(err);
+    if stream.write_all(&bytes).await.is_err() || stream.flush().await.is_err() {
+        return;
+    }
+    let _ = AsyncWriteExt::shutdown(stream).await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// Put bytes read past a CONNECT head back in front of the connection, for
+/// the tunnel or the TLS handshake that follows (clients that do not wait
+/// for our `200`). `None` if they cannot be put back (the outer connection
+/// is always an L4 stream, so this does not happen): close then.
+pub fn unread(stream: Stream, bytes: &[u8]) -> Option<Stream> {
+    use pingora::protocols::l4::stream::Stream as L4Stream;
+    if bytes.is_empty() {
+        return Some(stream);
+    }
+    if !stream.as_any().is::<L4Stream>() {
+        return None;
+    }
+    let mut l4 = stream.into_any().downcast::<L4Stream>().ok()?;
+    l4.rewind(bytes);
+    Some(l4)
+}
+
+// ---------------------------------------------------------------------------
+// The stream pingora reads from
+
+/// How many more bytes of the current request pingora may still read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Window {
+    /// This many body bytes remain.
+    Length(u64),
+    /// Chunked, or an upgrade: pass everything through. pingora re-frames a
+    /// chunked body itself, and if it reads past its end it closes the
+    /// connection instead of reusing it, so nothing is smuggled; a request
+    /// pipelined behind a chunked body is then not answered (the client
+    /// sees the close and retries, RFC 9112 §9.3.2).
+    Open,
+}
+
+/// The client connection as pingora sees it for one request: first the
+/// checked head (and any body bytes we already read), then the body straight
+/// from the socket — but never past the end of the request. What the client
+/// sends after that is kept in `stash` for the next [`read_head`]; a read
+/// by pingora there (its idle probe while the upstream answers) only sees
+/// end-of-file, or waits.
+pub struct Framed {
+    inner: Stream,
+    ready: BytesMut,
+    window: Window,
+    stash: Pending,
+    stash_max: usize,
+}
+
+impl std::fmt::Debug for Framed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Framed")
+            .field("inner", &self.inner)
+            .field("ready", &self.ready.len())
+            .field("window", &self.window)
+            .field("stash", &self.stash.len())
+            .finish()
+    }
+}
+
+impl Framed {
+    /// `head` is the checked head, `rest` what followed it in our buffer.
+    /// `stash` (empty) receives the bytes beyond the request.
+    pub fn new(
+        inner: Stream,
+        head: BytesMut,
+        mut rest: BytesMut,
+        info: &HeadInfo,
+        mut stash: Pending,
+        stash_max: usize,
+    ) -> Framed {
+        let mut ready = head;
+        let window = if info.upgrade || info.body == BodyFraming::Chunked {
+            ready.unsplit(rest);
+            Window::Open
+        } else {
+            let len = match info.body {
+                BodyFraming::Length(n) => n,
+                _ => 0,
+            };
+            let now = usize::try_from(len).unwrap_or(usize::MAX).min(rest.len());
+            let after = rest.split_off(now);
+            ready.unsplit(rest);
+            stash.refill(after);
+            Window::Length(len - now as u64)
+        };
+        Framed {
+            inner,
+            ready,
+            window,
+            stash,
+            stash_max,
+        }
+    }
+
+    /// Back to the connection and the bytes received after the request.
+    pub fn into_parts(self) -> (Stream, Pending) {
+        (self.inner, self.stash)
+    }
+
+    /// The request is over: read what the client sends next into the stash
+    /// (bounded), and report only end-of-file to pingora.
+    fn poll_after_end(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            if self.stash.len() >= self.stash_max {
+                // Enough for any head; the rest waits in the socket. pingora
+                // only probes here while it also waits for the upstream.
+                return Poll::Pending;
+            }
+            let mut chunk = [0u8; 2048];
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let got = rb.filled();
+                    if got.is_empty() {
+                        // End of file: tell pingora.
+                        return Poll::Ready(Ok(()));
+                    }
+                    if self.stash.extend(got).is_err() {
+                        return Poll::Ready(Err(std::io::Error::other(
+                            "proxy buffer budget exhausted",
+                        )));
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl AsyncRead for Framed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.ready.is_empty() {
+            let n = this.ready.len().min(buf.remaining());
+            buf.put_slice(&this.ready[..n]);
+            this.ready.advance(n);
+            if this.ready.is_empty() {
+                // Free the head's allocation now.
+                this.ready = BytesMut::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        match this.window {
+            Window::Open => Pin::new(&mut this.inner).poll_read(cx, buf),
+            Window::Length(0) => this.poll_after_end(cx),
+            Window::Length(left) => {
+                let max = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.remaining());
+                let mut chunk = [0u8; 8192];
+                let max = max.min(chunk.len());
+                let mut rb = ReadBuf::new(&mut chunk[..max]);
+                match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let got = rb.filled();
+                        buf.put_slice(got);
+                        this.window = Window::Length(left - got.len() as u64);
+                        Poll::Ready(Ok(()))
+                    }
+                    other => other,
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Framed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Framed {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for Framed {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Framed {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Framed {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Framed {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for Framed {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+// Peeking is not offered: pingora must read through the window.
+impl Peek for Framed {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> HeadLimits {
+        HeadLimits {
+            max_request_line: 32,
+            max_header_line: 24,
+            max_head: 128,
+            max_headers: 3,
+        }
+    }
+
+    fn inspect(head: &str) -> Result<HeadInfo, FramingError> {
+        inspect_head(head.as_bytes(), &HeadLimits::default())
+    }
+
+    fn framing_err(head: &str) -> String {
+        match inspect(head) {
+            Err(FramingError::Framing(m)) => m,
+            other => panic!("expected a framing error for {head:?}, got {other:?}"),
+        }
+    }
+
+    fn malformed(head: &[u8]) -> String {
+        match inspect_head(head, &HeadLimits::default()) {
+            Err(FramingError::Malformed(m)) => m,
+            other => panic!("expected malformed for {head:?}, got {other:?}"),
+        }
+    }
+
+    fn with_cl(v: &str) -> String {
+        format!("POST http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: {v}\r\n\r\n")
+    }
+
+    #[test]
+    fn a_plain_get() {
+        let h = "GET http://a.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n";
+        let info = inspect(h).unwrap();
+        assert_eq!((info.start, info.end), (0, h.len()));
+        assert_eq!(info.body, BodyFraming::None);
+        assert!(!info.is_connect && !info.upgrade);
+    }
+
+    #[test]
+    fn the_head_ends_at_the_first_blank_line() {
+        let h =
+            "GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\nGET http://b.test/ HTTP/1.1\r\n";
+        let info = inspect(h).unwrap();
+        assert_eq!(&h[info.end..], "GET http://b.test/ HTTP/1.1\r\n");
+    }
+
+    #[test]
+    fn leading_empty_lines_are_skipped() {
+        let h = "\r\n\r\nGET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n";
+        let info = inspect(h).unwrap();
+        assert_eq!(info.start, 4);
+    }
+
+    #[test]
+    fn incomplete_heads_wait() {
+        assert_eq!(inspect(""), Err(FramingError::Incomplete));
+        assert_eq!(
+            inspect("GET http://a.test/ HTTP/1.1\r\nHost: a"),
+            Err(FramingError::Incomplete)
+        );
+        assert_eq!(
+            inspect("GET http://a.test/ HTTP/1.1\r\n\r"),
+            Err(FramingError::Incomplete)
+        );
+    }
+
+    #[test]
+    fn content_length_single_decimal_only() {
+        assert_eq!(inspect(&with_cl("3")).unwrap().body, BodyFraming::Length(3));
+        assert_eq!(inspect(&with_cl("0")).unwrap().body, BodyFraming::Length(0));
+        assert_eq!(
+            inspect(&with_cl(" 7 ")).unwrap().body,
+            BodyFraming::Length(7)
+        );
+        assert_eq!(
+            inspect(&with_cl("007")).unwrap().body,
+            BodyFraming::Length(7)
+        );
+        assert_eq!(
+            inspect(&with_cl("9223372036854775807")).unwrap().body,
+            BodyFraming::Length(MAX_CONTENT_LENGTH)
+        );
+        assert!(framing_err(&with_cl("3, 3")).contains("list"));
+        assert!(framing_err(&with_cl("3,4")).contains("list"));
+        assert!(framing_err(&with_cl("3,")).contains("list"));
+        for bad in ["-1", "+3", "abc", "0x10", "3 3", "1e3", "3.0"] {
+            assert!(
+                framing_err(&with_cl(bad)).contains("not a non-negative"),
+                "{bad}"
+            );
+        }
+        assert!(framing_err(&with_cl("")).contains("not a non-negative"));
+        // 2^63 (the reported reproduction), 2^64-1, and past u64.
+        for big in [
+            "9223372036854775808",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999999999999",
+        ] {
+            assert!(framing_err(&with_cl(big)).contains("larger than"), "{big}");
+        }
+    }
+
+    #[test]
+    fn repeated_content_length_is_refused_even_when_equal() {
+        let h = "POST http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\n";
+        assert!(framing_err(h).contains("more than one Content-Length"));
+    }
+
+    #[test]
+    fn content_length_and_transfer_encoding_together() {
+        let h = "POST http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(framing_err(h).contains("both"));
+    }
+
+    fn with_te(v: &str) -> String {
+        format!("POST http://a.test/ HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: {v}\r\n\r\n")
+    }
+
+    #[test]
+    fn only_chunked_transfer_encoding() {
+        assert_eq!(
+            inspect(&with_te("chunked")).unwrap().body,
+            BodyFraming::Chunked
+        );
+        assert_eq!(
+            inspect(&with_te("Chunked ")).unwrap().body,
+            BodyFraming::Chunked
+        );
+        for bad in [
+            "chunked, gzip",
+            "gzip",
+            "gzip, chunked",
+            "identity",
+            "chunked;x=1",
+            "",
+            "chunked,",
+        ] {
+            assert!(
+                framing_err(&with_te(bad)).contains("unsupported"),
+                "{bad:?}"
+            );
+        }
+        let twice = "POST http://a.test/ HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(framing_err(twice).contains("more than one Transfer-Encoding"));
+        let http10 =
+            "POST http://a.test/ HTTP/1.0\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(framing_err(http10).contains("HTTP/1.0"));
+    }
+
+    #[test]
+    fn connect_has_no_body() {
+        let ok = "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n";
+        assert!(inspect(ok).unwrap().is_connect);
+        let bad = "CONNECT a.test:443 HTTP/1.1\r\nContent-Length: 5\r\n\r\n";
+        assert!(framing_err(bad).contains("CONNECT"));
+    }
+
+    #[test]
+    fn upgrade_requests_are_marked() {
+        let h = "GET http://a.test/ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+        assert!(inspect(h).unwrap().upgrade);
+    }
+
+    #[test]
+    fn request_line_limit_exact_and_one_past() {
+        let l = small();
+        // "GET /<pad> HTTP/1.1" is exactly 32 bytes.
+        let at = format!("GET /{} HTTP/1.1", "a".repeat(32 - 14));
+        assert_eq!(at.len(), 32);
+        let past = format!("GET /{} HTTP/1.1", "a".repeat(32 - 13));
+        assert!(inspect_head(format!("{at}\r\n\r\n").as_bytes(), &l).is_ok());
+        assert_eq!(
+            inspect_head(format!("{past}\r\n\r\n").as_bytes(), &l),
+            Err(FramingError::RequestLineTooLong { limit: 32 })
+        );
+        // Refused before the line ends, as soon as it cannot fit any more.
+        assert_eq!(
+            inspect_head(format!("GET /{}", "a".repeat(40)).as_bytes(), &l),
+            Err(FramingError::RequestLineTooLong { limit: 32 })
+        );
+        // An unfinished line at exactly the limit (plus its CR) still waits.
+        assert_eq!(
+            inspect_head(format!("{at}\r").as_bytes(), &l),
+            Err(FramingError::Incomplete)
+        );
+    }
+
+    #[test]
+    fn header_line_limit_exact_and_one_past() {
+        let l = small();
+        let at = format!("X-A: {}", "v".repeat(24 - 5));
+        assert_eq!(at.len(), 24);
+        let past = format!("X-A: {}", "v".repeat(24 - 4));
+        assert!(inspect_head(format!("GET / HTTP/1.1\r\n{at}\r\n\r\n").as_bytes(), &l).is_ok());
+        assert_eq!(
+            inspect_head(format!("GET / HTTP/1.1\r\n{past}\r\n\r\n").as_bytes(), &l),
+            Err(FramingError::HeaderLineTooLong { limit: 24 })
+        );
+        // A header that keeps growing is refused without waiting for its end.
+        let growing = format!("GET / HTTP/1.1\r\nX-A: {}", "v".repeat(100));
+        assert_eq!(
+            inspect_head(growing.as_bytes(), &l),
+            Err(FramingError::HeaderLineTooLong { limit: 24 })
+        );
+        let e = FramingError::HeaderLineTooLong { limit: 24 }.to_proxy_error();
+        assert_eq!((e.status(), e.code()), (431, "request_header_too_large"));
+    }
+
+    #[test]
+    fn header_count_exact_and_one_past() {
+        let l = small();
+        let three = "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+        assert!(inspect_head(three.as_bytes(), &l).is_ok());
+        let four = "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n";
+        assert_eq!(
+            inspect_head(four.as_bytes(), &l),
+            Err(FramingError::TooManyHeaders { limit: 3 })
+        );
+        // 10,000 headers with the defaults.
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "A: 1\r\n".repeat(10_000));
+        assert_eq!(
+            inspect(&many),
+            Err(FramingError::TooManyHeaders { limit: 100 })
+        );
+    }
+
+    #[test]
+    fn whole_head_limit_exact_and_one_past() {
+        let l = HeadLimits {
+            max_request_line: 64,
+            max_header_line: 64,
+            max_head: 64,
+            max_headers: 10,
+        };
+        let base = "GET / HTTP/1.1\r\n"; // 16
+        let fill = |n: usize| format!("{base}X: {}\r\n\r\n", "v".repeat(n));
+        // 16 + 3 + n + 2 + 2 = 64 → n = 41
+        assert_eq!(fill(41).len(), 64);
+        assert!(inspect_head(fill(41).as_bytes(), &l).is_ok());
+        assert_eq!(
+            inspect_head(fill(42).as_bytes(), &l),
+            Err(FramingError::HeadTooLarge { limit: 64 })
+        );
+        // Partial heads past the limit are refused too.
+        let partial =
+            format!("{base}A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nF: 6\r\nG: 7\r\nH: 12345678");
+        assert!(partial.len() > 64);
+        assert_eq!(
+            inspect_head(partial.as_bytes(), &l),
+            Err(FramingError::HeadTooLarge { limit: 64 })
+        );
+    }
+
+    #[test]
+    fn syntax_edges() {
+        // obs-fold
+        assert!(malformed(b"GET / HTTP/1.1\r\nX-A: 1\r\n  folded\r\n\r\n").contains("folding"));
+        assert!(malformed(b"GET / HTTP/1.1\r\nX-A: 1\r\n\tfolded\r\n\r\n").contains("folding"));
+        // bare LF, anywhere
+        assert!(malformed(b"GET / HTTP/1.1\nHost: a\r\n\r\n").contains("bare LF"));
+        assert!(malformed(b"GET / HTTP/1.1\r\nHost: a\n\n").contains("bare LF"));
+        assert!(malformed(b"GET / HTTP/1.1\r\nHost: a\r\n\n").contains("bare LF"));
+        // bare CR
+        assert!(malformed(b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n").contains("bare CR"));
+        // NUL in a value, a name, the request line; refused before the end
+        assert!(malformed(b"GET / HTTP/1.1\r\nX: a\0b\r\n\r\n").contains("NUL"));
+        assert!(malformed(b"GET /\0 HTTP/1.1\r\n").contains("NUL"));
+        // request line shapes
+        assert!(malformed(b"GET  / HTTP/1.1\r\n\r\n").contains("METHOD SP"));
+        assert!(malformed(b"GET / HTTP/1.1 x\r\n\r\n").contains("METHOD SP"));
+        assert!(malformed(b"GET /\x01 HTTP/1.1\r\n\r\n").contains("target"));
+        assert!(malformed(b"G(T / HTTP/1.1\r\n\r\n").contains("method"));
+        assert!(malformed(b"GET / HTTP/2.0\r\n\r\n").contains("version"));
+        assert!(malformed(b"GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n").contains("header"));
+        assert!(malformed(b"GET / HTTP/1.1\r\nX : 1\r\n\r\n").contains("header"));
+        assert!(malformed(b"GET / HTTP/1.1\r\nNoColon\r\n\r\n").contains("header"));
+    }
+
+    #[test]
+    fn host_rules_pingora_would_enforce() {
+        assert!(malformed(b"GET http://a.test/ HTTP/1.1\r\nHost: b.test\r\n\r\n").contains("Host"));
+        assert!(malformed(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").contains("Host"));
+        assert!(malformed(b"GET http://u@a.test/ HTTP/1.1\r\n\r\n").contains("userinfo"));
+        // Absolute-form without Host is fine; Host equal to the authority too.
+        assert!(inspect("GET http://a.test:8080/ HTTP/1.1\r\nHost: a.test:8080\r\n\r\n").is_ok());
+        assert!(inspect("GET http://a.test/ HTTP/1.1\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn byte_at_a_time_matches_all_at_once() {
+        let h = b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\n\r\nbody";
+        let l = HeadLimits::default();
+        let mut sc = HeadScanner::default();
+        let mut end = None;
+        for n in 1..=h.len() {
+            if let Some(e) = sc.feed(&h[..n], &l).unwrap() {
+                end = Some(e);
+                break;
+            }
+        }
+        assert_eq!(end, Some(h.len() - 4));
+        assert_eq!(inspect_head(h, &l).unwrap().end, h.len() - 4);
+    }
+
+    #[test]
+    fn errors_become_our_json_answers() {
+        let cases = [
+            (
+                FramingError::RequestLineTooLong { limit: 1 },
+                414,
+                "request_line_too_long",
+            ),
+            (
+                FramingError::HeadTooLarge { limit: 1 },
+                431,
+                "request_header_too_large",
+            ),
+            (
+                FramingError::TooManyHeaders { limit: 1 },
+                431,
+                "request_header_too_large",
+            ),
+            (FramingError::Framing("x".into()), 400, "invalid_framing"),
+            (FramingError::Malformed("x".into()), 400, "bad_request"),
+        ];
+        for (e, status, code) in cases {
+            let p = e.to_proxy_error();
+            assert_eq!((p.status(), p.code()), (status, code));
+            let raw = String::from_utf8(crate::pipeline::respond::error_bytes(&p)).unwrap();
+            assert!(
+                raw.contains(&format!("X-EZThrottle-Error: {code}")),
+                "{raw}"
+            );
+            assert!(raw.contains("Connection: close"));
+        }
+    }
+
+    /// No input makes it panic (the fuzz target's property, cheaply).
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let l = small();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let alphabet =
+            b"GET /:\r\n \t\0,;chunkedContent-Length0123456789Transfer-Encoding Host\x80\xff@";
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 160) as usize;
+            let mut buf = Vec::with_capacity(len);
+            let mut y = x;
+            for _ in 0..len {
+                y = y
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                buf.push(alphabet[(y >> 33) as usize % alphabet.len()]);
+            }
+            let _ = inspect_head(&buf, &l);
+            let _ = inspect_head(&buf, &HeadLimits::default());
+        }
+    }
+
+    #[test]
+    fn budget_holds_and_gives_back() {
+        let b = MemBudget::new(100);
+        let mut h1 = Hold::new(&b);
+        let mut h2 = Hold::new(&b);
+        h1.set(60).unwrap();
+        assert_eq!(h2.set(50), Err(BudgetFull));
+        assert_eq!(b.refused(), 1);
+        h2.set(40).unwrap();
+        assert_eq!(b.used(), 100);
+        h1.set(10).unwrap();
+        assert_eq!(b.used(), 50);
+        drop(h2);
+        assert_eq!(b.used(), 10);
+        drop(h1);
+        assert_eq!(b.used(), 0);
+
+        let mut p = Pending::new(&b);
+        p.extend(&[1; 50]).unwrap();
+        assert!(b.used() >= 50);
+        assert!(p.extend(&[1; 60]).is_err());
+        let all = p.take_all();
+        assert_eq!(all.len(), 50);
+        assert_eq!(b.used(), 0);
+    }
+
+    fn cursor(bytes: &[u8]) -> Stream {
+        Box::new(std::io::Cursor::new(bytes.to_vec()))
+    }
+
+    async fn read_all(f: &mut Framed) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 7];
+        loop {
+            let n = f.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_window_stops_at_the_end_of_the_request() {
+        let b = MemBudget::new(1 << 20);
+        let head = "POST http://a.test/ HTTP/1.1\r\nContent-Length: 5\r\n\r\n";
+        let next = "GET http://a.test/2 HTTP/1.1\r\n\r\n";
+        // Two body bytes already read with the head; the rest on the socket.
+        let first = format!("{head}he");
+        let info = inspect(&first).unwrap();
+        let mut bytes = BytesMut::from(first.as_bytes());
+        let rest = bytes.split_off(info.end);
+        let sock = format!("llo{next}");
+        let mut f = Framed::new(
+            cursor(sock.as_bytes()),
+            bytes,
+            rest,
+            &info,
+            Pending::new(&b),
+            1024,
+        );
+        let seen = read_all(&mut f).await;
+        assert_eq!(String::from_utf8(seen).unwrap(), format!("{head}hello"));
+        let (_, stash) = f.into_parts();
+        assert_eq!(stash.as_slice(), next.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn pipelined_bytes_read_with_the_head_are_kept() {
+        let b = MemBudget::new(1 << 20);
+        let one = "GET http://a.test/1 HTTP/1.1\r\n\r\n";
+        let two = "GET http://a.test/2 HTTP/1.1\r\n\r\n";
+        let both = format!("{one}{two}");
+        let info = inspect(&both).unwrap();
+        let mut bytes = BytesMut::from(both.as_bytes());
+        let rest = bytes.split_off(info.end);
+        let mut f = Framed::new(cursor(b""), bytes, rest, &info, Pending::new(&b), 1024);
+        assert_eq!(read_all(&mut f).await, one.as_bytes());
+        let (_, stash) = f.into_parts();
+        assert_eq!(stash.as_slice(), two.as_bytes());
+        assert!(b.used() >= two.len());
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_pass_through() {
+        let b = MemBudget::new(1 << 20);
+        let head = "POST http://a.test/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let info = inspect(head).unwrap();
+        let body = "3\r\nabc\r\n0\r\n\r\n";
+        let mut f = Framed::new(
+            cursor(body.as_bytes()),
+            BytesMut::from(head.as_bytes()),
+            BytesMut::new(),
+            &info,
+            Pending::new(&b),
+            1024,
+        );
+        assert_eq!(read_all(&mut f).await, format!("{head}{body}").as_bytes());
+    }
+}
