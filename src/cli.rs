@@ -100,7 +100,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
-            init_logging();
+            crate::logging::init();
             let config = match load(&args.common, args.listen, args.control_listen) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -177,28 +177,5 @@ fn ca(cmd: CaCommand) -> i32 {
             print!("{}", ca.cert_pem());
             0
         }
-    }
-}
-
-/// `EZTHROTTLE_LOG` (tracing filter) and `EZTHROTTLE_LOG_FORMAT=json|text`;
-/// logs go to stderr so stdout stays for the ready line and command output.
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("EZTHROTTLE_LOG").unwrap_or_else(|_| {
-        EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,pingora=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let json = std::env::var("EZTHROTTLE_LOG_FORMAT")
-        .map(|v| v.eq_ignore_ascii_case("json"))
-        .unwrap_or(false);
-    let result = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-    if let Err(e) = result {
-        eprintln!("ezthrottle: logging: {e}");
     }
 }

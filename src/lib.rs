@@ -9,6 +9,7 @@ pub mod control;
 pub mod error;
 pub mod idempotency;
 pub mod jobs;
+pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod resolve;

@@ -74,7 +74,10 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
     ) {
         return Err(StartError::RedisUnavailable);
     }
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open_with(
+        &config.data_dir,
+        config.storage.encryption_key.as_ref(),
+    )?);
     let learned = startup_runtime()?
         .block_on(store.learned_limits())
         .map_err(StartError::Store)?;

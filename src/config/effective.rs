@@ -205,6 +205,16 @@ pub(super) fn render(c: &Config) -> String {
             storage.insert("url".into(), s(shown));
         }
     }
+    // Where the key comes from, never the key.
+    match c.storage.encryption_key_source.as_deref() {
+        Some(src) if src.starts_with("file:") => {
+            storage.insert("encryption_key_file".into(), s(src[5..].to_string()));
+        }
+        Some(src) if src.starts_with("env:") => {
+            storage.insert("encryption_key_env".into(), s(src[4..].to_string()));
+        }
+        _ => {}
+    }
     root.insert("storage".into(), Value::Table(storage));
 
     let mut metrics = Table::new();

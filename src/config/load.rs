@@ -549,6 +549,13 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         if s.chars().count() < 16 {
             return Err(cx.err("webhooks.secret", "must be at least 16 characters"));
         }
+        let max = crate::webhooks::secrets::MAX_SECRET_BYTES;
+        if s.len() > max {
+            return Err(cx.err(
+                "webhooks.secret",
+                format!("must be at most {max} bytes (got {})", s.len()),
+            ));
+        }
     }
     let webhooks = WebhooksConfig {
         secret: raw.webhooks.secret.clone(),
@@ -603,6 +610,8 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         }
     };
 
+    let (encryption_key, encryption_key_source) = encryption_key(cx, &raw.storage)?;
+
     let metrics = MetricsConfig {
         max_domains: positive_u32(
             cx,
@@ -630,11 +639,66 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         jobs,
         webhooks,
         regions,
-        storage: StorageConfig { backend },
+        storage: StorageConfig {
+            backend,
+            encryption_key,
+            encryption_key_source,
+        },
         metrics,
     };
     cross_checks(cx, &config)?;
     Ok(config)
+}
+
+/// `[storage] encryption_key_file` / `encryption_key_env`: the key is read
+/// here so a missing file or variable, or a malformed key, is a config error
+/// (also for `config check`). An inline `encryption_key` is refused: config
+/// files end up in repositories, ConfigMaps and backups.
+fn encryption_key(
+    cx: &Ctx,
+    raw: &RawStorage,
+) -> Result<(Option<crate::store::EncryptionKey>, Option<String>), ConfigError> {
+    use crate::store::EncryptionKey;
+    if raw.encryption_key.is_some() {
+        return Err(cx.err(
+            "storage.encryption_key",
+            "a key must not be written in the config file; put it in a file (encryption_key_file = \"/path\") or an environment variable (encryption_key_env = \"VAR\")",
+        ));
+    }
+    match (&raw.encryption_key_file, &raw.encryption_key_env) {
+        (Some(_), Some(_)) => Err(cx.err(
+            "storage.encryption_key_file",
+            "set either encryption_key_file or encryption_key_env, not both",
+        )),
+        (Some(path), None) => {
+            let key = "storage.encryption_key_file";
+            if path.is_empty() {
+                return Err(cx.err(key, "must not be empty"));
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| cx.err(key, format!("cannot read {path}: {e}")))?;
+            let k = EncryptionKey::parse(&text)
+                .map_err(|reason| cx.err(key, format!("the key in {path} {reason}")))?;
+            Ok((Some(k), Some(format!("file:{path}"))))
+        }
+        (None, Some(var)) => {
+            let key = "storage.encryption_key_env";
+            if var.is_empty() {
+                return Err(cx.err(key, "must name an environment variable"));
+            }
+            let text = std::env::var(var).map_err(|e| {
+                cx.err(
+                    key,
+                    format!("environment variable {var} is not usable: {e}"),
+                )
+            })?;
+            let k = EncryptionKey::parse(&text).map_err(|reason| {
+                cx.err(key, format!("the key in environment variable {var} {reason}"))
+            })?;
+            Ok((Some(k), Some(format!("env:{var}"))))
+        }
+        (None, None) => Ok((None, None)),
+    }
 }
 
 fn mask_url(u: &str) -> String {

@@ -182,6 +182,12 @@ pub enum StorageBackend {
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     pub backend: StorageBackend,
+    /// Encrypts stored job headers, bodies, results and webhook secrets at
+    /// rest. Read at load time from `encryption_key_file` or the variable
+    /// named by `encryption_key_env`; never inline. Debug-prints redacted.
+    pub encryption_key: Option<crate::store::EncryptionKey>,
+    /// Where the key came from, for `config check`: `file:/path` or `env:VAR`.
+    pub encryption_key_source: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -135,6 +135,10 @@ pub struct RawRegion {
 pub struct RawStorage {
     pub backend: Option<String>,
     pub url: Option<String>,
+    /// Only read to refuse it: a key must not sit in the config file.
+    pub encryption_key: Option<toml::Value>,
+    pub encryption_key_file: Option<String>,
+    pub encryption_key_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -381,3 +381,66 @@ fn cross_checks_guard_against_open_listeners() {
     let e = Config::load(Some(&missing), &Overrides::default()).unwrap_err();
     assert!(e.reason.contains("cannot read"), "{e}");
 }
+
+#[test]
+fn storage_encryption_key_comes_from_a_file_or_variable_never_inline() {
+    use base64::Engine;
+    assert_bad(
+        "[storage]\nencryption_key = \"c2VjcmV0\"\n",
+        "storage.encryption_key",
+        "must not be written in the config file",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("storage.key");
+    let b64 = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    std::fs::write(&file, format!("{b64}\n")).unwrap();
+    let text = format!("[storage]\nencryption_key_file = {:?}\n", file.display().to_string());
+    let c = parse(&text).expect("key file");
+    assert_eq!(
+        c.storage.encryption_key,
+        Some(crate::store::EncryptionKey::from_bytes([7u8; 32]))
+    );
+    let shown = c.to_effective_toml();
+    assert!(shown.contains("encryption_key_file") && !shown.contains(&b64), "{shown}");
+    assert!(!format!("{c:?}").contains(&b64));
+
+    std::env::set_var("EZT_TEST_STORAGE_KEY_OK", "ab".repeat(32));
+    let c = parse("[storage]\nencryption_key_env = \"EZT_TEST_STORAGE_KEY_OK\"\n").unwrap();
+    assert_eq!(
+        c.storage.encryption_key,
+        Some(crate::store::EncryptionKey::from_bytes([0xab; 32]))
+    );
+    assert_bad(
+        "[storage]\nencryption_key_env = \"EZT_TEST_STORAGE_KEY_UNSET\"\n",
+        "storage.encryption_key_env",
+        "EZT_TEST_STORAGE_KEY_UNSET",
+    );
+    std::env::set_var("EZT_TEST_STORAGE_KEY_SHORT", "abcd");
+    assert_bad(
+        "[storage]\nencryption_key_env = \"EZT_TEST_STORAGE_KEY_SHORT\"\n",
+        "storage.encryption_key_env",
+        "expected exactly 32",
+    );
+    assert_bad(
+        &format!("{text}encryption_key_env = \"EZT_TEST_STORAGE_KEY_OK\"\n"),
+        "storage.encryption_key_file",
+        "not both",
+    );
+    assert_bad(
+        "[storage]\nencryption_key_file = \"/nonexistent/ezthrottle.key\"\n",
+        "storage.encryption_key_file",
+        "cannot read",
+    );
+}
+
+#[test]
+fn webhooks_secret_is_at_most_one_kib() {
+    let ok = format!("[webhooks]\nsecret = \"{}\"\n", "s".repeat(1024));
+    assert_eq!(parse(&ok).unwrap().webhooks.secret.unwrap().len(), 1024);
+    for n in [1025, 1 << 20] {
+        let e = bad(&format!("[webhooks]\nsecret = \"{}\"\n", "s".repeat(n)));
+        assert_eq!(e.key, "webhooks.secret", "{e}");
+        assert!(e.reason.contains("at most 1024 bytes"), "{}", e.reason);
+        assert!(!e.reason.contains("sss"), "never echoes the secret");
+    }
+}

@@ -8,18 +8,57 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use rusqlite::types::{Type, Value, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::files;
+use super::seal::{self, EncryptionKey, Seal};
 use super::{
     Delivery, DeliveryState, IdempotencyRecord, JobRecord, JobStatus, LearnedLimit, NewDelivery,
     Store, StoreError, WebhookSecrets,
 };
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
+
+/// The key (if any) that seals the columns in [`SEALED_COLUMNS`].
+type SealRef = Option<Arc<Seal>>;
+
+// Associated data of each sealed column: `table.column`.
+const JOBS_SPEC: &str = "jobs.spec";
+const JOBS_RESULT: &str = "jobs.result";
+const DELIVERIES_URL: &str = "deliveries.url";
+const DELIVERIES_PAYLOAD: &str = "deliveries.payload";
+const SECRETS_PRIMARY: &str = "webhook_secrets.primary_secret";
+const SECRETS_SECONDARY: &str = "webhook_secrets.secondary_secret";
+const IDEMPOTENCY_HEADERS: &str = "idempotency.headers";
+const IDEMPOTENCY_BODY: &str = "idempotency.body";
+
+/// Every column that can hold credentials or request/response content:
+/// `(table, column)`; the purpose is `table.column`.
+const SEALED_COLUMNS: [(&str, &str); 8] = [
+    ("jobs", "spec"),
+    ("jobs", "result"),
+    ("deliveries", "url"),
+    ("deliveries", "payload"),
+    ("webhook_secrets", "primary_secret"),
+    ("webhook_secrets", "secondary_secret"),
+    ("idempotency", "headers"),
+    ("idempotency", "body"),
+];
+
+/// The `meta` row whose sealed value proves the configured key is the one
+/// the data was written with.
+const KEY_CHECK: &str = "key_check";
+const KEY_CHECK_PURPOSE: &str = "meta.key_check";
+const KEY_CHECK_VALUE: &[u8] = b"ezthrottle storage key check v1";
+
+/// Start-up error when the configured key is not the one the data was sealed with.
+pub const WRONG_KEY: &str = "storage.encryption_key does not decrypt existing data";
 
 pub struct EmbeddedStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    seal: SealRef,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -27,11 +66,26 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl EmbeddedStore {
-    /// Open (creating if needed) the database under `data_dir`.
+    /// Open (creating if needed) the database under `data_dir`, without
+    /// encryption at rest.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir)
+        Self::open_with(data_dir, None)
+    }
+
+    /// Open (creating if needed) the database under `data_dir`; with `key`,
+    /// the columns that can hold credentials are sealed (see `seal.rs`).
+    ///
+    /// The data dir is 0700 and the database files 0600 whatever the umask;
+    /// looser modes left by an older version are fixed with a warning. A key
+    /// that does not open the data already sealed, or a database with sealed
+    /// data opened without a key, is refused here rather than failing (or
+    /// worse, misreading) value by value later.
+    pub fn open_with(data_dir: &Path, key: Option<&EncryptionKey>) -> Result<Self, StoreError> {
+        files::create_private_dir(data_dir)
             .map_err(|e| err(format!("{}: {e}", data_dir.display())))?;
-        let path = data_dir.join("ezthrottle.db");
+        let path = data_dir.join(files::DB_FILE);
+        files::create_private_file(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        files::secure_data_dir(data_dir);
         let conn = Connection::open(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
@@ -39,13 +93,36 @@ impl EmbeddedStore {
             .map_err(err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(err)?;
+        // Deleted rows (swept jobs with their stored headers) are zeroed in
+        // the file instead of lingering in free pages.
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
         migrate(&conn)?;
+        let seal = key.map(|k| Arc::new(Seal::new(k)));
+        check_key(&conn, seal.as_deref())?;
+        if let Some(s) = &seal {
+            let n = seal_plaintext(&conn, s)?;
+            if n > 0 {
+                tracing::info!(
+                    values = n,
+                    "encrypted stored values written before storage.encryption_key was set"
+                );
+            }
+        }
+        // The WAL and shared-memory files exist now (WAL mode): check them too.
+        files::secure_data_dir(data_dir);
         Ok(EmbeddedStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
+            seal,
         })
+    }
+
+    /// Whether stored values are sealed with a key.
+    pub fn encrypted(&self) -> bool {
+        self.seal.is_some()
     }
 
     pub fn path(&self) -> &Path {
@@ -148,41 +225,206 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )
         .map_err(err)?;
     }
+    if version < 4 {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta (
+                name TEXT PRIMARY KEY,
+                value BLOB NOT NULL
+            );
+            PRAGMA user_version = 4;",
+        )
+        .map_err(err)?;
+    }
     Ok(())
+}
+
+/// Compare the configured key with the key-check value stored by the first
+/// start with a key (and store it on that start).
+fn check_key(conn: &Connection, seal: Option<&Seal>) -> Result<(), StoreError> {
+    let stored: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE name = ?1",
+            params![KEY_CHECK],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(err)?;
+    match (seal, stored) {
+        (Some(s), Some(check)) => match s.open(KEY_CHECK_PURPOSE, &check) {
+            Ok(v) if v == KEY_CHECK_VALUE => Ok(()),
+            _ => Err(err(format!(
+                "{WRONG_KEY}: the database was encrypted with another key; start with the key it was written with"
+            ))),
+        },
+        (Some(s), None) => {
+            conn.execute(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2)",
+                params![KEY_CHECK, s.seal(KEY_CHECK_PURPOSE, KEY_CHECK_VALUE)],
+            )
+            .map_err(err)?;
+            Ok(())
+        }
+        (None, Some(_)) => Err(err(
+            "the database holds values encrypted with storage.encryption_key, but no key is configured: set [storage] encryption_key_file or encryption_key_env",
+        )),
+        (None, None) => {
+            tracing::info!(
+                "stored job request headers (incl. Authorization), bodies and webhook secrets are kept in clear text in the data dir; set [storage] encryption_key_file or encryption_key_env to encrypt them"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Seal every value of [`SEALED_COLUMNS`] still in plaintext (written before
+/// a key was configured); returns how many. One transaction: a crash
+/// half-way leaves plaintext values, which stay readable and are sealed on
+/// the next start.
+fn seal_plaintext(conn: &Connection, seal: &Seal) -> Result<u64, StoreError> {
+    let tx = conn.unchecked_transaction().map_err(err)?;
+    let mut n = 0u64;
+    for (table, column) in SEALED_COLUMNS {
+        let purpose = format!("{table}.{column}");
+        let rows: Vec<(i64, Vec<u8>)> = {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT rowid, {column} FROM {table} WHERE {column} IS NOT NULL
+                     AND (typeof({column}) = 'text' OR substr({column}, 1, 4) != ?1)"
+                ))
+                .map_err(err)?;
+            let rows = stmt
+                .query_map(params![&seal::MAGIC[..]], |r| {
+                    let v = match r.get_ref(1)? {
+                        ValueRef::Text(t) | ValueRef::Blob(t) => t.to_vec(),
+                        _ => Vec::new(),
+                    };
+                    Ok((r.get(0)?, v))
+                })
+                .map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)?
+        };
+        for (rowid, plain) in rows {
+            tx.execute(
+                &format!("UPDATE {table} SET {column} = ?1 WHERE rowid = ?2"),
+                params![seal.seal(&purpose, &plain), rowid],
+            )
+            .map_err(err)?;
+            n += 1;
+        }
+    }
+    tx.commit().map_err(err)?;
+    Ok(n)
+}
+
+/// A value to store in a sealed column: sealed with a key, else as before.
+fn put_bytes(seal: &SealRef, purpose: &str, plain: &[u8]) -> Value {
+    match seal {
+        Some(s) => Value::Blob(s.seal(purpose, plain)),
+        None => Value::Blob(plain.to_vec()),
+    }
+}
+
+/// A text value to store in a sealed column (plain TEXT without a key).
+fn put_text(seal: &SealRef, purpose: &str, plain: &str) -> Value {
+    match seal {
+        Some(s) => Value::Blob(s.seal(purpose, plain.as_bytes())),
+        None => Value::Text(plain.to_string()),
+    }
+}
+
+fn put_opt_text(seal: &SealRef, purpose: &str, plain: Option<&str>) -> Value {
+    plain.map_or(Value::Null, |p| put_text(seal, purpose, p))
+}
+
+fn conversion(idx: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(idx, Type::Blob, Box::new(e))
+}
+
+/// A sealed column's value as stored (`None` for NULL), opened.
+fn get_opt_bytes(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+    seal: &SealRef,
+    purpose: &str,
+) -> rusqlite::Result<Option<Vec<u8>>> {
+    match r.get_ref(idx)? {
+        ValueRef::Null => Ok(None),
+        // Text is never sealed (sealed values are stored as BLOBs).
+        ValueRef::Text(t) => Ok(Some(t.to_vec())),
+        ValueRef::Blob(b) => seal::unseal(seal.as_deref(), purpose, b)
+            .map(Some)
+            .map_err(|e| conversion(idx, e)),
+        ValueRef::Integer(_) | ValueRef::Real(_) => Err(rusqlite::Error::InvalidColumnType(
+            idx,
+            purpose.to_string(),
+            r.get_ref(idx)?.data_type(),
+        )),
+    }
+}
+
+fn get_bytes(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+    seal: &SealRef,
+    purpose: &str,
+) -> rusqlite::Result<Vec<u8>> {
+    get_opt_bytes(r, idx, seal, purpose)?
+        .ok_or_else(|| rusqlite::Error::InvalidColumnType(idx, purpose.to_string(), Type::Null))
+}
+
+fn get_opt_text(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+    seal: &SealRef,
+    purpose: &str,
+) -> rusqlite::Result<Option<String>> {
+    get_opt_bytes(r, idx, seal, purpose)?
+        .map(|b| String::from_utf8(b).map_err(|e| conversion(idx, e)))
+        .transpose()
+}
+
+fn get_text(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+    seal: &SealRef,
+    purpose: &str,
+) -> rusqlite::Result<String> {
+    get_opt_text(r, idx, seal, purpose)?
+        .ok_or_else(|| rusqlite::Error::InvalidColumnType(idx, purpose.to_string(), Type::Null))
 }
 
 const JOB_COLUMNS: &str = "id, workspace, idempotent_key, status, spec, attempts, \
     next_attempt_at, lease_until, created_at, updated_at, result";
 
-fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+fn job_row(r: &rusqlite::Row<'_>, seal: &SealRef) -> rusqlite::Result<JobRecord> {
     let status: String = r.get(3)?;
     Ok(JobRecord {
         id: r.get(0)?,
         workspace: r.get(1)?,
         idempotent_key: r.get(2)?,
         status: JobStatus::parse(&status).unwrap_or(JobStatus::Failed),
-        spec: r.get(4)?,
+        spec: get_text(r, 4, seal, JOBS_SPEC)?,
         attempts: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
         next_attempt_at: r.get::<_, i64>(6)?.max(0) as u64,
         lease_until: r.get::<_, i64>(7)?.max(0) as u64,
         created_at: r.get::<_, i64>(8)?.max(0) as u64,
         updated_at: r.get::<_, i64>(9)?.max(0) as u64,
-        result: r.get(10)?,
+        result: get_opt_text(r, 10, seal, JOBS_RESULT)?,
     })
 }
 
 const DELIVERY_COLUMNS: &str = "id, job_id, workspace, url, has_quorum_vote, payload, state, \
     attempts, next_attempt_at, last_status, last_error, updated_at";
 
-fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
+fn delivery_row(r: &rusqlite::Row<'_>, seal: &SealRef) -> rusqlite::Result<Delivery> {
     let state: String = r.get(6)?;
     Ok(Delivery {
         id: r.get(0)?,
         job_id: r.get(1)?,
         workspace: r.get(2)?,
-        url: r.get(3)?,
+        url: get_text(r, 3, seal, DELIVERIES_URL)?,
         has_quorum_vote: r.get::<_, i64>(4)? != 0,
-        payload: r.get(5)?,
+        payload: get_bytes(r, 5, seal, DELIVERIES_PAYLOAD)?,
         state: DeliveryState::parse(&state).unwrap_or(DeliveryState::Failed),
         attempts: u32::try_from(r.get::<_, i64>(7)?).unwrap_or(0),
         next_attempt_at: r.get::<_, i64>(8)?.max(0) as u64,
@@ -194,11 +436,11 @@ fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
     })
 }
 
-fn get_job(c: &Connection, id: &str) -> Result<Option<JobRecord>, StoreError> {
+fn get_job(c: &Connection, id: &str, seal: &SealRef) -> Result<Option<JobRecord>, StoreError> {
     c.query_row(
         &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
         params![id],
-        job_row,
+        |r| job_row(r, seal),
     )
     .optional()
     .map_err(err)
@@ -271,6 +513,7 @@ impl Store for EmbeddedStore {
         now_ms: u64,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let scope = scope.to_string();
+        let seal = self.seal.clone();
         self.with(move |c| {
             c.query_row(
                 "SELECT fingerprint, status, reason, headers, body, created_at, expires_at
@@ -282,8 +525,8 @@ impl Store for EmbeddedStore {
                         fingerprint: r.get(0)?,
                         status: u16::try_from(r.get::<_, i64>(1)?).unwrap_or(500),
                         reason: r.get(2)?,
-                        headers: r.get(3)?,
-                        body: r.get(4)?,
+                        headers: get_bytes(r, 3, &seal, IDEMPOTENCY_HEADERS)?,
+                        body: get_bytes(r, 4, &seal, IDEMPOTENCY_BODY)?,
                         created_at: r.get::<_, i64>(5)?.max(0) as u64,
                         expires_at: r.get::<_, i64>(6)?.max(0) as u64,
                     })
@@ -296,6 +539,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn idempotency_put(&self, record: IdempotencyRecord) -> Result<(), StoreError> {
+        let seal = self.seal.clone();
         self.with(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO idempotency
@@ -306,8 +550,8 @@ impl Store for EmbeddedStore {
                     record.fingerprint,
                     i64::from(record.status),
                     record.reason,
-                    record.headers,
-                    record.body,
+                    put_bytes(&seal, IDEMPOTENCY_HEADERS, &record.headers),
+                    put_bytes(&seal, IDEMPOTENCY_BODY, &record.body),
                     record.created_at as i64,
                     record.expires_at as i64
                 ],
@@ -332,6 +576,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn job_insert(&self, job: JobRecord) -> Result<Option<JobRecord>, StoreError> {
+        let seal = self.seal.clone();
         self.with(move |c| {
             let tx = c.transaction().map_err(err)?;
             let existing = tx
@@ -340,7 +585,7 @@ impl Store for EmbeddedStore {
                         "SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = ?1 AND idempotent_key = ?2"
                     ),
                     params![job.workspace, job.idempotent_key],
-                    job_row,
+                    |r| job_row(r, &seal),
                 )
                 .optional()
                 .map_err(err)?;
@@ -356,13 +601,13 @@ impl Store for EmbeddedStore {
                     job.workspace,
                     job.idempotent_key,
                     job.status.as_str(),
-                    job.spec,
+                    put_text(&seal, JOBS_SPEC, &job.spec),
                     i64::from(job.attempts),
                     job.next_attempt_at as i64,
                     job.lease_until as i64,
                     job.created_at as i64,
                     job.updated_at as i64,
-                    job.result
+                    put_opt_text(&seal, JOBS_RESULT, job.result.as_deref())
                 ],
             )
             .map_err(err)?;
@@ -374,7 +619,8 @@ impl Store for EmbeddedStore {
 
     async fn job_get(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
         let id = id.to_string();
-        self.with(move |c| get_job(c, &id)).await
+        let seal = self.seal.clone();
+        self.with(move |c| get_job(c, &id, &seal)).await
     }
 
     async fn jobs_claim(
@@ -383,6 +629,7 @@ impl Store for EmbeddedStore {
         lease_ms: u64,
         limit: usize,
     ) -> Result<Vec<JobRecord>, StoreError> {
+        let seal = self.seal.clone();
         self.with(move |c| {
             let tx = c.transaction().map_err(err)?;
             let ids: Vec<String> = {
@@ -407,7 +654,7 @@ impl Store for EmbeddedStore {
                     params![id, now_ms.saturating_add(lease_ms) as i64, now_ms as i64],
                 )
                 .map_err(err)?;
-                if let Some(job) = get_job(&tx, &id)? {
+                if let Some(job) = get_job(&tx, &id, &seal)? {
                     claimed.push(job);
                 }
             }
@@ -458,9 +705,12 @@ impl Store for EmbeddedStore {
         deliveries: Vec<NewDelivery>,
     ) -> Result<bool, StoreError> {
         let id = id.to_string();
+        let seal = self.seal.clone();
         self.with(move |c| {
             let tx = c.transaction().map_err(err)?;
             let now = super::now_ms() as i64;
+            let result = put_text(&seal, JOBS_RESULT, &result);
+            let payload = put_bytes(&seal, DELIVERIES_PAYLOAD, &payload);
             let changed = tx
                 .execute(
                     "UPDATE jobs SET status = ?2, result = ?3, lease_until = 0, updated_at = ?4
@@ -486,7 +736,7 @@ impl Store for EmbeddedStore {
                     params![
                         id,
                         workspace,
-                        d.url,
+                        put_text(&seal, DELIVERIES_URL, &d.url),
                         i64::from(d.has_quorum_vote),
                         payload,
                         now
@@ -508,6 +758,7 @@ impl Store for EmbeddedStore {
         after: Option<(u64, String)>,
     ) -> Result<Vec<JobRecord>, StoreError> {
         let workspace = workspace.to_string();
+        let seal = self.seal.clone();
         self.with(move |c| {
             let (after_t, after_id) = after
                 .map(|(t, id)| (t as i64, id))
@@ -529,7 +780,7 @@ impl Store for EmbeddedStore {
                         after_id,
                         limit as i64
                     ],
-                    job_row,
+                    |r| job_row(r, &seal),
                 )
                 .map_err(err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(err)
@@ -629,6 +880,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn deliveries_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let seal = self.seal.clone();
         self.with(move |c| {
             let mut stmt = c
                 .prepare(&format!(
@@ -638,7 +890,9 @@ impl Store for EmbeddedStore {
                 ))
                 .map_err(err)?;
             let rows = stmt
-                .query_map(params![now_ms as i64, limit as i64], delivery_row)
+                .query_map(params![now_ms as i64, limit as i64], |r| {
+                    delivery_row(r, &seal)
+                })
                 .map_err(err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(err)
         })
@@ -669,13 +923,16 @@ impl Store for EmbeddedStore {
 
     async fn deliveries_for_job(&self, job_id: &str) -> Result<Vec<Delivery>, StoreError> {
         let job_id = job_id.to_string();
+        let seal = self.seal.clone();
         self.with(move |c| {
             let mut stmt = c
                 .prepare(&format!(
                     "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE job_id = ?1 ORDER BY id"
                 ))
                 .map_err(err)?;
-            let rows = stmt.query_map(params![job_id], delivery_row).map_err(err)?;
+            let rows = stmt
+                .query_map(params![job_id], |r| delivery_row(r, &seal))
+                .map_err(err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(err)
         })
         .await
@@ -696,6 +953,7 @@ impl Store for EmbeddedStore {
 
     async fn secrets_get(&self, workspace: &str) -> Result<Option<WebhookSecrets>, StoreError> {
         let workspace = workspace.to_string();
+        let seal = self.seal.clone();
         self.with(move |c| {
             c.query_row(
                 "SELECT primary_secret, secondary_secret FROM webhook_secrets WHERE workspace = ?1",
@@ -703,8 +961,8 @@ impl Store for EmbeddedStore {
                 |r| {
                     Ok(WebhookSecrets {
                         workspace: workspace.clone(),
-                        primary: r.get(0)?,
-                        secondary: r.get(1)?,
+                        primary: get_text(r, 0, &seal, SECRETS_PRIMARY)?,
+                        secondary: get_opt_text(r, 1, &seal, SECRETS_SECONDARY)?,
                     })
                 },
             )
@@ -715,11 +973,16 @@ impl Store for EmbeddedStore {
     }
 
     async fn secrets_put(&self, secrets: WebhookSecrets) -> Result<(), StoreError> {
+        let seal = self.seal.clone();
         self.with(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO webhook_secrets (workspace, primary_secret, secondary_secret)
                  VALUES (?1, ?2, ?3)",
-                params![secrets.workspace, secrets.primary, secrets.secondary],
+                params![
+                    secrets.workspace,
+                    put_text(&seal, SECRETS_PRIMARY, &secrets.primary),
+                    put_opt_text(&seal, SECRETS_SECONDARY, secrets.secondary.as_deref())
+                ],
             )
             .map_err(err)?;
             Ok(())
@@ -906,6 +1169,178 @@ mod tests {
         assert_eq!(s.secrets_get("w").await.unwrap(), Some(secrets));
         assert!(s.secrets_delete("w").await.unwrap());
         assert!(!s.secrets_delete("w").await.unwrap());
+    }
+
+    const PLANTED: &str = "sk_live_PLANTED_0123456789";
+
+    fn key(b: u8) -> EncryptionKey {
+        EncryptionKey::from_bytes([b; 32])
+    }
+
+    /// Every byte SQLite keeps on disk for the store.
+    fn disk_bytes(dir: &Path) -> Vec<u8> {
+        let mut all = Vec::new();
+        for f in ["ezthrottle.db", "ezthrottle.db-wal", "ezthrottle.db-shm"] {
+            if let Ok(b) = std::fs::read(dir.join(f)) {
+                all.extend(b);
+            }
+        }
+        all
+    }
+
+    fn contains(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    fn secret_job(id: &str, key: &str) -> JobRecord {
+        let mut j = job(id, key, 1);
+        j.spec = format!(r#"{{"headers":[["Authorization","Bearer {PLANTED}"]],"body":"{PLANTED}"}}"#);
+        j
+    }
+
+    async fn fill(s: &EmbeddedStore) {
+        s.job_insert(secret_job("j1", "k1")).await.unwrap();
+        s.job_insert(secret_job("j2", "k2")).await.unwrap();
+        s.jobs_claim(10, 1000, 10).await.unwrap();
+        s.job_finish(
+            "j2",
+            JobStatus::Success,
+            format!(r#"{{"body":"{PLANTED}"}}"#),
+            PLANTED.as_bytes().to_vec(),
+            vec![NewDelivery {
+                url: format!("https://hooks.test/h?token={PLANTED}"),
+                has_quorum_vote: true,
+            }],
+        )
+        .await
+        .unwrap();
+        s.secrets_put(WebhookSecrets {
+            workspace: "w".into(),
+            primary: format!("p_{PLANTED}"),
+            secondary: Some(format!("s_{PLANTED}")),
+        })
+        .await
+        .unwrap();
+        let mut r = record("scope", u64::MAX / 2);
+        r.headers = format!("Set-Cookie: session={PLANTED}\r\n").into_bytes();
+        r.body = PLANTED.as_bytes().to_vec();
+        s.idempotency_put(r).await.unwrap();
+    }
+
+    async fn read_back(s: &EmbeddedStore) {
+        let j1 = s.job_get("j1").await.unwrap().unwrap();
+        assert_eq!(j1.spec, secret_job("j1", "k1").spec);
+        let listed = s.jobs_list("default", None, 10, None).await.unwrap();
+        assert_eq!(listed.len(), 2);
+        let j2 = s.job_get("j2").await.unwrap().unwrap();
+        assert!(j2.result.unwrap().contains(PLANTED));
+        let d = &s.deliveries_for_job("j2").await.unwrap()[0];
+        assert!(d.url.ends_with(PLANTED) && d.payload == PLANTED.as_bytes());
+        assert_eq!(s.deliveries_due(u64::MAX / 2, 10).await.unwrap().len(), 1);
+        let sec = s.secrets_get("w").await.unwrap().unwrap();
+        assert_eq!(sec.primary, format!("p_{PLANTED}"));
+        assert_eq!(sec.secondary, Some(format!("s_{PLANTED}")));
+        let r = s.idempotency_get("scope", 1).await.unwrap().unwrap();
+        assert_eq!(r.body, PLANTED.as_bytes());
+        assert!(contains(&r.headers, PLANTED));
+    }
+
+    #[tokio::test]
+    async fn with_a_key_nothing_sensitive_reaches_the_disk_in_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = EmbeddedStore::open_with(dir.path(), Some(&key(1))).unwrap();
+            assert!(s.encrypted());
+            fill(&s).await;
+            read_back(&s).await;
+            let bytes = disk_bytes(dir.path());
+            assert!(bytes.len() > 4096, "the store wrote something");
+            assert!(!contains(&bytes, PLANTED), "planted secret found on disk");
+            // Control: the same data without a key is on disk in clear.
+            let plain = tempfile::tempdir().unwrap();
+            let p = EmbeddedStore::open(plain.path()).unwrap();
+            fill(&p).await;
+            assert!(contains(&disk_bytes(plain.path()), PLANTED));
+        }
+        // Same key: everything reads back.
+        let s = EmbeddedStore::open_with(dir.path(), Some(&key(1))).unwrap();
+        read_back(&s).await;
+        drop(s);
+        // Wrong key, or none: refused at open with a clear error.
+        let e = EmbeddedStore::open_with(dir.path(), Some(&key(2)))
+            .err()
+            .expect("wrong key must be refused");
+        assert!(e.to_string().contains(WRONG_KEY), "{e}");
+        let e = EmbeddedStore::open(dir.path()).err().expect("no key must be refused");
+        assert!(e.to_string().contains("encryption_key"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn plaintext_from_before_the_key_is_readable_then_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = EmbeddedStore::open(dir.path()).unwrap();
+            assert!(!s.encrypted());
+            fill(&s).await;
+        }
+        let s = EmbeddedStore::open_with(dir.path(), Some(&key(3))).unwrap();
+        read_back(&s).await;
+        // Every sealed column now holds a sealed BLOB, none a plaintext.
+        let c = s.conn.lock().unwrap();
+        for (table, column) in SEALED_COLUMNS {
+            let plain: i64 = c
+                .query_row(
+                    &format!(
+                        "SELECT COUNT(*) FROM {table} WHERE {column} IS NOT NULL
+                         AND (typeof({column}) = 'text' OR substr({column}, 1, 4) != ?1)"
+                    ),
+                    params![&seal::MAGIC[..]],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(plain, 0, "{table}.{column}");
+        }
+        drop(c);
+        drop(s);
+        // Sealed values in a modified file are an error, never garbage.
+        {
+            let c = Connection::open(dir.path().join("ezthrottle.db")).unwrap();
+            let v: Vec<u8> = c
+                .query_row("SELECT spec FROM jobs WHERE id = 'j1'", [], |r| r.get(0))
+                .unwrap();
+            let mut t = v.clone();
+            let last = t.len() - 1;
+            t[last] ^= 0x55;
+            c.execute("UPDATE jobs SET spec = ?1 WHERE id = 'j1'", params![t])
+                .unwrap();
+        }
+        let s = EmbeddedStore::open_with(dir.path(), Some(&key(3))).unwrap();
+        let e = s.job_get("j1").await.unwrap_err();
+        assert!(e.to_string().contains("cannot decrypt"), "{e}");
+        assert!(s.job_get("j2").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn database_files_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let db = data.join("ezthrottle.db");
+        {
+            // A database left by an older version, world-readable.
+            let s = EmbeddedStore::open(&data).unwrap();
+            s.job_insert(job("j1", "k1", 1)).await.unwrap();
+        }
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = EmbeddedStore::open(&data).unwrap();
+        s.job_insert(job("j2", "k2", 1)).await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        for f in ["ezthrottle.db", "ezthrottle.db-wal", "ezthrottle.db-shm"] {
+            assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+        }
     }
 
     #[tokio::test]

@@ -3,10 +3,13 @@
 //! Redis backend slotting in behind the same trait.
 
 pub mod embedded;
+pub mod files;
+pub mod seal;
 
 use async_trait::async_trait;
 
 pub use embedded::EmbeddedStore;
+pub use seal::EncryptionKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -11,7 +11,7 @@
 use std::fmt;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -260,23 +260,23 @@ fn file_err(path: &Path, reason: String) -> TlsError {
 
 /// Generates a new CA and writes it. The key is written before the certificate,
 /// each atomically (temp file + rename), so a crash never leaves a half-written
-/// file that would later be loaded; the key is 0600 from the moment it exists.
+/// file that would later be loaded. Both are 0600 from the moment they exist
+/// (and directories 0700) like everything under the data dir, whatever the
+/// umask: the certificate is public, but it is handed out through
+/// `ca export` and `GET /ca.pem`, not by reading the data dir.
 fn create_files(files: &CaFiles) -> Result<(), TlsError> {
     let (cert_pem, key_pem) = generate_ca()?;
     for path in [&files.cert, &files.key] {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() && !dir.exists() {
                 // 0700: the directory holds the CA key.
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
+                crate::store::files::create_private_dir(dir)
                     .map_err(|e| file_err(dir, format!("cannot create directory: {e}")))?;
             }
         }
     }
-    write_atomic(&files.key, key_pem.as_bytes(), 0o600)?;
-    write_atomic(&files.cert, cert_pem.as_bytes(), 0o644)?;
+    write_atomic(&files.key, key_pem.as_bytes(), crate::store::files::FILE_MODE)?;
+    write_atomic(&files.cert, cert_pem.as_bytes(), crate::store::files::FILE_MODE)?;
     tracing::info!(cert = %files.cert.display(), "created a new local CA");
     Ok(())
 }
@@ -383,7 +383,11 @@ mod tests {
             .expect("cert exists")
             .permissions()
             .mode();
-        assert_eq!(cert_mode & 0o777, 0o644);
+        assert_eq!(cert_mode & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(data_dir.join("ca")).expect("ca dir").permissions().mode() & 0o777,
+            0o700
+        );
         assert!(first.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
         // No leftover temp files.
         let names: Vec<_> = fs::read_dir(data_dir.join("ca"))

@@ -85,12 +85,13 @@ fn write_bundle(
     }
 
     let dir = data_dir.join(BUNDLE_DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| TlsError::File {
+    // 0700/0600 like everything under the data dir (store/files.rs).
+    crate::store::files::create_private_dir(&dir).map_err(|e| TlsError::File {
         path: dir.display().to_string(),
         reason: format!("cannot create directory: {e}"),
     })?;
     let path = dir.join(BUNDLE_FILE);
-    write_atomic(&path, pem.as_bytes(), 0o644)?;
+    write_atomic(&path, pem.as_bytes(), crate::store::files::FILE_MODE)?;
     tracing::info!(
         path = %path.display(),
         system = system.len() - skipped,

@@ -28,6 +28,11 @@ pub const ENV_SECRET: &str = "EZTHROTTLE_WEBHOOK_SECRET";
 /// The shortest secret accepted anywhere (characters).
 pub const MIN_SECRET_CHARS: usize = 16;
 
+/// The longest secret accepted anywhere (bytes, 1 KiB): far beyond any
+/// HMAC key's strength, and small enough that a secret cannot be used to
+/// fill the store or every delivery's signing work.
+pub const MAX_SECRET_BYTES: usize = 1024;
+
 /// `abcd****wxyz`: the first 4 and last 4 characters around `****`. A
 /// secret of 8 characters or fewer (never valid) shows as `****`.
 pub fn mask(secret: &str) -> String {
@@ -41,9 +46,16 @@ pub fn mask(secret: &str) -> String {
 }
 
 /// `Err(message naming field)` unless `secret` is a usable secret: at least
-/// [`MIN_SECRET_CHARS`] characters, no leading/trailing whitespace or
-/// control characters (they do not survive copy-paste and config files).
+/// [`MIN_SECRET_CHARS`] characters, at most [`MAX_SECRET_BYTES`] bytes, no
+/// leading/trailing whitespace or control characters (they do not survive
+/// copy-paste and config files).
 pub fn validate(field: &str, secret: &str) -> Result<(), String> {
+    if secret.len() > MAX_SECRET_BYTES {
+        return Err(format!(
+            "{field} must be at most {MAX_SECRET_BYTES} bytes (got {})",
+            secret.len()
+        ));
+    }
     let n = secret.chars().count();
     if n < MIN_SECRET_CHARS {
         return Err(format!(
@@ -205,6 +217,20 @@ mod tests {
         assert!(validate("s", " 0123456789abcdef").is_err());
         // Characters, not bytes.
         assert!(validate("s", "ééééééééé").is_err());
+    }
+
+    #[test]
+    fn secrets_are_at_most_one_kib() {
+        assert!(validate("primary_secret", &"a".repeat(MAX_SECRET_BYTES)).is_ok());
+        for n in [MAX_SECRET_BYTES + 1, 1 << 20] {
+            let e = validate("primary_secret", &"a".repeat(n)).unwrap_err();
+            assert!(
+                e.contains("primary_secret") && e.contains("1024 bytes") && !e.contains("aaaa"),
+                "{e}"
+            );
+        }
+        // Bytes, not characters: 342 three-byte characters are 1026 bytes.
+        assert!(validate("s", &"€".repeat(342)).is_err());
     }
 
     fn config(secret: Option<&str>) -> WebhooksConfig {
