@@ -15,8 +15,27 @@ pub enum ProxyError {
     NotAProxyRequest { control: SocketAddr },
     #[error("the request is not a valid proxy request: {0}")]
     BadRequest(String),
+    /// Ambiguous or unsupported body framing (`accept::framing`).
+    #[error("{0}")]
+    InvalidFraming(String),
+    #[error("the request line is longer than {limit} bytes")]
+    RequestLineTooLong { limit: usize },
+    #[error("{0}")]
+    RequestHeaderTooLarge(String),
+    #[error("the request head was not complete within {secs}s")]
+    RequestHeadTimeout { secs: u64 },
+    /// The process-wide budget for client bytes held in memory is spent.
+    #[error("the proxy is holding too much unfinished client data; retry shortly")]
+    Overloaded,
     #[error("the request targets this proxy itself")]
     ProxyLoop,
+    /// The egress policy refuses the destination (SPEC §13).
+    #[error("egress to {0}")]
+    EgressDenied(String),
+    /// A webhook URL named with a request that the egress policy refuses:
+    /// refused at submission, naming the header.
+    #[error("{0}")]
+    WebhookRefused(String),
     #[error("CONNECT to port {port} is not allowed (allowed: {allowed})")]
     ConnectPortDenied { port: u16, allowed: String },
     #[error("client address {0} is not allowed to use this proxy")]
@@ -64,7 +83,14 @@ impl ProxyError {
     pub fn status(&self) -> u16 {
         match self {
             ProxyError::NotAProxyRequest { .. } | ProxyError::BadRequest(_) => 400,
+            ProxyError::InvalidFraming(_) => 400,
+            ProxyError::RequestLineTooLong { .. } => 414,
+            ProxyError::RequestHeaderTooLarge(_) => 431,
+            ProxyError::RequestHeadTimeout { .. } => 408,
+            ProxyError::Overloaded => 503,
             ProxyError::ProxyLoop => 508,
+            ProxyError::EgressDenied(_) => 403,
+            ProxyError::WebhookRefused(_) => 400,
             ProxyError::ConnectPortDenied { .. } | ProxyError::ClientNotAllowed(_) => 403,
             ProxyError::UpstreamUnresolvable { .. }
             | ProxyError::UpstreamConnectFailed { .. }
@@ -87,7 +113,13 @@ impl ProxyError {
         match self {
             ProxyError::NotAProxyRequest { .. } => "not_a_proxy_request",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::InvalidFraming(_) => "invalid_framing",
+            ProxyError::RequestLineTooLong { .. } => "request_line_too_long",
+            ProxyError::RequestHeaderTooLarge(_) => "request_header_too_large",
+            ProxyError::RequestHeadTimeout { .. } => "request_timeout",
+            ProxyError::Overloaded => "proxy_overloaded",
             ProxyError::ProxyLoop => "proxy_loop",
+            ProxyError::EgressDenied(_) | ProxyError::WebhookRefused(_) => "egress_denied",
             ProxyError::ConnectPortDenied { .. } => "connect_port_denied",
             ProxyError::ClientNotAllowed(_) => "client_not_allowed",
             ProxyError::UpstreamUnresolvable { .. } => "upstream_unresolvable",
@@ -113,7 +145,8 @@ impl ProxyError {
         match self {
             ProxyError::ShuttingDown
             | ProxyError::IdempotencyKeyInFlight
-            | ProxyError::StoreUnavailable => Some(Duration::from_secs(1)),
+            | ProxyError::StoreUnavailable
+            | ProxyError::Overloaded => Some(Duration::from_secs(1)),
             ProxyError::ThrottleQueueFull { retry_after, .. }
             | ProxyError::ThrottleWaitTimeout { retry_after, .. } => {
                 Some(Duration::from_secs(secs(*retry_after)))

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod egress;
 pub mod error;
 pub mod idempotency;
 pub mod jobs;

@@ -32,7 +32,18 @@ pub struct Metrics {
     pub connections_total: IntCounterVec,
     pub proxy_errors_total: IntCounterVec,
     pub limit_headers_ignored_total: IntCounterVec,
+    pub untrusted_headers_ignored_total: IntCounterVec,
+    pub egress_denied_total: IntCounterVec,
 }
+
+/// Label values of `untrusted_headers_ignored_total`, created at zero so a
+/// dashboard sees the series before the first increment.
+pub const IGNORABLE_HEADERS: &[&str] = &[
+    "x-ezthrottle-workspace",
+    "x-ezthrottle-job",
+    "x-ezthrottle-retry-policy",
+    "x-ezthrottle-region",
+];
 
 const WAIT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -99,6 +110,22 @@ impl Metrics {
             connections_total: vec_metric!(&r, IntCounterVec, opts("connections_total", "Client connections by kind (plain, connect_intercept, connect_tunnel, denied)."), &["kind"]),
             proxy_errors_total: vec_metric!(&r, IntCounterVec, opts("proxy_errors_total", "Errors answered by the proxy itself, by error code."), &["code"]),
             limit_headers_ignored_total: vec_metric!(&r, IntCounterVec, opts("limit_headers_ignored_total", "Rate-limit response header values that were present but unusable, by domain and header."), &["domain", "header"]),
+            untrusted_headers_ignored_total: {
+                let c = vec_metric!(&r, IntCounterVec, opts("untrusted_headers_ignored_total", "Control headers a client was not trusted to set (X-EZThrottle-Workspace with API keys configured, the job runner's internal headers), ignored, by header."), &["header"]);
+                for h in IGNORABLE_HEADERS {
+                    c.with_label_values(&[h]);
+                }
+                c
+            },
+            egress_denied_total: {
+                let c = vec_metric!(&r, IntCounterVec, opts("egress_denied_total", "Connections the egress policy refused, by purpose (proxy, job, webhook) and reason (loop, denied)."), &["purpose", "reason"]);
+                for p in ["proxy", "job", "webhook"] {
+                    for why in ["loop", "denied"] {
+                        c.with_label_values(&[p, why]);
+                    }
+                }
+                c
+            },
             registry: r,
             max_domains: max_domains.max(1),
             seen: DashSet::new(),

@@ -98,12 +98,21 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
         metrics.clone(),
     )?);
     let notify = webhooks.clone();
+    // 256 random bits, never written anywhere: only this process knows it.
+    let internal_token: Arc<str> = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+    .into();
     let jobs = Arc::new(crate::jobs::Jobs::new(
         store.clone(),
         metrics.clone(),
         config.clone(),
+        internal_token.clone(),
         Box::new(move || notify.notify()),
     ));
+    let egress = Arc::new(crate::egress::Egress::new(&config));
     let instance_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     Ok(Arc::new(Shared {
         config,
@@ -117,6 +126,8 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
         webhooks,
         jobs,
         instance_id,
+        egress,
+        internal_token,
         inflight: Arc::new(InFlight::default()),
         proxy_ready: Default::default(),
     }))

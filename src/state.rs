@@ -30,6 +30,11 @@ pub struct Shared {
     pub jobs: Arc<crate::jobs::Jobs>,
     /// Token in our `Via` header; a request that already carries it looped back to us.
     pub instance_id: String,
+    /// Where this process may connect (SPEC §13).
+    pub egress: Arc<crate::egress::Egress>,
+    /// Per-process secret the job runner proves itself with on the loopback
+    /// hop through our own proxy listener (`pipeline::identify::caller`).
+    pub internal_token: Arc<str>,
     pub inflight: Arc<InFlight>,
     /// Set once the proxy listener accepts connections (checked by `/readyz`).
     pub proxy_ready: AtomicBool,

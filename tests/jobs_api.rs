@@ -18,7 +18,9 @@ const WEBHOOK_WAIT: Duration = Duration::from_secs(45);
 const POLL_WAIT: Duration = Duration::from_secs(30);
 
 fn builder() -> EzBuilder {
-    EzBuilder::new().resolve("api.test", "127.0.0.1")
+    EzBuilder::new()
+        .resolve("api.test", "127.0.0.1")
+        .egress_loopback()
 }
 
 /// `method path` on the control port with an optional body and token.

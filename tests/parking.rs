@@ -18,6 +18,7 @@ const WEBHOOK_WAIT: Duration = Duration::from_secs(60);
 
 fn builder(origin: &ApiOrigin, limits: &str) -> EzBuilder {
     EzBuilder::new()
+        .egress_loopback()
         .upstream_ca(&origin.pki.ca_path)
         .connect_port(origin.tls_addr.port())
         .resolve("api.test", "127.0.0.1")
@@ -334,6 +335,7 @@ fn a_webhook_that_fails_twice_gets_exactly_the_payload_on_the_third_try() {
     let origin = ApiOrigin::start();
     let sink = WebhookSink::failing_first(2);
     let ez = EzBuilder::new()
+        .egress_loopback()
         .resolve("api.test", "127.0.0.1")
         .extra(&format!(
             "\n[webhooks]\nsecret = \"{SECRET}\"\nbackoff = \"100ms\"\n"
@@ -381,6 +383,7 @@ fn a_quorum_that_cannot_be_met_shows_in_the_job_and_in_metrics() {
     let origin = ApiOrigin::start();
     let sink = WebhookSink::failing_first(usize::MAX);
     let ez = EzBuilder::new()
+        .egress_loopback()
         .resolve("api.test", "127.0.0.1")
         .extra("\n[webhooks]\nmax_attempts = 2\nbackoff = \"50ms\"\n")
         .start();

@@ -75,6 +75,7 @@ fn metrics_pass_promtool_after_real_traffic() {
     let sink = WebhookSink::start();
     let closed = closed_addr();
     let mut builder = Ezthrottle::for_origin(&origin)
+        .egress_loopback()
         .limits("rps = 1000.0\nmax_concurrent = 100")
         .extra("[limits.domains.\"slow.test\"]\nrps = 0.2\nburst = 1\n");
     for host in [

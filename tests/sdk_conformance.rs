@@ -163,7 +163,9 @@ fn assert_accepted(answer: &Value) {
 // ezthrottle, origins, webhooks.
 
 fn builder() -> EzBuilder {
-    EzBuilder::new().resolve("api.test", "127.0.0.1")
+    EzBuilder::new()
+        .resolve("api.test", "127.0.0.1")
+        .egress_loopback()
 }
 
 fn with_secret(b: EzBuilder) -> EzBuilder {

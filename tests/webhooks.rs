@@ -203,7 +203,12 @@ impl Lib {
             .enable_all()
             .build()
             .unwrap();
-        let config = Config::from_toml_str(config_toml, "test.toml").expect("test config");
+        // The receivers are on loopback: open it as a user would (SPEC §13).
+        let config = Config::from_toml_str(
+            &format!("{config_toml}\n[egress]\nallow = [\"127.0.0.0/8\"]\nallow_ports = [\"1024-65535\"]\n"),
+            "test.toml",
+        )
+        .expect("test config");
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir).expect("store"));
         let metrics = Arc::new(Metrics::new(100));
         let secrets = Secrets::new(store.clone(), &config.webhooks, None).unwrap();
@@ -821,6 +826,7 @@ fn a_pending_delivery_survives_sigkill_and_is_delivered_after_restart() {
 
     let env_secret = "env_secret_0123456789_abc";
     let builder = EzBuilder::new()
+        .egress_loopback()
         .data_dir(&data_dir)
         .env("EZTHROTTLE_WEBHOOK_SECRET", env_secret)
         .extra("[webhooks]\nbackoff = \"300ms\"\nbackoff_cap = \"300ms\"\nmax_attempts = 50\n");

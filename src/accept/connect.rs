@@ -1,40 +1,16 @@
 //! Reading and checking a `CONNECT host:port` request head.
 //!
 //! pingora answers CONNECT with 405 before any hook sees it, so the front door
-//! reads this head itself (with httparse) before deciding between a tunnel and
-//! interception.
+//! reads this head itself (`framing::read_head`, with the same limits and
+//! checks as every other head) and parses the target here (with httparse)
+//! before deciding between a tunnel and interception.
 
 use pingora::protocols::Stream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::error::ProxyError;
 use crate::pipeline::ctx::ConnectTarget;
 use crate::pipeline::{identify, respond};
-
-/// A CONNECT head larger than this is refused: real clients send a few
-/// hundred bytes.
-const MAX_HEAD: usize = 16 * 1024;
-
-/// Read one CONNECT head, byte by byte so that nothing after it is consumed:
-/// the stream is buffered underneath, so this costs no extra syscalls, and
-/// the bytes that follow (a TLS ClientHello, or tunnel data) stay in the
-/// stream for whoever handles it next.
-pub async fn read_head(stream: &mut Stream) -> Result<ConnectTarget, ProxyError> {
-    let mut buf = Vec::with_capacity(256);
-    loop {
-        let byte = stream.read_u8().await.map_err(|_| {
-            ProxyError::BadRequest("connection closed inside the CONNECT head".into())
-        })?;
-        buf.push(byte);
-        if buf.ends_with(b"\r\n\r\n") {
-            break;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(ProxyError::BadRequest("CONNECT head too large".into()));
-        }
-    }
-    parse_head(&buf)
-}
 
 /// Parse a complete CONNECT head.
 pub fn parse_head(buf: &[u8]) -> Result<ConnectTarget, ProxyError> {
@@ -56,16 +32,16 @@ pub fn parse_head(buf: &[u8]) -> Result<ConnectTarget, ProxyError> {
     }
     let authority = req.path.unwrap_or_default();
     let (host, port) = identify::split_authority(authority)?;
-    let proxy_user = req
+    let proxy_auth = req
         .headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("proxy-authorization"))
         .and_then(|h| std::str::from_utf8(h.value).ok())
-        .and_then(identify::proxy_user);
+        .and_then(identify::ProxyCredentials::parse);
     Ok(ConnectTarget {
         host,
         port,
-        proxy_user,
+        proxy_auth,
     })
 }
 
@@ -99,7 +75,7 @@ mod tests {
         .unwrap();
         assert_eq!(t.host, "api.example.com");
         assert_eq!(t.port, 443);
-        assert_eq!(t.proxy_user.as_deref(), Some("team"));
+        assert_eq!(t.proxy_auth.as_ref().map(|c| c.user.as_str()), Some("team"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! connection works.
 
 pub mod connect;
+pub mod framing;
 pub mod intercept;
 pub mod tunnel;
 
@@ -24,6 +25,7 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
 use crate::config::TlsMode;
+use crate::egress::{Purpose, Refusal};
 use crate::error::ProxyError;
 use crate::pipeline::ctx::ConnInfo;
 use crate::pipeline::Pipeline;
@@ -37,6 +39,14 @@ pub struct FrontDoor {
     pub proxy: Arc<HttpProxy<Pipeline>>,
 }
 
+/// What ended [`FrontDoor::serve_http1`] on the outer connection: a CONNECT
+/// head (already checked by `framing`), with the connection positioned just
+/// after it.
+struct ConnectRequest {
+    stream: Stream,
+    target: Result<crate::pipeline::ctx::ConnectTarget, ProxyError>,
+}
+
 /// Whether `ip` may use the proxy port: `[proxy] allow_clients`, and this
 /// host itself always — the job runner sends every job attempt through this
 /// listener (`jobs/attempt.rs`), from loopback or from the listen address.
@@ -46,7 +56,106 @@ fn allowed(ip: std::net::IpAddr, listen: std::net::IpAddr, allow: &[ipnet::IpNet
 
 impl FrontDoor {
     pub fn new(shared: Arc<Shared>, proxy: Arc<HttpProxy<Pipeline>>) -> Self {
+        let cap = usize::try_from(shared.config.proxy.max_buffered).unwrap_or(usize::MAX);
+        framing::set_budget_cap(cap);
         FrontDoor { shared, proxy }
+    }
+
+    /// Answer one of our own errors before pingora owns the request, count
+    /// it, and close.
+    async fn refuse(&self, stream: &mut Stream, err: &ProxyError) {
+        self.shared
+            .metrics
+            .proxy_errors_total
+            .with_label_values(&[err.code()])
+            .inc();
+        tracing::info!(error = err.code(), "request refused at the front door");
+        framing::refuse_and_close(stream, err).await;
+    }
+
+    /// Serve HTTP/1.1 requests on one connection (a plain client connection,
+    /// or the decrypted inside of an intercepted CONNECT) until it closes.
+    ///
+    /// Each head is read and checked by [`framing`] first; pingora then gets
+    /// exactly that request through a [`framing::Framed`] window, and what
+    /// the client sent after it (a pipelined request) comes back to us for
+    /// the next turn of the loop, so pipelined requests are answered in
+    /// order. On the outer connection a CONNECT head ends the loop and is
+    /// returned; inside an intercepted connection it is refused.
+    async fn serve_http1(
+        &self,
+        mut stream: Stream,
+        conn: &ConnInfo,
+        shutdown: &ShutdownWatch,
+        outer: bool,
+    ) -> Option<ConnectRequest> {
+        let proxy = &self.shared.config.proxy;
+        let limits = &proxy.head_limits;
+        let budget = framing::budget();
+        let mut pending = framing::Pending::new(budget);
+        let mut settings = None;
+        let mut counted = false;
+        // A new connection must deliver its first head within head_timeout;
+        // later ones may idle for the keep-alive time first.
+        let mut idle = proxy.head_timeout;
+        loop {
+            let timeouts = framing::HeadTimeouts {
+                idle,
+                head: proxy.head_timeout,
+            };
+            idle = KEEPALIVE;
+            let info =
+                match framing::read_head(&mut stream, &mut pending, limits, timeouts, shutdown)
+                    .await
+                {
+                    framing::HeadRead::Head(info) => info,
+                    framing::HeadRead::Closed => return None,
+                    framing::HeadRead::Refuse(err) => {
+                        self.refuse(&mut stream, &err).await;
+                        return None;
+                    }
+                };
+            let mut bytes = pending.take_all();
+            let rest = bytes.split_off(info.end);
+            let mut head = bytes;
+            bytes::Buf::advance(&mut head, info.start);
+            if info.is_connect {
+                if !outer {
+                    let err = ProxyError::BadRequest(
+                        "CONNECT inside an intercepted connection is not supported".into(),
+                    );
+                    self.refuse(&mut stream, &err).await;
+                    return None;
+                }
+                let target = connect::parse_head(&head);
+                let stream = framing::unread(stream, &rest)?;
+                return Some(ConnectRequest { stream, target });
+            }
+            if outer && !counted {
+                counted = true;
+                self.shared
+                    .metrics
+                    .connections_total
+                    .with_label_values(&["plain"])
+                    .inc();
+            }
+            let framed = framing::Framed::new(stream, head, rest, &info, pending, limits.max_head);
+            let mut session = ServerSession::new_http1(Box::new(framed));
+            if let Some(s) = settings.take() {
+                pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session);
+            }
+            session.set_keepalive(if *shutdown.borrow() {
+                None
+            } else {
+                Some(KEEPALIVE.as_secs())
+            });
+            session.set_connection_user_context(Some(Box::new(conn.clone())));
+            let reused = self.proxy.process_new_http(session, shutdown).await?;
+            let (s, p) = reused.consume();
+            settings = p;
+            let framed = s.into_any().downcast::<framing::Framed>().ok()?;
+            (stream, pending) = framed.into_parts();
+        }
     }
 
     fn client_allowed(&self, client: Option<SocketAddr>) -> Result<(), ProxyError> {
@@ -74,12 +183,16 @@ impl FrontDoor {
 
     async fn handle_connect(
         self: &Arc<Self>,
-        mut stream: Stream,
+        request: ConnectRequest,
         conn: ConnInfo,
         shutdown: &ShutdownWatch,
     ) {
         let metrics = &self.shared.metrics;
-        let target = match connect::read_head(&mut stream).await {
+        let ConnectRequest {
+            mut stream,
+            target,
+        } = request;
+        let target = match target {
             Ok(t) => t,
             Err(err) => {
                 metrics
@@ -112,13 +225,16 @@ impl FrontDoor {
             connect::refuse(&mut stream, &err).await;
             return;
         }
-        if targets_self(&target.host, target.port, self.shared.config.proxy.listen) {
-            let err = ProxyError::ProxyLoop;
+        if let Err(refusal) = refused_before_connect(&self.shared, &target.host, target.port) {
+            let err = match refusal {
+                Refusal::Loop(_) => ProxyError::ProxyLoop,
+                denied => ProxyError::EgressDenied(denied.to_string()),
+            };
             metrics
                 .proxy_errors_total
                 .with_label_values(&[err.code()])
                 .inc();
-            tracing::warn!(domain = %target.host, port = target.port, "CONNECT to the proxy itself");
+            tracing::warn!(domain = %target.host, port = target.port, error = %err, "CONNECT refused");
             connect::refuse(&mut stream, &err).await;
             return;
         }
@@ -141,34 +257,17 @@ impl FrontDoor {
     }
 }
 
-/// A CONNECT aimed at our own listener by address (`127.0.0.1:4000`,
-/// `localhost:4000`) is refused before `200`, so the client sees `508` rather
-/// than a handshake with ourselves. Names that resolve to us are caught later
-/// by the upstream phase, like plain requests.
-fn targets_self(host: &str, port: u16, listen: SocketAddr) -> bool {
-    let ip = if host == "localhost" {
-        Some(std::net::IpAddr::from([127, 0, 0, 1]))
-    } else {
-        host.parse().ok()
-    };
-    ip.is_some_and(|ip| crate::pipeline::upstream::is_self(SocketAddr::new(ip, port), listen))
-}
-
-/// Wait for the first bytes of the next request; `None` when the client
-/// closed, went idle past the keep-alive, or the server is shutting down.
-async fn next_request(stream: &mut Stream, shutdown: &ShutdownWatch) -> Option<[u8; 8]> {
-    let mut peek = [0u8; 8];
-    let mut shutdown = shutdown.clone();
-    if *shutdown.borrow() {
-        return None;
+/// A CONNECT the egress policy refuses by its name alone — our own listener
+/// by address (`127.0.0.1:4001`, `localhost:4000`), a metadata address or
+/// name — is refused before `200`, so the client sees `508` / `403` rather
+/// than a handshake with ourselves. Names that resolve to a refused address
+/// are caught at connect time (tunnel) or by the upstream phase (intercept).
+fn refused_before_connect(shared: &Shared, host: &str, port: u16) -> Result<(), Refusal> {
+    let egress = &shared.egress;
+    if host == "localhost" && egress.is_self(SocketAddr::from(([127, 0, 0, 1], port))) {
+        return Err(Refusal::Loop(format!("{host}:{port}")));
     }
-    tokio::select! {
-        r = tokio::time::timeout(KEEPALIVE, stream.try_peek(&mut peek)) => match r {
-            Ok(Ok(true)) => Some(peek),
-            _ => None,
-        },
-        _ = shutdown.changed() => None,
-    }
+    egress.check_name(Purpose::Proxy, host, port)
 }
 
 #[async_trait]
@@ -195,37 +294,9 @@ impl ServerApp for FrontDoor {
             client,
             connect: None,
         };
-        let mut settings = None;
-        let mut counted = false;
-        loop {
-            let first = next_request(&mut stream, shutdown).await?;
-            if &first == b"CONNECT " {
-                self.handle_connect(stream, conn, shutdown).await;
-                return None;
-            }
-            if !counted {
-                counted = true;
-                self.shared
-                    .metrics
-                    .connections_total
-                    .with_label_values(&["plain"])
-                    .inc();
-            }
-            let mut session = ServerSession::new_http1(stream);
-            if let Some(s) = settings.take() {
-                pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session);
-            }
-            session.set_keepalive(if *shutdown.borrow() {
-                None
-            } else {
-                Some(KEEPALIVE.as_secs())
-            });
-            session.set_connection_user_context(Some(Box::new(conn.clone())));
-            let reused = self.proxy.process_new_http(session, shutdown).await?;
-            let (s, p) = reused.consume();
-            stream = s;
-            settings = p;
-        }
+        let request = self.serve_http1(stream, &conn, shutdown, true).await?;
+        self.handle_connect(request, conn, shutdown).await;
+        None
     }
 
     async fn cleanup(&self) {

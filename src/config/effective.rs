@@ -73,6 +73,16 @@ pub(super) fn render(c: &Config) -> String {
         ),
     );
     proxy.insert(
+        "trusted_clients".into(),
+        Value::Array(
+            c.proxy
+                .trusted_clients
+                .iter()
+                .map(|n| s(n.to_string()))
+                .collect(),
+        ),
+    );
+    proxy.insert(
         "drain_timeout".into(),
         s(format_duration(c.proxy.drain_timeout)),
     );
@@ -85,6 +95,23 @@ pub(super) fn render(c: &Config) -> String {
         s(format_duration(c.proxy.read_timeout)),
     );
     proxy.insert("threads".into(), Value::Integer(c.proxy.threads as i64));
+    let hl = &c.proxy.head_limits;
+    for (key, v) in [
+        ("max_request_line", hl.max_request_line),
+        ("max_header_line", hl.max_header_line),
+        ("max_head", hl.max_head),
+        ("max_headers", hl.max_headers),
+    ] {
+        proxy.insert(key.into(), Value::Integer(v as i64));
+    }
+    proxy.insert(
+        "head_timeout".into(),
+        s(format_duration(c.proxy.head_timeout)),
+    );
+    proxy.insert(
+        "max_buffered".into(),
+        Value::Integer(c.proxy.max_buffered as i64),
+    );
     root.insert("proxy".into(), Value::Table(proxy));
 
     let mut control = Table::new();
@@ -223,6 +250,39 @@ pub(super) fn render(c: &Config) -> String {
         Value::Integer(c.metrics.max_domains as i64),
     );
     root.insert("metrics".into(), Value::Table(metrics));
+
+    let rules = |rs: &[EgressRule]| {
+        Value::Array(
+            rs.iter()
+                .map(|r| {
+                    s(match r {
+                        EgressRule::Net(n) => n.to_string(),
+                        EgressRule::Host(h) => h.clone(),
+                        EgressRule::Suffix(x) => format!("*{x}"),
+                    })
+                })
+                .collect(),
+        )
+    };
+    let ports = |ps: &[(u16, u16)]| {
+        Value::Array(
+            ps.iter()
+                .map(|(lo, hi)| {
+                    if lo == hi {
+                        Value::Integer((*lo).into())
+                    } else {
+                        s(format!("{lo}-{hi}"))
+                    }
+                })
+                .collect(),
+        )
+    };
+    let mut egress = Table::new();
+    egress.insert("allow".into(), rules(&c.egress.allow));
+    egress.insert("allow_ports".into(), ports(&c.egress.allow_ports));
+    egress.insert("deny".into(), rules(&c.egress.deny));
+    egress.insert("deny_ports".into(), ports(&c.egress.deny_ports));
+    root.insert("egress".into(), Value::Table(egress));
 
     toml::to_string_pretty(&root).unwrap_or_default()
 }

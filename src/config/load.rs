@@ -143,6 +143,21 @@ fn valid_host(host: &str) -> bool {
         })
 }
 
+/// A list of CIDRs (or single IPs); errors name the entry.
+fn nets(cx: &Ctx, key: &str, v: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    v.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            super::egress::net(s).ok_or_else(|| {
+                cx.err(
+                    format!("{key}[{i}]"),
+                    format!("expected a CIDR like \"10.0.0.0/8\" or an IP, got {:?}", s.trim()),
+                )
+            })
+        })
+        .collect()
+}
+
 fn default_allow_clients() -> Vec<ipnet::IpNet> {
     ["127.0.0.0/8", "::1/128"]
         .iter()
@@ -210,6 +225,70 @@ fn default_retry() -> RetryConfig {
     }
 }
 
+/// `[proxy]` request-head limits and `max_buffered`: each within what
+/// pingora itself accepts (so it never refuses a head we let through), and
+/// consistent with each other.
+fn head_limits(
+    cx: &Ctx,
+    p: &RawProxy,
+) -> Result<(crate::accept::framing::HeadLimits, u64), ConfigError> {
+    use crate::accept::framing::{
+        HeadLimits, DEFAULT_MAX_BUFFERED, PINGORA_MAX_HEAD, PINGORA_MAX_HEADERS,
+    };
+    let d = HeadLimits::default();
+    let sized = |key: &str, v: &Option<toml::Value>, default: usize| -> Result<usize, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        let n = size(cx, key, v)?;
+        if !(64..=PINGORA_MAX_HEAD as u64).contains(&n) {
+            return Err(cx.err(
+                key,
+                format!("must be between 64 bytes and {PINGORA_MAX_HEAD} bytes, got {n}"),
+            ));
+        }
+        Ok(n as usize)
+    };
+    let limits = HeadLimits {
+        max_request_line: sized("proxy.max_request_line", &p.max_request_line, d.max_request_line)?,
+        max_header_line: sized("proxy.max_header_line", &p.max_header_line, d.max_header_line)?,
+        max_head: sized("proxy.max_head", &p.max_head, d.max_head)?,
+        max_headers: match p.max_headers {
+            None => d.max_headers,
+            Some(n) if (1..=PINGORA_MAX_HEADERS as i64).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(cx.err(
+                    "proxy.max_headers",
+                    format!("must be between 1 and {PINGORA_MAX_HEADERS}, got {n}"),
+                ))
+            }
+        },
+    };
+    for (key, v) in [
+        ("proxy.max_request_line", limits.max_request_line),
+        ("proxy.max_header_line", limits.max_header_line),
+    ] {
+        if v > limits.max_head {
+            return Err(cx.err(
+                key,
+                format!("{v} is larger than proxy.max_head ({})", limits.max_head),
+            ));
+        }
+    }
+    let max_buffered = match &p.max_buffered {
+        None => DEFAULT_MAX_BUFFERED as u64,
+        Some(v) => size(cx, "proxy.max_buffered", v)?,
+    };
+    if max_buffered < limits.max_head as u64 {
+        return Err(cx.err(
+            "proxy.max_buffered",
+            format!(
+                "{max_buffered} is smaller than proxy.max_head ({}): not even one head would fit",
+                limits.max_head
+            ),
+        ));
+    }
+    Ok((limits, max_buffered))
+}
+
 fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
     // [proxy]
     let p = &raw.proxy;
@@ -237,21 +316,11 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
     };
     let allow_clients = match &p.allow_clients {
         None => default_allow_clients(),
-        Some(v) => v
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let s = s.trim();
-                s.parse::<ipnet::IpNet>()
-                    .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| {
-                        cx.err(
-                            format!("proxy.allow_clients[{i}]"),
-                            format!("expected a CIDR like \"10.0.0.0/8\" or an IP, got {s:?}"),
-                        )
-                    })
-            })
-            .collect::<Result<_, _>>()?,
+        Some(v) => nets(cx, "proxy.allow_clients", v)?,
+    };
+    let trusted_clients = match &p.trusted_clients {
+        None => Vec::new(),
+        Some(v) => nets(cx, "proxy.trusted_clients", v)?,
     };
     let dur = |key: &str, v: &Option<String>, d: u64| -> Result<Duration, ConfigError> {
         let d = match v {
@@ -275,10 +344,15 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             ))
         }
     };
+    let (head_limits, max_buffered) = head_limits(cx, p)?;
     let proxy = ProxyConfig {
+        head_limits,
+        head_timeout: dur("proxy.head_timeout", &p.head_timeout, 30)?,
+        max_buffered,
         listen,
         connect_ports,
         allow_clients,
+        trusted_clients,
         drain_timeout: dur("proxy.drain_timeout", &p.drain_timeout, 30)?,
         connect_timeout: dur("proxy.connect_timeout", &p.connect_timeout, 10)?,
         read_timeout: dur("proxy.read_timeout", &p.read_timeout, 60)?,
@@ -645,6 +719,7 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             encryption_key_source,
         },
         metrics,
+        egress: super::egress::parse(cx, &raw.egress)?,
     };
     cross_checks(cx, &config)?;
     Ok(config)

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod effective;
+mod egress;
 mod load;
 mod raw;
 #[cfg(test)]
@@ -52,6 +53,8 @@ pub struct Config {
     pub regions: BTreeMap<String, RegionConfig>,
     pub storage: StorageConfig,
     pub metrics: MetricsConfig,
+    /// `[egress]`: where the proxy, jobs and webhooks may connect (SPEC §13).
+    pub egress: EgressConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -69,8 +72,23 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Upstream read idle timeout; default 60s. Key `read_timeout`.
     pub read_timeout: Duration,
+    /// Request-head limits, keys `max_request_line` (default 8KiB → 414),
+    /// `max_header_line` (16KiB → 431), `max_head` (64KiB → 431) and
+    /// `max_headers` (100 → 431); enforced by `accept::framing`.
+    pub head_limits: crate::accept::framing::HeadLimits,
+    /// How long a request head may take from its first byte (and a new
+    /// connection its first head) before `408`; default 30s. Key `head_timeout`.
+    pub head_timeout: Duration,
+    /// Process-wide cap on client bytes held in memory (unfinished heads,
+    /// pipelined bytes, bodies read ahead); over it → `503`. Default 64MiB.
+    /// Key `max_buffered`.
+    pub max_buffered: u64,
     /// Worker threads of the proxy service; default: number of CPUs. Key `threads`.
     pub threads: usize,
+    /// Clients whose `X-EZThrottle-Workspace` and Proxy-Authorization user are
+    /// believed when `[control] api_keys` are set (otherwise only a verified
+    /// key names the workspace). Default empty. Key `trusted_clients`.
+    pub trusted_clients: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -188,6 +206,32 @@ pub struct StorageConfig {
     pub encryption_key: Option<crate::store::EncryptionKey>,
     /// Where the key came from, for `config check`: `file:/path` or `env:VAR`.
     pub encryption_key_source: Option<String>,
+}
+
+/// `[egress]`: additions to the built-in egress policy (SPEC §13; the rules
+/// themselves live in `crate::egress`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EgressConfig {
+    /// Addresses and hosts opened beyond the defaults. Key `allow`.
+    pub allow: Vec<EgressRule>,
+    /// Ports jobs and webhooks may use besides 80 and 443 (inclusive ranges;
+    /// a single port is `(p, p)`). Key `allow_ports`.
+    pub allow_ports: Vec<(u16, u16)>,
+    /// Addresses and hosts refused everywhere; beats `allow`. Key `deny`.
+    pub deny: Vec<EgressRule>,
+    /// Ports refused everywhere (inclusive ranges). Key `deny_ports`.
+    pub deny_ports: Vec<(u16, u16)>,
+}
+
+/// One `[egress] allow` / `deny` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EgressRule {
+    /// A CIDR, or one address (`/32`, `/128`).
+    Net(ipnet::IpNet),
+    /// An exact host name, lower-case, no trailing dot.
+    Host(String),
+    /// `*.example.com`: any name below `example.com` (stored as `.example.com`).
+    Suffix(String),
 }
 
 #[derive(Debug, Clone)]

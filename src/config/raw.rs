@@ -33,6 +33,17 @@ pub struct RawConfig {
     pub storage: RawStorage,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub egress: RawEgress,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgress {
+    pub allow: Option<Vec<String>>,
+    pub allow_ports: Option<Vec<toml::Value>>,
+    pub deny: Option<Vec<String>>,
+    pub deny_ports: Option<Vec<toml::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,7 +55,14 @@ pub struct RawProxy {
     pub drain_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub read_timeout: Option<String>,
+    pub max_request_line: Option<toml::Value>,
+    pub max_header_line: Option<toml::Value>,
+    pub max_head: Option<toml::Value>,
+    pub max_headers: Option<i64>,
+    pub head_timeout: Option<String>,
+    pub max_buffered: Option<toml::Value>,
     pub threads: Option<i64>,
+    pub trusted_clients: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

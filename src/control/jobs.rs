@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::auth::Workspace;
 use super::error_response;
+use crate::egress::Purpose;
 use crate::jobs::request::{self, derived_key};
 use crate::jobs::spec::{ExecutionMode, JobSpec};
 use crate::state::Shared;
@@ -48,6 +49,22 @@ pub async fn submit(
         Ok(s) => s,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, "invalid_request", &e.0),
     };
+    // SPEC §13: refused at submission, naming the field; the resolved
+    // address is checked again when each attempt connects.
+    for named in sub.spec.urls() {
+        let purpose = if named.webhook {
+            Purpose::Webhook
+        } else {
+            Purpose::Job
+        };
+        if let Err(refusal) = shared.egress.check_url(purpose, named.url) {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "egress_denied",
+                &format!("{}: {refusal}", named.field),
+            );
+        }
+    }
     let key = sub
         .idempotent_key
         .clone()

@@ -38,6 +38,8 @@ pub struct Identity<'a> {
     pub job_id: &'a str,
     pub workspace: &'a str,
     pub idempotent_key: &'a str,
+    /// The process's internal token (see `pipeline::identify::caller`).
+    pub internal_token: &'a str,
 }
 
 /// Internal header: a job's `retry_policy` (JSON), read by the pipeline.
@@ -92,6 +94,10 @@ async fn send_inner(
     builder = builder
         .header(IDEMPOTENCY_KEY, who.idempotent_key)
         .header(JOB_HEADER, who.job_id)
+        .header(
+            crate::pipeline::identify::INTERNAL_HEADER,
+            crate::pipeline::identify::internal_value(spec.parked, who.internal_token),
+        )
         .header(crate::pipeline::identify::WORKSPACE_HEADER, who.workspace)
         .header(
             crate::admission::MAX_WAIT_HEADER,

@@ -63,6 +63,7 @@ const NOT_NOW: &[&str] = &[
 #[derive(Clone, Copy)]
 pub struct Runner<'a> {
     pub proxy: SocketAddr,
+    pub internal_token: &'a str,
     pub job_id: &'a str,
     pub workspace: &'a str,
     pub timeout: Duration,
@@ -142,6 +143,7 @@ impl<'a> Runner<'a> {
             job_id: self.job_id,
             workspace: self.workspace,
             idempotent_key: &key,
+            internal_token: self.internal_token,
         };
         match attempt::send(
             self.proxy,

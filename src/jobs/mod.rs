@@ -51,6 +51,8 @@ pub struct Jobs {
     config: Arc<Config>,
     /// Our proxy listener, reached over loopback by every attempt.
     proxy: SocketAddr,
+    /// Proves our attempts to the pipeline (`pipeline::identify::caller`).
+    internal_token: Arc<str>,
     wake: Notify,
     running: Arc<Semaphore>,
     /// Called when finished jobs created webhook deliveries.
@@ -62,6 +64,7 @@ impl Jobs {
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         config: Arc<Config>,
+        internal_token: Arc<str>,
         deliveries_created: Box<dyn Fn() + Send + Sync>,
     ) -> Self {
         let listen = config.proxy.listen;
@@ -75,6 +78,7 @@ impl Jobs {
             metrics,
             config,
             proxy: SocketAddr::new(ip, listen.port()),
+            internal_token,
             wake: Notify::new(),
             running: Arc::new(Semaphore::new(MAX_RUNNING)),
             deliveries_created,
@@ -236,6 +240,7 @@ impl Jobs {
         };
         let runner = Runner {
             proxy: self.proxy,
+            internal_token: &self.internal_token,
             job_id: &job.id,
             workspace: &job.workspace,
             timeout: self.attempt_timeout(&spec),

@@ -82,6 +82,12 @@ pub struct JobSpec {
     /// `on_failure` also runs when no success came within this long.
     #[serde(default)]
     pub on_failure_timeout_ms: Option<u64>,
+    /// A request parked from the proxy path (its client could reach the
+    /// target through the proxy anyway), rather than a job named through
+    /// the job API: it keeps the proxy path's egress policy (SPEC §13).
+    /// Absent in older records: those get the stricter job policy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parked: bool,
 }
 
 /// `race`: all regions at once, first 2xx wins; `fanout`: all run.
@@ -140,7 +146,48 @@ impl RetryPolicySpec {
     }
 }
 
+/// A URL a job will connect to, and the request field that named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedUrl<'a> {
+    /// As in the request body: `url`, `webhooks[1].url`, `fallback_job.on_success.url`.
+    pub field: String,
+    pub url: &'a str,
+    pub webhook: bool,
+}
+
 impl JobSpec {
+    /// Every URL this job and its fallback / follow-up jobs will call, with
+    /// the field that named it (for a `400` that says which one is refused).
+    pub fn urls(&self) -> Vec<NamedUrl<'_>> {
+        let mut out = Vec::new();
+        self.collect_urls("", &mut out);
+        out
+    }
+
+    fn collect_urls<'a>(&'a self, prefix: &str, out: &mut Vec<NamedUrl<'a>>) {
+        out.push(NamedUrl {
+            field: format!("{prefix}url"),
+            url: &self.url,
+            webhook: false,
+        });
+        for (i, w) in self.webhooks.iter().enumerate() {
+            out.push(NamedUrl {
+                field: format!("{prefix}webhooks[{i}].url"),
+                url: &w.url,
+                webhook: true,
+            });
+        }
+        if let Some(f) = &self.fallback {
+            f.job.collect_urls(&format!("{prefix}fallback_job."), out);
+        }
+        if let Some(j) = &self.on_success {
+            j.collect_urls(&format!("{prefix}on_success."), out);
+        }
+        if let Some(j) = &self.on_failure {
+            j.collect_urls(&format!("{prefix}on_failure."), out);
+        }
+    }
+
     /// A bare request: no body, webhooks or policy.
     pub fn request(method: &str, url: &str, max_wait_ms: u64) -> JobSpec {
         JobSpec {
@@ -160,6 +207,7 @@ impl JobSpec {
             on_success: None,
             on_failure: None,
             on_failure_timeout_ms: None,
+            parked: false,
         }
     }
 }
@@ -212,6 +260,7 @@ mod tests {
             on_success: Some(Box::new(JobSpec::request("GET", "http://c.test/", 1000))),
             on_failure: None,
             on_failure_timeout_ms: Some(5),
+            parked: true,
         };
         let text = serde_json::to_string(&spec).unwrap();
         assert_eq!(serde_json::from_str::<JobSpec>(&text).unwrap(), spec);

@@ -27,8 +27,8 @@ pub struct ConnInfo {
 pub struct ConnectTarget {
     pub host: String,
     pub port: u16,
-    /// The user named in `Proxy-Authorization` on the CONNECT, if any.
-    pub proxy_user: Option<String>,
+    /// `Proxy-Authorization` on the CONNECT, if any (password masked in `Debug`).
+    pub proxy_auth: Option<super::identify::ProxyCredentials>,
 }
 
 /// Where a request goes.
@@ -78,6 +78,9 @@ pub struct RequestCtx {
     pub conn: Option<ConnInfo>,
     pub target: Option<Target>,
     pub workspace: String,
+    /// A proxy client, or our own job runner (decides which control headers
+    /// are believed and which egress policy applies).
+    pub caller: super::identify::Caller,
     /// The error to answer with, set by the phase that failed.
     pub error: Option<ProxyError>,
     /// Upstream attempts made.
@@ -113,6 +116,7 @@ impl RequestCtx {
             conn: None,
             target: None,
             workspace: String::from("default"),
+            caller: Default::default(),
             error: None,
             attempts: 0,
             wait_ms: 0,

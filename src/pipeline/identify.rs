@@ -1,6 +1,7 @@
 //! Identify phase: which origin a request is for, which domain it counts
 //! against, which workspace it belongs to, and whether it looped back to us.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use base64::Engine;
@@ -11,6 +12,74 @@ use crate::error::ProxyError;
 
 /// Header apps use to name their workspace (SPEC §6).
 pub const WORKSPACE_HEADER: &str = "x-ezthrottle-workspace";
+
+/// Header the job runner proves itself with on the loopback hop through our
+/// own listener: `job <token>` or `parked <token>` (see [`caller`]).
+pub const INTERNAL_HEADER: &str = "x-ezthrottle-internal";
+
+/// The job runner's own control headers: believed only from it.
+pub const RUNNER_HEADERS: &[&str] = &[
+    "x-ezthrottle-job",
+    "x-ezthrottle-retry-policy",
+    "x-ezthrottle-region",
+];
+
+/// Who sent a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Caller {
+    /// A proxy client: its `X-EZThrottle-Job`, `-Retry-Policy` and `-Region`
+    /// headers are ignored (they are the job runner's).
+    #[default]
+    Client,
+    /// This process's job runner; `parked`: the job is a parked proxy
+    /// request rather than one named through the job API.
+    JobRunner { parked: bool },
+}
+
+impl Caller {
+    pub fn is_internal(self) -> bool {
+        matches!(self, Caller::JobRunner { .. })
+    }
+
+    /// The egress policy the request's upstream connection is held to: a
+    /// job named through the control API must not reach what the proxy's
+    /// own clients could (SPEC §13).
+    pub fn egress(self) -> crate::egress::Purpose {
+        match self {
+            Caller::JobRunner { parked: false } => crate::egress::Purpose::Job,
+            _ => crate::egress::Purpose::Proxy,
+        }
+    }
+}
+
+/// The [`INTERNAL_HEADER`] value the job runner sends.
+pub fn internal_value(parked: bool, token: &str) -> String {
+    format!("{} {token}", if parked { "parked" } else { "job" })
+}
+
+/// Tell the job runner (which knows this process's random token) from a
+/// client. Compared in constant time: the header arrives on the proxy port.
+pub fn caller(req: &RequestHeader, token: &str) -> Caller {
+    let Some((kind, given)) = req
+        .headers
+        .get(INTERNAL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+    else {
+        return Caller::Client;
+    };
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        given.as_bytes(),
+        token.as_bytes(),
+    )) {
+        return Caller::Client;
+    }
+    match kind {
+        "job" => Caller::JobRunner { parked: false },
+        "parked" => Caller::JobRunner { parked: true },
+        _ => Caller::Client,
+    }
+}
 
 /// Work out the target of a request.
 ///
@@ -118,10 +187,38 @@ pub fn normalize_host(host: &str) -> Result<String, ProxyError> {
     Ok(host.to_ascii_lowercase())
 }
 
-/// The workspace of a request (SPEC §6): `X-EZThrottle-Workspace`, else the
-/// Proxy-Authorization user (of this request, or of the CONNECT that opened
-/// the intercepted connection), else `default`.
-pub fn workspace(req: &RequestHeader, conn: Option<&ConnInfo>) -> Result<String, ProxyError> {
+/// How far a request's own word on its workspace is believed.
+pub struct Trust<'a> {
+    /// `[control] api_keys`: token → workspace. Empty: single-tenant, every
+    /// client is believed (SPEC §6 as written).
+    pub api_keys: &'a BTreeMap<String, String>,
+    /// The client is in `[proxy] trusted_clients`, or is our job runner.
+    pub trusted: bool,
+}
+
+/// A request's workspace, and whether it named another one we did not believe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    pub name: String,
+    pub ignored_header: bool,
+}
+
+/// The workspace of a request (SPEC §6, docs/security.md).
+///
+/// Without API keys, or for a trusted client: `X-EZThrottle-Workspace`, else
+/// the Proxy-Authorization user (of this request, or of the CONNECT that
+/// opened the intercepted connection), else `default`. With API keys, an
+/// untrusted client is never believed on its word: the workspace is the one
+/// its Proxy-Authorization password (an API key) maps to, else `default`,
+/// and an `X-EZThrottle-Workspace` it sent is ignored — otherwise any client
+/// could read another workspace's idempotency records.
+pub fn workspace(
+    req: &RequestHeader,
+    conn: Option<&ConnInfo>,
+    trust: &Trust<'_>,
+) -> Result<Workspace, ProxyError> {
+    let believed = trust.trusted || trust.api_keys.is_empty();
+    let mut ignored_header = false;
     if let Some(value) = req.headers.get(WORKSPACE_HEADER) {
         let ws = value
             .to_str()
@@ -133,25 +230,89 @@ pub fn workspace(req: &RequestHeader, conn: Option<&ConnInfo>) -> Result<String,
                     "X-EZThrottle-Workspace must be 1-128 characters of [A-Za-z0-9._-]".into(),
                 )
             })?;
-        return Ok(ws.to_string());
+        if believed {
+            return Ok(Workspace {
+                name: ws.to_string(),
+                ignored_header,
+            });
+        }
+        ignored_header = true;
     }
-    if let Some(user) = req
+    let creds = req
         .headers
         .get(http::header::PROXY_AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(proxy_user)
-        .filter(|u| valid_workspace(u))
-    {
-        return Ok(user);
+        .and_then(ProxyCredentials::parse)
+        .or_else(|| {
+            conn.and_then(|c| c.connect.as_ref())
+                .and_then(|c| c.proxy_auth.clone())
+        });
+    let from_key = creds
+        .as_ref()
+        .and_then(|c| c.workspace_of_key(trust.api_keys));
+    let name = match (from_key, creds) {
+        (Some(ws), _) => ws,
+        (None, Some(c)) if believed && valid_workspace(&c.user) => c.user,
+        _ => "default".to_string(),
+    };
+    Ok(Workspace {
+        name,
+        ignored_header,
+    })
+}
+
+/// Basic Proxy-Authorization credentials. The password stays in memory only
+/// for the key check and is never printed (`Debug` masks it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyCredentials {
+    pub user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for ProxyCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyCredentials")
+            .field("user", &self.user)
+            .field("password", &"****")
+            .finish()
     }
-    if let Some(user) = conn
-        .and_then(|c| c.connect.as_ref())
-        .and_then(|c| c.proxy_user.clone())
-        .filter(|u| valid_workspace(u))
-    {
-        return Ok(user);
+}
+
+impl ProxyCredentials {
+    /// A `Basic` Proxy-Authorization value.
+    pub fn parse(value: &str) -> Option<ProxyCredentials> {
+        let (scheme, token) = value.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(token.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        let (user, password) = text.split_once(':').unwrap_or((&text, ""));
+        Some(ProxyCredentials {
+            user: user.to_string(),
+            password: password.to_string(),
+        })
     }
-    Ok("default".to_string())
+
+    /// The workspace whose API key is this password (every key compared in
+    /// constant time).
+    pub fn workspace_of_key(&self, api_keys: &BTreeMap<String, String>) -> Option<String> {
+        if self.password.is_empty() {
+            return None;
+        }
+        let mut found = None;
+        for (key, ws) in api_keys {
+            if bool::from(subtle::ConstantTimeEq::ct_eq(
+                key.as_bytes(),
+                self.password.as_bytes(),
+            )) {
+                found = Some(ws.clone());
+            }
+        }
+        found
+    }
 }
 
 fn valid_workspace(s: &str) -> bool {
@@ -161,20 +322,6 @@ fn valid_workspace(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-/// The user of a `Basic` Proxy-Authorization value. The password is never
-/// kept or logged.
-pub fn proxy_user(value: &str) -> Option<String> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(token.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let user = text.split(':').next()?.to_string();
-    (!user.is_empty()).then_some(user)
-}
 
 /// Token we put in `Via`; seeing our own token on an incoming request means
 /// the request went round a loop of proxies back to us.
@@ -262,7 +409,7 @@ mod tests {
             connect: Some(ConnectTarget {
                 host: "api.example.com".into(),
                 port: 443,
-                proxy_user: None,
+                proxy_auth: None,
             }),
         };
         let t = target(
@@ -299,19 +446,76 @@ mod tests {
         }
     }
 
+    fn ws(r: &RequestHeader, conn: Option<&ConnInfo>, keys: &BTreeMap<String, String>, trusted: bool) -> Workspace {
+        workspace(r, conn, &Trust { api_keys: keys, trusted }).unwrap()
+    }
+
     #[test]
-    fn workspace_sources() {
+    fn workspace_sources_without_api_keys() {
+        let none = BTreeMap::new();
         let mut r = req("http://a/");
-        assert_eq!(workspace(&r, None).unwrap(), "default");
+        assert_eq!(ws(&r, None, &none, false).name, "default");
         // "alice:secret"
         r.insert_header("Proxy-Authorization", "Basic YWxpY2U6c2VjcmV0")
             .unwrap();
-        assert_eq!(workspace(&r, None).unwrap(), "alice");
+        assert_eq!(ws(&r, None, &none, false).name, "alice");
         r.insert_header("X-EZThrottle-Workspace", "team-b").unwrap();
-        assert_eq!(workspace(&r, None).unwrap(), "team-b");
+        let w = ws(&r, None, &none, false);
+        assert_eq!((w.name.as_str(), w.ignored_header), ("team-b", false));
         r.insert_header("X-EZThrottle-Workspace", "bad space")
             .unwrap();
-        assert!(workspace(&r, None).is_err());
+        assert!(workspace(&r, None, &Trust { api_keys: &none, trusted: false }).is_err());
+    }
+
+    #[test]
+    fn with_api_keys_only_a_verified_key_names_the_workspace() {
+        let keys: BTreeMap<String, String> =
+            [("tok_a".to_string(), "team-a".to_string())].into();
+        let mut r = req("http://a/");
+        r.insert_header("X-EZThrottle-Workspace", "team-a").unwrap();
+        let w = ws(&r, None, &keys, false);
+        assert_eq!((w.name.as_str(), w.ignored_header), ("default", true));
+        // "alice:secret": a user name alone is not believed.
+        r.insert_header("Proxy-Authorization", "Basic YWxpY2U6c2VjcmV0")
+            .unwrap();
+        assert_eq!(ws(&r, None, &keys, false).name, "default");
+        // "x:tok_a": the key's workspace, whatever the user or header says.
+        r.insert_header("Proxy-Authorization", "Basic eDp0b2tfYQ==")
+            .unwrap();
+        r.insert_header("X-EZThrottle-Workspace", "team-b").unwrap();
+        let w = ws(&r, None, &keys, false);
+        assert_eq!((w.name.as_str(), w.ignored_header), ("team-a", true));
+        // The key given on the CONNECT of an intercepted connection.
+        let conn = ConnInfo {
+            client: None,
+            connect: Some(ConnectTarget {
+                host: "api.test".into(),
+                port: 443,
+                proxy_auth: ProxyCredentials::parse("Basic eDp0b2tfYQ=="),
+            }),
+        };
+        assert_eq!(ws(&req("/x"), Some(&conn), &keys, false).name, "team-a");
+        // A trusted client (or the job runner) is believed.
+        let w = ws(&r, None, &keys, true);
+        assert_eq!((w.name.as_str(), w.ignored_header), ("team-b", false));
+        assert!(format!("{:?}", ProxyCredentials::parse("Basic eDp0b2tfYQ==")).contains("****"));
+        assert!(!format!("{:?}", ProxyCredentials::parse("Basic eDp0b2tfYQ==")).contains("tok_a"));
+    }
+
+    #[test]
+    fn only_the_right_token_makes_a_job_runner() {
+        let token = "0123456789abcdef";
+        let mut r = req("http://a/");
+        assert_eq!(caller(&r, token), Caller::Client);
+        r.insert_header(INTERNAL_HEADER, internal_value(false, token)).unwrap();
+        assert_eq!(caller(&r, token), Caller::JobRunner { parked: false });
+        assert_eq!(caller(&r, token).egress(), crate::egress::Purpose::Job);
+        r.insert_header(INTERNAL_HEADER, internal_value(true, token)).unwrap();
+        assert_eq!(caller(&r, token).egress(), crate::egress::Purpose::Proxy);
+        for bad in ["job 0123456789abcdeX", "job ", "job", "root 0123456789abcdef", ""] {
+            r.insert_header(INTERNAL_HEADER, bad).unwrap();
+            assert_eq!(caller(&r, token), Caller::Client, "{bad:?}");
+        }
     }
 
     #[test]

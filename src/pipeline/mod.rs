@@ -122,7 +122,43 @@ impl Pipeline {
             return Err(ProxyError::ProxyLoop);
         }
         let target = identify::target(req, ctx.conn.as_ref(), self.shared.config.control.listen)?;
-        ctx.workspace = identify::workspace(req, ctx.conn.as_ref())?;
+        ctx.caller = identify::caller(req, &self.shared.internal_token);
+        let trusted = ctx.caller.is_internal()
+            || ctx
+                .conn
+                .as_ref()
+                .and_then(|c| c.client)
+                .is_some_and(|a| {
+                    let ip = crate::egress::canonical(a.ip());
+                    self.shared
+                        .config
+                        .proxy
+                        .trusted_clients
+                        .iter()
+                        .any(|n| n.contains(&ip))
+                });
+        let ws = identify::workspace(
+            req,
+            ctx.conn.as_ref(),
+            &identify::Trust {
+                api_keys: &self.shared.config.control.api_keys,
+                trusted,
+            },
+        )?;
+        let ignored = &self.shared.metrics.untrusted_headers_ignored_total;
+        if ws.ignored_header {
+            ignored
+                .with_label_values(&[identify::WORKSPACE_HEADER])
+                .inc();
+        }
+        if !ctx.caller.is_internal() {
+            for h in identify::RUNNER_HEADERS {
+                if req.headers.contains_key(*h) {
+                    ignored.with_label_values(&[h]).inc();
+                }
+            }
+        }
+        ctx.workspace = ws.name;
         ctx.target = Some(target);
         Ok(())
     }
@@ -160,7 +196,12 @@ impl ProxyHttp for Pipeline {
             Err(err) => return self.reject(session, ctx, err).await,
         };
         let deadline = tokio::time::Instant::now() + max_wait;
-        match park::options(session.req_header(), max_wait) {
+        match park::options(
+            session.req_header(),
+            max_wait,
+            ctx.caller,
+            &self.shared.egress,
+        ) {
             Ok(opts) => ctx.park = opts,
             Err(err) => return self.reject(session, ctx, err).await,
         }
@@ -226,7 +267,7 @@ impl ProxyHttp for Pipeline {
         ctx.upstream_status = None;
         let peer = match retry::via_region(&self.shared, ctx) {
             Some((_, host, port)) => upstream::region_peer(&self.shared, &host, port).await,
-            None => upstream::peer(&self.shared, target).await,
+            None => upstream::peer(&self.shared, target, ctx.caller.egress()).await,
         };
         match peer {
             Ok(peer) => {

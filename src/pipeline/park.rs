@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use super::body;
 use super::ctx::RequestCtx;
 use crate::error::ProxyError;
-use crate::jobs::attempt::JOB_HEADER;
+use super::identify::Caller;
+use crate::egress::{Egress, Purpose};
 use crate::jobs::spec::{stored_header, JobSpec, WebhookSpec};
 use crate::jobs::Accepted;
 use crate::state::Shared;
@@ -32,9 +33,15 @@ pub struct ParkOptions {
 }
 
 /// Read the parking headers. `None` when the request names no webhook, or
-/// is itself a job's attempt (a job never parks again).
-pub fn options(req: &RequestHeader, max_wait: Duration) -> Result<Option<ParkOptions>, ProxyError> {
-    if req.headers.contains_key(JOB_HEADER) {
+/// is itself a job's attempt (a job never parks again). Webhook URLs the
+/// egress policy refuses are a `400` now rather than a failed delivery later.
+pub fn options(
+    req: &RequestHeader,
+    max_wait: Duration,
+    caller: Caller,
+    egress: &Egress,
+) -> Result<Option<ParkOptions>, ProxyError> {
+    if caller.is_internal() {
         return Ok(None);
     }
     let mut webhooks = Vec::new();
@@ -43,7 +50,11 @@ pub fn options(req: &RequestHeader, max_wait: Duration) -> Result<Option<ParkOpt
             .to_str()
             .map_err(|_| ProxyError::BadRequest("X-EZThrottle-Webhook is not valid text".into()))?;
         for raw in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            webhooks.push(webhook_url(raw)?);
+            let url = webhook_url(raw)?;
+            egress
+                .check_url(Purpose::Webhook, &url)
+                .map_err(|r| ProxyError::WebhookRefused(format!("X-EZThrottle-Webhook: {r}")))?;
+            webhooks.push(url);
         }
     }
     if webhooks.is_empty() {
@@ -142,6 +153,7 @@ pub async fn park(
             .collect(),
         webhook_quorum: 1,
         metadata: opts.metadata.clone(),
+        parked: true,
         ..JobSpec::request(req.method.as_str(), &url, opts.max_wait.as_millis() as u64)
     };
     let accepted = shared
@@ -187,18 +199,28 @@ mod tests {
 
     const W: Duration = Duration::from_secs(5);
 
+    fn egress(extra: &str) -> Egress {
+        Egress::new(&crate::config::Config::from_toml_str(extra, "t.toml").unwrap())
+    }
+
+    /// Loopback port 9 opened, as the integration tests do.
+    fn opts(r: &RequestHeader) -> Result<Option<ParkOptions>, ProxyError> {
+        let e = egress("[egress]\nallow = [\"127.0.0.0/8\"]\nallow_ports = [9]\n");
+        options(r, W, Caller::Client, &e)
+    }
+
     #[test]
     fn no_webhook_no_parking() {
-        assert_eq!(options(&req(&[]), W).unwrap(), None);
+        assert_eq!(opts(&req(&[])).unwrap(), None);
         assert_eq!(
-            options(&req(&[("Prefer", "respond-async")]), W).unwrap(),
+            opts(&req(&[("Prefer", "respond-async")])).unwrap(),
             None
         );
     }
 
     #[test]
     fn webhooks_metadata_and_prefer() {
-        let o = options(
+        let o = opts(
             &req(&[
                 (
                     "X-EZThrottle-Webhook",
@@ -207,7 +229,6 @@ mod tests {
                 ("X-EZThrottle-Metadata", r#"{"order":7}"#),
                 ("Prefer", "return=minimal, Respond-Async"),
             ]),
-            W,
         )
         .unwrap()
         .unwrap();
@@ -219,17 +240,14 @@ mod tests {
     #[test]
     fn bad_headers_are_400() {
         for bad in ["ftp://h/x", "/relative", "http://", "not a url"] {
-            let e = options(&req(&[("X-EZThrottle-Webhook", bad)]), W).unwrap_err();
+            let e = opts(&req(&[("X-EZThrottle-Webhook", bad)])).unwrap_err();
             assert_eq!(e.status(), 400, "{bad}");
         }
         for bad in ["[1,2]", "{", "\"s\""] {
-            let e = options(
-                &req(&[
-                    ("X-EZThrottle-Webhook", "http://h.test/"),
-                    ("X-EZThrottle-Metadata", bad),
-                ]),
-                W,
-            )
+            let e = opts(&req(&[
+                ("X-EZThrottle-Webhook", "http://h.test/"),
+                ("X-EZThrottle-Metadata", bad),
+            ]))
             .unwrap_err();
             assert_eq!(e.status(), 400, "{bad}");
         }
@@ -237,10 +255,37 @@ mod tests {
 
     #[test]
     fn a_jobs_own_attempt_never_parks() {
+        let r = req(&[("X-EZThrottle-Webhook", "http://h.test/")]);
+        let e = egress("");
+        assert_eq!(
+            options(&r, W, Caller::JobRunner { parked: true }, &e).unwrap(),
+            None
+        );
+        // A client's X-EZThrottle-Job is not the job runner's word.
         let r = req(&[
             ("X-EZThrottle-Webhook", "http://h.test/"),
             ("X-EZThrottle-Job", "job_1"),
         ]);
-        assert_eq!(options(&r, W).unwrap(), None);
+        assert!(options(&r, W, Caller::Client, &e).unwrap().is_some());
+    }
+
+    #[test]
+    fn webhooks_the_egress_policy_refuses_are_400() {
+        let e = egress("");
+        for bad in [
+            "http://169.254.169.254/hook",
+            "http://2852039166/hook",
+            "http://[::ffff:169.254.169.254]/hook",
+            "http://metadata.google.internal/x",
+            "http://127.0.0.1:9/a",
+            "http://127.0.0.1:4001/api/v1/webhook-secrets",
+            "http://10.0.0.1/h",
+            "https://h.test:22/",
+        ] {
+            let r = req(&[("X-EZThrottle-Webhook", bad)]);
+            let err = options(&r, W, Caller::Client, &e).unwrap_err();
+            assert_eq!((err.status(), err.code()), (400, "egress_denied"), "{bad}");
+            assert!(err.to_string().contains("X-EZThrottle-Webhook"), "{err}");
+        }
     }
 }

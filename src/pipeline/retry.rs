@@ -56,10 +56,13 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
     };
     let mut config = route::retry_config(&shared.config, domain).clone();
     let req = session.req_header();
-    // A job's own retry_policy (set by the job runner, see jobs/attempt.rs).
+    // A job's own retry_policy (set by the job runner, see jobs/attempt.rs;
+    // a client's copy of the header is not believed).
+    let internal = ctx.caller.is_internal();
     if let Some(policy) = req
         .headers
         .get(crate::jobs::attempt::RETRY_POLICY_HEADER)
+        .filter(|_| internal)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| serde_json::from_str::<crate::jobs::spec::RetryPolicySpec>(v).ok())
     {
@@ -78,6 +81,7 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
         .req_header()
         .headers
         .get(REGION_HEADER)
+        .filter(|_| internal)
         .and_then(|v| v.to_str().ok())
     {
         Some(first) => Route::starting_at(&shared.config, domain, first.trim()),

@@ -1,13 +1,14 @@
 //! Upstream phase: where the request is sent and what it looks like on the
 //! wire when it gets there.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 
 use super::ctx::Target;
 use super::identify;
+use crate::egress::{Purpose, Refusal};
 use crate::error::ProxyError;
 use crate::resolve::ResolveError;
 use crate::state::Shared;
@@ -24,9 +25,14 @@ const STRIPPED_REQUEST_HEADERS: &[&str] = &[
 /// Prefix of the per-request control headers apps send us (SPEC §5, §7).
 const CONTROL_HEADER_PREFIX: &str = "x-ezthrottle-";
 
-/// Resolve the target and build the pingora peer for it.
-pub async fn peer(shared: &Shared, target: &Target) -> Result<Box<HttpPeer>, ProxyError> {
-    let addr = resolve_one(shared, &target.host, target.port).await?;
+/// Resolve the target and build the pingora peer for it; `purpose` picks the
+/// egress policy the resolved address is held to.
+pub async fn peer(
+    shared: &Shared,
+    target: &Target,
+    purpose: Purpose,
+) -> Result<Box<HttpPeer>, ProxyError> {
+    let addr = resolve_one(shared, purpose, &target.host, target.port).await?;
     let mut peer = HttpPeer::new(addr, target.tls, target.host.clone());
     let cfg = &shared.config.proxy;
     peer.options.connection_timeout = Some(cfg.connect_timeout);
@@ -44,7 +50,7 @@ pub async fn region_peer(
     host: &str,
     port: u16,
 ) -> Result<Box<HttpPeer>, ProxyError> {
-    let addr = resolve_one(shared, host, port).await?;
+    let addr = resolve_one(shared, Purpose::Region, host, port).await?;
     let mut peer = HttpPeer::new(addr, false, String::new());
     let cfg = &shared.config.proxy;
     peer.options.connection_timeout = Some(cfg.connect_timeout);
@@ -56,39 +62,58 @@ pub async fn region_peer(
     Ok(Box::new(peer))
 }
 
-/// Resolve `host` to one socket address, refusing addresses that are this
-/// proxy's own listener (a request through us to us would loop forever).
-pub async fn resolve_one(shared: &Shared, host: &str, port: u16) -> Result<SocketAddr, ProxyError> {
-    let ips = shared.resolver.resolve(host).await.map_err(|e| match e {
-        ResolveError::NotFound { .. } | ResolveError::Failed { .. } => {
-            ProxyError::UpstreamUnresolvable {
-                host: host.to_string(),
-            }
-        }
-    })?;
-    let listen = shared.config.proxy.listen;
-    if ips
-        .iter()
-        .any(|ip| is_self(SocketAddr::new(*ip, port), listen))
+/// Resolve `host` to the one address we will connect to, held to the egress
+/// policy (SPEC §13): our own listeners are a loop (`508`), refused
+/// destinations `403 egress_denied`. The address returned is the one that
+/// was checked, so a DNS answer that changes afterwards cannot slip past.
+pub async fn resolve_one(
+    shared: &Shared,
+    purpose: Purpose,
+    host: &str,
+    port: u16,
+) -> Result<SocketAddr, ProxyError> {
+    let unresolvable = || ProxyError::UpstreamUnresolvable {
+        host: host.to_string(),
+    };
+    let addrs = match shared
+        .egress
+        .resolve(&shared.resolver, purpose, host, port)
+        .await
     {
-        return Err(ProxyError::ProxyLoop);
-    }
+        Ok(Ok(addrs)) => addrs,
+        Ok(Err(refusal)) => {
+            let reason = match refusal {
+                Refusal::Loop(_) => "loop",
+                Refusal::Denied { .. } => "denied",
+            };
+            let label = match purpose {
+                Purpose::Job => "job",
+                Purpose::Webhook => "webhook",
+                Purpose::Proxy | Purpose::Region => "proxy",
+            };
+            shared
+                .metrics
+                .egress_denied_total
+                .with_label_values(&[label, reason])
+                .inc();
+            tracing::warn!(host = %host, port, purpose = label, %refusal, "egress refused");
+            return Err(match refusal {
+                Refusal::Loop(_) => ProxyError::ProxyLoop,
+                denied => ProxyError::EgressDenied(denied.to_string()),
+            });
+        }
+        Err(ResolveError::NotFound { .. } | ResolveError::Failed { .. }) => {
+            return Err(unresolvable())
+        }
+    };
     // Prefer IPv4 when both families resolve: loopback-only sandboxes and many
     // container networks have no IPv6 route.
-    ips.iter()
-        .find(|ip| ip.is_ipv4())
-        .or_else(|| ips.first())
-        .map(|ip| SocketAddr::new(*ip, port))
-        .ok_or_else(|| ProxyError::UpstreamUnresolvable {
-            host: host.to_string(),
-        })
-}
-
-/// Is `addr` the proxy listener itself?
-pub fn is_self(addr: SocketAddr, listen: SocketAddr) -> bool {
-    let local = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
-    addr.port() == listen.port()
-        && (addr.ip() == listen.ip() || (local(addr.ip()) && local(listen.ip())))
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(unresolvable)
 }
 
 /// Rewrite the request for the origin: origin-form target, no proxy or
@@ -154,17 +179,6 @@ pub fn rewrite(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn self_detection() {
-        let listen: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        assert!(is_self("127.0.0.1:4000".parse().unwrap(), listen));
-        assert!(is_self("127.0.0.2:4000".parse().unwrap(), listen));
-        assert!(!is_self("127.0.0.1:4001".parse().unwrap(), listen));
-        let any: SocketAddr = "0.0.0.0:4000".parse().unwrap();
-        assert!(is_self("127.0.0.1:4000".parse().unwrap(), any));
-        assert!(!is_self("10.1.2.3:4000".parse().unwrap(), listen));
-    }
 
     #[test]
     fn rewrite_strips_proxy_and_control_headers() {

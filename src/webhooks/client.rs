@@ -5,12 +5,15 @@
 //! bounded connect and request times.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
 use crate::config::Config;
+use crate::egress::{Egress, Purpose};
+use crate::resolve::Resolver;
 
 /// Bound on one delivery attempt: connect, send, and the response head.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,7 +28,79 @@ pub enum ClientError {
     Build(String),
 }
 
-pub fn build(config: &Config) -> Result<reqwest::Client, ClientError> {
+/// The webhook HTTP client and the egress policy its connections keep.
+#[derive(Clone)]
+pub struct WebhookClient {
+    pub http: reqwest::Client,
+    pub egress: Arc<Egress>,
+    pub resolver: Arc<Resolver>,
+}
+
+impl WebhookClient {
+    /// The egress check before a delivery: the URL as written, then every
+    /// address its host resolves to, with the port (our own listeners are a
+    /// loop). reqwest resolves again through [`EgressResolver`], which keeps
+    /// only the addresses the policy allows, so a changed DNS answer cannot
+    /// reach a refused address; it is told no port, so a name that turns
+    /// into one of our own listeners in between is the one thing it cannot
+    /// see — only possible where `[egress] allow` opened loopback.
+    pub async fn check(&self, url: &url::Url) -> Result<(), String> {
+        let (host, port) =
+            crate::egress::url_host_port(url).ok_or("the webhook URL has no host or port")?;
+        match self
+            .egress
+            .resolve(&self.resolver, Purpose::Webhook, &host, port)
+            .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(refusal)) => Err(format!("egress_denied: {refusal}")),
+            // Unresolvable now: let the attempt fail (and retry) as usual.
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// reqwest's DNS hook: our resolver (`[resolve]` overrides included), keeping
+/// only addresses the egress policy allows for webhooks.
+struct EgressResolver {
+    egress: Arc<Egress>,
+    resolver: Arc<Resolver>,
+}
+
+impl reqwest::dns::Resolve for EgressResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let egress = self.egress.clone();
+        let resolver = self.resolver.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let ips = resolver
+                .resolve(&host)
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.to_string().into() })?;
+            let mut refusal = None;
+            let allowed: Vec<SocketAddr> = ips
+                .into_iter()
+                .filter(|ip| match egress.check_ip(Purpose::Webhook, &host, *ip) {
+                    Ok(()) => true,
+                    Err(r) => {
+                        refusal.get_or_insert(r);
+                        false
+                    }
+                })
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect();
+            if allowed.is_empty() {
+                let why = refusal
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| format!("{host}: no address"));
+                return Err(format!("egress_denied: {why}").into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+pub fn build(config: &Config) -> Result<WebhookClient, ClientError> {
     let mut roots: Vec<CertificateDer<'static>> = Vec::new();
     let mut check = RootCertStore::empty();
     match pingora::tls::load_native_certs() {
@@ -82,11 +157,19 @@ pub fn build(config: &Config) -> Result<reqwest::Client, ClientError> {
             .map_err(|e| ClientError::Build(e.to_string()))?;
         builder = builder.add_root_certificate(cert);
     }
-    for (host, ip) in &config.resolve {
-        // The port of the URL is used; this one is ignored.
-        builder = builder.resolve(host, SocketAddr::new(*ip, 0));
-    }
-    builder
+    let egress = Arc::new(Egress::new(config));
+    let resolver =
+        Arc::new(Resolver::new(config).map_err(|e| ClientError::Build(e.to_string()))?);
+    let http = builder
+        .dns_resolver(Arc::new(EgressResolver {
+            egress: egress.clone(),
+            resolver: resolver.clone(),
+        }))
         .build()
-        .map_err(|e| ClientError::Build(e.to_string()))
+        .map_err(|e| ClientError::Build(e.to_string()))?;
+    Ok(WebhookClient {
+        http,
+        egress,
+        resolver,
+    })
 }

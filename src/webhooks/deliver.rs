@@ -59,7 +59,7 @@ pub struct Webhooks {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     secrets: Secrets,
-    client: reqwest::Client,
+    client: client::WebhookClient,
     policy: RetryPolicy,
     wake: Notify,
     limit: Arc<Semaphore>,
@@ -310,6 +310,12 @@ impl Webhooks {
             }
             Err(e) => return Outcome::Permanent(format!("webhook URL is not a valid URL: {e}")),
         };
+        // Re-checked at send time: the policy may have changed since the
+        // URL was accepted, and a name may now resolve elsewhere.
+        if let Err(e) = self.client.check(&url).await {
+            tracing::warn!(delivery = d.id, job_id = %d.job_id, host = %host_of(&d.url), error = %e, "webhook refused by the egress policy");
+            return Outcome::Permanent(e);
+        }
         let secret = match self.secrets.signing_secret(&d.workspace).await {
             Ok(s) => s,
             Err(e) => {
@@ -320,6 +326,7 @@ impl Webhooks {
         };
         let mut req = self
             .client
+            .http
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(d.payload.clone());

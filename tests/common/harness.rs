@@ -49,6 +49,21 @@ pub fn ezthrottle_cmd() -> Command {
     cmd
 }
 
+/// [`ezthrottle_cmd`] started as `sh -c 'umask MASK && exec BIN ARGS…'`:
+/// the process (same pid, thanks to `exec`) runs with that umask. Arguments
+/// added to the command go to the binary.
+pub fn umask_cmd(mask: u32) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_ezthrottle"));
+    for k in CLEARED_ENV {
+        cmd.env_remove(k);
+    }
+    cmd.env("EZTHROTTLE_LOG", "info,ezthrottle=debug");
+    cmd
+}
+
 /// What to put in the config and on the command line.
 #[derive(Clone, Debug)]
 pub struct EzBuilder {
@@ -59,10 +74,18 @@ pub struct EzBuilder {
     resolve: Vec<(String, String)>,
     limits: String,
     extra_toml: String,
+    /// Lines added to the `[proxy]` table.
+    proxy_toml: String,
+    /// Lines of an `[egress]` table (none when empty).
+    egress_toml: String,
+    /// Address the proxy listener binds (default 127.0.0.1).
+    proxy_ip: std::net::Ipv4Addr,
     data_dir: Option<PathBuf>,
     data_dir_in_file: bool,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Start through `sh` with this umask (file-mode tests).
+    umask: Option<u32>,
 }
 
 impl EzBuilder {
@@ -75,10 +98,14 @@ impl EzBuilder {
             resolve: vec![("origin.test".into(), "127.0.0.1".into())],
             limits: "rps = 1000.0\nmax_concurrent = 100".to_string(),
             extra_toml: String::new(),
+            proxy_toml: String::new(),
+            egress_toml: String::new(),
+            proxy_ip: std::net::Ipv4Addr::LOCALHOST,
             data_dir: None,
             data_dir_in_file: true,
             args: vec![],
             env: vec![],
+            umask: None,
         }
     }
 
@@ -128,6 +155,34 @@ impl EzBuilder {
         self
     }
 
+    /// Keys added to the `[proxy]` table (one `key = value` per line).
+    pub fn proxy(mut self, toml: &str) -> Self {
+        self.proxy_toml.push_str(toml);
+        self.proxy_toml.push('\n');
+        self
+    }
+
+    /// Bind the proxy listener to another loopback address, e.g. 127.0.0.2
+    /// standing in for a gateway's network address.
+    pub fn proxy_ip(mut self, ip: std::net::Ipv4Addr) -> Self {
+        self.proxy_ip = ip;
+        self
+    }
+
+    /// Keys of the `[egress]` table (one `key = value` per line).
+    pub fn egress(mut self, toml: &str) -> Self {
+        self.egress_toml.push_str(toml);
+        self.egress_toml.push('\n');
+        self
+    }
+
+    /// What a user whose jobs and webhooks call services on this host writes:
+    /// loopback and unprivileged ports opened for jobs and webhooks (the
+    /// egress policy refuses both by default, SPEC §13).
+    pub fn egress_loopback(self) -> Self {
+        self.egress("allow = [\"127.0.0.0/8\"]\nallow_ports = [\"1024-65535\"]")
+    }
+
     /// TOML appended at the end of the config (after `[limits]`).
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra_toml.push('\n');
@@ -160,6 +215,12 @@ impl EzBuilder {
         self
     }
 
+    /// Run the binary with this umask (set by `sh`, which then `exec`s it).
+    pub fn umask(mut self, mask: u32) -> Self {
+        self.umask = Some(mask);
+        self
+    }
+
     fn config_text(&self, data_dir: &Path, proxy: u16, control: u16) -> String {
         let mut t = String::new();
         if self.data_dir_in_file {
@@ -170,8 +231,10 @@ impl EzBuilder {
             ports.push(proxy.to_string());
         }
         t += &format!(
-            "\n[proxy]\nlisten = \"127.0.0.1:{proxy}\"\nconnect_ports = [{}]\n",
-            ports.join(", ")
+            "\n[proxy]\nlisten = \"{}:{proxy}\"\nconnect_ports = [{}]\n{}",
+            self.proxy_ip,
+            ports.join(", "),
+            self.proxy_toml
         );
         t += &format!("\n[control]\nlisten = \"127.0.0.1:{control}\"\n");
         if let Some(ca) = &self.upstream_ca {
@@ -185,6 +248,9 @@ impl EzBuilder {
             t += &format!("{} = {}\n", toml_str(host), toml_str(ip));
         }
         t += &format!("\n[limits]\n{}\n", self.limits);
+        if !self.egress_toml.is_empty() {
+            t += &format!("\n[egress]\n{}", self.egress_toml);
+        }
         t += &self.extra_toml;
         t
     }
@@ -226,7 +292,10 @@ impl EzBuilder {
         .expect("write config");
         let stderr_path = work.join(format!("stderr-{proxy_port}.log"));
 
-        let mut cmd = ezthrottle_cmd();
+        let mut cmd = match self.umask {
+            Some(mask) => umask_cmd(mask),
+            None => ezthrottle_cmd(),
+        };
         cmd.arg("run").arg("--config").arg(&config_path);
         cmd.args(&self.args);
         let (proxy_port, control_port) = if self.listen_flags {
@@ -276,7 +345,7 @@ impl EzBuilder {
         });
 
         let mut ez = Ezthrottle {
-            proxy: SocketAddr::from(([127, 0, 0, 1], proxy_port)),
+            proxy: SocketAddr::from((self.proxy_ip, proxy_port)),
             control: SocketAddr::from(([127, 0, 0, 1], control_port)),
             ca_path: data_dir.join("ca").join("ca.pem"),
             data_dir,
