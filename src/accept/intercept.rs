@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use pingora::apps::HttpServerApp;
 use pingora::listeners::tls::Acceptor;
-use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
@@ -68,22 +66,7 @@ pub async fn run(
         connect: Some(target),
         ..conn
     };
-    let mut stream: Stream = Box::new(tls);
-    let mut settings = None;
-    loop {
-        let mut session = ServerSession::new_http1(stream);
-        if let Some(s) = settings.take() {
-            pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session);
-        }
-        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
-        session.set_connection_user_context(Some(Box::new(conn.clone())));
-        match door.proxy.process_new_http(session, shutdown).await {
-            Some(reused) => {
-                let (s, p) = reused.consume();
-                stream = s;
-                settings = p;
-            }
-            None => return,
-        }
-    }
+    // Inner requests go through the same checked reader as plain ones.
+    door.serve_http1(Box::new(tls), &conn, shutdown, false)
+        .await;
 }

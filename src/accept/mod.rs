@@ -188,10 +188,7 @@ impl FrontDoor {
         shutdown: &ShutdownWatch,
     ) {
         let metrics = &self.shared.metrics;
-        let ConnectRequest {
-            mut stream,
-            target,
-        } = request;
+        let ConnectRequest { mut stream, target } = request;
         let target = match target {
             Ok(t) => t,
             Err(err) => {

@@ -236,20 +236,29 @@ fn head_limits(
         HeadLimits, DEFAULT_MAX_BUFFERED, PINGORA_MAX_HEAD, PINGORA_MAX_HEADERS,
     };
     let d = HeadLimits::default();
-    let sized = |key: &str, v: &Option<toml::Value>, default: usize| -> Result<usize, ConfigError> {
-        let Some(v) = v else { return Ok(default) };
-        let n = size(cx, key, v)?;
-        if !(64..=PINGORA_MAX_HEAD as u64).contains(&n) {
-            return Err(cx.err(
-                key,
-                format!("must be between 64 bytes and {PINGORA_MAX_HEAD} bytes, got {n}"),
-            ));
-        }
-        Ok(n as usize)
-    };
+    let sized =
+        |key: &str, v: &Option<toml::Value>, default: usize| -> Result<usize, ConfigError> {
+            let Some(v) = v else { return Ok(default) };
+            let n = size(cx, key, v)?;
+            if !(64..=PINGORA_MAX_HEAD as u64).contains(&n) {
+                return Err(cx.err(
+                    key,
+                    format!("must be between 64 bytes and {PINGORA_MAX_HEAD} bytes, got {n}"),
+                ));
+            }
+            Ok(n as usize)
+        };
     let limits = HeadLimits {
-        max_request_line: sized("proxy.max_request_line", &p.max_request_line, d.max_request_line)?,
-        max_header_line: sized("proxy.max_header_line", &p.max_header_line, d.max_header_line)?,
+        max_request_line: sized(
+            "proxy.max_request_line",
+            &p.max_request_line,
+            d.max_request_line,
+        )?,
+        max_header_line: sized(
+            "proxy.max_header_line",
+            &p.max_header_line,
+            d.max_header_line,
+        )?,
         max_head: sized("proxy.max_head", &p.max_head, d.max_head)?,
         max_headers: match p.max_headers {
             None => d.max_headers,

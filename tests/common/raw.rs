@@ -191,6 +191,12 @@ impl RawConn {
         }
     }
 
+    /// The socket, e.g. to start TLS over an established CONNECT tunnel
+    /// (nothing is buffered after a CONNECT response: clients wait for it).
+    pub fn into_stream(self) -> TcpStream {
+        self.reader.into_inner()
+    }
+
     /// True when the peer has closed the connection (reads EOF), bounded.
     pub fn is_closed_by_peer(&mut self) -> bool {
         let mut buf = [0u8; 1];
