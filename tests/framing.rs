@@ -564,3 +564,44 @@ fn read_response(r: &mut impl BufRead) -> std::io::Result<RawResponse> {
     }
     Ok(resp)
 }
+
+#[test]
+fn bodies_read_ahead_count_against_the_same_budget() {
+    let origin = Origin::start();
+    // Keyed bodies up to 4 MiB would be held whole; the budget is 1 MiB.
+    let ez = Ezthrottle::for_origin(&origin)
+        .proxy("max_buffered = \"1MiB\"")
+        .extra("[idempotency]\nmax_request_body = \"4MiB\"")
+        .start();
+    let url = origin.http_url("/echo?held");
+    let body = vec![b'b'; 2 << 20];
+    let head = format!(
+        "POST {url} HTTP/1.1\r\nHost: origin.test:{}\r\nIdempotency-Key: k-budget\r\nContent-Length: {}\r\n\r\n",
+        origin.http_addr.port(),
+        body.len()
+    );
+    let stream = TcpStream::connect(ez.proxy).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let w = std::thread::spawn(move || {
+        let _ = writer.write_all(head.as_bytes());
+        let _ = writer.write_all(&body);
+    });
+    let resp = read_response(&mut BufReader::new(stream)).expect("an answer");
+    assert_eq!(resp.status, 503, "{resp:?}");
+    assert_eq!(resp.header("x-ezthrottle-error"), Some("proxy_overloaded"));
+    assert_eq!(resp.error_code(), "proxy_overloaded");
+    let _ = w.join();
+    assert_eq!(origin.count("/echo"), 0);
+    // Small keyed bodies still fit.
+    let ok = common::raw::request(
+        ez.proxy,
+        &format!(
+            "POST {url} HTTP/1.1\r\nHost: origin.test:{}\r\nIdempotency-Key: k-small\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+            origin.http_addr.port()
+        ),
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
+}

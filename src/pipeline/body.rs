@@ -53,6 +53,9 @@ pub async fn read_whole(
         return Err(ProxyError::RequestBodyTooLarge { limit, why });
     }
     let mut buf = BytesMut::new();
+    // Bodies held here count against the same process-wide budget as
+    // unfinished heads, so slow uploads cannot grow memory without bound.
+    let mut hold = crate::accept::framing::Hold::new(crate::accept::framing::budget());
     let mut armed = false;
     loop {
         if !armed && declared.is_none_or(|n| n.saturating_sub(buf.len() as u64) <= RETRY_BUFFER) {
@@ -64,6 +67,9 @@ pub async fn read_whole(
                 buf.extend_from_slice(&chunk);
                 if buf.len() as u64 > limit {
                     return Err(ProxyError::RequestBodyTooLarge { limit, why });
+                }
+                if hold.set(buf.capacity()).is_err() {
+                    return Err(ProxyError::Overloaded);
                 }
             }
             Ok(None) => break,
@@ -81,6 +87,7 @@ pub async fn read_whole(
     }
     let body = buf.freeze();
     ctx.body = Some(body.clone());
+    ctx.body_hold = Some(hold);
     Ok(body)
 }
 

@@ -99,6 +99,9 @@ pub struct RequestCtx {
     pub replayed: bool,
     /// The whole request body, when it was read ahead (see `body.rs`).
     pub body: Option<Bytes>,
+    /// That body's share of the process-wide buffer budget
+    /// (`[proxy] max_buffered`), given back when the request ends.
+    pub body_hold: Option<crate::accept::framing::Hold>,
     /// Retry policy and progress, set once the request is admitted.
     pub retry: Option<RetryState>,
     /// Set when the request may be parked (it named a webhook).
@@ -127,6 +130,7 @@ impl RequestCtx {
             keyed: None,
             replayed: false,
             body: None,
+            body_hold: None,
             retry: None,
             park: None,
             park_now: false,
