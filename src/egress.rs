@@ -167,7 +167,8 @@ impl Egress {
                 why,
             })
         };
-        let listed = |ranges: &[(u16, u16)]| ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&port));
+        let listed =
+            |ranges: &[(u16, u16)]| ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&port));
         if listed(&self.config.deny_ports) {
             return denied(format!("port {port} is listed in [egress] deny_ports"));
         }
@@ -180,7 +181,12 @@ impl Egress {
     }
 
     /// The full check of one resolved address of `host`.
-    pub fn check_addr(&self, purpose: Purpose, host: &str, addr: SocketAddr) -> Result<(), Refusal> {
+    pub fn check_addr(
+        &self,
+        purpose: Purpose,
+        host: &str,
+        addr: SocketAddr,
+    ) -> Result<(), Refusal> {
         let ip = canonical(addr.ip());
         let shown = if literal_ip(host).is_some() {
             SocketAddr::new(ip, addr.port()).to_string()
@@ -440,7 +446,12 @@ mod tests {
             "[::ffff:127.0.0.1]:4001",
             "10.1.2.3:4000",
         ] {
-            for p in [Purpose::Proxy, Purpose::Job, Purpose::Webhook, Purpose::Region] {
+            for p in [
+                Purpose::Proxy,
+                Purpose::Job,
+                Purpose::Webhook,
+                Purpose::Region,
+            ] {
                 assert!(
                     matches!(e.check_addr(p, "x", addr(a)), Err(Refusal::Loop(_))),
                     "{a} {p:?}"
@@ -480,7 +491,10 @@ mod tests {
         ] {
             for p in [Purpose::Proxy, Purpose::Job, Purpose::Webhook] {
                 let r = e.check_name(p, host, 80);
-                assert!(matches!(r, Err(Refusal::Denied { .. })), "{host} {p:?}: {r:?}");
+                assert!(
+                    matches!(r, Err(Refusal::Denied { .. })),
+                    "{host} {p:?}: {r:?}"
+                );
             }
         }
         // A name resolving to the metadata address, on the proxy path.
@@ -566,7 +580,9 @@ mod tests {
         assert!(e
             .check_url(Purpose::Webhook, "http://[::ffff:169.254.169.254]/hook")
             .is_err());
-        assert!(e.check_url(Purpose::Job, "http://127.0.0.1:4001/api").is_err());
+        assert!(e
+            .check_url(Purpose::Job, "http://127.0.0.1:4001/api")
+            .is_err());
         assert!(e.check_url(Purpose::Job, "https://api.test:22/").is_err());
         assert!(e.check_url(Purpose::Job, "https://api.test/v1").is_ok());
         assert!(e.check_url(Purpose::Job, "http://0.0.0.0/").is_err());

@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use common::curl::{curl, Fetch};
-use common::harness::EzBuilder;
 use common::harness::control_get;
+use common::harness::EzBuilder;
 use common::{metrics, Ezthrottle, Origin, RawResponse};
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -74,7 +74,13 @@ fn the_control_api_cannot_be_reached_through_the_proxy() {
     // The secret was never written.
     let r = control(&ez, "GET", "/api/v1/webhook-secrets", None);
     assert_eq!(r.status, 404, "{}", r.text());
-    assert!(metric(&ez, "ezthrottle_egress_denied_total", &[("purpose", "proxy"), ("reason", "loop")]) >= 8.0);
+    assert!(
+        metric(
+            &ez,
+            "ezthrottle_egress_denied_total",
+            &[("purpose", "proxy"), ("reason", "loop")]
+        ) >= 8.0
+    );
 }
 
 #[test]
@@ -100,7 +106,13 @@ fn metadata_addresses_are_refused_on_the_proxy_path() {
     assert_eq!(f.connect_code, 403, "{}", f.describe());
     // The proxy path still reaches loopback services (a sidecar's neighbours).
     via(&ez, &[], &origin.http_url("/echo")).assert_status(200);
-    assert!(metric(&ez, "ezthrottle_egress_denied_total", &[("purpose", "proxy"), ("reason", "denied")]) >= 5.0);
+    assert!(
+        metric(
+            &ez,
+            "ezthrottle_egress_denied_total",
+            &[("purpose", "proxy"), ("reason", "denied")]
+        ) >= 5.0
+    );
 }
 
 #[test]
@@ -137,21 +149,37 @@ fn the_job_api_refuses_internal_targets_naming_the_field() {
         let r = control(&ez, "POST", "/api/v1/jobs", Some(&body));
         assert_eq!(r.status, 400, "{target}: {}", r.text());
         assert_eq!(r.error_code(), "egress_denied", "{target}");
-        assert!(r.error_message().starts_with("url: "), "{target}: {}", r.error_message());
+        assert!(
+            r.error_message().starts_with("url: "),
+            "{target}: {}",
+            r.error_message()
+        );
 
         let body = json!({"url": "https://api.example.com/", "webhooks": [{"url": "https://h.example/ok"}, {"url": target}]}).to_string();
         let r = control(&ez, "POST", "/api/v1/jobs", Some(&body));
         assert_eq!(r.status, 400, "webhook {target}: {}", r.text());
-        assert!(r.error_message().starts_with("webhooks[1].url: "), "{}", r.error_message());
+        assert!(
+            r.error_message().starts_with("webhooks[1].url: "),
+            "{}",
+            r.error_message()
+        );
     }
     let body = json!({"url": "https://api.example.com/", "fallback_job": {"url": "http://169.254.169.254/", "trigger": {"type": "on_error"}}}).to_string();
     let r = control(&ez, "POST", "/api/v1/jobs", Some(&body));
     assert_eq!(r.status, 400, "{}", r.text());
-    assert!(r.error_message().starts_with("fallback_job.url: "), "{}", r.error_message());
+    assert!(
+        r.error_message().starts_with("fallback_job.url: "),
+        "{}",
+        r.error_message()
+    );
     // Nothing was queued.
     let list = control(&ez, "GET", "/api/v1/jobs", None);
     assert_eq!(list.status, 200, "{}", list.text());
-    assert!(!list.text().contains("job_"), "a refused job was stored: {}", list.text());
+    assert!(
+        !list.text().contains("job_"),
+        "a refused job was stored: {}",
+        list.text()
+    );
 }
 
 #[test]
@@ -168,7 +196,16 @@ fn a_parked_requests_webhook_is_checked_at_submission() {
         let header = format!("X-EZThrottle-Webhook: {hook}");
         let f = via(
             &ez,
-            &["-X", "POST", "--data", "{}", "-H", &header, "-H", "Prefer: respond-async"],
+            &[
+                "-X",
+                "POST",
+                "--data",
+                "{}",
+                "-H",
+                &header,
+                "-H",
+                "Prefer: respond-async",
+            ],
             &origin.http_url("/echo"),
         );
         assert_refused(&f, 400, "egress_denied", hook);
@@ -187,7 +224,12 @@ fn a_job_whose_name_resolves_inside_is_refused_when_it_connects() {
         .egress("allow_ports = [\"1024-65535\"]")
         .start();
     let url = format!("http://inside.test:{}/echo", origin.http_addr.port());
-    let r = control(&ez, "POST", "/api/v1/jobs", Some(&json!({"url": url}).to_string()));
+    let r = control(
+        &ez,
+        "POST",
+        "/api/v1/jobs",
+        Some(&json!({"url": url}).to_string()),
+    );
     assert_eq!(r.status, 201, "{}", r.text());
     let id = r.json()["job_id"].as_str().expect("job_id").to_string();
     let job: Value = common::eventually(Duration::from_secs(30), "job to fail", || {
@@ -195,15 +237,30 @@ fn a_job_whose_name_resolves_inside_is_refused_when_it_connects() {
         (v["status"] == "failed").then_some(v)
     });
     assert!(job.to_string().contains("egress_denied"), "{job}");
-    assert_eq!(origin.count("/echo"), 0, "the job reached a loopback service");
-    assert!(metric(&ez, "ezthrottle_egress_denied_total", &[("purpose", "job"), ("reason", "denied")]) >= 1.0);
+    assert_eq!(
+        origin.count("/echo"),
+        0,
+        "the job reached a loopback service"
+    );
+    assert!(
+        metric(
+            &ez,
+            "ezthrottle_egress_denied_total",
+            &[("purpose", "job"), ("reason", "denied")]
+        ) >= 1.0
+    );
 
     // The same job with loopback opened, as the docs say, runs.
     let ez = Ezthrottle::for_origin(&origin)
         .resolve("inside.test", "127.0.0.1")
         .egress_loopback()
         .start();
-    let r = control(&ez, "POST", "/api/v1/jobs", Some(&json!({"url": url}).to_string()));
+    let r = control(
+        &ez,
+        "POST",
+        "/api/v1/jobs",
+        Some(&json!({"url": url}).to_string()),
+    );
     let id = r.json()["job_id"].as_str().expect("job_id").to_string();
     common::eventually(Duration::from_secs(30), "job to succeed", || {
         let v = control(&ez, "GET", &format!("/api/v1/jobs/{id}"), None).json();
@@ -219,7 +276,14 @@ fn with_api_keys_a_client_cannot_borrow_another_workspace() {
     let ez = Ezthrottle::for_origin(&origin).extra(keys).start();
     let url = origin.http_url("/echo");
     let post = |body: &str, extra: &[&str]| {
-        let mut args = vec!["-X", "POST", "--data", body, "-H", "Idempotency-Key: order-1"];
+        let mut args = vec![
+            "-X",
+            "POST",
+            "--data",
+            body,
+            "-H",
+            "Idempotency-Key: order-1",
+        ];
         args.extend_from_slice(extra);
         via(&ez, &args, &url)
     };
@@ -237,15 +301,29 @@ fn with_api_keys_a_client_cannot_borrow_another_workspace() {
     for attempt in [
         vec!["-H", "X-EZThrottle-Workspace: team-a"],
         vec!["--proxy-user", "team-a:guess"],
-        vec!["--proxy-user", "team-a:tok_team_a_0002", "-H", "X-EZThrottle-Workspace: team-a"],
+        vec![
+            "--proxy-user",
+            "team-a:tok_team_a_0002",
+            "-H",
+            "X-EZThrottle-Workspace: team-a",
+        ],
     ] {
         let f = post("{\"amount\":2}", &attempt);
-        assert_eq!(f.code, 200, "{attempt:?} reached team-a's record: {}", f.describe());
+        assert_eq!(
+            f.code,
+            200,
+            "{attempt:?} reached team-a's record: {}",
+            f.describe()
+        );
     }
     // The first of them ran upstream in `default`, the others replayed it.
     assert_eq!(origin.count("/echo"), 2);
     assert!(
-        metric(&ez, "ezthrottle_untrusted_headers_ignored_total", &[("header", "x-ezthrottle-workspace")]) >= 2.0
+        metric(
+            &ez,
+            "ezthrottle_untrusted_headers_ignored_total",
+            &[("header", "x-ezthrottle-workspace")]
+        ) >= 2.0
     );
     // Team A's own record is untouched.
     let replay = post("{\"amount\":1}", &team_a);
@@ -258,11 +336,29 @@ fn with_api_keys_a_client_cannot_borrow_another_workspace() {
         .start();
     let call = |ws: &str| {
         let h = format!("X-EZThrottle-Workspace: {ws}");
-        via(&ez, &["-X", "POST", "--data", "{}", "-H", "Idempotency-Key: k2", "-H", &h], &url)
+        via(
+            &ez,
+            &[
+                "-X",
+                "POST",
+                "--data",
+                "{}",
+                "-H",
+                "Idempotency-Key: k2",
+                "-H",
+                &h,
+            ],
+            &url,
+        )
     };
     call("team-b").assert_status(200);
     let f = call("team-b");
-    assert_eq!(f.header("idempotency-replay"), Some("true"), "{}", f.describe());
+    assert_eq!(
+        f.header("idempotency-replay"),
+        Some("true"),
+        "{}",
+        f.describe()
+    );
     assert_eq!(call("team-c").header("idempotency-replay"), None);
 }
 
@@ -285,16 +381,39 @@ fn a_client_cannot_set_the_job_runners_headers() {
         &origin.http_url("/status/503"),
     );
     assert_eq!(f.code, 503, "{}", f.describe());
-    assert_eq!(f.header("x-ezthrottle-attempts"), Some("2"), "{}", f.describe());
+    assert_eq!(
+        f.header("x-ezthrottle-attempts"),
+        Some("2"),
+        "{}",
+        f.describe()
+    );
     assert_eq!(origin.count("/status/503"), 2);
     for h in ["x-ezthrottle-retry-policy", "x-ezthrottle-region"] {
-        assert_eq!(metric(&ez, "ezthrottle_untrusted_headers_ignored_total", &[("header", h)]), 1.0, "{h}");
+        assert_eq!(
+            metric(
+                &ez,
+                "ezthrottle_untrusted_headers_ignored_total",
+                &[("header", h)]
+            ),
+            1.0,
+            "{h}"
+        );
     }
     // A forged internal token is just another client.
     let f = via(
         &ez,
-        &["-H", "X-EZThrottle-Internal: job 00000000000000000000000000000000", "-H", "X-EZThrottle-Retry-Policy: {\"max_retries\": 6}"],
+        &[
+            "-H",
+            "X-EZThrottle-Internal: job 00000000000000000000000000000000",
+            "-H",
+            "X-EZThrottle-Retry-Policy: {\"max_retries\": 6}",
+        ],
         &origin.http_url("/status/503"),
     );
-    assert_eq!(f.header("x-ezthrottle-attempts"), Some("2"), "{}", f.describe());
+    assert_eq!(
+        f.header("x-ezthrottle-attempts"),
+        Some("2"),
+        "{}",
+        f.describe()
+    );
 }

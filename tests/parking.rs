@@ -145,7 +145,7 @@ fn bad_parking_headers_are_400_and_nothing_is_queued() {
         &ez,
         &url,
         &[
-            "X-EZThrottle-Webhook: http://127.0.0.1:9/h".into(),
+            "X-EZThrottle-Webhook: http://127.0.0.1:9999/h".into(),
             "X-EZThrottle-Metadata: [1,2]".into(),
         ],
     );

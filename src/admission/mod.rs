@@ -134,7 +134,9 @@ impl Admission {
                         "X-EZThrottle-Max-Wait must be between 0 and 86400 seconds, got {v:?}"
                     ));
                 }
-                Ok(Duration::from_secs_f64(secs))
+                // Clamped, not refused: the app asked for patience, and
+                // gets as much as the operator allows.
+                Ok(Duration::from_secs_f64(secs).min(self.config.limits.max_wait_ceiling))
             }
         }
     }
@@ -291,5 +293,24 @@ mod tests {
         assert_eq!(again.rps, 5.0);
         assert_eq!(again.rps_source, Source::Learned);
         drop(held);
+    }
+
+    #[test]
+    fn a_requested_max_wait_is_clamped_to_the_ceiling() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = admission(dir.path());
+        assert_eq!(a.max_wait("a.test", None), Ok(Duration::from_secs(60)));
+        assert_eq!(
+            a.max_wait("a.test", Some("2.5")),
+            Ok(Duration::from_millis(2500))
+        );
+        // Default ceiling 1h: a day's patience is clamped, not refused.
+        assert_eq!(
+            a.max_wait("a.test", Some("86400")),
+            Ok(Duration::from_secs(3600))
+        );
+        for bad in ["86401", "-1", "NaN", "inf", "18446744073709551615", "x"] {
+            assert!(a.max_wait("a.test", Some(bad)).is_err(), "{bad}");
+        }
     }
 }

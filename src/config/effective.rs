@@ -150,6 +150,10 @@ pub(super) fn render(c: &Config) -> String {
         "concurrency_ceiling".into(),
         Value::Integer(c.limits.concurrency_ceiling.into()),
     );
+    limits.insert(
+        "max_wait_ceiling".into(),
+        Value::String(format_duration(c.limits.max_wait_ceiling)),
+    );
     let mut domains = Table::new();
     for (host, d) in &c.limits.domains {
         let mut t = limits_table(&d.limits);

@@ -151,7 +151,10 @@ fn nets(cx: &Ctx, key: &str, v: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigEr
             super::egress::net(s).ok_or_else(|| {
                 cx.err(
                     format!("{key}[{i}]"),
-                    format!("expected a CIDR like \"10.0.0.0/8\" or an IP, got {:?}", s.trim()),
+                    format!(
+                        "expected a CIDR like \"10.0.0.0/8\" or an IP, got {:?}",
+                        s.trim()
+                    ),
                 )
             })
         })
@@ -429,6 +432,19 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         l.concurrency_ceiling.unwrap_or(1024),
         u32::MAX as u64,
     )?;
+    let max_wait_ceiling = match &l.max_wait_ceiling {
+        Some(v) => {
+            let d = duration(cx, "limits.max_wait_ceiling", v)?;
+            if d.is_zero() || d > Duration::from_secs(86_400) {
+                return Err(cx.err(
+                    "limits.max_wait_ceiling",
+                    format!("must be between 1ms and 24h, got {v:?}"),
+                ));
+            }
+            d
+        }
+        None => Duration::from_secs(3600),
+    };
     let check_limits = |prefix: &str,
                         rps: Option<f64>,
                         mc: Option<i64>,
@@ -477,6 +493,16 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
                 let d = duration(cx, &format!("{prefix}.max_wait"), v)?;
                 if d.is_zero() {
                     return Err(cx.err(format!("{prefix}.max_wait"), "must be longer than 0"));
+                }
+                if d > max_wait_ceiling {
+                    return Err(cx.err(
+                        format!("{prefix}.max_wait"),
+                        format!(
+                            "{} is above limits.max_wait_ceiling ({})",
+                            format_duration(d),
+                            format_duration(max_wait_ceiling)
+                        ),
+                    ));
                 }
                 d
             }
@@ -715,6 +741,7 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             defaults,
             rps_ceiling,
             concurrency_ceiling,
+            max_wait_ceiling,
             domains,
         },
         retry: retry_cfg,
@@ -777,7 +804,10 @@ fn encryption_key(
                 )
             })?;
             let k = EncryptionKey::parse(&text).map_err(|reason| {
-                cx.err(key, format!("the key in environment variable {var} {reason}"))
+                cx.err(
+                    key,
+                    format!("the key in environment variable {var} {reason}"),
+                )
             })?;
             Ok((Some(k), Some(format!("env:{var}"))))
         }

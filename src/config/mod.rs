@@ -128,6 +128,10 @@ pub struct LimitsConfig {
     pub defaults: DomainLimits,
     pub rps_ceiling: f64,
     pub concurrency_ceiling: u32,
+    /// Longest max wait a request may ask for with `X-EZThrottle-Max-Wait`
+    /// (longer asks are clamped; configured max waits may not exceed it).
+    /// Default 1h. Key `max_wait_ceiling`.
+    pub max_wait_ceiling: Duration,
     /// `[limits.domains."host"]`, keyed by lower-cased host (exact, or `*.suffix`).
     pub domains: BTreeMap<String, DomainConfig>,
 }

@@ -91,6 +91,7 @@ pub struct RawLimits {
     pub max_wait: Option<String>,
     pub rps_ceiling: Option<f64>,
     pub concurrency_ceiling: Option<i64>,
+    pub max_wait_ceiling: Option<String>,
     #[serde(default)]
     pub domains: BTreeMap<String, RawDomain>,
 }

@@ -394,14 +394,20 @@ fn storage_encryption_key_comes_from_a_file_or_variable_never_inline() {
     let file = dir.path().join("storage.key");
     let b64 = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
     std::fs::write(&file, format!("{b64}\n")).unwrap();
-    let text = format!("[storage]\nencryption_key_file = {:?}\n", file.display().to_string());
+    let text = format!(
+        "[storage]\nencryption_key_file = {:?}\n",
+        file.display().to_string()
+    );
     let c = parse(&text).expect("key file");
     assert_eq!(
         c.storage.encryption_key,
         Some(crate::store::EncryptionKey::from_bytes([7u8; 32]))
     );
     let shown = c.to_effective_toml();
-    assert!(shown.contains("encryption_key_file") && !shown.contains(&b64), "{shown}");
+    assert!(
+        shown.contains("encryption_key_file") && !shown.contains(&b64),
+        "{shown}"
+    );
     assert!(!format!("{c:?}").contains(&b64));
 
     std::env::set_var("EZT_TEST_STORAGE_KEY_OK", "ab".repeat(32));
@@ -443,4 +449,25 @@ fn webhooks_secret_is_at_most_one_kib() {
         assert!(e.reason.contains("at most 1024 bytes"), "{}", e.reason);
         assert!(!e.reason.contains("sss"), "never echoes the secret");
     }
+}
+
+#[test]
+fn max_wait_ceiling_bounds_configured_max_waits() {
+    let c = parse("[limits]\nmax_wait = \"2h\"\nmax_wait_ceiling = \"3h\"\n").expect("config");
+    assert_eq!(c.limits.max_wait_ceiling, Duration::from_secs(3 * 3600));
+    assert_bad(
+        "[limits]\nmax_wait = \"2h\"\n",
+        "limits.max_wait",
+        "above limits.max_wait_ceiling",
+    );
+    assert_bad(
+        "[limits.domains.\"a.test\"]\nmax_wait = \"90m\"\n",
+        "limits.domains.\"a.test\".max_wait",
+        "above limits.max_wait_ceiling",
+    );
+    assert_bad(
+        "[limits]\nmax_wait_ceiling = \"25h\"\n",
+        "limits.max_wait_ceiling",
+        "between",
+    );
 }

@@ -322,7 +322,6 @@ fn valid_workspace(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-
 /// Token we put in `Via`; seeing our own token on an incoming request means
 /// the request went round a loop of proxies back to us.
 pub fn via_token(instance_id: &str) -> String {
@@ -446,8 +445,21 @@ mod tests {
         }
     }
 
-    fn ws(r: &RequestHeader, conn: Option<&ConnInfo>, keys: &BTreeMap<String, String>, trusted: bool) -> Workspace {
-        workspace(r, conn, &Trust { api_keys: keys, trusted }).unwrap()
+    fn ws(
+        r: &RequestHeader,
+        conn: Option<&ConnInfo>,
+        keys: &BTreeMap<String, String>,
+        trusted: bool,
+    ) -> Workspace {
+        workspace(
+            r,
+            conn,
+            &Trust {
+                api_keys: keys,
+                trusted,
+            },
+        )
+        .unwrap()
     }
 
     #[test]
@@ -464,13 +476,20 @@ mod tests {
         assert_eq!((w.name.as_str(), w.ignored_header), ("team-b", false));
         r.insert_header("X-EZThrottle-Workspace", "bad space")
             .unwrap();
-        assert!(workspace(&r, None, &Trust { api_keys: &none, trusted: false }).is_err());
+        assert!(workspace(
+            &r,
+            None,
+            &Trust {
+                api_keys: &none,
+                trusted: false
+            }
+        )
+        .is_err());
     }
 
     #[test]
     fn with_api_keys_only_a_verified_key_names_the_workspace() {
-        let keys: BTreeMap<String, String> =
-            [("tok_a".to_string(), "team-a".to_string())].into();
+        let keys: BTreeMap<String, String> = [("tok_a".to_string(), "team-a".to_string())].into();
         let mut r = req("http://a/");
         r.insert_header("X-EZThrottle-Workspace", "team-a").unwrap();
         let w = ws(&r, None, &keys, false);
@@ -507,12 +526,20 @@ mod tests {
         let token = "0123456789abcdef";
         let mut r = req("http://a/");
         assert_eq!(caller(&r, token), Caller::Client);
-        r.insert_header(INTERNAL_HEADER, internal_value(false, token)).unwrap();
+        r.insert_header(INTERNAL_HEADER, internal_value(false, token))
+            .unwrap();
         assert_eq!(caller(&r, token), Caller::JobRunner { parked: false });
         assert_eq!(caller(&r, token).egress(), crate::egress::Purpose::Job);
-        r.insert_header(INTERNAL_HEADER, internal_value(true, token)).unwrap();
+        r.insert_header(INTERNAL_HEADER, internal_value(true, token))
+            .unwrap();
         assert_eq!(caller(&r, token).egress(), crate::egress::Purpose::Proxy);
-        for bad in ["job 0123456789abcdeX", "job ", "job", "root 0123456789abcdef", ""] {
+        for bad in [
+            "job 0123456789abcdeX",
+            "job ",
+            "job",
+            "root 0123456789abcdef",
+            "",
+        ] {
             r.insert_header(INTERNAL_HEADER, bad).unwrap();
             assert_eq!(caller(&r, token), Caller::Client, "{bad:?}");
         }

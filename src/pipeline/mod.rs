@@ -124,19 +124,15 @@ impl Pipeline {
         let target = identify::target(req, ctx.conn.as_ref(), self.shared.config.control.listen)?;
         ctx.caller = identify::caller(req, &self.shared.internal_token);
         let trusted = ctx.caller.is_internal()
-            || ctx
-                .conn
-                .as_ref()
-                .and_then(|c| c.client)
-                .is_some_and(|a| {
-                    let ip = crate::egress::canonical(a.ip());
-                    self.shared
-                        .config
-                        .proxy
-                        .trusted_clients
-                        .iter()
-                        .any(|n| n.contains(&ip))
-                });
+            || ctx.conn.as_ref().and_then(|c| c.client).is_some_and(|a| {
+                let ip = crate::egress::canonical(a.ip());
+                self.shared
+                    .config
+                    .proxy
+                    .trusted_clients
+                    .iter()
+                    .any(|n| n.contains(&ip))
+            });
         let ws = identify::workspace(
             req,
             ctx.conn.as_ref(),

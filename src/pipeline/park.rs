@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 
 use super::body;
 use super::ctx::RequestCtx;
-use crate::error::ProxyError;
 use super::identify::Caller;
 use crate::egress::{Egress, Purpose};
+use crate::error::ProxyError;
 use crate::jobs::spec::{stored_header, JobSpec, WebhookSpec};
 use crate::jobs::Accepted;
 use crate::state::Shared;
@@ -212,24 +212,19 @@ mod tests {
     #[test]
     fn no_webhook_no_parking() {
         assert_eq!(opts(&req(&[])).unwrap(), None);
-        assert_eq!(
-            opts(&req(&[("Prefer", "respond-async")])).unwrap(),
-            None
-        );
+        assert_eq!(opts(&req(&[("Prefer", "respond-async")])).unwrap(), None);
     }
 
     #[test]
     fn webhooks_metadata_and_prefer() {
-        let o = opts(
-            &req(&[
-                (
-                    "X-EZThrottle-Webhook",
-                    "http://127.0.0.1:9/a, https://h.test/b",
-                ),
-                ("X-EZThrottle-Metadata", r#"{"order":7}"#),
-                ("Prefer", "return=minimal, Respond-Async"),
-            ]),
-        )
+        let o = opts(&req(&[
+            (
+                "X-EZThrottle-Webhook",
+                "http://127.0.0.1:9/a, https://h.test/b",
+            ),
+            ("X-EZThrottle-Metadata", r#"{"order":7}"#),
+            ("Prefer", "return=minimal, Respond-Async"),
+        ]))
         .unwrap()
         .unwrap();
         assert_eq!(o.webhooks, ["http://127.0.0.1:9/a", "https://h.test/b"]);

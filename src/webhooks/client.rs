@@ -73,10 +73,9 @@ impl reqwest::dns::Resolve for EgressResolver {
         let resolver = self.resolver.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let ips = resolver
-                .resolve(&host)
-                .await
-                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.to_string().into() })?;
+            let ips = resolver.resolve(&host).await.map_err(
+                |e| -> Box<dyn std::error::Error + Send + Sync> { e.to_string().into() },
+            )?;
             let mut refusal = None;
             let allowed: Vec<SocketAddr> = ips
                 .into_iter()
@@ -158,8 +157,7 @@ pub fn build(config: &Config) -> Result<WebhookClient, ClientError> {
         builder = builder.add_root_certificate(cert);
     }
     let egress = Arc::new(Egress::new(config));
-    let resolver =
-        Arc::new(Resolver::new(config).map_err(|e| ClientError::Build(e.to_string()))?);
+    let resolver = Arc::new(Resolver::new(config).map_err(|e| ClientError::Build(e.to_string()))?);
     let http = builder
         .dns_resolver(Arc::new(EgressResolver {
             egress: egress.clone(),
