@@ -51,8 +51,17 @@ pub fn init() {
     let json = std::env::var("EZTHROTTLE_LOG_FORMAT")
         .map(|v| v.eq_ignore_ascii_case("json"))
         .unwrap_or(false);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(ScrubbingStderr);
-    let fmt = if json { fmt.json().boxed() } else { fmt.boxed() };
+    // Colours only for a terminal: piped logs (files, journald, kubectl)
+    // stay greppable.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(ScrubbingStderr);
+    let fmt = if json {
+        fmt.json().boxed()
+    } else {
+        fmt.boxed()
+    };
     let result = tracing_subscriber::registry()
         .with(tracing_subscriber::filter::filter_fn(allowed))
         .with(filter)
@@ -141,8 +150,7 @@ pub fn scrub(line: &str) -> Cow<'_, str> {
         if c == '/' && i + 1 < chars.len() && chars[i + 1] == '/' {
             let mut j = i + 2;
             let mut at = None;
-            while j < chars.len() && !ends_token(chars[j]) && !matches!(chars[j], '/' | '?' | '#')
-            {
+            while j < chars.len() && !ends_token(chars[j]) && !matches!(chars[j], '/' | '?' | '#') {
                 if chars[j] == '@' {
                     at = Some(j);
                 }

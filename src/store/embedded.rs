@@ -1194,7 +1194,8 @@ mod tests {
 
     fn secret_job(id: &str, key: &str) -> JobRecord {
         let mut j = job(id, key, 1);
-        j.spec = format!(r#"{{"headers":[["Authorization","Bearer {PLANTED}"]],"body":"{PLANTED}"}}"#);
+        j.spec =
+            format!(r#"{{"headers":[["Authorization","Bearer {PLANTED}"]],"body":"{PLANTED}"}}"#);
         j
     }
 
@@ -1271,7 +1272,9 @@ mod tests {
             .err()
             .expect("wrong key must be refused");
         assert!(e.to_string().contains(WRONG_KEY), "{e}");
-        let e = EmbeddedStore::open(dir.path()).err().expect("no key must be refused");
+        let e = EmbeddedStore::open(dir.path())
+            .err()
+            .expect("no key must be refused");
         assert!(e.to_string().contains("encryption_key"), "{e}");
     }
 
@@ -1286,21 +1289,22 @@ mod tests {
         let s = EmbeddedStore::open_with(dir.path(), Some(&key(3))).unwrap();
         read_back(&s).await;
         // Every sealed column now holds a sealed BLOB, none a plaintext.
-        let c = s.conn.lock().unwrap();
-        for (table, column) in SEALED_COLUMNS {
-            let plain: i64 = c
-                .query_row(
-                    &format!(
-                        "SELECT COUNT(*) FROM {table} WHERE {column} IS NOT NULL
+        {
+            let c = s.conn.lock().unwrap();
+            for (table, column) in SEALED_COLUMNS {
+                let plain: i64 = c
+                    .query_row(
+                        &format!(
+                            "SELECT COUNT(*) FROM {table} WHERE {column} IS NOT NULL
                          AND (typeof({column}) = 'text' OR substr({column}, 1, 4) != ?1)"
-                    ),
-                    params![&seal::MAGIC[..]],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            assert_eq!(plain, 0, "{table}.{column}");
+                        ),
+                        params![&seal::MAGIC[..]],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                assert_eq!(plain, 0, "{table}.{column}");
+            }
         }
-        drop(c);
         drop(s);
         // Sealed values in a modified file are an error, never garbage.
         {

@@ -31,7 +31,9 @@ pub const KEY_LEN: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
     /// Sealed with another key, or modified.
-    #[error("cannot decrypt a stored value (wrong storage.encryption_key, or the value was modified)")]
+    #[error(
+        "cannot decrypt a stored value (wrong storage.encryption_key, or the value was modified)"
+    )]
     Decrypt,
     #[error("stored value is sealed with an unknown format version {0}")]
     Version(u8),

@@ -275,8 +275,16 @@ fn create_files(files: &CaFiles) -> Result<(), TlsError> {
             }
         }
     }
-    write_atomic(&files.key, key_pem.as_bytes(), crate::store::files::FILE_MODE)?;
-    write_atomic(&files.cert, cert_pem.as_bytes(), crate::store::files::FILE_MODE)?;
+    write_atomic(
+        &files.key,
+        key_pem.as_bytes(),
+        crate::store::files::FILE_MODE,
+    )?;
+    write_atomic(
+        &files.cert,
+        cert_pem.as_bytes(),
+        crate::store::files::FILE_MODE,
+    )?;
     tracing::info!(cert = %files.cert.display(), "created a new local CA");
     Ok(())
 }
@@ -385,7 +393,11 @@ mod tests {
             .mode();
         assert_eq!(cert_mode & 0o777, 0o600);
         assert_eq!(
-            fs::metadata(data_dir.join("ca")).expect("ca dir").permissions().mode() & 0o777,
+            fs::metadata(data_dir.join("ca"))
+                .expect("ca dir")
+                .permissions()
+                .mode()
+                & 0o777,
             0o700
         );
         assert!(first.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));

@@ -17,6 +17,7 @@ pub mod origin;
 pub mod proc;
 pub mod py;
 pub mod raw;
+pub mod secret_origin;
 pub mod serve;
 pub mod webhook_sink;
 
