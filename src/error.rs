@@ -163,7 +163,7 @@ impl ProxyError {
 
 /// Whole seconds for `Retry-After`: rounded up, at least 1.
 fn secs(d: Duration) -> u64 {
-    let whole = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let whole = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
     whole.max(1)
 }
 

@@ -120,7 +120,9 @@ pub fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
 fn parse_reset(v: &str, now: SystemTime) -> Option<Duration> {
     let n: u64 = v.trim().parse().ok()?;
     let d = if n >= EPOCH_THRESHOLD {
-        let at = UNIX_EPOCH + Duration::from_secs(n);
+        // `UNIX_EPOCH + n` panics past the platform's time range (an
+        // upstream sent `18446744073709551615`): checked, and unusable.
+        let at = UNIX_EPOCH.checked_add(Duration::from_secs(n))?;
         at.duration_since(now).unwrap_or(Duration::ZERO)
     } else {
         Duration::from_secs(n)
@@ -253,6 +255,25 @@ mod tests {
             p > Duration::from_secs(4) && p <= Duration::from_secs(6),
             "{p:?}"
         );
+        // Past the platform's time range: ignored, never a panic.
+        for huge in [
+            "18446744073709551615",
+            "18446744073709551616",
+            "9223372036854775807",
+        ] {
+            for (rem, reset) in [
+                ("X-RateLimit-Remaining", "X-RateLimit-Reset"),
+                ("RateLimit-Remaining", "RateLimit-Reset"),
+            ] {
+                let s = read(
+                    429,
+                    &h(&[(rem, "0"), (reset, huge), ("Retry-After", huge)]),
+                    now,
+                );
+                assert_eq!(s.pause, None, "{huge}");
+                assert_eq!(s.ignored.len(), 2, "{huge}: {:?}", s.ignored);
+            }
+        }
         let s = read(200, &h(&[("X-RateLimit-Remaining", "zero")]), now);
         assert_eq!(s.ignored, vec!["x-ratelimit-remaining"]);
         let s = read(

@@ -301,7 +301,7 @@ impl Jobs {
     }
 
     async fn reschedule(&self, job: &JobRecord, after: Duration) {
-        let at = now_ms() + after.as_millis() as u64;
+        let at = now_ms().saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
         if let Err(e) = self
             .store
             .job_reschedule(&job.id, JobStatus::Retrying, at)

@@ -238,7 +238,8 @@ impl Webhooks {
             }
             Some(e) => match (permanent, self.policy.next_delay(d.attempts)) {
                 (false, Some(delay)) => {
-                    d.next_attempt_at = now + delay.as_millis() as u64;
+                    d.next_attempt_at =
+                        now.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
                     tracing::info!(delivery = d.id, job_id = %d.job_id, host = %host, attempts = d.attempts, error = %e, retry_in_ms = delay.as_millis() as u64, "webhook attempt failed; will retry");
                     "retry"
                 }
