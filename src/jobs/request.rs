@@ -109,10 +109,65 @@ fn invalid(path: &str, reason: impl std::fmt::Display) -> Invalid {
     Invalid(format!("{path}: {reason}"))
 }
 
-/// Parse and validate a request body.
+/// Longest job or webhook URL accepted (what common servers accept in a
+/// request line); longer ones are refused at submission rather than failing
+/// at every attempt.
+pub const MAX_URL: usize = 8 * 1024;
+
+/// Fields that hold a nested object; serde would also accept a JSON array
+/// for them (a struct from a sequence), which no client means.
+const OBJECT_FIELDS: &[&str] = &[
+    "retry_policy",
+    "retryPolicy",
+    "fallback_job",
+    "fallbackJob",
+    "trigger",
+    "on_success",
+    "onSuccess",
+    "on_failure",
+    "onFailure",
+    "headers",
+    "metadata",
+];
+
+/// Objects where objects are meant, at every depth; `path` as in errors.
+fn objects_only(v: &Value, path: &str) -> Result<(), Invalid> {
+    let Value::Object(map) = v else {
+        let what = if path.is_empty() { "body" } else { path };
+        return Err(invalid(what, "must be a JSON object"));
+    };
+    for (k, child) in map {
+        let here = at(path, k);
+        if OBJECT_FIELDS.contains(&k.as_str()) && !child.is_null() {
+            if k == "headers" || k == "metadata" {
+                if !child.is_object() {
+                    return Err(invalid(&here, "must be a JSON object"));
+                }
+            } else {
+                objects_only(child, &here)?;
+            }
+        }
+        if k == "webhooks" {
+            for (i, w) in child.as_array().into_iter().flatten().enumerate() {
+                objects_only(w, &format!("{here}[{i}]"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parse and validate a request body: one JSON object and nothing after it.
 pub fn parse(body: &[u8], config: &Config) -> Result<Submission, Invalid> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let req: JobRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+    let value: Value = {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let v = Value::deserialize(&mut de)
+            .map_err(|e| Invalid(format!("body: not valid JSON: {e}")))?;
+        de.end()
+            .map_err(|e| Invalid(format!("body: not valid JSON: {e}")))?;
+        v
+    };
+    objects_only(&value, "")?;
+    let req: JobRequest = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -177,6 +232,15 @@ fn validate_key(path: &str, key: &str) -> Result<String, Invalid> {
 }
 
 fn http_url(path: &str, raw: &str) -> Result<String, Invalid> {
+    if raw.len() > MAX_URL {
+        return Err(invalid(
+            path,
+            format!(
+                "is {} bytes long; at most {MAX_URL} are accepted",
+                raw.len()
+            ),
+        ));
+    }
     let url =
         url::Url::parse(raw).map_err(|e| invalid(path, format!("not an absolute URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -231,6 +295,7 @@ fn job(
         }
         headers.push((name.clone(), value.clone()));
     }
+    let headers = super::spec::end_to_end(headers);
     let metadata = match &req.metadata {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(obj @ Value::Object(_)) => obj.clone(),
@@ -487,6 +552,68 @@ mod tests {
         );
         assert!(j.on_success.is_some());
         assert_eq!(j.on_failure_timeout_ms, Some(100));
+    }
+
+    #[test]
+    fn strict_json_objects_only() {
+        for (body, want) in [
+            (r#"{"url":"http://a/"} xyz"#, "body: not valid JSON"),
+            (r#"{"url":"http://a/"}{}"#, "body: not valid JSON"),
+            (r#"["http://a/"]"#, "body: must be a JSON object"),
+            ("\"http://a/\"", "body: must be a JSON object"),
+            ("", "body: not valid JSON"),
+            (
+                r#"{"url":"http://a/","retry_policy":[3]}"#,
+                "retry_policy: must be a JSON object",
+            ),
+            (
+                r#"{"url":"http://a/","fallbackJob":["http://b/",{"type":"on_error"}]}"#,
+                "fallbackJob: must be a JSON object",
+            ),
+            (
+                r#"{"url":"http://a/","on_success":{"url":"http://b/","retryPolicy":[1]}}"#,
+                "on_success.retryPolicy: must be a JSON object",
+            ),
+            (
+                r#"{"url":"http://a/","webhooks":[["http://h/"]]}"#,
+                "webhooks[0]: must be a JSON object",
+            ),
+            (
+                r#"{"url":"http://a/","headers":[["a","b"]]}"#,
+                "headers: must be a JSON object",
+            ),
+        ] {
+            let e = err(body);
+            assert!(e.starts_with(want), "{body}: {e}");
+        }
+        // Whitespace after the object is fine.
+        assert!(parse(b"{\"url\":\"http://a/\"} \n", &config()).is_ok());
+    }
+
+    #[test]
+    fn long_urls_are_refused_at_submission() {
+        let long = format!("http://a.test/{}", "x".repeat(100_000));
+        let e = err(&format!(r#"{{"url":"{long}"}}"#));
+        assert!(
+            e.starts_with("url: is 100014 bytes long; at most 8192"),
+            "{e}"
+        );
+        let e = err(&format!(
+            r#"{{"url":"http://a/","webhooks":[{{"url":"{long}"}}]}}"#
+        ));
+        assert!(e.starts_with("webhooks[0].url: is"), "{e}");
+        let ok = format!("http://a.test/{}", "x".repeat(MAX_URL - 14));
+        assert!(parse(format!(r#"{{"url":"{ok}"}}"#).as_bytes(), &config()).is_ok());
+    }
+
+    #[test]
+    fn headers_named_in_connection_are_not_kept() {
+        let body = r#"{"url":"http://a/","headers":{"Connection":"X-Secret-Hop","X-Secret-Hop":"1","X-Keep":"2"}}"#;
+        let s = parse(body.as_bytes(), &config()).unwrap();
+        assert_eq!(
+            s.spec.headers,
+            vec![("X-Keep".to_string(), "2".to_string())]
+        );
     }
 
     #[test]

@@ -24,6 +24,27 @@ pub fn stored_header(name: &str) -> bool {
     !HOP_HEADERS.contains(&name) && !name.starts_with("x-ezthrottle-")
 }
 
+/// The end-to-end headers of a request to store with a job (RFC 9110 §7.6.1):
+/// without the fixed hop-by-hop set, our own control headers, and every
+/// header the request's `Connection` header names — which would otherwise be
+/// replayed upstream without the `Connection` header that scoped them.
+pub fn end_to_end(headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    let listed: Vec<String> = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    headers
+        .into_iter()
+        .filter(|(k, _)| {
+            let lower = k.to_ascii_lowercase();
+            stored_header(&lower) && !listed.contains(&lower)
+        })
+        .collect()
+}
+
 /// One webhook of a job (SPEC §8 `webhooks[]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookSpec {
@@ -231,6 +252,27 @@ mod b64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_listed_headers_are_not_stored() {
+        let h = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let kept = end_to_end(h(&[
+            ("Connection", "X-Hop, close"),
+            ("connection", " x-other "),
+            ("X-Hop", "1"),
+            ("X-Other", "2"),
+            ("Keep-Alive", "timeout=5"),
+            ("X-EZThrottle-Max-Wait", "3"),
+            ("Authorization", "Bearer t"),
+            ("X-End", "3"),
+        ]));
+        assert_eq!(kept, h(&[("Authorization", "Bearer t"), ("X-End", "3")]));
+    }
 
     #[test]
     fn round_trips_binary_bodies_and_defaults() {

@@ -14,7 +14,7 @@ use super::ctx::RequestCtx;
 use super::identify::Caller;
 use crate::egress::{Egress, Purpose};
 use crate::error::ProxyError;
-use crate::jobs::spec::{stored_header, JobSpec, WebhookSpec};
+use crate::jobs::spec::{end_to_end, JobSpec, WebhookSpec};
 use crate::jobs::Accepted;
 use crate::state::Shared;
 
@@ -123,17 +123,18 @@ pub async fn park(
     };
     let req = session.req_header();
     let url = target.url();
-    let headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .filter(|(k, _)| stored_header(k) && k != "prefer")
-        .collect();
+    let headers: Vec<(String, String)> = end_to_end(
+        req.headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .filter(|(k, _)| k != "prefer")
+            .collect(),
+    );
     let key = req
         .headers
         .get(crate::idempotency::key::HEADER)
