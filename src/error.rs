@@ -109,6 +109,36 @@ impl ProxyError {
     }
 
     /// Stable error code clients can match on.
+    /// Every code [`code`](Self::code) can return (metrics start each at 0).
+    pub const ALL_CODES: &'static [&'static str] = &[
+        "not_a_proxy_request",
+        "bad_request",
+        "invalid_framing",
+        "request_line_too_long",
+        "request_header_too_large",
+        "request_timeout",
+        "proxy_overloaded",
+        "proxy_loop",
+        "egress_denied",
+        "connect_port_denied",
+        "client_not_allowed",
+        "upstream_unresolvable",
+        "upstream_connect_failed",
+        "upstream_tls_failed",
+        "upstream_timeout",
+        "upstream_failed",
+        "throttle_queue_full",
+        "throttle_wait_timeout",
+        "idempotency_key_invalid",
+        "idempotency_key_reused",
+        "idempotency_key_in_flight",
+        "request_body_too_large",
+        "store_unavailable",
+        "client_gone",
+        "shutting_down",
+        "internal_error",
+    ];
+
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::NotAProxyRequest { .. } => "not_a_proxy_request",

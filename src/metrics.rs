@@ -45,6 +45,34 @@ pub const IGNORABLE_HEADERS: &[&str] = &[
     "x-ezthrottle-region",
 ];
 
+/// Known label values, each series created at 0 when the registry is made
+/// (or, for `domain`-labelled families, when a domain is first labelled), so
+/// a dashboard or alert sees 0 rather than no series before the first event.
+const IDEMPOTENCY_RESULTS: &[&str] = &[
+    "miss",
+    "replayed",
+    "replayed_after_wait",
+    "conflict",
+    "in_flight",
+    "stored",
+    "store_error",
+    "not_stored_status",
+    "not_stored_no_response",
+    "not_stored_too_large",
+];
+const WEBHOOK_RESULTS: &[&str] = &["delivered", "retry", "failed"];
+const CONNECTION_KINDS: &[&str] = &["plain", "connect_intercept", "connect_tunnel", "denied"];
+const REQUEST_OUTCOMES: &[&str] = &[
+    "forwarded",
+    "replayed",
+    "conflict",
+    "rejected",
+    "parked",
+    "error",
+    "cancelled",
+];
+const RETRY_KINDS: &[&str] = &["retry", "reroute"];
+
 const WAIT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
@@ -84,7 +112,7 @@ impl Metrics {
     pub fn new(max_domains: usize) -> Metrics {
         let r = Registry::new();
         let d = &["domain"];
-        Metrics {
+        let m = Metrics {
             requests_total: vec_metric!(&r, IntCounterVec, opts("requests_total", "Requests seen by the proxy, by target domain and how they ended (forwarded, replayed, conflict, rejected, parked, error, cancelled)."), &["domain", "outcome"]),
             upstream_responses_total: vec_metric!(&r, IntCounterVec, opts("upstream_responses_total", "Responses received from upstream, by domain and status code."), &["domain", "code"]),
             upstream_duration_seconds: vec_metric!(&r, HistogramVec, hopts("upstream_duration_seconds", "Time from choosing the upstream to the end of the request, by domain.", UPSTREAM_BUCKETS), d),
@@ -129,6 +157,35 @@ impl Metrics {
             registry: r,
             max_domains: max_domains.max(1),
             seen: DashSet::new(),
+        };
+        for v in IDEMPOTENCY_RESULTS {
+            m.idempotency_total.with_label_values(&[v]);
+        }
+        for v in WEBHOOK_RESULTS {
+            m.webhook_deliveries_total.with_label_values(&[v]);
+        }
+        for v in CONNECTION_KINDS {
+            m.connections_total.with_label_values(&[v]);
+        }
+        for v in crate::error::ProxyError::ALL_CODES
+            .iter()
+            .chain(&["client_tls_failed"])
+        {
+            m.proxy_errors_total.with_label_values(&[v]);
+        }
+        for status in crate::store::JobStatus::ALL {
+            m.jobs.with_label_values(&[status.as_str()]);
+        }
+        m
+    }
+
+    /// Create a newly labelled domain's counter series at 0.
+    fn init_domain(&self, label: &str) {
+        for outcome in REQUEST_OUTCOMES {
+            self.requests_total.with_label_values(&[label, outcome]);
+        }
+        for kind in RETRY_KINDS {
+            self.retries_total.with_label_values(&[label, kind]);
         }
     }
 
@@ -140,8 +197,13 @@ impl Metrics {
         }
         // Racing inserts may overshoot the cap by a few; that is harmless.
         if self.seen.len() < self.max_domains {
-            self.seen.insert(domain.to_string());
+            if self.seen.insert(domain.to_string()) {
+                self.init_domain(domain);
+            }
             return domain.to_string();
+        }
+        if !self.seen.contains("other") && self.seen.insert("other".to_string()) {
+            self.init_domain("other");
         }
         "other".to_string()
     }
@@ -153,6 +215,43 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod known_labels {
+    use super::*;
+
+    #[test]
+    fn counters_with_known_labels_start_at_zero() {
+        let m = Metrics::new(1);
+        let text = m.render();
+        for line in [
+            "ezthrottle_idempotency_total{result=\"miss\"} 0",
+            "ezthrottle_idempotency_total{result=\"not_stored_status\"} 0",
+            "ezthrottle_webhook_deliveries_total{result=\"failed\"} 0",
+            "ezthrottle_connections_total{kind=\"denied\"} 0",
+            "ezthrottle_proxy_errors_total{code=\"egress_denied\"} 0",
+            "ezthrottle_proxy_errors_total{code=\"throttle_wait_timeout\"} 0",
+            "ezthrottle_jobs{status=\"in_flight\"} 0",
+            "ezthrottle_untrusted_headers_ignored_total{header=\"x-ezthrottle-workspace\"} 0",
+            "ezthrottle_egress_denied_total{purpose=\"job\",reason=\"loop\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line}");
+        }
+        assert!(!text.contains("ezthrottle_retries_total{"));
+        // A domain's series appear with the domain, at 0; past the cap, `other`'s.
+        m.domain_label("a.test");
+        m.domain_label("b.test");
+        let text = m.render();
+        for line in [
+            "ezthrottle_retries_total{domain=\"a.test\",kind=\"reroute\"} 0",
+            "ezthrottle_requests_total{domain=\"a.test\",outcome=\"error\"} 0",
+            "ezthrottle_retries_total{domain=\"other\",kind=\"retry\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line}");
+        }
+        assert!(!text.contains("domain=\"b.test\""));
     }
 }
 
