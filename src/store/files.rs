@@ -63,6 +63,14 @@ pub fn create_private_file(path: &Path) -> std::io::Result<()> {
 /// Bring one existing path to `want` if it grants anything to group or
 /// others; symlinks are not followed (their target is not ours).
 fn fix(path: &Path, want: u32, fixed: &mut Fixed) {
+    fix_as(path, want, fixed, false)
+}
+
+/// [`fix`]; `mount_point`: the data dir itself, which may be a volume root
+/// owned by someone else (Kubernetes `fsGroup`): not being allowed to change
+/// it is expected there and logged at `info` (the files inside are what
+/// hold secrets, and they are ours).
+fn fix_as(path: &Path, want: u32, fixed: &mut Fixed, mount_point: bool) {
     let Ok(meta) = fs::symlink_metadata(path) else {
         return;
     };
@@ -83,6 +91,13 @@ fn fix(path: &Path, want: u32, fixed: &mut Fixed) {
             );
             fixed.changed.push((path.to_path_buf(), mode, want));
         }
+        Err(e) if mount_point && e.kind() == std::io::ErrorKind::PermissionDenied => {
+            tracing::info!(
+                path = %path.display(),
+                mode = format!("{mode:04o}"),
+                "the data dir is not ours to chmod (a volume root?); the files in it are 0600"
+            )
+        }
         Err(e) => tracing::warn!(
             path = %path.display(),
             mode = format!("{mode:04o}"),
@@ -97,7 +112,7 @@ fn fix(path: &Path, want: u32, fixed: &mut Fixed) {
 /// its files. Never fails: a mode that cannot be changed is a warning.
 pub fn secure_data_dir(data_dir: &Path) -> Fixed {
     let mut fixed = Fixed::default();
-    fix(data_dir, DIR_MODE, &mut fixed);
+    fix_as(data_dir, DIR_MODE, &mut fixed, true);
     let db = data_dir.join(DB_FILE);
     fix(&db, FILE_MODE, &mut fixed);
     for side in DB_SIDE_FILES {
