@@ -193,6 +193,32 @@ mod tests {
     }
 
     #[test]
+    fn parse_takes_1024_bytes_and_refuses_more_naming_the_field() {
+        let body = |p: usize, s: usize| {
+            format!(
+                r#"{{"primary_secret":"{}","secondary_secret":"{}"}}"#,
+                "p".repeat(p),
+                "s".repeat(s)
+            )
+        };
+        assert!(parse(body(1024, 1024).as_bytes()).is_ok());
+        for (p, s, field) in [
+            (1025, 16, "primary_secret"),
+            (1 << 20, 16, "primary_secret"),
+            (16, 1025, "secondary_secret"),
+        ] {
+            let e = parse(body(p, s).as_bytes()).unwrap_err();
+            assert_eq!(e.0, "invalid_webhook_secret");
+            assert!(
+                e.1.starts_with(&format!("{field} must be at most 1024 bytes")),
+                "{}",
+                e.1
+            );
+            assert_eq!(e.into_response().status(), StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
     fn parse_refuses_with_400() {
         for body in [
             &b"not json"[..],
