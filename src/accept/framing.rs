@@ -392,7 +392,8 @@ fn check_head(buf: &[u8], start: usize, end: usize) -> Result<HeadInfo, FramingE
         return Err(FramingError::Malformed("more than one Host header".into()));
     }
     if !is_connect {
-        authority_agrees(method, target, hosts.first().copied())?;
+        let target = target_as_pingora_sees_it(request_line, target);
+        authority_agrees(method, &target, hosts.first().copied())?;
     }
     Ok(HeadInfo {
         start,
@@ -441,6 +442,33 @@ fn content_length(value: &[u8]) -> Result<u64, FramingError> {
 /// The rules pingora applies to the target and `Host` before any hook runs
 /// (its answer would be a bare `400`): the same check, run here so the
 /// client gets our JSON instead.
+/// pingora percent-escapes a target that httparse refuses (quotes, angle
+/// brackets, non-ASCII bytes) before it builds the request; do the same so
+/// the check below sees what pingora will.
+fn target_as_pingora_sees_it<'a>(
+    request_line: &[u8],
+    target: &'a [u8],
+) -> std::borrow::Cow<'a, [u8]> {
+    let mut line = Vec::with_capacity(request_line.len() + 4);
+    line.extend_from_slice(request_line);
+    line.extend_from_slice(b"\r\n\r\n");
+    let mut no_headers: [httparse::Header<'_>; 0] = [];
+    match httparse::Request::new(&mut no_headers).parse(&line) {
+        Err(httparse::Error::Token | httparse::Error::Version) => {
+            let mut out = Vec::with_capacity(target.len() + 16);
+            for &b in target {
+                if !(0x20..0x7f).contains(&b) || matches!(b, b' ' | b'<' | b'>' | b'"') {
+                    out.extend_from_slice(format!("%{b:02X}").as_bytes());
+                } else {
+                    out.push(b);
+                }
+            }
+            std::borrow::Cow::Owned(out)
+        }
+        _ => std::borrow::Cow::Borrowed(target),
+    }
+}
+
 fn authority_agrees(method: &[u8], target: &[u8], host: Option<&[u8]>) -> Result<(), FramingError> {
     let method = std::str::from_utf8(method).unwrap_or("GET");
     let bad = |e: Box<pingora::Error>| {
@@ -775,16 +803,133 @@ pub fn unread(stream: Stream, bytes: &[u8]) -> Option<Stream> {
 // ---------------------------------------------------------------------------
 // The stream pingora reads from
 
-/// How many more bytes of the current request pingora may still read.
+/// Finds the end of a chunked body as bytes stream past, with the same
+/// chunk-size parser as pingora (`httparse::parse_chunk_size`), so that the
+/// bytes after the last chunk — a pipelined request — are kept for us and
+/// not read (and then dropped, with the connection) by pingora.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkTracker {
+    state: ChunkState,
+    /// The chunk-size or trailer line being read.
+    line: Vec<u8>,
+    /// Trailer bytes so far (bounded by `max_trailers`).
+    trailers: usize,
+    max_trailers: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    Size,
+    Data(u64),
+    DataCr,
+    DataLf,
+    Trailer,
+    Done,
+}
+
+/// Longest chunk-size line (size and extensions) we follow.
+const MAX_CHUNK_LINE: usize = 4096;
+
+impl ChunkTracker {
+    pub fn new(max_trailers: usize) -> ChunkTracker {
+        ChunkTracker {
+            state: ChunkState::Size,
+            line: Vec::new(),
+            trailers: 0,
+            max_trailers,
+        }
+    }
+
+    /// The last chunk and the trailer section have been seen.
+    pub fn done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// How many leading bytes of `data` still belong to the body (all of
+    /// them unless the body ends inside `data`).
+    pub fn feed(&mut self, data: &[u8]) -> Result<usize, String> {
+        let mut i = 0;
+        while i < data.len() {
+            match self.state {
+                ChunkState::Done => return Ok(i),
+                ChunkState::Data(left) => {
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(data.len() - i);
+                    i += take;
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        ChunkState::DataCr
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                }
+                ChunkState::DataCr | ChunkState::DataLf => {
+                    let want = if self.state == ChunkState::DataCr {
+                        b'\r'
+                    } else {
+                        b'\n'
+                    };
+                    if data[i] != want {
+                        return Err("chunk data not followed by CRLF".into());
+                    }
+                    i += 1;
+                    self.state = if want == b'\r' {
+                        ChunkState::DataLf
+                    } else {
+                        ChunkState::Size
+                    };
+                }
+                ChunkState::Size | ChunkState::Trailer => {
+                    let b = data[i];
+                    i += 1;
+                    self.line.push(b);
+                    if self.state == ChunkState::Trailer {
+                        self.trailers += 1;
+                        if self.trailers > self.max_trailers {
+                            return Err("chunked trailers too large".into());
+                        }
+                    } else if self.line.len() > MAX_CHUNK_LINE {
+                        return Err("chunk-size line too long".into());
+                    }
+                    if b != b'\n' {
+                        continue;
+                    }
+                    let line = std::mem::take(&mut self.line);
+                    if self.state == ChunkState::Trailer {
+                        if !line.ends_with(b"\r\n") {
+                            return Err("bare LF in chunked trailers".into());
+                        }
+                        if line.len() == 2 {
+                            self.state = ChunkState::Done;
+                        }
+                        continue;
+                    }
+                    match httparse::parse_chunk_size(&line) {
+                        Ok(httparse::Status::Complete((_, 0))) => self.state = ChunkState::Trailer,
+                        Ok(httparse::Status::Complete((_, n))) => self.state = ChunkState::Data(n),
+                        Ok(httparse::Status::Partial) | Err(_) => {
+                            return Err("invalid chunk size".into())
+                        }
+                    }
+                }
+            }
+        }
+        Ok(i)
+    }
+}
+
+/// How many more bytes of the current request pingora may still read.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Window {
     /// This many body bytes remain.
     Length(u64),
-    /// Chunked, or an upgrade: pass everything through. pingora re-frames a
-    /// chunked body itself, and if it reads past its end it closes the
-    /// connection instead of reusing it, so nothing is smuggled; a request
-    /// pipelined behind a chunked body is then not answered (the client
-    /// sees the close and retries, RFC 9112 §9.3.2).
+    /// A chunked body, until the tracker sees its end.
+    Chunked(ChunkTracker),
+    /// An upgrade (after a `101` the connection carries other bytes), or a
+    /// chunked body we could not follow: pass everything through. pingora
+    /// re-frames bodies itself and does not reuse a connection on which it
+    /// read past the end of a request, so nothing can be smuggled this way.
     Open,
 }
 
@@ -800,6 +945,8 @@ pub struct Framed {
     window: Window,
     stash: Pending,
     stash_max: usize,
+    /// The budget refused the stash: read nothing more until the request ends.
+    stalled: bool,
 }
 
 impl std::fmt::Debug for Framed {
@@ -825,9 +972,24 @@ impl Framed {
         stash_max: usize,
     ) -> Framed {
         let mut ready = head;
-        let window = if info.upgrade || info.body == BodyFraming::Chunked {
+        let window = if info.upgrade {
             ready.unsplit(rest);
             Window::Open
+        } else if info.body == BodyFraming::Chunked {
+            let mut tracker = ChunkTracker::new(stash_max);
+            match tracker.feed(&rest) {
+                Ok(n) => {
+                    let after = rest.split_off(n);
+                    ready.unsplit(rest);
+                    stash.refill(after);
+                    Window::Chunked(tracker)
+                }
+                // pingora's own parser will refuse it and not reuse the connection.
+                Err(_) => {
+                    ready.unsplit(rest);
+                    Window::Open
+                }
+            }
         } else {
             let len = match info.body {
                 BodyFraming::Length(n) => n,
@@ -845,6 +1007,7 @@ impl Framed {
             window,
             stash,
             stash_max,
+            stalled: false,
         }
     }
 
@@ -853,11 +1016,49 @@ impl Framed {
         (self.inner, self.stash)
     }
 
+    /// Read body bytes of a chunked request, stopping at its last chunk.
+    fn poll_chunked(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let mut chunk = [0u8; 8192];
+        let max = buf.remaining().min(chunk.len());
+        let mut rb = ReadBuf::new(&mut chunk[..max]);
+        match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        let got = rb.filled();
+        if got.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let Window::Chunked(tracker) = &mut self.window else {
+            return Poll::Ready(Ok(()));
+        };
+        let n = tracker
+            .feed(got)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        buf.put_slice(&got[..n]);
+        if n < got.len() {
+            // Already in memory: account it, do not refuse it.
+            let mut rest = std::mem::take(&mut self.stash.bytes);
+            rest.extend_from_slice(&got[n..]);
+            self.stash.refill(rest);
+        }
+        if n == 0 {
+            // Nothing of this read was body (cannot happen before the end,
+            // which is checked first); never report an empty read as EOF.
+            return self.poll_after_end(cx);
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// The request is over: read what the client sends next into the stash
     /// (bounded), and report only end-of-file to pingora.
     fn poll_after_end(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         loop {
-            if self.stash.len() >= self.stash_max {
+            if self.stalled || self.stash.len() >= self.stash_max {
                 // Enough for any head; the rest waits in the socket. pingora
                 // only probes here while it also waits for the upstream.
                 return Poll::Pending;
@@ -872,9 +1073,13 @@ impl Framed {
                         return Poll::Ready(Ok(()));
                     }
                     if self.stash.extend(got).is_err() {
-                        return Poll::Ready(Err(std::io::Error::other(
-                            "proxy buffer budget exhausted",
-                        )));
+                        // The budget is spent: these bytes are already here
+                        // (keep them), read no more until the request ends.
+                        let mut rest = std::mem::take(&mut self.stash.bytes);
+                        rest.extend_from_slice(got);
+                        self.stash.refill(rest);
+                        self.stalled = true;
+                        return Poll::Pending;
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -903,6 +1108,8 @@ impl AsyncRead for Framed {
         }
         match this.window {
             Window::Open => Pin::new(&mut this.inner).poll_read(cx, buf),
+            Window::Chunked(ref t) if t.done() => this.poll_after_end(cx),
+            Window::Chunked(_) => this.poll_chunked(cx, buf),
             Window::Length(0) => this.poll_after_end(cx),
             Window::Length(left) => {
                 let max = usize::try_from(left)
@@ -1460,19 +1667,214 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn chunked_bodies_pass_through() {
+    async fn chunked_bodies_stop_at_the_last_chunk() {
         let b = MemBudget::new(1 << 20);
         let head = "POST http://a.test/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         let info = inspect(head).unwrap();
-        let body = "3\r\nabc\r\n0\r\n\r\n";
+        let body = "3;ext=1\r\nabc\r\n0\r\nX-Trailer: t\r\n\r\n";
+        let next = "GET http://a.test/2 HTTP/1.1\r\n\r\n";
+        // Part of the body came with the head, the rest (and the next
+        // request) from the socket.
         let mut f = Framed::new(
-            cursor(body.as_bytes()),
+            cursor(format!("{}{next}", &body[5..]).as_bytes()),
             BytesMut::from(head.as_bytes()),
-            BytesMut::new(),
+            BytesMut::from(&body.as_bytes()[..5]),
             &info,
             Pending::new(&b),
             1024,
         );
         assert_eq!(read_all(&mut f).await, format!("{head}{body}").as_bytes());
+        let (_, stash) = f.into_parts();
+        assert_eq!(stash.as_slice(), next.as_bytes());
+    }
+
+    #[test]
+    fn chunk_tracker_follows_sizes_extensions_and_trailers() {
+        let body = b"5\r\nhello\r\nA;name=\"v\"\r\n0123456789\r\n0\r\nT: 1\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        let mut t = ChunkTracker::new(1024);
+        assert_eq!(t.feed(body), Ok(end));
+        assert!(t.done());
+        // One byte at a time gives the same end.
+        let mut t = ChunkTracker::new(1024);
+        let mut at = 0;
+        for (i, b) in body.iter().enumerate() {
+            let n = t.feed(std::slice::from_ref(b)).unwrap();
+            if n == 0 {
+                at = i;
+                break;
+            }
+        }
+        assert_eq!(at, end);
+        let mut t = ChunkTracker::new(1024);
+        assert_eq!(t.feed(b"0\r\n\r\nGET"), Ok(5));
+    }
+
+    #[test]
+    fn chunk_tracker_refuses_what_pingora_refuses() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"3\r\nabcX",
+            b"ffffffffffffffffffff\r\n",
+            b"0\r\nT: 1\n\n",
+        ] {
+            assert!(ChunkTracker::new(1024).feed(bad).is_err(), "{bad:?}");
+        }
+        let long_trailer = [b"0\r\nT: ".as_slice(), &[b'x'; 64]].concat();
+        assert!(ChunkTracker::new(32).feed(&long_trailer).is_err());
+        let long_line = vec![b'1'; MAX_CHUNK_LINE + 1];
+        assert!(ChunkTracker::new(32).feed(&long_line).is_err());
+    }
+
+    /// pingora's own parser on the same bytes.
+    async fn pingora_accepts(head: &str) -> Result<(), String> {
+        let mut s = pingora::protocols::http::v1::server::HttpSession::new(cursor(head.as_bytes()));
+        match s.read_request().await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err("no request".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Whatever we let through, pingora must accept too (else the client
+    /// would get pingora's bare 400).
+    #[tokio::test]
+    async fn what_we_accept_pingora_accepts() {
+        let targets = [
+            "/",
+            "/a\"b",
+            "/a|b",
+            "/a{b}",
+            "/caf\u{e9}",
+            "/x?q=<1>",
+            "/%zz",
+            "/a`b",
+            "/a^b",
+            "/a\\b",
+            "http://a.test/",
+            "http://a.test/x?q=<1>",
+            "http://a.test/caf\u{e9}",
+            "http://a.test:80/a\"b",
+            "https://a.test/",
+            "http://[::1]:8080/",
+            "http://a.test",
+            "*",
+            "a.test:443",
+            "http:/\\a.test/",
+            "http://a.test\\b/",
+            "ftp://a.test/",
+        ];
+        let heads: Vec<String> = targets
+            .iter()
+            .flat_map(|t| {
+                [
+                    format!("GET {t} HTTP/1.1\r\nHost: a.test\r\n\r\n"),
+                    format!("GET {t} HTTP/1.1\r\n\r\n"),
+                    format!("POST {t} HTTP/1.0\r\nContent-Length: 0\r\n\r\n"),
+                ]
+            })
+            .collect();
+        let mut disagree = Vec::new();
+        for h in &heads {
+            let ours = inspect(h);
+            let theirs = pingora_accepts(h).await;
+            if ours.is_ok() && theirs.is_err() {
+                disagree.push(format!("{h:?}: we accept, pingora says {theirs:?}"));
+            }
+        }
+        assert!(disagree.is_empty(), "{disagree:#?}");
+    }
+
+    /// Random heads built from pieces (valid, odd and hostile): whatever we
+    /// accept, pingora's parser accepts too.
+    #[tokio::test]
+    async fn random_heads_we_accept_pingora_accepts() {
+        let methods = ["GET", "POST", "PUT", "X-Y", "G", "OPTIONS"];
+        let targets = [
+            "/",
+            "/a?b=c",
+            "http://a.test/",
+            "http://a.test:8080/p",
+            "http://b.test/",
+            "*",
+            "/a\"b",
+            "http://a.test/caf\u{e9}",
+            "http://u@a.test/",
+            "https://a.test/",
+        ];
+        let versions = ["HTTP/1.1", "HTTP/1.0"];
+        let headers = [
+            "Host: a.test",
+            "Host: b.test",
+            "Host: a.test:8080",
+            "Host:",
+            "Host: a.test ",
+            "Content-Length: 3",
+            "Content-Length: 3, 3",
+            "Content-Length: 003",
+            "Content-Length:  5 ",
+            "content-length: 0",
+            "Transfer-Encoding: chunked",
+            "Transfer-Encoding: gzip",
+            "transfer-encoding: Chunked",
+            "X: y",
+            "X:y",
+            "X: \u{e9}",
+            "Upgrade: websocket",
+            "Connection: close",
+            "Expect: 100-continue",
+            "X-Empty:",
+        ];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let mut accepted = 0;
+        for _ in 0..5_000 {
+            let mut h = format!(
+                "{} {} {}\r\n",
+                methods[next(methods.len())],
+                targets[next(targets.len())],
+                versions[next(versions.len())]
+            );
+            for _ in 0..next(5) {
+                h.push_str(headers[next(headers.len())]);
+                h.push_str("\r\n");
+            }
+            h.push_str("\r\n");
+            if let Ok(info) = inspect(&h) {
+                accepted += 1;
+                let theirs = pingora_accepts(&h[..info.end]).await;
+                assert!(theirs.is_ok(), "{h:?}: we accept, pingora: {theirs:?}");
+            }
+        }
+        assert!(
+            accepted > 500,
+            "only {accepted} accepted: the generator is off"
+        );
+    }
+
+    /// On request targets we neither add nor drop anything: the verdict is
+    /// pingora's (percent-escaping included), only the answer is ours.
+    #[tokio::test]
+    async fn targets_get_pingoras_verdict() {
+        for t in [
+            "/a\"b",
+            "/a|b{c}",
+            "/caf\u{e9}",
+            "/x?q=<1>",
+            "http://a.test/x?q=<1>",
+            "http://a.test/caf\u{e9}",
+            "http://a.test/a\"b",
+            "http:/\\a.test/",
+        ] {
+            let h = format!("GET {t} HTTP/1.1\r\nHost: a.test\r\n\r\n");
+            let ours = inspect(&h);
+            let theirs = pingora_accepts(&h).await;
+            assert_eq!(ours.is_ok(), theirs.is_ok(), "{t}: {ours:?} vs {theirs:?}");
+        }
     }
 }

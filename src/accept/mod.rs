@@ -111,6 +111,9 @@ impl FrontDoor {
                     framing::HeadRead::Head(info) => info,
                     framing::HeadRead::Closed => return None,
                     framing::HeadRead::Refuse(err) => {
+                        // Give the head's memory back before the answer
+                        // and the lingering close.
+                        drop(pending);
                         self.refuse(&mut stream, &err).await;
                         return None;
                     }
