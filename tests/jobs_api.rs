@@ -619,3 +619,83 @@ fn with_api_keys_every_job_endpoint_needs_a_known_bearer_token() {
     });
     assert_eq!(origin.count("/v1/auth"), 1);
 }
+
+#[test]
+fn a_retry_after_longer_than_the_max_wait_puts_the_job_back_until_it_succeeds() {
+    let origin = ApiOrigin::start();
+    // The API asks for 2 s; the job may wait 1 s per run: the run ends with
+    // the 503, and the job must come back after the Retry-After, not fail.
+    let ez = builder()
+        .extra("[limits.domains.\"api.test\"]\nmax_wait = \"1s\"\n")
+        .start();
+    let url = origin.http_url(
+        "api.test",
+        "/v1/later?fail_first=2&fail_status=503&retry_after=2",
+    );
+    let started = std::time::Instant::now();
+    let id = created_id(&submit(
+        &ez,
+        &json!({"url": url, "method": "POST", "body": "{}"}),
+    ));
+    let retrying = job_until(&ez, &id, "retrying", |v| v["status"] == "retrying");
+    assert!(
+        retrying["attempts"].as_u64().unwrap_or(0) >= 1,
+        "{retrying}"
+    );
+    assert!(
+        retrying["next_attempt_at"].as_u64().unwrap_or(0)
+            >= retrying["updated_at"].as_u64().unwrap_or(u64::MAX) + 1_500,
+        "the Retry-After is stored: {retrying}"
+    );
+    let done = job_until(&ez, &id, "success", |v| {
+        v["status"] == "success" || v["status"] == "failed"
+    });
+    assert_eq!(done["status"], "success", "{done}");
+    // Two 503s and the success: attempts count upstream calls, not claims.
+    assert_eq!(done["attempts"], 3, "{done}");
+    assert_eq!(origin.count("/v1/later"), 3);
+    assert_eq!(done["response"]["status_code"], 201, "{done}");
+    // Each Retry-After was honoured: at least 2 s twice.
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_job_past_its_deadline_ends_with_its_last_answer() {
+    let origin = ApiOrigin::start();
+    let ez = builder()
+        .extra("[limits.domains.\"api.test\"]\nmax_wait = \"1s\"\n[jobs]\ndeadline = \"1s\"\n")
+        .start();
+    let url = origin.http_url(
+        "api.test",
+        "/v1/never?fail_first=100&fail_status=503&retry_after=5",
+    );
+    let id = created_id(&submit(&ez, &json!({"url": url})));
+    let done = job_until(&ez, &id, "failed", |v| v["status"] == "failed");
+    assert_eq!(done["response"]["status_code"], 503, "{done}");
+    assert_eq!(
+        origin.count("/v1/never"),
+        1,
+        "a 5 s Retry-After is past the 1 s deadline"
+    );
+}
+
+#[test]
+fn a_job_running_longer_than_its_lease_is_not_run_twice() {
+    let origin = ApiOrigin::start();
+    // A 1 s lease under a 3.5 s upstream call: renewed while it runs, the
+    // job is never claimed a second time.
+    let ez = builder().extra("[jobs]\nlease = \"1s\"\n").start();
+    let url = origin.http_url("api.test", "/v1/long?delay_ms=3500");
+    let id = created_id(&submit(&ez, &json!({"url": url, "method": "POST"})));
+    let done = job_until(&ez, &id, "success", |v| {
+        v["status"] == "success" || v["status"] == "failed"
+    });
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(origin.count("/v1/long"), 1, "the job ran twice");
+    assert_eq!(done["claims"], 1, "{done}");
+    assert_eq!(done["attempts"], 1, "{done}");
+}

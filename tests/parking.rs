@@ -237,6 +237,38 @@ fn a_retry_that_would_outlast_the_max_wait_parks() {
 }
 
 #[test]
+fn a_request_parked_for_a_long_retry_after_keeps_retrying_until_it_succeeds() {
+    let origin = ApiOrigin::start();
+    let sink = WebhookSink::start();
+    let ez = builder(&origin, "rps = 1000.0\nmax_concurrent = 100").start();
+    // The API answers "wait 2 s" three times; the request may wait 1 s. Its
+    // synchronous call parks it; the job must not give up after one more.
+    let f = post(
+        &ez,
+        &origin.http_url("api.test", "/v1/patient?fail_first=3&retry_after=2"),
+        &[
+            "X-EZThrottle-Max-Wait: 1".into(),
+            "Idempotency-Key: patient-1".into(),
+            format!("X-EZThrottle-Webhook: {}", sink.url("/patient")),
+        ],
+    );
+    assert_eq!(f.code, 202, "{}", f.describe());
+    let job_id = json(&f.body)["job_id"]
+        .as_str()
+        .expect("job_id")
+        .to_string();
+    let d = sink.next(WEBHOOK_WAIT);
+    let p = d.json();
+    assert_eq!(p["job_id"], job_id.as_str());
+    assert_eq!(p["status"], "success", "{p}");
+    assert_eq!(origin.count("/v1/patient"), 4);
+    // The job's attempts continue the synchronous call's: 4 upstream calls.
+    let view = common::harness::control_get(&ez, &format!("/api/v1/jobs/{job_id}"));
+    let v: serde_json::Value = serde_json::from_str(&view).expect("job JSON");
+    assert_eq!(v["attempts"], 4, "{v}");
+}
+
+#[test]
 fn parked_jobs_survive_kill_9_and_every_webhook_arrives() {
     const N: usize = 200;
     let origin = ApiOrigin::start();

@@ -23,7 +23,8 @@ use common::{curl, error_code, error_message, json, Ezthrottle, Fetch};
 use ezthrottle::config::Config;
 use ezthrottle::metrics::Metrics;
 use ezthrottle::store::{
-    now_ms, DeliveryState, EmbeddedStore, JobRecord, JobStatus, NewDelivery, Store, WebhookSecrets,
+    now_ms, DeliveryState, EmbeddedStore, JobEnd, JobRecord, JobStatus, NewDelivery, Store,
+    WebhookSecrets,
 };
 use ezthrottle::webhooks::{
     build_payload, quorum, DeliveryEvent, Secrets, Webhooks, SIGNATURE_HEADER,
@@ -240,13 +241,7 @@ impl Lib {
             assert!(self.store.job_insert(job).await.unwrap().is_none());
             assert!(self
                 .store
-                .job_finish(
-                    id,
-                    JobStatus::Success,
-                    "{}".into(),
-                    payload.to_vec(),
-                    deliveries
-                )
+                .job_finish(id, None, ended(payload, deliveries))
                 .await
                 .unwrap());
         });
@@ -759,6 +754,18 @@ fn secrets_api_requires_a_known_token_when_api_keys_are_set() {
     );
 }
 
+/// A successful end of a job with these deliveries.
+fn ended(payload: &[u8], deliveries: Vec<NewDelivery>) -> JobEnd {
+    JobEnd {
+        status: JobStatus::Success,
+        result: "{}".into(),
+        payload: payload.to_vec(),
+        deliveries,
+        calls: 1,
+        children: vec![],
+    }
+}
+
 /// A queued job record (the webhook tests only need one to finish).
 fn queued_job(id: &str, workspace: &str, now: u64) -> JobRecord {
     JobRecord {
@@ -768,6 +775,7 @@ fn queued_job(id: &str, workspace: &str, now: u64) -> JobRecord {
         status: JobStatus::Queued,
         spec: "{}".into(),
         attempts: 0,
+        claims: 0,
         next_attempt_at: now,
         lease_until: 0,
         created_at: now,
@@ -792,13 +800,14 @@ fn seed_delivery(data_dir: &Path, job_id: &str, payload: &[u8], url: &str) {
         assert!(store
             .job_finish(
                 job_id,
-                JobStatus::Success,
-                "{}".into(),
-                payload.to_vec(),
-                vec![NewDelivery {
-                    url: url.into(),
-                    has_quorum_vote: true
-                }],
+                None,
+                ended(
+                    payload,
+                    vec![NewDelivery {
+                        url: url.into(),
+                        has_quorum_vote: true,
+                    }],
+                ),
             )
             .await
             .unwrap());
@@ -839,9 +848,11 @@ fn a_pending_delivery_survives_sigkill_and_is_delivered_after_restart() {
     let first = receiver.next();
     assert_eq!(first.body, payload);
     // Kill once the failed attempt is on record (bounded poll of the store).
-    common::eventually(EVENT_TIMEOUT, "the first attempt to be recorded", || {
-        (stored_delivery(&data_dir, "job_k").attempts >= 1).then_some(())
-    });
+    common::eventually(
+        EVENT_TIMEOUT,
+        "the first attempt's outcome to be recorded",
+        || (stored_delivery(&data_dir, "job_k").last_status.is_some()).then_some(()),
+    );
     let status = ez.stop_with("KILL");
     assert!(!status.success(), "killed: {status:?}");
     let before = stored_delivery(&data_dir, "job_k");
@@ -874,4 +885,84 @@ fn a_pending_delivery_survives_sigkill_and_is_delivered_after_restart() {
         "{metrics}"
     );
     assert!(!ez.stderr_log().contains(env_secret), "secret in the log");
+}
+
+/// A receiver that holds its first request open without answering (the
+/// delivery is in flight when the proxy dies) and answers 200 afterwards.
+fn hang_then_ok() -> (SocketAddr, mpsc::Receiver<usize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for (n, conn) in listener.incoming().enumerate().take(20) {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = Vec::new();
+            // Head and body (the payload is small): read until the body is in.
+            while let Ok(k) = conn.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..k]);
+                let text = String::from_utf8_lossy(&got);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if got.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let _ = tx.send(n);
+            if n == 0 {
+                held.push(conn); // never answered
+            } else {
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn a_delivery_cut_short_by_a_crash_counts_both_tries() {
+    let work = tempfile::tempdir().unwrap();
+    let data_dir = work.path().join("data");
+    let (addr, arrivals) = hang_then_ok();
+    let payload = sample_payload("job_c");
+    seed_delivery(&data_dir, "job_c", &payload, &format!("http://{addr}/hook"));
+    let builder = EzBuilder::new().egress_loopback().data_dir(&data_dir);
+    let mut ez = builder.clone().start();
+    // The first try reached the receiver, which never answers; then -9.
+    assert_eq!(arrivals.recv_timeout(EVENT_TIMEOUT).expect("first try"), 0);
+    let status = ez.stop_with("KILL");
+    assert!(!status.success(), "killed: {status:?}");
+    assert_eq!(
+        stored_delivery(&data_dir, "job_c").attempts,
+        1,
+        "the try in flight is on record"
+    );
+    drop(ez);
+
+    let _ez = builder.start();
+    assert_eq!(arrivals.recv_timeout(EVENT_TIMEOUT).expect("second try"), 1);
+    let after = common::eventually(EVENT_TIMEOUT, "the delivery to be recorded", || {
+        let d = stored_delivery(&data_dir, "job_c");
+        (d.state == DeliveryState::Delivered).then_some(d)
+    });
+    assert_eq!(
+        after.attempts, 2,
+        "delivered twice across the crash: {after:?}"
+    );
 }

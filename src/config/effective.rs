@@ -191,6 +191,8 @@ pub(super) fn render(c: &Config) -> String {
 
     let mut jobs = Table::new();
     jobs.insert("retention".into(), s(format_duration(c.jobs.retention)));
+    jobs.insert("deadline".into(), s(format_duration(c.jobs.deadline)));
+    jobs.insert("lease".into(), s(format_duration(c.jobs.lease)));
     root.insert("jobs".into(), Value::Table(jobs));
 
     let mut hooks = Table::new();

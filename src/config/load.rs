@@ -638,6 +638,8 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
     // [jobs]
     let jobs = JobsConfig {
         retention: dur("jobs.retention", &raw.jobs.retention, 7 * 24 * 3600)?,
+        deadline: dur("jobs.deadline", &raw.jobs.deadline, 24 * 3600)?,
+        lease: dur("jobs.lease", &raw.jobs.lease, 30)?,
     };
 
     // [idempotency]

@@ -176,6 +176,12 @@ pub struct JobsConfig {
     /// Finished jobs (and their delivered or failed webhooks) are deleted
     /// this long after they ended; their keys are then free. Key `retention`.
     pub retention: Duration,
+    /// A job still being retried this long after it was queued ends
+    /// `failed` with its last answer. Default 24h. Key `deadline`.
+    pub deadline: Duration,
+    /// How long a claimed job stays its runner's without a renewal; renewed
+    /// every third of it while the job runs. Default 30s. Key `lease`.
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -132,6 +132,8 @@ pub struct RawIdempotency {
 #[serde(deny_unknown_fields)]
 pub struct RawJobs {
     pub retention: Option<String>,
+    pub deadline: Option<String>,
+    pub lease: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -69,7 +69,11 @@ pub async fn submit(
         .idempotent_key
         .clone()
         .unwrap_or_else(|| derived_key(&ws, &sub.spec));
-    let accepted = match shared.jobs.submit(&ws, &key, &sub.spec, sub.retry_at).await {
+    let accepted = match shared
+        .jobs
+        .submit(&ws, &key, &sub.spec, sub.retry_at, 0)
+        .await
+    {
         Ok(a) => a,
         Err(e) => return store_error(e),
     };
@@ -115,6 +119,7 @@ async fn view(shared: &Shared, job: &JobRecord) -> Result<Value, Response> {
         "status": job.status.as_str(),
         "idempotent_key": job.idempotent_key,
         "attempts": job.attempts,
+        "claims": job.claims,
         "created_at": job.created_at,
         "updated_at": job.updated_at,
         "next_attempt_at": job.next_attempt_at,

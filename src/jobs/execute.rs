@@ -7,6 +7,7 @@
 //! the second attempt wait for the first, which is not a race.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -46,6 +47,17 @@ impl Run {
     }
 }
 
+/// The upstream calls behind one answer of our proxy: its
+/// `X-EZThrottle-Attempts`; without it, one for an origin's answer and none
+/// for the proxy's own refusal.
+fn upstream_calls(resp: &AttemptResponse) -> u32 {
+    resp.headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(crate::pipeline::ATTEMPTS_HEADER))
+        .and_then(|(_, v)| v.trim().parse::<u32>().ok())
+        .unwrap_or(u32::from(resp.proxy_error.is_none()))
+}
+
 pub fn is_success(resp: &AttemptResponse) -> bool {
     (200..300).contains(&resp.status)
 }
@@ -68,6 +80,9 @@ pub struct Runner<'a> {
     pub workspace: &'a str,
     pub timeout: Duration,
     pub max_body: usize,
+    /// Upstream calls made by every attempt of this run (all regions and
+    /// fallbacks), from each answer's `X-EZThrottle-Attempts`.
+    pub calls: &'a AtomicU32,
 }
 
 impl<'a> Runner<'a> {
@@ -155,15 +170,19 @@ impl<'a> Runner<'a> {
         )
         .await
         {
-            Ok(resp) => match resp.proxy_error.as_deref() {
-                Some(code) if NOT_NOW.contains(&code) => {
-                    Run::NotNow(resp.retry_after.unwrap_or(Duration::from_secs(1)))
+            Ok(resp) => {
+                self.calls
+                    .fetch_add(upstream_calls(&resp), Ordering::Relaxed);
+                match resp.proxy_error.as_deref() {
+                    Some(code) if NOT_NOW.contains(&code) => {
+                        Run::NotNow(resp.retry_after.unwrap_or(Duration::from_secs(1)))
+                    }
+                    _ => Run::Answer {
+                        resp,
+                        region_results: None,
+                    },
                 }
-                _ => Run::Answer {
-                    resp,
-                    region_results: None,
-                },
-            },
+            }
             Err(e) => Run::Unreachable(e),
         }
     }

@@ -15,6 +15,7 @@ pub mod request;
 pub mod spec;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::store::{now_ms, JobRecord, JobStatus, NewDelivery, Store, StoreError};
+use crate::store::{now_ms, JobEnd, JobRecord, JobStatus, NewDelivery, Store, StoreError};
 use crate::webhooks::payload::{self, ResponseParts};
 use attempt::AttemptResponse;
 use execute::{Run, Runner};
@@ -31,7 +32,7 @@ use spec::JobSpec;
 
 /// Jobs attempted at the same time; the domain throttles pace them anyway.
 const MAX_RUNNING: usize = 256;
-/// Attempts that could not even reach our own listener before a job fails.
+/// Runs that could not even reach our own listener before a job fails.
 const MAX_UNREACHABLE: u32 = 10;
 
 /// A job accepted into the queue (or found there already).
@@ -93,21 +94,10 @@ impl Jobs {
         idempotent_key: &str,
         spec: &JobSpec,
         not_before_ms: u64,
+        attempts: u32,
     ) -> Result<Accepted, StoreError> {
-        let now = now_ms();
-        let record = JobRecord {
-            id: format!("job_{}", uuid::Uuid::new_v4().simple()),
-            workspace: workspace.to_string(),
-            idempotent_key: idempotent_key.to_string(),
-            status: JobStatus::Queued,
-            spec: serde_json::to_string(spec).map_err(|e| StoreError::Backend(e.to_string()))?,
-            attempts: 0,
-            next_attempt_at: not_before_ms.max(now),
-            lease_until: 0,
-            created_at: now,
-            updated_at: now,
-            result: None,
-        };
+        let record = new_record(workspace, idempotent_key, spec, not_before_ms, attempts)?;
+        let now = record.created_at;
         let accepted = match self.store.job_insert(record.clone()).await? {
             Some(existing) => Accepted {
                 job_id: existing.id,
@@ -153,7 +143,7 @@ impl Jobs {
             } else {
                 match self
                     .store
-                    .jobs_claim(now_ms(), self.lease().as_millis() as u64, free)
+                    .jobs_claim(now_ms(), self.config.jobs.lease.as_millis() as u64, free)
                     .await
                 {
                     Ok(jobs) => jobs,
@@ -209,35 +199,18 @@ impl Jobs {
             + (self.config.proxy.read_timeout + self.config.proxy.connect_timeout) * attempts
     }
 
-    /// A claimed job is another runner's only after this long.
-    fn lease(&self) -> Duration {
-        let longest = self.config.limits.defaults.max_wait.max(
-            self.config
-                .limits
-                .domains
-                .values()
-                .map(|d| d.limits.max_wait)
-                .max()
-                .unwrap_or_default(),
-        );
-        let r = &self.config.retry;
-        longest
-            + (self.config.proxy.read_timeout + self.config.proxy.connect_timeout)
-                * (1 + r.max_retries + r.max_reroutes)
-            + Duration::from_secs(30)
-    }
-
     async fn run_one(&self, job: JobRecord) {
         let spec: JobSpec = match serde_json::from_str(&job.spec) {
             Ok(spec) => spec,
             Err(e) => {
                 tracing::error!(job_id = %job.id, error = %e, "unreadable job spec; failing the job");
                 let run = Run::Unreachable("unreadable job spec".into());
-                self.finish(&job, &JobSpec::request("GET", "", 0), &run)
+                self.finish(&job, &JobSpec::request("GET", "", 0), &run, 0)
                     .await;
                 return;
             }
         };
+        let calls = AtomicU32::new(0);
         let runner = Runner {
             proxy: self.proxy,
             internal_token: &self.internal_token,
@@ -245,34 +218,72 @@ impl Jobs {
             workspace: &job.workspace,
             timeout: self.attempt_timeout(&spec),
             max_body: self.config.idempotency.max_stored_body as usize,
+            calls: &calls,
         };
         let run = runner.chain(&spec, job.idempotent_key.clone(), 0);
         // on_failure also fires when no success came within its timeout.
-        let run = match (spec.on_failure.as_deref(), spec.on_failure_timeout_ms) {
-            (Some(child), Some(ms)) => {
-                let mut run = run;
-                let timer = tokio::time::sleep(Duration::from_millis(ms));
-                tokio::select! {
-                    r = &mut run => r,
-                    _ = timer => {
-                        self.spawn_child(&job, child, "on_failure").await;
-                        run.await
+        let run = async {
+            match (spec.on_failure.as_deref(), spec.on_failure_timeout_ms) {
+                (Some(child), Some(ms)) => {
+                    let mut run = run;
+                    let timer = tokio::time::sleep(Duration::from_millis(ms));
+                    tokio::select! {
+                        r = &mut run => r,
+                        _ = timer => {
+                            self.spawn_child(&job, child, "on_failure").await;
+                            run.await
+                        }
+                    }
+                }
+                _ => run.await,
+            }
+        };
+        let Some(run) = self.holding_lease(&job, run).await else {
+            return;
+        };
+        let calls = calls.load(Ordering::Relaxed);
+        let deadline = job.created_at.saturating_add(
+            u64::try_from(self.config.jobs.deadline.as_millis()).unwrap_or(u64::MAX),
+        );
+        match next_step(&self.config, &spec, &job, &run, calls, now_ms(), deadline) {
+            Step::Again(after) => {
+                tracing::info!(job_id = %job.id, retry_in_ms = after.as_millis() as u64, upstream_calls = job.attempts.saturating_add(calls), "job will run again");
+                self.reschedule(&job, after, calls).await;
+            }
+            Step::Finish => self.finish(&job, &spec, &run, calls).await,
+        }
+    }
+
+    /// Run `work` while renewing the job's lease; `None` (the work dropped)
+    /// when the lease was lost — the job was cancelled, or taken over by
+    /// another runner after this one stalled — so it never writes twice.
+    async fn holding_lease<T>(
+        &self,
+        job: &JobRecord,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        // A claimed job is another runner's once its lease lapses; renewed
+        // every third of it, only a dead runner loses its jobs — whatever
+        // the job's own max wait, fallback chain or on_failure_timeout.
+        let lease = self.config.jobs.lease;
+        let every = (lease / 3).max(Duration::from_millis(100));
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                _ = tick.tick() => {
+                    let until = now_ms().saturating_add(lease.as_millis() as u64);
+                    match self.store.job_renew(&job.id, job.claims, until).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::info!(job_id = %job.id, claim = job.claims, "job lease lost (cancelled or taken over); stopping this run");
+                            return None;
+                        }
+                        Err(e) => tracing::warn!(job_id = %job.id, error = %e, "cannot renew the job lease"),
                     }
                 }
             }
-            _ => run.await,
-        };
-        match run {
-            Run::NotNow(after) => {
-                tracing::debug!(job_id = %job.id, "job not admitted yet; back in the queue");
-                self.reschedule(&job, after).await;
-            }
-            Run::Unreachable(e) if job.attempts < MAX_UNREACHABLE => {
-                tracing::warn!(job_id = %job.id, error = %e, "job attempt failed; will try again");
-                let delay = crate::retry::backoff::ceiling(job.attempts.saturating_sub(1));
-                self.reschedule(&job, delay).await;
-            }
-            run => self.finish(&job, &spec, &run).await,
         }
     }
 
@@ -281,18 +292,8 @@ impl Jobs {
     /// crash, or the on_failure timeout followed by the failure) is a
     /// duplicate, not a second job.
     async fn spawn_child(&self, parent: &JobRecord, child: &JobSpec, why: &str) {
-        let mut spec = child.clone();
-        let mut meta = match spec.metadata.take() {
-            serde_json::Value::Object(m) => m,
-            _ => serde_json::Map::new(),
-        };
-        meta.insert(
-            "parent_job_id".into(),
-            serde_json::Value::String(parent.id.clone()),
-        );
-        spec.metadata = serde_json::Value::Object(meta);
-        let key = format!("{}:{why}", parent.idempotent_key);
-        match self.submit(&parent.workspace, &key, &spec, 0).await {
+        let (spec, key) = child_spec(parent, child, why);
+        match self.submit(&parent.workspace, &key, &spec, 0, 0).await {
             Ok(a) => {
                 tracing::info!(parent = %parent.id, job_id = %a.job_id, trigger = why, duplicate = a.duplicate, "spawned a follow-up job")
             }
@@ -300,20 +301,26 @@ impl Jobs {
         }
     }
 
-    async fn reschedule(&self, job: &JobRecord, after: Duration) {
+    async fn reschedule(&self, job: &JobRecord, after: Duration, calls: u32) {
         let at = now_ms().saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
-        if let Err(e) = self
+        match self
             .store
-            .job_reschedule(&job.id, JobStatus::Retrying, at)
+            .job_reschedule(&job.id, job.claims, JobStatus::Retrying, at, calls)
             .await
         {
-            tracing::warn!(job_id = %job.id, error = %e, "cannot reschedule job; its lease will bring it back");
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(job_id = %job.id, "job was cancelled or claimed again; not rescheduled")
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, error = %e, "cannot reschedule job; its lease will bring it back")
+            }
         }
     }
 
     /// End the job and queue its webhooks, in one transaction; then its
     /// follow-up job, if any.
-    async fn finish(&self, job: &JobRecord, spec: &JobSpec, run: &Run) {
+    async fn finish(&self, job: &JobRecord, spec: &JobSpec, run: &Run, calls: u32) {
         let (resp, region_results) = match run {
             Run::Answer {
                 resp,
@@ -373,15 +380,38 @@ impl Jobs {
             })
             .collect();
         let any = !deliveries.is_empty();
-        match self
-            .store
-            .job_finish(&job.id, status, result, body, deliveries)
-            .await
-        {
+        let child = if success {
+            spec.on_success.as_deref().map(|c| (c, "on_success"))
+        } else {
+            spec.on_failure.as_deref().map(|c| (c, "on_failure"))
+        };
+        let mut children = Vec::new();
+        if let Some((child, why)) = child {
+            let (child_spec, key) = child_spec(job, child, why);
+            match new_record(&job.workspace, &key, &child_spec, 0, 0) {
+                Ok(r) => children.push(r),
+                Err(e) => {
+                    tracing::warn!(parent = %job.id, error = %e, "cannot build the {why} job")
+                }
+            }
+        }
+        let spawned = !children.is_empty();
+        let end = JobEnd {
+            status,
+            result,
+            payload: body,
+            deliveries,
+            calls,
+            children,
+        };
+        match self.store.job_finish(&job.id, Some(job.claims), end).await {
             Ok(true) => {
-                tracing::info!(job_id = %job.id, status = status.as_str(), upstream_status = resp.status, "job finished");
+                tracing::info!(job_id = %job.id, status = status.as_str(), upstream_status = resp.status, upstream_calls = job.attempts.saturating_add(calls), "job finished");
                 if any {
                     (self.deliveries_created)();
+                }
+                if spawned {
+                    self.wake.notify_one();
                 }
             }
             Ok(false) => {
@@ -395,14 +425,6 @@ impl Jobs {
                 tracing::warn!(job_id = %job.id, error = %e, "cannot record the job result");
                 return;
             }
-        }
-        let child = if success {
-            spec.on_success.as_deref().map(|c| (c, "on_success"))
-        } else {
-            spec.on_failure.as_deref().map(|c| (c, "on_failure"))
-        };
-        if let Some((child, why)) = child {
-            self.spawn_child(job, child, why).await;
         }
         self.refresh_gauge().await;
     }
@@ -446,5 +468,271 @@ impl Jobs {
     /// Wake the runner (a job was queued or became due).
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+}
+
+/// A new queued job record.
+fn new_record(
+    workspace: &str,
+    idempotent_key: &str,
+    spec: &JobSpec,
+    not_before_ms: u64,
+    attempts: u32,
+) -> Result<JobRecord, StoreError> {
+    let now = now_ms();
+    Ok(JobRecord {
+        id: format!("job_{}", uuid::Uuid::new_v4().simple()),
+        workspace: workspace.to_string(),
+        idempotent_key: idempotent_key.to_string(),
+        status: JobStatus::Queued,
+        spec: serde_json::to_string(spec).map_err(|e| StoreError::Backend(e.to_string()))?,
+        attempts,
+        claims: 0,
+        next_attempt_at: not_before_ms.max(now),
+        lease_until: 0,
+        created_at: now,
+        updated_at: now,
+        result: None,
+    })
+}
+
+/// `child` (on_success / on_failure) with `parent_job_id` in its metadata,
+/// and its key: derived from the parent's, so a repeat (after a crash, or
+/// the on_failure timeout followed by the failure) is a duplicate, not a
+/// second job.
+fn child_spec(parent: &JobRecord, child: &JobSpec, why: &str) -> (JobSpec, String) {
+    let mut spec = child.clone();
+    let mut meta = match spec.metadata.take() {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    meta.insert(
+        "parent_job_id".into(),
+        serde_json::Value::String(parent.id.clone()),
+    );
+    spec.metadata = serde_json::Value::Object(meta);
+    (spec, format!("{}:{why}", parent.idempotent_key))
+}
+
+/// What to do after a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Run the job again after this long (stored as `retrying`).
+    Again(Duration),
+    Finish,
+}
+
+/// Decide after a run. A job is retried durably — whatever the Retry-After,
+/// across restarts — while its upstream answer is one its retry policy
+/// retries (`retry_codes`, `reroute_codes`), its upstream calls so far are
+/// within the policy's budget (1 + max_retries + max_reroutes), and the next
+/// run would start before its deadline. The delay is the API's Retry-After,
+/// else the backoff of the calls made. "Not now" answers (capacity) and an
+/// unreachable listener come back too, within the deadline.
+fn next_step(
+    config: &Config,
+    spec: &JobSpec,
+    job: &JobRecord,
+    run: &Run,
+    calls: u32,
+    now: u64,
+    deadline: u64,
+) -> Step {
+    let within = |after: Duration| {
+        now.saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX)) <= deadline
+    };
+    let total = job.attempts.saturating_add(calls);
+    let again = match run {
+        Run::NotNow(after) => Some(*after),
+        Run::Unreachable(_) if job.claims < MAX_UNREACHABLE => {
+            Some(crate::retry::backoff::ceiling(job.claims.saturating_sub(1)))
+        }
+        Run::Answer {
+            resp,
+            region_results: None,
+        } if !execute::is_success(resp) => {
+            let domain = url::Url::parse(&spec.url)
+                .ok()
+                .and_then(|u| {
+                    u.host_str()
+                        .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+                })
+                .unwrap_or_default();
+            let mut policy = crate::retry::route::retry_config(config, &domain).clone();
+            if let Some(p) = &spec.retry_policy {
+                p.apply(&mut policy);
+            }
+            let retryable = policy.retry_codes.contains(&resp.status)
+                || policy.reroute_codes.contains(&resp.status);
+            let budget = 1 + policy.max_retries.saturating_add(policy.max_reroutes);
+            (retryable && total < budget).then(|| {
+                resp.retry_after
+                    .unwrap_or_else(|| crate::retry::backoff::full_jitter(total.saturating_sub(1)))
+            })
+        }
+        _ => None,
+    };
+    match again {
+        Some(after) if within(after) => Step::Again(after),
+        _ => Step::Finish,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(attempts: u32, claims: u32) -> JobRecord {
+        let mut r = new_record(
+            "w",
+            "k",
+            &JobSpec::request("POST", "https://api.test/x", 60_000),
+            0,
+            attempts,
+        )
+        .unwrap();
+        r.claims = claims;
+        r
+    }
+
+    fn answer(status: u16, retry_after: Option<u64>) -> Run {
+        Run::Answer {
+            resp: AttemptResponse {
+                status,
+                headers: vec![],
+                body: vec![],
+                proxy_error: None,
+                retry_after: retry_after.map(Duration::from_secs),
+            },
+            region_results: None,
+        }
+    }
+
+    #[test]
+    fn a_long_retry_after_puts_the_job_back_instead_of_failing_it() {
+        let config = Config::from_toml_str("", "t.toml").unwrap();
+        let spec = JobSpec::request("POST", "https://api.test/x", 60_000);
+        let now = 1_000_000;
+        let day = now + 86_400_000;
+        // Retry-After 70 s, longer than the 60 s max wait: back in 70 s.
+        assert_eq!(
+            next_step(
+                &config,
+                &spec,
+                &job(0, 1),
+                &answer(503, Some(70)),
+                1,
+                now,
+                day
+            ),
+            Step::Again(Duration::from_secs(70))
+        );
+        assert_eq!(
+            next_step(
+                &config,
+                &spec,
+                &job(0, 1),
+                &answer(429, Some(3600 * 20)),
+                1,
+                now,
+                day
+            ),
+            Step::Again(Duration::from_secs(3600 * 20))
+        );
+        // Past the deadline: finished with this answer.
+        assert_eq!(
+            next_step(
+                &config,
+                &spec,
+                &job(0, 1),
+                &answer(503, Some(3600 * 25)),
+                1,
+                now,
+                day
+            ),
+            Step::Finish
+        );
+        // The budget (1 + 3 retries + 2 reroutes by default) counts every
+        // upstream call, including a parked request's synchronous ones.
+        assert!(matches!(
+            next_step(
+                &config,
+                &spec,
+                &job(4, 2),
+                &answer(503, Some(1)),
+                1,
+                now,
+                day
+            ),
+            Step::Again(_)
+        ));
+        assert_eq!(
+            next_step(
+                &config,
+                &spec,
+                &job(5, 2),
+                &answer(503, Some(1)),
+                1,
+                now,
+                day
+            ),
+            Step::Finish
+        );
+        // Not retryable, or a success: finished.
+        for run in [answer(400, Some(5)), answer(404, None), answer(200, None)] {
+            assert_eq!(
+                next_step(&config, &spec, &job(0, 1), &run, 1, now, day),
+                Step::Finish
+            );
+        }
+        // Without Retry-After: the backoff of the calls made (at most 30 s).
+        match next_step(&config, &spec, &job(0, 1), &answer(502, None), 1, now, day) {
+            Step::Again(d) => assert!(d <= Duration::from_secs(30), "{d:?}"),
+            s => panic!("{s:?}"),
+        }
+        // The job's own retry_policy decides.
+        let mut strict = spec.clone();
+        strict.retry_policy = Some(spec::RetryPolicySpec {
+            max_retries: Some(0),
+            max_reroutes: Some(0),
+            ..Default::default()
+        });
+        assert_eq!(
+            next_step(
+                &config,
+                &strict,
+                &job(0, 1),
+                &answer(503, Some(70)),
+                1,
+                now,
+                day
+            ),
+            Step::Finish
+        );
+        // Capacity ("not now") comes back within the deadline, uncounted.
+        assert_eq!(
+            next_step(
+                &config,
+                &spec,
+                &job(9, 1),
+                &Run::NotNow(Duration::from_secs(2)),
+                0,
+                now,
+                day
+            ),
+            Step::Again(Duration::from_secs(2))
+        );
+        assert_eq!(
+            next_step(
+                &config,
+                &spec,
+                &job(0, 1),
+                &Run::NotNow(Duration::from_secs(2)),
+                0,
+                day,
+                day
+            ),
+            Step::Finish
+        );
     }
 }

@@ -459,7 +459,7 @@ impl ProxyHttp for Pipeline {
         // Nothing was sent yet only if no response header went out.
         let code = err.status();
         if session.response_written().is_none() {
-            if let Err(write_err) = respond::error(session, &err).await {
+            if let Err(write_err) = respond::error_after(session, &err, ctx.attempts).await {
                 tracing::debug!(error = %write_err, "could not send error response");
             }
         }

@@ -159,7 +159,7 @@ pub async fn park(
     };
     let accepted = shared
         .jobs
-        .submit(&ctx.workspace, &key, &spec, 0)
+        .submit(&ctx.workspace, &key, &spec, 0, ctx.attempts)
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "cannot park a request");

@@ -13,6 +13,16 @@ pub const ERROR_HEADER: &str = crate::jobs::attempt::ERROR_HEADER;
 
 /// Send `err` as the JSON error response of SPEC §8.
 pub async fn error(session: &mut Session, err: &ProxyError) -> pingora::Result<()> {
+    error_after(session, err, 0).await
+}
+
+/// [`error`] after `attempts` upstream attempts, which the answer reports in
+/// `X-EZThrottle-Attempts` like a relayed one (the job runner counts them).
+pub async fn error_after(
+    session: &mut Session,
+    err: &ProxyError,
+    attempts: u32,
+) -> pingora::Result<()> {
     let body = Bytes::from(err.body());
     let mut resp = ResponseHeader::build(err.status(), Some(5))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
@@ -20,6 +30,9 @@ pub async fn error(session: &mut Session, err: &ProxyError) -> pingora::Result<(
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     if let Some(after) = err.retry_after() {
         resp.insert_header(http::header::RETRY_AFTER, after.as_secs().to_string())?;
+    }
+    if attempts > 0 {
+        resp.insert_header(super::ATTEMPTS_HEADER, attempts.to_string())?;
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await

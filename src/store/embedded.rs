@@ -14,11 +14,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::files;
 use super::seal::{self, EncryptionKey, Seal};
 use super::{
-    Delivery, DeliveryState, IdempotencyRecord, JobRecord, JobStatus, LearnedLimit, NewDelivery,
-    Store, StoreError, WebhookSecrets,
+    Delivery, DeliveryState, IdempotencyRecord, JobEnd, JobRecord, JobStatus, LearnedLimit, Store,
+    StoreError, WebhookSecrets,
 };
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// The key (if any) that seals the columns in [`SEALED_COLUMNS`].
 type SealRef = Option<Arc<Seal>>;
@@ -235,6 +235,18 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )
         .map_err(err)?;
     }
+    if version < 5 {
+        // `attempts` counted claims before; from now on it counts upstream
+        // calls and `claims` is the fencing token. The job list pages by
+        // (workspace, created_at).
+        conn.execute_batch(
+            "ALTER TABLE jobs ADD COLUMN claims INTEGER NOT NULL DEFAULT 0;
+            UPDATE jobs SET claims = attempts;
+            CREATE INDEX IF NOT EXISTS jobs_list ON jobs (workspace, created_at, id);
+            PRAGMA user_version = 5;",
+        )
+        .map_err(err)?;
+    }
     Ok(())
 }
 
@@ -394,7 +406,7 @@ fn get_text(
 }
 
 const JOB_COLUMNS: &str = "id, workspace, idempotent_key, status, spec, attempts, \
-    next_attempt_at, lease_until, created_at, updated_at, result";
+    next_attempt_at, lease_until, created_at, updated_at, result, claims";
 
 fn job_row(r: &rusqlite::Row<'_>, seal: &SealRef) -> rusqlite::Result<JobRecord> {
     let status: String = r.get(3)?;
@@ -410,6 +422,7 @@ fn job_row(r: &rusqlite::Row<'_>, seal: &SealRef) -> rusqlite::Result<JobRecord>
         created_at: r.get::<_, i64>(8)?.max(0) as u64,
         updated_at: r.get::<_, i64>(9)?.max(0) as u64,
         result: get_opt_text(r, 10, seal, JOBS_RESULT)?,
+        claims: u32::try_from(r.get::<_, i64>(11)?).unwrap_or(0),
     })
 }
 
@@ -434,6 +447,47 @@ fn delivery_row(r: &rusqlite::Row<'_>, seal: &SealRef) -> rusqlite::Result<Deliv
         last_error: r.get(10)?,
         updated_at: r.get::<_, i64>(11)?.max(0) as u64,
     })
+}
+
+/// Insert `job` unless its `(workspace, idempotent_key)` exists; returns the
+/// existing job then.
+fn insert_job(
+    tx: &Connection,
+    job: &JobRecord,
+    seal: &SealRef,
+) -> Result<Option<JobRecord>, StoreError> {
+    let existing = tx
+        .query_row(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = ?1 AND idempotent_key = ?2"),
+            params![job.workspace, job.idempotent_key],
+            |r| job_row(r, seal),
+        )
+        .optional()
+        .map_err(err)?;
+    if existing.is_some() {
+        return Ok(existing);
+    }
+    tx.execute(
+        &format!(
+            "INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        ),
+        params![
+            job.id,
+            job.workspace,
+            job.idempotent_key,
+            job.status.as_str(),
+            put_text(seal, JOBS_SPEC, &job.spec),
+            i64::from(job.attempts),
+            job.next_attempt_at as i64,
+            job.lease_until as i64,
+            job.created_at as i64,
+            job.updated_at as i64,
+            put_opt_text(seal, JOBS_RESULT, job.result.as_deref()),
+            i64::from(job.claims)
+        ],
+    )
+    .map_err(err)?;
+    Ok(None)
 }
 
 fn get_job(c: &Connection, id: &str, seal: &SealRef) -> Result<Option<JobRecord>, StoreError> {
@@ -579,40 +633,9 @@ impl Store for EmbeddedStore {
         let seal = self.seal.clone();
         self.with(move |c| {
             let tx = c.transaction().map_err(err)?;
-            let existing = tx
-                .query_row(
-                    &format!(
-                        "SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = ?1 AND idempotent_key = ?2"
-                    ),
-                    params![job.workspace, job.idempotent_key],
-                    |r| job_row(r, &seal),
-                )
-                .optional()
-                .map_err(err)?;
-            if existing.is_some() {
-                return Ok(existing);
-            }
-            tx.execute(
-                &format!(
-                    "INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-                ),
-                params![
-                    job.id,
-                    job.workspace,
-                    job.idempotent_key,
-                    job.status.as_str(),
-                    put_text(&seal, JOBS_SPEC, &job.spec),
-                    i64::from(job.attempts),
-                    job.next_attempt_at as i64,
-                    job.lease_until as i64,
-                    job.created_at as i64,
-                    job.updated_at as i64,
-                    put_opt_text(&seal, JOBS_RESULT, job.result.as_deref())
-                ],
-            )
-            .map_err(err)?;
+            let existing = insert_job(&tx, &job, &seal)?;
             tx.commit().map_err(err)?;
-            Ok(None)
+            Ok(existing)
         })
         .await
     }
@@ -649,7 +672,7 @@ impl Store for EmbeddedStore {
             let mut claimed = Vec::with_capacity(ids.len());
             for id in ids {
                 tx.execute(
-                    "UPDATE jobs SET status = 'in_flight', attempts = attempts + 1,
+                    "UPDATE jobs SET status = 'in_flight', claims = claims + 1,
                      lease_until = ?2, updated_at = ?3 WHERE id = ?1",
                     params![id, now_ms.saturating_add(lease_ms) as i64, now_ms as i64],
                 )
@@ -668,7 +691,8 @@ impl Store for EmbeddedStore {
         self.with(|c| {
             let n = c
                 .execute(
-                    "UPDATE jobs SET lease_until = 0 WHERE status = 'in_flight' AND lease_until > 0",
+                    "UPDATE jobs SET status = 'retrying', lease_until = 0, next_attempt_at = 0
+                     WHERE status = 'in_flight'",
                     [],
                 )
                 .map_err(err)?;
@@ -677,21 +701,47 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn job_renew(&self, id: &str, claims: u32, lease_until: u64) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE jobs SET lease_until = ?3
+                     WHERE id = ?1 AND claims = ?2 AND status = 'in_flight'",
+                    params![id, i64::from(claims), lease_until as i64],
+                )
+                .map_err(err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn job_reschedule(
         &self,
         id: &str,
+        claims: u32,
         status: JobStatus,
         next_attempt_at: u64,
-    ) -> Result<(), StoreError> {
+        calls: u32,
+    ) -> Result<bool, StoreError> {
         let id = id.to_string();
         self.with(move |c| {
-            c.execute(
-                "UPDATE jobs SET status = ?2, next_attempt_at = ?3, lease_until = 0, updated_at = ?4
-                 WHERE id = ?1 AND status = 'in_flight'",
-                params![id, status.as_str(), next_attempt_at as i64, super::now_ms() as i64],
-            )
-            .map_err(err)?;
-            Ok(())
+            let n = c
+                .execute(
+                    "UPDATE jobs SET status = ?3, next_attempt_at = ?4, lease_until = 0,
+                     updated_at = ?5, attempts = attempts + ?6
+                     WHERE id = ?1 AND claims = ?2 AND status = 'in_flight'",
+                    params![
+                        id,
+                        i64::from(claims),
+                        status.as_str(),
+                        next_attempt_at.min(i64::MAX as u64) as i64,
+                        super::now_ms() as i64,
+                        i64::from(calls)
+                    ],
+                )
+                .map_err(err)?;
+            Ok(n == 1)
         })
         .await
     }
@@ -699,23 +749,30 @@ impl Store for EmbeddedStore {
     async fn job_finish(
         &self,
         id: &str,
-        status: JobStatus,
-        result: String,
-        payload: Vec<u8>,
-        deliveries: Vec<NewDelivery>,
+        claims: Option<u32>,
+        end: JobEnd,
     ) -> Result<bool, StoreError> {
         let id = id.to_string();
         let seal = self.seal.clone();
         self.with(move |c| {
             let tx = c.transaction().map_err(err)?;
             let now = super::now_ms() as i64;
-            let result = put_text(&seal, JOBS_RESULT, &result);
-            let payload = put_bytes(&seal, DELIVERIES_PAYLOAD, &payload);
+            let result = put_text(&seal, JOBS_RESULT, &end.result);
+            let payload = put_bytes(&seal, DELIVERIES_PAYLOAD, &end.payload);
             let changed = tx
                 .execute(
-                    "UPDATE jobs SET status = ?2, result = ?3, lease_until = 0, updated_at = ?4
-                     WHERE id = ?1 AND status NOT IN ('success', 'failed', 'cancelled')",
-                    params![id, status.as_str(), result, now],
+                    "UPDATE jobs SET status = ?2, result = ?3, lease_until = 0, updated_at = ?4,
+                     attempts = attempts + ?6
+                     WHERE id = ?1 AND status NOT IN ('success', 'failed', 'cancelled')
+                       AND (?5 IS NULL OR claims = ?5)",
+                    params![
+                        id,
+                        end.status.as_str(),
+                        result,
+                        now,
+                        claims.map(i64::from),
+                        i64::from(end.calls)
+                    ],
                 )
                 .map_err(err)?;
             if changed == 0 {
@@ -728,7 +785,7 @@ impl Store for EmbeddedStore {
                     |r| r.get(0),
                 )
                 .map_err(err)?;
-            for d in deliveries {
+            for d in end.deliveries {
                 tx.execute(
                     "INSERT INTO deliveries (job_id, workspace, url, has_quorum_vote, payload,
                      state, attempts, next_attempt_at, updated_at)
@@ -743,6 +800,9 @@ impl Store for EmbeddedStore {
                     ],
                 )
                 .map_err(err)?;
+            }
+            for child in &end.children {
+                insert_job(&tx, child, &seal)?;
             }
             tx.commit().map_err(err)?;
             Ok(true)
@@ -1008,6 +1068,7 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::NewDelivery;
 
     fn record(scope: &str, expires_at: u64) -> IdempotencyRecord {
         IdempotencyRecord {
@@ -1052,11 +1113,23 @@ mod tests {
             status: JobStatus::Queued,
             spec: "{}".into(),
             attempts: 0,
+            claims: 0,
             next_attempt_at: next,
             lease_until: 0,
             created_at: 1,
             updated_at: 1,
             result: None,
+        }
+    }
+
+    fn end(status: JobStatus, payload: &[u8], deliveries: Vec<NewDelivery>) -> JobEnd {
+        JobEnd {
+            status,
+            result: "{}".into(),
+            payload: payload.to_vec(),
+            deliveries,
+            calls: 1,
+            children: vec![],
         }
     }
 
@@ -1078,7 +1151,7 @@ mod tests {
         assert_eq!(ids, ["j2", "j1"]);
         assert!(claimed
             .iter()
-            .all(|j| j.status == JobStatus::InFlight && j.attempts == 1));
+            .all(|j| j.status == JobStatus::InFlight && j.claims == 1 && j.attempts == 0));
         // Leased: not claimable again until the lease lapses (a crash).
         assert!(s.jobs_claim(500, 1000, 10).await.unwrap().is_empty());
         assert_eq!(s.jobs_next_due().await.unwrap(), Some(1100));
@@ -1086,11 +1159,21 @@ mod tests {
         let s = EmbeddedStore::open(dir.path()).unwrap();
         let again = s.jobs_claim(1100, 1000, 10).await.unwrap();
         assert_eq!(again.len(), 2);
-        assert!(again.iter().all(|j| j.attempts == 2));
+        assert!(again.iter().all(|j| j.claims == 2));
 
-        s.job_reschedule("j2", JobStatus::Retrying, 5000)
+        // Fencing: the first claim's runner writes nothing any more.
+        assert!(!s.job_renew("j2", 1, 9000).await.unwrap());
+        assert!(!s
+            .job_reschedule("j2", 1, JobStatus::Retrying, 5000, 3)
             .await
-            .unwrap();
+            .unwrap());
+        assert!(s.job_renew("j2", 2, 9000).await.unwrap());
+        assert!(s
+            .job_reschedule("j2", 2, JobStatus::Retrying, 5000, 3)
+            .await
+            .unwrap());
+        let j2 = s.job_get("j2").await.unwrap().unwrap();
+        assert_eq!((j2.attempts, j2.next_attempt_at), (3, 5000));
         assert_eq!(
             s.job_get("j2").await.unwrap().unwrap().status,
             JobStatus::Retrying
@@ -1106,19 +1189,23 @@ mod tests {
                 has_quorum_vote: false,
             },
         ];
-        assert!(s
-            .job_finish(
-                "j1",
-                JobStatus::Success,
-                "{}".into(),
-                b"{\"x\":1}".to_vec(),
-                deliveries.clone()
-            )
+        // A stale claim cannot end it.
+        assert!(!s
+            .job_finish("j1", Some(1), end(JobStatus::Failed, b"", vec![]))
             .await
             .unwrap());
+        let mut done = end(JobStatus::Success, b"{\"x\":1}", deliveries.clone());
+        let mut child = job("j1-next", "k1:on_success", 1);
+        child.workspace = "default".into();
+        done.children = vec![child, job("dup", "k2", 1)];
+        assert!(s.job_finish("j1", Some(2), done).await.unwrap());
+        // The follow-up was inserted with the end; a known key was skipped.
+        assert!(s.job_get("j1-next").await.unwrap().is_some());
+        assert!(s.job_get("dup").await.unwrap().is_none());
+        assert_eq!(s.job_get("j1").await.unwrap().unwrap().attempts, 1);
         // Finished once only.
         assert!(!s
-            .job_finish("j1", JobStatus::Failed, "{}".into(), vec![], deliveries)
+            .job_finish("j1", None, end(JobStatus::Failed, b"", deliveries))
             .await
             .unwrap());
         let ds = s.deliveries_for_job("j1").await.unwrap();
@@ -1151,7 +1238,11 @@ mod tests {
         assert_eq!(s.job_insert(job("j9", "k1", 1)).await.unwrap(), None);
         s.job_cancel("j9").await.unwrap();
         let counts = s.job_counts().await.unwrap();
-        assert_eq!(counts, vec![(JobStatus::Cancelled, 1)]);
+        // j9 and the follow-up j1 spawned.
+        assert_eq!(
+            counts,
+            vec![(JobStatus::Cancelled, 1), (JobStatus::Queued, 1)]
+        );
     }
 
     #[tokio::test]
@@ -1205,13 +1296,18 @@ mod tests {
         s.jobs_claim(10, 1000, 10).await.unwrap();
         s.job_finish(
             "j2",
-            JobStatus::Success,
-            format!(r#"{{"body":"{PLANTED}"}}"#),
-            PLANTED.as_bytes().to_vec(),
-            vec![NewDelivery {
-                url: format!("https://hooks.test/h?token={PLANTED}"),
-                has_quorum_vote: true,
-            }],
+            None,
+            JobEnd {
+                status: JobStatus::Success,
+                result: format!(r#"{{"body":"{PLANTED}"}}"#),
+                payload: PLANTED.as_bytes().to_vec(),
+                deliveries: vec![NewDelivery {
+                    url: format!("https://hooks.test/h?token={PLANTED}"),
+                    has_quorum_vote: true,
+                }],
+                calls: 1,
+                children: vec![],
+            },
         )
         .await
         .unwrap();

@@ -103,8 +103,13 @@ pub struct JobRecord {
     pub idempotent_key: String,
     pub status: JobStatus,
     pub spec: String,
-    /// Attempts started (incremented by each claim).
+    /// Upstream calls made for the job so far (every run's attempts, retries
+    /// and reroutes; a parked request starts with its synchronous ones).
     pub attempts: u32,
+    /// Times the job was claimed to run. Also the fencing token: every write
+    /// of a run's outcome names the claim it belongs to, so a runner whose
+    /// lease was taken over (or whose job was cancelled) writes nothing.
+    pub claims: u32,
     /// Unix ms: not to be claimed before.
     pub next_attempt_at: u64,
     /// Unix ms: a claimed job whose lease ran out (its runner crashed) is
@@ -114,6 +119,23 @@ pub struct JobRecord {
     pub updated_at: u64,
     /// The final result (engine JSON) once finished.
     pub result: Option<String>,
+}
+
+/// How a run of a job ended, written in one transaction by
+/// [`Store::job_finish`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEnd {
+    pub status: JobStatus,
+    pub result: String,
+    /// The webhook payload every delivery carries.
+    pub payload: Vec<u8>,
+    pub deliveries: Vec<NewDelivery>,
+    /// Upstream calls this run made (added to `attempts`).
+    pub calls: u32,
+    /// Follow-up jobs (`on_success` / `on_failure`), inserted with the end
+    /// so a crash cannot lose them; a `(workspace, key)` already present is
+    /// skipped.
+    pub children: Vec<JobRecord>,
 }
 
 /// A webhook to deliver, created with the result of its job.
@@ -221,7 +243,7 @@ pub trait Store: Send + Sync {
 
     /// Claim up to `limit` jobs that are due at `now_ms` (queued/retrying and
     /// not before their next attempt, or in flight with a lapsed lease), in
-    /// next-attempt order: each becomes `in_flight`, `attempts + 1`, leased
+    /// next-attempt order: each becomes `in_flight`, `claims + 1`, leased
     /// until `now_ms + lease_ms`.
     async fn jobs_claim(
         &self,
@@ -230,30 +252,39 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> Result<Vec<JobRecord>, StoreError>;
 
-    /// Make every leased job claimable now. Called at start-up by the only
-    /// process using the store (the embedded backend), whose earlier leases
-    /// all died with it. Returns how many.
+    /// Put every in-flight job back in the queue (`retrying`), due now.
+    /// Called at start-up by the only process using the store (the embedded
+    /// backend), whose runs all died with it. Returns how many.
     async fn jobs_release_leases(&self) -> Result<u64, StoreError>;
 
-    /// Put a claimed job back in the queue (`queued` or `retrying`) for a
-    /// later attempt. No-op unless the job is in flight.
+    /// Extend the lease of claim `claims` of a running job. False when the
+    /// claim is no longer the job's (re-claimed after a lapse, cancelled,
+    /// ended): its runner must stop.
+    async fn job_renew(&self, id: &str, claims: u32, lease_until: u64) -> Result<bool, StoreError>;
+
+    /// Put claim `claims` of a job back in the queue (`queued` or
+    /// `retrying`) for a later run at `next_attempt_at`, adding this run's
+    /// upstream `calls`. False (nothing written) unless that claim is still
+    /// the job's and it is in flight.
     async fn job_reschedule(
         &self,
         id: &str,
+        claims: u32,
         status: JobStatus,
         next_attempt_at: u64,
-    ) -> Result<(), StoreError>;
+        calls: u32,
+    ) -> Result<bool, StoreError>;
 
-    /// End a job with its result and create its webhook deliveries (each
-    /// carrying `payload`), all in one transaction. Returns false (and writes
-    /// nothing) if the job had already ended (e.g. cancelled).
+    /// End a job with its result, create its webhook deliveries and insert
+    /// its follow-up jobs, all in one transaction. `claims`: the claim the
+    /// run belongs to (`None`: whatever claim). Returns false (and writes
+    /// nothing) if the job had already ended (e.g. cancelled) or was claimed
+    /// again since.
     async fn job_finish(
         &self,
         id: &str,
-        status: JobStatus,
-        result: String,
-        payload: Vec<u8>,
-        deliveries: Vec<NewDelivery>,
+        claims: Option<u32>,
+        end: JobEnd,
     ) -> Result<bool, StoreError>;
 
     /// A workspace's jobs, newest first, optionally of one status, after the

@@ -214,9 +214,19 @@ impl Webhooks {
         _permit: OwnedSemaphorePermit,
         done: mpsc::UnboundedSender<i64>,
     ) {
+        // The attempt is counted before it is sent: a delivery that reaches
+        // its receiver and is then cut short by a crash is sent again after
+        // restart, and `attempts` must say it was tried twice.
+        d.attempts = d.attempts.saturating_add(1);
+        d.updated_at = now_ms();
+        if let Err(e) = self.store.delivery_update(&d).await {
+            tracing::warn!(delivery = d.id, error = %e, "webhooks: cannot record the attempt before sending; trying later");
+            tokio::time::sleep(STORE_RETRY).await;
+            let _ = done.send(d.id);
+            return;
+        }
         let outcome = self.send(&d).await;
         let now = now_ms();
-        d.attempts = d.attempts.saturating_add(1);
         d.updated_at = now;
         let host = host_of(&d.url);
         let (status, error, permanent) = match outcome {
