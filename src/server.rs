@@ -195,7 +195,15 @@ pub fn run(config: Config) -> Result<(), StartError> {
         "ezthrottle proxy".to_string(),
         FrontDoor::new(shared.clone(), proxy),
     );
-    front.add_tcp(&cfg.proxy.listen.to_string());
+    // No L4 read buffer: the front door reads each head itself (in small
+    // pieces, `accept::framing`) and pingora reads bodies with its own
+    // buffers, so pingora's default 64 KiB read buffer per connection —
+    // zero-filled at accept, held for the whole keep-alive life — would only
+    // cost memory for every idle connection.
+    front.add_listener(
+        pingora::listeners::ListenerConfig::tcp(cfg.proxy.listen.to_string())
+            .l4_buffer(pingora::protocols::l4::stream::L4BufferSettings::default().read(0)),
+    );
     server.add_service(front);
     server.add_service(background_service(
         "ezthrottle control",

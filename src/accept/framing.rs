@@ -1022,14 +1022,14 @@ impl Framed {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let mut chunk = [0u8; 8192];
-        let max = buf.remaining().min(chunk.len());
-        let mut rb = ReadBuf::new(&mut chunk[..max]);
-        match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+        // Read straight into pingora's buffer, then give back (to the
+        // stash) whatever lies past the last chunk.
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {}
             other => return other,
         }
-        let got = rb.filled();
+        let got = &buf.filled()[before..];
         if got.is_empty() {
             return Poll::Ready(Ok(()));
         }
@@ -1039,12 +1039,12 @@ impl Framed {
         let n = tracker
             .feed(got)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        buf.put_slice(&got[..n]);
         if n < got.len() {
             // Already in memory: account it, do not refuse it.
             let mut rest = std::mem::take(&mut self.stash.bytes);
             rest.extend_from_slice(&got[n..]);
             self.stash.refill(rest);
+            buf.set_filled(before + n);
         }
         if n == 0 {
             // Nothing of this read was body (cannot happen before the end,
@@ -1111,6 +1111,17 @@ impl AsyncRead for Framed {
             Window::Chunked(ref t) if t.done() => this.poll_after_end(cx),
             Window::Chunked(_) => this.poll_chunked(cx, buf),
             Window::Length(0) => this.poll_after_end(cx),
+            // The whole buffer fits in the window: read straight into it.
+            Window::Length(left) if buf.remaining() as u64 <= left => {
+                let before = buf.filled().len();
+                let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+                if let Poll::Ready(Ok(())) = r {
+                    let n = buf.filled().len() - before;
+                    this.window = Window::Length(left - n as u64);
+                }
+                r
+            }
+            // The tail of the body: read no more than what is left of it.
             Window::Length(left) => {
                 let max = usize::try_from(left)
                     .unwrap_or(usize::MAX)
