@@ -10,10 +10,27 @@
 //! with limits, a deadline and a process-wide memory budget, refuses what it
 //! must with our JSON error, and hands pingora exactly one checked request:
 //! the head, then only the body bytes that the framing says belong to it
-//! ([`Framed`]). Bytes after the end of the request (a pipelined next
-//! request) stay with us and are checked as the next head, which is also
-//! what makes pipelining work: pingora drops a connection on which it read
-//! past the end of a request.
+//! ([`Framed`]: `Content-Length` counted, chunked followed to its last
+//! chunk). Bytes after the end of the request (a pipelined next request)
+//! stay with us and are checked as the next head, which is also what makes
+//! pipelining work: pingora drops a connection on which it read past the
+//! end of a request, and with it the requests behind.
+//!
+//! What is refused, and why:
+//! - `Content-Length` repeated, a list (`3, 3`, even equal values), with a
+//!   sign or anything but digits, or above [`MAX_CONTENT_LENGTH`]; both
+//!   `Content-Length` and `Transfer-Encoding`; any `Transfer-Encoding` but a
+//!   single `chunked` (HTTP/1.0 may not use it): `400 invalid_framing`. Two
+//!   parsers that disagree on where a body ends is request smuggling.
+//! - Lines not ending in CRLF (bare LF or CR), obs-fold, NUL, a malformed
+//!   request line or header, more than one `Host`, `Host` differing from an
+//!   absolute target: `400 bad_request`.
+//! - Request line over `max_request_line`: `414`; a header line over
+//!   `max_header_line`, a head over `max_head`, more than `max_headers`
+//!   headers: `431` — as soon as the limit is passed, not at the end.
+//! - A head not complete within `head_timeout` of its first byte: `408`.
+//! - A head (or pipelined bytes, or a body read ahead) that would take the
+//!   process past `max_buffered`: `503 proxy_overloaded`.
 //!
 //! [`inspect_head`] is a pure function over bytes and must never panic: a
 //! fuzz harness calls it with arbitrary input.
@@ -439,9 +456,6 @@ fn content_length(value: &[u8]) -> Result<u64, FramingError> {
     Ok(n)
 }
 
-/// The rules pingora applies to the target and `Host` before any hook runs
-/// (its answer would be a bare `400`): the same check, run here so the
-/// client gets our JSON instead.
 /// pingora percent-escapes a target that httparse refuses (quotes, angle
 /// brackets, non-ASCII bytes) before it builds the request; do the same so
 /// the check below sees what pingora will.
@@ -469,6 +483,9 @@ fn target_as_pingora_sees_it<'a>(
     }
 }
 
+/// The rules pingora applies to the target and `Host` before any hook runs
+/// (its answer would be a bare `400`): pingora's own check, run here so the
+/// client gets our JSON instead.
 fn authority_agrees(method: &[u8], target: &[u8], host: Option<&[u8]>) -> Result<(), FramingError> {
     let method = std::str::from_utf8(method).unwrap_or("GET");
     let bad = |e: Box<pingora::Error>| {
