@@ -471,3 +471,76 @@ fn max_wait_ceiling_bounds_configured_max_waits() {
         "between",
     );
 }
+
+#[test]
+fn request_head_limits_and_the_buffer_budget() {
+    let def = parse("").expect("defaults");
+    assert_eq!(
+        def.proxy.head_limits,
+        crate::accept::framing::HeadLimits {
+            max_request_line: 8 * 1024,
+            max_header_line: 16 * 1024,
+            max_head: 64 * 1024,
+            max_headers: 100,
+        }
+    );
+    assert_eq!(def.proxy.head_timeout, Duration::from_secs(30));
+    assert_eq!(def.proxy.max_buffered, 64 << 20);
+    let ex = parse(EXAMPLE).expect("example");
+    assert_eq!(ex.proxy.head_limits, def.proxy.head_limits);
+    assert_eq!(ex.proxy.head_timeout, def.proxy.head_timeout);
+    assert_eq!(ex.proxy.max_buffered, def.proxy.max_buffered);
+
+    let c = parse(
+        "[proxy]\nmax_request_line = \"4KiB\"\nmax_header_line = 2048\nmax_head = \"512KiB\"\nmax_headers = 256\nhead_timeout = \"5s\"\nmax_buffered = \"1MiB\"\n",
+    )
+    .expect("config");
+    assert_eq!(c.proxy.head_limits.max_request_line, 4096);
+    assert_eq!(c.proxy.head_limits.max_header_line, 2048);
+    assert_eq!(c.proxy.head_limits.max_head, 512 * 1024);
+    assert_eq!(c.proxy.head_limits.max_headers, 256);
+    assert_eq!(c.proxy.head_timeout, Duration::from_secs(5));
+    assert_eq!(c.proxy.max_buffered, 1 << 20);
+
+    // pingora refuses heads over 1048575 bytes and 256 headers itself.
+    assert_bad(
+        "[proxy]\nmax_head = \"1MiB\"\n",
+        "proxy.max_head",
+        "between 64 bytes and 1048575",
+    );
+    assert_bad(
+        "[proxy]\nmax_request_line = 10\n",
+        "proxy.max_request_line",
+        "between 64",
+    );
+    assert_bad(
+        "[proxy]\nmax_headers = 0\n",
+        "proxy.max_headers",
+        "between 1 and 256",
+    );
+    assert_bad(
+        "[proxy]\nmax_headers = 257\n",
+        "proxy.max_headers",
+        "between 1 and 256",
+    );
+    assert_bad(
+        "[proxy]\nmax_header_line = \"32KiB\"\nmax_head = \"16KiB\"\n",
+        "proxy.max_header_line",
+        "larger than proxy.max_head",
+    );
+    assert_bad(
+        "[proxy]\nmax_buffered = \"32KiB\"\n",
+        "proxy.max_buffered",
+        "smaller than proxy.max_head",
+    );
+    assert_bad(
+        "[proxy]\nhead_timeout = \"0s\"\n",
+        "proxy.head_timeout",
+        "longer than 0",
+    );
+    assert_bad(
+        "[proxy]\nmax_head = \"lots\"\n",
+        "proxy.max_head",
+        "expected a size",
+    );
+}
