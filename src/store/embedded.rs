@@ -1,8 +1,10 @@
 //! The embedded backend: one SQLite file (`<data_dir>/ezthrottle.db`) in WAL
 //! mode. A committed transaction survives `kill -9` (the WAL is in the OS
 //! page cache; `synchronous = NORMAL` only risks the newest transactions on a
-//! power loss). All SQLite calls run on the blocking pool, never on the async
-//! runtime.
+//! power loss, see [`pool::configure_writer`]). All SQLite calls run on the
+//! blocking pool, never on the async runtime; writes take the one writer
+//! connection, reads one of a few read connections, so a read never waits
+//! for a write (see `pool.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,13 +14,24 @@ use rusqlite::types::{Type, Value, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::files;
+use super::pool::{self, Checkpointer, Readers};
 use super::seal::{self, EncryptionKey, Seal};
 use super::{
     Delivery, DeliveryState, IdempotencyRecord, JobEnd, JobRecord, JobStatus, LearnedLimit, Store,
     StoreError, WebhookSecrets,
 };
 
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
+
+/// Rows deleted per sweep transaction. A sweep holds the writer for one
+/// batch at a time and lets waiting writes (submissions, stored responses)
+/// in between, so a backlog of a million expired rows costs them at most
+/// one batch of waiting, not the whole sweep.
+const SWEEP_BATCH: usize = 1000;
+
+/// Idempotency records are up to 10 MiB each and deleted rows are zeroed
+/// (`secure_delete`): a batch also ends after this many stored bytes.
+const SWEEP_BATCH_BYTES: i64 = 32 << 20;
 
 /// The key (if any) that seals the columns in [`SEALED_COLUMNS`].
 type SealRef = Option<Arc<Seal>>;
@@ -56,9 +69,40 @@ const KEY_CHECK_VALUE: &[u8] = b"ezthrottle storage key check v1";
 pub const WRONG_KEY: &str = "storage.encryption_key does not decrypt existing data";
 
 pub struct EmbeddedStore {
-    conn: Arc<Mutex<Connection>>,
+    inner: Arc<Inner>,
     path: PathBuf,
     seal: SealRef,
+}
+
+/// The connections, shared with the blocking-pool closures running calls.
+struct Inner {
+    writer: Mutex<Connection>,
+    readers: Readers,
+    checkpointer: Checkpointer,
+}
+
+impl Inner {
+    /// Run `f` on the writer connection (waiting for it).
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let out = {
+            let mut c = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut c)
+        };
+        self.checkpointer.committed();
+        out
+    }
+
+    /// Run `f` on a read connection: the last committed state, never
+    /// waiting for a write in progress.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.readers.with(f)
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -87,19 +131,9 @@ impl EmbeddedStore {
         files::create_private_file(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
         files::secure_data_dir(data_dir);
         let conn = Connection::open(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(err)?;
-        // Deleted rows (swept jobs with their stored headers) are zeroed in
-        // the file instead of lingering in free pages.
-        conn.pragma_update(None, "secure_delete", "ON")
-            .map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(err)?;
+        pool::configure_writer(&conn)?;
         migrate(&conn)?;
+        check_counts(&conn)?;
         let seal = key.map(|k| Arc::new(Seal::new(k)));
         check_key(&conn, seal.as_deref())?;
         if let Some(s) = &seal {
@@ -109,12 +143,24 @@ impl EmbeddedStore {
                     values = n,
                     "encrypted stored values written before storage.encryption_key was set"
                 );
+                // Copy the sealed pages into the database file and empty the
+                // WAL, so the plaintext page images of before do not outlive
+                // this start in either file (freed cells are zeroed:
+                // secure_delete).
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                    .map_err(err)?;
             }
         }
         // The WAL and shared-memory files exist now (WAL mode): check them too.
         files::secure_data_dir(data_dir);
+        let readers = Readers::open(&path, pool::READERS)?;
+        let checkpointer = Checkpointer::start(&path)?;
         Ok(EmbeddedStore {
-            conn: Arc::new(Mutex::new(conn)),
+            inner: Arc::new(Inner {
+                writer: Mutex::new(conn),
+                readers,
+                checkpointer,
+            }),
             path,
             seal,
         })
@@ -129,19 +175,36 @@ impl EmbeddedStore {
         &self.path
     }
 
-    /// Run `f` with the connection on the blocking pool.
-    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Run `f` on the blocking pool: waiting for a connection and every
+    /// SQLite call may take milliseconds, which must not stall the async
+    /// workers that serve proxied requests.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(err)?
+    }
+
+    /// Run `f` with the writer connection on the blocking pool.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(err)?
+        self.blocking(move |i| i.write(f)).await
+    }
+
+    /// Run `f` with a read connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.blocking(move |i| i.read(f)).await
     }
 }
 
@@ -247,6 +310,90 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )
         .map_err(err)?;
     }
+    if version < 6 {
+        // Counts by status are kept by triggers in the same transaction as
+        // every insert, status change and delete, whichever statement does
+        // it (now or added later), so `job_counts` reads seven rows instead
+        // of scanning every job on every submission.
+        // `jobs_list_status`: a list filtered by a rare status is a range,
+        // not a scan of the whole workspace. `jobs_ended`: the retention
+        // sweep finds old ended jobs without reading the live ones.
+        conn.execute_batch(
+            "BEGIN;
+            CREATE TABLE IF NOT EXISTS job_counts (
+                status TEXT PRIMARY KEY,
+                n INTEGER NOT NULL
+            ) WITHOUT ROWID;
+            CREATE TRIGGER IF NOT EXISTS jobs_count_insert AFTER INSERT ON jobs BEGIN
+                INSERT INTO job_counts (status, n) VALUES (NEW.status, 1)
+                    ON CONFLICT (status) DO UPDATE SET n = n + 1;
+            END;
+            CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs BEGIN
+                UPDATE job_counts SET n = n - 1 WHERE status = OLD.status;
+            END;
+            CREATE TRIGGER IF NOT EXISTS jobs_count_update AFTER UPDATE OF status ON jobs
+            WHEN OLD.status IS NOT NEW.status BEGIN
+                UPDATE job_counts SET n = n - 1 WHERE status = OLD.status;
+                INSERT INTO job_counts (status, n) VALUES (NEW.status, 1)
+                    ON CONFLICT (status) DO UPDATE SET n = n + 1;
+            END;
+            DELETE FROM job_counts;
+            INSERT INTO job_counts (status, n) SELECT status, COUNT(*) FROM jobs GROUP BY status;
+            CREATE INDEX IF NOT EXISTS jobs_list_status ON jobs (workspace, status, created_at, id);
+            CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (updated_at)
+                WHERE status IN ('success', 'failed', 'cancelled');
+            PRAGMA user_version = 6;
+            COMMIT;",
+        )
+        .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Counts by status from the jobs themselves (a scan of the `jobs_due`
+/// index), in status order.
+fn scan_counts(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt = conn
+        .prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")
+        .map_err(err)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(err)
+}
+
+/// Counts by status as kept in `job_counts`, in status order.
+fn kept_counts(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT status, n FROM job_counts WHERE n != 0 ORDER BY status")
+        .map_err(err)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(err)
+}
+
+/// At start, check the kept counts against the jobs (one index scan, once)
+/// and rebuild them if they differ: only a hand-edited file or a bug can
+/// make them drift, and the gauges and status page would then be wrong
+/// until the next restart instead of forever.
+fn check_counts(conn: &Connection) -> Result<(), StoreError> {
+    let truth = scan_counts(conn)?;
+    let kept = kept_counts(conn)?;
+    if truth != kept {
+        tracing::warn!(
+            ?kept,
+            ?truth,
+            "storage: job counts did not match the jobs; rebuilt"
+        );
+        conn.execute_batch(
+            "BEGIN;
+            DELETE FROM job_counts;
+            INSERT INTO job_counts (status, n) SELECT status, COUNT(*) FROM jobs GROUP BY status;
+            COMMIT;",
+        )
+        .map_err(err)?;
+    }
     Ok(())
 }
 
@@ -333,6 +480,14 @@ fn put_bytes(seal: &SealRef, purpose: &str, plain: &[u8]) -> Value {
     match seal {
         Some(s) => Value::Blob(s.seal(purpose, plain)),
         None => Value::Blob(plain.to_vec()),
+    }
+}
+
+/// Like [`put_bytes`], taking the value (no copy without a key).
+fn put_owned(seal: &SealRef, purpose: &str, plain: Vec<u8>) -> Value {
+    match seal {
+        Some(s) => Value::Blob(s.seal(purpose, &plain)),
+        None => Value::Blob(plain),
     }
 }
 
@@ -500,10 +655,47 @@ fn get_job(c: &Connection, id: &str, seal: &SealRef) -> Result<Option<JobRecord>
     .map_err(err)
 }
 
+/// One batch of ended jobs past their retention whose webhooks are settled,
+/// oldest first; `jobs_ended` (a partial index on ended jobs) finds them
+/// without reading live jobs. Named, because the planner (without
+/// statistics) prefers `jobs_due (status, ...)` for the `IN` list and would
+/// then sort every ended job by `updated_at`.
+const JOBS_SWEEP_BATCH: &str = "SELECT id FROM jobs INDEXED BY jobs_ended
+     WHERE status IN ('success', 'failed', 'cancelled') AND updated_at < ?1
+       AND NOT EXISTS (SELECT 1 FROM deliveries d
+                       WHERE d.job_id = jobs.id AND d.state = 'pending')
+     ORDER BY updated_at LIMIT ?2";
+
+/// One batch of expired idempotency records with their sizes, oldest first.
+const IDEMPOTENCY_SWEEP_BATCH: &str =
+    "SELECT rowid, length(headers) + length(body) FROM idempotency
+     WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2";
+
+/// The job list query for a status filter (or none) and a cursor: none,
+/// a time only (`Some(true)`: an empty id), or `(created_at, id)`. Each
+/// shape is its own statement so that SQLite can walk `jobs_list` (or
+/// `jobs_list_status`) backwards from the cursor and stop after `limit`
+/// rows: one generic statement with `?2 IS NULL OR ...` terms would be
+/// planned for the worst case and scan the workspace from its newest job.
+/// Parameters: ?1 workspace, ?2 status, ?3 cursor time, ?4 cursor id,
+/// ?5 limit (all five are bound whichever appear).
+fn jobs_list_sql(by_status: bool, after_time_only: Option<bool>) -> String {
+    let status = if by_status { " AND status = ?2" } else { "" };
+    let cursor = match after_time_only {
+        None => "",
+        Some(true) => " AND created_at <= ?3",
+        Some(false) => " AND (created_at, id) < (?3, ?4)",
+    };
+    format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = ?1{status}{cursor}
+         ORDER BY created_at DESC, id DESC LIMIT ?5"
+    )
+}
+
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with(|c| {
+        self.read(|c| {
             c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
                 .map(|_| ())
                 .map_err(err)
@@ -512,7 +704,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn learned_limits(&self) -> Result<Vec<LearnedLimit>, StoreError> {
-        self.with(|c| {
+        self.read(|c| {
             let mut stmt = c
                 .prepare("SELECT domain, rps, max_concurrent, updated_at FROM learned_limits")
                 .map_err(err)?;
@@ -534,7 +726,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn save_learned_limit(&self, limit: LearnedLimit) -> Result<(), StoreError> {
-        self.with(move |c| {
+        self.write(move |c| {
             let existing: Option<(Option<f64>, Option<i64>)> = c
                 .query_row(
                     "SELECT rps, max_concurrent FROM learned_limits WHERE domain = ?1",
@@ -568,7 +760,7 @@ impl Store for EmbeddedStore {
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let scope = scope.to_string();
         let seal = self.seal.clone();
-        self.with(move |c| {
+        self.read(move |c| {
             c.query_row(
                 "SELECT fingerprint, status, reason, headers, body, created_at, expires_at
                  FROM idempotency WHERE scope = ?1 AND expires_at > ?2",
@@ -594,44 +786,88 @@ impl Store for EmbeddedStore {
 
     async fn idempotency_put(&self, record: IdempotencyRecord) -> Result<(), StoreError> {
         let seal = self.seal.clone();
-        self.with(move |c| {
-            c.execute(
-                "INSERT OR REPLACE INTO idempotency
-                 (scope, fingerprint, status, reason, headers, body, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    record.scope,
-                    record.fingerprint,
-                    i64::from(record.status),
-                    record.reason,
-                    put_bytes(&seal, IDEMPOTENCY_HEADERS, &record.headers),
-                    put_bytes(&seal, IDEMPOTENCY_BODY, &record.body),
-                    record.created_at as i64,
-                    record.expires_at as i64
-                ],
-            )
-            .map_err(err)?;
-            Ok(())
+        self.blocking(move |inner| {
+            // Sealed (up to 10 MiB of ChaCha20) before taking the writer, so
+            // other writes wait only for the commit itself.
+            let headers = put_owned(&seal, IDEMPOTENCY_HEADERS, record.headers);
+            let body = put_owned(&seal, IDEMPOTENCY_BODY, record.body);
+            inner.write(|c| {
+                c.prepare_cached(
+                    "INSERT OR REPLACE INTO idempotency
+                     (scope, fingerprint, status, reason, headers, body, created_at, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        record.scope,
+                        record.fingerprint,
+                        i64::from(record.status),
+                        record.reason,
+                        headers,
+                        body,
+                        record.created_at.min(i64::MAX as u64) as i64,
+                        record.expires_at.min(i64::MAX as u64) as i64
+                    ])
+                })
+                .map_err(err)?;
+                Ok(())
+            })
         })
         .await
     }
 
     async fn idempotency_sweep(&self, now_ms: u64) -> Result<u64, StoreError> {
-        self.with(move |c| {
-            let n = c
-                .execute(
-                    "DELETE FROM idempotency WHERE expires_at <= ?1",
-                    params![now_ms as i64],
-                )
-                .map_err(err)?;
-            Ok(n as u64)
-        })
-        .await
+        let now = now_ms.min(i64::MAX as u64) as i64;
+        let mut total = 0u64;
+        loop {
+            let n = self
+                .write(move |c| {
+                    let tx = c.transaction().map_err(err)?;
+                    // Oldest first, up to a row and a byte budget (at least
+                    // one row, whatever its size).
+                    let rowids: Vec<i64> = {
+                        let mut stmt = tx.prepare_cached(IDEMPOTENCY_SWEEP_BATCH).map_err(err)?;
+                        let rows = stmt
+                            .query_map(params![now, SWEEP_BATCH as i64], |r| {
+                                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                            })
+                            .map_err(err)?;
+                        let mut bytes = 0i64;
+                        let mut out = Vec::new();
+                        for row in rows {
+                            let (rowid, len) = row.map_err(err)?;
+                            if !out.is_empty() && bytes.saturating_add(len) > SWEEP_BATCH_BYTES {
+                                break;
+                            }
+                            bytes = bytes.saturating_add(len);
+                            out.push(rowid);
+                        }
+                        out
+                    };
+                    {
+                        let mut del = tx
+                            .prepare_cached("DELETE FROM idempotency WHERE rowid = ?1")
+                            .map_err(err)?;
+                        for rowid in &rowids {
+                            del.execute(params![rowid]).map_err(err)?;
+                        }
+                    }
+                    tx.commit().map_err(err)?;
+                    Ok(rowids.len())
+                })
+                .await?;
+            total += n as u64;
+            if n == 0 {
+                return Ok(total);
+            }
+            // Writers queued behind this batch go first.
+            tokio::task::yield_now().await;
+        }
     }
 
     async fn job_insert(&self, job: JobRecord) -> Result<Option<JobRecord>, StoreError> {
         let seal = self.seal.clone();
-        self.with(move |c| {
+        self.write(move |c| {
             let tx = c.transaction().map_err(err)?;
             let existing = insert_job(&tx, &job, &seal)?;
             tx.commit().map_err(err)?;
@@ -643,7 +879,7 @@ impl Store for EmbeddedStore {
     async fn job_get(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
         let id = id.to_string();
         let seal = self.seal.clone();
-        self.with(move |c| get_job(c, &id, &seal)).await
+        self.read(move |c| get_job(c, &id, &seal)).await
     }
 
     async fn jobs_claim(
@@ -653,7 +889,7 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<JobRecord>, StoreError> {
         let seal = self.seal.clone();
-        self.with(move |c| {
+        self.write(move |c| {
             let tx = c.transaction().map_err(err)?;
             let ids: Vec<String> = {
                 let mut stmt = tx
@@ -688,7 +924,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn jobs_release_leases(&self) -> Result<u64, StoreError> {
-        self.with(|c| {
+        self.write(|c| {
             let n = c
                 .execute(
                     "UPDATE jobs SET status = 'retrying', lease_until = 0, next_attempt_at = 0
@@ -703,7 +939,7 @@ impl Store for EmbeddedStore {
 
     async fn job_renew(&self, id: &str, claims: u32, lease_until: u64) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.with(move |c| {
+        self.write(move |c| {
             let n = c
                 .execute(
                     "UPDATE jobs SET lease_until = ?3
@@ -725,7 +961,7 @@ impl Store for EmbeddedStore {
         calls: u32,
     ) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.with(move |c| {
+        self.write(move |c| {
             let n = c
                 .execute(
                     "UPDATE jobs SET status = ?3, next_attempt_at = ?4, lease_until = 0,
@@ -754,12 +990,14 @@ impl Store for EmbeddedStore {
     ) -> Result<bool, StoreError> {
         let id = id.to_string();
         let seal = self.seal.clone();
-        self.with(move |c| {
-            let tx = c.transaction().map_err(err)?;
-            let now = super::now_ms() as i64;
+        self.blocking(move |inner| {
+            // Sealed before taking the writer (a payload can be large).
             let result = put_text(&seal, JOBS_RESULT, &end.result);
             let payload = put_bytes(&seal, DELIVERIES_PAYLOAD, &end.payload);
-            let changed = tx
+            inner.write(|c| {
+                let tx = c.transaction().map_err(err)?;
+                let now = super::now_ms() as i64;
+                let changed = tx
                 .execute(
                     "UPDATE jobs SET status = ?2, result = ?3, lease_until = 0, updated_at = ?4,
                      attempts = attempts + ?6
@@ -775,37 +1013,38 @@ impl Store for EmbeddedStore {
                     ],
                 )
                 .map_err(err)?;
-            if changed == 0 {
-                return Ok(false);
-            }
-            let workspace: String = tx
-                .query_row(
-                    "SELECT workspace FROM jobs WHERE id = ?1",
-                    params![id],
-                    |r| r.get(0),
-                )
-                .map_err(err)?;
-            for d in end.deliveries {
-                tx.execute(
-                    "INSERT INTO deliveries (job_id, workspace, url, has_quorum_vote, payload,
+                if changed == 0 {
+                    return Ok(false);
+                }
+                let workspace: String = tx
+                    .query_row(
+                        "SELECT workspace FROM jobs WHERE id = ?1",
+                        params![id],
+                        |r| r.get(0),
+                    )
+                    .map_err(err)?;
+                for d in end.deliveries {
+                    tx.execute(
+                        "INSERT INTO deliveries (job_id, workspace, url, has_quorum_vote, payload,
                      state, attempts, next_attempt_at, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6)",
-                    params![
-                        id,
-                        workspace,
-                        put_text(&seal, DELIVERIES_URL, &d.url),
-                        i64::from(d.has_quorum_vote),
-                        payload,
-                        now
-                    ],
-                )
-                .map_err(err)?;
-            }
-            for child in &end.children {
-                insert_job(&tx, child, &seal)?;
-            }
-            tx.commit().map_err(err)?;
-            Ok(true)
+                        params![
+                            id,
+                            workspace,
+                            put_text(&seal, DELIVERIES_URL, &d.url),
+                            i64::from(d.has_quorum_vote),
+                            payload,
+                            now
+                        ],
+                    )
+                    .map_err(err)?;
+                }
+                for child in &end.children {
+                    insert_job(&tx, child, &seal)?;
+                }
+                tx.commit().map_err(err)?;
+                Ok(true)
+            })
         })
         .await
     }
@@ -819,18 +1058,15 @@ impl Store for EmbeddedStore {
     ) -> Result<Vec<JobRecord>, StoreError> {
         let workspace = workspace.to_string();
         let seal = self.seal.clone();
-        self.with(move |c| {
+        self.read(move |c| {
+            let sql = jobs_list_sql(
+                status.is_some(),
+                after.as_ref().map(|(_, id)| id.is_empty()),
+            );
             let (after_t, after_id) = after
-                .map(|(t, id)| (t as i64, id))
+                .map(|(t, id)| (t.min(i64::MAX as u64) as i64, id))
                 .unwrap_or((i64::MAX, String::new()));
-            let mut stmt = c
-                .prepare(&format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs
-                     WHERE workspace = ?1 AND (?2 IS NULL OR status = ?2)
-                       AND (created_at < ?3 OR (created_at = ?3 AND id < ?4) OR ?4 = '' AND created_at <= ?3)
-                     ORDER BY created_at DESC, id DESC LIMIT ?5"
-                ))
-                .map_err(err)?;
+            let mut stmt = c.prepare_cached(&sql).map_err(err)?;
             let rows = stmt
                 .query_map(
                     params![
@@ -838,7 +1074,7 @@ impl Store for EmbeddedStore {
                         status.map(|s| s.as_str()),
                         after_t,
                         after_id,
-                        limit as i64
+                        limit.min(i64::MAX as usize) as i64
                     ],
                     |r| job_row(r, &seal),
                 )
@@ -850,7 +1086,7 @@ impl Store for EmbeddedStore {
 
     async fn job_requeue(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.with(move |c| {
+        self.write(move |c| {
             let n = c
                 .execute(
                     "UPDATE jobs SET status = 'queued', next_attempt_at = ?2, lease_until = 0,
@@ -865,32 +1101,47 @@ impl Store for EmbeddedStore {
     }
 
     async fn jobs_sweep(&self, before_ms: u64) -> Result<u64, StoreError> {
-        self.with(move |c| {
-            let tx = c.transaction().map_err(err)?;
-            let old = "SELECT id FROM jobs
-                 WHERE status IN ('success', 'failed', 'cancelled') AND updated_at < ?1
-                   AND NOT EXISTS (SELECT 1 FROM deliveries d
-                                   WHERE d.job_id = jobs.id AND d.state = 'pending')";
-            tx.execute(
-                &format!("DELETE FROM deliveries WHERE job_id IN ({old})"),
-                params![before_ms as i64],
-            )
-            .map_err(err)?;
-            let n = tx
-                .execute(
-                    &format!("DELETE FROM jobs WHERE id IN ({old})"),
-                    params![before_ms as i64],
-                )
-                .map_err(err)?;
-            tx.commit().map_err(err)?;
-            Ok(n as u64)
-        })
-        .await
+        let before = before_ms.min(i64::MAX as u64) as i64;
+        let mut total = 0u64;
+        loop {
+            let n = self
+                .write(move |c| {
+                    let tx = c.transaction().map_err(err)?;
+                    let ids: Vec<String> = {
+                        let mut stmt = tx.prepare_cached(JOBS_SWEEP_BATCH).map_err(err)?;
+                        let rows = stmt
+                            .query_map(params![before, SWEEP_BATCH as i64], |r| r.get(0))
+                            .map_err(err)?;
+                        rows.collect::<Result<Vec<_>, _>>().map_err(err)?
+                    };
+                    {
+                        let mut del_deliveries = tx
+                            .prepare_cached("DELETE FROM deliveries WHERE job_id = ?1")
+                            .map_err(err)?;
+                        let mut del_job = tx
+                            .prepare_cached("DELETE FROM jobs WHERE id = ?1")
+                            .map_err(err)?;
+                        for id in &ids {
+                            del_deliveries.execute(params![id]).map_err(err)?;
+                            del_job.execute(params![id]).map_err(err)?;
+                        }
+                    }
+                    tx.commit().map_err(err)?;
+                    Ok(ids.len())
+                })
+                .await?;
+            total += n as u64;
+            if n < SWEEP_BATCH {
+                return Ok(total);
+            }
+            // Writers queued behind this batch go first.
+            tokio::task::yield_now().await;
+        }
     }
 
     async fn job_cancel(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.with(move |c| {
+        self.write(move |c| {
             let n = c
                 .execute(
                     "UPDATE jobs SET status = 'cancelled', lease_until = 0, updated_at = ?2
@@ -904,27 +1155,17 @@ impl Store for EmbeddedStore {
     }
 
     async fn job_counts(&self) -> Result<Vec<(JobStatus, u64)>, StoreError> {
-        self.with(|c| {
-            let mut stmt = c
-                .prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status")
-                .map_err(err)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(err)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (status, n) = row.map_err(err)?;
-                if let Some(status) = JobStatus::parse(&status) {
-                    out.push((status, n.max(0) as u64));
-                }
-            }
-            Ok(out)
+        self.read(|c| {
+            Ok(kept_counts(c)?
+                .into_iter()
+                .filter_map(|(status, n)| Some((JobStatus::parse(&status)?, n.max(0) as u64)))
+                .collect())
         })
         .await
     }
 
     async fn jobs_next_due(&self) -> Result<Option<u64>, StoreError> {
-        self.with(|c| {
+        self.read(|c| {
             c.query_row(
                 "SELECT MIN(t) FROM (
                     SELECT MIN(next_attempt_at) AS t FROM jobs WHERE status IN ('queued', 'retrying')
@@ -941,7 +1182,7 @@ impl Store for EmbeddedStore {
 
     async fn deliveries_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         let seal = self.seal.clone();
-        self.with(move |c| {
+        self.read(move |c| {
             let mut stmt = c
                 .prepare(&format!(
                     "SELECT {DELIVERY_COLUMNS} FROM deliveries
@@ -961,7 +1202,7 @@ impl Store for EmbeddedStore {
 
     async fn delivery_update(&self, delivery: &Delivery) -> Result<(), StoreError> {
         let d = delivery.clone();
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute(
                 "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4,
                  last_status = ?5, last_error = ?6, updated_at = ?7 WHERE id = ?1",
@@ -984,7 +1225,7 @@ impl Store for EmbeddedStore {
     async fn deliveries_for_job(&self, job_id: &str) -> Result<Vec<Delivery>, StoreError> {
         let job_id = job_id.to_string();
         let seal = self.seal.clone();
-        self.with(move |c| {
+        self.read(move |c| {
             let mut stmt = c
                 .prepare(&format!(
                     "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE job_id = ?1 ORDER BY id"
@@ -999,7 +1240,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn deliveries_next_due(&self) -> Result<Option<u64>, StoreError> {
-        self.with(|c| {
+        self.read(|c| {
             c.query_row(
                 "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'",
                 [],
@@ -1014,7 +1255,7 @@ impl Store for EmbeddedStore {
     async fn secrets_get(&self, workspace: &str) -> Result<Option<WebhookSecrets>, StoreError> {
         let workspace = workspace.to_string();
         let seal = self.seal.clone();
-        self.with(move |c| {
+        self.read(move |c| {
             c.query_row(
                 "SELECT primary_secret, secondary_secret FROM webhook_secrets WHERE workspace = ?1",
                 params![workspace],
@@ -1034,7 +1275,7 @@ impl Store for EmbeddedStore {
 
     async fn secrets_put(&self, secrets: WebhookSecrets) -> Result<(), StoreError> {
         let seal = self.seal.clone();
-        self.with(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO webhook_secrets (workspace, primary_secret, secondary_secret)
                  VALUES (?1, ?2, ?3)",
@@ -1052,7 +1293,7 @@ impl Store for EmbeddedStore {
 
     async fn secrets_delete(&self, workspace: &str) -> Result<bool, StoreError> {
         let workspace = workspace.to_string();
-        self.with(move |c| {
+        self.write(move |c| {
             let n = c
                 .execute(
                     "DELETE FROM webhook_secrets WHERE workspace = ?1",
@@ -1245,6 +1486,276 @@ mod tests {
         );
     }
 
+    /// Counts by status from the jobs themselves, as `job_counts` answers.
+    fn scanned(s: &EmbeddedStore) -> Vec<(JobStatus, u64)> {
+        let c = s.inner.writer.lock().unwrap();
+        scan_counts(&c)
+            .unwrap()
+            .into_iter()
+            .map(|(st, n)| (JobStatus::parse(&st).unwrap(), n as u64))
+            .collect()
+    }
+
+    async fn assert_counts(s: &EmbeddedStore, step: &str) {
+        let kept = s.job_counts().await.unwrap();
+        assert_eq!(kept, scanned(s), "after {step}");
+    }
+
+    #[tokio::test]
+    async fn counts_stay_right_across_every_status_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(s.job_counts().await.unwrap(), vec![]);
+        for i in 0..6 {
+            s.job_insert(job(&format!("j{i}"), &format!("k{i}"), 1))
+                .await
+                .unwrap();
+        }
+        // A duplicate key inserts nothing.
+        s.job_insert(job("dup", "k0", 1)).await.unwrap();
+        assert_eq!(s.job_counts().await.unwrap(), vec![(JobStatus::Queued, 6)]);
+        assert_counts(&s, "insert").await;
+        let claimed = s.jobs_claim(10, 1000, 4).await.unwrap();
+        assert_eq!(claimed.len(), 4);
+        assert_counts(&s, "claim").await;
+        assert!(s
+            .job_reschedule("j0", 1, JobStatus::Retrying, 50, 1)
+            .await
+            .unwrap());
+        // A stale claim writes nothing and counts nothing.
+        assert!(!s
+            .job_reschedule("j1", 7, JobStatus::Retrying, 50, 1)
+            .await
+            .unwrap());
+        assert_counts(&s, "reschedule").await;
+        let mut done = end(JobStatus::Success, b"{}", vec![]);
+        done.children = vec![job("child", "k-child", 1)];
+        assert!(s.job_finish("j1", Some(1), done).await.unwrap());
+        assert!(s
+            .job_finish("j2", Some(1), end(JobStatus::Failed, b"", vec![]))
+            .await
+            .unwrap());
+        assert_counts(&s, "finish with a follow-up").await;
+        assert!(s.job_cancel("j4").await.unwrap());
+        assert!(!s.job_cancel("j1").await.unwrap());
+        assert_counts(&s, "cancel").await;
+        assert!(s.job_requeue("j2", 20).await.unwrap());
+        assert!(s.job_requeue("j4", 20).await.unwrap());
+        assert_counts(&s, "requeue").await;
+        assert_eq!(s.jobs_release_leases().await.unwrap(), 1, "j3");
+        assert_counts(&s, "release leases").await;
+        assert_eq!(s.jobs_sweep(u64::MAX / 2).await.unwrap(), 1, "j1");
+        assert_counts(&s, "sweep").await;
+        let counts = s.job_counts().await.unwrap();
+        assert_eq!(
+            counts,
+            vec![(JobStatus::Queued, 4), (JobStatus::Retrying, 2)],
+            "j2 j4 j5 child queued, j0 j3 retrying"
+        );
+    }
+
+    #[tokio::test]
+    async fn counts_that_drifted_are_rebuilt_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = EmbeddedStore::open(dir.path()).unwrap();
+            s.job_insert(job("j1", "k1", 1)).await.unwrap();
+            s.job_insert(job("j2", "k2", 1)).await.unwrap();
+            let c = s.inner.writer.lock().unwrap();
+            c.execute_batch(
+                "UPDATE job_counts SET n = 99 WHERE status = 'queued';
+                 INSERT INTO job_counts (status, n) VALUES ('failed', 3);",
+            )
+            .unwrap();
+        }
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(s.job_counts().await.unwrap(), vec![(JobStatus::Queued, 2)]);
+    }
+
+    #[tokio::test]
+    async fn reads_proceed_while_a_write_transaction_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        s.idempotency_put(record("live", u64::MAX / 2))
+            .await
+            .unwrap();
+        s.job_insert(job("j1", "k1", 1)).await.unwrap();
+        let (opened_tx, opened) = std::sync::mpsc::channel();
+        let (release_tx, release) = std::sync::mpsc::channel::<()>();
+        let inner = s.inner.clone();
+        let writer = std::thread::spawn(move || {
+            inner
+                .write(|c| {
+                    let tx = c
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                        .map_err(err)?;
+                    tx.execute("UPDATE jobs SET status = 'cancelled' WHERE id = 'j1'", [])
+                        .map_err(err)?;
+                    opened_tx.send(()).unwrap();
+                    // Held until the reads below have answered.
+                    release.recv().unwrap();
+                    tx.commit().map_err(err)
+                })
+                .unwrap();
+        });
+        opened.recv().unwrap();
+        let reads = async {
+            let r = s.idempotency_get("live", 1).await.unwrap();
+            let j = s.job_get("j1").await.unwrap().unwrap();
+            let counts = s.job_counts().await.unwrap();
+            let page = s.jobs_list("default", None, 10, None).await.unwrap();
+            (r, j, counts, page)
+        };
+        let (r, j, counts, page) = tokio::time::timeout(std::time::Duration::from_secs(30), reads)
+            .await
+            .expect("reads waited for the open write transaction");
+        assert!(r.is_some());
+        // The last committed state: the open transaction is not visible.
+        assert_eq!(j.status, JobStatus::Queued);
+        assert_eq!(counts, vec![(JobStatus::Queued, 1)]);
+        assert_eq!(page.len(), 1);
+        release_tx.send(()).unwrap();
+        writer.join().unwrap();
+        assert_eq!(
+            s.job_get("j1").await.unwrap().unwrap().status,
+            JobStatus::Cancelled
+        );
+        assert_eq!(
+            s.job_counts().await.unwrap(),
+            vec![(JobStatus::Cancelled, 1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn sweeps_delete_more_than_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let n = 2 * SWEEP_BATCH + 7;
+        {
+            let mut c = s.inner.writer.lock().unwrap();
+            let tx = c.transaction().unwrap();
+            for i in 0..n {
+                let mut j = job(&format!("j{i}"), &format!("k{i}"), 1);
+                j.status = JobStatus::Success;
+                j.updated_at = 5;
+                insert_job(&tx, &j, &None).unwrap();
+                tx.execute(
+                    "INSERT INTO idempotency
+                     (scope, fingerprint, status, headers, body, created_at, expires_at)
+                     VALUES (?1, 'f', 200, x'', x'00', 1, 5)",
+                    params![format!("s{i}")],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        // One live job and one live record stay.
+        s.job_insert(job("live", "live", 1)).await.unwrap();
+        s.idempotency_put(record("live", 1_000)).await.unwrap();
+        assert_eq!(s.jobs_sweep(10).await.unwrap(), n as u64);
+        assert_eq!(s.idempotency_sweep(10).await.unwrap(), n as u64);
+        assert_eq!(s.jobs_sweep(10).await.unwrap(), 0);
+        assert_eq!(s.idempotency_sweep(10).await.unwrap(), 0);
+        assert_eq!(s.job_counts().await.unwrap(), vec![(JobStatus::Queued, 1)]);
+        assert!(s.idempotency_get("live", 10).await.unwrap().is_some());
+    }
+
+    /// The plan of `sql` with every parameter bound to NULL.
+    fn plan(c: &Connection, sql: &str) -> String {
+        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let n = stmt.parameter_count();
+        let params: Vec<Value> = vec![Value::Null; n];
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(params), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap();
+        rows.collect::<Result<Vec<_>, _>>().unwrap().join(" | ")
+    }
+
+    #[tokio::test]
+    async fn job_list_and_sweep_queries_use_their_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let c = s.inner.writer.lock().unwrap();
+        for (by_status, after, index) in [
+            (false, None, "jobs_list"),
+            (false, Some(false), "jobs_list"),
+            (false, Some(true), "jobs_list"),
+            (true, None, "jobs_list_status"),
+            (true, Some(false), "jobs_list_status"),
+            (true, Some(true), "jobs_list_status"),
+        ] {
+            let p = plan(&c, &jobs_list_sql(by_status, after));
+            assert!(
+                p.contains(&format!("USING INDEX {index} (")),
+                "{by_status} {after:?}: {p}"
+            );
+            assert!(!p.contains("TEMP B-TREE"), "{by_status} {after:?}: {p}");
+            if after.is_some() {
+                assert!(p.contains("created_at"), "a range on the cursor: {p}");
+            }
+        }
+        let p = plan(&c, JOBS_SWEEP_BATCH);
+        assert!(p.contains("USING INDEX jobs_ended"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+        let p = plan(&c, IDEMPOTENCY_SWEEP_BATCH);
+        assert!(p.contains("USING INDEX idempotency_expires"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+        let p = plan(
+            &c,
+            "SELECT status, n FROM job_counts WHERE n != 0 ORDER BY status",
+        );
+        assert!(!p.contains("jobs"), "{p}");
+    }
+
+    #[tokio::test]
+    async fn job_list_pages_through_equal_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        for i in 0..5 {
+            let mut j = job(&format!("j{i}"), &format!("k{i}"), 1);
+            j.created_at = if i < 4 { 7 } else { 8 };
+            if i % 2 == 0 {
+                j.status = JobStatus::Failed;
+            }
+            s.job_insert(j).await.unwrap();
+        }
+        let ids = |v: Vec<JobRecord>| v.into_iter().map(|j| j.id).collect::<Vec<_>>();
+        let p1 = s.jobs_list("default", None, 2, None).await.unwrap();
+        assert_eq!(ids(p1), ["j4", "j3"]);
+        let p2 = s
+            .jobs_list("default", None, 2, Some((7, "j3".into())))
+            .await
+            .unwrap();
+        assert_eq!(ids(p2), ["j2", "j1"]);
+        let p3 = s
+            .jobs_list("default", None, 2, Some((7, "j1".into())))
+            .await
+            .unwrap();
+        assert_eq!(ids(p3), ["j0"]);
+        let t_only = s
+            .jobs_list("default", None, 10, Some((7, String::new())))
+            .await
+            .unwrap();
+        assert_eq!(ids(t_only), ["j3", "j2", "j1", "j0"]);
+        let failed = s
+            .jobs_list(
+                "default",
+                Some(JobStatus::Failed),
+                10,
+                Some((8, "j4".into())),
+            )
+            .await
+            .unwrap();
+        assert_eq!(ids(failed), ["j2", "j0"]);
+        assert!(s
+            .jobs_list("other", None, 10, None)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
     #[tokio::test]
     async fn secrets_round_trip_and_never_debug_print() {
         let dir = tempfile::tempdir().unwrap();
@@ -1384,9 +1895,11 @@ mod tests {
         }
         let s = EmbeddedStore::open_with(dir.path(), Some(&key(3))).unwrap();
         read_back(&s).await;
+        // Nor is the plaintext left in the files (old WAL frames, free cells).
+        assert!(!contains(&disk_bytes(dir.path()), PLANTED));
         // Every sealed column now holds a sealed BLOB, none a plaintext.
         {
-            let c = s.conn.lock().unwrap();
+            let c = s.inner.writer.lock().unwrap();
             for (table, column) in SEALED_COLUMNS {
                 let plain: i64 = c
                     .query_row(

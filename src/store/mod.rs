@@ -4,6 +4,7 @@
 
 pub mod embedded;
 pub mod files;
+pub mod pool;
 pub mod seal;
 
 use async_trait::async_trait;
