@@ -82,14 +82,19 @@ impl Gcra {
     }
 }
 
+/// `1 / rps`, rounded *up* to the nanosecond: a rounded-down interval
+/// would let a long window hold a few more starts than `rps·w + burst`
+/// (at 3,000 req/s, 333,333 ns is one start too many every 1,000 s).
 fn interval_for(rps: f64) -> Duration {
     // Config and learned values are validated finite and > 0 before they get
-    // here; guard anyway so a bad value can never panic `from_secs_f64`.
+    // here; guard anyway so a bad value can never panic.
     if rps.is_finite() && rps > 0.0 {
-        Duration::from_secs_f64(1.0 / rps)
-    } else {
-        Duration::from_secs(1)
+        let nanos = (1e9 / rps).ceil();
+        if nanos < u64::MAX as f64 {
+            return Duration::from_nanos((nanos as u64).max(1));
+        }
     }
+    Duration::from_secs(1)
 }
 
 #[cfg(test)]
@@ -148,6 +153,17 @@ mod tests {
         assert_eq!(g.next_start(), t0 + Duration::from_secs(2));
         g.set_rate(100.0, 1);
         assert_eq!(g.next_start(), t0 + Duration::from_millis(10));
+    }
+
+    #[test]
+    fn the_interval_is_never_shorter_than_one_over_the_rate() {
+        for rps in [3000.0, 7.0, 10_000.0, 0.01, 2000.0, 9999.0] {
+            let i = interval_for(rps);
+            assert!(i.as_secs_f64() * rps >= 1.0, "{rps}: {i:?}");
+            assert!(i.as_secs_f64() * rps < 1.0 + 1e-5, "{rps}: {i:?}");
+        }
+        assert_eq!(interval_for(f64::NAN), Duration::from_secs(1));
+        assert_eq!(interval_for(1e-300), Duration::from_secs(1));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod domain;
 pub mod gcra;
 pub mod learn;
+pub mod timer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
