@@ -904,7 +904,7 @@ pub fn chunk_tracker(data: &[u8]) {
                 match session.read_body_bytes().await {
                     Ok(Some(b)) => got += b.len(),
                     Ok(None) => break,
-                    // F5 (docs/fuzzing.md): a CR not followed by LF in the
+                    // F3 (docs/fuzzing.md): a CR not followed by LF in the
                     // trailers: the tracker reads on to the next CRLF CRLF,
                     // pingora refuses. Skipped unless FUZZ_STRICT=1.
                     Err(e)
