@@ -328,6 +328,14 @@ fn check_head(buf: &[u8], start: usize, end: usize) -> Result<HeadInfo, FramingE
     if target.is_empty() || target.iter().any(|b| *b < 0x21 || *b == 0x7f) {
         return Err(FramingError::Malformed("invalid request target".into()));
     }
+    // pingora escapes non-ASCII targets only when they are UTF-8 (its
+    // request-line pattern does not match other bytes) and refuses the rest
+    // with a bare 400 (fuzzing finding F1): refuse them here, with our JSON.
+    if std::str::from_utf8(target).is_err() {
+        return Err(FramingError::Malformed(
+            "the request target is not valid UTF-8".into(),
+        ));
+    }
     let http10 = match version {
         b"HTTP/1.1" => false,
         b"HTTP/1.0" => true,
@@ -916,6 +924,12 @@ impl ChunkTracker {
                     if self.state == ChunkState::Trailer {
                         if !line.ends_with(b"\r\n") {
                             return Err("bare LF in chunked trailers".into());
+                        }
+                        // pingora refuses a CR not followed by LF (fuzzing
+                        // finding F3); so do we, or we would disagree on
+                        // where the request ends.
+                        if line[..line.len() - 2].contains(&b'\r') {
+                            return Err("bare CR in chunked trailers".into());
                         }
                         if line.len() == 2 {
                             self.state = ChunkState::Done;
@@ -1736,6 +1750,25 @@ mod tests {
         assert_eq!(at, end);
         let mut t = ChunkTracker::new(1024);
         assert_eq!(t.feed(b"0\r\n\r\nGET"), Ok(5));
+    }
+
+    /// Fuzzing finding F1 (docs/fuzzing.md).
+    #[test]
+    fn a_target_that_is_not_utf8_is_refused_here_not_by_pingora() {
+        let head = b"GET http://a.example/\xe7 HTTP/1.1\r\nHost: a.example\r\n\r\n";
+        assert!(matches!(
+            inspect_head(head, &HeadLimits::default()),
+            Err(FramingError::Malformed(_))
+        ));
+        // Valid UTF-8 is fine: pingora escapes it.
+        assert!(inspect("GET http://a.example/\u{e9} HTTP/1.1\r\nHost: a.example\r\n\r\n").is_ok());
+    }
+
+    /// Fuzzing finding F3 (docs/fuzzing.md).
+    #[test]
+    fn a_bare_cr_in_trailers_is_refused_as_pingora_does() {
+        let body = b"5\r\nhello\r\n0\r\nTrailer: x\r\n\rOGET / HTTP/1.1\r\n\r\n";
+        assert!(ChunkTracker::new(1024).feed(body).is_err());
     }
 
     #[test]
