@@ -147,8 +147,7 @@ impl EmbeddedStore {
                 // WAL, so the plaintext page images of before do not outlive
                 // this start in either file (freed cells are zeroed:
                 // secure_delete).
-                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                    .map_err(err)?;
+                truncate_wal(&conn);
             }
         }
         // The WAL and shared-memory files exist now (WAL mode): check them too.
@@ -473,6 +472,22 @@ fn seal_plaintext(conn: &Connection, seal: &Seal) -> Result<u64, StoreError> {
     }
     tx.commit().map_err(err)?;
     Ok(n)
+}
+
+/// `PRAGMA wal_checkpoint(TRUNCATE)` until it completes: another connection
+/// still finishing a checkpoint (a store of this process just closed) makes
+/// it report busy instead of waiting. Bounded (about 2 s); a WAL that could
+/// not be emptied is a warning, and is emptied by later checkpoints.
+fn truncate_wal(conn: &Connection) {
+    for _ in 0..200 {
+        match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
+            Ok(0) => return,
+            Ok(_) | Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    tracing::warn!("could not empty the WAL after encrypting old values; later checkpoints will");
 }
 
 /// A value to store in a sealed column: sealed with a key, else as before.
