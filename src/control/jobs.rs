@@ -19,7 +19,7 @@ use crate::egress::Purpose;
 use crate::jobs::request::{self, derived_key};
 use crate::jobs::spec::{ExecutionMode, JobSpec};
 use crate::state::Shared;
-use crate::store::{JobRecord, JobStatus};
+use crate::store::{Delivery, JobRecord, JobStatus};
 use crate::webhooks::quorum::QuorumState;
 
 fn store_error(e: impl std::fmt::Display) -> Response {
@@ -112,6 +112,11 @@ async fn view(shared: &Shared, job: &JobRecord) -> Result<Value, Response> {
         .deliveries_for_job(&job.id)
         .await
         .map_err(store_error)?;
+    Ok(view_with(job, &deliveries))
+}
+
+/// The view of a job with its webhook deliveries.
+fn view_with(job: &JobRecord, deliveries: &[Delivery]) -> Value {
     let spec: Option<JobSpec> = serde_json::from_str(&job.spec).ok();
     let required = spec.as_ref().map(|s| s.webhook_quorum).unwrap_or(1);
     let mut out = json!({
@@ -158,10 +163,10 @@ async fn view(shared: &Shared, job: &JobRecord) -> Result<Value, Response> {
         }
     }
     if !deliveries.is_empty() {
-        let q = QuorumState::of(&deliveries, required);
+        let q = QuorumState::of(deliveries, required);
         out["webhook_quorum"] = serde_json::to_value(q).unwrap_or(Value::Null);
     }
-    Ok(out)
+    out
 }
 
 /// `GET /api/v1/jobs/{id}`
@@ -226,9 +231,21 @@ pub async fn list(
     let next_cursor = (jobs.len() == limit)
         .then(|| jobs.last().map(|j| format!("{}.{}", j.created_at, j.id)))
         .flatten();
+    // One store call for the page's deliveries, not one per job.
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let deliveries = shared
+        .store
+        .deliveries_for_jobs(&ids)
+        .await
+        .map_err(store_error)?;
     let mut out = Vec::with_capacity(jobs.len());
     for job in &jobs {
-        out.push(view(&shared, job).await?);
+        let mine: Vec<Delivery> = deliveries
+            .iter()
+            .filter(|d| d.job_id == job.id)
+            .cloned()
+            .collect();
+        out.push(view_with(job, &mine));
     }
     Ok(Json(json!({ "jobs": out, "next_cursor": next_cursor })).into_response())
 }

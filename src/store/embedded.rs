@@ -1254,6 +1254,30 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn deliveries_for_jobs(&self, job_ids: &[String]) -> Result<Vec<Delivery>, StoreError> {
+        let job_ids = job_ids.to_vec();
+        let seal = self.seal.clone();
+        // One read connection and one prepared statement for the page.
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE job_id = ?1 ORDER BY id"
+                ))
+                .map_err(err)?;
+            let mut out = Vec::new();
+            for id in &job_ids {
+                let rows = stmt
+                    .query_map(params![id], |r| delivery_row(r, &seal))
+                    .map_err(err)?;
+                for row in rows {
+                    out.push(row.map_err(err)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn deliveries_next_due(&self) -> Result<Option<u64>, StoreError> {
         self.read(|c| {
             c.query_row(
@@ -1468,6 +1492,11 @@ mod tests {
         assert_eq!(ds.len(), 2);
         assert_eq!(ds[0].payload, b"{\"x\":1}");
         assert!(ds[0].has_quorum_vote && !ds[1].has_quorum_vote);
+        let page = s
+            .deliveries_for_jobs(&["j2".into(), "j1".into(), "nope".into()])
+            .await
+            .unwrap();
+        assert_eq!(page, ds, "one call for a page, by job then id");
         assert_eq!(s.deliveries_due(u64::MAX / 2, 10).await.unwrap().len(), 2);
 
         let mut d = ds[0].clone();
