@@ -206,6 +206,11 @@ The generated control API token: read back from the release's config Secret
 {{- $_ := set $control "api_keys" $keys }}
 {{- end }}
 {{- $_ := set $cfg "control" $control }}
+{{- if .Values.storageEncryptionKey.existingSecret }}
+{{- $storage := deepCopy (get $cfg "storage" | default dict) }}
+{{- $_ := set $storage "encryption_key_env" "EZTHROTTLE_STORAGE_KEY" }}
+{{- $_ := set $cfg "storage" $storage }}
+{{- end }}
 {{- if ne (include "ezthrottle.ca.source" .) "none" }}
 {{- $tls := deepCopy (get $cfg "tls" | default dict) }}
 {{- $_ := set $tls "ca_cert" (printf "%s/ca.pem" (include "ezthrottle.caDir" .)) }}
@@ -363,6 +368,13 @@ native sidecar, i.e. an init container with restartPolicy: Always).
         secretKeyRef:
           name: {{ . }}
           key: {{ include "ezthrottle.webhookSecretKey" $ }}
+    {{- end }}
+    {{- with $.Values.storageEncryptionKey.existingSecret }}
+    - name: EZTHROTTLE_STORAGE_KEY
+      valueFrom:
+        secretKeyRef:
+          name: {{ . }}
+          key: {{ $.Values.storageEncryptionKey.existingSecretKey }}
     {{- end }}
     {{- with $.Values.extraEnv }}
     {{- toYaml . | nindent 4 }}
