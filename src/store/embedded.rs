@@ -670,6 +670,68 @@ fn get_job(c: &Connection, id: &str, seal: &SealRef) -> Result<Option<JobRecord>
     .map_err(err)
 }
 
+/// One job's end in one transaction: the status and result (if the claim
+/// is still the job's), its webhook deliveries, its follow-up jobs.
+fn finish_job(
+    c: &mut Connection,
+    id: &str,
+    claims: Option<u32>,
+    end: &JobEnd,
+    result: &Value,
+    payload: &Value,
+    seal: &SealRef,
+) -> Result<bool, StoreError> {
+    let tx = c.transaction().map_err(err)?;
+    let now = super::now_ms() as i64;
+    let changed = tx
+        .execute(
+            "UPDATE jobs SET status = ?2, result = ?3, lease_until = 0, updated_at = ?4,
+         attempts = attempts + ?6
+         WHERE id = ?1 AND status NOT IN ('success', 'failed', 'cancelled')
+           AND (?5 IS NULL OR claims = ?5)",
+            params![
+                id,
+                end.status.as_str(),
+                result,
+                now,
+                claims.map(i64::from),
+                i64::from(end.calls)
+            ],
+        )
+        .map_err(err)?;
+    if changed == 0 {
+        return Ok(false);
+    }
+    let workspace: String = tx
+        .query_row(
+            "SELECT workspace FROM jobs WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    for d in &end.deliveries {
+        tx.execute(
+            "INSERT INTO deliveries (job_id, workspace, url, has_quorum_vote, payload,
+         state, attempts, next_attempt_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6)",
+            params![
+                id,
+                workspace,
+                put_text(seal, DELIVERIES_URL, &d.url),
+                i64::from(d.has_quorum_vote),
+                payload,
+                now
+            ],
+        )
+        .map_err(err)?;
+    }
+    for child in &end.children {
+        insert_job(&tx, child, seal)?;
+    }
+    tx.commit().map_err(err)?;
+    Ok(true)
+}
+
 /// One batch of ended jobs past their retention whose webhooks are settled,
 /// oldest first; `jobs_ended` (a partial index on ended jobs) finds them
 /// without reading live jobs. Named, because the planner (without
@@ -1009,57 +1071,7 @@ impl Store for EmbeddedStore {
             // Sealed before taking the writer (a payload can be large).
             let result = put_text(&seal, JOBS_RESULT, &end.result);
             let payload = put_bytes(&seal, DELIVERIES_PAYLOAD, &end.payload);
-            inner.write(|c| {
-                let tx = c.transaction().map_err(err)?;
-                let now = super::now_ms() as i64;
-                let changed = tx
-                .execute(
-                    "UPDATE jobs SET status = ?2, result = ?3, lease_until = 0, updated_at = ?4,
-                     attempts = attempts + ?6
-                     WHERE id = ?1 AND status NOT IN ('success', 'failed', 'cancelled')
-                       AND (?5 IS NULL OR claims = ?5)",
-                    params![
-                        id,
-                        end.status.as_str(),
-                        result,
-                        now,
-                        claims.map(i64::from),
-                        i64::from(end.calls)
-                    ],
-                )
-                .map_err(err)?;
-                if changed == 0 {
-                    return Ok(false);
-                }
-                let workspace: String = tx
-                    .query_row(
-                        "SELECT workspace FROM jobs WHERE id = ?1",
-                        params![id],
-                        |r| r.get(0),
-                    )
-                    .map_err(err)?;
-                for d in end.deliveries {
-                    tx.execute(
-                        "INSERT INTO deliveries (job_id, workspace, url, has_quorum_vote, payload,
-                     state, attempts, next_attempt_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6)",
-                        params![
-                            id,
-                            workspace,
-                            put_text(&seal, DELIVERIES_URL, &d.url),
-                            i64::from(d.has_quorum_vote),
-                            payload,
-                            now
-                        ],
-                    )
-                    .map_err(err)?;
-                }
-                for child in &end.children {
-                    insert_job(&tx, child, &seal)?;
-                }
-                tx.commit().map_err(err)?;
-                Ok(true)
-            })
+            inner.write(|c| finish_job(c, &id, claims, &end, &result, &payload, &seal))
         })
         .await
     }
