@@ -297,29 +297,6 @@ pub fn inspect_head(data: &[u8]) {
     }
 }
 
-/// `FUZZ_STRICT=1`: do not skip the known divergences below (to check
-/// whether they are fixed).
-fn strict() -> bool {
-    static S: OnceLock<bool> = OnceLock::new();
-    *S.get_or_init(|| std::env::var_os("FUZZ_STRICT").is_some_and(|v| v != "0"))
-}
-
-/// Divergences between `inspect_head` and pingora already reported
-/// (docs/fuzzing.md, "Findings"), skipped so that fuzzing goes on past
-/// them. Each one is a regression seed under `fuzz/regressions/`; delete
-/// the rule once inspect_head refuses such heads itself.
-fn known_divergence(head: &[u8]) -> bool {
-    if strict() {
-        return false;
-    }
-    // F1: a request target that is not UTF-8 (`GET /\xe7 HTTP/1.1`):
-    // inspect_head lets it through, pingora 0.9.1 answers a bare 400 (its
-    // escaping regex only matches UTF-8).
-    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
-    let target = line.split(|b| *b == b' ').nth(1).unwrap_or_default();
-    std::str::from_utf8(target).is_err()
-}
-
 /// (a) What pingora makes of a head `inspect_head` accepted: the front door
 /// hands pingora exactly that head and the body bytes its framing names,
 /// so pingora must accept it too (else the client gets pingora's bare 400
@@ -331,9 +308,6 @@ pub fn framing_pingora(data: &[u8]) {
     };
     if info.is_connect {
         head_connect(&buf[info.start..info.end]);
-        return;
-    }
-    if known_divergence(&buf[info.start..info.end]) {
         return;
     }
     let mut bytes = buf[info.start..].to_vec();
@@ -904,16 +878,6 @@ pub fn chunk_tracker(data: &[u8]) {
                 match session.read_body_bytes().await {
                     Ok(Some(b)) => got += b.len(),
                     Ok(None) => break,
-                    // F3 (docs/fuzzing.md): a CR not followed by LF in the
-                    // trailers: the tracker reads on to the next CRLF CRLF,
-                    // pingora refuses. Skipped unless FUZZ_STRICT=1.
-                    Err(e)
-                        if !strict()
-                            && e.etype.as_str() == "InvalidTrailerEnd"
-                            && body[..n].windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n') =>
-                    {
-                        return
-                    }
                     Err(e) => panic!(
                         "the tracker ended the body after {n} bytes, pingora: {e} (after {got} body bytes)"
                     ),
