@@ -34,6 +34,23 @@ pub struct Admission {
     learned: DashMap<String, LearnedLimit>,
     /// Domains whose bad header values were already logged (log once per domain).
     warned: DashMap<String, ()>,
+    /// Bounds of `learned` and `warned` ([`MAX_LEARNED`], [`MAX_WARNED`]).
+    caps: Caps,
+}
+
+/// At most this many domains' learned limits are kept in memory; past it the
+/// least recently updated tenth is dropped (they stay in the store, and a
+/// dropped domain learns again from its next limit headers).
+pub const MAX_LEARNED: usize = 10_000;
+
+/// At most this many domains are remembered as already warned about; when
+/// full the set starts over (a domain may then be warned about again).
+pub const MAX_WARNED: usize = 1_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Caps {
+    learned: usize,
+    warned: usize,
 }
 
 impl Admission {
@@ -48,8 +65,15 @@ impl Admission {
             metrics,
             store,
             domains: DashMap::new(),
-            learned: learned.into_iter().map(|l| (l.domain.clone(), l)).collect(),
+            learned: newest(learned, MAX_LEARNED)
+                .into_iter()
+                .map(|l| (l.domain.clone(), l))
+                .collect(),
             warned: DashMap::new(),
+            caps: Caps {
+                learned: MAX_LEARNED,
+                warned: MAX_WARNED,
+            },
         };
         // Show learned domains in /api/v1/domains and metrics right after a restart.
         let names: Vec<String> = admission.learned.iter().map(|e| e.key().clone()).collect();
@@ -177,6 +201,9 @@ impl Admission {
                     .with_label_values(&[label.as_str(), header])
                     .inc();
             }
+            if !self.warned.contains_key(domain) && self.warned.len() >= self.caps.warned {
+                self.warned.clear();
+            }
             if self.warned.insert(domain.to_string(), ()).is_none() {
                 tracing::warn!(domain, headers = ?signals.ignored, "ignoring unusable rate-limit header values (logged once per domain)");
             }
@@ -191,6 +218,9 @@ impl Admission {
         }
         if changed.any() {
             tracing::info!(domain, rps = ?changed.rps, max_concurrent = ?changed.max_concurrent, "learned limits");
+            if !self.learned.contains_key(domain) && self.learned.len() >= self.caps.learned {
+                self.evict_learned();
+            }
             {
                 let mut known = self
                     .learned
@@ -215,6 +245,30 @@ impl Admission {
                 tracing::error!(domain, error = %e, "cannot persist learned limits");
             }
         }
+    }
+
+    /// Drop the least recently updated learned limits down to nine tenths
+    /// of the cap (so that eviction runs once per tenth of the cap of new
+    /// domains, not on every one).
+    fn evict_learned(&self) {
+        let keep = self.caps.learned - self.caps.learned / 10;
+        let mut all: Vec<(u64, String)> = self
+            .learned
+            .iter()
+            .map(|e| (e.value().updated_at, e.key().clone()))
+            .collect();
+        if all.len() <= keep {
+            return;
+        }
+        all.sort_unstable();
+        let drop = all.len() - keep;
+        for (_, domain) in all.into_iter().take(drop) {
+            self.learned.remove(&domain);
+        }
+        tracing::debug!(
+            dropped = drop,
+            "learned limits over the cap: least recently updated dropped from memory"
+        );
     }
 
     /// Forget throttles idle for `idle` (nothing in flight, waiting or
@@ -249,6 +303,16 @@ impl Admission {
         all.sort_by(|a, b| a.domain.cmp(&b.domain));
         all
     }
+}
+
+/// The `cap` most recently updated of `all` (the store may hold more
+/// domains than are kept in memory).
+fn newest(mut all: Vec<LearnedLimit>, cap: usize) -> Vec<LearnedLimit> {
+    if all.len() > cap {
+        all.sort_unstable_by(|a, b| b.updated_at.cmp(&a.updated_at));
+        all.truncate(cap);
+    }
+    all
 }
 
 #[cfg(test)]
@@ -294,6 +358,80 @@ mod tests {
         assert_eq!(again.rps, 5.0);
         assert_eq!(again.rps_source, Source::Learned);
         drop(held);
+    }
+
+    fn headers(name: &str, value: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+            value.parse().expect("value"),
+        );
+        h
+    }
+
+    /// Learned limits of ever new domains stay under the cap; the most
+    /// recently updated are the ones kept.
+    #[tokio::test]
+    async fn learned_limits_are_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = admission(dir.path());
+        a.caps.learned = 10;
+        for i in 0..25 {
+            a.learn(
+                &format!("d{i}.test"),
+                200,
+                &headers("x-ezthrottle-rps", "5"),
+            )
+            .await;
+            assert!(a.learned.len() <= 10, "{} after {i}", a.learned.len());
+            // Distinct update times, so that "least recently" is exact.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(a.learned.contains_key("d24.test"), "the newest is kept");
+        assert!(!a.learned.contains_key("d0.test"), "the oldest went");
+        // A domain already known is updated in place, whatever the count.
+        let before = a.learned.len();
+        a.learn("d24.test", 200, &headers("x-ezthrottle-rps", "7"))
+            .await;
+        assert_eq!(a.learned.len(), before);
+        assert_eq!(a.learned.get("d24.test").expect("kept").rps, Some(7.0));
+    }
+
+    /// At start, only the newest learned limits of the store are kept.
+    #[test]
+    fn newest_keeps_the_most_recent() {
+        let all: Vec<LearnedLimit> = (0..5u64)
+            .map(|i| LearnedLimit {
+                domain: format!("d{i}"),
+                rps: Some(1.0),
+                max_concurrent: None,
+                updated_at: i,
+            })
+            .collect();
+        let kept: Vec<String> = newest(all.clone(), 2)
+            .into_iter()
+            .map(|l| l.domain)
+            .collect();
+        assert_eq!(kept, ["d4", "d3"]);
+        assert_eq!(newest(all, 10).len(), 5);
+    }
+
+    /// The "warned once" set of domains with unusable limit headers is bounded.
+    #[tokio::test]
+    async fn warned_domains_are_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = admission(dir.path());
+        a.caps.warned = 5;
+        for i in 0..23 {
+            a.learn(
+                &format!("w{i}.test"),
+                200,
+                &headers("x-ezthrottle-rps", "abc"),
+            )
+            .await;
+            assert!(a.warned.len() <= 5, "{} after {i}", a.warned.len());
+        }
+        assert!(a.warned.contains_key("w22.test"));
     }
 
     #[test]
