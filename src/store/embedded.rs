@@ -1683,6 +1683,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn durability_settings_and_no_checkpoint_inside_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let c = s.inner.writer.lock().unwrap();
+        let get = |name: &str| -> String {
+            c.query_row(&format!("PRAGMA {name}"), [], |r| {
+                Ok(match r.get_ref(0)? {
+                    ValueRef::Integer(i) => i.to_string(),
+                    ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                    _ => String::new(),
+                })
+            })
+            .unwrap()
+        };
+        assert_eq!(get("journal_mode"), "wal");
+        // NORMAL (1): acknowledged commits are in the OS before we answer.
+        assert_eq!(get("synchronous"), "1");
+        assert_eq!(get("wal_autocheckpoint"), "0");
+        assert_eq!(get("foreign_keys"), "1");
+        drop(c);
+        s.inner.readers.with(|r| {
+            let e = r.execute("DELETE FROM jobs", []).unwrap_err();
+            assert!(e.to_string().contains("readonly"), "{e}");
+        });
+    }
+
+    #[tokio::test]
     async fn sweeps_delete_more_than_one_batch() {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
