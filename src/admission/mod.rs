@@ -309,7 +309,7 @@ impl Admission {
 /// domains than are kept in memory).
 fn newest(mut all: Vec<LearnedLimit>, cap: usize) -> Vec<LearnedLimit> {
     if all.len() > cap {
-        all.sort_unstable_by(|a, b| b.updated_at.cmp(&a.updated_at));
+        all.sort_unstable_by_key(|l| std::cmp::Reverse(l.updated_at));
         all.truncate(cap);
     }
     all
