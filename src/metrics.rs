@@ -59,6 +59,7 @@ const IDEMPOTENCY_RESULTS: &[&str] = &[
     "not_stored_status",
     "not_stored_no_response",
     "not_stored_too_large",
+    "not_stored_budget",
 ];
 const WEBHOOK_RESULTS: &[&str] = &["delivered", "retry", "failed"];
 const CONNECTION_KINDS: &[&str] = &["plain", "connect_intercept", "connect_tunnel", "denied"];

@@ -508,6 +508,42 @@ fn large_bodies() {
     assert_eq!(origin.count("/chunked"), 1);
 }
 
+/// The copy of a response kept for replay takes its memory from the same
+/// process-wide budget as buffered request bytes (`[proxy] max_buffered`):
+/// past it the response still reaches the client whole, unstored, counted
+/// as `not_stored_budget`; the budget is given back afterwards.
+#[test]
+fn response_captures_come_from_the_buffer_budget() {
+    let origin = ApiOrigin::start();
+    let ez = builder(&origin)
+        .proxy("max_buffered = \"1MiB\"")
+        .extra("[idempotency]\nmax_stored_body = \"10MiB\"")
+        .start();
+    let url = origin.http_url("api.test", "/big?pad=3000000");
+    let a = post(&ez, &url, "over-budget", "{}");
+    assert_eq!(a.code, 201, "{}", a.describe());
+    assert!(a.body.len() > 3_000_000, "the client gets it whole");
+    let b = post(&ez, &url, "over-budget", "{}");
+    assert_eq!(b.code, 201, "{}", b.describe());
+    assert_eq!(b.header("idempotency-replay"), None, "not stored");
+    assert_eq!(origin.count("/big"), 2);
+    let text = common::harness::control_get(&ez, "/metrics");
+    assert_eq!(
+        metrics::value(
+            &text,
+            "ezthrottle_idempotency_total",
+            &[("result", "not_stored_budget")]
+        ),
+        Some(2.0)
+    );
+    // The budget was given back: a response that fits is stored and replayed.
+    let url = origin.http_url("api.test", "/small?pad=100000");
+    let first = post(&ez, &url, "fits", "{}");
+    assert_eq!(first.code, 201, "{}", first.describe());
+    assert_replay_of(&post(&ez, &url, "fits", "{}"), &first);
+    assert_eq!(origin.count("/small"), 1);
+}
+
 #[test]
 fn records_survive_kill_9() {
     let origin = ApiOrigin::start();

@@ -9,6 +9,7 @@ use pingora::proxy::Session;
 
 use super::body;
 use super::ctx::RequestCtx;
+use crate::accept::framing::{budget, Hold};
 use crate::error::ProxyError;
 use crate::idempotency::inflight::Claim;
 use crate::idempotency::{self, fingerprint, key, Begin, StoredResponse};
@@ -20,6 +21,10 @@ pub struct Keyed {
     claim: Option<Claim>,
     /// The response so far, while it may still be stored.
     capture: Option<StoredResponse>,
+    /// The capture's body bytes, held against the process-wide buffer
+    /// budget (`[proxy] max_buffered`, shared with heads, pipelined bytes
+    /// and bodies read ahead).
+    hold: Option<Hold>,
 }
 
 /// Returns the record to replay, or `None` to go on (with the key claimed in
@@ -64,6 +69,7 @@ pub async fn begin(
             ctx.keyed = Some(Keyed {
                 claim: Some(claim),
                 capture: None,
+                hold: None,
             });
             Ok(None)
         }
@@ -134,14 +140,23 @@ pub fn response_body(
         return;
     };
     if let Some(chunk) = body {
-        if (capture.body.len() + chunk.len()) as u64 > shared.idempotency.config.max_stored_body {
+        let max = shared.idempotency.config.max_stored_body;
+        let hold = keyed.hold.get_or_insert_with(|| Hold::new(budget()));
+        let why = match grow_capture(&mut capture.body, hold, chunk, max) {
+            Ok(()) => None,
+            Err(Unstored::TooLarge) => Some("not_stored_too_large"),
+            Err(Unstored::Budget) => Some("not_stored_budget"),
+        };
+        if let Some(why) = why {
+            // The response still goes to the client whole; only its copy
+            // for replay is given up (and its memory given back).
             keyed.capture = None;
+            keyed.hold = None;
             if let Some(claim) = keyed.claim.take() {
-                shared.idempotency.release(claim, "not_stored_too_large");
+                shared.idempotency.release(claim, why);
             }
             return;
         }
-        capture.body.extend_from_slice(chunk);
     }
     if end_of_stream {
         store(shared, keyed);
@@ -158,12 +173,47 @@ pub async fn finish(shared: &Shared, ctx: &mut RequestCtx, failed: bool) {
     if !failed {
         if let (Some(claim), Some(capture)) = (keyed.claim.take(), keyed.capture.take()) {
             shared.idempotency.complete(claim, capture).await;
+            keyed.hold = None;
             return;
         }
     }
     if let Some(claim) = keyed.claim.take() {
         shared.idempotency.release(claim, "not_stored_no_response");
     }
+}
+
+/// Why a captured response is not stored after all.
+#[derive(Debug, PartialEq, Eq)]
+enum Unstored {
+    /// Over `[idempotency] max_stored_body`.
+    TooLarge,
+    /// The process-wide buffer budget (`[proxy] max_buffered`) is spent.
+    Budget,
+}
+
+/// Append `chunk` to a captured body, its capacity held against `hold`
+/// first: the capture grows by doubling (bounded by `max`), and every byte
+/// of its capacity comes from the budget, or the capture stops.
+fn grow_capture(
+    body: &mut Vec<u8>,
+    hold: &mut Hold,
+    chunk: &[u8],
+    max: u64,
+) -> Result<(), Unstored> {
+    let want = body.len() + chunk.len();
+    if want as u64 > max {
+        return Err(Unstored::TooLarge);
+    }
+    if want > body.capacity() {
+        let cap_max = usize::try_from(max).unwrap_or(usize::MAX);
+        let new_cap = want.max(body.capacity().saturating_mul(2)).min(cap_max);
+        hold.set(new_cap).map_err(|_| Unstored::Budget)?;
+        body.reserve_exact(new_cap - body.len());
+        // What the allocator really gave (at least `new_cap`), already here.
+        hold.force(body.capacity());
+    }
+    body.extend_from_slice(chunk);
+    Ok(())
 }
 
 fn store(shared: &Shared, keyed: &mut Keyed) {
@@ -177,4 +227,48 @@ fn store(shared: &Shared, keyed: &mut Keyed) {
     tokio::task::block_in_place(|| {
         tokio::runtime::Handle::current().block_on(idem.complete(claim, capture))
     });
+    keyed.hold = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accept::framing::MemBudget;
+
+    /// Every byte of a captured body's capacity is held against the budget;
+    /// past the budget the capture stops (and gives its bytes back), past
+    /// `max_stored_body` likewise.
+    #[test]
+    fn captured_bodies_come_from_the_budget() {
+        let b = MemBudget::new(64 * 1024);
+        let chunk = vec![7u8; 10_000];
+        let mut body = Vec::new();
+        let mut hold = Hold::new(&b);
+        let mut stopped = None;
+        for _ in 0..20 {
+            match grow_capture(&mut body, &mut hold, &chunk, 10 << 20) {
+                Ok(()) => {
+                    assert!(b.used() >= body.capacity(), "capacity unaccounted");
+                    assert!(b.used() <= b.cap());
+                }
+                Err(e) => {
+                    stopped = Some(e);
+                    break;
+                }
+            }
+        }
+        assert_eq!(stopped, Some(Unstored::Budget));
+        assert!(body.len() <= 64 * 1024);
+        drop(hold);
+        assert_eq!(b.used(), 0, "given back");
+
+        let mut body = Vec::new();
+        let mut hold = Hold::new(&b);
+        assert_eq!(grow_capture(&mut body, &mut hold, &chunk, 15_000), Ok(()));
+        assert_eq!(
+            grow_capture(&mut body, &mut hold, &chunk, 15_000),
+            Err(Unstored::TooLarge)
+        );
+        assert!(body.capacity() <= 15_000 + 64, "doubling is capped at max");
+    }
 }
