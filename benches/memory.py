@@ -15,11 +15,12 @@ proxy's RSS (and AnonHugePages) from /proc:
   waiting     N requests waiting
   per req     (waiting - before) / N
   answered    right after every request got its 429 (max wait over)
-  +60s        60 s later, no traffic
+  +60s        AFTER (default 60) s later, no traffic
   +idle       after IDLE more seconds, no traffic (default 600: the issue's
-              "does not grow while idle")
+              "does not grow while idle"), sampled every SAMPLE (60) seconds
 
-No thresholds: it prints figures. All traffic stays on 127.0.0.1.
+No thresholds: it prints figures. All traffic stays on 127.0.0.1. Figures
+and what they led to: docs/memory.md.
 """
 
 import os
@@ -34,6 +35,8 @@ import time
 WAITERS = [int(x) for x in os.environ.get("WAITERS", "1000,10000").split(",")]
 WAIT = float(os.environ.get("WAIT", "20"))
 IDLE = float(os.environ.get("IDLE", "600"))
+AFTER = float(os.environ.get("AFTER", "60"))
+SAMPLE = float(os.environ.get("SAMPLE", "60"))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.path.dirname(__file__), "..", "target"))
 BIN = os.environ.get("EZTHROTTLE_BIN", os.path.join(TARGET, "release", "ezthrottle"))
 
@@ -172,9 +175,13 @@ def main():
                 waiting = status(p.pid)
                 codes, left = wait_answers(socks, WAIT + 60)
                 answered = status(p.pid)
-                time.sleep(60)
+                time.sleep(AFTER)
                 after60 = status(p.pid)
-                time.sleep(IDLE)
+                samples = []
+                t_idle = time.time()
+                while time.time() - t_idle < IDLE:
+                    time.sleep(min(SAMPLE, max(0.0, IDLE - (time.time() - t_idle))))
+                    samples.append((time.time() - t_idle, status(p.pid)))
                 idle = status(p.pid)
                 per = (waiting["VmRSS"] - before["VmRSS"]) / n
                 print(f"== {n} waiting requests (answers: {codes}, unanswered {left})")
@@ -182,7 +189,9 @@ def main():
                 print(f"  waiting    {fmt(waiting)}")
                 print(f"  per req    {per:8.1f} KiB")
                 print(f"  answered   {fmt(answered)}")
-                print(f"  +60s       {fmt(after60)}")
+                print(f"  +{AFTER:.0f}s       {fmt(after60)}")
+                for t, st in samples[:-1]:
+                    print(f"    idle {t:5.0f}s {fmt(st)}")
                 print(f"  +{IDLE:.0f}s idle {fmt(idle)}")
                 sys.stdout.flush()
             finally:

@@ -100,7 +100,9 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
+            crate::allocator::configure();
             crate::logging::init();
+            crate::allocator::spawn_collector();
             let config = match load(&args.common, args.listen, args.control_listen) {
                 Ok(c) => c,
                 Err(code) => return code,

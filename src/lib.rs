@@ -3,6 +3,7 @@
 
 pub mod accept;
 pub mod admission;
+pub mod allocator;
 pub mod cli;
 pub mod config;
 pub mod control;

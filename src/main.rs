@@ -1,6 +1,10 @@
 /// glibc malloc's arena locks showed up as the top user-space cost of the
 /// proxy path under load (`perf`: `__lll_lock_wait_private`); mimalloc's
 /// per-thread heaps avoid them.
+///
+/// `--features system-allocator` builds with the system allocator instead,
+/// for heap profilers that only see malloc (docs/memory.md).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -758,29 +758,60 @@ pub async fn read_head(
         } else if *shutdown.borrow() {
             return HeadRead::Closed;
         }
-        let mut chunk = [0u8; 4096];
+        let was_empty = pending.is_empty();
         let read = tokio::select! {
-            r = tokio::time::timeout_at(deadline, stream.read(&mut chunk)) => r,
-            _ = shutdown.changed(), if pending.is_empty() => return HeadRead::Closed,
+            r = tokio::time::timeout_at(deadline, read_into(stream, pending)) => r,
+            _ = shutdown.changed(), if was_empty => return HeadRead::Closed,
         };
         match read {
-            Err(_) if pending.is_empty() => return HeadRead::Closed,
+            Err(_) if was_empty => return HeadRead::Closed,
             Err(_) => {
                 return HeadRead::Refuse(ProxyError::RequestHeadTimeout {
                     secs: timeouts.head.as_secs().max(1),
                 })
             }
-            Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Closed,
-            Ok(Ok(n)) => {
-                if pending.is_empty() {
+            Ok(Got::End) => return HeadRead::Closed,
+            Ok(Got::Full) => return HeadRead::Refuse(ProxyError::Overloaded),
+            Ok(Got::Bytes) => {
+                if was_empty {
                     deadline = tokio::time::Instant::now() + timeouts.head;
-                }
-                if pending.extend(&chunk[..n]).is_err() {
-                    return HeadRead::Refuse(ProxyError::Overloaded);
                 }
             }
         }
     }
+}
+
+/// What one [`read_into`] did.
+enum Got {
+    /// Bytes appended to `pending`.
+    Bytes,
+    /// End of file or a read error.
+    End,
+    /// The budget refused the bytes.
+    Full,
+}
+
+/// Read once from `stream` into `pending`. The read buffer lives on the
+/// stack of one poll only, not in the future: a connection waiting for its
+/// next head (or for its request to be admitted, since the connection's
+/// future is as large as its largest state) carries no 4 KiB array.
+fn read_into<'a>(
+    stream: &'a mut Stream,
+    pending: &'a mut Pending,
+) -> impl std::future::Future<Output = Got> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut chunk = [0u8; 4096];
+        let mut rb = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(_)) => Poll::Ready(Got::End),
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(Got::End),
+            Poll::Ready(Ok(())) => Poll::Ready(match pending.extend(rb.filled()) {
+                Ok(()) => Got::Bytes,
+                Err(BudgetFull) => Got::Full,
+            }),
+        }
+    })
 }
 
 /// How long a refused connection is still read (and the bytes dropped)

@@ -55,26 +55,39 @@ impl Pipeline {
     }
 
     /// Answer the request with `err` and stop the pipeline.
-    async fn reject(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
+    ///
+    /// Boxed, like every phase of `request_filter` but the admission wait:
+    /// a future is as large as its largest state, and a request waiting for
+    /// admission should not carry the state of the phases it is not in
+    /// (docs/memory.md).
+    fn reject<'a>(
+        &'a self,
+        session: &'a mut Session,
+        ctx: &'a mut RequestCtx,
         err: ProxyError,
-    ) -> Result<bool> {
-        respond::error(session, &err).await?;
-        ctx.error = Some(err);
-        Ok(true)
+    ) -> futures::future::BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            respond::error(session, &err).await?;
+            ctx.error = Some(err);
+            Ok(true)
+        })
     }
 
-    /// Park the request as a job and answer `202`.
-    async fn park(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        match park::park(&self.shared, session, ctx).await {
-            Ok(accepted) => {
-                park::respond(session, &accepted).await?;
-                Ok(true)
+    /// Park the request as a job and answer `202` (boxed: see `reject`).
+    fn park<'a>(
+        &'a self,
+        session: &'a mut Session,
+        ctx: &'a mut RequestCtx,
+    ) -> futures::future::BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            match park::park(&self.shared, session, ctx).await {
+                Ok(accepted) => {
+                    park::respond(session, &accepted).await?;
+                    Ok(true)
+                }
+                Err(err) => self.reject(session, ctx, err).await,
             }
-            Err(err) => self.reject(session, ctx, err).await,
-        }
+        })
     }
 
     /// Read the body ahead when it must be held: to park the request, or to
@@ -202,16 +215,17 @@ impl ProxyHttp for Pipeline {
             Err(err) => return self.reject(session, ctx, err).await,
         }
         // Idempotency before admission: a replay or a conflict takes no slot.
-        match idempotent::begin(&self.shared, session, ctx, max_wait).await {
+        // Boxed phases (see `reject`): only the admission wait is inline.
+        match Box::pin(idempotent::begin(&self.shared, session, ctx, max_wait)).await {
             Ok(None) => {}
             Ok(Some(record)) => {
                 ctx.replayed = true;
-                idempotent::replay(session, &record).await?;
+                Box::pin(idempotent::replay(session, &record)).await?;
                 return Ok(true);
             }
             Err(err) => return self.reject(session, ctx, err).await,
         }
-        if let Err(err) = self.read_ahead(session, ctx, &domain).await {
+        if let Err(err) = Box::pin(self.read_ahead(session, ctx, &domain)).await {
             return self.reject(session, ctx, err).await;
         }
         if ctx.park.as_ref().is_some_and(|p| p.respond_async) {
