@@ -74,3 +74,188 @@ pub async fn unless_client_leaves<F: std::future::Future>(
         Ok(fut.await)
     }
 }
+
+/// The upstream connection of the current attempt: a second descriptor of
+/// the same socket, taken when pingora hands us the connection
+/// (`connected_to_upstream`), so the exchange can be followed to its end
+/// after pingora has let go of it.
+///
+/// Why: when the *client* hangs up while the origin is still answering,
+/// pingora 0.9.1 ends the request at once — `proxy_handle_downstream`
+/// (`proxy_h1.rs`) returns the downstream read error, `try_join!` drops the
+/// upstream half, and `proxy_to_upstream` (`lib.rs`) drops the HTTP/1
+/// client session unreused, closing its socket before any hook runs. The
+/// origin, though, usually keeps working on the request (it notices the
+/// close only when it writes the answer), so releasing the concurrency slot
+/// with the request context let the origin see more than `max_concurrent`
+/// exchanges open. pingora offers no way to keep reading that response
+/// (only its cache-fill mode ignores a downstream error), so the slot is
+/// held by [`release_after_upstream`] instead, on this descriptor, until the
+/// origin has ended the exchange.
+///
+/// HTTP/1 only: an h2 connection outlives any one exchange and is never
+/// touched. The descriptor is closed with the request context when the
+/// exchange ended normally (pingora then owns the only one, pooled or not).
+pub struct UpstreamConn(std::os::fd::OwnedFd);
+
+/// Called from `connected_to_upstream`: keep a descriptor of the attempt's
+/// connection (replacing the previous attempt's).
+pub fn upstream_connected(
+    ctx: &mut RequestCtx,
+    peer: &pingora::upstreams::peer::HttpPeer,
+    fd: std::os::fd::RawFd,
+) {
+    ctx.upstream_conn = None;
+    if peer.options.alpn.get_max_http_version() != 1 {
+        return;
+    }
+    // SAFETY: pingora passes the raw descriptor of the client session it
+    // holds borrowed across this hook (`proxy_to_h1_upstream`), so `fd` is
+    // open for the duration of this call; it is only duplicated here.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    match borrowed.try_clone_to_owned() {
+        Ok(owned) => ctx.upstream_conn = Some(UpstreamConn(owned)),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot follow the upstream connection; its slot is freed with the request")
+        }
+    }
+}
+
+/// Called from `error_while_proxy`, i.e. when pingora ended the attempt
+/// with an error and has already dropped the HTTP/1 connection unreused
+/// (pingora reuses a connection only after a clean exchange, and then
+/// reports no error). The exchange may still be running at the origin: the
+/// attempt's concurrency slot moves to a task that holds it until the origin
+/// closes the connection, or `bound` (`[proxy] read_timeout`) passes, so a
+/// dead origin cannot keep a slot forever.
+///
+/// The task half-closes the connection (FIN: no more requests on it), then
+/// reads and discards whatever the origin still sends until it closes. An
+/// origin that watches its connections stops at the FIN and closes; one
+/// that does not finishes its answer, reads the end of input and closes.
+/// Either way the slot is freed once the origin has let go of the exchange.
+pub fn release_after_upstream(shared: &Shared, ctx: &mut RequestCtx) {
+    let Some(conn) = ctx.upstream_conn.take() else {
+        return;
+    };
+    let Some(permit) = ctx.permit.take() else {
+        return;
+    };
+    let bound = shared.config.proxy.read_timeout;
+    tokio::spawn(hold_until_closed(conn, permit, bound));
+}
+
+async fn hold_until_closed(conn: UpstreamConn, permit: crate::admission::Permit, bound: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _permit = permit;
+    let std_stream = std::net::TcpStream::from(conn.0);
+    if std_stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let Ok(mut stream) = tokio::net::TcpStream::from_std(std_stream) else {
+        return;
+    };
+    let ended = tokio::time::timeout(bound, async {
+        let _ = stream.shutdown().await;
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    if ended.is_err() {
+        tracing::debug!(
+            bound_ms = bound.as_millis() as u64,
+            "upstream still open after its client left: slot freed at the bound"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use prometheus::{Gauge, IntGauge};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::admission::domain::{Gauges, Initial};
+    use crate::admission::{DomainThrottle, Source};
+
+    fn throttle() -> Arc<DomainThrottle> {
+        DomainThrottle::new(
+            "up.test".into(),
+            Initial {
+                rps: 1000.0,
+                rps_source: Source::Default,
+                max_concurrent: 1,
+                concurrency_source: Source::Default,
+                burst: 1,
+                queue_capacity: 10,
+                pinned: false,
+                rps_ceiling: 10_000.0,
+                concurrency_ceiling: 1024,
+            },
+            Gauges {
+                rps_limit: Gauge::new("r", "r").unwrap(),
+                concurrency_limit: IntGauge::new("c", "c").unwrap(),
+                in_flight: IntGauge::new("i", "i").unwrap(),
+                waiting: IntGauge::new("w", "w").unwrap(),
+                paused_until: Gauge::new("p", "p").unwrap(),
+            },
+        )
+    }
+
+    /// A connected pair; the client side as pingora would hold it, plus our
+    /// duplicate of it.
+    async fn pair() -> (tokio::net::TcpStream, UpstreamConn, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        let fd = std::os::fd::AsFd::as_fd(&client)
+            .try_clone_to_owned()
+            .unwrap();
+        (client, UpstreamConn(fd), server)
+    }
+
+    /// The slot outlives pingora's copy of the connection until the origin
+    /// has answered and closed.
+    #[tokio::test]
+    async fn the_slot_is_held_until_the_origin_closes() {
+        let t = throttle();
+        let permit = t.acquire(Duration::from_secs(1)).await.unwrap();
+        let (pingoras, conn, mut origin) = pair().await;
+        drop(pingoras);
+        tokio::spawn(hold_until_closed(conn, permit, Duration::from_secs(30)));
+        // The origin sees the end of input (no more requests), not a close.
+        let mut buf = [0u8; 64];
+        assert_eq!(origin.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(t.snapshot().in_flight, 1, "freed while the origin works");
+        origin
+            .write_all(b"HTTP/1.1 200 OK\r\n\r\nlate")
+            .await
+            .unwrap();
+        drop(origin);
+        let next =
+            tokio::time::timeout(Duration::from_secs(10), t.acquire(Duration::from_secs(10)));
+        assert!(next.await.unwrap().is_ok());
+    }
+
+    /// An origin that never closes holds the slot only until the bound.
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_origin_holds_the_slot_until_the_bound() {
+        let t = throttle();
+        let permit = t.acquire(Duration::from_secs(1)).await.unwrap();
+        let (pingoras, conn, _origin) = pair().await;
+        drop(pingoras);
+        let began = tokio::time::Instant::now();
+        tokio::spawn(hold_until_closed(conn, permit, Duration::from_secs(60)));
+        let _next = t.acquire(Duration::from_secs(600)).await.unwrap();
+        assert!(tokio::time::Instant::now() - began >= Duration::from_secs(60));
+    }
+}

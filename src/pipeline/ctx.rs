@@ -89,8 +89,13 @@ pub struct RequestCtx {
     pub wait_ms: u64,
     pub upstream_started: Option<Instant>,
     pub upstream_status: Option<u16>,
-    /// The domain's concurrency slot, held until the request is done.
+    /// The domain's concurrency slot, held until the request is done (or,
+    /// when an attempt ends early, until its upstream exchange has: see
+    /// `admit::release_after_upstream`).
     pub permit: Option<Permit>,
+    /// The current attempt's HTTP/1 upstream connection, followed to the end
+    /// of its exchange (`admit::UpstreamConn`).
+    pub upstream_conn: Option<super::admit::UpstreamConn>,
     /// Keeps the request counted as in flight until the context is dropped.
     pub inflight: Option<InFlightGuard>,
     /// Set while a request with an `Idempotency-Key` holds its key.
@@ -126,6 +131,7 @@ impl RequestCtx {
             upstream_started: None,
             upstream_status: None,
             permit: None,
+            upstream_conn: None,
             inflight: None,
             keyed: None,
             replayed: false,

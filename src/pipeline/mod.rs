@@ -292,6 +292,22 @@ impl ProxyHttp for Pipeline {
         }
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        peer: &HttpPeer,
+        #[cfg(unix)] fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Follow the exchange so its slot outlives a client that hangs up.
+        #[cfg(unix)]
+        admit::upstream_connected(ctx, peer, fd);
+        Ok(())
+    }
+
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -420,6 +436,9 @@ impl ProxyHttp for Pipeline {
         ctx: &mut RequestCtx,
         _client_reused: bool,
     ) -> Box<Error> {
+        // The attempt ended early: its slot is held until the origin ends
+        // the exchange (a retry is admitted again in `upstream_peer`).
+        admit::release_after_upstream(&self.shared, ctx);
         let mut e = e.more_context(format!("Peer: {peer}"));
         // Decided in upstream_response_filter: a retry, or parking.
         if retry::is_pending(ctx) {
