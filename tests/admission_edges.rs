@@ -112,6 +112,8 @@ fn concurrency_at_the_origin_stays_under_the_cap_while_clients_hang_up() {
     common::eventually(WAIT, "all slots released", || {
         (in_flight(&ez, "hangup.test") == 0).then_some(())
     });
+    // ...and only then: every exchange had ended at the origin first.
+    assert_eq!(origin.open(), 0);
 }
 
 #[test]
