@@ -19,6 +19,8 @@ proxy's RSS (and AnonHugePages) from /proc:
   +idle       after IDLE more seconds, no traffic (default 600: the issue's
               "does not grow while idle"), sampled every SAMPLE (60) seconds
 
+IDLE_CONNS=N first measures N idle keep-alive connections (no request).
+
 No thresholds: it prints figures. All traffic stays on 127.0.0.1. Figures
 and what they led to: docs/memory.md.
 """
@@ -32,11 +34,12 @@ import sys
 import tempfile
 import time
 
-WAITERS = [int(x) for x in os.environ.get("WAITERS", "1000,10000").split(",")]
+WAITERS = [int(x) for x in os.environ.get("WAITERS", "1000,10000").split(",") if x]
 WAIT = float(os.environ.get("WAIT", "20"))
 IDLE = float(os.environ.get("IDLE", "600"))
 AFTER = float(os.environ.get("AFTER", "60"))
 SAMPLE = float(os.environ.get("SAMPLE", "60"))
+IDLE_CONNS = int(os.environ.get("IDLE_CONNS", "0"))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.path.dirname(__file__), "..", "target"))
 BIN = os.environ.get("EZTHROTTLE_BIN", os.path.join(TARGET, "release", "ezthrottle"))
 
@@ -149,10 +152,35 @@ def wait_answers(socks, timeout):
     return codes, pending
 
 
+def idle_connections(n):
+    """RSS per idle keep-alive connection: n connections open, no request."""
+    with tempfile.TemporaryDirectory() as work:
+        p, proxy = start_proxy(work)
+        try:
+            time.sleep(1)
+            before = status(p.pid)
+            socks = [socket.create_connection(("127.0.0.1", proxy)) for _ in range(n)]
+            time.sleep(3)
+            after = status(p.pid)
+            per = (after["VmRSS"] - before["VmRSS"]) / n
+            print(f"== {n} idle connections")
+            print(f"  before     {fmt(before)}")
+            print(f"  open       {fmt(after)}")
+            print(f"  per conn   {per:8.1f} KiB")
+            sys.stdout.flush()
+            for s in socks:
+                s.close()
+        finally:
+            p.kill()
+            p.wait()
+
+
 def main():
     if not os.path.exists(BIN):
         sys.exit(f"no release binary at {BIN}: cargo build --release (or set EZTHROTTLE_BIN)")
     raise_nofile()
+    if IDLE_CONNS:
+        idle_connections(IDLE_CONNS)
     for n in WAITERS:
         with tempfile.TemporaryDirectory() as work:
             p, proxy = start_proxy(work)
