@@ -89,7 +89,13 @@ pub async fn run(
 }
 
 async fn open(shared: &Shared, target: &ConnectTarget) -> Result<TcpStream, ProxyError> {
-    let addr = upstream::resolve_one(shared, crate::egress::Purpose::Proxy, &target.host, target.port).await?;
+    let addr = upstream::resolve_one(
+        shared,
+        crate::egress::Purpose::Proxy,
+        &target.host,
+        target.port,
+    )
+    .await?;
     let timeout: Duration = shared.config.proxy.connect_timeout;
     let failed = || ProxyError::UpstreamConnectFailed {
         host: target.host.clone(),
