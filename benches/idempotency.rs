@@ -17,21 +17,17 @@ mod serve;
 #[allow(dead_code)]
 mod limit_origin;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+#[path = "support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::io::BufReader;
+use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ezthrottle::store::{EmbeddedStore, IdempotencyRecord, Store};
 use limit_origin::LimitOrigin;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn record(i: usize) -> IdempotencyRecord {
     IdempotencyRecord {
@@ -79,50 +75,11 @@ fn store_throughput(n: usize) {
     }
 }
 
-/// One HTTP/1.1 exchange on a keep-alive connection; returns the status.
-fn exchange(conn: &mut BufReader<TcpStream>, request: &[u8]) -> u16 {
-    conn.get_mut().write_all(request).expect("write");
-    let mut status_line = String::new();
-    conn.read_line(&mut status_line).expect("status line");
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let mut len = 0usize;
-    loop {
-        let mut line = String::new();
-        conn.read_line(&mut line).expect("header");
-        if line == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().expect("length");
-            }
-        }
-    }
-    let mut body = vec![0; len];
-    conn.read_exact(&mut body).expect("body");
-    status
-}
-
-fn percentiles(mut v: Vec<Duration>) -> String {
-    v.sort();
-    let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e3;
-    format!(
-        "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms",
-        p(0.5),
-        p(0.9),
-        p(0.99)
-    )
-}
-
 fn replay_latency(n: usize) {
     let origin = LimitOrigin::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let proxy_port = free_port();
-    let control_port = free_port();
+    let proxy_port = support::free_port();
+    let control_port = support::free_port();
     let config = format!(
         "data_dir = {:?}\n[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n[control]\nlisten = \"127.0.0.1:{control_port}\"\n\
          [resolve]\n\"api.test\" = \"127.0.0.1\"\n[limits]\nrps = 10000.0\nmax_concurrent = 1000\n",
@@ -130,20 +87,7 @@ fn replay_latency(n: usize) {
     );
     let config_path = dir.path().join("ezthrottle.toml");
     std::fs::write(&config_path, config).expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ezthrottle"))
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env("EZTHROTTLE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn ezthrottle");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    match lines.next() {
-        Some(Ok(line)) if line.starts_with("ezthrottle ready") => {}
-        other => panic!("ezthrottle did not get ready: {other:?}"),
-    }
+    let mut child = support::spawn_ready(&config_path);
     let url = origin.url("api.test", "/v1/charges");
     let body = r#"{"amount":100,"currency":"USD"}"#;
     let request = |key: Option<&str>| {
@@ -161,12 +105,12 @@ fn replay_latency(n: usize) {
     conn.get_mut().set_nodelay(true).expect("nodelay");
 
     let keyed = request(Some("bench-key"));
-    assert_eq!(exchange(&mut conn, &keyed), 200);
+    assert_eq!(support::exchange(&mut conn, &keyed), 200);
     let warm = n / 10;
     let mut replays = Vec::with_capacity(n);
     for i in 0..n + warm {
         let t = Instant::now();
-        assert_eq!(exchange(&mut conn, &keyed), 200);
+        assert_eq!(support::exchange(&mut conn, &keyed), 200);
         if i >= warm {
             replays.push(t.elapsed());
         }
@@ -175,7 +119,7 @@ fn replay_latency(n: usize) {
     let mut forwarded = Vec::with_capacity(n);
     for i in 0..n + warm {
         let t = Instant::now();
-        assert_eq!(exchange(&mut conn, &plain), 200);
+        assert_eq!(support::exchange(&mut conn, &plain), 200);
         if i >= warm {
             forwarded.push(t.elapsed());
         }
@@ -183,11 +127,11 @@ fn replay_latency(n: usize) {
     let upstream_calls = origin.count("api.test");
     println!(
         "replay    ({n} keyed POSTs, 1 connection): {}",
-        percentiles(replays)
+        support::percentiles(replays)
     );
     println!(
         "forwarded ({n} POSTs without key, same path): {}",
-        percentiles(forwarded)
+        support::percentiles(forwarded)
     );
     println!(
         "origin saw {upstream_calls} calls (1 keyed + {} unkeyed expected)",

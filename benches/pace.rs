@@ -17,9 +17,11 @@ mod serve;
 #[allow(dead_code)]
 mod limit_origin;
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
+#[path = "support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use limit_origin::LimitOrigin;
@@ -27,57 +29,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const RATES: &[f64] = &[2.0, 50.0, 500.0];
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("pace: skipped (run with `cargo bench --bench pace`)");
+    let Some(seconds) = support::bench_seconds("pace", 20) else {
         return;
-    }
-    let seconds: u64 = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
-
+    };
     let origin = LimitOrigin::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let proxy_port = free_port();
-    let control_port = free_port();
-    let mut config = format!(
-        "data_dir = {:?}\n[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n[control]\nlisten = \"127.0.0.1:{control_port}\"\n[resolve]\n",
-        dir.path().join("data")
-    );
-    for r in RATES {
-        config += &format!("\"pace{r}.test\" = \"127.0.0.1\"\n");
-    }
-    config += "[limits]\nrps = 2.0\nmax_concurrent = 1000\nqueue_capacity = 100000\nmax_wait = \"600s\"\n";
-    for r in RATES {
-        config += &format!("[limits.domains.\"pace{r}.test\"]\nrps = {r:.1}\npin = true\n");
-    }
-    let config_path = dir.path().join("ezthrottle.toml");
-    std::fs::write(&config_path, config).expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ezthrottle"))
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env("EZTHROTTLE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn ezthrottle");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    match lines.next() {
-        Some(Ok(line)) if line.starts_with("ezthrottle ready") => {}
-        other => panic!("ezthrottle did not get ready: {other:?}"),
-    }
+    let (config_path, proxy_port) = support::write_paced_config(dir.path(), RATES);
+    let mut child = support::spawn_ready(&config_path);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -16,9 +16,12 @@
 //! Run: `cargo bench --bench store` (`-- --n 20000` for a quick look).
 //! Without `--bench` (as under `cargo test --all-targets`) it does nothing.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+#[path = "support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::io::BufReader;
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,17 +32,6 @@ use ezthrottle::metrics::Metrics;
 use ezthrottle::store::{EmbeddedStore, IdempotencyRecord, JobRecord, JobStatus, Store};
 
 const WS: &str = "default";
-
-fn percentiles(mut v: Vec<Duration>) -> String {
-    v.sort();
-    let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e3;
-    format!(
-        "p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
-        p(0.5),
-        p(0.99),
-        v[v.len() - 1].as_secs_f64() * 1e3
-    )
-}
 
 /// Job `i` of the fill: 90% ended successfully, 9% queued far in the
 /// future (so a runner leaves them alone), 1% failed.
@@ -169,10 +161,22 @@ fn list_latency(rt: &tokio::runtime::Runtime, store: &Arc<EmbeddedStore>, n: usi
             store.job_counts().await.expect("counts");
             counts.push(t.elapsed());
         }
-        println!("jobs_list first page of 50:        {}", percentiles(first));
-        println!("jobs_list page of 50 at a cursor:  {}", percentiles(deep));
-        println!("jobs_list status=failed (1%), 50:  {}", percentiles(failed));
-        println!("job_counts:                        {}", percentiles(counts));
+        println!(
+            "jobs_list first page of 50:        {}",
+            support::percentiles(first)
+        );
+        println!(
+            "jobs_list page of 50 at a cursor:  {}",
+            support::percentiles(deep)
+        );
+        println!(
+            "jobs_list status=failed (1%), 50:  {}",
+            support::percentiles(failed)
+        );
+        println!(
+            "job_counts:                        {}",
+            support::percentiles(counts)
+        );
     });
 }
 
@@ -234,73 +238,25 @@ fn get_during_big_puts(rt: &tokio::runtime::Runtime, store: &Arc<EmbeddedStore>)
         println!(
             "idempotency_get during 10 MiB puts ({} gets): {}",
             gets.len(),
-            percentiles(gets)
+            support::percentiles(gets)
         );
         println!(
             "idempotency_put of 10 MiB ({} puts):         {}",
             puts.len(),
-            percentiles(puts)
+            support::percentiles(puts)
         );
     });
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// One HTTP/1.1 exchange on a keep-alive connection; returns the status.
-fn exchange(conn: &mut BufReader<TcpStream>, request: &[u8]) -> u16 {
-    conn.get_mut().write_all(request).expect("write");
-    let mut status_line = String::new();
-    conn.read_line(&mut status_line).expect("status line");
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let mut len = 0usize;
-    loop {
-        let mut line = String::new();
-        conn.read_line(&mut line).expect("header");
-        if line == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().expect("length");
-            }
-        }
-    }
-    let mut body = vec![0; len];
-    conn.read_exact(&mut body).expect("body");
-    status
-}
-
 fn through_binary(root: &std::path::Path, data: &std::path::Path) {
-    let proxy_port = free_port();
-    let control_port = free_port();
+    let proxy_port = support::free_port();
+    let control_port = support::free_port();
     let config = format!(
         "data_dir = {data:?}\n[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n[control]\nlisten = \"127.0.0.1:{control_port}\"\n"
     );
     let config_path = root.join("ezthrottle.toml");
     std::fs::write(&config_path, config).expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ezthrottle"))
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env("EZTHROTTLE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn ezthrottle");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    match lines.next() {
-        Some(Ok(line)) if line.starts_with("ezthrottle ready") => {}
-        other => panic!("ezthrottle did not get ready: {other:?}"),
-    }
+    let mut child = support::spawn_ready(&config_path);
     let mut conn =
         BufReader::new(TcpStream::connect(("127.0.0.1", control_port)).expect("connect"));
     conn.get_mut().set_nodelay(true).expect("nodelay");
@@ -309,12 +265,15 @@ fn through_binary(root: &std::path::Path, data: &std::path::Path) {
     let mut lat = Vec::new();
     for i in 0..330 {
         let t = Instant::now();
-        assert_eq!(exchange(&mut conn, get.as_bytes()), 200);
+        assert_eq!(support::exchange(&mut conn, get.as_bytes()), 200);
         if i >= 30 {
             lat.push(t.elapsed());
         }
     }
-    println!("binary GET /api/v1/jobs?limit=50:  {}", percentiles(lat));
+    println!(
+        "binary GET /api/v1/jobs?limit=50:  {}",
+        support::percentiles(lat)
+    );
     let retry_at = ezthrottle::store::now_ms() + 86_400_000;
     let n = 1000;
     let start = Instant::now();
@@ -326,7 +285,7 @@ fn through_binary(root: &std::path::Path, data: &std::path::Path) {
             "POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:{control_port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let status = exchange(&mut conn, req.as_bytes());
+        let status = support::exchange(&mut conn, req.as_bytes());
         assert!(status == 201 || status == 202, "status {status}");
     }
     let secs = start.elapsed().as_secs_f64();

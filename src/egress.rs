@@ -52,6 +52,12 @@ pub enum Refusal {
     Denied { target: String, why: String },
 }
 
+impl Refusal {
+    fn denied(target: String, why: String) -> Result<(), Refusal> {
+        Err(Refusal::Denied { target, why })
+    }
+}
+
 /// Host names of cloud metadata services (GCP, AWS, Azure/OpenStack aliases).
 const METADATA_HOSTS: &[&str] = &[
     "metadata.google.internal",
@@ -142,12 +148,7 @@ impl Egress {
         if purpose == Purpose::Region {
             return Ok(());
         }
-        let denied = |why: String| {
-            Err(Refusal::Denied {
-                target: format!("{host}:{port}"),
-                why,
-            })
-        };
+        let denied = |why: String| Refusal::denied(format!("{host}:{port}"), why);
         if Self::host_rule(&self.config.deny, &host) {
             return denied("the host is listed in [egress] deny".into());
         }
@@ -161,12 +162,7 @@ impl Egress {
         if purpose == Purpose::Region {
             return Ok(());
         }
-        let denied = |why: String| {
-            Err(Refusal::Denied {
-                target: format!("{host}:{port}"),
-                why,
-            })
-        };
+        let denied = |why: String| Refusal::denied(format!("{host}:{port}"), why);
         let listed =
             |ranges: &[(u16, u16)]| ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&port));
         if listed(&self.config.deny_ports) {
@@ -221,12 +217,7 @@ impl Egress {
         ip: IpAddr,
         shown: String,
     ) -> Result<(), Refusal> {
-        let denied = |why: String| {
-            Err(Refusal::Denied {
-                target: shown.clone(),
-                why,
-            })
-        };
+        let denied = |why: String| Refusal::denied(shown.clone(), why);
         if Self::net_rule(&self.config.deny, ip) || Self::host_rule(&self.config.deny, host) {
             return denied("listed in [egress] deny".into());
         }
