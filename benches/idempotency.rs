@@ -142,17 +142,9 @@ fn replay_latency(n: usize) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("idempotency: skipped (run with `cargo bench --bench idempotency`)");
+    let Some(n) = support::bench_arg::<usize>("idempotency", "--n", 2000) else {
         return;
-    }
-    let n: usize = args
-        .iter()
-        .position(|a| a == "--n")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+    };
     store_throughput(n);
     replay_latency(n);
 }

@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const RATES: &[f64] = &[2.0, 50.0, 500.0];
 
 fn main() {
-    let Some(seconds) = support::bench_seconds("pace", 20) else {
+    let Some(seconds) = support::bench_arg("pace", "--seconds", 20) else {
         return;
     };
     let origin = LimitOrigin::start();

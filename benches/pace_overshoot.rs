@@ -41,7 +41,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn main() {
-    let Some(seconds) = support::bench_seconds("pace_overshoot", 10) else {
+    let Some(seconds) = support::bench_arg("pace_overshoot", "--seconds", 10) else {
         return;
     };
     let origin = ExchangeOrigin::start();

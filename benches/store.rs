@@ -298,17 +298,9 @@ fn through_binary(root: &std::path::Path, data: &std::path::Path) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("store: skipped (run with `cargo bench --bench store`)");
+    let Some(n) = support::bench_arg::<usize>("store", "--n", 100_000) else {
         return;
-    }
-    let n: usize = args
-        .iter()
-        .position(|a| a == "--n")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -160,14 +160,7 @@ fn run_flows(log: &str, format: &str) -> (String, Vec<String>) {
         "body": format!(r#"{{"card":"{}"}}"#, s("job-body")),
         "webhooks": [{"url": sink.url("/job")}],
     });
-    let f = curl()
-        .arg("-X")
-        .arg("POST")
-        .arg("-H")
-        .arg("Content-Type: application/json")
-        .arg("--data-binary")
-        .arg(job.to_string())
-        .fetch(&ez.control_url("/api/v1/jobs"));
+    let f = ez.submit_job(&job);
     f.assert_status(201);
     let seen = origin.wait_for("/v1/job", WAIT);
     assert_eq!(

@@ -167,14 +167,7 @@ fn with_a_key_stored_credentials_are_encrypted_and_still_replayed() {
         "body": format!(r#"{{"card":"{}"}}"#, s("api-body")),
         "webhooks": [{"url": sink.url("/api")}],
     });
-    let f = curl()
-        .arg("-X")
-        .arg("POST")
-        .arg("-H")
-        .arg("Content-Type: application/json")
-        .arg("--data-binary")
-        .arg(job.to_string())
-        .fetch(&ez.control_url("/api/v1/jobs"));
+    let f = ez.submit_job(&job);
     f.assert_status(201);
     let api: serde_json::Value = serde_json::from_slice(&f.body).expect("201 JSON");
     let api_id = api["job_id"].as_str().expect("job_id").to_string();

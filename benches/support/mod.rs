@@ -79,9 +79,10 @@ pub fn percentiles(mut v: Vec<Duration>) -> String {
     )
 }
 
-/// `--seconds N` from a bench's arguments; `None` (after saying so) when the
-/// binary runs without `--bench`, i.e. under `cargo test --all-targets`.
-pub fn bench_seconds(name: &str, default: u64) -> Option<u64> {
+/// The value after `flag` (e.g. `--seconds`) in a bench's arguments, else
+/// `default`; `None` (after saying so) when the binary runs without
+/// `--bench`, i.e. under `cargo test --all-targets`.
+pub fn bench_arg<T: std::str::FromStr>(name: &str, flag: &str, default: T) -> Option<T> {
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
         println!("{name}: skipped (run with `cargo bench --bench {name}`)");
@@ -89,7 +90,7 @@ pub fn bench_seconds(name: &str, default: u64) -> Option<u64> {
     }
     Some(
         args.iter()
-            .position(|a| a == "--seconds")
+            .position(|a| a == flag)
             .and_then(|i| args.get(i + 1))
             .and_then(|s| s.parse().ok())
             .unwrap_or(default),

@@ -473,6 +473,18 @@ impl Ezthrottle {
         format!("http://{}{}", self.control, path)
     }
 
+    /// `POST /api/v1/jobs` with `job` as its JSON body (curl, no token).
+    pub fn submit_job(&self, job: &serde_json::Value) -> super::curl::Fetch {
+        super::curl::curl()
+            .arg("-X")
+            .arg("POST")
+            .arg("-H")
+            .arg("Content-Type: application/json")
+            .arg("--data-binary")
+            .arg(job.to_string())
+            .fetch(&self.control_url("/api/v1/jobs"))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("process already stopped").id()
     }
