@@ -70,7 +70,7 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
     // asked for shared state.
     if matches!(
         config.storage.backend,
-        crate::config::StorageBackend::Redis { .. }
+        crate::config::StorageBackend::Redis(_)
     ) {
         return Err(StartError::RedisUnavailable);
     }

@@ -226,16 +226,22 @@ pub(super) fn render(c: &Config) -> String {
         StorageBackend::Embedded => {
             storage.insert("backend".into(), s("embedded".into()));
         }
-        StorageBackend::Redis { url } => {
+        StorageBackend::Redis(r) => {
             storage.insert("backend".into(), s("redis".into()));
-            let shown = match url.split_once('@') {
-                Some((scheme_user, host)) => {
-                    let scheme = scheme_user.split("://").next().unwrap_or("redis");
-                    format!("{scheme}://****@{host}")
+            // Where the URL comes from; the URL itself only masked.
+            match r.url_source.split_once(':') {
+                Some(("env", var)) => {
+                    storage.insert("url_env".into(), s(var.to_string()));
                 }
-                None => url.clone(),
-            };
-            storage.insert("url".into(), s(shown));
+                Some(("file", path)) => {
+                    storage.insert("url_file".into(), s(path.to_string()));
+                }
+                _ => {
+                    storage.insert("url".into(), s(r.shown_url()));
+                }
+            }
+            storage.insert("timeout".into(), s(format_duration(r.timeout)));
+            storage.insert("prefix".into(), s(r.prefix.clone()));
         }
     }
     // Where the key comes from, never the key.

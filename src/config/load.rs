@@ -693,26 +693,20 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
     // [storage]
     let backend = match raw.storage.backend.as_deref() {
         None | Some("embedded") => {
-            if raw.storage.url.is_some() {
-                return Err(cx.err("storage.url", "only used with backend = \"redis\""));
+            for (key, set) in [
+                ("storage.url", raw.storage.url.is_some()),
+                ("storage.url_env", raw.storage.url_env.is_some()),
+                ("storage.url_file", raw.storage.url_file.is_some()),
+                ("storage.timeout", raw.storage.timeout.is_some()),
+                ("storage.prefix", raw.storage.prefix.is_some()),
+            ] {
+                if set {
+                    return Err(cx.err(key, "only used with backend = \"redis\""));
+                }
             }
             StorageBackend::Embedded
         }
-        Some("redis") => match &raw.storage.url {
-            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {
-                StorageBackend::Redis { url: u.clone() }
-            }
-            Some(u) => {
-                return Err(cx.err(
-                    "storage.url",
-                    format!(
-                        "expected redis://host:port or rediss://..., got {:?}",
-                        mask_url(u)
-                    ),
-                ))
-            }
-            None => return Err(cx.err("storage.url", "is required with backend = \"redis\"")),
-        },
+        Some("redis") => StorageBackend::Redis(redis_config(cx, &raw.storage)?),
         Some(other) => {
             return Err(cx.err(
                 "storage.backend",
@@ -815,6 +809,99 @@ fn encryption_key(
         }
         (None, None) => Ok((None, None)),
     }
+}
+
+/// `[storage]` of the Redis backend. The URL may carry a password, so it can
+/// come from a file or an environment variable (a Kubernetes Secret) instead
+/// of the config file; it is read here so that a missing one is a config
+/// error naming the key.
+fn redis_config(cx: &Ctx, raw: &RawStorage) -> Result<RedisConfig, ConfigError> {
+    let given = [
+        raw.url.is_some(),
+        raw.url_env.is_some(),
+        raw.url_file.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(cx.err("storage.url", "set only one of url, url_env and url_file"));
+    }
+    let (key, url, url_source) = if let Some(u) = &raw.url {
+        ("storage.url", u.clone(), "config".to_string())
+    } else if let Some(var) = &raw.url_env {
+        let key = "storage.url_env";
+        if var.is_empty() {
+            return Err(cx.err(key, "must name an environment variable"));
+        }
+        let u = std::env::var(var).map_err(|e| {
+            cx.err(
+                key,
+                format!("environment variable {var} is not usable: {e}"),
+            )
+        })?;
+        (key, u.trim().to_string(), format!("env:{var}"))
+    } else if let Some(path) = &raw.url_file {
+        let key = "storage.url_file";
+        if path.is_empty() {
+            return Err(cx.err(key, "must not be empty"));
+        }
+        let u = std::fs::read_to_string(path)
+            .map_err(|e| cx.err(key, format!("cannot read {path}: {e}")))?;
+        (key, u.trim().to_string(), format!("file:{path}"))
+    } else {
+        return Err(cx.err(
+            "storage.url",
+            "is required with backend = \"redis\" (or url_env / url_file)",
+        ));
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(cx.err(
+            key,
+            format!(
+                "expected redis://host:port or rediss://..., got {:?}",
+                mask_url(&url)
+            ),
+        ));
+    }
+    if let Err(e) = redis::Client::open(url.as_str()) {
+        return Err(cx.err(
+            key,
+            format!(
+                "{:?} is not a usable Redis URL: {}",
+                mask_url(&url),
+                e.category()
+            ),
+        ));
+    }
+    let timeout = match &raw.timeout {
+        Some(t) => duration(cx, "storage.timeout", t)?,
+        None => Duration::from_millis(250),
+    };
+    if timeout.is_zero() || timeout > Duration::from_secs(10) {
+        return Err(cx.err(
+            "storage.timeout",
+            format!(
+                "must be between 1ms and 10s, got {}",
+                format_duration(timeout)
+            ),
+        ));
+    }
+    let prefix = raw.prefix.clone().unwrap_or_else(|| "ezt".to_string());
+    if prefix.is_empty()
+        || prefix.len() > 64
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(cx.err(
+            "storage.prefix",
+            format!("must be 1-64 letters, digits, '-', '_' or '.', got {prefix:?}"),
+        ));
+    }
+    Ok(RedisConfig {
+        url,
+        url_source,
+        timeout,
+        prefix,
+    })
 }
 
 fn mask_url(u: &str) -> String {

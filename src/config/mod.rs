@@ -204,7 +204,46 @@ pub struct RegionConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageBackend {
     Embedded,
-    Redis { url: String },
+    Redis(RedisConfig),
+}
+
+/// `[storage] backend = "redis"`: where the shared state lives (docs/distributed.md).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://`, possibly with user and password: a secret,
+    /// never printed (see [`RedisConfig::shown_url`]).
+    pub url: String,
+    /// Where the URL came from: `config`, `env:VAR` or `file:/path`.
+    pub url_source: String,
+    /// Every Redis command gives up after this (`storage.timeout`, default 250ms).
+    pub timeout: std::time::Duration,
+    /// Every key starts with `<prefix>:` so deployments can share a server.
+    pub prefix: String,
+}
+
+impl RedisConfig {
+    /// The URL with any user and password masked.
+    pub fn shown_url(&self) -> String {
+        match self.url.split_once('@') {
+            Some((scheme_user, host)) => {
+                let scheme = scheme_user.split("://").next().unwrap_or("redis");
+                format!("{scheme}://****@{host}")
+            }
+            None => self.url.clone(),
+        }
+    }
+}
+
+/// Never print the password in the URL.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.shown_url())
+            .field("url_source", &self.url_source)
+            .field("timeout", &self.timeout)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -156,6 +156,10 @@ pub struct RawRegion {
 pub struct RawStorage {
     pub backend: Option<String>,
     pub url: Option<String>,
+    pub url_env: Option<String>,
+    pub url_file: Option<String>,
+    pub timeout: Option<String>,
+    pub prefix: Option<String>,
     /// Only read to refuse it: a key must not sit in the config file.
     pub encryption_key: Option<toml::Value>,
     pub encryption_key_file: Option<String>,

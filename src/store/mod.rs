@@ -5,6 +5,7 @@
 pub mod embedded;
 pub mod files;
 pub mod pool;
+pub mod redis;
 pub mod seal;
 
 use async_trait::async_trait;

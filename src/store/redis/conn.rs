@@ -1,0 +1,540 @@
+//! The one Redis client of a process, shared by the store, admission and
+//! idempotency (docs/distributed.md).
+//!
+//! Why a runtime of its own: the `redis` crate's multiplexed connection runs
+//! a driver task on the runtime that created it, and pingora's runtimes are
+//! per-service and built after start-up. A one-thread runtime that lives as
+//! long as this client keeps the connection, its reconnects and the
+//! background tasks (health, heartbeat, pub/sub) in one place; callers on any
+//! runtime just await commands, which travel over a channel to that driver.
+//!
+//! Redis being down is a normal state, not a start-up failure: the
+//! connection is lazy, every command has a short timeout, `is_up` says what
+//! the last command saw, and the health task reconnects with backoff.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, ToRedisArgs};
+use tokio::sync::broadcast;
+
+use super::super::StoreError;
+use crate::config::RedisConfig;
+
+/// How often a replica says it is alive and counts its live peers.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// A replica not heard from for this long no longer counts as live.
+pub const REPLICA_TTL: Duration = Duration::from_secs(5);
+
+/// A message on the shared events channel: `(kind, payload)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: String,
+    pub payload: String,
+}
+
+pub struct Redis {
+    client: redis::Client,
+    conn: ConnectionManager,
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    timeout: Duration,
+    prefix: String,
+    /// This process's id among the replicas (heartbeat, lease owners).
+    replica: String,
+    up: AtomicBool,
+    /// Live replicas seen at the last heartbeat (at least 1: this one).
+    replicas: AtomicU32,
+    events: broadcast::Sender<Event>,
+    shown_url: String,
+}
+
+/// Channel (under the prefix) every replica subscribes to.
+const EVENTS: &str = "events";
+
+impl Redis {
+    /// A client for `cfg`. Never waits for Redis: the first command (or the
+    /// health task, right away) connects. Errors only on a URL the client
+    /// library refuses or a runtime that cannot start.
+    pub fn open(cfg: &RedisConfig) -> Result<Arc<Redis>, StoreError> {
+        let client = redis::Client::open(cfg.url.as_str())
+            .map_err(|e| StoreError::Backend(format!("redis url: {}", e.category())))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ezt-redis")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Backend(format!("redis runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.timeout.max(Duration::from_millis(100))))
+            .set_response_timeout(Some(cfg.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let conn = {
+            let _guard = handle.enter();
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+                .map_err(|e| StoreError::Backend(format!("redis client: {}", e.category())))?
+        };
+        let (events, _) = broadcast::channel(1024);
+        let redis = Arc::new(Redis {
+            client,
+            conn,
+            runtime: Some(runtime),
+            handle,
+            timeout: cfg.timeout,
+            prefix: cfg.prefix.clone(),
+            replica: uuid::Uuid::new_v4().simple().to_string(),
+            up: AtomicBool::new(false),
+            replicas: AtomicU32::new(1),
+            events,
+            shown_url: cfg.shown_url(),
+        });
+        redis.handle.spawn(health_forever(Arc::downgrade(&redis)));
+        redis
+            .handle
+            .spawn(subscribe_forever(Arc::downgrade(&redis)));
+        Ok(redis)
+    }
+
+    /// `<prefix>:<rest>`.
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.prefix)
+    }
+
+    /// The key of one domain's state: `<prefix>:{<domain>}:<what>`. The hash
+    /// tag keeps every key of a domain in one Redis Cluster slot, so one
+    /// script may touch them all.
+    pub fn domain_key(&self, domain: &str, what: &str) -> String {
+        format!("{}:{{{domain}}}:{what}", self.prefix)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    pub fn shown_url(&self) -> &str {
+        &self.shown_url
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether the last command (or health check) reached Redis.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Live replicas at the last heartbeat, this one included (≥ 1). Kept
+    /// while Redis is down: it is what the fallback pace divides by.
+    pub fn live_replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Run one command with the timeout.
+    pub async fn query<T: FromRedisValue + Send + 'static>(
+        &self,
+        cmd: redis::Cmd,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        let fut = async move { cmd.query_async::<T>(&mut conn).await };
+        self.finish(tokio::time::timeout(self.timeout, fut).await)
+    }
+
+    /// Run a pipeline (`MULTI`/`EXEC` when built atomic) with the timeout.
+    pub async fn pipe<T: FromRedisValue + Send + 'static>(
+        &self,
+        pipe: redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        let fut = async move { pipe.query_async::<T>(&mut conn).await };
+        self.finish(tokio::time::timeout(self.timeout, fut).await)
+    }
+
+    /// Run a Lua script by its SHA (`EVALSHA`; loaded on the first
+    /// `NOSCRIPT`, so normally one round trip) with the timeout.
+    pub async fn script<T, K, A>(
+        &self,
+        script: &redis::Script,
+        keys: &[K],
+        args: &[A],
+    ) -> Result<T, StoreError>
+    where
+        T: FromRedisValue + Send + 'static,
+        K: ToRedisArgs,
+        A: ToRedisArgs,
+    {
+        let mut invocation = script.prepare_invoke();
+        for k in keys {
+            invocation.key(k);
+        }
+        for a in args {
+            invocation.arg(a);
+        }
+        let mut conn = self.conn.clone();
+        let fut = async move { invocation.invoke_async::<T>(&mut conn).await };
+        self.finish(tokio::time::timeout(self.timeout, fut).await)
+    }
+
+    fn finish<T>(
+        &self,
+        r: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, StoreError> {
+        match r {
+            Ok(Ok(v)) => {
+                self.up.store(true, Ordering::Relaxed);
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                // A script or type error is a bug of ours, not an outage.
+                if e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                {
+                    self.up.store(false, Ordering::Relaxed);
+                }
+                Err(StoreError::Backend(format!("redis: {}", describe(&e))))
+            }
+            Err(_) => {
+                self.up.store(false, Ordering::Relaxed);
+                Err(StoreError::Backend(format!(
+                    "redis: no answer within {} ms",
+                    self.timeout.as_millis()
+                )))
+            }
+        }
+    }
+
+    /// Tell every replica (this one too, through its subscription).
+    pub async fn publish(&self, kind: &str, payload: &str) -> Result<(), StoreError> {
+        let message = format!("{kind}\n{payload}");
+        self.query::<i64>(
+            redis::cmd("PUBLISH")
+                .arg(self.key(EVENTS))
+                .arg(message)
+                .clone(),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Events published by any replica, from now on. A receiver that falls
+    /// behind loses the oldest (they are hints to look again, not data).
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Spawn a task on the Redis runtime (kept off pingora's runtimes).
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.handle.spawn(fut);
+    }
+
+    /// Redis's `maxmemory-policy`, when the server lets us read it (managed
+    /// services often disable `CONFIG`).
+    async fn eviction_policy(&self) -> Option<String> {
+        let pair: Vec<String> = self
+            .query(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .clone(),
+            )
+            .await
+            .ok()?;
+        pair.get(1).cloned()
+    }
+
+    /// One heartbeat: say we are alive, forget the dead, count the live.
+    async fn heartbeat(&self) -> Result<u32, StoreError> {
+        let key = self.key("replicas");
+        let now: (u64, u64) = self.query(redis::cmd("TIME").clone()).await?;
+        let now_ms = now.0 * 1000 + now.1 / 1000;
+        let stale = now_ms.saturating_sub(REPLICA_TTL.as_millis() as u64);
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD")
+            .arg(&key)
+            .arg(now_ms)
+            .arg(&self.replica)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(format!("({stale}"))
+            .ignore()
+            .cmd("ZCARD")
+            .arg(&key)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(REPLICA_TTL.as_millis() as u64 * 4)
+            .ignore();
+        let (live,): (u32,) = self.pipe(pipe).await?;
+        Ok(live.max(1))
+    }
+
+    /// Leave the replica set at shutdown so peers re-divide at once.
+    pub async fn leave(&self) {
+        let _ = self
+            .query::<i64>(
+                redis::cmd("ZREM")
+                    .arg(self.key("replicas"))
+                    .arg(&self.replica)
+                    .clone(),
+            )
+            .await;
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside async code (tests
+        // drop stores there); let its thread wind down on its own.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The error without anything of the URL (passwords) in it.
+fn describe(e: &redis::RedisError) -> String {
+    match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.category()),
+        None => e.category().to_string(),
+    }
+}
+
+/// Heartbeat every second: keeps `up` and `live_replicas` current,
+/// reconnecting through the connection manager with its backoff, and logs
+/// each change of state once.
+async fn health_forever(redis: std::sync::Weak<Redis>) {
+    let mut was_up: Option<bool> = None;
+    let mut warned_policy = false;
+    loop {
+        let Some(r) = redis.upgrade() else { return };
+        let up = match r.heartbeat().await {
+            Ok(live) => {
+                r.replicas.store(live, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                if was_up != Some(false) {
+                    tracing::warn!(url = %r.shown_url, error = %e, "redis unreachable: running degraded (each replica paces at its share; idempotency-keyed requests and job submissions answer 503)");
+                }
+                false
+            }
+        };
+        if up && was_up != Some(true) {
+            tracing::info!(url = %r.shown_url, replicas = r.live_replicas(), "redis connected");
+            if !warned_policy {
+                warned_policy = true;
+                match r.eviction_policy().await.as_deref() {
+                    Some("noeviction") | None => {}
+                    Some(other) => tracing::warn!(
+                        policy = other,
+                        "redis maxmemory-policy is not noeviction: under memory pressure Redis deletes keys, and evicted keys are lost jobs, idempotency records and limits (docs/distributed.md)"
+                    ),
+                }
+            }
+        }
+        was_up = Some(up);
+        drop(r);
+        tokio::time::sleep(HEARTBEAT_EVERY).await;
+    }
+}
+
+/// Keep a subscription to the events channel, re-subscribing with backoff
+/// after any failure, and fan messages out to local receivers.
+async fn subscribe_forever(redis: std::sync::Weak<Redis>) {
+    use futures::StreamExt;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(r) = redis.upgrade() else { return };
+        let client = r.client.clone();
+        let channel = r.key(EVENTS);
+        let events = r.events.clone();
+        let timeout = r.timeout.max(Duration::from_millis(100));
+        drop(r);
+        let connected = tokio::time::timeout(timeout, client.get_async_pubsub()).await;
+        match connected {
+            Ok(Ok(mut pubsub)) => {
+                if pubsub.subscribe(&channel).await.is_ok() {
+                    backoff = Duration::from_millis(100);
+                    let mut stream = pubsub.on_message();
+                    while let Some(msg) = stream.next().await {
+                        if redis.strong_count() == 0 {
+                            return;
+                        }
+                        let Ok(text) = msg.get_payload::<String>() else {
+                            continue;
+                        };
+                        let (kind, payload) = text.split_once('\n').unwrap_or((&text, ""));
+                        let _ = events.send(Event {
+                            kind: kind.to_string(),
+                            payload: payload.to_string(),
+                        });
+                    }
+                }
+            }
+            Ok(Err(_)) | Err(_) => {}
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A real `redis-server` per test, on a free port with its own directory.
+
+    use std::process::{Child, Command, Stdio};
+
+    pub struct Server {
+        child: Child,
+        pub port: u16,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Server {
+        /// Start one; `None` when no `redis-server` is installed (the test
+        /// then says so and is skipped by its caller).
+        pub fn start() -> Option<Server> {
+            let dir = tempfile::tempdir().ok()?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                ])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?;
+            let server = Server {
+                child,
+                port,
+                _dir: dir,
+            };
+            for _ in 0..200 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Some(server);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            None
+        }
+
+        pub fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+
+        pub fn config(&self, prefix: &str) -> crate::config::RedisConfig {
+            crate::config::RedisConfig {
+                url: self.url(),
+                url_source: "config".into(),
+                timeout: std::time::Duration::from_millis(500),
+                prefix: prefix.into(),
+            }
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn commands_scripts_and_events_round_trip() {
+        let Some(server) = testing::Server::start() else {
+            panic!("redis-server is not installed (scripts/test installs it)");
+        };
+        let r = Redis::open(&server.config("t")).expect("open");
+        let mut events = r.events();
+        // The subscription comes up in the background: publish until heard.
+        let mut heard = None;
+        for _ in 0..100 {
+            r.publish("hello", "world").await.expect("publish");
+            if let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(50), events.recv()).await
+            {
+                heard = Some(e);
+                break;
+            }
+        }
+        assert_eq!(
+            heard,
+            Some(Event {
+                kind: "hello".into(),
+                payload: "world".into()
+            })
+        );
+        let _: () = r
+            .query(redis::cmd("SET").arg(r.key("k")).arg("v").clone())
+            .await
+            .expect("set");
+        let v: String = r
+            .query(redis::cmd("GET").arg("t:k").clone())
+            .await
+            .expect("get");
+        assert_eq!(v, "v");
+        let script = redis::Script::new("return tonumber(ARGV[1]) + 1");
+        let n: i64 = r
+            .script(&script, &[] as &[&str], &[41])
+            .await
+            .expect("script");
+        assert_eq!(n, 42);
+        assert!(r.is_up());
+        assert_eq!(r.domain_key("api.test", "gcra"), "t:{api.test}:gcra");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_down_gives_a_prompt_error_not_a_hang() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let cfg = crate::config::RedisConfig {
+            url: format!("redis://:secretpw@127.0.0.1:{port}"),
+            url_source: "config".into(),
+            timeout: Duration::from_millis(200),
+            prefix: "t".into(),
+        };
+        let r = Redis::open(&cfg).expect("open without a server");
+        let started = std::time::Instant::now();
+        let err = r
+            .query::<String>(redis::cmd("PING").clone())
+            .await
+            .expect_err("nothing listens");
+        assert!(started.elapsed() < Duration::from_secs(5), "bounded");
+        assert!(!err.to_string().contains("secretpw"), "{err}");
+        assert!(!r.is_up());
+    }
+}

@@ -1,0 +1,6 @@
+//! The Redis backend (`[storage] backend = "redis"`): the state N replicas
+//! share so they behave as one proxy (docs/distributed.md).
+
+pub mod conn;
+
+pub use conn::Redis;
