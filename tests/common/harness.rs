@@ -86,6 +86,11 @@ pub struct EzBuilder {
     env: Vec<(String, String)>,
     /// Start through `sh` with this umask (file-mode tests).
     umask: Option<u32>,
+    /// Lines of a `[storage]` table (none when empty).
+    storage_toml: String,
+    /// CA certificate and key copied into the work dir at start and named by
+    /// `[tls] ca_cert` / `ca_key` (replicas that must share one CA).
+    ca_files: Option<(PathBuf, PathBuf)>,
 }
 
 impl EzBuilder {
@@ -106,6 +111,8 @@ impl EzBuilder {
             args: vec![],
             env: vec![],
             umask: None,
+            storage_toml: String::new(),
+            ca_files: None,
         }
     }
 
@@ -221,6 +228,64 @@ impl EzBuilder {
         self
     }
 
+    /// Keys of the `[storage]` table (one `key = value` per line). Use this,
+    /// not [`extra`](Self::extra), for storage keys when combining them with
+    /// [`redis`](Self::redis): TOML allows one `[storage]` table.
+    pub fn storage(mut self, toml: &str) -> Self {
+        self.storage_toml.push_str(toml);
+        self.storage_toml.push('\n');
+        self
+    }
+
+    /// `[storage] backend = "redis"` with `url` = the server's URL.
+    pub fn redis(self, server: &super::redis_server::RedisServer) -> Self {
+        self.redis_url(&server.url())
+    }
+
+    /// `[storage] backend = "redis"` with this `url` (e.g. a closed port,
+    /// for "Redis down at start").
+    pub fn redis_url(self, url: &str) -> Self {
+        self.storage(&format!("backend = \"redis\"\nurl = {}", toml_str(url)))
+    }
+
+    /// `[storage] prefix` (with [`redis`](Self::redis)).
+    pub fn redis_prefix(self, prefix: &str) -> Self {
+        self.storage(&format!("prefix = {}", toml_str(prefix)))
+    }
+
+    /// Use this CA (PEM certificate and PKCS#8 key): both are copied into the
+    /// instance's work dir when it starts (so the source may go away later)
+    /// and named by `[tls] ca_cert` / `ca_key`.
+    pub fn ca_files(mut self, cert: &Path, key: &Path) -> Self {
+        self.ca_files = Some((cert.to_path_buf(), key.to_path_buf()));
+        self
+    }
+
+    /// Mint from the same CA as `other` (a running instance).
+    pub fn ca_from(self, other: &Ezthrottle) -> Self {
+        let key = other.ca_key_path();
+        self.ca_files(&other.ca_path, &key)
+    }
+
+    /// Start `n` instances of this builder that share one CA (made with
+    /// `ezthrottle ca init`), each with its own work dir, data dir and
+    /// ports. With [`redis`](Self::redis) they are replicas on one Redis.
+    pub fn start_replicas(self, n: usize) -> Vec<Ezthrottle> {
+        assert!(
+            self.data_dir.is_none() || n <= 1,
+            "start_replicas: replicas need their own data dirs; do not set data_dir"
+        );
+        let ca = SharedCa::new();
+        let builder = self.ca_files(&ca.cert, &ca.key);
+        (0..n).map(|_| builder.clone().start()).collect()
+    }
+
+    /// The config file `start` would write (with fresh ports), for tests
+    /// that run `ezthrottle config check` on it.
+    pub fn render_config(&self, data_dir: &Path) -> String {
+        self.config_text(data_dir, free_port(), free_port())
+    }
+
     fn config_text(&self, data_dir: &Path, proxy: u16, control: u16) -> String {
         let mut t = String::new();
         if self.data_dir_in_file {
@@ -237,10 +302,18 @@ impl EzBuilder {
             self.proxy_toml
         );
         t += &format!("\n[control]\nlisten = \"127.0.0.1:{control}\"\n");
+        if self.upstream_ca.is_some() || self.ca_files.is_some() {
+            t += "\n[tls]\n";
+        }
         if let Some(ca) = &self.upstream_ca {
+            t += &format!("upstream_ca_file = {}\n", toml_str(&ca.to_string_lossy()));
+        }
+        if self.ca_files.is_some() {
+            let (cert, key) = copied_ca_paths(data_dir);
             t += &format!(
-                "\n[tls]\nupstream_ca_file = {}\n",
-                toml_str(&ca.to_string_lossy())
+                "ca_cert = {}\nca_key = {}\n",
+                toml_str(&cert.to_string_lossy()),
+                toml_str(&key.to_string_lossy())
             );
         }
         t += "\n[resolve]\n";
@@ -250,6 +323,9 @@ impl EzBuilder {
         t += &format!("\n[limits]\n{}\n", self.limits);
         if !self.egress_toml.is_empty() {
             t += &format!("\n[egress]\n{}", self.egress_toml);
+        }
+        if !self.storage_toml.is_empty() {
+            t += &format!("\n[storage]\n{}", self.storage_toml);
         }
         t += &self.extra_toml;
         t
@@ -283,6 +359,11 @@ impl EzBuilder {
         let mut control_port = free_port();
         while control_port == proxy_port {
             control_port = free_port();
+        }
+        if let Some((cert, key)) = &self.ca_files {
+            let (to_cert, to_key) = copied_ca_paths(&data_dir);
+            copy_ca_file(cert, &to_cert, 0o644);
+            copy_ca_file(key, &to_key, 0o600);
         }
         let config_path = work.join("ezthrottle.toml");
         std::fs::write(
@@ -347,7 +428,11 @@ impl EzBuilder {
         let mut ez = Ezthrottle {
             proxy: SocketAddr::from((self.proxy_ip, proxy_port)),
             control: SocketAddr::from(([127, 0, 0, 1], control_port)),
-            ca_path: data_dir.join("ca").join("ca.pem"),
+            ca_path: if self.ca_files.is_some() {
+                copied_ca_paths(&data_dir).0
+            } else {
+                data_dir.join("ca").join("ca.pem")
+            },
             data_dir,
             config_path,
             stderr_path,
@@ -417,6 +502,68 @@ impl Default for EzBuilder {
     }
 }
 
+/// Where [`EzBuilder::ca_files`] copies the CA: next to the data dir (not in
+/// it, so ezthrottle's own `<data_dir>/ca/` stays unused), as `ca.pem` and
+/// `ca.key` (so [`Ezthrottle::ca_key_path`] is the certificate's sibling).
+fn copied_ca_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
+    let parent = data_dir.parent().unwrap_or(data_dir);
+    let dir = parent.join("shared-ca");
+    (dir.join("ca.pem"), dir.join("ca.key"))
+}
+
+fn copy_ca_file(from: &Path, to: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to.parent().expect("parent")).expect("create shared-ca dir");
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copy CA file {} -> {}: {e}", from.display(), to.display()));
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).expect("chmod CA file");
+}
+
+/// A CA made once with `ezthrottle ca init` in a temp dir, for instances that
+/// must mint from the same CA ([`EzBuilder::ca_files`]; each copies it at start,
+/// so this may be dropped once they run).
+pub struct SharedCa {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SharedCa {
+    pub fn new() -> SharedCa {
+        let dir = tempfile::tempdir().expect("shared CA tempdir");
+        let data = dir.path().join("data");
+        let out = super::proc::run(
+            ezthrottle_cmd()
+                .arg("ca")
+                .arg("init")
+                .arg("--data-dir")
+                .arg(&data),
+            EXIT_TIMEOUT,
+        );
+        assert!(
+            out.status.success(),
+            "ezthrottle ca init: {}",
+            super::proc::show(&out)
+        );
+        SharedCa {
+            cert: data.join("ca").join("ca.pem"),
+            key: data.join("ca").join("ca.key"),
+            _dir: dir,
+        }
+    }
+
+    /// The certificate (PEM).
+    pub fn pem(&self) -> String {
+        std::fs::read_to_string(&self.cert).expect("read shared CA")
+    }
+}
+
+impl Default for SharedCa {
+    fn default() -> Self {
+        SharedCa::new()
+    }
+}
+
 fn parse_ready(rest: &str) -> Option<(SocketAddr, SocketAddr)> {
     let mut proxy = None;
     let mut control = None;
@@ -441,7 +588,7 @@ pub struct Ezthrottle {
     pub proxy: SocketAddr,
     pub control: SocketAddr,
     pub data_dir: PathBuf,
-    /// `<data_dir>/ca/ca.pem`
+    /// `<data_dir>/ca/ca.pem`, or the copy of [`EzBuilder::ca_files`].
     pub ca_path: PathBuf,
     pub config_path: PathBuf,
     stderr_path: PathBuf,
@@ -483,6 +630,11 @@ impl Ezthrottle {
             .arg("--data-binary")
             .arg(job.to_string())
             .fetch(&self.control_url("/api/v1/jobs"))
+    }
+
+    /// The CA key next to [`ca_path`](Self::ca_path).
+    pub fn ca_key_path(&self) -> PathBuf {
+        self.ca_path.with_file_name("ca.key")
     }
 
     pub fn pid(&self) -> u32 {

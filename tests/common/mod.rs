@@ -17,6 +17,9 @@ pub mod origin;
 pub mod proc;
 pub mod py;
 pub mod raw;
+// Not `mod redis`: that would shadow the `redis` crate in `use common::*` files.
+#[path = "redis.rs"]
+pub mod redis_server;
 pub mod secret_origin;
 pub mod serve;
 pub mod webhook_sink;
@@ -26,9 +29,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use curl::{curl, Fetch};
-pub use harness::{ezthrottle_cmd, Ezthrottle};
+pub use harness::{ezthrottle_cmd, EzBuilder, Ezthrottle, SharedCa};
 pub use origin::Origin;
 pub use raw::{RawConn, RawResponse};
+pub use redis_server::{RedisOptions, RedisServer};
 pub use serve::serve_plain;
 
 /// Default bound for one client call (curl, python, raw request).
