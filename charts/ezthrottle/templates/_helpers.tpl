@@ -211,6 +211,11 @@ The generated control API token: read back from the release's config Secret
 {{- $_ := set $storage "encryption_key_env" "EZTHROTTLE_STORAGE_KEY" }}
 {{- $_ := set $cfg "storage" $storage }}
 {{- end }}
+{{- if (.Values.redis | default dict).existingSecret }}
+{{- $storage := deepCopy (get $cfg "storage" | default dict) }}
+{{- $_ := set $storage "url_env" "EZTHROTTLE_REDIS_URL" }}
+{{- $_ := set $cfg "storage" $storage }}
+{{- end }}
 {{- if ne (include "ezthrottle.ca.source" .) "none" }}
 {{- $tls := deepCopy (get $cfg "tls" | default dict) }}
 {{- $_ := set $tls "ca_cert" (printf "%s/ca.pem" (include "ezthrottle.caDir" .)) }}
@@ -288,6 +293,24 @@ wants a float, not the other way round).
 {{- $src := include "ezthrottle.ca.source" . }}
 {{- $storage := .Values.config.storage | default dict }}
 {{- $embedded := eq ($storage.backend | default "embedded") "embedded" }}
+{{- $redisSecret := (.Values.redis | default dict).existingSecret }}
+{{- if eq ($storage.backend | default "embedded") "redis" }}
+{{- if and $storage.url $redisSecret }}
+{{- fail "config.storage.url and redis.existingSecret both give the Redis URL: set one (the Secret keeps the password out of the config)" }}
+{{- end }}
+{{- if not (or $storage.url $redisSecret .Values.existingConfigSecret) }}
+{{- fail "config.storage.backend redis needs the Redis URL: set redis.existingSecret (a Secret with redis://...), or config.storage.url" }}
+{{- end }}
+{{- else }}
+{{- if $redisSecret }}
+{{- fail "redis.existingSecret is set but config.storage.backend is not redis" }}
+{{- end }}
+{{- range $k := list "url" "timeout" "prefix" }}
+{{- if get $storage $k }}
+{{- fail (printf "config.storage.%s is only used with config.storage.backend: redis" $k) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if and (not .Values.controlOnLoopback) (not .Values.existingConfigSecret) (not (include "ezthrottle.apiKeys" . | fromJson)) }}
 {{- fail "the control port listens on the pod IP (for probes and Prometheus), and ezthrottle refuses that without API keys: set apiKeys, or generateApiKey: true" }}
 {{- end }}
@@ -303,6 +326,9 @@ wants a float, not the other way round).
 {{- end }}
 {{- else }}
 {{- $replicas := int .Values.gateway.replicaCount }}
+{{- if and .Values.persistence.enabled (not $embedded) (gt $replicas 1) }}
+{{- fail "persistence with several replicas: with config.storage.backend redis the state is in Redis, so disable persistence (one ReadWriteOnce volume cannot serve several pods)" }}
+{{- end }}
 {{- if and .Values.persistence.enabled $embedded (gt $replicas 1) }}
 {{- fail "persistence with the embedded store needs gateway.replicaCount: 1 (the SQLite file has one owner); run more replicas without persistence (each then has its own store and its own share of every domain limit)" }}
 {{- end }}
@@ -375,6 +401,13 @@ native sidecar, i.e. an init container with restartPolicy: Always).
         secretKeyRef:
           name: {{ . }}
           key: {{ $.Values.storageEncryptionKey.existingSecretKey }}
+    {{- end }}
+    {{- with ($.Values.redis | default dict).existingSecret }}
+    - name: EZTHROTTLE_REDIS_URL
+      valueFrom:
+        secretKeyRef:
+          name: {{ . }}
+          key: {{ $.Values.redis.existingSecretKey }}
     {{- end }}
     {{- with $.Values.extraEnv }}
     {{- toYaml . | nindent 4 }}
