@@ -6,10 +6,13 @@
 //! The pipeline phase that drives this is `pipeline::idempotent`; this module
 //! owns the rules and talks to the [`Store`].
 
+pub mod claim;
 pub mod fingerprint;
 pub mod inflight;
 pub mod key;
+pub mod shared;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +21,12 @@ use sha2::{Digest, Sha256};
 use crate::config::IdempotencyConfig;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::store::redis::Redis;
 use crate::store::{now_ms, IdempotencyRecord, Store};
-use inflight::{Claim, Entry, InFlightTable};
+pub use claim::Claim;
+use claim::{Claims, Refused};
+use inflight::InFlightTable;
+use shared::SharedClaims;
 
 /// How often expired records are deleted.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -35,7 +42,11 @@ pub enum Begin {
 pub struct Idempotency {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    inflight: Arc<InFlightTable>,
+    /// Who runs a scope upstream right now: this replica's table, or
+    /// claims in Redis shared by every replica.
+    claims: Claims,
+    /// Claims held by requests of this replica.
+    held: Arc<AtomicUsize>,
     pub config: IdempotencyConfig,
 }
 
@@ -52,13 +63,40 @@ pub fn scope(workspace: &str, key: &str, method: &str, host: &str, path: &str) -
 }
 
 impl Idempotency {
+    /// One replica on its own: in-flight claims live in this process.
     pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, config: IdempotencyConfig) -> Self {
+        Self::with_redis(store, metrics, config, None)
+    }
+
+    /// With `Some(redis)` (`[storage] backend = "redis"`), in-flight claims
+    /// are shared by every replica on that Redis (see [`shared`]); with
+    /// `None`, as [`Idempotency::new`].
+    pub fn with_redis(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        config: IdempotencyConfig,
+        redis: Option<Arc<Redis>>,
+    ) -> Self {
+        let claims = match redis {
+            Some(redis) => Claims::Shared(SharedClaims::new(redis, metrics.clone())),
+            None => Claims::Local(Arc::new(InFlightTable::default())),
+        };
         Idempotency {
             store,
             metrics,
-            inflight: Arc::new(InFlightTable::default()),
+            claims,
+            held: Arc::new(AtomicUsize::new(0)),
             config,
         }
+    }
+
+    /// How long a shared claim outlives its owner's last renewal (default
+    /// [`shared::LEASE`], 10 s); no effect on local claims.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        if let Claims::Shared(shared) = &mut self.claims {
+            shared.set_lease(lease);
+        }
+        self
     }
 
     fn count(&self, result: &str) {
@@ -78,50 +116,52 @@ impl Idempotency {
     ) -> Result<Begin, ProxyError> {
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut waited = false;
-        loop {
-            match self.inflight.claim(scope, fingerprint) {
-                Entry::Claimed(claim) => {
-                    // Claim first, then look: a request finishing in between
-                    // has already stored its record, so we replay it.
-                    let stored = self.store.idempotency_get(scope, now_ms()).await;
-                    return match stored {
-                        Ok(Some(rec)) if rec.fingerprint == fingerprint => {
-                            self.count(if waited {
-                                "replayed_after_wait"
-                            } else {
-                                "replayed"
-                            });
-                            Ok(Begin::Replay(rec))
-                        }
-                        Ok(Some(_)) => {
-                            self.count("conflict");
-                            Err(ProxyError::IdempotencyKeyReused)
-                        }
-                        Ok(None) => {
-                            self.count("miss");
-                            Ok(Begin::Proceed(claim))
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "idempotency store lookup failed");
-                            self.count("store_error");
-                            Err(ProxyError::StoreUnavailable)
-                        }
-                    };
-                }
-                Entry::Busy(slot) => {
-                    if slot.fingerprint != fingerprint {
-                        self.count("conflict");
-                        return Err(ProxyError::IdempotencyKeyReused);
-                    }
-                    waited = true;
-                    if tokio::time::timeout_at(deadline, slot.finished())
-                        .await
-                        .is_err()
-                    {
-                        self.count("in_flight");
-                        return Err(ProxyError::IdempotencyKeyInFlight);
-                    }
-                }
+        let acquired = self
+            .claims
+            .acquire(scope, fingerprint, deadline, &mut waited, &self.held)
+            .await;
+        let claim = match acquired {
+            Ok(claim) => claim,
+            Err(Refused::Conflict) => {
+                self.count("conflict");
+                return Err(ProxyError::IdempotencyKeyReused);
+            }
+            Err(Refused::InFlight) => {
+                self.count("in_flight");
+                return Err(ProxyError::IdempotencyKeyInFlight);
+            }
+            Err(Refused::Unavailable(e)) => {
+                // Never run a keyed request without a claim: it could run
+                // twice.
+                tracing::error!(error = %e, "idempotency claim failed");
+                self.count("store_error");
+                return Err(ProxyError::StoreUnavailable);
+            }
+        };
+        // Claim first, then look: a request finishing in between has
+        // already stored its record, so we replay it.
+        let stored = self.store.idempotency_get(scope, now_ms()).await;
+        match stored {
+            Ok(Some(rec)) if rec.fingerprint == fingerprint => {
+                self.count(if waited {
+                    "replayed_after_wait"
+                } else {
+                    "replayed"
+                });
+                Ok(Begin::Replay(rec))
+            }
+            Ok(Some(_)) => {
+                self.count("conflict");
+                Err(ProxyError::IdempotencyKeyReused)
+            }
+            Ok(None) => {
+                self.count("miss");
+                Ok(Begin::Proceed(claim))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "idempotency store lookup failed");
+                self.count("store_error");
+                Err(ProxyError::StoreUnavailable)
             }
         }
     }
@@ -156,8 +196,10 @@ impl Idempotency {
         drop(claim);
     }
 
+    /// Claims held by requests of this replica (waiting duplicates hold
+    /// none).
     pub fn in_flight(&self) -> usize {
-        self.inflight.len()
+        self.held.load(Ordering::Relaxed)
     }
 
     /// Delete expired records every minute until the process ends.

@@ -11,8 +11,7 @@ use super::body;
 use super::ctx::RequestCtx;
 use crate::accept::framing::{budget, Hold};
 use crate::error::ProxyError;
-use crate::idempotency::inflight::Claim;
-use crate::idempotency::{self, fingerprint, key, Begin, StoredResponse};
+use crate::idempotency::{self, fingerprint, key, Begin, Claim, StoredResponse};
 use crate::state::Shared;
 use crate::store::IdempotencyRecord;
 
