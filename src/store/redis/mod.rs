@@ -2,5 +2,7 @@
 //! share so they behave as one proxy (docs/distributed.md).
 
 pub mod conn;
+pub mod store;
 
 pub use conn::Redis;
+pub use store::RedisStore;

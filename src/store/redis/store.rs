@@ -1,0 +1,1985 @@
+//! The [`Store`] on Redis: the job queue, webhook deliveries, secrets,
+//! idempotency records and learned limits that N replicas share
+//! (docs/distributed.md, "Storage layout", lists every key).
+//!
+//! The embedded backend is the reference: every method answers as it does.
+//! Where it uses a transaction, this one runs a Lua script (atomic on the
+//! server, one round trip). The scripts keep the indexes that SQLite kept
+//! for it: the due set, the ended set, per-workspace lists (all, and by
+//! status), the uniqueness map of `(workspace, idempotent_key)` and the
+//! per-status counters, each changed in the same script as the job.
+//!
+//! Redis Cluster: every job, delivery and index key is
+//! `<prefix>:{jobs}:…`, so the hash tag `{jobs}` puts them all in one slot
+//! and one script may touch any of them. Scripts get that base,
+//! `<prefix>:{jobs}`, as `KEYS[1]` and derive the per-job and per-delivery
+//! keys from it (their names depend on ids read inside the script, so they
+//! cannot all be declared up front); being in `KEYS[1]`'s slot is what
+//! Cluster requires of them. The cost: the whole queue lives on one shard.
+//! Idempotency records, secrets and learned limits are single keys, each in
+//! its own slot (a record, `<prefix>:idem:{<scope>}:record`, shares its
+//! scope's tag with the in-flight claim of `idempotency/shared.rs`).
+//!
+//! Values the embedded backend seals (job spec and result, webhook URL and
+//! payload, secrets, idempotency headers and body) are sealed here with the
+//! same key, format and associated data (`seal.rs`), and stored as binary
+//! strings.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
+
+use async_trait::async_trait;
+use redis::{Script, Value};
+
+use super::conn::Redis;
+use crate::store::seal::{self, EncryptionKey, Seal};
+use crate::store::{
+    Delivery, DeliveryState, IdempotencyRecord, JobEnd, JobRecord, JobStatus, LearnedLimit, Store,
+    StoreError, WebhookSecrets,
+};
+
+// Associated data of each sealed value: the embedded backend's
+// `table.column`, so a value means the same thing in either backend.
+const JOBS_SPEC: &str = "jobs.spec";
+const JOBS_RESULT: &str = "jobs.result";
+const DELIVERIES_URL: &str = "deliveries.url";
+const DELIVERIES_PAYLOAD: &str = "deliveries.payload";
+const SECRETS_PRIMARY: &str = "webhook_secrets.primary_secret";
+const SECRETS_SECONDARY: &str = "webhook_secrets.secondary_secret";
+const IDEMPOTENCY_HEADERS: &str = "idempotency.headers";
+const IDEMPOTENCY_BODY: &str = "idempotency.body";
+
+/// Ended jobs looked at per sweep script: a script blocks Redis while it
+/// runs, so a backlog is swept in many short ones.
+const SWEEP_BATCH: usize = 500;
+
+/// Past this, an idempotency record's `expires_at` is "never" (no
+/// `PEXPIREAT`): year ~285 000, and beyond what a Lua number holds exactly.
+const MAX_EXPIRE_MS: u64 = 1 << 53;
+
+/// Shared by every job script: key names under `KEYS[1]` and the index
+/// upkeep around a status change.
+const PRELUDE: &str = r#"
+local B = KEYS[1]
+local DUE = B .. ':due'
+local ENDED = B .. ':ended'
+local UNIQ = B .. ':uniq'
+local COUNTS = B .. ':counts'
+local DDUE = B .. ':deliveries:due'
+local DSEQ = B .. ':deliveries:seq'
+local function jk(id) return B .. ':job:' .. id end
+local function jdk(id) return B .. ':jobd:' .. id end
+local function dk(id) return B .. ':delivery:' .. id end
+local function wsk(ws) return B .. ':wsall:' .. ws end
+local function wssk(ws, st) return B .. ':wss:' .. st .. ':' .. ws end
+local function uniq(ws, key) return #ws .. ':' .. ws .. key end
+local function pad(n) return string.rep('0', 20 - #n) .. n end
+local function lmember(created, id) return pad(created) .. ':' .. id end
+local function is_final(st) return st == 'success' or st == 'failed' or st == 'cancelled' end
+local function get_job(id)
+  local v = redis.call('HMGET', jk(id), 'status', 'ws', 'created', 'next', 'lease', 'updated', 'claims', 'key')
+  if not v[1] then return nil end
+  if not (v[2] and v[3] and v[4] and v[5] and v[6] and v[7] and v[8]) then
+    error('malformed job record ' .. id)
+  end
+  return {status = v[1], ws = v[2], created = v[3], next = v[4], lease = v[5],
+          updated = v[6], claims = v[7], key = v[8]}
+end
+-- The indexes that depend on a job's status: its counter, the workspace's
+-- list of that status, the due set (queued/retrying scored by next attempt,
+-- in flight by lease end: a lapsed lease is simply due again) and the
+-- ended set (scored by end time, for the retention sweep).
+local function index_out(id, j)
+  redis.call('HINCRBY', COUNTS, j.status, -1)
+  redis.call('ZREM', wssk(j.ws, j.status), lmember(j.created, id))
+  redis.call('ZREM', DUE, id)
+  redis.call('ZREM', ENDED, id)
+end
+local function index_in(id, j)
+  redis.call('HINCRBY', COUNTS, j.status, 1)
+  redis.call('ZADD', wssk(j.ws, j.status), 0, lmember(j.created, id))
+  if j.status == 'queued' or j.status == 'retrying' then
+    redis.call('ZADD', DUE, j.next, id)
+  elseif j.status == 'in_flight' then
+    redis.call('ZADD', DUE, j.lease, id)
+  elseif is_final(j.status) then
+    redis.call('ZADD', ENDED, j.updated, id)
+  end
+end
+local function update(id, j, changes)
+  index_out(id, j)
+  local flat = {}
+  for k, v in pairs(changes) do
+    j[k] = v
+    flat[#flat + 1] = k
+    flat[#flat + 1] = v
+  end
+  redis.call('HSET', jk(id), unpack(flat))
+  index_in(id, j)
+end
+-- A job given as 13 ARGV from index i (see RedisStore::job_args).
+local function job_args(i)
+  return {id = ARGV[i], ws = ARGV[i + 1], key = ARGV[i + 2], status = ARGV[i + 3],
+          spec = ARGV[i + 4], attempts = ARGV[i + 5], claims = ARGV[i + 6],
+          next = ARGV[i + 7], lease = ARGV[i + 8], created = ARGV[i + 9],
+          updated = ARGV[i + 10], has_result = ARGV[i + 11], result = ARGV[i + 12]}
+end
+-- The id of the job holding (ws, key), if any.
+local function existing(j)
+  local id = redis.call('HGET', UNIQ, uniq(j.ws, j.key))
+  if id and redis.call('EXISTS', jk(id)) == 1 then return id end
+  return nil
+end
+local function insert(j)
+  local f = {'id', j.id, 'ws', j.ws, 'key', j.key, 'status', j.status, 'spec', j.spec,
+             'attempts', j.attempts, 'claims', j.claims, 'next', j.next, 'lease', j.lease,
+             'created', j.created, 'updated', j.updated}
+  if j.has_result == '1' then
+    f[#f + 1] = 'result'
+    f[#f + 1] = j.result
+  end
+  redis.call('HSET', jk(j.id), unpack(f))
+  redis.call('HSET', UNIQ, uniq(j.ws, j.key), j.id)
+  redis.call('ZADD', wsk(j.ws), 0, lmember(j.created, j.id))
+  index_in(j.id, j)
+end
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}{body}"))
+}
+
+/// ARGV: a job (13). Nil when inserted, else the existing job's fields.
+static INSERT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local j = job_args(1)
+local id = existing(j)
+if id then return redis.call('HGETALL', jk(id)) end
+if redis.call('EXISTS', jk(j.id)) == 1 then
+  return redis.error_reply('job id ' .. j.id .. ' exists with another key')
+end
+insert(j)
+return false
+"#,
+    )
+});
+
+/// ARGV: now, lease_until, limit. The claimed jobs' fields, in due order.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now, lease = ARGV[1], ARGV[2]
+local ids = redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'LIMIT', 0, ARGV[3])
+local out = {}
+for _, id in ipairs(ids) do
+  local j = get_job(id)
+  if j == nil or not (j.status == 'queued' or j.status == 'retrying' or j.status == 'in_flight') then
+    redis.call('ZREM', DUE, id)
+  else
+    update(id, j, {status = 'in_flight', lease = lease, updated = now})
+    redis.call('HINCRBY', jk(id), 'claims', 1)
+    out[#out + 1] = redis.call('HGETALL', jk(id))
+  end
+end
+return out
+"#,
+    )
+});
+
+/// ARGV: id, claims, lease_until. 1 if renewed.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local id = ARGV[1]
+local j = get_job(id)
+if j == nil or j.status ~= 'in_flight' or j.claims ~= ARGV[2] then return 0 end
+redis.call('HSET', jk(id), 'lease', ARGV[3])
+redis.call('ZADD', DUE, ARGV[3], id)
+return 1
+"#,
+    )
+});
+
+/// ARGV: id, claims, status, next_attempt_at, now, calls. 1 if done.
+static RESCHEDULE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local id = ARGV[1]
+local j = get_job(id)
+if j == nil or j.status ~= 'in_flight' or j.claims ~= ARGV[2] then return 0 end
+update(id, j, {status = ARGV[3], next = ARGV[4], lease = '0', updated = ARGV[5]})
+redis.call('HINCRBY', jk(id), 'attempts', ARGV[6])
+return 1
+"#,
+    )
+});
+
+/// ARGV: id, claims ('' for any), status, result, payload, now, calls,
+/// n deliveries, n × (url, quorum), n children, n × job (13). 1 if ended.
+static FINISH: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local id, now = ARGV[1], ARGV[6]
+local j = get_job(id)
+if j == nil or is_final(j.status) or (ARGV[2] ~= '' and j.claims ~= ARGV[2]) then return 0 end
+local nd = tonumber(ARGV[8])
+local ci = 9 + 2 * nd
+local nc = tonumber(ARGV[ci])
+local children = {}
+for c = 0, nc - 1 do
+  local cj = job_args(ci + 1 + 13 * c)
+  -- Checked before anything is written: a script is not rolled back.
+  if not existing(cj) and redis.call('EXISTS', jk(cj.id)) == 1 then
+    return redis.error_reply('job id ' .. cj.id .. ' exists with another key')
+  end
+  children[#children + 1] = cj
+end
+update(id, j, {status = ARGV[3], result = ARGV[4], lease = '0', updated = now})
+redis.call('HINCRBY', jk(id), 'attempts', ARGV[7])
+for d = 0, nd - 1 do
+  local did = tostring(redis.call('INCR', DSEQ))
+  redis.call('HSET', dk(did), 'id', did, 'job', id, 'ws', j.ws, 'url', ARGV[9 + 2 * d],
+             'quorum', ARGV[10 + 2 * d], 'payload', ARGV[5], 'state', 'pending',
+             'attempts', '0', 'next', now, 'updated', now)
+  redis.call('ZADD', DDUE, now, pad(did))
+  redis.call('RPUSH', jdk(id), did)
+end
+for _, cj in ipairs(children) do
+  if not existing(cj) then insert(cj) end
+end
+return 1
+"#,
+    )
+});
+
+/// ARGV: id, now. 1 if cancelled.
+static CANCEL: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local id = ARGV[1]
+local j = get_job(id)
+if j == nil or is_final(j.status) then return 0 end
+update(id, j, {status = 'cancelled', lease = '0', updated = ARGV[2]})
+return 1
+"#,
+    )
+});
+
+/// ARGV: id, now. 1 if queued again.
+static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local id, now = ARGV[1], ARGV[2]
+local j = get_job(id)
+if j == nil or not (j.status == 'failed' or j.status == 'cancelled') then return 0 end
+update(id, j, {status = 'queued', next = now, lease = '0', attempts = '0', updated = now})
+return 1
+"#,
+    )
+});
+
+/// ARGV: before, batch, offset (ended jobs kept by earlier batches).
+/// Returns {deleted, kept, looked at}.
+static SWEEP: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local ids = redis.call('ZRANGEBYSCORE', ENDED, '-inf', '(' .. ARGV[1], 'LIMIT', ARGV[3], ARGV[2])
+local deleted, kept = 0, 0
+for _, id in ipairs(ids) do
+  local dids = redis.call('LRANGE', jdk(id), 0, -1)
+  local pending = false
+  for _, did in ipairs(dids) do
+    if redis.call('HGET', dk(did), 'state') == 'pending' then
+      pending = true
+      break
+    end
+  end
+  local j = get_job(id)
+  if j == nil then
+    redis.call('ZREM', ENDED, id)
+  elseif pending then
+    kept = kept + 1
+  else
+    index_out(id, j)
+    redis.call('ZREM', wsk(j.ws), lmember(j.created, id))
+    local u = uniq(j.ws, j.key)
+    if redis.call('HGET', UNIQ, u) == id then redis.call('HDEL', UNIQ, u) end
+    for _, did in ipairs(dids) do
+      redis.call('DEL', dk(did))
+      redis.call('ZREM', DDUE, pad(did))
+    end
+    redis.call('DEL', jdk(id), jk(id))
+    deleted = deleted + 1
+  end
+end
+return {deleted, kept, #ids}
+"#,
+    )
+});
+
+/// ARGV: workspace, status ('' for all), lex max, limit. Jobs' fields.
+static LIST: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local idx = wsk(ARGV[1])
+if ARGV[2] ~= '' then idx = wssk(ARGV[1], ARGV[2]) end
+local members = redis.call('ZREVRANGEBYLEX', idx, ARGV[3], '-', 'LIMIT', 0, ARGV[4])
+local out = {}
+for _, m in ipairs(members) do
+  local v = redis.call('HGETALL', jk(string.sub(m, 22)))
+  if #v > 0 then out[#out + 1] = v end
+end
+return out
+"#,
+    )
+});
+
+/// ARGV: now, limit. Due deliveries' fields, by time then id.
+static DELIVERIES_DUE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local ms = redis.call('ZRANGEBYSCORE', DDUE, '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local out = {}
+for _, m in ipairs(ms) do
+  local v = redis.call('HGETALL', dk((string.gsub(m, '^0+', ''))))
+  if #v > 0 then out[#out + 1] = v end
+end
+return out
+"#,
+    )
+});
+
+/// ARGV: id, state, attempts, next, last_status ('' none), has_error,
+/// error, updated.
+static DELIVERY_UPDATE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local k = dk(ARGV[1])
+if redis.call('EXISTS', k) == 0 then return 0 end
+redis.call('HSET', k, 'state', ARGV[2], 'attempts', ARGV[3], 'next', ARGV[4], 'updated', ARGV[8])
+if ARGV[5] == '' then redis.call('HDEL', k, 'last_status')
+else redis.call('HSET', k, 'last_status', ARGV[5]) end
+if ARGV[6] == '0' then redis.call('HDEL', k, 'last_error')
+else redis.call('HSET', k, 'last_error', ARGV[7]) end
+if ARGV[2] == 'pending' then redis.call('ZADD', DDUE, ARGV[4], pad(ARGV[1]))
+else redis.call('ZREM', DDUE, pad(ARGV[1])) end
+return 1
+"#,
+    )
+});
+
+/// ARGV: job ids. Their deliveries' fields, by job in that order, then id.
+static DELIVERIES_FOR_JOBS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local out = {}
+for _, id in ipairs(ARGV) do
+  for _, did in ipairs(redis.call('LRANGE', jdk(id), 0, -1)) do
+    local v = redis.call('HGETALL', dk(did))
+    if #v > 0 then out[#out + 1] = v end
+  end
+end
+return out
+"#,
+    )
+});
+
+pub struct RedisStore {
+    redis: Arc<Redis>,
+    seal: Option<Seal>,
+    /// `<prefix>:{jobs}`: `KEYS[1]` of every job script.
+    base: String,
+}
+
+fn malformed(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("redis: malformed record: {what}"))
+}
+
+/// A hash as read back (`HGETALL`): field name → raw value.
+struct Fields {
+    what: &'static str,
+    map: HashMap<String, Vec<u8>>,
+}
+
+impl Fields {
+    fn parse(what: &'static str, v: Value) -> Result<Fields, StoreError> {
+        let mut map = HashMap::new();
+        match v {
+            Value::Nil => {}
+            Value::Array(items) => {
+                if items.len() % 2 != 0 {
+                    return Err(malformed(format!("{what}: odd field list")));
+                }
+                let mut it = items.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    let k = String::from_utf8(bytes(k)?)
+                        .map_err(|_| malformed(format!("{what}: field name")))?;
+                    map.insert(k, bytes(v)?);
+                }
+            }
+            Value::Map(pairs) => {
+                for (k, v) in pairs {
+                    let k = String::from_utf8(bytes(k)?)
+                        .map_err(|_| malformed(format!("{what}: field name")))?;
+                    map.insert(k, bytes(v)?);
+                }
+            }
+            other => return Err(malformed(format!("{what}: unexpected {other:?}"))),
+        }
+        Ok(Fields { what, map })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn opt_raw(&self, name: &str) -> Option<&[u8]> {
+        self.map.get(name).map(|v| v.as_slice())
+    }
+
+    fn raw(&self, name: &str) -> Result<&[u8], StoreError> {
+        self.opt_raw(name)
+            .ok_or_else(|| malformed(format!("{}: no {name}", self.what)))
+    }
+
+    fn text(&self, name: &str) -> Result<String, StoreError> {
+        text(self.raw(name)?.to_vec(), self.what, name)
+    }
+
+    fn opt_num<T: FromStr>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        self.opt_raw(name)
+            .map(|b| {
+                std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse::<T>().ok())
+                    .ok_or_else(|| malformed(format!("{}: {name} is not a number", self.what)))
+            })
+            .transpose()
+    }
+
+    fn num<T: FromStr>(&self, name: &str) -> Result<T, StoreError> {
+        self.opt_num(name)?
+            .ok_or_else(|| malformed(format!("{}: no {name}", self.what)))
+    }
+}
+
+fn text(b: Vec<u8>, what: &str, name: &str) -> Result<String, StoreError> {
+    String::from_utf8(b).map_err(|_| malformed(format!("{what}: {name} is not UTF-8")))
+}
+
+fn bytes(v: Value) -> Result<Vec<u8>, StoreError> {
+    match v {
+        Value::BulkString(b) => Ok(b),
+        Value::SimpleString(s) => Ok(s.into_bytes()),
+        Value::Int(i) => Ok(i.to_string().into_bytes()),
+        Value::Okay => Ok(b"OK".to_vec()),
+        other => Err(malformed(format!("unexpected {other:?}"))),
+    }
+}
+
+fn array(v: Value) -> Result<Vec<Value>, StoreError> {
+    match v {
+        Value::Nil => Ok(Vec::new()),
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        other => Err(malformed(format!("expected a list, got {other:?}"))),
+    }
+}
+
+fn int(v: &Value) -> Result<i64, StoreError> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| malformed("expected an integer")),
+        other => Err(malformed(format!("expected an integer, got {other:?}"))),
+    }
+}
+
+/// The score of the first member of `ZRANGE key 0 0 WITHSCORES`.
+fn first_score(v: Value) -> Result<Option<u64>, StoreError> {
+    let mut flat = Vec::new();
+    for item in array(v)? {
+        match item {
+            Value::Array(pair) => flat.extend(pair),
+            other => flat.push(other),
+        }
+    }
+    let Some(score) = flat.into_iter().nth(1) else {
+        return Ok(None);
+    };
+    let score = match score {
+        Value::Double(d) => d,
+        other => {
+            let b = bytes(other)?;
+            std::str::from_utf8(&b)
+                .ok()
+                .and_then(|s| s.parse::<f64>().ok())
+                .ok_or_else(|| malformed("score is not a number"))?
+        }
+    };
+    // Scores are Unix ms, exact up to 2^53; `as` saturates the rest.
+    Ok(Some(score.max(0.0) as u64))
+}
+
+/// `<created_at, 20 digits>:<id>`: the workspace lists' member, whose
+/// byte order is `(created_at, id)` order.
+fn pad20(n: u64) -> String {
+    format!("{n:020}")
+}
+
+/// `ZREVRANGEBYLEX` upper bound for the cursor of the last job of the
+/// previous page (`id` empty: every job of that time and older).
+fn list_max(after: Option<&(u64, String)>) -> String {
+    match after {
+        None => "+".into(),
+        Some((t, id)) if id.is_empty() => format!("({};", pad20(*t)),
+        Some((t, id)) => format!("({}:{id}", pad20(*t)),
+    }
+}
+
+impl RedisStore {
+    /// A store on `redis`; with `key`, values that can hold credentials are
+    /// sealed. No I/O: Redis may be down now and up later.
+    pub fn new(redis: Arc<Redis>, key: Option<&EncryptionKey>) -> RedisStore {
+        let base = redis.key("{jobs}");
+        RedisStore {
+            redis,
+            seal: key.map(Seal::new),
+            base,
+        }
+    }
+
+    /// Whether stored values are sealed with a key.
+    pub fn encrypted(&self) -> bool {
+        self.seal.is_some()
+    }
+
+    fn job_key(&self, id: &str) -> String {
+        format!("{}:job:{id}", self.base)
+    }
+
+    fn idempotency_key(&self, scope: &str) -> String {
+        self.redis.key(&format!("idem:{{{scope}}}:record"))
+    }
+
+    fn secrets_key(&self, workspace: &str) -> String {
+        self.redis.key(&format!("secrets:{workspace}"))
+    }
+
+    fn domains_key(&self) -> String {
+        self.redis.key("limits:domains")
+    }
+
+    fn seal_bytes(&self, purpose: &str, plain: &[u8]) -> Vec<u8> {
+        match &self.seal {
+            Some(s) => s.seal(purpose, plain),
+            None => plain.to_vec(),
+        }
+    }
+
+    fn open_bytes(&self, purpose: &str, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+        seal::unseal(self.seal.as_ref(), purpose, stored)
+            .map_err(|e| StoreError::Backend(format!("{purpose}: {e}")))
+    }
+
+    fn open_text(&self, purpose: &str, stored: &[u8]) -> Result<String, StoreError> {
+        text(self.open_bytes(purpose, stored)?, "value", purpose)
+    }
+
+    async fn run(&self, script: &Script, args: &[Vec<u8>]) -> Result<Value, StoreError> {
+        self.redis.script(script, &[&self.base], args).await
+    }
+
+    /// A job as the 13 arguments `job_args` in the scripts reads.
+    fn job_args(&self, j: &JobRecord, out: &mut Vec<Vec<u8>>) {
+        out.extend([
+            j.id.clone().into_bytes(),
+            j.workspace.clone().into_bytes(),
+            j.idempotent_key.clone().into_bytes(),
+            j.status.as_str().as_bytes().to_vec(),
+            self.seal_bytes(JOBS_SPEC, j.spec.as_bytes()),
+            j.attempts.to_string().into_bytes(),
+            j.claims.to_string().into_bytes(),
+            j.next_attempt_at.to_string().into_bytes(),
+            j.lease_until.to_string().into_bytes(),
+            j.created_at.to_string().into_bytes(),
+            j.updated_at.to_string().into_bytes(),
+            if j.result.is_some() { b"1" } else { b"0" }.to_vec(),
+            j.result
+                .as_deref()
+                .map(|r| self.seal_bytes(JOBS_RESULT, r.as_bytes()))
+                .unwrap_or_default(),
+        ]);
+    }
+
+    fn job_from(&self, v: Value) -> Result<JobRecord, StoreError> {
+        let f = Fields::parse("job", v)?;
+        let status = f.text("status")?;
+        Ok(JobRecord {
+            id: f.text("id")?,
+            workspace: f.text("ws")?,
+            idempotent_key: f.text("key")?,
+            status: JobStatus::parse(&status)
+                .ok_or_else(|| malformed(format!("job: status {status:?}")))?,
+            spec: self.open_text(JOBS_SPEC, f.raw("spec")?)?,
+            attempts: f.num("attempts")?,
+            claims: f.num("claims")?,
+            next_attempt_at: f.num("next")?,
+            lease_until: f.num("lease")?,
+            created_at: f.num("created")?,
+            updated_at: f.num("updated")?,
+            result: f
+                .opt_raw("result")
+                .map(|r| self.open_text(JOBS_RESULT, r))
+                .transpose()?,
+        })
+    }
+
+    fn jobs_from(&self, v: Value) -> Result<Vec<JobRecord>, StoreError> {
+        array(v)?.into_iter().map(|j| self.job_from(j)).collect()
+    }
+
+    fn delivery_from(&self, v: Value) -> Result<Delivery, StoreError> {
+        let f = Fields::parse("delivery", v)?;
+        let state = f.text("state")?;
+        Ok(Delivery {
+            id: f.num("id")?,
+            job_id: f.text("job")?,
+            workspace: f.text("ws")?,
+            url: self.open_text(DELIVERIES_URL, f.raw("url")?)?,
+            has_quorum_vote: f.raw("quorum")? == b"1",
+            payload: self.open_bytes(DELIVERIES_PAYLOAD, f.raw("payload")?)?,
+            state: DeliveryState::parse(&state)
+                .ok_or_else(|| malformed(format!("delivery: state {state:?}")))?,
+            attempts: f.num("attempts")?,
+            next_attempt_at: f.num("next")?,
+            last_status: f.opt_num("last_status")?,
+            last_error: f
+                .opt_raw("last_error")
+                .map(|b| text(b.to_vec(), "delivery", "last_error"))
+                .transpose()?,
+            updated_at: f.num("updated")?,
+        })
+    }
+
+    fn deliveries_from(&self, v: Value) -> Result<Vec<Delivery>, StoreError> {
+        array(v)?
+            .into_iter()
+            .map(|d| self.delivery_from(d))
+            .collect()
+    }
+
+    async fn flag(&self, script: &Script, args: &[Vec<u8>]) -> Result<bool, StoreError> {
+        Ok(int(&self.run(script, args).await?)? == 1)
+    }
+}
+
+fn arg(s: impl ToString) -> Vec<u8> {
+    s.to_string().into_bytes()
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.redis
+            .query::<Value>(redis::cmd("PING").clone())
+            .await
+            .map(|_| ())
+    }
+
+    async fn learned_limits(&self) -> Result<Vec<LearnedLimit>, StoreError> {
+        let mut domains: Vec<String> = self
+            .redis
+            .query(redis::cmd("SMEMBERS").arg(self.domains_key()).clone())
+            .await?;
+        domains.sort();
+        if domains.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for d in &domains {
+            pipe.cmd("HGETALL").arg(self.redis.domain_key(d, "limits"));
+        }
+        let hashes: Vec<Value> = self.redis.pipe(pipe).await?;
+        let mut out = Vec::with_capacity(domains.len());
+        for (domain, v) in domains.into_iter().zip(hashes) {
+            let f = Fields::parse("learned limit", v)?;
+            if f.is_empty() {
+                continue;
+            }
+            out.push(LearnedLimit {
+                domain,
+                rps: f.opt_num("rps")?,
+                max_concurrent: f.opt_num("max_concurrent")?,
+                updated_at: f.opt_num("updated_at")?.unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn save_learned_limit(&self, limit: LearnedLimit) -> Result<(), StoreError> {
+        // The set first: a domain listed without its hash is skipped, a hash
+        // not listed would be forgotten. Two keys in two slots (the hash
+        // shares its domain's tag with the admission state), so two writes.
+        let _: i64 = self
+            .redis
+            .query(
+                redis::cmd("SADD")
+                    .arg(self.domains_key())
+                    .arg(&limit.domain)
+                    .clone(),
+            )
+            .await?;
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(self.redis.domain_key(&limit.domain, "limits"));
+        if let Some(rps) = limit.rps {
+            cmd.arg("rps").arg(rps.to_string());
+        }
+        if let Some(c) = limit.max_concurrent {
+            cmd.arg("max_concurrent").arg(c);
+        }
+        cmd.arg("updated_at").arg(limit.updated_at);
+        let _: i64 = self.redis.query(cmd).await?;
+        Ok(())
+    }
+
+    async fn idempotency_get(
+        &self,
+        scope: &str,
+        now_ms: u64,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let v: Value = self
+            .redis
+            .query(
+                redis::cmd("HGETALL")
+                    .arg(self.idempotency_key(scope))
+                    .clone(),
+            )
+            .await?;
+        let f = Fields::parse("idempotency record", v)?;
+        if f.is_empty() {
+            return Ok(None);
+        }
+        let expires_at: u64 = f.num("expires")?;
+        if expires_at <= now_ms {
+            return Ok(None);
+        }
+        Ok(Some(IdempotencyRecord {
+            scope: scope.to_string(),
+            fingerprint: f.text("fingerprint")?,
+            status: f.num("status")?,
+            reason: f
+                .opt_raw("reason")
+                .map(|b| text(b.to_vec(), "idempotency record", "reason"))
+                .transpose()?,
+            headers: self.open_bytes(IDEMPOTENCY_HEADERS, f.raw("headers")?)?,
+            body: self.open_bytes(IDEMPOTENCY_BODY, f.raw("body")?)?,
+            created_at: f.num("created")?,
+            expires_at,
+        }))
+    }
+
+    async fn idempotency_put(&self, record: IdempotencyRecord) -> Result<(), StoreError> {
+        let key = self.idempotency_key(&record.scope);
+        let headers = self.seal_bytes(IDEMPOTENCY_HEADERS, &record.headers);
+        let body = self.seal_bytes(IDEMPOTENCY_BODY, &record.body);
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key)
+            .arg("fingerprint")
+            .arg(&record.fingerprint)
+            .arg("status")
+            .arg(record.status)
+            .arg("headers")
+            .arg(headers)
+            .arg("body")
+            .arg(body)
+            .arg("created")
+            .arg(record.created_at)
+            .arg("expires")
+            .arg(record.expires_at);
+        if let Some(reason) = &record.reason {
+            hset.arg("reason").arg(reason);
+        }
+        // Replace, not merge, and expire with the record: Redis deletes it
+        // at `expires_at` (one MULTI, one key: atomic on a cluster too).
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("DEL").arg(&key).ignore();
+        pipe.add_command(hset).ignore();
+        if record.expires_at < MAX_EXPIRE_MS {
+            pipe.cmd("PEXPIREAT")
+                .arg(&key)
+                .arg(record.expires_at)
+                .ignore();
+        }
+        self.redis.pipe::<()>(pipe).await
+    }
+
+    /// Redis deletes each record itself at its `expires_at` (`PEXPIREAT`),
+    /// so there is nothing left to sweep.
+    async fn idempotency_sweep(&self, _now_ms: u64) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    async fn job_insert(&self, job: JobRecord) -> Result<Option<JobRecord>, StoreError> {
+        let mut args = Vec::with_capacity(13);
+        self.job_args(&job, &mut args);
+        match self.run(&INSERT, &args).await? {
+            Value::Nil => Ok(None),
+            v => self.job_from(v).map(Some),
+        }
+    }
+
+    async fn job_get(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let v: Value = self
+            .redis
+            .query(redis::cmd("HGETALL").arg(self.job_key(id)).clone())
+            .await?;
+        match &v {
+            Value::Nil => return Ok(None),
+            Value::Array(a) if a.is_empty() => return Ok(None),
+            Value::Map(m) if m.is_empty() => return Ok(None),
+            _ => {}
+        }
+        self.job_from(v).map(Some)
+    }
+
+    async fn jobs_claim(
+        &self,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let args = [
+            arg(now_ms),
+            arg(now_ms.saturating_add(lease_ms)),
+            arg(limit.min(i64::MAX as usize)),
+        ];
+        let v = self.run(&CLAIM, &args).await?;
+        self.jobs_from(v)
+    }
+
+    /// Nothing, on purpose: the embedded backend's one process knows at
+    /// start that every in-flight job lost its runner with it. With shared
+    /// storage the other replicas' leases are live runs; releasing them
+    /// would run those jobs twice. A lease whose runner did die lapses, and
+    /// `jobs_claim` takes the job again (the due set scores an in-flight job
+    /// by its lease end).
+    async fn jobs_release_leases(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    async fn job_renew(&self, id: &str, claims: u32, lease_until: u64) -> Result<bool, StoreError> {
+        self.flag(&RENEW, &[arg(id), arg(claims), arg(lease_until)])
+            .await
+    }
+
+    async fn job_reschedule(
+        &self,
+        id: &str,
+        claims: u32,
+        status: JobStatus,
+        next_attempt_at: u64,
+        calls: u32,
+    ) -> Result<bool, StoreError> {
+        let args = [
+            arg(id),
+            arg(claims),
+            arg(status.as_str()),
+            arg(next_attempt_at),
+            arg(super::super::now_ms()),
+            arg(calls),
+        ];
+        self.flag(&RESCHEDULE, &args).await
+    }
+
+    async fn job_finish(
+        &self,
+        id: &str,
+        claims: Option<u32>,
+        end: JobEnd,
+    ) -> Result<bool, StoreError> {
+        let mut args = vec![
+            arg(id),
+            claims.map(arg).unwrap_or_default(),
+            arg(end.status.as_str()),
+            self.seal_bytes(JOBS_RESULT, end.result.as_bytes()),
+            // Sealed once for every delivery, as the embedded backend does.
+            self.seal_bytes(DELIVERIES_PAYLOAD, &end.payload),
+            arg(super::super::now_ms()),
+            arg(end.calls),
+            arg(end.deliveries.len()),
+        ];
+        for d in &end.deliveries {
+            args.push(self.seal_bytes(DELIVERIES_URL, d.url.as_bytes()));
+            args.push(if d.has_quorum_vote { b"1" } else { b"0" }.to_vec());
+        }
+        args.push(arg(end.children.len()));
+        for c in &end.children {
+            self.job_args(c, &mut args);
+        }
+        self.flag(&FINISH, &args).await
+    }
+
+    async fn jobs_list(
+        &self,
+        workspace: &str,
+        status: Option<JobStatus>,
+        limit: usize,
+        after: Option<(u64, String)>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let args = [
+            arg(workspace),
+            arg(status.map(|s| s.as_str()).unwrap_or("")),
+            arg(list_max(after.as_ref())),
+            arg(limit.min(i64::MAX as usize)),
+        ];
+        let v = self.run(&LIST, &args).await?;
+        self.jobs_from(v)
+    }
+
+    async fn job_requeue(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
+        self.flag(&REQUEUE, &[arg(id), arg(now_ms)]).await
+    }
+
+    async fn jobs_sweep(&self, before_ms: u64) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        // Ended jobs kept (a delivery still pending) stay first in the ended
+        // set: later batches start after them.
+        let mut kept = 0u64;
+        loop {
+            let v = self
+                .run(&SWEEP, &[arg(before_ms), arg(SWEEP_BATCH), arg(kept)])
+                .await?;
+            let r = array(v)?;
+            let [deleted, k, seen] = r.as_slice() else {
+                return Err(malformed("sweep answer"));
+            };
+            total += int(deleted)?.max(0) as u64;
+            kept += int(k)?.max(0) as u64;
+            if (int(seen)?.max(0) as usize) < SWEEP_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn job_cancel(&self, id: &str) -> Result<bool, StoreError> {
+        self.flag(&CANCEL, &[arg(id), arg(super::super::now_ms())])
+            .await
+    }
+
+    async fn job_counts(&self) -> Result<Vec<(JobStatus, u64)>, StoreError> {
+        let counts: HashMap<String, i64> = self
+            .redis
+            .query(
+                redis::cmd("HGETALL")
+                    .arg(format!("{}:counts", self.base))
+                    .clone(),
+            )
+            .await?;
+        let mut out: Vec<(JobStatus, u64)> = counts
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .filter_map(|(s, n)| Some((JobStatus::parse(&s)?, n as u64)))
+            .collect();
+        // The embedded order: by status name.
+        out.sort_by_key(|(s, _)| s.as_str());
+        Ok(out)
+    }
+
+    async fn jobs_next_due(&self) -> Result<Option<u64>, StoreError> {
+        let v: Value = self
+            .redis
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(format!("{}:due", self.base))
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .clone(),
+            )
+            .await?;
+        first_score(v)
+    }
+
+    async fn deliveries_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let v = self
+            .run(
+                &DELIVERIES_DUE,
+                &[arg(now_ms), arg(limit.min(i64::MAX as usize))],
+            )
+            .await?;
+        self.deliveries_from(v)
+    }
+
+    async fn delivery_update(&self, d: &Delivery) -> Result<(), StoreError> {
+        let args = [
+            arg(d.id),
+            arg(d.state.as_str()),
+            arg(d.attempts),
+            arg(d.next_attempt_at),
+            d.last_status.map(arg).unwrap_or_default(),
+            arg(if d.last_error.is_some() { 1 } else { 0 }),
+            d.last_error.clone().unwrap_or_default().into_bytes(),
+            arg(d.updated_at),
+        ];
+        self.run(&DELIVERY_UPDATE, &args).await.map(|_| ())
+    }
+
+    async fn deliveries_for_job(&self, job_id: &str) -> Result<Vec<Delivery>, StoreError> {
+        self.deliveries_for_jobs(&[job_id.to_string()]).await
+    }
+
+    async fn deliveries_for_jobs(&self, job_ids: &[String]) -> Result<Vec<Delivery>, StoreError> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let args: Vec<Vec<u8>> = job_ids.iter().map(arg).collect();
+        let v = self.run(&DELIVERIES_FOR_JOBS, &args).await?;
+        self.deliveries_from(v)
+    }
+
+    async fn deliveries_next_due(&self) -> Result<Option<u64>, StoreError> {
+        let v: Value = self
+            .redis
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(format!("{}:deliveries:due", self.base))
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .clone(),
+            )
+            .await?;
+        first_score(v)
+    }
+
+    async fn secrets_get(&self, workspace: &str) -> Result<Option<WebhookSecrets>, StoreError> {
+        let v: Value = self
+            .redis
+            .query(
+                redis::cmd("HGETALL")
+                    .arg(self.secrets_key(workspace))
+                    .clone(),
+            )
+            .await?;
+        let f = Fields::parse("webhook secrets", v)?;
+        if f.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(WebhookSecrets {
+            workspace: workspace.to_string(),
+            primary: self.open_text(SECRETS_PRIMARY, f.raw("primary")?)?,
+            secondary: f
+                .opt_raw("secondary")
+                .map(|b| self.open_text(SECRETS_SECONDARY, b))
+                .transpose()?,
+        }))
+    }
+
+    async fn secrets_put(&self, secrets: WebhookSecrets) -> Result<(), StoreError> {
+        let key = self.secrets_key(&secrets.workspace);
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key)
+            .arg("primary")
+            .arg(self.seal_bytes(SECRETS_PRIMARY, secrets.primary.as_bytes()));
+        if let Some(s) = &secrets.secondary {
+            hset.arg("secondary")
+                .arg(self.seal_bytes(SECRETS_SECONDARY, s.as_bytes()));
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("DEL").arg(&key).ignore();
+        pipe.add_command(hset).ignore();
+        self.redis.pipe::<()>(pipe).await
+    }
+
+    async fn secrets_delete(&self, workspace: &str) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .redis
+            .query(redis::cmd("DEL").arg(self.secrets_key(workspace)).clone())
+            .await?;
+        Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redis::conn::testing::Server;
+    use crate::store::NewDelivery;
+
+    fn server() -> Server {
+        Server::start().expect("redis-server is not installed (scripts/test installs it)")
+    }
+
+    /// A store with its own client: another replica when called twice.
+    fn replica(server: &Server, key: Option<&EncryptionKey>) -> RedisStore {
+        RedisStore::new(Redis::open(&server.config("t")).expect("open"), key)
+    }
+
+    async fn raw<T: redis::FromRedisValue + Send + 'static>(s: &RedisStore, cmd: &redis::Cmd) -> T {
+        s.redis.query(cmd.clone()).await.expect("raw command")
+    }
+
+    fn job(id: &str, key: &str, next: u64) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            workspace: "default".into(),
+            idempotent_key: key.into(),
+            status: JobStatus::Queued,
+            spec: "{}".into(),
+            attempts: 0,
+            claims: 0,
+            next_attempt_at: next,
+            lease_until: 0,
+            created_at: 1,
+            updated_at: 1,
+            result: None,
+        }
+    }
+
+    fn end(status: JobStatus, payload: &[u8], deliveries: Vec<NewDelivery>) -> JobEnd {
+        JobEnd {
+            status,
+            result: "{}".into(),
+            payload: payload.to_vec(),
+            deliveries,
+            calls: 1,
+            children: vec![],
+        }
+    }
+
+    fn record(scope: &str, expires_at: u64) -> IdempotencyRecord {
+        IdempotencyRecord {
+            scope: scope.into(),
+            fingerprint: "f".repeat(64),
+            status: 201,
+            reason: Some("Created".into()),
+            headers: b"Content-Type: application/json\r\nX-A: 1\r\n".to_vec(),
+            body: vec![0, 1, 2, 255],
+            created_at: 10,
+            expires_at,
+        }
+    }
+
+    /// Every key under the test prefix.
+    async fn keys(s: &RedisStore) -> Vec<String> {
+        let mut k: Vec<String> = raw(s, redis::cmd("KEYS").arg("t:*")).await;
+        k.sort();
+        k
+    }
+
+    /// Counts by status from the job hashes themselves.
+    async fn scanned(s: &RedisStore) -> Vec<(JobStatus, u64)> {
+        let mut counts: HashMap<&'static str, u64> = HashMap::new();
+        for k in keys(s).await {
+            if let Some(id) = k.strip_prefix("t:{jobs}:job:") {
+                let j = s.job_get(id).await.unwrap().unwrap();
+                *counts.entry(j.status.as_str()).or_default() += 1;
+            }
+        }
+        let mut out: Vec<_> = counts
+            .into_iter()
+            .map(|(st, n)| (JobStatus::parse(st).unwrap(), n))
+            .collect();
+        out.sort_by_key(|(s, _)| s.as_str());
+        out
+    }
+
+    async fn assert_counts(s: &RedisStore, step: &str) {
+        assert_eq!(
+            s.job_counts().await.unwrap(),
+            scanned(s).await,
+            "after {step}"
+        );
+    }
+
+    #[tokio::test]
+    async fn jobs_dedupe_claim_in_order_and_lapsed_leases_go_to_another_replica() {
+        let server = server();
+        let s = replica(&server, None);
+        assert_eq!(s.job_insert(job("j1", "k1", 20)).await.unwrap(), None);
+        assert_eq!(s.job_insert(job("j2", "k2", 10)).await.unwrap(), None);
+        let dup = s.job_insert(job("j3", "k1", 5)).await.unwrap();
+        assert_eq!(dup.map(|j| j.id), Some("j1".to_string()));
+        assert_eq!(s.job_get("j3").await.unwrap(), None);
+        assert_eq!(s.jobs_next_due().await.unwrap(), Some(10));
+
+        // Not yet due.
+        assert!(s.jobs_claim(5, 1000, 10).await.unwrap().is_empty());
+        // Limit, then due order.
+        let first = s.jobs_claim(100, 1000, 1).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].id, "j2");
+        let claimed = s.jobs_claim(100, 1000, 10).await.unwrap();
+        let ids: Vec<_> = claimed.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["j1"]);
+        assert!(first
+            .iter()
+            .chain(&claimed)
+            .all(|j| j.status == JobStatus::InFlight
+                && j.claims == 1
+                && j.attempts == 0
+                && j.lease_until == 1100));
+        // Leased: not claimable again until the lease lapses.
+        assert!(s.jobs_claim(500, 1000, 10).await.unwrap().is_empty());
+        assert_eq!(s.jobs_next_due().await.unwrap(), Some(1100));
+        // Shared storage: releasing leases at start would steal live runs.
+        assert_eq!(s.jobs_release_leases().await.unwrap(), 0);
+        assert_eq!(
+            s.job_get("j1").await.unwrap().unwrap().status,
+            JobStatus::InFlight
+        );
+
+        // The first replica "crashed": another one takes the lapsed leases.
+        let other = replica(&server, None);
+        let again = other.jobs_claim(1100, 1000, 10).await.unwrap();
+        assert_eq!(again.len(), 2);
+        assert!(again.iter().all(|j| j.claims == 2));
+
+        // Fencing: the first claim's runner writes nothing any more.
+        assert!(!s.job_renew("j2", 1, 9000).await.unwrap());
+        assert!(!s
+            .job_reschedule("j2", 1, JobStatus::Retrying, 5000, 3)
+            .await
+            .unwrap());
+        assert!(!s
+            .job_finish("j1", Some(1), end(JobStatus::Failed, b"", vec![]))
+            .await
+            .unwrap());
+        let j2 = s.job_get("j2").await.unwrap().unwrap();
+        assert_eq!(
+            (j2.status, j2.lease_until, j2.attempts),
+            (JobStatus::InFlight, 2100, 0)
+        );
+        assert!(other.job_renew("j2", 2, 9000).await.unwrap());
+        assert_eq!(s.jobs_next_due().await.unwrap(), Some(2100), "j1's lease");
+        assert!(other
+            .job_reschedule("j2", 2, JobStatus::Retrying, 5000, 3)
+            .await
+            .unwrap());
+        let j2 = s.job_get("j2").await.unwrap().unwrap();
+        assert_eq!(
+            (j2.status, j2.attempts, j2.next_attempt_at, j2.lease_until),
+            (JobStatus::Retrying, 3, 5000, 0)
+        );
+        // Rescheduled once only.
+        assert!(!other
+            .job_reschedule("j2", 2, JobStatus::Retrying, 6000, 3)
+            .await
+            .unwrap());
+
+        let deliveries = vec![
+            NewDelivery {
+                url: "http://127.0.0.1:1/a".into(),
+                has_quorum_vote: true,
+            },
+            NewDelivery {
+                url: "http://127.0.0.1:1/b".into(),
+                has_quorum_vote: false,
+            },
+        ];
+        let mut done = end(JobStatus::Success, b"{\"x\":1}", deliveries.clone());
+        done.children = vec![job("j1-next", "k1:on_success", 1), job("dup", "k2", 1)];
+        assert!(other.job_finish("j1", Some(2), done).await.unwrap());
+        // The follow-up was inserted with the end; a known key was skipped.
+        assert!(s.job_get("j1-next").await.unwrap().is_some());
+        assert!(s.job_get("dup").await.unwrap().is_none());
+        let j1 = s.job_get("j1").await.unwrap().unwrap();
+        assert_eq!(
+            (j1.status, j1.attempts, j1.lease_until, j1.result.as_deref()),
+            (JobStatus::Success, 1, 0, Some("{}"))
+        );
+        // Finished once only.
+        assert!(!s
+            .job_finish("j1", None, end(JobStatus::Failed, b"", deliveries))
+            .await
+            .unwrap());
+        let ds = s.deliveries_for_job("j1").await.unwrap();
+        assert_eq!(ds.len(), 2);
+        assert_eq!(ds[0].payload, b"{\"x\":1}");
+        assert!(ds[0].has_quorum_vote && !ds[1].has_quorum_vote);
+        assert!(ds[0].id < ds[1].id);
+        assert!(ds
+            .iter()
+            .all(|d| d.state == DeliveryState::Pending && d.job_id == "j1" && d.attempts == 0));
+        let page = s
+            .deliveries_for_jobs(&["j2".into(), "j1".into(), "nope".into()])
+            .await
+            .unwrap();
+        assert_eq!(page, ds, "one call for a page, by job then id");
+        assert_eq!(s.deliveries_due(u64::MAX / 2, 10).await.unwrap(), ds);
+        assert_eq!(
+            s.deliveries_next_due().await.unwrap(),
+            Some(ds[0].next_attempt_at)
+        );
+
+        let mut d = ds[0].clone();
+        d.state = DeliveryState::Delivered;
+        d.attempts = 1;
+        d.last_status = Some(200);
+        s.delivery_update(&d).await.unwrap();
+        assert_eq!(s.deliveries_due(u64::MAX / 2, 10).await.unwrap().len(), 1);
+        assert_eq!(s.deliveries_for_job("j1").await.unwrap()[0], d);
+
+        assert!(s.job_cancel("j2").await.unwrap());
+        assert!(!s.job_cancel("j2").await.unwrap());
+        assert!(!s.job_cancel("j1").await.unwrap());
+        assert!(!s.job_cancel("nope").await.unwrap());
+
+        // Retention: j1 still has a pending delivery, so it stays.
+        assert_eq!(s.jobs_sweep(u64::MAX / 2).await.unwrap(), 1, "only j2");
+        assert!(s.job_get("j2").await.unwrap().is_none());
+        assert!(s.job_get("j1").await.unwrap().is_some());
+        let mut d2 = s.deliveries_for_job("j1").await.unwrap()[1].clone();
+        d2.state = DeliveryState::Failed;
+        d2.last_error = Some("connection refused".into());
+        s.delivery_update(&d2).await.unwrap();
+        assert_eq!(s.deliveries_next_due().await.unwrap(), None);
+        assert_eq!(s.jobs_sweep(0).await.unwrap(), 0, "not old enough");
+        assert_eq!(s.jobs_sweep(u64::MAX / 2).await.unwrap(), 1);
+        assert!(s.deliveries_for_job("j1").await.unwrap().is_empty());
+        // The key is free again.
+        assert_eq!(s.job_insert(job("j9", "k1", 1)).await.unwrap(), None);
+        s.job_cancel("j9").await.unwrap();
+        assert_eq!(
+            s.job_counts().await.unwrap(),
+            vec![(JobStatus::Cancelled, 1), (JobStatus::Queued, 1)]
+        );
+        // Nothing of the swept jobs is left in any key.
+        let left = keys(&s).await;
+        assert!(
+            !left
+                .iter()
+                .any(|k| k.contains("j1:") || k.ends_with(":j1") || k.ends_with(":j2")),
+            "{left:?}"
+        );
+        let members: Vec<String> = raw(
+            &s,
+            redis::cmd("ZRANGE")
+                .arg("t:{jobs}:wsall:default")
+                .arg(0)
+                .arg(-1),
+        )
+        .await;
+        assert_eq!(members.len(), 2, "j9 and j1-next: {members:?}");
+        let ended: Vec<String> = raw(
+            &s,
+            redis::cmd("ZRANGE").arg("t:{jobs}:ended").arg(0).arg(-1),
+        )
+        .await;
+        assert_eq!(ended, ["j9"]);
+    }
+
+    #[tokio::test]
+    async fn counts_stay_right_across_every_status_change() {
+        let server = server();
+        let s = replica(&server, None);
+        assert_eq!(s.job_counts().await.unwrap(), vec![]);
+        for i in 0..6 {
+            s.job_insert(job(&format!("j{i}"), &format!("k{i}"), 1))
+                .await
+                .unwrap();
+        }
+        s.job_insert(job("dup", "k0", 1)).await.unwrap();
+        assert_eq!(s.job_counts().await.unwrap(), vec![(JobStatus::Queued, 6)]);
+        assert_counts(&s, "insert").await;
+        assert_eq!(s.jobs_claim(10, 1000, 4).await.unwrap().len(), 4);
+        assert_counts(&s, "claim").await;
+        assert!(s
+            .job_reschedule("j0", 1, JobStatus::Retrying, 50, 1)
+            .await
+            .unwrap());
+        assert!(!s
+            .job_reschedule("j1", 7, JobStatus::Retrying, 50, 1)
+            .await
+            .unwrap());
+        assert_counts(&s, "reschedule").await;
+        let mut done = end(JobStatus::Success, b"{}", vec![]);
+        done.children = vec![job("child", "k-child", 1)];
+        assert!(s.job_finish("j1", Some(1), done).await.unwrap());
+        assert!(s
+            .job_finish("j2", Some(1), end(JobStatus::Failed, b"", vec![]))
+            .await
+            .unwrap());
+        assert_counts(&s, "finish with a follow-up").await;
+        assert!(s.job_cancel("j4").await.unwrap());
+        assert!(!s.job_cancel("j1").await.unwrap());
+        assert_counts(&s, "cancel").await;
+        // Requeue: only failed or cancelled jobs; attempts start again.
+        assert!(s.job_requeue("j2", 20).await.unwrap());
+        assert!(s.job_requeue("j4", 20).await.unwrap());
+        assert!(!s.job_requeue("j1", 20).await.unwrap(), "success stays");
+        assert!(!s.job_requeue("j5", 20).await.unwrap(), "queued stays");
+        let j2 = s.job_get("j2").await.unwrap().unwrap();
+        assert_eq!(
+            (j2.status, j2.attempts, j2.next_attempt_at, j2.updated_at),
+            (JobStatus::Queued, 0, 20, 20)
+        );
+        assert!(j2.result.is_some(), "the old result is kept");
+        assert_counts(&s, "requeue").await;
+        assert_eq!(s.jobs_release_leases().await.unwrap(), 0);
+        assert_eq!(s.jobs_sweep(u64::MAX / 2).await.unwrap(), 1, "j1");
+        assert_counts(&s, "sweep").await;
+        assert_eq!(
+            s.job_counts().await.unwrap(),
+            vec![
+                (JobStatus::InFlight, 1),
+                (JobStatus::Queued, 4),
+                (JobStatus::Retrying, 1)
+            ],
+            "j2 j4 j5 child queued, j0 retrying, j3 still in flight"
+        );
+        // Requeued jobs are due again; the in-flight one when its lease lapses.
+        let ids: Vec<String> = s
+            .jobs_claim(1010, 1000, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(ids.len(), 6, "{ids:?}");
+        assert_counts(&s, "claim all").await;
+    }
+
+    #[tokio::test]
+    async fn job_list_pages_through_equal_times_with_a_status_filter() {
+        let server = server();
+        let s = replica(&server, None);
+        for i in 0..5 {
+            let mut j = job(&format!("j{i}"), &format!("k{i}"), 1);
+            j.created_at = if i < 4 { 7 } else { 8 };
+            if i % 2 == 0 {
+                j.status = JobStatus::Failed;
+            }
+            s.job_insert(j).await.unwrap();
+        }
+        let mut other = job("x", "kx", 1);
+        other.workspace = "default2".into();
+        s.job_insert(other).await.unwrap();
+        let ids = |v: Vec<JobRecord>| v.into_iter().map(|j| j.id).collect::<Vec<_>>();
+        let p1 = s.jobs_list("default", None, 2, None).await.unwrap();
+        assert_eq!(ids(p1), ["j4", "j3"]);
+        let p2 = s
+            .jobs_list("default", None, 2, Some((7, "j3".into())))
+            .await
+            .unwrap();
+        assert_eq!(ids(p2), ["j2", "j1"]);
+        let p3 = s
+            .jobs_list("default", None, 2, Some((7, "j1".into())))
+            .await
+            .unwrap();
+        assert_eq!(ids(p3), ["j0"]);
+        let t_only = s
+            .jobs_list("default", None, 10, Some((7, String::new())))
+            .await
+            .unwrap();
+        assert_eq!(ids(t_only), ["j3", "j2", "j1", "j0"]);
+        let failed = s
+            .jobs_list(
+                "default",
+                Some(JobStatus::Failed),
+                10,
+                Some((8, "j4".into())),
+            )
+            .await
+            .unwrap();
+        assert_eq!(ids(failed), ["j2", "j0"]);
+        let failed = s
+            .jobs_list("default", Some(JobStatus::Failed), 2, None)
+            .await
+            .unwrap();
+        assert_eq!(ids(failed), ["j4", "j2"]);
+        // The status lists follow status changes.
+        assert!(s.job_requeue("j2", 9).await.unwrap());
+        let queued = s
+            .jobs_list("default", Some(JobStatus::Queued), 10, None)
+            .await
+            .unwrap();
+        assert_eq!(ids(queued), ["j3", "j2", "j1"]);
+        assert!(s
+            .jobs_list("other", None, 10, None)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            ids(s.jobs_list("default2", None, 10, None).await.unwrap()),
+            ["x"]
+        );
+    }
+
+    #[tokio::test]
+    async fn sweeps_page_past_jobs_kept_for_pending_deliveries() {
+        let server = server();
+        let s = replica(&server, None);
+        // The oldest ended jobs wait for a webhook: every batch skips them.
+        let n_kept = SWEEP_BATCH + 3;
+        for i in 0..n_kept {
+            s.job_insert(job(&format!("p{i}"), &format!("pk{i}"), 1))
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.jobs_claim(5, 1000, n_kept).await.unwrap().len(), n_kept);
+        let hook = || {
+            vec![NewDelivery {
+                url: "http://127.0.0.1:1/h".into(),
+                has_quorum_vote: false,
+            }]
+        };
+        for i in 0..n_kept {
+            let id = format!("p{i}");
+            assert!(s
+                .job_finish(&id, Some(1), end(JobStatus::Success, b"{}", hook()))
+                .await
+                .unwrap());
+        }
+        let n_old = SWEEP_BATCH + 7;
+        for i in 0..n_old {
+            let mut j = job(&format!("o{i}"), &format!("ok{i}"), 1);
+            j.status = JobStatus::Success;
+            j.updated_at = super::super::super::now_ms() + 10_000;
+            s.job_insert(j).await.unwrap();
+        }
+        s.job_insert(job("live", "live", 1)).await.unwrap();
+        assert_eq!(s.jobs_sweep(u64::MAX / 2).await.unwrap(), n_old as u64);
+        assert_eq!(s.jobs_sweep(u64::MAX / 2).await.unwrap(), 0);
+        assert_eq!(
+            s.job_counts().await.unwrap(),
+            vec![(JobStatus::Queued, 1), (JobStatus::Success, n_kept as u64)]
+        );
+        assert_eq!(
+            s.deliveries_due(u64::MAX / 2, 10_000).await.unwrap().len(),
+            n_kept
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_replicas_claiming_at_once_never_share_a_job() {
+        let server = server();
+        let a = Arc::new(replica(&server, None));
+        let b = Arc::new(replica(&server, None));
+        let n = 200;
+        for i in 0..n {
+            a.job_insert(job(&format!("j{i:03}"), &format!("k{i}"), 1))
+                .await
+                .unwrap();
+        }
+        let claimer = |s: Arc<RedisStore>| {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let batch = s.jobs_claim(10, 60_000, 3).await.unwrap();
+                    if batch.is_empty() {
+                        return got;
+                    }
+                    got.extend(batch.into_iter().map(|j| (j.id, j.claims)));
+                }
+            })
+        };
+        let (ga, gb) = (claimer(a.clone()), claimer(b.clone()));
+        let (ga, gb) = (ga.await.unwrap(), gb.await.unwrap());
+        assert!(!ga.is_empty() && !gb.is_empty(), "both took part");
+        let mut all: Vec<_> = ga.iter().chain(&gb).map(|(id, _)| id.clone()).collect();
+        assert!(ga.iter().chain(&gb).all(|(_, claims)| *claims == 1));
+        all.sort();
+        let total = all.len();
+        all.dedup();
+        assert_eq!(total, n, "every job claimed once");
+        assert_eq!(all.len(), n, "no job claimed twice");
+        assert_eq!(
+            a.job_counts().await.unwrap(),
+            vec![(JobStatus::InFlight, n as u64)]
+        );
+    }
+
+    #[tokio::test]
+    async fn secrets_round_trip() {
+        let server = server();
+        let s = replica(&server, None);
+        assert_eq!(s.secrets_get("w").await.unwrap(), None);
+        let secrets = WebhookSecrets {
+            workspace: "w".into(),
+            primary: "primary-secret-0123".into(),
+            secondary: Some("secondary-secret-0123".into()),
+        };
+        s.secrets_put(secrets.clone()).await.unwrap();
+        assert_eq!(s.secrets_get("w").await.unwrap(), Some(secrets));
+        // Replaced whole: no secondary left over.
+        let rotated = WebhookSecrets {
+            workspace: "w".into(),
+            primary: "p2".into(),
+            secondary: None,
+        };
+        s.secrets_put(rotated.clone()).await.unwrap();
+        assert_eq!(s.secrets_get("w").await.unwrap(), Some(rotated));
+        assert!(s.secrets_delete("w").await.unwrap());
+        assert!(!s.secrets_delete("w").await.unwrap());
+        assert_eq!(s.secrets_get("w").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn idempotency_records_round_trip_and_redis_expires_them() {
+        let server = server();
+        let s = replica(&server, None);
+        let now = crate::store::now_ms();
+        let live = record("live", now + 60_000);
+        s.idempotency_put(live.clone()).await.unwrap();
+        assert_eq!(
+            s.idempotency_get("live", now).await.unwrap(),
+            Some(live.clone())
+        );
+        // Past its expiry it is invisible whatever Redis still holds.
+        assert_eq!(s.idempotency_get("live", now + 60_000).await.unwrap(), None);
+        assert_eq!(s.idempotency_get("nope", now).await.unwrap(), None);
+        let ttl: i64 = raw(&s, redis::cmd("PTTL").arg("t:idem:{live}:record")).await;
+        assert!(ttl > 50_000 && ttl <= 60_000, "{ttl}");
+        // Replaced, not merged.
+        let mut other = record("live", now + 60_000);
+        other.reason = None;
+        other.body = Vec::new();
+        s.idempotency_put(other.clone()).await.unwrap();
+        assert_eq!(s.idempotency_get("live", now).await.unwrap(), Some(other));
+        // Already expired: Redis never keeps it.
+        s.idempotency_put(record("old", now.saturating_sub(1)))
+            .await
+            .unwrap();
+        assert_eq!(s.idempotency_get("old", 0).await.unwrap(), None);
+        // Redis deletes at expiry (brought forward rather than waited for).
+        let _: i64 = raw(
+            &s,
+            redis::cmd("PEXPIRE").arg("t:idem:{live}:record").arg(20),
+        )
+        .await;
+        let mut gone = false;
+        for _ in 0..200 {
+            let n: i64 = raw(&s, redis::cmd("EXISTS").arg("t:idem:{live}:record")).await;
+            if n == 0 {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(gone, "Redis expired the record");
+        assert_eq!(s.idempotency_get("live", now).await.unwrap(), None);
+        assert_eq!(s.idempotency_sweep(u64::MAX).await.unwrap(), 0);
+        // A record that never expires (no PEXPIREAT past 2^53 ms).
+        s.idempotency_put(record("forever", u64::MAX))
+            .await
+            .unwrap();
+        assert!(s.idempotency_get("forever", now).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn learned_limits_merge_in_the_shared_domain_hash() {
+        let server = server();
+        let s = replica(&server, None);
+        assert!(s.learned_limits().await.unwrap().is_empty());
+        s.save_learned_limit(LearnedLimit {
+            domain: "a.test".into(),
+            rps: Some(0.5),
+            max_concurrent: None,
+            updated_at: 1,
+        })
+        .await
+        .unwrap();
+        s.save_learned_limit(LearnedLimit {
+            domain: "a.test".into(),
+            rps: None,
+            max_concurrent: Some(3),
+            updated_at: 2,
+        })
+        .await
+        .unwrap();
+        s.save_learned_limit(LearnedLimit {
+            domain: "b.test".into(),
+            rps: Some(12.25),
+            max_concurrent: None,
+            updated_at: 5,
+        })
+        .await
+        .unwrap();
+        // Another replica reads what this one learned.
+        let other = replica(&server, None);
+        assert_eq!(
+            other.learned_limits().await.unwrap(),
+            vec![
+                LearnedLimit {
+                    domain: "a.test".into(),
+                    rps: Some(0.5),
+                    max_concurrent: Some(3),
+                    updated_at: 2
+                },
+                LearnedLimit {
+                    domain: "b.test".into(),
+                    rps: Some(12.25),
+                    max_concurrent: None,
+                    updated_at: 5
+                }
+            ]
+        );
+        // The layout the admission script reads.
+        let h: HashMap<String, String> =
+            raw(&s, redis::cmd("HGETALL").arg("t:{a.test}:limits")).await;
+        assert_eq!(h["rps"], "0.5");
+        assert_eq!(h["max_concurrent"], "3");
+        assert_eq!(h["updated_at"], "2");
+        let mut domains: Vec<String> =
+            raw(&s, redis::cmd("SMEMBERS").arg("t:limits:domains")).await;
+        domains.sort();
+        assert_eq!(domains, ["a.test", "b.test"]);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_record_is_an_error_not_a_panic() {
+        let server = server();
+        let s = replica(&server, None);
+        s.job_insert(job("j1", "k1", 1)).await.unwrap();
+        let _: i64 = raw(
+            &s,
+            redis::cmd("HSET")
+                .arg("t:{jobs}:job:j1")
+                .arg("claims")
+                .arg("many"),
+        )
+        .await;
+        let e = s.job_get("j1").await.unwrap_err();
+        assert!(e.to_string().contains("claims"), "{e}");
+        let _: i64 = raw(
+            &s,
+            redis::cmd("HSET")
+                .arg("t:{jobs}:job:j1")
+                .arg("status")
+                .arg("weird"),
+        )
+        .await;
+        assert!(s.job_get("j1").await.is_err());
+        let _: i64 = raw(&s, redis::cmd("HDEL").arg("t:{jobs}:job:j1").arg("lease")).await;
+        assert!(s.jobs_claim(10, 10, 10).await.is_err(), "script error");
+        let _: i64 = raw(
+            &s,
+            redis::cmd("HSET")
+                .arg("t:idem:{x}:record")
+                .arg("expires")
+                .arg("soon"),
+        )
+        .await;
+        assert!(s.idempotency_get("x", 0).await.is_err());
+        let _: () = raw(&s, redis::cmd("SET").arg("t:secrets:w").arg("string")).await;
+        assert!(s.secrets_get("w").await.is_err());
+    }
+
+    const PLANTED: &str = "sk_live_PLANTED_0123456789";
+
+    fn key(b: u8) -> EncryptionKey {
+        EncryptionKey::from_bytes([b; 32])
+    }
+
+    fn contains(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    fn secret_job(id: &str, key: &str) -> JobRecord {
+        let mut j = job(id, key, 1);
+        j.spec =
+            format!(r#"{{"headers":[["Authorization","Bearer {PLANTED}"]],"body":"{PLANTED}"}}"#);
+        j
+    }
+
+    async fn fill(s: &RedisStore) {
+        s.job_insert(secret_job("j1", "k1")).await.unwrap();
+        s.job_insert(secret_job("j2", "k2")).await.unwrap();
+        s.jobs_claim(10, 1000, 10).await.unwrap();
+        let mut done = JobEnd {
+            status: JobStatus::Success,
+            result: format!(r#"{{"body":"{PLANTED}"}}"#),
+            payload: PLANTED.as_bytes().to_vec(),
+            deliveries: vec![NewDelivery {
+                url: format!("https://hooks.test/h?token={PLANTED}"),
+                has_quorum_vote: true,
+            }],
+            calls: 1,
+            children: vec![secret_job("j3", "k3")],
+        };
+        done.children[0].result = Some(PLANTED.into());
+        assert!(s.job_finish("j2", None, done).await.unwrap());
+        s.secrets_put(WebhookSecrets {
+            workspace: "w".into(),
+            primary: format!("p_{PLANTED}"),
+            secondary: Some(format!("s_{PLANTED}")),
+        })
+        .await
+        .unwrap();
+        let mut r = record("scope", u64::MAX / 2);
+        r.headers = format!("Set-Cookie: session={PLANTED}\r\n").into_bytes();
+        r.body = PLANTED.as_bytes().to_vec();
+        s.idempotency_put(r).await.unwrap();
+    }
+
+    async fn read_back(s: &RedisStore) {
+        let j1 = s.job_get("j1").await.unwrap().unwrap();
+        assert_eq!(j1.spec, secret_job("j1", "k1").spec);
+        assert_eq!(
+            s.jobs_list("default", None, 10, None).await.unwrap().len(),
+            3
+        );
+        let j2 = s.job_get("j2").await.unwrap().unwrap();
+        assert!(j2.result.unwrap().contains(PLANTED));
+        let j3 = s.job_get("j3").await.unwrap().unwrap();
+        assert_eq!(j3.result.as_deref(), Some(PLANTED));
+        let d = &s.deliveries_for_job("j2").await.unwrap()[0];
+        assert!(d.url.ends_with(PLANTED) && d.payload == PLANTED.as_bytes());
+        assert_eq!(s.deliveries_due(u64::MAX / 2, 10).await.unwrap().len(), 1);
+        let sec = s.secrets_get("w").await.unwrap().unwrap();
+        assert_eq!(sec.primary, format!("p_{PLANTED}"));
+        assert_eq!(sec.secondary, Some(format!("s_{PLANTED}")));
+        let r = s.idempotency_get("scope", 1).await.unwrap().unwrap();
+        assert_eq!(r.body, PLANTED.as_bytes());
+        assert!(contains(&r.headers, PLANTED));
+    }
+
+    /// Every byte Redis holds for the test prefix, key by key (`DUMP`).
+    async fn stored_bytes(s: &RedisStore) -> Vec<u8> {
+        let mut all = Vec::new();
+        for k in keys(s).await {
+            let v: Vec<u8> = raw(s, redis::cmd("DUMP").arg(&k)).await;
+            all.extend(k.into_bytes());
+            all.extend(v);
+        }
+        all
+    }
+
+    #[tokio::test]
+    async fn with_a_key_nothing_sensitive_is_stored_in_clear() {
+        let server = server();
+        let s = replica(&server, Some(&key(1)));
+        assert!(s.encrypted());
+        fill(&s).await;
+        read_back(&s).await;
+        let bytes = stored_bytes(&s).await;
+        assert!(bytes.len() > 1000, "the store wrote something");
+        assert!(!contains(&bytes, PLANTED), "planted secret found in Redis");
+        // Another replica with the same key reads it all.
+        read_back(&replica(&server, Some(&key(1)))).await;
+        // Another key, or none: an error, never garbage.
+        let e = replica(&server, Some(&key(2)))
+            .job_get("j1")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot decrypt"), "{e}");
+        let e = replica(&server, None).job_get("j1").await.unwrap_err();
+        assert!(e.to_string().contains("encryption_key"), "{e}");
+        // Control: the same data without a key is in Redis in clear.
+        let plain_server = self::server();
+        let p = replica(&plain_server, None);
+        fill(&p).await;
+        read_back(&p).await;
+        assert!(contains(&stored_bytes(&p).await, PLANTED));
+        // Plaintext written before a key was configured stays readable.
+        read_back(&replica(&plain_server, Some(&key(1)))).await;
+    }
+
+    /// Rough memory per record, measured (`MEMORY USAGE`, and `used_memory`
+    /// over many jobs for the index entries); docs/distributed.md quotes
+    /// these figures. `cargo test --lib memory_per_record -- --nocapture`.
+    #[tokio::test]
+    async fn memory_per_record_is_bounded() {
+        let server = server();
+        let s = replica(&server, None);
+        let used = |s: &RedisStore| {
+            let r = s.redis.clone();
+            async move {
+                let info: String = r
+                    .query(redis::cmd("INFO").arg("memory").clone())
+                    .await
+                    .unwrap();
+                info.lines()
+                    .find_map(|l| l.strip_prefix("used_memory:"))
+                    .and_then(|v| v.trim().parse::<i64>().ok())
+                    .unwrap()
+            }
+        };
+        // A typical parked POST: ~400 bytes of spec.
+        let spec = format!(
+            r#"{{"method":"POST","url":"https://api.example.com/v1/charges","headers":[["Authorization","Bearer {}"],["Content-Type","application/json"]],"body":"{}","max_wait_ms":60000,"retry":{{"max_attempts":5}}}}"#,
+            "x".repeat(40),
+            "y".repeat(200)
+        );
+        let n = 2000u64;
+        let before = used(&s).await;
+        for i in 0..n {
+            let mut j = job(
+                &uuid::Uuid::new_v4().simple().to_string(),
+                &format!("key-{i:08}"),
+                1,
+            );
+            j.spec = spec.clone();
+            j.created_at = 1_700_000_000_000 + i;
+            j.updated_at = j.created_at;
+            s.job_insert(j).await.unwrap();
+        }
+        let per_job = (used(&s).await - before) / n as i64;
+        let one_job: String = keys(&s)
+            .await
+            .into_iter()
+            .find(|k| k.starts_with("t:{jobs}:job:"))
+            .unwrap();
+        let job_hash: i64 = raw(
+            &s,
+            redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(&one_job)
+                .arg("SAMPLES")
+                .arg(0),
+        )
+        .await;
+
+        let claimed = s.jobs_claim(10, 60_000, n as usize).await.unwrap();
+        let payload = vec![b'p'; 600];
+        let before = used(&s).await;
+        for j in &claimed {
+            let mut e = end(JobStatus::Success, &payload, vec![]);
+            e.deliveries = vec![NewDelivery {
+                url: "https://hooks.example.com/ezthrottle/incoming".into(),
+                has_quorum_vote: false,
+            }];
+            e.result = r#"{"status":200,"headers":[],"body":"ok"}"#.into();
+            s.job_finish(&j.id, Some(1), e).await.unwrap();
+        }
+        let per_finish = (used(&s).await - before) / n as i64;
+        let delivery_hash: i64 = raw(
+            &s,
+            redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg("t:{jobs}:delivery:1")
+                .arg("SAMPLES")
+                .arg(0),
+        )
+        .await;
+
+        let before = used(&s).await;
+        let now = crate::store::now_ms();
+        for i in 0..n {
+            let mut r = record(&format!("{:064x}", i), now + 86_400_000);
+            r.body = vec![b'b'; 500];
+            s.idempotency_put(r).await.unwrap();
+        }
+        let per_record = (used(&s).await - before) / n as i64;
+        eprintln!(
+            "memory: job {per_job} B (hash {job_hash} B, ~400 B spec) | finish with one delivery +{per_finish} B (delivery hash {delivery_hash} B, 600 B payload) | idempotency record {per_record} B (500 B body)"
+        );
+        assert!(per_job > 400 && per_job < 4096, "{per_job}");
+        assert!(per_finish > 600 && per_finish < 4096, "{per_finish}");
+        assert!(per_record > 500 && per_record < 4096, "{per_record}");
+    }
+}
