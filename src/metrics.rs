@@ -28,6 +28,14 @@ pub struct Metrics {
     pub idempotency_total: IntCounterVec,
     pub jobs: IntGaugeVec,
     pub webhook_deliveries_total: IntCounterVec,
+    /// 1 while the store answers (always for the embedded backend; for
+    /// Redis, what the last command or heartbeat saw).
+    pub store_up: prometheus::IntGauge,
+    /// Admissions decided locally at the fallback share because Redis did
+    /// not answer.
+    pub admissions_degraded_total: prometheus::IntCounter,
+    /// Live replicas sharing the Redis backend, as of the last heartbeat.
+    pub replicas: prometheus::IntGauge,
     pub webhook_quorum_failed_total: prometheus::IntCounter,
     pub connections_total: IntCounterVec,
     pub proxy_errors_total: IntCounterVec,
@@ -56,6 +64,7 @@ const IDEMPOTENCY_RESULTS: &[&str] = &[
     "in_flight",
     "stored",
     "store_error",
+    "claim_lost",
     "not_stored_status",
     "not_stored_no_response",
     "not_stored_too_large",
@@ -135,6 +144,35 @@ impl Metrics {
                 .expect("metric");
                 r.register(Box::new(c.clone())).expect("register");
                 c
+            },
+            store_up: {
+                let g = prometheus::IntGauge::with_opts(opts(
+                    "store_up",
+                    "1 while the store answers (embedded: always; redis: the last command or heartbeat reached it).",
+                ))
+                .expect("metric");
+                r.register(Box::new(g.clone())).expect("register");
+                g.set(1);
+                g
+            },
+            admissions_degraded_total: {
+                let c = prometheus::IntCounter::with_opts(opts(
+                    "admissions_degraded_total",
+                    "Admissions decided by this replica alone, at its share of the limits, because Redis did not answer.",
+                ))
+                .expect("metric");
+                r.register(Box::new(c.clone())).expect("register");
+                c
+            },
+            replicas: {
+                let g = prometheus::IntGauge::with_opts(opts(
+                    "replicas",
+                    "Live replicas sharing the store, as of the last heartbeat (1 with the embedded backend).",
+                ))
+                .expect("metric");
+                r.register(Box::new(g.clone())).expect("register");
+                g.set(1);
+                g
             },
             connections_total: vec_metric!(&r, IntCounterVec, opts("connections_total", "Client connections by kind (plain, connect_intercept, connect_tunnel, denied)."), &["kind"]),
             proxy_errors_total: vec_metric!(&r, IntCounterVec, opts("proxy_errors_total", "Errors answered by the proxy itself, by error code."), &["code"]),

@@ -16,13 +16,14 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::accept::FrontDoor;
-use crate::admission::Admission;
-use crate::config::Config;
+use crate::admission::{Admission, SharedSlots};
+use crate::config::{Config, StorageBackend};
 use crate::idempotency::Idempotency;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::resolve::Resolver;
 use crate::state::{InFlight, Shared};
+use crate::store::redis::{Redis, RedisStore};
 use crate::store::{EmbeddedStore, Store};
 use crate::tls::{upstream_roots, LeafCache, LocalCa};
 
@@ -45,8 +46,8 @@ pub enum StartError {
     Runtime(String),
     #[error("{0}")]
     Webhooks(#[from] crate::webhooks::WebhooksError),
-    #[error("storage.backend = \"redis\" is not available in this version of ezthrottle (only the Store trait is ready for it); use backend = \"embedded\"")]
-    RedisUnavailable,
+    #[error("{0}")]
+    CaMismatch(String),
 }
 
 /// A small runtime for the async start-up steps that run before pingora's
@@ -66,31 +67,41 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
     let resolver =
         Arc::new(Resolver::new(&config).map_err(|e| StartError::Resolver(e.to_string()))?);
     let metrics = Arc::new(Metrics::new(config.metrics.max_domains));
-    // Refuse rather than silently keep state per replica when the operator
-    // asked for shared state.
-    if matches!(
-        config.storage.backend,
-        crate::config::StorageBackend::Redis(_)
-    ) {
-        return Err(StartError::RedisUnavailable);
+    let (store, redis): (Arc<dyn Store>, Option<Arc<Redis>>) = match &config.storage.backend {
+        StorageBackend::Embedded => (
+            Arc::new(EmbeddedStore::open_with(
+                &config.data_dir,
+                config.storage.encryption_key.as_ref(),
+            )?),
+            None,
+        ),
+        StorageBackend::Redis(rc) => {
+            let redis = Redis::open(rc)?;
+            crate::store::redis::check_shared_ca(&redis, &ca).map_err(StartError::CaMismatch)?;
+            let store = RedisStore::new(redis.clone(), config.storage.encryption_key.as_ref());
+            (Arc::new(store), Some(redis))
+        }
+    };
+    let learned = match startup_runtime()?.block_on(store.learned_limits()) {
+        Ok(learned) => learned,
+        // Shared state: Redis may come later; the limits are read from it
+        // on every admission anyway.
+        Err(e) if redis.is_some() => {
+            tracing::warn!(error = %e, "cannot read learned limits from redis at start");
+            Vec::new()
+        }
+        Err(e) => return Err(StartError::Store(e)),
+    };
+    let mut admission = Admission::new(config.clone(), metrics.clone(), store.clone(), learned);
+    if let Some(redis) = &redis {
+        admission = admission.with_shared(SharedSlots::new(redis.clone()));
     }
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open_with(
-        &config.data_dir,
-        config.storage.encryption_key.as_ref(),
-    )?);
-    let learned = startup_runtime()?
-        .block_on(store.learned_limits())
-        .map_err(StartError::Store)?;
-    let admission = Arc::new(Admission::new(
-        config.clone(),
-        metrics.clone(),
-        store.clone(),
-        learned,
-    ));
-    let idempotency = Arc::new(Idempotency::new(
+    let admission = Arc::new(admission);
+    let idempotency = Arc::new(Idempotency::with_redis(
         store.clone(),
         metrics.clone(),
         config.idempotency.clone(),
+        redis.clone(),
     ));
     let webhooks = Arc::new(crate::webhooks::Webhooks::new(
         &config,
@@ -121,6 +132,7 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
         leaves,
         resolver,
         store,
+        redis,
         admission,
         idempotency,
         webhooks,
@@ -322,11 +334,32 @@ impl BackgroundService for ControlService {
         tokio::spawn(shared.jobs.clone().run());
         tokio::spawn(shared.jobs.clone().sweep_forever());
         tokio::spawn(shared.admission.clone().forget_idle_forever());
+        if let Some(redis) = shared.redis.clone() {
+            tokio::spawn(wake_on_peer_events(redis, shared.clone()));
+        }
         let stop = async move {
             let _ = shutdown.changed().await;
         };
         if let Err(e) = crate::control::serve(listener, shared, stop).await {
             tracing::error!(error = %e, "control server failed");
+        }
+    }
+}
+
+/// Another replica queued a job or a delivery: look at once rather than at
+/// the next regular look (`store::SHARED_POLL`).
+async fn wake_on_peer_events(redis: Arc<Redis>, shared: Arc<Shared>) {
+    let mut events = redis.events();
+    loop {
+        match events.recv().await {
+            Ok(e) if e.kind == "jobs" => shared.jobs.wake(),
+            Ok(e) if e.kind == "deliveries" => shared.webhooks.notify(),
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                shared.jobs.wake();
+                shared.webhooks.notify();
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct Shared {
     pub leaves: Arc<LeafCache>,
     pub resolver: Arc<Resolver>,
     pub store: Arc<dyn Store>,
+    /// The Redis client when state is shared with other replicas.
+    pub redis: Option<Arc<crate::store::redis::Redis>>,
     pub admission: Arc<Admission>,
     pub idempotency: Arc<Idempotency>,
     /// Webhook secrets and the delivery worker (SPEC §8).

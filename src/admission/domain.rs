@@ -93,6 +93,11 @@ pub struct Snapshot {
     pub queue_capacity: usize,
     /// Unix milliseconds, or null when not paused.
     pub paused_until: Option<u64>,
+    /// With the Redis backend: slots held by all replicas together at this
+    /// replica's last admission (`in_flight` and `waiting` are this
+    /// replica's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight_all_replicas: Option<u32>,
 }
 
 struct Waiter {
@@ -211,13 +216,13 @@ impl DomainThrottle {
     /// Wait (FIFO, at most `max_wait`) for a pace slot and a concurrency
     /// slot. Dropping the returned future leaves the queue at once and
     /// consumes nothing.
-    pub async fn acquire(self: &Arc<Self>, max_wait: Duration) -> Result<Permit, Denied> {
+    pub async fn acquire(self: &Arc<Self>, max_wait: Duration) -> Result<LocalPermit, Denied> {
         let now = Instant::now();
         let (id, grant) = {
             let mut st = self.lock();
             if st.queue.is_empty() && st.can_start(now) {
                 self.start(&mut st, now, None);
-                return Ok(Permit(self.clone()));
+                return Ok(LocalPermit(self.clone()));
             }
             let position = st.queue.len();
             if position >= st.init.queue_capacity {
@@ -250,7 +255,7 @@ impl DomainThrottle {
         match tokio::time::timeout(max_wait, grant).await {
             Ok(Ok(())) => {
                 guard.granted = true;
-                Ok(Permit(self.clone()))
+                Ok(LocalPermit(self.clone()))
             }
             _ => {
                 let mut st = self.lock();
@@ -263,7 +268,7 @@ impl DomainThrottle {
                 } else {
                     // Granted in the same instant the wait ran out: take it.
                     guard.granted = true;
-                    Ok(Permit(self.clone()))
+                    Ok(LocalPermit(self.clone()))
                 }
             }
         }
@@ -413,6 +418,7 @@ impl DomainThrottle {
             } else {
                 None
             },
+            in_flight_all_replicas: None,
         }
     }
 
@@ -467,9 +473,9 @@ impl Drop for WaitGuard<'_> {
 }
 
 /// A concurrency slot, held while the request (or tunnel) is upstream.
-pub struct Permit(Arc<DomainThrottle>);
+pub struct LocalPermit(Arc<DomainThrottle>);
 
-impl Drop for Permit {
+impl Drop for LocalPermit {
     fn drop(&mut self) {
         self.0.release();
     }

@@ -7,6 +7,7 @@
 pub mod domain;
 pub mod gcra;
 pub mod learn;
+pub mod shared;
 pub mod timer;
 
 use std::sync::Arc;
@@ -14,7 +15,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use dashmap::DashMap;
 
-pub use domain::{Denied, DomainThrottle, Permit, Snapshot, Source};
+pub use domain::{Denied, DomainThrottle, LocalPermit, Snapshot, Source};
+pub use shared::SharedSlots;
+
+/// A concurrency slot, held while the request (or tunnel) is upstream:
+/// this replica's own, or one shared with every replica through Redis.
+pub enum Permit {
+    Local(LocalPermit),
+    Shared(shared::SharedPermit),
+}
+
+impl From<LocalPermit> for Permit {
+    fn from(p: LocalPermit) -> Permit {
+        Permit::Local(p)
+    }
+}
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -36,6 +51,12 @@ pub struct Admission {
     warned: DashMap<String, ()>,
     /// Bounds of `learned` and `warned` ([`MAX_LEARNED`], [`MAX_WARNED`]).
     caps: Caps,
+    /// Pace, concurrency, limits and pauses shared with the other replicas
+    /// (Redis backend); `None`: this process decides alone.
+    shared: Option<Arc<SharedSlots>>,
+    /// While Redis does not answer: each domain's local throttle at this
+    /// replica's share of the limits (docs/distributed.md).
+    degraded: DashMap<String, Arc<DomainThrottle>>,
 }
 
 /// At most this many domains' learned limits are kept in memory; past it the
@@ -74,6 +95,8 @@ impl Admission {
                 learned: MAX_LEARNED,
                 warned: MAX_WARNED,
             },
+            shared: None,
+            degraded: DashMap::new(),
         };
         // Show learned domains in /api/v1/domains and metrics right after a restart.
         let names: Vec<String> = admission.learned.iter().map(|e| e.key().clone()).collect();
@@ -81,6 +104,16 @@ impl Admission {
             admission.throttle(&name);
         }
         admission
+    }
+
+    /// Share pace, concurrency and pauses with the other replicas.
+    pub fn with_shared(mut self, shared: Arc<SharedSlots>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    pub fn shared(&self) -> Option<&Arc<SharedSlots>> {
+        self.shared.as_ref()
     }
 
     /// The throttle of `domain`, created on first use.
@@ -174,7 +207,10 @@ impl Admission {
     ) -> Result<(Permit, Duration), Denied> {
         let throttle = self.throttle(domain);
         let started = Instant::now();
-        let result = throttle.acquire(max_wait).await;
+        let result = match &self.shared {
+            None => throttle.acquire(max_wait).await.map(Permit::from),
+            Some(shared) => self.admit_shared(shared, &throttle, max_wait).await,
+        };
         let waited = started.elapsed();
         let label = self.metrics.domain_label(domain);
         self.metrics
@@ -182,6 +218,78 @@ impl Admission {
             .with_label_values(&[label.as_str()])
             .observe(waited.as_secs_f64());
         result.map(|p| (p, waited))
+    }
+
+    /// Admission through Redis; when Redis does not answer (now, or as last
+    /// seen by the heartbeat), this replica admits alone at its share.
+    async fn admit_shared(
+        &self,
+        shared: &Arc<SharedSlots>,
+        throttle: &Arc<DomainThrottle>,
+        max_wait: Duration,
+    ) -> Result<Permit, Denied> {
+        let domain = throttle.name.as_str();
+        let started = Instant::now();
+        if shared.redis().is_up() {
+            let init = self.initial(domain);
+            let limits = shared::Limits {
+                rps: init.rps,
+                max_concurrent: init.max_concurrent,
+                burst: init.burst,
+                pinned: init.pinned,
+                rps_ceiling: init.rps_ceiling,
+                concurrency_ceiling: init.concurrency_ceiling,
+                queue_capacity: init.queue_capacity,
+            };
+            match shared.acquire(domain, &limits, max_wait).await {
+                Ok(result) => {
+                    if !self.degraded.is_empty() {
+                        self.degraded.clear();
+                        tracing::info!("redis answers again: admissions shared with every replica");
+                    }
+                    return result.map(Permit::Shared);
+                }
+                Err(shared::Unavailable(e)) => {
+                    tracing::warn!(domain, error = %e, "redis did not answer: admitting at this replica's share");
+                }
+            }
+        }
+        self.metrics.admissions_degraded_total.inc();
+        let left = max_wait.saturating_sub(started.elapsed());
+        self.degraded_throttle(shared, domain)
+            .acquire(left)
+            .await
+            .map(Permit::from)
+    }
+
+    /// The local throttle used while Redis is away: the limits last seen in
+    /// Redis (else the config's), divided among the live replicas last
+    /// counted, so that together they stay near the limit, never N times it.
+    /// A concurrency share never drops below 1 (a replica must make progress).
+    fn degraded_throttle(&self, shared: &SharedSlots, domain: &str) -> Arc<DomainThrottle> {
+        if let Some(t) = self.degraded.get(domain) {
+            return t.clone();
+        }
+        let mut init = self.initial(domain);
+        if let Some(v) = shared.view(domain) {
+            init.rps = v.rps;
+            init.max_concurrent = v.max_concurrent;
+        }
+        let n = shared.redis().live_replicas().max(1);
+        init.rps /= f64::from(n);
+        init.max_concurrent = (init.max_concurrent / n).max(1);
+        tracing::warn!(
+            domain,
+            replicas = n,
+            rps = init.rps,
+            max_concurrent = init.max_concurrent,
+            "redis unavailable: pacing this domain at this replica's share"
+        );
+        let gauges = self.gauges(domain);
+        self.degraded
+            .entry(domain.to_string())
+            .or_insert_with(|| DomainThrottle::new(domain.to_string(), init, gauges))
+            .clone()
     }
 
     /// Learn from an upstream response of `domain`. Changed limits are
@@ -208,13 +316,38 @@ impl Admission {
                 tracing::warn!(domain, headers = ?signals.ignored, "ignoring unusable rate-limit header values (logged once per domain)");
             }
         }
-        let changed = throttle.learn(&signals);
+        let mut changed = throttle.learn(&signals);
+        if let Some(t) = self.degraded.get(domain) {
+            t.learn(&signals);
+        }
         if let Some(pause) = signals.pause {
             tracing::info!(
                 domain,
                 pause_ms = pause.as_millis() as u64,
                 "domain paused by upstream"
             );
+            if let Some(shared) = &self.shared {
+                if !throttle.snapshot().pinned {
+                    if let Err(e) = shared.pause(domain, pause).await {
+                        tracing::warn!(domain, error = %e, "cannot share the pause with the other replicas");
+                    }
+                }
+            }
+        }
+        if let Some(shared) = &self.shared {
+            // Another replica may have learned something else meanwhile:
+            // what counts is what Redis holds, not our last copy.
+            if let Some(v) = shared.view(domain) {
+                let snap = throttle.snapshot();
+                if !snap.pinned {
+                    if signals.rps.is_some() && (snap.rps - v.rps).abs() > v.rps * 1e-3 {
+                        changed.rps = Some(snap.rps);
+                    }
+                    if signals.max_concurrent.is_some() && snap.max_concurrent != v.max_concurrent {
+                        changed.max_concurrent = Some(snap.max_concurrent);
+                    }
+                }
+            }
         }
         if changed.any() {
             tracing::info!(domain, rps = ?changed.rps, max_concurrent = ?changed.max_concurrent, "learned limits");
@@ -243,6 +376,8 @@ impl Admission {
             };
             if let Err(e) = self.store.save_learned_limit(record).await {
                 tracing::error!(domain, error = %e, "cannot persist learned limits");
+            } else if let Some(shared) = &self.shared {
+                shared.announce(domain).await;
             }
         }
     }
@@ -278,6 +413,9 @@ impl Admission {
     /// so no request is using it, and the next one creates a fresh throttle
     /// from the config and the learned limits. Returns how many went.
     pub fn forget_idle(&self, idle: Duration) -> usize {
+        if let Some(shared) = &self.shared {
+            shared.forget_idle();
+        }
         let before = self.domains.len();
         self.domains
             .retain(|_, t| !(Arc::strong_count(t) == 1 && t.idle_for(idle)));
@@ -299,7 +437,17 @@ impl Admission {
 
     /// Every known domain, sorted by name.
     pub fn snapshot(&self) -> Vec<Snapshot> {
-        let mut all: Vec<Snapshot> = self.domains.iter().map(|e| e.value().snapshot()).collect();
+        let mut all: Vec<Snapshot> = self
+            .domains
+            .iter()
+            .map(|e| {
+                let mut snap = e.value().snapshot();
+                if let Some(shared) = &self.shared {
+                    shared.overlay(&mut snap);
+                }
+                snap
+            })
+            .collect();
         all.sort_by(|a, b| a.domain.cmp(&b.domain));
         all
     }

@@ -17,6 +17,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// Ready when the proxy listener accepts connections and the store answers.
+///
+/// With Redis, a Redis that does not answer is *degraded*, not unready:
+/// requests keep flowing at this replica's share (docs/distributed.md), and
+/// taking every replica out of service because their shared Redis blinked
+/// would turn a degradation into an outage. The body says what is degraded.
+/// A CA that differs from the peers' is unready: clients would reject it.
 pub async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     if !shared.proxy_ready.load(Ordering::SeqCst) {
         return error_response(
@@ -24,6 +30,32 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
             "not_ready",
             "the proxy listener is not accepting connections yet",
         );
+    }
+    if let Some(redis) = &shared.redis {
+        if let Some(theirs) = redis.ca_mismatch() {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                &format!("this replica's CA differs from the one its peers mint from (sha256 {theirs}); give every replica the same [tls] ca_cert and ca_key"),
+            );
+        }
+        let mut degraded = Vec::new();
+        if shared.store.ping().await.is_err() {
+            degraded.push(serde_json::json!({
+                "component": "store",
+                "reason": "redis does not answer",
+                "effect": "each replica paces at its share of every limit; Idempotency-Key requests and job submissions answer 503 store_unavailable",
+            }));
+        }
+        let mut body = serde_json::json!({
+            "status": "ready",
+            "backend": "redis",
+            "replicas": redis.live_replicas(),
+        });
+        if !degraded.is_empty() {
+            body["degraded"] = serde_json::Value::Array(degraded);
+        }
+        return Json(body).into_response();
     }
     if let Err(e) = shared.store.ping().await {
         tracing::warn!(error = %e, "readiness: store unreachable");
@@ -45,6 +77,13 @@ pub async fn ca_pem(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 pub async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    if let Some(redis) = &shared.redis {
+        shared.metrics.store_up.set(i64::from(redis.is_up()));
+        shared
+            .metrics
+            .replicas
+            .set(i64::from(redis.live_replicas()));
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -333,6 +333,7 @@ mod tests {
             waiting: 0,
             queue_capacity: 10000,
             paused_until: None,
+            in_flight_all_replicas: None,
         }
     }
 

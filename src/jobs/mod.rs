@@ -177,9 +177,18 @@ impl Jobs {
                     Some(now_ms() + 1000)
                 }
             };
-            match next {
-                Some(at) => {
-                    let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+            // Another replica's jobs can become due (or its lapsed leases
+            // claimable) without anyone telling us: look again regularly.
+            let cap = self.store.shared().then_some(crate::store::SHARED_POLL);
+            let wait = match (next, cap) {
+                (Some(at), cap) => {
+                    let w = Duration::from_millis(at.saturating_sub(now_ms()));
+                    Some(cap.map_or(w, |c| w.min(c)))
+                }
+                (None, cap) => cap,
+            };
+            match wait {
+                Some(wait) => {
                     tokio::select! {
                         _ = woken => {}
                         _ = tokio::time::sleep(wait) => {}

@@ -228,7 +228,7 @@ mod tests {
     #[tokio::test]
     async fn the_slot_is_held_until_the_origin_closes() {
         let t = throttle();
-        let permit = t.acquire(Duration::from_secs(1)).await.unwrap();
+        let permit = t.acquire(Duration::from_secs(1)).await.unwrap().into();
         let (pingoras, conn, mut origin) = pair().await;
         drop(pingoras);
         tokio::spawn(hold_until_closed(conn, permit, Duration::from_secs(30)));
@@ -250,7 +250,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_dead_origin_holds_the_slot_until_the_bound() {
         let t = throttle();
-        let permit = t.acquire(Duration::from_secs(1)).await.unwrap();
+        let permit = t.acquire(Duration::from_secs(1)).await.unwrap().into();
         let (pingoras, conn, _origin) = pair().await;
         drop(pingoras);
         let began = tokio::time::Instant::now();

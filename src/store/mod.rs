@@ -217,6 +217,13 @@ pub trait Store: Send + Sync {
     /// Cheap round trip used by `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Whether other processes (replicas) write this store too: then work
+    /// may appear without this process being told, so its runners look
+    /// again at least every [`SHARED_POLL`] besides the events they hear.
+    fn shared(&self) -> bool {
+        false
+    }
+
     async fn learned_limits(&self) -> Result<Vec<LearnedLimit>, StoreError>;
 
     /// Merge: a `None` field keeps the stored value.
@@ -348,6 +355,10 @@ pub trait Store: Send + Sync {
     /// Returns whether there was anything to delete.
     async fn secrets_delete(&self, workspace: &str) -> Result<bool, StoreError>;
 }
+
+/// With a shared store, the longest a runner sleeps without looking at the
+/// queue (events normally wake it at once; they are not guaranteed).
+pub const SHARED_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

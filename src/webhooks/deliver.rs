@@ -158,14 +158,18 @@ impl Webhooks {
                     Wake::At(now_ms() + STORE_RETRY.as_millis() as u64)
                 }
             };
+            // Other replicas' deliveries (or theirs left behind by a crash)
+            // appear without anyone telling us: look again regularly.
+            let cap = self.store.shared().then_some(crate::store::SHARED_POLL);
             let sleep = async {
-                match wake_at {
-                    Wake::Now => {}
-                    Wake::At(at) => {
-                        let ms = at.saturating_sub(now_ms());
-                        tokio::time::sleep(Duration::from_millis(ms)).await
+                match (wake_at, cap) {
+                    (Wake::Now, _) => {}
+                    (Wake::At(at), cap) => {
+                        let d = Duration::from_millis(at.saturating_sub(now_ms()));
+                        tokio::time::sleep(cap.map_or(d, |c| d.min(c))).await
                     }
-                    Wake::Idle => std::future::pending().await,
+                    (Wake::Idle, Some(c)) => tokio::time::sleep(c).await,
+                    (Wake::Idle, None) => std::future::pending().await,
                 }
             };
             tokio::select! {

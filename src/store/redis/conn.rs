@@ -49,6 +49,21 @@ pub struct Redis {
     replicas: AtomicU32,
     events: broadcast::Sender<Event>,
     shown_url: String,
+    /// SHA-256 of this replica's CA certificate, checked against the one
+    /// every replica records ([`Redis::check_ca`]).
+    ca: std::sync::OnceLock<String>,
+    /// The peers' CA fingerprint when it differs from ours.
+    ca_mismatch: std::sync::Mutex<Option<String>>,
+}
+
+/// What [`Redis::check_ca`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaCheck {
+    /// No CA was recorded: ours now is.
+    Recorded,
+    Same,
+    /// The peers mint from another CA (its fingerprint).
+    Differs(String),
 }
 
 /// Channel (under the prefix) every replica subscribes to.
@@ -92,7 +107,23 @@ impl Redis {
             replicas: AtomicU32::new(1),
             events,
             shown_url: cfg.shown_url(),
+            ca: std::sync::OnceLock::new(),
+            ca_mismatch: std::sync::Mutex::new(None),
         });
+        // Connect now, on this client's runtime (the lazy connection is made
+        // by whoever polls it first; a caller's runtime may not outlive it),
+        // waiting at most the command timeout: a Redis that is down at start
+        // is reported by the health task, not a start-up failure.
+        let first = {
+            let (r, handle) = (redis.clone(), redis.handle.clone());
+            std::thread::spawn(move || {
+                handle.block_on(async move { r.query::<String>(redis::cmd("PING").clone()).await })
+            })
+            .join()
+        };
+        if let Ok(Err(e)) = first {
+            tracing::warn!(url = %redis.shown_url, error = %e, "redis not reachable at start; retrying in the background");
+        }
         redis.handle.spawn(health_forever(Arc::downgrade(&redis)));
         redis
             .handle
@@ -283,6 +314,55 @@ impl Redis {
         Ok(live.max(1))
     }
 
+    /// Compare our CA with the one the replicas record under
+    /// `<prefix>:ca:sha256` (the first replica records its own).
+    pub async fn check_ca(&self, fingerprint: &str) -> Result<CaCheck, StoreError> {
+        let _ = self.ca.set(fingerprint.to_string());
+        let key = self.key("ca:sha256");
+        let set: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(fingerprint)
+                    .arg("NX")
+                    .clone(),
+            )
+            .await?;
+        let result = if set.is_some() {
+            CaCheck::Recorded
+        } else {
+            let theirs: Option<String> = self.query(redis::cmd("GET").arg(&key).clone()).await?;
+            match theirs {
+                Some(t) if t != fingerprint => CaCheck::Differs(t),
+                _ => CaCheck::Same,
+            }
+        };
+        *self.ca_mismatch.lock().unwrap_or_else(|p| p.into_inner()) = match &result {
+            CaCheck::Differs(t) => Some(t.clone()),
+            _ => None,
+        };
+        Ok(result)
+    }
+
+    /// The peers' CA fingerprint, when it is not ours.
+    pub fn ca_mismatch(&self) -> Option<String> {
+        self.ca_mismatch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Run `fut` to completion on this client's runtime from synchronous
+    /// start-up code (a thread of its own, so it works inside or outside
+    /// another runtime).
+    pub fn block_on<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        let handle = self.handle.clone();
+        std::thread::spawn(move || handle.block_on(fut)).join().ok()
+    }
+
     /// Leave the replica set at shutdown so peers re-divide at once.
     pub async fn leave(&self) {
         let _ = self
@@ -336,6 +416,11 @@ async fn health_forever(redis: std::sync::Weak<Redis>) {
         };
         if up && was_up != Some(true) {
             tracing::info!(url = %r.shown_url, replicas = r.live_replicas(), "redis connected");
+            if let Some(fp) = r.ca.get().cloned() {
+                if let Ok(CaCheck::Differs(theirs)) = r.check_ca(&fp).await {
+                    tracing::error!(ours = %fp, theirs = %theirs, "this replica's CA differs from the one its peers mint from: clients trusting theirs reject ours; give every replica the same [tls] ca_cert and ca_key (docs/distributed.md). /readyz reports not ready");
+                }
+            }
             if !warned_policy {
                 warned_policy = true;
                 match r.eviction_policy().await.as_deref() {
@@ -366,27 +451,24 @@ async fn subscribe_forever(redis: std::sync::Weak<Redis>) {
         let timeout = r.timeout.max(Duration::from_millis(100));
         drop(r);
         let connected = tokio::time::timeout(timeout, client.get_async_pubsub()).await;
-        match connected {
-            Ok(Ok(mut pubsub)) => {
-                if pubsub.subscribe(&channel).await.is_ok() {
-                    backoff = Duration::from_millis(100);
-                    let mut stream = pubsub.on_message();
-                    while let Some(msg) = stream.next().await {
-                        if redis.strong_count() == 0 {
-                            return;
-                        }
-                        let Ok(text) = msg.get_payload::<String>() else {
-                            continue;
-                        };
-                        let (kind, payload) = text.split_once('\n').unwrap_or((&text, ""));
-                        let _ = events.send(Event {
-                            kind: kind.to_string(),
-                            payload: payload.to_string(),
-                        });
+        if let Ok(Ok(mut pubsub)) = connected {
+            if pubsub.subscribe(&channel).await.is_ok() {
+                backoff = Duration::from_millis(100);
+                let mut stream = pubsub.on_message();
+                while let Some(msg) = stream.next().await {
+                    if redis.strong_count() == 0 {
+                        return;
                     }
+                    let Ok(text) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    let (kind, payload) = text.split_once('\n').unwrap_or((&text, ""));
+                    let _ = events.send(Event {
+                        kind: kind.to_string(),
+                        payload: payload.to_string(),
+                    });
                 }
             }
-            Ok(Err(_)) | Err(_) => {}
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));

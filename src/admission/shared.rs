@@ -1,0 +1,934 @@
+//! Admission shared by every replica through Redis (`[storage] backend =
+//! "redis"`, docs/distributed.md).
+//!
+//! The pace and the concurrency cap of a domain live in Redis and are
+//! decided by one Lua script per admission ([`ADMIT`]), on the server's
+//! clock (`TIME`), never a replica's:
+//!
+//! - **Pace**: a GCRA that *schedules*: the script answers "go in `d` µs"
+//!   and books that slot, so the replica sleeps on a timer until then (no
+//!   polling), and the sum of all replicas' starts keeps to the rate. When
+//!   the rate changes (a learned limit), the booked backlog is rescaled to
+//!   the new interval at once, so an old schedule never holds a raised
+//!   limit back (the bug Let's Encrypt's boulder had) nor lets a lowered one
+//!   through at the old pace for new requests.
+//! - **Concurrency**: a slot is a lease, a member of a sorted set scored by
+//!   its expiry ([`LEASE`] after the start, renewed every third of it while
+//!   the request runs). A replica killed with `-9` stops renewing and its
+//!   slots come back within one lease. A release removes the member and,
+//!   when some replica is waiting for a slot, publishes an event so that
+//!   waiters everywhere ask again at once.
+//! - **Learned limits and pauses** sit in the domain's `limits` hash, which
+//!   the script reads on every admission: a limit or a `Retry-After` learned
+//!   through one replica governs the very next admission on every replica.
+//!
+//! Each replica keeps its own FIFO of waiters for a concurrency slot (a
+//! fair gate), so only the head of the local queue asks Redis again.
+//! Every key of a domain carries the hash tag `{domain}`, so the scripts
+//! also run on Redis Cluster.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::domain::Denied;
+use super::timer::{Fine, COARSE};
+use crate::store::redis::Redis;
+use crate::store::StoreError;
+
+/// A concurrency slot not renewed for this long is free again: how long a
+/// replica killed mid-request can hold its slots.
+pub const LEASE: Duration = Duration::from_secs(10);
+
+/// A replica that saw the cap full says so under this key for this long, so
+/// releases publish an event only when someone is waiting.
+const WAITING_FLAG: Duration = Duration::from_secs(2);
+
+/// Bounded re-check while waiting for a slot, in case a release event is
+/// lost (pub/sub is fire-and-forget) or a dead replica's lease expires.
+const RECHECK_MIN: Duration = Duration::from_millis(20);
+const RECHECK_MAX: Duration = Duration::from_millis(250);
+
+/// Decide one admission. KEYS: gcra hash, leases zset, limits hash, waiting
+/// flag. ARGV: rps, max_concurrent, burst, pinned (0/1), rps_ceiling,
+/// concurrency_ceiling, max_delay_us, lease_ms, member, waiting_flag_ms.
+/// Reply: {code, delay_us, rps_milli, max_concurrent, held, learned_bits}
+/// with code 0 = granted (slot booked `delay_us` from now, lease taken),
+/// 1 = the pace slot is later than max_delay (nothing taken), 2 = paused for
+/// `delay_us` (nothing taken), 3 = every slot is held (nothing taken;
+/// `delay_us` until the earliest lease expiry).
+const ADMIT_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local rps = tonumber(ARGV[1])
+local maxc = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local pinned = ARGV[4] == '1'
+local rps_ceiling = tonumber(ARGV[5])
+local conc_ceiling = tonumber(ARGV[6])
+local max_delay = tonumber(ARGV[7])
+local lease_us = tonumber(ARGV[8]) * 1000
+local learned = 0
+if not pinned then
+  local lim = redis.call('HMGET', KEYS[3], 'rps', 'max_concurrent', 'paused_until')
+  local lr = tonumber(lim[1])
+  if lr and lr > 0 then
+    rps = math.min(math.max(lr, 0.01), rps_ceiling)
+    learned = learned + 1
+  end
+  local lc = tonumber(lim[2])
+  if lc and lc > 0 then
+    maxc = math.min(math.max(math.floor(lc), 1), conc_ceiling)
+    learned = learned + 2
+  end
+  local paused = tonumber(lim[3])
+  if paused and paused * 1000 > now then
+    return {2, paused * 1000 - now, math.floor(rps * 1000 + 0.5), maxc, 0, learned}
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local held = redis.call('ZCARD', KEYS[2])
+if held >= maxc then
+  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  local wait = lease_us
+  if first[2] then wait = math.max(tonumber(first[2]) - now, 0) end
+  redis.call('SET', KEYS[4], '1', 'PX', ARGV[10])
+  return {3, wait, math.floor(rps * 1000 + 0.5), maxc, held, learned}
+end
+local interval = math.ceil(1000000 / rps)
+local tolerance = interval * (math.max(burst, 1) - 1)
+local g = redis.call('HMGET', KEYS[1], 'tat', 'interval')
+local tat = tonumber(g[1]) or now
+local old = tonumber(g[2])
+if tat < now then tat = now end
+if old and old > 0 and old ~= interval then
+  -- The booked backlog in slots, re-spaced at the new interval.
+  tat = now + math.ceil((tat - now) * interval / old)
+end
+local start = math.max(tat - tolerance, now)
+local delay = start - now
+if delay > max_delay then
+  return {1, delay, math.floor(rps * 1000 + 0.5), maxc, held, learned}
+end
+tat = tat + interval
+redis.call('HSET', KEYS[1], 'tat', tat, 'interval', interval)
+redis.call('PEXPIRE', KEYS[1], math.ceil((tat - now) / 1000) + 60000)
+redis.call('ZADD', KEYS[2], now + delay + lease_us, ARGV[9])
+redis.call('PEXPIRE', KEYS[2], math.ceil((delay + lease_us) / 1000) + 60000)
+return {0, delay, math.floor(rps * 1000 + 0.5), maxc, held + 1, learned}
+"#;
+
+/// Free a slot. KEYS: leases zset, waiting flag. ARGV: member, channel,
+/// message. Publishes only when a replica is waiting for a slot.
+const RELEASE_LUA: &str = r#"
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+if removed == 1 and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return removed
+"#;
+
+/// Renew this replica's slots of one domain. KEYS: leases zset. ARGV:
+/// lease_ms, members... Only members still present are touched (`XX`).
+const RENEW_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local until_us = now + tonumber(ARGV[1]) * 1000
+local n = 0
+for i = 2, #ARGV do
+  n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', until_us, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) + 60000)
+return n
+"#;
+
+/// Extend the domain's pause to now + ARGV[1] ms (never shorten it).
+/// KEYS: limits hash. Returns the pause end (server ms).
+const PAUSE_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = now + tonumber(ARGV[1])
+local cur = tonumber(redis.call('HGET', KEYS[1], 'paused_until')) or 0
+if until_ms > cur then
+  redis.call('HSET', KEYS[1], 'paused_until', until_ms)
+  return until_ms
+end
+return cur
+"#;
+
+static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ADMIT_LUA));
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RELEASE_LUA));
+static RENEW: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW_LUA));
+static PAUSE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PAUSE_LUA));
+
+/// The limits this replica's config gives a domain (learned values in Redis
+/// override them unless pinned).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub rps: f64,
+    pub max_concurrent: u32,
+    pub burst: u32,
+    pub pinned: bool,
+    pub rps_ceiling: f64,
+    pub concurrency_ceiling: u32,
+    pub queue_capacity: usize,
+}
+
+/// What the last answer from Redis said about a domain (for the status
+/// page, and the fallback when Redis goes away).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct View {
+    pub rps: f64,
+    pub max_concurrent: u32,
+    /// Slots held by all replicas at that answer.
+    pub held: u32,
+    pub rps_learned: bool,
+    pub concurrency_learned: bool,
+    /// Wall-clock end of a pause seen then.
+    pub paused_until: Option<SystemTime>,
+}
+
+/// This replica's side of one domain.
+struct Domain {
+    /// A release was announced (locally or by another replica).
+    wake: Notify,
+    /// FIFO among this replica's waiters for a concurrency slot.
+    gate: tokio::sync::Mutex<()>,
+    /// Waiters queued at the gate: newcomers queue behind them.
+    blocked: AtomicUsize,
+    /// Requests of this replica waiting for admission (any reason).
+    waiting: AtomicUsize,
+    /// Slots this replica holds.
+    in_flight: AtomicU32,
+    view: Mutex<Option<View>>,
+}
+
+impl Domain {
+    fn new() -> Self {
+        Domain {
+            wake: Notify::new(),
+            gate: tokio::sync::Mutex::new(()),
+            blocked: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            in_flight: AtomicU32::new(0),
+            view: Mutex::new(None),
+        }
+    }
+
+    fn set_view(&self, v: View) {
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+    }
+
+    fn view(&self) -> Option<View> {
+        *self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Redis did not answer; the caller falls back to the local throttle.
+#[derive(Debug)]
+pub struct Unavailable(pub StoreError);
+
+/// The shared admission state of this replica.
+pub struct SharedSlots {
+    redis: Arc<Redis>,
+    domains: DashMap<String, Arc<Domain>>,
+    /// Slots this replica holds: member → domain (renewed in the background).
+    leases: DashMap<String, String>,
+    next_member: AtomicU64,
+    channel: String,
+    /// How long an unrenewed slot lasts ([`LEASE`]; shorter in tests).
+    lease: Duration,
+    /// Redis round trips made for admissions (benchmarks read it).
+    pub round_trips: AtomicU64,
+}
+
+/// A concurrency slot held in Redis; dropping it frees the slot.
+pub struct SharedPermit {
+    slots: Arc<SharedSlots>,
+    domain: Arc<Domain>,
+    name: String,
+    member: String,
+}
+
+impl Drop for SharedPermit {
+    fn drop(&mut self) {
+        self.slots.leases.remove(&self.member);
+        self.domain.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let slots = self.slots.clone();
+        let name = std::mem::take(&mut self.name);
+        let member = std::mem::take(&mut self.member);
+        self.slots
+            .redis
+            .spawn(async move { slots.release(&name, &member).await });
+    }
+}
+
+/// Frees a slot whose booking was sent but whose answer the caller stopped
+/// waiting for (client gone): commands on the connection run in order, so
+/// the release runs after the booking if it was made.
+struct Booking<'a> {
+    slots: &'a Arc<SharedSlots>,
+    name: &'a str,
+    member: Option<String>,
+}
+
+impl Drop for Booking<'_> {
+    fn drop(&mut self) {
+        if let Some(member) = self.member.take() {
+            let slots = self.slots.clone();
+            let name = self.name.to_string();
+            self.slots
+                .redis
+                .spawn(async move { slots.release(&name, &member).await });
+        }
+    }
+}
+
+/// One answer of the admission script.
+enum Answer {
+    Go(Duration),
+    TooLate(Duration),
+    Paused(Duration),
+    Full(Duration),
+}
+
+/// Counts a waiter of a domain while it exists.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl SharedSlots {
+    pub fn new(redis: Arc<Redis>) -> Arc<SharedSlots> {
+        Self::with_lease(redis, LEASE)
+    }
+
+    pub fn with_lease(redis: Arc<Redis>, lease: Duration) -> Arc<SharedSlots> {
+        let slots = Arc::new(SharedSlots {
+            lease,
+            channel: redis.key("events"),
+            redis,
+            domains: DashMap::new(),
+            leases: DashMap::new(),
+            next_member: AtomicU64::new(0),
+            round_trips: AtomicU64::new(0),
+        });
+        slots.redis.spawn(renew_forever(Arc::downgrade(&slots)));
+        slots.redis.spawn(listen_forever(Arc::downgrade(&slots)));
+        slots
+    }
+
+    fn domain(&self, name: &str) -> Arc<Domain> {
+        if let Some(d) = self.domains.get(name) {
+            return d.clone();
+        }
+        self.domains
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(Domain::new()))
+            .clone()
+    }
+
+    /// The last view of a domain from Redis, if any.
+    pub fn view(&self, name: &str) -> Option<View> {
+        self.domains.get(name).and_then(|d| d.view())
+    }
+
+    /// Slots held and requests waiting on this replica.
+    pub fn local(&self, name: &str) -> (u32, usize) {
+        self.domains
+            .get(name)
+            .map(|d| {
+                (
+                    d.in_flight.load(Ordering::Relaxed),
+                    d.waiting.load(Ordering::Relaxed),
+                )
+            })
+            .unwrap_or((0, 0))
+    }
+
+    /// Wait (at most `max_wait`) for a pace slot and a concurrency slot
+    /// shared with every replica. `Err` when Redis does not answer: the
+    /// caller then admits locally with what is left of `max_wait`.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        name: &str,
+        limits: &Limits,
+        max_wait: Duration,
+    ) -> Result<Result<SharedPermit, Denied>, Unavailable> {
+        let deadline = Instant::now() + max_wait;
+        let domain = self.domain(name);
+        let waiting = domain.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&domain.waiting);
+        if waiting >= limits.queue_capacity {
+            let rps = domain.view().map_or(limits.rps, |v| v.rps).max(0.01);
+            return Ok(Err(Denied::QueueFull {
+                retry_after: Duration::from_secs_f64(waiting as f64 / rps),
+            }));
+        }
+        // Fast path: nobody of ours queues for a slot, ask at once.
+        if domain.blocked.load(Ordering::Relaxed) == 0 {
+            match self.try_once(name, &domain, limits, deadline).await? {
+                Step::Done(r) => return Ok(r),
+                Step::Paused(until) => {
+                    // Paused: wait out the pause, then queue.
+                    if until > deadline {
+                        return Ok(Err(Denied::WaitTimeout {
+                            retry_after: until - Instant::now(),
+                        }));
+                    }
+                    tokio::time::sleep_until(until).await;
+                }
+                Step::Full(_) => {}
+            }
+        }
+        // Queue behind this replica's other waiters, in arrival order.
+        domain.blocked.fetch_add(1, Ordering::Relaxed);
+        let _blocked = Waiting(&domain.blocked);
+        let Ok(_turn) = tokio::time::timeout_at(deadline, domain.gate.lock()).await else {
+            return Ok(Err(Denied::WaitTimeout {
+                retry_after: Duration::from_secs_f64(
+                    1.0 / domain.view().map_or(limits.rps, |v| v.rps).max(0.01),
+                ),
+            }));
+        };
+        let mut recheck = RECHECK_MIN;
+        loop {
+            // Listen before asking, so a release between the answer and the
+            // wait is not missed.
+            let released = domain.wake.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match self.try_once(name, &domain, limits, deadline).await? {
+                Step::Done(r) => return Ok(r),
+                Step::Paused(until) => {
+                    // Paused: sleep to the end of the pause.
+                    if until > deadline {
+                        return Ok(Err(Denied::WaitTimeout {
+                            retry_after: until - Instant::now(),
+                        }));
+                    }
+                    tokio::time::sleep_until(until).await;
+                }
+                Step::Full(expiry) => {
+                    // Full: a release (event), the earliest lease expiry,
+                    // or the bounded re-check, whichever comes first.
+                    let at = (Instant::now() + recheck.min(expiry.max(RECHECK_MIN))).min(deadline);
+                    tokio::select! {
+                        _ = &mut released => { recheck = RECHECK_MIN; }
+                        _ = tokio::time::sleep_until(at) => {
+                            recheck = (recheck * 2).min(RECHECK_MAX);
+                        }
+                    }
+                    if Instant::now() >= deadline {
+                        let rps = domain.view().map_or(limits.rps, |v| v.rps).max(0.01);
+                        return Ok(Err(Denied::WaitTimeout {
+                            retry_after: Duration::from_secs_f64(1.0 / rps),
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn try_once(
+        self: &Arc<Self>,
+        name: &str,
+        domain: &Arc<Domain>,
+        limits: &Limits,
+        deadline: Instant,
+    ) -> Result<Step, Unavailable> {
+        let now = Instant::now();
+        let max_delay = deadline.saturating_duration_since(now);
+        let member = format!(
+            "{}:{}",
+            self.redis.replica(),
+            self.next_member.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut booking = Booking {
+            slots: self,
+            name,
+            member: Some(member.clone()),
+        };
+        let answer = self.ask(name, domain, limits, max_delay, &member).await;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                booking.member = None;
+                return Err(e);
+            }
+        };
+        match answer {
+            Answer::Go(delay) => {
+                booking.member = None;
+                self.leases.insert(member.clone(), name.to_string());
+                domain.in_flight.fetch_add(1, Ordering::Relaxed);
+                let permit = SharedPermit {
+                    slots: self.clone(),
+                    domain: domain.clone(),
+                    name: name.to_string(),
+                    member,
+                };
+                // The slot is booked at now + delay on the server's clock;
+                // meet it on ours (the permit frees the slot if we are
+                // dropped meanwhile).
+                let at = now + delay;
+                if at > Instant::now() + COARSE {
+                    tokio::time::sleep_until(at - COARSE).await;
+                }
+                Fine::Precise.until(at).await;
+                Ok(Step::Done(Ok(permit)))
+            }
+            Answer::TooLate(delay) => {
+                booking.member = None;
+                Ok(Step::Done(Err(Denied::WaitTimeout { retry_after: delay })))
+            }
+            Answer::Paused(delay) => {
+                booking.member = None;
+                Ok(Step::Paused(now + delay))
+            }
+            Answer::Full(expiry) => {
+                booking.member = None;
+                Ok(Step::Full(expiry))
+            }
+        }
+    }
+
+    async fn ask(
+        &self,
+        name: &str,
+        domain: &Domain,
+        limits: &Limits,
+        max_delay: Duration,
+        member: &str,
+    ) -> Result<Answer, Unavailable> {
+        let keys = [
+            self.redis.domain_key(name, "gcra"),
+            self.redis.domain_key(name, "leases"),
+            self.redis.domain_key(name, "limits"),
+            self.redis.domain_key(name, "waiting"),
+        ];
+        let args: [String; 10] = [
+            limits.rps.to_string(),
+            limits.max_concurrent.to_string(),
+            limits.burst.to_string(),
+            if limits.pinned { "1" } else { "0" }.to_string(),
+            limits.rps_ceiling.to_string(),
+            limits.concurrency_ceiling.to_string(),
+            (max_delay.as_micros().min(u64::MAX as u128) as u64).to_string(),
+            self.lease.as_millis().to_string(),
+            member.to_string(),
+            WAITING_FLAG.as_millis().to_string(),
+        ];
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let reply: Vec<i64> = self
+            .redis
+            .script(&ADMIT, &keys, &args)
+            .await
+            .map_err(Unavailable)?;
+        let [code, delay_us, rps_milli, maxc, held, learned] = reply[..] else {
+            return Err(Unavailable(StoreError::Backend(format!(
+                "redis: unexpected admission reply {reply:?}"
+            ))));
+        };
+        let delay = Duration::from_micros(delay_us.max(0) as u64);
+        domain.set_view(View {
+            rps: (rps_milli.max(1) as f64) / 1000.0,
+            max_concurrent: u32::try_from(maxc).unwrap_or(1).max(1),
+            held: u32::try_from(held).unwrap_or(0),
+            rps_learned: learned & 1 != 0,
+            concurrency_learned: learned & 2 != 0,
+            paused_until: (code == 2).then(|| SystemTime::now() + delay),
+        });
+        Ok(match code {
+            0 => Answer::Go(delay),
+            1 => Answer::TooLate(delay),
+            2 => Answer::Paused(delay),
+            _ => Answer::Full(delay),
+        })
+    }
+
+    async fn release(&self, name: &str, member: &str) {
+        let keys = [
+            self.redis.domain_key(name, "leases"),
+            self.redis.domain_key(name, "waiting"),
+        ];
+        let args = [
+            member.to_string(),
+            self.channel.clone(),
+            format!("rel\n{name}"),
+        ];
+        if let Err(e) = self.redis.script::<i64, _, _>(&RELEASE, &keys, &args).await {
+            // The lease then expires by itself within LEASE.
+            tracing::debug!(domain = name, error = %e, "could not free a shared slot; it expires with its lease");
+        }
+    }
+
+    /// Pause the domain on every replica for `pause` (from now, server
+    /// clock); a longer pause already set is kept.
+    pub async fn pause(&self, name: &str, pause: Duration) -> Result<(), StoreError> {
+        let keys = [self.redis.domain_key(name, "limits")];
+        let args = [pause.as_millis().min(u64::MAX as u128) as u64];
+        self.redis.script::<i64, _, _>(&PAUSE, &keys, &args).await?;
+        // Waiters of other replicas learn it at their next ask; tell them to
+        // refresh what they show.
+        let _ = self.redis.publish("lim", name).await;
+        Ok(())
+    }
+
+    /// Tell every replica a domain's limits changed (they refresh what
+    /// they show; admissions read the shared hash anyway).
+    pub async fn announce(&self, name: &str) {
+        let _ = self.redis.publish("lim", name).await;
+    }
+
+    pub fn redis(&self) -> &Arc<Redis> {
+        &self.redis
+    }
+
+    /// Show what Redis said last (limits, sources, pause, slots held by
+    /// all replicas) and this replica's own in-flight and waiting counts.
+    pub fn overlay(&self, snap: &mut super::Snapshot) {
+        let Some(d) = self.domains.get(&snap.domain) else {
+            return;
+        };
+        snap.in_flight = d.in_flight.load(Ordering::Relaxed);
+        snap.waiting = d.waiting.load(Ordering::Relaxed);
+        if let Some(v) = d.view() {
+            snap.rps = v.rps;
+            snap.max_concurrent = v.max_concurrent;
+            if v.rps_learned {
+                snap.rps_source = super::Source::Learned;
+            }
+            if v.concurrency_learned {
+                snap.concurrency_source = super::Source::Learned;
+            }
+            snap.in_flight_all_replicas = Some(v.held);
+            if let Some(p) = v.paused_until.filter(|p| *p > SystemTime::now()) {
+                let ms = p
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                snap.paused_until = Some(snap.paused_until.map_or(ms, |l| l.max(ms)));
+            }
+        }
+    }
+
+    /// Forget domains nobody here uses (nothing held or waiting).
+    pub fn forget_idle(&self) {
+        self.domains.retain(|_, d| {
+            Arc::strong_count(d) > 1
+                || d.in_flight.load(Ordering::Relaxed) > 0
+                || d.waiting.load(Ordering::Relaxed) > 0
+        });
+    }
+}
+
+enum Step {
+    Done(Result<SharedPermit, Denied>),
+    /// Ask again at the end of the pause.
+    Paused(Instant),
+    /// Ask again after a release, at the latest when the earliest lease
+    /// expires (this long from now).
+    Full(Duration),
+}
+
+/// Renew this replica's slots every third of a lease, one script per
+/// domain, so a long request keeps its slot and a dead replica's lapse.
+async fn renew_forever(slots: std::sync::Weak<SharedSlots>) {
+    loop {
+        let Some(every) = slots.upgrade().map(|s| s.lease / 3) else {
+            return;
+        };
+        tokio::time::sleep(every).await;
+        let Some(s) = slots.upgrade() else { return };
+        let mut by_domain: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for e in s.leases.iter() {
+            by_domain
+                .entry(e.value().clone())
+                .or_default()
+                .push(e.key().clone());
+        }
+        for (domain, members) in by_domain {
+            let keys = [s.redis.domain_key(&domain, "leases")];
+            let mut args = Vec::with_capacity(members.len() + 1);
+            args.push(s.lease.as_millis().to_string());
+            args.extend(members);
+            if let Err(e) = s.redis.script::<i64, _, _>(&RENEW, &keys, &args).await {
+                tracing::debug!(domain, error = %e, "could not renew shared slots");
+            }
+        }
+    }
+}
+
+/// Wake this replica's waiters when any replica frees a slot.
+async fn listen_forever(slots: std::sync::Weak<SharedSlots>) {
+    let Some(s) = slots.upgrade() else { return };
+    let mut events = s.redis.events();
+    drop(s);
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                // Missed some: wake everyone to look again.
+                let Some(s) = slots.upgrade() else { return };
+                for d in s.domains.iter() {
+                    d.wake.notify_waiters();
+                }
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(s) = slots.upgrade() else { return };
+        if event.kind == "rel" {
+            if let Some(d) = s.domains.get(&event.payload) {
+                d.wake.notify_waiters();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redis::conn::testing::Server;
+
+    fn limits(rps: f64, max_concurrent: u32) -> Limits {
+        Limits {
+            rps,
+            max_concurrent,
+            burst: 1,
+            pinned: false,
+            rps_ceiling: 100_000.0,
+            concurrency_ceiling: 1024,
+            queue_capacity: 1000,
+        }
+    }
+
+    fn replica(server: &Server, lease: Duration) -> Arc<SharedSlots> {
+        SharedSlots::with_lease(Redis::open(&server.config("t")).expect("open"), lease)
+    }
+
+    fn server() -> Server {
+        Server::start().expect("redis-server is not installed (scripts/test installs it)")
+    }
+
+    async fn admit(s: &Arc<SharedSlots>, l: &Limits, wait: Duration) -> SharedPermit {
+        match s.acquire("api.test", l, wait).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(denied)) => panic!("not admitted: {denied:?}"),
+            Err(Unavailable(e)) => panic!("redis did not answer: {e}"),
+        }
+    }
+
+    /// Two replicas alternating on one domain keep the domain's pace
+    /// together: n starts take at least (n - 1) intervals.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_share_one_pace() {
+        let srv = server();
+        let (a, b) = (replica(&srv, LEASE), replica(&srv, LEASE));
+        let l = limits(20.0, 100);
+        let started = Instant::now();
+        for i in 0..11 {
+            let r = if i % 2 == 0 { &a } else { &b };
+            drop(admit(r, &l, Duration::from_secs(5)).await);
+        }
+        // 11 starts at 20/s: at least 10 × 50 ms on the server's clock
+        // (minus the first answer's trip, which a replica cannot see).
+        assert!(
+            started.elapsed() >= Duration::from_millis(495),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// `max_concurrent` holds across replicas; a release on one wakes a
+    /// waiter on the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_concurrency_cap_is_shared_and_a_release_wakes_the_other_replica() {
+        let srv = server();
+        let (a, b) = (replica(&srv, LEASE), replica(&srv, LEASE));
+        let l = limits(10_000.0, 2);
+        let p1 = admit(&a, &l, Duration::from_secs(1)).await;
+        let _p2 = admit(&a, &l, Duration::from_secs(1)).await;
+        let (b2, l2) = (b.clone(), l.clone());
+        let waiter = tokio::spawn(async move { admit(&b2, &l2, Duration::from_secs(20)).await });
+        // B asked and saw the cap full: it waits (its view says 2 held).
+        for _ in 0..500 {
+            if b.local("api.test").1 == 1 && b.view("api.test").is_some_and(|v| v.held == 2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(b.view("api.test").map(|v| v.held), Some(2));
+        assert!(!waiter.is_finished(), "admitted over the cap");
+        drop(p1);
+        let p3 = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken by the release")
+            .expect("task");
+        assert_eq!(b.view("api.test").map(|v| v.held), Some(2));
+        drop(p3);
+    }
+
+    /// A replica that dies holding slots (no release, no renewal) loses
+    /// them after one lease; a live one keeps its slots past the lease.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_replicas_slots_expire_with_their_lease() {
+        let srv = server();
+        let lease = Duration::from_millis(600);
+        let live = replica(&srv, lease);
+        let l = limits(10_000.0, 2);
+        let kept = admit(&live, &l, Duration::from_secs(1)).await;
+        {
+            let dead = replica(&srv, lease);
+            let p = admit(&dead, &l, Duration::from_secs(1)).await;
+            // Killed: neither released nor renewed any more.
+            dead.leases.clear();
+            std::mem::forget(p);
+        }
+        let other = replica(&srv, lease);
+        let began = Instant::now();
+        let p = admit(&other, &l, Duration::from_secs(10)).await;
+        assert!(
+            began.elapsed() >= Duration::from_millis(300),
+            "the dead slot was free early"
+        );
+        // The live replica's slot outlived several leases (renewed): the cap
+        // is still full for a third request.
+        tokio::time::sleep(lease * 2).await;
+        let r = other
+            .acquire("api.test", &l, Duration::from_millis(100))
+            .await
+            .expect("redis");
+        assert!(
+            matches!(r, Err(Denied::WaitTimeout { .. })),
+            "renewed slot was lost"
+        );
+        drop((kept, p));
+    }
+
+    /// A raised limit written by any replica applies to the next booking at
+    /// once, however long the old backlog was; a lowered one too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_limit_takes_effect_at_once() {
+        let srv = server();
+        let a = replica(&srv, LEASE);
+        let l = limits(1.0, 100);
+        // Book 6 slots at 1/s: the backlog reaches ~5 s.
+        let mut tasks = Vec::new();
+        for _ in 0..6 {
+            let (a, l) = (a.clone(), l.clone());
+            tasks.push(tokio::spawn(async move {
+                a.acquire("api.test", &l, Duration::from_secs(30)).await
+            }));
+        }
+        for _ in 0..500 {
+            if a.view("api.test").is_some_and(|v| v.held == 6) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let r = a.redis();
+        let _: () = r
+            .query(
+                redis::cmd("HSET")
+                    .arg(r.domain_key("api.test", "limits"))
+                    .arg("rps")
+                    .arg(1000.0)
+                    .clone(),
+            )
+            .await
+            .expect("hset");
+        let began = Instant::now();
+        let _p = admit(&a, &l, Duration::from_secs(30)).await;
+        assert!(
+            began.elapsed() < Duration::from_secs(4),
+            "held back by the old schedule: {:?}",
+            began.elapsed()
+        );
+        let v = a.view("api.test").expect("view");
+        assert_eq!(v.rps, 1000.0);
+        assert!(v.rps_learned);
+        for t in tasks {
+            t.abort();
+        }
+    }
+
+    /// A pause set through one replica holds the other's admissions back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pause_applies_on_every_replica() {
+        let srv = server();
+        let (a, b) = (replica(&srv, LEASE), replica(&srv, LEASE));
+        let l = limits(10_000.0, 100);
+        a.pause("api.test", Duration::from_millis(400))
+            .await
+            .expect("pause");
+        let began = Instant::now();
+        let _p = admit(&b, &l, Duration::from_secs(5)).await;
+        assert!(
+            began.elapsed() >= Duration::from_millis(350),
+            "{:?}",
+            began.elapsed()
+        );
+        // Too short a patience: refused at once with the pause as retry.
+        a.pause("api.test", Duration::from_secs(30))
+            .await
+            .expect("pause");
+        let r = b
+            .acquire("api.test", &l, Duration::from_secs(1))
+            .await
+            .expect("redis");
+        match r {
+            Err(Denied::WaitTimeout { retry_after }) => {
+                assert!(retry_after > Duration::from_secs(20), "{retry_after:?}")
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("admitted during a pause"),
+        }
+    }
+
+    /// A client that gives up while its booking is being made leaves no
+    /// slot behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_wait_frees_its_slot() {
+        let srv = server();
+        let a = replica(&srv, LEASE);
+        let l = limits(2.0, 1);
+        let _first = admit(&a, &l, Duration::from_secs(1)).await;
+        // Queued behind the cap, then abandoned.
+        let gone = tokio::time::timeout(
+            Duration::from_millis(100),
+            a.acquire("api.test", &l, Duration::from_secs(10)),
+        )
+        .await;
+        assert!(gone.is_err(), "there was no slot to give");
+        assert_eq!(a.local("api.test"), (1, 0), "the waiter left the queue");
+    }
+
+    #[tokio::test]
+    async fn redis_down_is_reported_not_waited_for() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let cfg = crate::config::RedisConfig {
+            url: format!("redis://127.0.0.1:{port}"),
+            url_source: "config".into(),
+            timeout: Duration::from_millis(100),
+            prefix: "t".into(),
+        };
+        let a = SharedSlots::new(Redis::open(&cfg).expect("open"));
+        let r = a
+            .acquire("api.test", &limits(2.0, 1), Duration::from_secs(60))
+            .await;
+        assert!(r.is_err(), "no Redis, no shared answer");
+        assert_eq!(a.local("api.test"), (0, 0));
+    }
+}
