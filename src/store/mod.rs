@@ -333,6 +333,17 @@ pub trait Store: Send + Sync {
     /// next_attempt_at, last_status, last_error, updated_at).
     async fn delivery_update(&self, delivery: &Delivery) -> Result<(), StoreError>;
 
+    /// Record that an attempt of `d` starts (`d.attempts` already counts
+    /// it), taking the delivery for `lease_ms`: with a shared store another
+    /// replica may have read it as due too, and only one of them gets
+    /// `true` and sends; a replica that dies mid-attempt leaves it due again
+    /// when the lease runs out. The embedded store has one reader, so its
+    /// default just writes `d`.
+    async fn delivery_begin(&self, d: &Delivery, lease_ms: u64) -> Result<bool, StoreError> {
+        let _ = lease_ms;
+        self.delivery_update(d).await.map(|_| true)
+    }
+
     async fn deliveries_for_job(&self, job_id: &str) -> Result<Vec<Delivery>, StoreError>;
 
     /// The deliveries of several jobs (a page of the job list), by job in

@@ -38,6 +38,10 @@ pub const CONCURRENCY: usize = 16;
 const BATCH: usize = 64;
 /// Wait before reading the store again after it failed.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// How long one attempt holds a delivery in a shared store before another
+/// replica may try it (its sender died): longer than the request may take.
+const ATTEMPT_LEASE_MS: u64 = (super::client::REQUEST_TIMEOUT.as_millis() as u64) * 2;
 /// Tries to persist an attempt's outcome before giving up on it (the
 /// delivery is then attempted again: at-least-once).
 const UPDATE_TRIES: u32 = 3;
@@ -223,11 +227,19 @@ impl Webhooks {
         // restart, and `attempts` must say it was tried twice.
         d.attempts = d.attempts.saturating_add(1);
         d.updated_at = now_ms();
-        if let Err(e) = self.store.delivery_update(&d).await {
-            tracing::warn!(delivery = d.id, error = %e, "webhooks: cannot record the attempt before sending; trying later");
-            tokio::time::sleep(STORE_RETRY).await;
-            let _ = done.send(d.id);
-            return;
+        match self.store.delivery_begin(&d, ATTEMPT_LEASE_MS).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Another replica took this attempt (shared store).
+                let _ = done.send(d.id);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(delivery = d.id, error = %e, "webhooks: cannot record the attempt before sending; trying later");
+                tokio::time::sleep(STORE_RETRY).await;
+                let _ = done.send(d.id);
+                return;
+            }
         }
         let outcome = self.send(&d).await;
         let now = now_ms();

@@ -370,6 +370,26 @@ return 1
     )
 });
 
+/// ARGV: id, attempts before this one, attempts with it, updated, lease_ms.
+/// Takes a pending delivery for one attempt if nobody took it since it was
+/// read (its attempt count is still the one read): due again only after the
+/// lease, so another replica does not send it at the same time.
+static DELIVERY_BEGIN: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local k = dk(ARGV[1])
+local v = redis.call('HMGET', k, 'state', 'attempts')
+if v[1] ~= 'pending' or v[2] ~= ARGV[2] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = now + tonumber(ARGV[5])
+redis.call('HSET', k, 'attempts', ARGV[3], 'updated', ARGV[4], 'next', due)
+redis.call('ZADD', DDUE, due, pad(ARGV[1]))
+return 1
+"#,
+    )
+});
+
 /// ARGV: job ids. Their deliveries' fields, by job in that order, then id.
 static DELIVERIES_FOR_JOBS: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -589,6 +609,15 @@ impl RedisStore {
         text(self.open_bytes(purpose, stored)?, "value", purpose)
     }
 
+    /// Tell the other replicas' runners there is work (a hint: they also
+    /// look every `SHARED_POLL`); sent in the background.
+    fn announce(&self, kind: &'static str) {
+        let redis = self.redis.clone();
+        self.redis.spawn(async move {
+            let _ = redis.publish(kind, "").await;
+        });
+    }
+
     async fn run(&self, script: &Script, args: &[Vec<u8>]) -> Result<Value, StoreError> {
         self.redis.script(script, &[&self.base], args).await
     }
@@ -683,6 +712,11 @@ fn arg(s: impl ToString) -> Vec<u8> {
 
 #[async_trait]
 impl Store for RedisStore {
+    /// Every replica on this Redis writes it.
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.redis
             .query::<Value>(redis::cmd("PING").clone())
@@ -827,7 +861,10 @@ impl Store for RedisStore {
         let mut args = Vec::with_capacity(13);
         self.job_args(&job, &mut args);
         match self.run(&INSERT, &args).await? {
-            Value::Nil => Ok(None),
+            Value::Nil => {
+                self.announce("jobs");
+                Ok(None)
+            }
             v => self.job_from(v).map(Some),
         }
     }
@@ -895,7 +932,11 @@ impl Store for RedisStore {
             arg(super::super::now_ms()),
             arg(calls),
         ];
-        self.flag(&RESCHEDULE, &args).await
+        let done = self.flag(&RESCHEDULE, &args).await?;
+        if done {
+            self.announce("jobs");
+        }
+        Ok(done)
     }
 
     async fn job_finish(
@@ -923,7 +964,14 @@ impl Store for RedisStore {
         for c in &end.children {
             self.job_args(c, &mut args);
         }
-        self.flag(&FINISH, &args).await
+        let done = self.flag(&FINISH, &args).await?;
+        if done && !end.deliveries.is_empty() {
+            self.announce("deliveries");
+        }
+        if done && !end.children.is_empty() {
+            self.announce("jobs");
+        }
+        Ok(done)
     }
 
     async fn jobs_list(
@@ -947,7 +995,11 @@ impl Store for RedisStore {
     }
 
     async fn job_requeue(&self, id: &str, now_ms: u64) -> Result<bool, StoreError> {
-        self.flag(&REQUEUE, &[arg(id), arg(now_ms)]).await
+        let done = self.flag(&REQUEUE, &[arg(id), arg(now_ms)]).await?;
+        if done {
+            self.announce("jobs");
+        }
+        Ok(done)
     }
 
     async fn jobs_sweep(&self, before_ms: u64) -> Result<u64, StoreError> {
@@ -1035,6 +1087,18 @@ impl Store for RedisStore {
             arg(d.updated_at),
         ];
         self.run(&DELIVERY_UPDATE, &args).await.map(|_| ())
+    }
+
+    async fn delivery_begin(&self, d: &Delivery, lease_ms: u64) -> Result<bool, StoreError> {
+        let args = [
+            arg(d.id),
+            arg(d.attempts.saturating_sub(1)),
+            arg(d.attempts),
+            arg(d.updated_at),
+            arg(lease_ms),
+        ];
+        let v = self.run(&DELIVERY_BEGIN, &args).await?;
+        Ok(matches!(v, Value::Int(1)))
     }
 
     async fn deliveries_for_job(&self, job_id: &str) -> Result<Vec<Delivery>, StoreError> {
@@ -1601,6 +1665,54 @@ mod tests {
             a.job_counts().await.unwrap(),
             vec![(JobStatus::InFlight, n as u64)]
         );
+    }
+
+    /// Two replicas that read the same due delivery: one attempt is taken,
+    /// the other replica's is refused; the taken one is not due again until
+    /// its lease ran out.
+    #[tokio::test]
+    async fn a_delivery_attempt_is_taken_by_one_replica_only() {
+        let server = server();
+        let (a, b) = (replica(&server, None), replica(&server, None));
+        a.job_insert(job("j1", "k1", 1)).await.unwrap();
+        let claimed = a.jobs_claim(10, 60_000, 1).await.unwrap();
+        let d = NewDelivery {
+            url: "http://sink.test/hook".into(),
+            has_quorum_vote: true,
+        };
+        assert!(a
+            .job_finish(
+                "j1",
+                Some(claimed[0].claims),
+                end(JobStatus::Success, b"{}", vec![d])
+            )
+            .await
+            .unwrap());
+        let now = super::super::super::now_ms();
+        let seen_a = a.deliveries_due(now, 10).await.unwrap();
+        let seen_b = b.deliveries_due(now, 10).await.unwrap();
+        assert_eq!(seen_a.len(), 1);
+        assert_eq!(seen_a, seen_b, "both read it as due");
+        let mut da = seen_a[0].clone();
+        let mut db = seen_b[0].clone();
+        da.attempts += 1;
+        db.attempts += 1;
+        assert!(a.delivery_begin(&da, 60_000).await.unwrap(), "first taker");
+        assert!(
+            !b.delivery_begin(&db, 60_000).await.unwrap(),
+            "second refused"
+        );
+        let later = b.deliveries_due(now + 1_000, 10).await.unwrap();
+        assert!(
+            later.iter().all(|d| d.next_attempt_at > now + 1_000),
+            "held by its lease: {later:?}"
+        );
+        // The attempt's outcome is written as usual.
+        da.state = DeliveryState::Delivered;
+        a.delivery_update(&da).await.unwrap();
+        let after = a.deliveries_for_job("j1").await.unwrap();
+        assert_eq!(after[0].state, DeliveryState::Delivered);
+        assert_eq!(after[0].attempts, 1);
     }
 
     #[tokio::test]
