@@ -310,6 +310,85 @@ fn bad_limit_values() {
 }
 
 #[test]
+fn the_redis_url_comes_from_one_place_and_bad_values_name_their_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("redis-url");
+    std::fs::write(&file, "redis://:filepass@127.0.0.1:6390/2\n").expect("write");
+    let c = parse(&format!(
+        "[storage]\nbackend = \"redis\"\nurl_file = {:?}\ntimeout = \"100ms\"\nprefix = \"egress-1\"\n",
+        file.display().to_string()
+    ))
+    .expect("url from a file");
+    let StorageBackend::Redis(r) = &c.storage.backend else {
+        panic!("redis backend")
+    };
+    assert_eq!(r.url, "redis://:filepass@127.0.0.1:6390/2", "trimmed");
+    assert_eq!(r.timeout, Duration::from_millis(100));
+    assert_eq!(r.prefix, "egress-1");
+    let shown = c.to_effective_toml();
+    assert!(!shown.contains("filepass"), "{shown}");
+    assert!(shown.contains("url_file"), "{shown}");
+    assert!(!format!("{c:?}").contains("filepass"), "Debug leaks");
+
+    std::env::set_var(
+        "EZT_TEST_REDIS_URL_VAR",
+        "rediss://u:envpass@cache.test:6380",
+    );
+    let c = parse("[storage]\nbackend = \"redis\"\nurl_env = \"EZT_TEST_REDIS_URL_VAR\"\n")
+        .expect("url from a variable");
+    let StorageBackend::Redis(r) = &c.storage.backend else {
+        panic!("redis backend")
+    };
+    assert_eq!(r.url, "rediss://u:envpass@cache.test:6380");
+    assert_eq!(r.url_source, "env:EZT_TEST_REDIS_URL_VAR");
+
+    let missing = dir.path().join("nope").display().to_string();
+    for (text, key) in [
+        (
+            "[storage]\nbackend = \"redis\"\nurl = \"redis://a\"\nurl_env = \"X\"\n".to_string(),
+            "storage.url",
+        ),
+        (
+            "[storage]\nbackend = \"redis\"\nurl_env = \"EZT_TEST_NO_SUCH_VAR_9\"\n".to_string(),
+            "storage.url_env",
+        ),
+        (
+            format!("[storage]\nbackend = \"redis\"\nurl_file = {missing:?}\n"),
+            "storage.url_file",
+        ),
+        (
+            "[storage]\nbackend = \"redis\"\nurl = \"http://127.0.0.1:6379\"\n".to_string(),
+            "storage.url",
+        ),
+        (
+            "[storage]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\ntimeout = \"0s\"\n"
+                .to_string(),
+            "storage.timeout",
+        ),
+        (
+            "[storage]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\ntimeout = \"1h\"\n"
+                .to_string(),
+            "storage.timeout",
+        ),
+        (
+            "[storage]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nprefix = \"a b\"\n"
+                .to_string(),
+            "storage.prefix",
+        ),
+        (
+            "[storage]\nprefix = \"ezt\"\n".to_string(),
+            "storage.prefix",
+        ),
+    ] {
+        let e = bad(&text);
+        assert_eq!(e.key, key, "{text:?}: {e}");
+    }
+    // A password in a bad URL is never echoed.
+    let e = bad("[storage]\nbackend = \"redis\"\nurl = \"http://:pw123secret@h:1\"\n");
+    assert!(!e.to_string().contains("pw123secret"), "{e}");
+}
+
+#[test]
 fn secrets_are_never_printed() {
     let c = parse(
         "[webhooks]\nsecret = \"super-secret-webhook-key\"\n[control]\napi_keys = { \"tok_live_hidden\" = \"ws\" }\n[storage]\nbackend = \"redis\"\nurl = \"redis://:hunter2pass@127.0.0.1:6379\"\n",
