@@ -124,10 +124,7 @@ fn password_and_frozen_server() {
 #[test]
 fn builder_writes_the_redis_storage_table() {
     let redis = RedisServer::start();
-    let ez = EzBuilder::new()
-        .redis(&redis)
-        .redis_prefix("t1")
-        .storage("timeout = \"200ms\"");
+    let ez = EzBuilder::new().redis(&redis).redis_prefix("t1");
     // Only the config file: whether ezthrottle runs on it is not this test's
     // business (the backend lands separately); `config check` must accept it.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -149,7 +146,7 @@ fn builder_writes_the_redis_storage_table() {
     assert!(out.status.success(), "{}", common::proc::show(&out));
     let effective = String::from_utf8_lossy(&out.stdout);
     assert!(effective.contains("prefix = \"t1\""), "{effective}");
-    assert!(effective.contains("timeout = \"200ms\""), "{effective}");
+    assert!(effective.contains("timeout = \"1s\""), "{effective}");
 }
 
 #[test]

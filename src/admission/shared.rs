@@ -456,14 +456,13 @@ impl SharedSlots {
             name,
             member: Some(member.clone()),
         };
-        let answer = self.ask(name, domain, limits, max_delay, &member).await;
-        let answer = match answer {
-            Ok(a) => a,
-            Err(e) => {
-                booking.member = None;
-                return Err(e);
-            }
-        };
+        // Unanswered (timeout): the booking may still have been made, so the
+        // guard sends a release after it; if Redis is down, the lease lapses.
+        let answer = self.ask(name, domain, limits, max_delay, &member).await?;
+        // The slot is `delay` after the script ran; the answer left Redis
+        // then, so counting from its arrival errs late (by the trip back),
+        // never early.
+        let answered = Instant::now();
         match answer {
             Answer::Go(delay) => {
                 booking.member = None;
@@ -475,10 +474,9 @@ impl SharedSlots {
                     name: name.to_string(),
                     member,
                 };
-                // The slot is booked at now + delay on the server's clock;
-                // meet it on ours (the permit frees the slot if we are
-                // dropped meanwhile).
-                let at = now + delay;
+                // Meet the booked slot on our clock (the permit frees the
+                // slot if we are dropped meanwhile).
+                let at = answered + delay;
                 if at > Instant::now() + COARSE {
                     tokio::time::sleep_until(at - COARSE).await;
                 }
@@ -491,7 +489,7 @@ impl SharedSlots {
             }
             Answer::Paused(delay) => {
                 booking.member = None;
-                Ok(Step::Paused(now + delay))
+                Ok(Step::Paused(answered + delay))
             }
             Answer::Full(expiry) => {
                 booking.member = None;
@@ -582,6 +580,46 @@ impl SharedSlots {
         Ok(())
     }
 
+    /// Re-read a domain's learned limits and pause from Redis into the view
+    /// (shown by `/api/v1/domains`), keeping what was not learned.
+    async fn refresh(&self, name: &str) {
+        let Some(d) = self.domains.get(name).map(|d| d.clone()) else {
+            return;
+        };
+        let Some(mut v) = d.view() else { return };
+        let cmd = redis::cmd("HMGET")
+            .arg(self.redis.domain_key(name, "limits"))
+            .arg("rps")
+            .arg("max_concurrent")
+            .arg("paused_until")
+            .clone();
+        let Ok(fields) = self.redis.query::<Vec<Option<String>>>(cmd).await else {
+            return;
+        };
+        let num = |i: usize| {
+            fields
+                .get(i)
+                .cloned()
+                .flatten()
+                .and_then(|f| f.parse::<f64>().ok())
+        };
+        if let Some(rps) = num(0).filter(|r| r.is_finite() && *r > 0.0) {
+            v.rps = rps;
+            v.rps_learned = true;
+        }
+        if let Some(c) = num(1).filter(|c| *c >= 1.0) {
+            v.max_concurrent = c.min(f64::from(u32::MAX)) as u32;
+            v.concurrency_learned = true;
+        }
+        if let Some(until_ms) = num(2) {
+            let until = SystemTime::UNIX_EPOCH + Duration::from_millis(until_ms.max(0.0) as u64);
+            if until > SystemTime::now() {
+                v.paused_until = Some(until);
+            }
+        }
+        d.set_view(v);
+    }
+
     /// Tell every replica a domain's limits changed (they refresh what
     /// they show; admissions read the shared hash anyway).
     pub async fn announce(&self, name: &str) {
@@ -600,7 +638,7 @@ impl SharedSlots {
         };
         snap.in_flight = d.in_flight.load(Ordering::Relaxed);
         snap.waiting = d.waiting.load(Ordering::Relaxed);
-        if let Some(v) = d.view() {
+        if let Some(v) = d.view().filter(|_| !snap.pinned) {
             snap.rps = v.rps;
             snap.max_concurrent = v.max_concurrent;
             if v.rps_learned {
@@ -690,6 +728,10 @@ async fn listen_forever(slots: std::sync::Weak<SharedSlots>) {
             if let Some(d) = s.domains.get(&event.payload) {
                 d.wake.notify_waiters();
             }
+        } else if event.kind == "lim" && s.domains.contains_key(&event.payload) {
+            // What this replica shows follows a limit or pause learned
+            // elsewhere (admissions read Redis anyway).
+            s.refresh(&event.payload).await;
         }
     }
 }

@@ -244,8 +244,16 @@ impl EzBuilder {
 
     /// `[storage] backend = "redis"` with this `url` (e.g. a closed port,
     /// for "Redis down at start").
+    ///
+    /// Commands get 1 s rather than the default 250 ms: tests run debug
+    /// builds, several at once, on two cores, where a command answered late
+    /// would put a replica into its degraded (local share) mode and make
+    /// the test about the machine's load rather than the product.
     pub fn redis_url(self, url: &str) -> Self {
-        self.storage(&format!("backend = \"redis\"\nurl = {}", toml_str(url)))
+        self.storage(&format!(
+            "backend = \"redis\"\nurl = {}\ntimeout = \"1s\"",
+            toml_str(url)
+        ))
     }
 
     /// `[storage] prefix` (with [`redis`](Self::redis)).

@@ -225,23 +225,18 @@ impl Redis {
                 Ok(v)
             }
             Ok(Err(e)) => {
-                // A script or type error is a bug of ours, not an outage.
-                if e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                {
+                // A lost connection is an outage; one slow answer is not (the
+                // heartbeat decides that), and a script or type error is a bug
+                // of ours.
+                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
                     self.up.store(false, Ordering::Relaxed);
                 }
                 Err(StoreError::Backend(format!("redis: {}", describe(&e))))
             }
-            Err(_) => {
-                self.up.store(false, Ordering::Relaxed);
-                Err(StoreError::Backend(format!(
-                    "redis: no answer within {} ms",
-                    self.timeout.as_millis()
-                )))
-            }
+            Err(_) => Err(StoreError::Backend(format!(
+                "redis: no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
         }
     }
 
@@ -408,6 +403,7 @@ async fn health_forever(redis: std::sync::Weak<Redis>) {
                 true
             }
             Err(e) => {
+                r.up.store(false, Ordering::Relaxed);
                 if was_up != Some(false) {
                     tracing::warn!(url = %r.shown_url, error = %e, "redis unreachable: running degraded (each replica paces at its share; idempotency-keyed requests and job submissions answer 503)");
                 }
