@@ -55,7 +55,9 @@ const RECHECK_MAX: Duration = Duration::from_millis(250);
 
 /// Decide one admission. KEYS: gcra hash, leases zset, limits hash, waiting
 /// flag. ARGV: rps, max_concurrent, burst, pinned (0/1), rps_ceiling,
-/// concurrency_ceiling, max_delay_us, lease_ms, member, waiting_flag_ms.
+/// concurrency_ceiling, max_delay_us, lease_ms, member, waiting_flag_ms,
+/// channel, release message, then slots this replica freed since its last
+/// call (released first, in the same round trip).
 /// Reply: {code, delay_us, rps_milli, max_concurrent, held, learned_bits}
 /// with code 0 = granted (slot booked `delay_us` from now, lease taken),
 /// 1 = the pace slot is later than max_delay (nothing taken), 2 = paused for
@@ -73,6 +75,13 @@ local conc_ceiling = tonumber(ARGV[6])
 local max_delay = tonumber(ARGV[7])
 local lease_us = tonumber(ARGV[8]) * 1000
 local learned = 0
+local freed = 0
+for i = 13, #ARGV do
+  freed = freed + redis.call('ZREM', KEYS[2], ARGV[i])
+end
+if freed > 0 and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('PUBLISH', ARGV[11], ARGV[12])
+end
 if not pinned then
   local lim = redis.call('HMGET', KEYS[3], 'rps', 'max_concurrent', 'paused_until')
   local lr = tonumber(lim[1])
@@ -122,15 +131,22 @@ redis.call('PEXPIRE', KEYS[2], math.ceil((delay + lease_us) / 1000) + 60000)
 return {0, delay, math.floor(rps * 1000 + 0.5), maxc, held + 1, learned}
 "#;
 
-/// Free a slot. KEYS: leases zset, waiting flag. ARGV: member, channel,
-/// message. Publishes only when a replica is waiting for a slot.
+/// Free slots. KEYS: leases zset, waiting flag. ARGV: channel, message,
+/// members. Publishes only when a replica is waiting for a slot.
 const RELEASE_LUA: &str = r#"
-local removed = redis.call('ZREM', KEYS[1], ARGV[1])
-if removed == 1 and redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
+local removed = 0
+for i = 3, #ARGV do
+  removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+end
+if removed > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('PUBLISH', ARGV[1], ARGV[2])
 end
 return removed
 "#;
+
+/// Freed slots wait this long for an admission of their domain to carry
+/// them to Redis (no round trip of their own) before the flusher sends them.
+const FLUSH_AFTER: Duration = Duration::from_millis(1);
 
 /// Renew this replica's slots of one domain. KEYS: leases zset. ARGV:
 /// lease_ms, members... Only members still present are touched (`XX`).
@@ -205,6 +221,9 @@ struct Domain {
     /// Slots this replica holds.
     in_flight: AtomicU32,
     view: Mutex<Option<View>>,
+    /// Slots freed here and not yet removed in Redis: the next admission of
+    /// the domain carries them, else the flusher after [`FLUSH_AFTER`].
+    pending: Mutex<Vec<String>>,
 }
 
 impl Domain {
@@ -216,7 +235,21 @@ impl Domain {
             waiting: AtomicUsize::new(0),
             in_flight: AtomicU32::new(0),
             view: Mutex::new(None),
+            pending: Mutex::new(Vec::new()),
         }
+    }
+
+    fn take_pending(&self) -> Vec<String> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Queue freed slots; true when the queue was empty (the flusher must
+    /// be told).
+    fn add_pending(&self, members: impl IntoIterator<Item = String>) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let was_empty = p.is_empty();
+        p.extend(members);
+        was_empty && !p.is_empty()
     }
 
     fn set_view(&self, v: View) {
@@ -242,6 +275,9 @@ pub struct SharedSlots {
     channel: String,
     /// How long an unrenewed slot lasts ([`LEASE`]; shorter in tests).
     lease: Duration,
+    /// Domains with freed slots waiting for the flusher.
+    dirty: Mutex<Vec<String>>,
+    flush: Notify,
     /// Redis round trips made for admissions (benchmarks read it).
     pub round_trips: AtomicU64,
 }
@@ -258,12 +294,10 @@ impl Drop for SharedPermit {
     fn drop(&mut self) {
         self.slots.leases.remove(&self.member);
         self.domain.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let slots = self.slots.clone();
-        let name = std::mem::take(&mut self.name);
         let member = std::mem::take(&mut self.member);
-        self.slots
-            .redis
-            .spawn(async move { slots.release(&name, &member).await });
+        self.slots.free(&self.name, &self.domain, member);
+        // A waiter of ours asks again at once, carrying the release.
+        self.domain.wake.notify_waiters();
     }
 }
 
@@ -279,11 +313,8 @@ struct Booking<'a> {
 impl Drop for Booking<'_> {
     fn drop(&mut self) {
         if let Some(member) = self.member.take() {
-            let slots = self.slots.clone();
-            let name = self.name.to_string();
-            self.slots
-                .redis
-                .spawn(async move { slots.release(&name, &member).await });
+            let domain = self.slots.domain(self.name);
+            self.slots.free(self.name, &domain, member);
         }
     }
 }
@@ -311,8 +342,14 @@ impl SharedSlots {
     }
 
     pub fn with_lease(redis: Arc<Redis>, lease: Duration) -> Arc<SharedSlots> {
+        Self::build(redis, lease, true)
+    }
+
+    fn build(redis: Arc<Redis>, lease: Duration, flusher: bool) -> Arc<SharedSlots> {
         let slots = Arc::new(SharedSlots {
             lease,
+            dirty: Mutex::new(Vec::new()),
+            flush: Notify::new(),
             channel: redis.key("events"),
             redis,
             domains: DashMap::new(),
@@ -322,6 +359,9 @@ impl SharedSlots {
         });
         slots.redis.spawn(renew_forever(Arc::downgrade(&slots)));
         slots.redis.spawn(listen_forever(Arc::downgrade(&slots)));
+        if flusher {
+            slots.redis.spawn(flush_forever(Arc::downgrade(&slots)));
+        }
         slots
     }
 
@@ -512,7 +552,9 @@ impl SharedSlots {
             self.redis.domain_key(name, "limits"),
             self.redis.domain_key(name, "waiting"),
         ];
-        let args: [String; 10] = [
+        let freed = domain.take_pending();
+        let mut args: Vec<String> = Vec::with_capacity(12 + freed.len());
+        args.extend([
             limits.rps.to_string(),
             limits.max_concurrent.to_string(),
             limits.burst.to_string(),
@@ -523,13 +565,28 @@ impl SharedSlots {
             self.lease.as_millis().to_string(),
             member.to_string(),
             WAITING_FLAG.as_millis().to_string(),
-        ];
+            self.channel.clone(),
+            format!("rel\n{name}"),
+        ]);
+        let carried = freed.len();
+        args.extend(freed);
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        let reply: Vec<i64> = self
+        let reply = self
             .redis
-            .script(&ADMIT, &keys, &args)
-            .await
-            .map_err(Unavailable)?;
+            .script::<Vec<i64>, _, _>(&ADMIT, &keys, &args)
+            .await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                // Not known to have run: the flusher sends them again
+                // (a second ZREM of a member is harmless).
+                if carried > 0 {
+                    let back = args.split_off(args.len() - carried);
+                    self.requeue(name, domain, back);
+                }
+                return Err(Unavailable(e));
+            }
+        };
         let [code, delay_us, rps_milli, maxc, held, learned] = reply[..] else {
             return Err(Unavailable(StoreError::Backend(format!(
                 "redis: unexpected admission reply {reply:?}"
@@ -552,19 +609,45 @@ impl SharedSlots {
         })
     }
 
-    async fn release(&self, name: &str, member: &str) {
-        let keys = [
-            self.redis.domain_key(name, "leases"),
-            self.redis.domain_key(name, "waiting"),
-        ];
-        let args = [
-            member.to_string(),
-            self.channel.clone(),
-            format!("rel\n{name}"),
-        ];
-        if let Err(e) = self.redis.script::<i64, _, _>(&RELEASE, &keys, &args).await {
-            // The lease then expires by itself within LEASE.
-            tracing::debug!(domain = name, error = %e, "could not free a shared slot; it expires with its lease");
+    /// A slot of `name` is free: queue its release for the next admission
+    /// of the domain or the flusher.
+    fn free(&self, name: &str, domain: &Domain, member: String) {
+        self.requeue(name, domain, [member]);
+    }
+
+    fn requeue(&self, name: &str, domain: &Domain, members: impl IntoIterator<Item = String>) {
+        if domain.add_pending(members) {
+            self.dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(name.to_string());
+            self.flush.notify_one();
+        }
+    }
+
+    /// Send the releases no admission carried.
+    async fn flush_pending(&self) {
+        let names = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
+        for name in names {
+            let Some(domain) = self.domains.get(&name).map(|d| d.clone()) else {
+                continue;
+            };
+            let members = domain.take_pending();
+            if members.is_empty() {
+                continue;
+            }
+            let keys = [
+                self.redis.domain_key(&name, "leases"),
+                self.redis.domain_key(&name, "waiting"),
+            ];
+            let mut args = Vec::with_capacity(members.len() + 2);
+            args.push(self.channel.clone());
+            args.push(format!("rel\n{name}"));
+            args.extend(members);
+            if let Err(e) = self.redis.script::<i64, _, _>(&RELEASE, &keys, &args).await {
+                // The leases then expire by themselves within the lease.
+                tracing::debug!(domain = %name, error = %e, "could not free shared slots; they expire with their lease");
+            }
         }
     }
 
@@ -702,6 +785,26 @@ async fn renew_forever(slots: std::sync::Weak<SharedSlots>) {
                 tracing::debug!(domain, error = %e, "could not renew shared slots");
             }
         }
+    }
+}
+
+/// Send freed slots that no admission carried, [`FLUSH_AFTER`] after the
+/// first of them: under load admissions carry nearly all releases (one
+/// round trip per request); when idle a release costs one of its own.
+async fn flush_forever(slots: std::sync::Weak<SharedSlots>) {
+    loop {
+        let Some(s) = slots.upgrade() else { return };
+        // Held at most a second at a time, so a dropped SharedSlots ends
+        // this task. The Notify keeps a permit when nobody waits: a release
+        // meanwhile is not missed.
+        if tokio::time::timeout(Duration::from_secs(1), s.flush.notified())
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        tokio::time::sleep(FLUSH_AFTER).await;
+        s.flush_pending().await;
     }
 }
 
@@ -952,6 +1055,63 @@ mod tests {
         .await;
         assert!(gone.is_err(), "there was no slot to give");
         assert_eq!(a.local("api.test"), (1, 0), "the waiter left the queue");
+    }
+
+    /// An admission carries the releases queued before it: with the cap
+    /// full and every holder gone, the next admission gets a slot in one
+    /// round trip, with no release of its own sent (no flusher here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn releases_ride_on_the_next_admission() {
+        let srv = server();
+        let a = SharedSlots::build(Redis::open(&srv.config("t")).expect("open"), LEASE, false);
+        let l = limits(100_000.0, 3);
+        let r = a.redis().clone();
+        let evalsha = || async {
+            let info: String = r
+                .query(redis::cmd("INFO").arg("commandstats").clone())
+                .await
+                .expect("info");
+            info.lines()
+                .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let held: Vec<SharedPermit> =
+            futures::future::join_all((0..3).map(|_| admit(&a, &l, Duration::from_secs(1)))).await;
+        drop(held);
+        let before = evalsha().await;
+        let p = admit(&a, &l, Duration::from_millis(50)).await;
+        assert_eq!(evalsha().await - before, 1, "one round trip");
+        assert_eq!(
+            a.view("api.test").map(|v| v.held),
+            Some(1),
+            "three freed, one taken"
+        );
+        drop(p);
+    }
+
+    /// A release that no admission carries still reaches Redis.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_flusher_sends_releases_nobody_carried() {
+        let srv = server();
+        let a = replica(&srv, LEASE);
+        let l = limits(100_000.0, 4);
+        drop(admit(&a, &l, Duration::from_secs(1)).await);
+        let r = a.redis();
+        let leases = r.domain_key("api.test", "leases");
+        let mut held = u64::MAX;
+        for _ in 0..400 {
+            held = r
+                .query(redis::cmd("ZCARD").arg(&leases).clone())
+                .await
+                .expect("zcard");
+            if held == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(held, 0, "the release was flushed");
     }
 
     #[tokio::test]
