@@ -1667,6 +1667,24 @@ mod tests {
         );
     }
 
+    /// A replica that starts must not take running jobs from the others:
+    /// `jobs_release_leases` leaves a live lease alone.
+    #[tokio::test]
+    async fn starting_a_replica_keeps_the_others_leases() {
+        let server = server();
+        let (a, b) = (replica(&server, None), replica(&server, None));
+        a.job_insert(job("j1", "k1", 1)).await.unwrap();
+        let now = super::super::super::now_ms();
+        let claimed = a.jobs_claim(now, 60_000, 1).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(b.jobs_release_leases().await.unwrap(), 0);
+        let j = b.job_get("j1").await.unwrap().unwrap();
+        assert_eq!(j.status, JobStatus::InFlight);
+        assert_eq!(j.claims, 1);
+        assert!(b.jobs_claim(now, 60_000, 10).await.unwrap().is_empty());
+        assert!(a.job_renew("j1", 1, now + 120_000).await.unwrap(), "still a's");
+    }
+
     /// Two replicas that read the same due delivery: one attempt is taken,
     /// the other replica's is refused; the taken one is not due again until
     /// its lease ran out.
