@@ -239,6 +239,13 @@ impl Domain {
         }
     }
 
+    /// One pace interval at the rate Redis last gave (else the config's):
+    /// the `Retry-After` of a request refused while others wait.
+    fn interval(&self, limits: &Limits) -> Duration {
+        let rps = self.view().map_or(limits.rps, |v| v.rps).max(0.01);
+        Duration::from_secs_f64(1.0 / rps)
+    }
+
     fn take_pending(&self) -> Vec<String> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -407,9 +414,8 @@ impl SharedSlots {
         let waiting = domain.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&domain.waiting);
         if waiting >= limits.queue_capacity {
-            let rps = domain.view().map_or(limits.rps, |v| v.rps).max(0.01);
             return Ok(Err(Denied::QueueFull {
-                retry_after: Duration::from_secs_f64(waiting as f64 / rps),
+                retry_after: domain.interval(limits) * (waiting.min(u32::MAX as usize) as u32),
             }));
         }
         // Fast path: nobody of ours queues for a slot, ask at once.
@@ -418,12 +424,9 @@ impl SharedSlots {
                 Step::Done(r) => return Ok(r),
                 Step::Paused(until) => {
                     // Paused: wait out the pause, then queue.
-                    if until > deadline {
-                        return Ok(Err(Denied::WaitTimeout {
-                            retry_after: until - Instant::now(),
-                        }));
+                    if let Err(denied) = wait_out_pause(until, deadline).await {
+                        return Ok(Err(denied));
                     }
-                    tokio::time::sleep_until(until).await;
                 }
                 Step::Full(_) => {}
             }
@@ -433,9 +436,7 @@ impl SharedSlots {
         let _blocked = Waiting(&domain.blocked);
         let Ok(_turn) = tokio::time::timeout_at(deadline, domain.gate.lock()).await else {
             return Ok(Err(Denied::WaitTimeout {
-                retry_after: Duration::from_secs_f64(
-                    1.0 / domain.view().map_or(limits.rps, |v| v.rps).max(0.01),
-                ),
+                retry_after: domain.interval(limits),
             }));
         };
         let mut recheck = RECHECK_MIN;
@@ -448,13 +449,9 @@ impl SharedSlots {
             match self.try_once(name, &domain, limits, deadline).await? {
                 Step::Done(r) => return Ok(r),
                 Step::Paused(until) => {
-                    // Paused: sleep to the end of the pause.
-                    if until > deadline {
-                        return Ok(Err(Denied::WaitTimeout {
-                            retry_after: until - Instant::now(),
-                        }));
+                    if let Err(denied) = wait_out_pause(until, deadline).await {
+                        return Ok(Err(denied));
                     }
-                    tokio::time::sleep_until(until).await;
                 }
                 Step::Full(expiry) => {
                     // Full: a release (event), the earliest lease expiry,
@@ -467,9 +464,8 @@ impl SharedSlots {
                         }
                     }
                     if Instant::now() >= deadline {
-                        let rps = domain.view().map_or(limits.rps, |v| v.rps).max(0.01);
                         return Ok(Err(Denied::WaitTimeout {
-                            retry_after: Duration::from_secs_f64(1.0 / rps),
+                            retry_after: domain.interval(limits),
                         }));
                     }
                 }
@@ -749,6 +745,18 @@ impl SharedSlots {
                 || d.waiting.load(Ordering::Relaxed) > 0
         });
     }
+}
+
+/// Sleep to the end of a pause, unless it ends after the request's
+/// patience: then refuse at once with the pause as `Retry-After`.
+async fn wait_out_pause(until: Instant, deadline: Instant) -> Result<(), Denied> {
+    if until > deadline {
+        return Err(Denied::WaitTimeout {
+            retry_after: until.saturating_duration_since(Instant::now()),
+        });
+    }
+    tokio::time::sleep_until(until).await;
+    Ok(())
 }
 
 enum Step {
