@@ -609,6 +609,22 @@ impl RedisStore {
         text(self.open_bytes(purpose, stored)?, "value", purpose)
     }
 
+    /// The lowest score of the sorted set `<base>:<set>` (what is due first).
+    async fn earliest(&self, set: &str) -> Result<Option<u64>, StoreError> {
+        let v: Value = self
+            .redis
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(format!("{}:{set}", self.base))
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .clone(),
+            )
+            .await?;
+        first_score(v)
+    }
+
     /// Tell the other replicas' runners there is work (a hint: they also
     /// look every `SHARED_POLL`); sent in the background.
     fn announce(&self, kind: &'static str) {
@@ -1048,18 +1064,7 @@ impl Store for RedisStore {
     }
 
     async fn jobs_next_due(&self) -> Result<Option<u64>, StoreError> {
-        let v: Value = self
-            .redis
-            .query(
-                redis::cmd("ZRANGE")
-                    .arg(format!("{}:due", self.base))
-                    .arg(0)
-                    .arg(0)
-                    .arg("WITHSCORES")
-                    .clone(),
-            )
-            .await?;
-        first_score(v)
+        self.earliest("due").await
     }
 
     async fn deliveries_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
@@ -1115,18 +1120,7 @@ impl Store for RedisStore {
     }
 
     async fn deliveries_next_due(&self) -> Result<Option<u64>, StoreError> {
-        let v: Value = self
-            .redis
-            .query(
-                redis::cmd("ZRANGE")
-                    .arg(format!("{}:deliveries:due", self.base))
-                    .arg(0)
-                    .arg(0)
-                    .arg("WITHSCORES")
-                    .clone(),
-            )
-            .await?;
-        first_score(v)
+        self.earliest("deliveries:due").await
     }
 
     async fn secrets_get(&self, workspace: &str) -> Result<Option<WebhookSecrets>, StoreError> {
@@ -1682,7 +1676,10 @@ mod tests {
         assert_eq!(j.status, JobStatus::InFlight);
         assert_eq!(j.claims, 1);
         assert!(b.jobs_claim(now, 60_000, 10).await.unwrap().is_empty());
-        assert!(a.job_renew("j1", 1, now + 120_000).await.unwrap(), "still a's");
+        assert!(
+            a.job_renew("j1", 1, now + 120_000).await.unwrap(),
+            "still a's"
+        );
     }
 
     /// Two replicas that read the same due delivery: one attempt is taken,
