@@ -1647,7 +1647,9 @@ mod tests {
         };
         let (ga, gb) = (claimer(a.clone()), claimer(b.clone()));
         let (ga, gb) = (ga.await.unwrap(), gb.await.unwrap());
-        assert!(!ga.is_empty() && !gb.is_empty(), "both took part");
+        // Which replica gets how many is up to the scheduler (one may even
+        // take them all on a loaded machine); what must hold is below.
+        eprintln!("claimed: a {}, b {}", ga.len(), gb.len());
         let mut all: Vec<_> = ga.iter().chain(&gb).map(|(id, _)| id.clone()).collect();
         assert!(ga.iter().chain(&gb).all(|(_, claims)| *claims == 1));
         all.sort();
