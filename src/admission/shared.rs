@@ -1296,6 +1296,7 @@ mod tests {
             url_source: "config".into(),
             timeout: Duration::from_millis(100),
             prefix: "t".into(),
+            cluster: false,
         };
         let a = SharedSlots::new(Redis::open(&cfg).expect("open"));
         let r = a

@@ -242,6 +242,7 @@ pub(super) fn render(c: &Config) -> String {
             }
             storage.insert("timeout".into(), s(format_duration(r.timeout)));
             storage.insert("prefix".into(), s(r.prefix.clone()));
+            storage.insert("cluster".into(), Value::Boolean(r.cluster));
         }
     }
     // Where the key comes from, never the key.

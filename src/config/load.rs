@@ -699,6 +699,7 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
                 ("storage.url_file", raw.storage.url_file.is_some()),
                 ("storage.timeout", raw.storage.timeout.is_some()),
                 ("storage.prefix", raw.storage.prefix.is_some()),
+                ("storage.cluster", raw.storage.cluster.is_some()),
             ] {
                 if set {
                     return Err(cx.err(key, "only used with backend = \"redis\""));
@@ -901,6 +902,7 @@ fn redis_config(cx: &Ctx, raw: &RawStorage) -> Result<RedisConfig, ConfigError> 
         url_source,
         timeout,
         prefix,
+        cluster: raw.cluster.unwrap_or(false),
     })
 }
 

@@ -219,6 +219,8 @@ pub struct RedisConfig {
     pub timeout: std::time::Duration,
     /// Every key starts with `<prefix>:` so deployments can share a server.
     pub prefix: String,
+    /// `storage.cluster`: the URL names a seed node of a Redis Cluster.
+    pub cluster: bool,
 }
 
 impl RedisConfig {
@@ -242,6 +244,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("url_source", &self.url_source)
             .field("timeout", &self.timeout)
             .field("prefix", &self.prefix)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }

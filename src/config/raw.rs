@@ -160,6 +160,7 @@ pub struct RawStorage {
     pub url_file: Option<String>,
     pub timeout: Option<String>,
     pub prefix: Option<String>,
+    pub cluster: Option<bool>,
     /// Only read to refuse it: a key must not sit in the config file.
     pub encryption_key: Option<toml::Value>,
     pub encryption_key_file: Option<String>,

@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, ToRedisArgs};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{FromRedisValue, RedisFuture, ToRedisArgs};
 use tokio::sync::broadcast;
 
 use super::super::StoreError;
@@ -35,9 +36,48 @@ pub struct Event {
     pub payload: String,
 }
 
+/// A single server (reconnecting through the connection manager), or a
+/// Redis Cluster (commands routed by key slot; every key a script touches
+/// carries one hash tag, so each script runs on one node).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct Redis {
+    /// For the events subscription: the server, or with a cluster its seed
+    /// node (Redis Cluster delivers every PUBLISH to subscribers on any node).
     client: redis::Client,
-    conn: ConnectionManager,
+    conn: Conn,
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
     timeout: Duration,
@@ -91,8 +131,29 @@ impl Redis {
             .set_max_delay(Duration::from_secs(1));
         let conn = {
             let _guard = handle.enter();
-            ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-                .map_err(|e| StoreError::Backend(format!("redis client: {}", e.category())))?
+            if cfg.cluster {
+                let cluster = redis::cluster::ClusterClient::builder(vec![cfg.url.as_str()])
+                    .connection_timeout(cfg.timeout.max(Duration::from_millis(100)))
+                    .response_timeout(cfg.timeout)
+                    .build()
+                    .map_err(|e| StoreError::Backend(format!("redis cluster: {}", e.category())))?;
+                // Connects in the background: a cluster that is down at start
+                // is no start-up failure either.
+                Conn::Cluster(
+                    cluster.get_pending_async_connection_with_config(
+                        redis::cluster::ClusterConfig::new()
+                            .set_connection_timeout(cfg.timeout.max(Duration::from_millis(100)))
+                            .set_response_timeout(cfg.timeout),
+                    ),
+                )
+            } else {
+                Conn::Single(
+                    ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+                        .map_err(|e| {
+                            StoreError::Backend(format!("redis client: {}", e.category()))
+                        })?,
+                )
+            }
         };
         let (events, _) = broadcast::channel(1024);
         let redis = Arc::new(Redis {
@@ -534,6 +595,7 @@ pub(crate) mod testing {
                 url_source: "config".into(),
                 timeout: std::time::Duration::from_millis(500),
                 prefix: prefix.into(),
+                cluster: false,
             }
         }
     }
@@ -542,6 +604,128 @@ pub(crate) mod testing {
         fn drop(&mut self) {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+
+    /// A real three-node Redis Cluster (three `redis-server --cluster-enabled
+    /// yes`, joined by `redis-cli --cluster create`), for checking that every
+    /// script touches one slot.
+    pub struct Cluster {
+        nodes: Vec<Child>,
+        pub ports: Vec<u16>,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A free port whose cluster bus port (+10000) is free too.
+    fn cluster_port() -> Option<u16> {
+        for _ in 0..200 {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+            let p = l.local_addr().ok()?.port();
+            if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    impl Cluster {
+        pub fn start() -> Option<Cluster> {
+            let dir = tempfile::tempdir().ok()?;
+            let mut cluster = Cluster {
+                nodes: Vec::new(),
+                ports: Vec::new(),
+                _dir: dir,
+            };
+            for i in 0..3 {
+                let port = cluster_port()?;
+                let node_dir = cluster._dir.path().join(format!("n{i}"));
+                std::fs::create_dir_all(&node_dir).ok()?;
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args([
+                        "--cluster-enabled",
+                        "yes",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ])
+                    .args(["--cluster-config-file", "nodes.conf", "--dir"])
+                    .arg(&node_dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .ok()?;
+                cluster.nodes.push(child);
+                cluster.ports.push(port);
+            }
+            for &port in &cluster.ports {
+                let mut up = false;
+                for _ in 0..500 {
+                    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                        up = true;
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                if !up {
+                    return None;
+                }
+            }
+            let addrs: Vec<String> = cluster
+                .ports
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect();
+            let created = Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&addrs)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .ok()?;
+            if !created.success() {
+                return None;
+            }
+            // Every node agrees the cluster is whole.
+            for &port in &cluster.ports {
+                let mut ok = false;
+                for _ in 0..1000 {
+                    let out = Command::new("redis-cli")
+                        .args(["-p", &port.to_string(), "cluster", "info"])
+                        .output()
+                        .ok()?;
+                    if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                        ok = true;
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                if !ok {
+                    return None;
+                }
+            }
+            Some(cluster)
+        }
+
+        pub fn config(&self, prefix: &str) -> crate::config::RedisConfig {
+            crate::config::RedisConfig {
+                url: format!("redis://127.0.0.1:{}", self.ports[0]),
+                url_source: "config".into(),
+                timeout: std::time::Duration::from_millis(1000),
+                prefix: prefix.into(),
+                cluster: true,
+            }
+        }
+    }
+
+    impl Drop for Cluster {
+        fn drop(&mut self) {
+            for c in &mut self.nodes {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
     }
 }
@@ -604,6 +788,7 @@ mod tests {
             url_source: "config".into(),
             timeout: Duration::from_millis(200),
             prefix: "t".into(),
+            cluster: false,
         };
         let r = Redis::open(&cfg).expect("open without a server");
         let started = std::time::Instant::now();

@@ -749,11 +749,17 @@ impl Store for RedisStore {
         if domains.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for d in &domains {
-            pipe.cmd("HGETALL").arg(self.redis.domain_key(d, "limits"));
-        }
-        let hashes: Vec<Value> = self.redis.pipe(pipe).await?;
+        // One command per domain, all in flight at once (the connection
+        // pipelines them): each hash lives in its domain's slot, so on a
+        // Redis Cluster they may sit on different nodes.
+        let hashes: Vec<Value> = futures::future::try_join_all(domains.iter().map(|d| {
+            self.redis.query::<Value>(
+                redis::cmd("HGETALL")
+                    .arg(self.redis.domain_key(d, "limits"))
+                    .clone(),
+            )
+        }))
+        .await?;
         let mut out = Vec::with_capacity(domains.len());
         for (domain, v) in domains.into_iter().zip(hashes) {
             let f = Fields::parse("learned limit", v)?;
