@@ -321,9 +321,12 @@ fn data_dir_flag_beats_env_which_beats_file() {
     let file_dir = dir.path().join("from-file");
     let env_dir = dir.path().join("from-env");
     let flag_dir = dir.path().join("from-flag");
+    // Embedded store: the runs below use three data dirs (three CAs) under
+    // one `.data_dir`, which on one Redis would be replicas with different CAs.
 
     // flag + env + file: the flag wins.
     let mut ez = Ezthrottle::for_origin(&origin)
+        .storage_embedded()
         .data_dir(&file_dir)
         .env("EZTHROTTLE_DATA_DIR", s(&env_dir))
         .arg("--data-dir")
@@ -348,6 +351,7 @@ fn data_dir_flag_beats_env_which_beats_file() {
 
     // env + file: env wins.
     let mut ez = Ezthrottle::for_origin(&origin)
+        .storage_embedded()
         .data_dir(&file_dir)
         .env("EZTHROTTLE_DATA_DIR", s(&env_dir))
         .start();

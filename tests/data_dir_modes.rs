@@ -73,7 +73,11 @@ fn use_it(ez: &Ezthrottle, origin: &Origin) {
 #[test]
 fn a_fresh_data_dir_under_umask_000_is_private_without_warnings() {
     let origin = Origin::start();
-    let mut ez = Ezthrottle::for_origin(&origin).umask(0o000).start();
+    // Checks the embedded store's files (ezthrottle.db, -wal, -shm).
+    let mut ez = Ezthrottle::for_origin(&origin)
+        .storage_embedded()
+        .umask(0o000)
+        .start();
     use_it(&ez, &origin);
     let data = ez.data_dir.clone();
     let all = assert_private(&data);
@@ -103,7 +107,11 @@ fn a_world_readable_data_dir_from_an_older_version_is_fixed_with_a_warning() {
     let work = tempfile::tempdir().expect("tempdir");
     let data = work.path().join("data");
     // A previous run leaves its database, WAL, CA and trust bundle…
-    let mut first = Ezthrottle::for_origin(&origin).data_dir(&data).start();
+    // Loosens and re-checks the embedded store's files (ezthrottle.db…).
+    let mut first = Ezthrottle::for_origin(&origin)
+        .storage_embedded()
+        .data_dir(&data)
+        .start();
     use_it(&first, &origin);
     first.stop_sigterm();
     // …world-readable, as versions before this one wrote them under umask 022.
@@ -117,6 +125,7 @@ fn a_world_readable_data_dir_from_an_older_version_is_fixed_with_a_warning() {
     assert!(loosened.len() >= 6, "{loosened:?}");
 
     let mut ez = Ezthrottle::for_origin(&origin)
+        .storage_embedded()
         .data_dir(&data)
         .umask(0o000)
         .start();

@@ -43,6 +43,8 @@ fn found(hay: &[u8], needle: &str) -> bool {
 
 fn builder(data: &Path, storage: &str) -> EzBuilder {
     EzBuilder::new()
+        // About the SQLite file's bytes: always the embedded store.
+        .storage_embedded()
         .data_dir(data)
         .extra(storage)
         .egress_loopback()

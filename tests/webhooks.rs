@@ -835,6 +835,8 @@ fn a_pending_delivery_survives_sigkill_and_is_delivered_after_restart() {
 
     let env_secret = "env_secret_0123456789_abc";
     let builder = EzBuilder::new()
+        // Seeds and reads the delivery in the embedded store file itself.
+        .storage_embedded()
         .egress_loopback()
         .data_dir(&data_dir)
         .env("EZTHROTTLE_WEBHOOK_SECRET", env_secret)
@@ -942,7 +944,11 @@ fn a_delivery_cut_short_by_a_crash_counts_both_tries() {
     let (addr, arrivals) = hang_then_ok();
     let payload = sample_payload("job_c");
     seed_delivery(&data_dir, "job_c", &payload, &format!("http://{addr}/hook"));
-    let builder = EzBuilder::new().egress_loopback().data_dir(&data_dir);
+    // Seeds and reads the delivery in the embedded store file itself.
+    let builder = EzBuilder::new()
+        .storage_embedded()
+        .egress_loopback()
+        .data_dir(&data_dir);
     let mut ez = builder.clone().start();
     // The first try reached the receiver, which never answers; then -9.
     assert_eq!(arrivals.recv_timeout(EVENT_TIMEOUT).expect("first try"), 0);

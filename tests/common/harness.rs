@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -91,6 +91,8 @@ pub struct EzBuilder {
     /// CA certificate and key copied into the work dir at start and named by
     /// `[tls] ca_cert` / `ca_key` (replicas that must share one CA).
     ca_files: Option<(PathBuf, PathBuf)>,
+    /// Stay on the embedded store even under `EZT_TEST_BACKEND=redis`.
+    storage_embedded: bool,
 }
 
 impl EzBuilder {
@@ -113,6 +115,7 @@ impl EzBuilder {
             umask: None,
             storage_toml: String::new(),
             ca_files: None,
+            storage_embedded: false,
         }
     }
 
@@ -256,6 +259,28 @@ impl EzBuilder {
         ))
     }
 
+    /// Keep the embedded store (the data dir's SQLite file) even when
+    /// `EZT_TEST_BACKEND=redis` would put this instance on Redis: for tests
+    /// about the embedded file itself.
+    pub fn storage_embedded(mut self) -> Self {
+        self.storage_embedded = true;
+        self
+    }
+
+    /// Whether `start` puts this instance on a Redis of its own: under
+    /// `EZT_TEST_BACKEND=redis`, unless the test chose a backend itself
+    /// ([`redis`](Self::redis), a `backend` key, a `[storage]` table in
+    /// [`extra`](Self::extra)) or opted out ([`storage_embedded`](Self::storage_embedded)).
+    fn auto_redis(&self) -> bool {
+        redis_backend_requested()
+            && !self.storage_embedded
+            && !self
+                .storage_toml
+                .lines()
+                .any(|l| l.trim_start().starts_with("backend"))
+            && !self.extra_toml.contains("[storage]")
+    }
+
     /// `[storage] prefix` (with [`redis`](Self::redis)).
     pub fn redis_prefix(self, prefix: &str) -> Self {
         self.storage(&format!("prefix = {}", toml_str(prefix)))
@@ -341,13 +366,34 @@ impl EzBuilder {
 
     /// Start the binary; panics (with its stderr) unless it gets ready in time.
     /// A port taken between picking and binding is retried with new ports.
+    ///
+    /// Under `EZT_TEST_BACKEND=redis` (see [`auto_redis`](Self::auto_redis))
+    /// the instance gets `[storage] backend = "redis"` on a private
+    /// redis-server that the returned handle owns. With an explicit
+    /// [`data_dir`](Self::data_dir) the server belongs to that dir instead:
+    /// a later start with the same data dir (a restart) finds the same
+    /// server and so the same state, as a restarted replica would.
     pub fn start(self) -> Ezthrottle {
+        let (builder, redis) = if self.auto_redis() {
+            let server = match &self.data_dir {
+                Some(dir) => redis_for_data_dir(dir),
+                None => Arc::new(super::redis_server::RedisServer::start()),
+            };
+            (self.redis(&server), Some(server))
+        } else {
+            (self, None)
+        };
+        builder.start_inner(redis)
+    }
+
+    fn start_inner(self, redis: Option<Arc<super::redis_server::RedisServer>>) -> Ezthrottle {
         let work = tempfile::tempdir().expect("ezthrottle tempdir");
         let mut last_err = String::new();
         for _attempt in 0..3 {
             match self.try_start(work.path()) {
                 Ok(mut ez) => {
                     ez.work = Some(work);
+                    ez.redis = redis;
                     return ez;
                 }
                 Err((msg, retry)) => {
@@ -449,6 +495,7 @@ impl EzBuilder {
             stdout_lines: std::sync::Mutex::new(rx),
             work: None,
             quiet: false,
+            redis: None,
         };
 
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -607,6 +654,9 @@ pub struct Ezthrottle {
     stdout_lines: std::sync::Mutex<mpsc::Receiver<String>>,
     work: Option<tempfile::TempDir>,
     quiet: bool,
+    /// The redis-server `EZT_TEST_BACKEND=redis` gave this instance (dropped
+    /// after the process, see `Drop`).
+    redis: Option<Arc<super::redis_server::RedisServer>>,
 }
 
 impl Ezthrottle {
@@ -638,6 +688,11 @@ impl Ezthrottle {
             .arg("--data-binary")
             .arg(job.to_string())
             .fetch(&self.control_url("/api/v1/jobs"))
+    }
+
+    /// The redis-server `EZT_TEST_BACKEND=redis` put this instance on, if any.
+    pub fn auto_redis(&self) -> Option<&super::redis_server::RedisServer> {
+        self.redis.as_deref()
     }
 
     /// The CA key next to [`ca_path`](Self::ca_path).
@@ -719,7 +774,46 @@ impl Drop for Ezthrottle {
         }
         // Keep the work dir alive until the process is gone.
         drop(self.work.take());
+        // Then its Redis (unless a data dir's registry entry still holds it).
+        drop(self.redis.take());
     }
+}
+
+/// `EZT_TEST_BACKEND=redis`: tests that start instances with
+/// [`EzBuilder::start`] run them on the Redis backend (each on its own
+/// redis-server). Unset or `embedded`: the embedded store.
+pub fn redis_backend_requested() -> bool {
+    match std::env::var("EZT_TEST_BACKEND").as_deref() {
+        Ok("redis") => true,
+        Ok("") | Ok("embedded") | Err(_) => false,
+        Ok(other) => panic!("EZT_TEST_BACKEND={other:?}: expected \"redis\" or \"embedded\""),
+    }
+}
+
+/// Redis servers of explicit data dirs, so that an instance restarted on
+/// the same data dir finds its state again (the state lives in Redis, not in
+/// the dir). An entry lives while its dir exists or an instance holds it;
+/// its server is also killed when the thread that started it (the test's)
+/// ends ([`RedisOptions::die_with_thread`]), so none outlives the test run.
+static DATA_DIR_REDIS: Mutex<Vec<(PathBuf, Arc<super::redis_server::RedisServer>)>> =
+    Mutex::new(Vec::new());
+
+fn redis_for_data_dir(dir: &Path) -> Arc<super::redis_server::RedisServer> {
+    let key = dir.to_path_buf();
+    let mut map = DATA_DIR_REDIS.lock().unwrap_or_else(|e| e.into_inner());
+    // Forget servers whose dir is gone and that no instance holds.
+    map.retain(|(d, s)| d.exists() || Arc::strong_count(s) > 1);
+    if let Some((_, s)) = map.iter().find(|(d, _)| *d == key) {
+        return s.clone();
+    }
+    let server = Arc::new(super::redis_server::RedisServer::start_with(
+        super::redis_server::RedisOptions {
+            die_with_thread: true,
+            ..Default::default()
+        },
+    ));
+    map.push((key, server.clone()));
+    server
 }
 
 /// GET `path` on the control port; the body as text (panics unless 200).

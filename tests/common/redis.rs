@@ -52,6 +52,10 @@ pub struct RedisOptions {
     pub password: Option<String>,
     /// More `--name value` arguments, e.g. `("maxmemory", "10mb")`.
     pub args: Vec<(String, String)>,
+    /// The server gets SIGKILL when the thread that started it exits
+    /// (`PR_SET_PDEATHSIG`): for servers kept in a registry past their
+    /// handle's owner, which must not outlive the test (thread) using them.
+    pub die_with_thread: bool,
 }
 
 /// A running (or stopped) redis-server owned by the test.
@@ -267,6 +271,19 @@ impl RedisServer {
         }
         for (k, v) in &self.opts.args {
             cmd.arg(format!("--{k}")).arg(v);
+        }
+        if self.opts.die_with_thread {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe; nothing else runs between
+            // fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
