@@ -118,11 +118,18 @@ local tolerance = interval * (math.max(burst, 1) - 1)
 local g = redis.call('HMGET', KEYS[1], 'tat', 'interval')
 local tat = tonumber(g[1]) or now
 local old = tonumber(g[2])
-if tat < now then tat = now end
 if old and old > 0 and old ~= interval then
-  -- The booked backlog in slots, re-spaced at the new interval.
-  tat = now + math.ceil((tat - now) * interval / old)
+  if interval < old and tat > now then
+    -- Raised, with slots booked ahead: the backlog re-spaced at the new
+    -- interval, so the raise applies to the very next request.
+    tat = now + math.ceil((tat - now) * interval / old)
+  else
+    -- Lowered (or nothing booked ahead): the next start comes one new
+    -- interval after the latest booked one, as the rate now demands.
+    tat = tat - old + interval
+  end
 end
+if tat < now then tat = now end
 local taken = false
 local full_wait = nil
 local last_end = 0
