@@ -820,3 +820,34 @@ fn a_replica_with_another_ca_refuses_to_start() {
         stderr.lines().last().unwrap_or_default()
     );
 }
+
+/// A Redis that evicts keys under memory pressure loses jobs and records:
+/// a replica says so at start, and says nothing when the policy is right.
+#[test]
+fn a_redis_that_may_evict_keys_is_warned_about() {
+    use common::redis_server::RedisOptions;
+    let lru = RedisServer::start_with(RedisOptions {
+        args: vec![("maxmemory-policy".into(), "allkeys-lru".into())],
+        ..RedisOptions::default()
+    });
+    let ez = EzBuilder::new().redis(&lru).start();
+    common::eventually(Duration::from_secs(10), "the eviction warning", || {
+        ez.stderr_log()
+            .contains("maxmemory-policy is not noeviction")
+            .then_some(())
+    });
+    let good = RedisServer::start();
+    let ez2 = EzBuilder::new().redis(&good).start();
+    // Connected (the check runs right after), and no warning.
+    common::eventually(Duration::from_secs(10), "store_up 1", || {
+        control_get(&ez2, "/metrics")
+            .lines()
+            .any(|l| l == "ezthrottle_store_up 1")
+            .then_some(())
+    });
+    assert!(
+        !ez2.stderr_log().contains("maxmemory-policy"),
+        "{}",
+        ez2.stderr_log()
+    );
+}
