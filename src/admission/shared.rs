@@ -61,8 +61,8 @@ const RECHECK_MAX: Duration = Duration::from_millis(250);
 /// slots this replica freed since its last call and those members (released
 /// first, in the same round trip), then the number of requests and a
 /// (member, max_delay_us) pair for each.
-/// Reply: {rps_milli, max_concurrent, held, learned_bits} then {code,
-/// delay_us} per request, with code 0 = granted (slot booked `delay_us` from
+/// Reply: {rps_milli, max_concurrent, held, learned_bits, now_us} then
+/// {code, delay_us} per request, with code 0 = granted (slot booked `delay_us` from
 /// now, lease taken), 1 = the pace slot is later than max_delay (nothing
 /// taken), 2 = paused for `delay_us` (nothing taken), 3 = every slot is held
 /// (nothing taken; `delay_us` until the earliest lease expiry).
@@ -103,7 +103,7 @@ if not pinned then
   local p = tonumber(lim[3])
   if p and p * 1000 > now then paused = p * 1000 - now end
 end
-local out = {math.floor(rps * 1000 + 0.5), maxc, 0, learned}
+local out = {math.floor(rps * 1000 + 0.5), maxc, 0, learned, now}
 if paused then
   for k = 1, na do
     out[#out + 1] = 2
@@ -266,6 +266,9 @@ struct Domain {
     /// Requests waiting to be sent in the next batch, and whether a batch
     /// is on its way (then they wait for it to come back).
     batch: Mutex<(bool, Vec<Ask>)>,
+    /// The planned local start and Redis-clock booking of this replica's
+    /// latest start ([`Domain::spaced`]).
+    last_start: Mutex<Option<(Instant, i64)>>,
 }
 
 /// One request's question in a batch.
@@ -286,6 +289,7 @@ impl Domain {
             view: Mutex::new(None),
             pending: Mutex::new(Vec::new()),
             batch: Mutex::new((false, Vec::new())),
+            last_start: Mutex::new(None),
         }
     }
 
@@ -294,6 +298,24 @@ impl Domain {
     fn interval(&self, limits: &Limits) -> Duration {
         let rps = self.view().map_or(limits.rps, |v| v.rps).max(0.01);
         Duration::from_secs_f64(1.0 / rps)
+    }
+
+    /// The local instant to start a slot booked at `booked_us` (Redis's
+    /// clock), planned for `at`: no earlier than the previous start of this
+    /// replica plus the distance between the two bookings.
+    fn spaced(&self, at: Instant, booked_us: i64) -> Instant {
+        let mut last = self.last_start.lock().unwrap_or_else(|p| p.into_inner());
+        let at = match *last {
+            Some((prev_at, prev_booked)) if booked_us > prev_booked => {
+                let apart = Duration::from_micros((booked_us - prev_booked) as u64);
+                at.max(prev_at + apart)
+            }
+            _ => at,
+        };
+        if last.is_none_or(|(_, b)| booked_us > b) {
+            *last = Some((at, booked_us));
+        }
+        at
     }
 
     fn take_pending(&self) -> Vec<String> {
@@ -378,7 +400,11 @@ impl Drop for Booking<'_> {
 
 /// One answer of the admission script.
 enum Answer {
-    Go(Duration),
+    /// Start `delay` from the script's run: at `booked_us` on Redis's clock.
+    Go {
+        delay: Duration,
+        booked_us: i64,
+    },
     TooLate(Duration),
     Paused(Duration),
     Full(Duration),
@@ -550,7 +576,7 @@ impl SharedSlots {
         // never early.
         let answered = Instant::now();
         match answer {
-            Answer::Go(delay) => {
+            Answer::Go { delay, booked_us } => {
                 booking.member = None;
                 self.leases.insert(member.clone(), name.to_string());
                 domain.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -561,8 +587,11 @@ impl SharedSlots {
                     member,
                 };
                 // Meet the booked slot on our clock (the permit frees the
-                // slot if we are dropped meanwhile).
-                let at = answered + delay;
+                // slot if we are dropped meanwhile), never closer to this
+                // replica's previous start than their bookings are apart: a
+                // start made late by a slow answer must not squeeze the next
+                // one against it.
+                let at = domain.spaced(answered + delay, booked_us);
                 if at > Instant::now() + COARSE {
                     tokio::time::sleep_until(at - COARSE).await;
                 }
@@ -681,7 +710,7 @@ impl SharedSlots {
             .script::<Vec<i64>, _, _>(&ADMIT, &keys, &args)
             .await;
         let reply = match reply {
-            Ok(r) if r.len() == 4 + 2 * asks.len() => r,
+            Ok(r) if r.len() == 5 + 2 * asks.len() => r,
             other => {
                 // Not known to have run: the releases go again (a second
                 // ZREM of a member is harmless), and every request falls
@@ -699,12 +728,16 @@ impl SharedSlots {
                 return;
             }
         };
-        let (rps_milli, maxc, held, learned) = (reply[0], reply[1], reply[2], reply[3]);
+        let (rps_milli, maxc, held, learned, server_now) =
+            (reply[0], reply[1], reply[2], reply[3], reply[4]);
         let mut paused_for = None;
-        for (a, answer) in asks.into_iter().zip(reply[4..].chunks_exact(2)) {
+        for (a, answer) in asks.into_iter().zip(reply[5..].chunks_exact(2)) {
             let delay = Duration::from_micros(answer[1].max(0) as u64);
             let answer = match answer[0] {
-                0 => Answer::Go(delay),
+                0 => Answer::Go {
+                    delay,
+                    booked_us: server_now.saturating_add(answer[1].max(0)),
+                },
                 1 => Answer::TooLate(delay),
                 2 => {
                     paused_for = Some(delay);
@@ -712,7 +745,7 @@ impl SharedSlots {
                 }
                 _ => Answer::Full(delay),
             };
-            if let Err(Ok(Answer::Go(_))) = a.reply.send(Ok(answer)) {
+            if let Err(Ok(Answer::Go { .. })) = a.reply.send(Ok(answer)) {
                 // Gone while the batch was on its way: free its slot.
                 self.free(name, domain, a.member);
             }
@@ -1267,6 +1300,28 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    /// A start made late by a slow answer does not squeeze the next one
+    /// against it: this replica's starts stay as far apart as their
+    /// bookings.
+    #[test]
+    fn starts_keep_the_distance_of_their_bookings() {
+        let d = Domain::new();
+        let t0 = Instant::now();
+        // Booked at 1.0 s (Redis clock), its answer came 150 ms late.
+        let first = d.spaced(t0 + Duration::from_millis(150), 1_000_000);
+        assert_eq!(first, t0 + Duration::from_millis(150));
+        // Booked 200 ms later, its answer on time: planned for t0 + 200 ms,
+        // moved to 200 ms after the late first start.
+        let second = d.spaced(t0 + Duration::from_millis(200), 1_200_000);
+        assert_eq!(second, t0 + Duration::from_millis(350));
+        // An earlier booking handled after a later one is not held back.
+        let early = d.spaced(t0 + Duration::from_millis(100), 1_100_000);
+        assert_eq!(early, t0 + Duration::from_millis(100));
+        // Far apart already: unchanged.
+        let later = d.spaced(t0 + Duration::from_secs(10), 6_000_000);
+        assert_eq!(later, t0 + Duration::from_secs(10));
     }
 
     /// A release that no admission carries still reaches Redis.
