@@ -4,6 +4,7 @@
 //! config and from limits learned earlier (persisted in the store), and feeds
 //! every upstream response's limit headers back into it.
 
+pub mod dialects;
 pub mod domain;
 pub mod gcra;
 pub mod learn;
