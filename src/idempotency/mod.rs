@@ -251,7 +251,8 @@ mod tests {
         ))
     }
 
-    fn response() -> StoredResponse {
+    /// A small stored response (also used by `shared`'s tests).
+    pub(in crate::idempotency) fn response() -> StoredResponse {
         StoredResponse {
             status: 201,
             reason: None,

@@ -311,7 +311,7 @@ mod tests {
     use super::*;
     use crate::config::IdempotencyConfig;
     use crate::error::ProxyError;
-    use crate::idempotency::{Begin, Idempotency, StoredResponse};
+    use crate::idempotency::{Begin, Idempotency};
     use crate::store::redis::conn::testing::Server;
     use crate::store::{EmbeddedStore, Store};
 
@@ -361,14 +361,7 @@ mod tests {
         }
     }
 
-    fn response() -> StoredResponse {
-        StoredResponse {
-            status: 201,
-            reason: None,
-            headers: b"X-Id: 1\r\n".to_vec(),
-            body: b"{}".to_vec(),
-        }
-    }
+    use crate::idempotency::tests::response;
 
     async fn proceed(idem: &Idempotency, scope: &str, fp: &str) -> crate::idempotency::Claim {
         match idem.begin(scope, fp, Duration::ZERO).await {
