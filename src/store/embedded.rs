@@ -1360,19 +1360,13 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::NewDelivery;
+    use crate::store::conformance::{self, contains, fill, job, read_back, record, PLANTED};
 
-    fn record(scope: &str, expires_at: u64) -> IdempotencyRecord {
-        IdempotencyRecord {
-            scope: scope.into(),
-            fingerprint: "f".repeat(64),
-            status: 201,
-            reason: Some("Created".into()),
-            headers: b"Content-Type: application/json\r\nX-A: 1\r\n".to_vec(),
-            body: vec![0, 1, 2, 255],
-            created_at: 10,
-            expires_at,
-        }
+    #[tokio::test]
+    async fn idempotency_records_round_trip_and_hide_when_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        conformance::idempotency_records_round_trip_and_hide_when_expired(&s, 500).await;
     }
 
     #[tokio::test]
@@ -1397,149 +1391,22 @@ mod tests {
         assert_eq!(s.idempotency_get("live", 1_000).await.unwrap(), None);
     }
 
-    fn job(id: &str, key: &str, next: u64) -> JobRecord {
-        JobRecord {
-            id: id.into(),
-            workspace: "default".into(),
-            idempotent_key: key.into(),
-            status: JobStatus::Queued,
-            spec: "{}".into(),
-            attempts: 0,
-            claims: 0,
-            next_attempt_at: next,
-            lease_until: 0,
-            created_at: 1,
-            updated_at: 1,
-            result: None,
-        }
-    }
-
-    fn end(status: JobStatus, payload: &[u8], deliveries: Vec<NewDelivery>) -> JobEnd {
-        JobEnd {
-            status,
-            result: "{}".into(),
-            payload: payload.to_vec(),
-            deliveries,
-            calls: 1,
-            children: vec![],
-        }
+    #[tokio::test]
+    async fn a_claim_takes_due_jobs_in_due_order_up_to_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        conformance::a_claim_takes_due_jobs_in_due_order_up_to_its_limit(&s).await;
     }
 
     #[tokio::test]
     async fn jobs_dedupe_claim_in_order_and_lapsed_leases_come_back() {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
-        assert_eq!(s.job_insert(job("j1", "k1", 20)).await.unwrap(), None);
-        assert_eq!(s.job_insert(job("j2", "k2", 10)).await.unwrap(), None);
-        let dup = s.job_insert(job("j3", "k1", 5)).await.unwrap();
-        assert_eq!(dup.map(|j| j.id), Some("j1".to_string()));
-        assert_eq!(s.job_get("j3").await.unwrap(), None);
-        assert_eq!(s.jobs_next_due().await.unwrap(), Some(10));
-
-        // Not yet due.
-        assert!(s.jobs_claim(5, 1000, 10).await.unwrap().is_empty());
-        let claimed = s.jobs_claim(100, 1000, 10).await.unwrap();
-        let ids: Vec<_> = claimed.iter().map(|j| j.id.as_str()).collect();
-        assert_eq!(ids, ["j2", "j1"]);
-        assert!(claimed
-            .iter()
-            .all(|j| j.status == JobStatus::InFlight && j.claims == 1 && j.attempts == 0));
-        // Leased: not claimable again until the lease lapses (a crash).
-        assert!(s.jobs_claim(500, 1000, 10).await.unwrap().is_empty());
-        assert_eq!(s.jobs_next_due().await.unwrap(), Some(1100));
+        conformance::jobs_dedupe_and_claim_under_a_lease(&s).await;
+        // A crash: the lapsed leases are claimable after the restart.
         drop(s);
         let s = EmbeddedStore::open(dir.path()).unwrap();
-        let again = s.jobs_claim(1100, 1000, 10).await.unwrap();
-        assert_eq!(again.len(), 2);
-        assert!(again.iter().all(|j| j.claims == 2));
-
-        // Fencing: the first claim's runner writes nothing any more.
-        assert!(!s.job_renew("j2", 1, 9000).await.unwrap());
-        assert!(!s
-            .job_reschedule("j2", 1, JobStatus::Retrying, 5000, 3)
-            .await
-            .unwrap());
-        assert!(s.job_renew("j2", 2, 9000).await.unwrap());
-        assert!(s
-            .job_reschedule("j2", 2, JobStatus::Retrying, 5000, 3)
-            .await
-            .unwrap());
-        let j2 = s.job_get("j2").await.unwrap().unwrap();
-        assert_eq!((j2.attempts, j2.next_attempt_at), (3, 5000));
-        assert_eq!(
-            s.job_get("j2").await.unwrap().unwrap().status,
-            JobStatus::Retrying
-        );
-
-        let deliveries = vec![
-            NewDelivery {
-                url: "http://127.0.0.1:1/a".into(),
-                has_quorum_vote: true,
-            },
-            NewDelivery {
-                url: "http://127.0.0.1:1/b".into(),
-                has_quorum_vote: false,
-            },
-        ];
-        // A stale claim cannot end it.
-        assert!(!s
-            .job_finish("j1", Some(1), end(JobStatus::Failed, b"", vec![]))
-            .await
-            .unwrap());
-        let mut done = end(JobStatus::Success, b"{\"x\":1}", deliveries.clone());
-        let mut child = job("j1-next", "k1:on_success", 1);
-        child.workspace = "default".into();
-        done.children = vec![child, job("dup", "k2", 1)];
-        assert!(s.job_finish("j1", Some(2), done).await.unwrap());
-        // The follow-up was inserted with the end; a known key was skipped.
-        assert!(s.job_get("j1-next").await.unwrap().is_some());
-        assert!(s.job_get("dup").await.unwrap().is_none());
-        assert_eq!(s.job_get("j1").await.unwrap().unwrap().attempts, 1);
-        // Finished once only.
-        assert!(!s
-            .job_finish("j1", None, end(JobStatus::Failed, b"", deliveries))
-            .await
-            .unwrap());
-        let ds = s.deliveries_for_job("j1").await.unwrap();
-        assert_eq!(ds.len(), 2);
-        assert_eq!(ds[0].payload, b"{\"x\":1}");
-        assert!(ds[0].has_quorum_vote && !ds[1].has_quorum_vote);
-        let page = s
-            .deliveries_for_jobs(&["j2".into(), "j1".into(), "nope".into()])
-            .await
-            .unwrap();
-        assert_eq!(page, ds, "one call for a page, by job then id");
-        assert_eq!(s.deliveries_due(u64::MAX / 2, 10).await.unwrap().len(), 2);
-
-        let mut d = ds[0].clone();
-        d.state = DeliveryState::Delivered;
-        d.attempts = 1;
-        d.last_status = Some(200);
-        s.delivery_update(&d).await.unwrap();
-        assert_eq!(s.deliveries_due(u64::MAX / 2, 10).await.unwrap().len(), 1);
-
-        assert!(s.job_cancel("j2").await.unwrap());
-        assert!(!s.job_cancel("j1").await.unwrap());
-
-        // Retention: j1 still has a pending delivery, so it stays.
-        assert_eq!(s.jobs_sweep(u64::MAX / 2).await.unwrap(), 1, "only j2");
-        assert!(s.job_get("j2").await.unwrap().is_none());
-        assert!(s.job_get("j1").await.unwrap().is_some());
-        let mut d2 = s.deliveries_for_job("j1").await.unwrap()[1].clone();
-        d2.state = DeliveryState::Failed;
-        s.delivery_update(&d2).await.unwrap();
-        assert_eq!(s.jobs_sweep(0).await.unwrap(), 0, "not old enough");
-        assert_eq!(s.jobs_sweep(u64::MAX / 2).await.unwrap(), 1);
-        assert!(s.deliveries_for_job("j1").await.unwrap().is_empty());
-        // The key is free again.
-        assert_eq!(s.job_insert(job("j9", "k1", 1)).await.unwrap(), None);
-        s.job_cancel("j9").await.unwrap();
-        let counts = s.job_counts().await.unwrap();
-        // j9 and the follow-up j1 spawned.
-        assert_eq!(
-            counts,
-            vec![(JobStatus::Cancelled, 1), (JobStatus::Queued, 1)]
-        );
+        conformance::jobs_fence_finish_deliver_and_sweep(&s, &s).await;
     }
 
     /// Counts by status from the jobs themselves, as `job_counts` answers.
@@ -1561,43 +1428,10 @@ mod tests {
     async fn counts_stay_right_across_every_status_change() {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
-        assert_eq!(s.job_counts().await.unwrap(), vec![]);
-        for i in 0..6 {
-            s.job_insert(job(&format!("j{i}"), &format!("k{i}"), 1))
-                .await
-                .unwrap();
-        }
-        // A duplicate key inserts nothing.
-        s.job_insert(job("dup", "k0", 1)).await.unwrap();
-        assert_eq!(s.job_counts().await.unwrap(), vec![(JobStatus::Queued, 6)]);
-        assert_counts(&s, "insert").await;
-        let claimed = s.jobs_claim(10, 1000, 4).await.unwrap();
-        assert_eq!(claimed.len(), 4);
-        assert_counts(&s, "claim").await;
-        assert!(s
-            .job_reschedule("j0", 1, JobStatus::Retrying, 50, 1)
-            .await
-            .unwrap());
-        // A stale claim writes nothing and counts nothing.
-        assert!(!s
-            .job_reschedule("j1", 7, JobStatus::Retrying, 50, 1)
-            .await
-            .unwrap());
-        assert_counts(&s, "reschedule").await;
-        let mut done = end(JobStatus::Success, b"{}", vec![]);
-        done.children = vec![job("child", "k-child", 1)];
-        assert!(s.job_finish("j1", Some(1), done).await.unwrap());
-        assert!(s
-            .job_finish("j2", Some(1), end(JobStatus::Failed, b"", vec![]))
-            .await
-            .unwrap());
-        assert_counts(&s, "finish with a follow-up").await;
-        assert!(s.job_cancel("j4").await.unwrap());
-        assert!(!s.job_cancel("j1").await.unwrap());
-        assert_counts(&s, "cancel").await;
-        assert!(s.job_requeue("j2", 20).await.unwrap());
-        assert!(s.job_requeue("j4", 20).await.unwrap());
-        assert_counts(&s, "requeue").await;
+        conformance::counts_stay_right_through_requeue(&s, async |step| {
+            assert_counts(&s, step).await
+        })
+        .await;
         assert_eq!(s.jobs_release_leases().await.unwrap(), 1, "j3");
         assert_counts(&s, "release leases").await;
         assert_eq!(s.jobs_sweep(u64::MAX / 2).await.unwrap(), 1, "j1");
@@ -1743,6 +1577,13 @@ mod tests {
         assert!(s.idempotency_get("live", 10).await.unwrap().is_some());
     }
 
+    #[tokio::test]
+    async fn sweeps_page_past_jobs_kept_for_pending_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        conformance::sweeps_page_past_jobs_kept_for_pending_deliveries(&s, SWEEP_BATCH).await;
+    }
+
     /// The plan of `sql` with every parameter bound to NULL.
     fn plan(c: &Connection, sql: &str) -> String {
         let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
@@ -1793,70 +1634,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn job_list_pages_through_equal_times() {
+    async fn job_list_pages_through_equal_times_with_a_status_filter() {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
-        for i in 0..5 {
-            let mut j = job(&format!("j{i}"), &format!("k{i}"), 1);
-            j.created_at = if i < 4 { 7 } else { 8 };
-            if i % 2 == 0 {
-                j.status = JobStatus::Failed;
-            }
-            s.job_insert(j).await.unwrap();
-        }
-        let ids = |v: Vec<JobRecord>| v.into_iter().map(|j| j.id).collect::<Vec<_>>();
-        let p1 = s.jobs_list("default", None, 2, None).await.unwrap();
-        assert_eq!(ids(p1), ["j4", "j3"]);
-        let p2 = s
-            .jobs_list("default", None, 2, Some((7, "j3".into())))
-            .await
-            .unwrap();
-        assert_eq!(ids(p2), ["j2", "j1"]);
-        let p3 = s
-            .jobs_list("default", None, 2, Some((7, "j1".into())))
-            .await
-            .unwrap();
-        assert_eq!(ids(p3), ["j0"]);
-        let t_only = s
-            .jobs_list("default", None, 10, Some((7, String::new())))
-            .await
-            .unwrap();
-        assert_eq!(ids(t_only), ["j3", "j2", "j1", "j0"]);
-        let failed = s
-            .jobs_list(
-                "default",
-                Some(JobStatus::Failed),
-                10,
-                Some((8, "j4".into())),
-            )
-            .await
-            .unwrap();
-        assert_eq!(ids(failed), ["j2", "j0"]);
-        assert!(s
-            .jobs_list("other", None, 10, None)
-            .await
-            .unwrap()
-            .is_empty());
+        conformance::job_list_pages_through_equal_times_with_a_status_filter(&s).await;
     }
 
     #[tokio::test]
     async fn secrets_round_trip_and_never_debug_print() {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
-        assert_eq!(s.secrets_get("w").await.unwrap(), None);
-        let secrets = WebhookSecrets {
-            workspace: "w".into(),
-            primary: "primary-secret-0123".into(),
-            secondary: Some("secondary-secret-0123".into()),
-        };
-        assert!(!format!("{secrets:?}").contains("secret-0123"));
-        s.secrets_put(secrets.clone()).await.unwrap();
-        assert_eq!(s.secrets_get("w").await.unwrap(), Some(secrets));
-        assert!(s.secrets_delete("w").await.unwrap());
-        assert!(!s.secrets_delete("w").await.unwrap());
+        conformance::secrets_round_trip_and_never_debug_print(&s).await;
     }
-
-    const PLANTED: &str = "sk_live_PLANTED_0123456789";
 
     fn key(b: u8) -> EncryptionKey {
         EncryptionKey::from_bytes([b; 32])
@@ -1871,69 +1660,6 @@ mod tests {
             }
         }
         all
-    }
-
-    fn contains(hay: &[u8], needle: &str) -> bool {
-        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
-    }
-
-    fn secret_job(id: &str, key: &str) -> JobRecord {
-        let mut j = job(id, key, 1);
-        j.spec =
-            format!(r#"{{"headers":[["Authorization","Bearer {PLANTED}"]],"body":"{PLANTED}"}}"#);
-        j
-    }
-
-    async fn fill(s: &EmbeddedStore) {
-        s.job_insert(secret_job("j1", "k1")).await.unwrap();
-        s.job_insert(secret_job("j2", "k2")).await.unwrap();
-        s.jobs_claim(10, 1000, 10).await.unwrap();
-        s.job_finish(
-            "j2",
-            None,
-            JobEnd {
-                status: JobStatus::Success,
-                result: format!(r#"{{"body":"{PLANTED}"}}"#),
-                payload: PLANTED.as_bytes().to_vec(),
-                deliveries: vec![NewDelivery {
-                    url: format!("https://hooks.test/h?token={PLANTED}"),
-                    has_quorum_vote: true,
-                }],
-                calls: 1,
-                children: vec![],
-            },
-        )
-        .await
-        .unwrap();
-        s.secrets_put(WebhookSecrets {
-            workspace: "w".into(),
-            primary: format!("p_{PLANTED}"),
-            secondary: Some(format!("s_{PLANTED}")),
-        })
-        .await
-        .unwrap();
-        let mut r = record("scope", u64::MAX / 2);
-        r.headers = format!("Set-Cookie: session={PLANTED}\r\n").into_bytes();
-        r.body = PLANTED.as_bytes().to_vec();
-        s.idempotency_put(r).await.unwrap();
-    }
-
-    async fn read_back(s: &EmbeddedStore) {
-        let j1 = s.job_get("j1").await.unwrap().unwrap();
-        assert_eq!(j1.spec, secret_job("j1", "k1").spec);
-        let listed = s.jobs_list("default", None, 10, None).await.unwrap();
-        assert_eq!(listed.len(), 2);
-        let j2 = s.job_get("j2").await.unwrap().unwrap();
-        assert!(j2.result.unwrap().contains(PLANTED));
-        let d = &s.deliveries_for_job("j2").await.unwrap()[0];
-        assert!(d.url.ends_with(PLANTED) && d.payload == PLANTED.as_bytes());
-        assert_eq!(s.deliveries_due(u64::MAX / 2, 10).await.unwrap().len(), 1);
-        let sec = s.secrets_get("w").await.unwrap().unwrap();
-        assert_eq!(sec.primary, format!("p_{PLANTED}"));
-        assert_eq!(sec.secondary, Some(format!("s_{PLANTED}")));
-        let r = s.idempotency_get("scope", 1).await.unwrap().unwrap();
-        assert_eq!(r.body, PLANTED.as_bytes());
-        assert!(contains(&r.headers, PLANTED));
     }
 
     #[tokio::test]
@@ -2045,33 +1771,9 @@ mod tests {
         {
             let s = EmbeddedStore::open(dir.path()).unwrap();
             s.ping().await.unwrap();
-            s.save_learned_limit(LearnedLimit {
-                domain: "a.test".into(),
-                rps: Some(0.5),
-                max_concurrent: None,
-                updated_at: 1,
-            })
-            .await
-            .unwrap();
-            s.save_learned_limit(LearnedLimit {
-                domain: "a.test".into(),
-                rps: None,
-                max_concurrent: Some(3),
-                updated_at: 2,
-            })
-            .await
-            .unwrap();
+            conformance::save_learned_limits(&s).await;
         }
         let s = EmbeddedStore::open(dir.path()).unwrap();
-        let all = s.learned_limits().await.unwrap();
-        assert_eq!(
-            all,
-            vec![LearnedLimit {
-                domain: "a.test".into(),
-                rps: Some(0.5),
-                max_concurrent: Some(3),
-                updated_at: 2
-            }]
-        );
+        conformance::learned_limits_merged(&s).await;
     }
 }

@@ -2,6 +2,8 @@
 //! [`Store`] trait (SPEC §11), with the embedded SQLite backend here and a
 //! Redis backend slotting in behind the same trait.
 
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod embedded;
 pub mod files;
 pub mod pool;
