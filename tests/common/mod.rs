@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod origin;
 pub mod proc;
 pub mod py;
+pub mod quota_origin;
 pub mod raw;
 // Not `mod redis`: that would shadow the `redis` crate in `use common::*` files.
 #[path = "redis.rs"]
