@@ -113,14 +113,11 @@ fn replay_is_byte_for_byte_and_the_origin_is_called_once() {
     // The key is still forwarded upstream.
     assert_eq!(first.header("x-echo-key"), Some("key-1"));
 
-    let text = common::harness::control_get(&ez, "/metrics");
-    assert_eq!(
-        metrics::value(
-            &text,
-            "ezthrottle_requests_total",
-            &[("domain", "api.test"), ("outcome", "replayed")]
-        ),
-        Some(1.0)
+    let text = metrics::text_once(
+        &ez,
+        "ezthrottle_requests_total",
+        &[("domain", "api.test"), ("outcome", "replayed")],
+        1.0,
     );
     assert_eq!(
         metrics::value(
@@ -192,14 +189,11 @@ fn different_body_conflicts_but_formatting_does_not() {
     assert_replay_of(&same, &first);
     assert_eq!(origin.count("/v1/pay"), 1);
 
-    let text = common::harness::control_get(&ez, "/metrics");
-    assert_eq!(
-        metrics::value(
-            &text,
-            "ezthrottle_requests_total",
-            &[("domain", "api.test"), ("outcome", "conflict")]
-        ),
-        Some(2.0)
+    metrics::text_once(
+        &ez,
+        "ezthrottle_requests_total",
+        &[("domain", "api.test"), ("outcome", "conflict")],
+        2.0,
     );
 }
 

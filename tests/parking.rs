@@ -117,14 +117,11 @@ fn respond_async_parks_at_once_and_the_signed_webhook_carries_the_result() {
     assert_eq!(sdk_verifies(&d, SECRET), "True valid");
     assert!(sdk_verifies(&d, "some-other-secret-0123").starts_with("False"));
 
-    let text = common::harness::control_get(&ez, "/metrics");
-    assert_eq!(
-        metrics::value(
-            &text,
-            "ezthrottle_requests_total",
-            &[("domain", "api.test"), ("outcome", "parked")]
-        ),
-        Some(1.0)
+    metrics::text_once(
+        &ez,
+        "ezthrottle_requests_total",
+        &[("domain", "api.test"), ("outcome", "parked")],
+        1.0,
     );
     common::eventually(Duration::from_secs(10), "jobs{status=success} = 1", || {
         let text = common::harness::control_get(&ez, "/metrics");

@@ -94,3 +94,18 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
         .map(|s| s.value)
 }
+
+/// The `/metrics` text once `name{labels}` reads `want` (bounded wait):
+/// request outcomes are counted in pingora's logging phase, which runs just
+/// after the response has been sent, so a client can see its answer a
+/// moment before the count does.
+pub fn text_once(ez: &super::Ezthrottle, name: &str, labels: &[(&str, &str)], want: f64) -> String {
+    super::eventually(
+        std::time::Duration::from_secs(10),
+        &format!("{name}{labels:?} = {want}"),
+        || {
+            let text = super::harness::control_get(ez, "/metrics");
+            (value(&text, name, labels) == Some(want)).then_some(text)
+        },
+    )
+}
