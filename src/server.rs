@@ -364,6 +364,38 @@ async fn wake_on_peer_events(redis: Arc<Redis>, shared: Arc<Shared>) {
     }
 }
 
+/// Whether `probe` is this process's proxy listener. A connection alone
+/// does not say: between our bind check and pingora's own bind, another
+/// process may take the port (pingora then retries its bind), and a probe
+/// that merely connected would announce us ready on someone else's
+/// listener. Our front door answers an origin-form request with
+/// `not_a_proxy_request` naming our control address, which only we know; a
+/// loopback client that `allow_clients` refuses gets `client_not_allowed`
+/// (counted as ours: nothing else answers so).
+async fn probe_is_ours(probe: SocketAddr, control: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(probe).await.ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: ezthrottle-ready-probe\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        while buf.len() < 8192 {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        Some(buf)
+    };
+    let Ok(Some(answer)) = tokio::time::timeout(Duration::from_secs(2), exchange).await else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&answer);
+    text.contains(&format!("listens on {control}")) || text.contains("client_not_allowed")
+}
+
 /// pingora gives no event when its listener is bound, so probe it with a
 /// connection (bounded), then flag readiness and print the ready line that
 /// supervisors and tests wait for.
@@ -377,7 +409,7 @@ async fn announce_ready(shared: Arc<Shared>) {
         });
     }
     for _ in 0..3000 {
-        if tokio::net::TcpStream::connect(probe).await.is_ok() {
+        if probe_is_ours(probe, cfg.control.listen).await {
             shared.proxy_ready.store(true, Ordering::SeqCst);
             tracing::info!(proxy = %cfg.proxy.listen, control = %cfg.control.listen, "ready");
             use std::io::Write;
