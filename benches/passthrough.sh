@@ -131,36 +131,15 @@ log "making a throwaway CA and a certificate for $HOST"
 )
 
 # ---- origin: nginx -------------------------------------------------------------------
-BODY='ezthrottle passthrough benchmark: a small fixed body of some 64 bytes.'
-mkdir -p "$TMP/nginx"
-cat > "$TMP/nginx.conf" <<NGINX
-worker_processes 1;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 60s;
-    default_type text/plain;
-    server {
-        listen 127.0.0.1:$HTTP_PORT;
-        location / { return 200 "$BODY\n"; }
-    }
-    server {
+. "$(dirname "${BASH_SOURCE[0]}")/support/nginx.sh"
+BODY=$NGINX_BODY
+write_nginx_conf "$TMP" "$HTTP_PORT" "    server {
         listen 127.0.0.1:$HTTPS_PORT ssl;
         ssl_certificate $TMP/origin.pem;
         ssl_certificate_key $TMP/origin.key;
         ssl_protocols TLSv1.2 TLSv1.3;
-        location / { return 200 "$BODY\n"; }
-    }
-}
-NGINX
+        location / { return 200 \"$NGINX_BODY\\n\"; }
+    }"
 "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx.conf" -g 'daemon off;' 2>"$TMP/nginx/stderr.log" &
 NGINX_PID=$!
 

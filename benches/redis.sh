@@ -182,29 +182,9 @@ done
 [ "$("${RCLI[@]}" PING 2>/dev/null)" = PONG ] || die "redis-server not answering"
 
 # ---- origins: nginx for pass-through, a timestamping origin for pace ---------------
-BODY='ezthrottle passthrough benchmark: a small fixed body of some 64 bytes.'
-mkdir -p "$TMP/nginx"
-cat > "$TMP/nginx.conf" <<NGINX
-worker_processes 1;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 60s;
-    default_type text/plain;
-    server {
-        listen 127.0.0.1:$HTTP_PORT;
-        location / { return 200 "$BODY\n"; }
-    }
-}
-NGINX
+. "$(dirname "${BASH_SOURCE[0]}")/support/nginx.sh"
+BODY=$NGINX_BODY
+write_nginx_conf "$TMP" "$HTTP_PORT"
 "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx.conf" -g 'daemon off;' 2>"$TMP/nginx/stderr.log" &
 PIDS+=($!)
 NGINX_PID=$!

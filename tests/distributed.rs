@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use common::api_origin::ApiOrigin;
+use common::curl::assert_replay_of;
 use common::harness::{control_get, ezthrottle_cmd, EzBuilder, SharedCa};
 use common::limit_origin::LimitOrigin;
 use common::webhook_sink::WebhookSink;
@@ -410,37 +411,6 @@ fn post_key(ez: &Ezthrottle, url: &str, key: &str, body: &str) -> Fetch {
         .arg("--data-binary")
         .arg(body)
         .fetch(url)
-}
-
-/// The response minus the replay marker and what pingora writes afresh on
-/// every transmission (`Date`, `Connection`).
-fn without_replay(f: &Fetch) -> Vec<(String, String)> {
-    f.headers
-        .iter()
-        .filter(|(k, _)| {
-            !["idempotency-replay", "date", "connection"]
-                .iter()
-                .any(|h| k.eq_ignore_ascii_case(h))
-        })
-        .cloned()
-        .collect()
-}
-
-fn assert_replay_of(replay: &Fetch, first: &Fetch) {
-    assert_eq!(replay.code, first.code, "{}", replay.describe());
-    assert_eq!(
-        replay.header("idempotency-replay"),
-        Some("true"),
-        "{}",
-        replay.describe()
-    );
-    assert_eq!(first.header("idempotency-replay"), None);
-    assert_eq!(replay.body, first.body, "body must be byte-for-byte");
-    assert_eq!(
-        without_replay(replay),
-        without_replay(first),
-        "headers in order"
-    );
 }
 
 fn await_api_arrival(origin: &ApiOrigin, path: &str) {

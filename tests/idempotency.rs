@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::api_origin::ApiOrigin;
+use common::curl::{assert_replay_of, without_replay};
 use common::harness::EzBuilder;
 use common::{curl, error_code, json, metrics, Ezthrottle, Fetch};
 
@@ -63,38 +64,6 @@ fn call_no(f: &Fetch) -> u64 {
     json(&f.body)["call"]
         .as_u64()
         .unwrap_or_else(|| panic!("no call number: {}", f.describe()))
-}
-
-/// The response as the client saw it, minus the replay marker and the two
-/// headers pingora's HTTP/1 server writes afresh on every transmission
-/// (`Date`, and the hop-by-hop `Connection`).
-fn without_replay(f: &Fetch) -> Vec<(String, String)> {
-    f.headers
-        .iter()
-        .filter(|(k, _)| {
-            !["idempotency-replay", "date", "connection"]
-                .iter()
-                .any(|h| k.eq_ignore_ascii_case(h))
-        })
-        .cloned()
-        .collect()
-}
-
-fn assert_replay_of(replay: &Fetch, first: &Fetch) {
-    assert_eq!(replay.code, first.code, "{}", replay.describe());
-    assert_eq!(
-        replay.header("idempotency-replay"),
-        Some("true"),
-        "{}",
-        replay.describe()
-    );
-    assert_eq!(first.header("idempotency-replay"), None);
-    assert_eq!(replay.body, first.body, "body must be byte-for-byte");
-    assert_eq!(
-        without_replay(replay),
-        without_replay(first),
-        "headers in order"
-    );
 }
 
 #[test]

@@ -248,3 +248,37 @@ fn verbose_field(stderr: &str, field: &str) -> Option<String> {
             .map(|v| v.trim().to_string())
     })
 }
+
+/// The response as the client saw it, minus the replay marker and the two
+/// headers pingora's HTTP/1 server writes afresh on every transmission
+/// (`Date`, and the hop-by-hop `Connection`).
+pub fn without_replay(f: &Fetch) -> Vec<(String, String)> {
+    f.headers
+        .iter()
+        .filter(|(k, _)| {
+            !["idempotency-replay", "date", "connection"]
+                .iter()
+                .any(|h| k.eq_ignore_ascii_case(h))
+        })
+        .cloned()
+        .collect()
+}
+
+/// An Idempotency-Key replay: the first response again, byte for byte
+/// (status, body, headers in order), marked `Idempotency-Replay: true`.
+pub fn assert_replay_of(replay: &Fetch, first: &Fetch) {
+    assert_eq!(replay.code, first.code, "{}", replay.describe());
+    assert_eq!(
+        replay.header("idempotency-replay"),
+        Some("true"),
+        "{}",
+        replay.describe()
+    );
+    assert_eq!(first.header("idempotency-replay"), None);
+    assert_eq!(replay.body, first.body, "body must be byte-for-byte");
+    assert_eq!(
+        without_replay(replay),
+        without_replay(first),
+        "headers in order"
+    );
+}

@@ -20,7 +20,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use tokio::net::TcpListener;
 
 /// One request as the origin saw it.
 #[derive(Debug, Clone)]
@@ -47,34 +46,22 @@ pub struct LimitOrigin {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     arrivals: Mutex<mpsc::Receiver<String>>,
-    rt: Option<tokio::runtime::Runtime>,
+    _server: super::serve::Loopback,
 }
 
 impl LimitOrigin {
     pub fn start() -> LimitOrigin {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("limit origin runtime");
         let state = Arc::new(Mutex::new(State::default()));
         let (tx, rx) = mpsc::channel();
-        let addr = rt.block_on(async {
-            let l = TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind limit origin");
-            let addr = l.local_addr().expect("addr");
-            let st = state.clone();
-            tokio::spawn(super::serve::serve_plain(l, move |req| {
-                handle(req, st.clone(), tx.clone())
-            }));
-            addr
+        let st = state.clone();
+        let server = super::serve::Loopback::start("limit origin", move |req| {
+            handle(req, st.clone(), tx.clone())
         });
         LimitOrigin {
-            addr,
+            addr: server.addr,
             state,
             arrivals: Mutex::new(rx),
-            rt: Some(rt),
+            _server: server,
         }
     }
 
@@ -115,14 +102,6 @@ impl LimitOrigin {
     pub fn gaps(&self, host: &str) -> Vec<Duration> {
         let v = self.visits(host);
         v.windows(2).map(|w| w[1].arrived - w[0].arrived).collect()
-    }
-}
-
-impl Drop for LimitOrigin {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
     }
 }
 

@@ -27,7 +27,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use tokio::net::TcpListener;
 
 /// How the quota is enforced.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -137,7 +136,7 @@ struct State {
 pub struct QuotaOrigin {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    rt: Option<tokio::runtime::Runtime>,
+    _server: super::serve::Loopback,
 }
 
 impl QuotaOrigin {
@@ -158,27 +157,15 @@ impl QuotaOrigin {
             dialect: quota.dialect,
             credential_header: quota.credential_header.map(|h| h.to_ascii_lowercase()),
         });
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("quota origin runtime");
         let state = Arc::new(Mutex::new(State::default()));
-        let addr = rt.block_on(async {
-            let l = TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind quota origin");
-            let addr = l.local_addr().expect("addr");
-            let st = state.clone();
-            tokio::spawn(super::serve::serve_plain(l, move |req| {
-                handle(req, st.clone(), config.clone())
-            }));
-            addr
+        let st = state.clone();
+        let server = super::serve::Loopback::start("quota origin", move |req| {
+            handle(req, st.clone(), config.clone())
         });
         QuotaOrigin {
-            addr,
+            addr: server.addr,
             state,
-            rt: Some(rt),
+            _server: server,
         }
     }
 
@@ -223,14 +210,6 @@ impl QuotaOrigin {
 
     pub fn count_429_for(&self, host: &str, credential: &str) -> usize {
         self.count(host, Some(credential), 429)
-    }
-}
-
-impl Drop for QuotaOrigin {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
     }
 }
 

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
-use tokio::net::TcpListener;
 
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -45,7 +44,7 @@ pub struct WebhookSink {
     pub addr: SocketAddr,
     state: Arc<State>,
     rx: Mutex<mpsc::Receiver<Delivery>>,
-    rt: Option<tokio::runtime::Runtime>,
+    _server: super::serve::Loopback,
 }
 
 impl WebhookSink {
@@ -55,11 +54,6 @@ impl WebhookSink {
 
     /// The first `n` deliveries get `500`; later ones `200`.
     pub fn failing_first(n: usize) -> WebhookSink {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("sink runtime");
         let (tx, rx) = mpsc::channel();
         let state = Arc::new(State {
             fail_first: n,
@@ -67,18 +61,14 @@ impl WebhookSink {
             all: Mutex::new(Vec::new()),
             tx,
         });
-        let addr = rt.block_on(async {
-            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
-            let addr = l.local_addr().expect("addr");
-            let st = state.clone();
-            tokio::spawn(super::serve_plain(l, move |req| handle(req, st.clone())));
-            addr
-        });
+        let st = state.clone();
+        let server =
+            super::serve::Loopback::start("webhook sink", move |req| handle(req, st.clone()));
         WebhookSink {
-            addr,
+            addr: server.addr,
             state,
             rx: Mutex::new(rx),
-            rt: Some(rt),
+            _server: server,
         }
     }
 
@@ -115,14 +105,6 @@ impl WebhookSink {
             }
             // Each delivery is an event; wake on it (or re-check at the deadline).
             let _ = rx.recv_timeout(left);
-        }
-    }
-}
-
-impl Drop for WebhookSink {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
         }
     }
 }
