@@ -1226,7 +1226,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn releases_ride_on_the_next_admission() {
         let srv = server();
-        let a = SharedSlots::build(Redis::open(&srv.config("t")).expect("open"), LEASE, false);
+        // A lease long enough that no renewal (a script call of its own) can
+        // fall between the two counts on a slow machine.
+        let a = SharedSlots::build(
+            Redis::open(&srv.config("t")).expect("open"),
+            Duration::from_secs(600),
+            false,
+        );
         let l = limits(100_000.0, 3);
         let r = a.redis().clone();
         let evalsha = || async {

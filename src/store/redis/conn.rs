@@ -593,7 +593,10 @@ pub(crate) mod testing {
             crate::config::RedisConfig {
                 url: self.url(),
                 url_source: "config".into(),
-                timeout: std::time::Duration::from_millis(500),
+                // Generous: unit tests share two cores with a dozen
+                // redis-servers; an answer late under that load is not what
+                // they test.
+                timeout: std::time::Duration::from_secs(2),
                 prefix: prefix.into(),
                 cluster: false,
             }
