@@ -6,7 +6,6 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use ezthrottle::admission::domain::{DomainThrottle, Gauges, Initial, Source};
 use ezthrottle::admission::learn;
-use prometheus::{Gauge, IntGauge};
 
 fn throttle() -> std::sync::Arc<DomainThrottle> {
     DomainThrottle::new(
@@ -22,13 +21,7 @@ fn throttle() -> std::sync::Arc<DomainThrottle> {
             rps_ceiling: 1e9,
             concurrency_ceiling: 1_000_000,
         },
-        Gauges {
-            rps_limit: Gauge::new("r", "r").expect("gauge"),
-            concurrency_limit: IntGauge::new("c", "c").expect("gauge"),
-            in_flight: IntGauge::new("i", "i").expect("gauge"),
-            waiting: IntGauge::new("w", "w").expect("gauge"),
-            paused_until: Gauge::new("p", "p").expect("gauge"),
-        },
+        Gauges::detached(),
     )
 }
 

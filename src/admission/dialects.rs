@@ -1,9 +1,9 @@
 //! Vendor rate-limit dialects: what an API says about its budget, read from
 //! a response's headers into typed [`Budget`]s (issue 13, docs/dialects.md).
 //!
-//! Pure functions, like `learn.rs`: headers in, budgets out. Nothing here is
-//! wired into admission yet; [`budget_pace`] says what pace a budget implies
-//! and the caller decides what to do with it.
+//! Pure functions, like `learn.rs`: headers in, budgets out; [`budget_pace`]
+//! says what pace a budget implies, and `learn.rs` / `domain.rs` decide what
+//! a domain does with it.
 //!
 //! Every value read is bounded: a value that does not parse, is out of range
 //! (negative, NaN, `2^64-1`, a reset in 1970 or in the year 3000), is longer
@@ -72,6 +72,19 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    /// Every dialect, so tables naming one (the presets) can be checked
+    /// against the real set instead of a copy that drifts.
+    pub const ALL: [Dialect; 8] = [
+        Dialect::Ietf,
+        Dialect::IetfStructured,
+        Dialect::XRateLimit,
+        Dialect::OpenAi,
+        Dialect::Anthropic,
+        Dialect::Shopify,
+        Dialect::Discord,
+        Dialect::RetryAfter,
+    ];
+
     /// The `source` label shown for a limit learned from this dialect.
     pub fn source(&self) -> &'static str {
         match self {
@@ -170,15 +183,40 @@ pub enum Pace {
     Unknown,
 }
 
+/// Share of a *sustained* rate (`limit / window`, a token bucket's refill)
+/// that is paced. Starts the proxy spaces exactly can reach the origin a
+/// little closer together (network jitter), and a window's boundary as the
+/// origin counts it is not exactly where its headers said: pacing the full
+/// sustained rate would meet the limit head-on now and then.
+pub const SUSTAINED_SHARE: f64 = 0.95;
+
+impl Dialect {
+    /// Token buckets refill continuously and say, as their reset, when they
+    /// will be *full* again (OpenAI, Anthropic): `(limit - remaining) /
+    /// reset` is then their refill rate. Every other dialect counts in
+    /// windows that restore the whole quota at the reset.
+    pub fn refills_continuously(&self) -> bool {
+        matches!(self, Dialect::OpenAi | Dialect::Anthropic)
+    }
+}
+
 /// The pace a budget implies:
 /// - `remaining == 0`: pause until the reset (leaky bucket: until one
 ///   request drains, `1 / drain_per_sec`); unknown without a reset;
-/// - otherwise, for request budgets only: a leaky bucket runs at its drain
-///   rate; a window spends `remaining / reset_in`; with neither,
-///   `limit / window`; clamped to `[MIN_RPS, ceiling_rps]` (a ceiling that
-///   is not a positive finite number is no ceiling);
 /// - token, byte and concurrency budgets give no rate (a request's cost in
-///   them is unknown here), only the pause at zero.
+///   them is unknown here), only the pause at zero;
+/// - a leaky bucket runs at its drain rate;
+/// - otherwise the faster of *even* — `remaining / reset_in`, what is left
+///   spent evenly until the reset — and [`SUSTAINED_SHARE`] of the
+///   *sustained* rate — `limit / window` when the window is known, or a
+///   token bucket's refill `(limit - remaining) / reset_in`. Even alone
+///   would fall to half the quota on a sliding window or a token bucket
+///   (there `remaining` stays near zero at a steady pace while the reset
+///   stays a whole window away); the sustained rate alone would spend a
+///   fixed window's leftover too slowly. Whichever wins, a budget that
+///   reaches 0 pauses until its reset, so the API never has to say 429;
+/// - clamped to `[MIN_RPS, ceiling_rps]` (a ceiling that is not a positive
+///   finite number is no ceiling).
 pub fn budget_pace(b: &Budget, ceiling_rps: f64) -> Pace {
     let clamp = |r: f64| {
         let r = r.max(MIN_RPS);
@@ -207,32 +245,51 @@ pub fn budget_pace(b: &Budget, ceiling_rps: f64) -> Pace {
     if let Some(d) = drain {
         return Pace::Rate(clamp(d));
     }
-    match (b.remaining, b.reset_in, b.limit, b.window) {
-        (Some(r), Some(d), _, _) if !d.is_zero() => Pace::Rate(clamp(r as f64 / d.as_secs_f64())),
-        (_, _, Some(l), Some(w)) if l > 0 && !w.is_zero() => {
-            Pace::Rate(clamp(l as f64 / w.as_secs_f64()))
+    let reset = b.reset_in.filter(|d| !d.is_zero()).map(|d| d.as_secs_f64());
+    let even = b.remaining.zip(reset).map(|(r, d)| r as f64 / d);
+    let by_window = match (b.limit, b.window) {
+        (Some(l), Some(w)) if l > 0 && !w.is_zero() => Some(l as f64 / w.as_secs_f64()),
+        _ => None,
+    };
+    let refill = match (b.limit, b.remaining, reset) {
+        (Some(l), Some(r), Some(d)) if b.dialect.refills_continuously() && l > r => {
+            Some((l - r) as f64 / d)
         }
-        _ => Pace::Unknown,
+        _ => None,
+    };
+    let sustained = by_window.or(refill).map(|s| s * SUSTAINED_SHARE);
+    match (even, sustained) {
+        (Some(e), Some(s)) => Pace::Rate(clamp(e.max(s))),
+        (Some(r), None) | (None, Some(r)) => Pace::Rate(clamp(r)),
+        (None, None) => Pace::Unknown,
     }
 }
 
-/// The strictest pace over several budgets: the longest pause if any, else
-/// the slowest rate, else unknown.
-pub fn strictest<'a>(budgets: impl IntoIterator<Item = &'a Budget>, ceiling_rps: f64) -> Pace {
-    let mut pause: Option<Duration> = None;
-    let mut rate: Option<f64> = None;
+/// The strictest pace over several budgets and the budget it comes from:
+/// the longest pause if any, else the slowest rate, else none.
+pub fn governing<'a>(
+    budgets: impl IntoIterator<Item = &'a Budget>,
+    ceiling_rps: f64,
+) -> Option<(Pace, &'a Budget)> {
+    let mut pause: Option<(Duration, &Budget)> = None;
+    let mut rate: Option<(f64, &Budget)> = None;
     for b in budgets {
         match budget_pace(b, ceiling_rps) {
-            Pace::PauseFor(d) => pause = Some(pause.map_or(d, |p| p.max(d))),
-            Pace::Rate(r) => rate = Some(rate.map_or(r, |x| x.min(r))),
-            Pace::Unknown => {}
+            Pace::PauseFor(d) if pause.is_none_or(|(p, _)| d > p) => pause = Some((d, b)),
+            Pace::Rate(r) if rate.is_none_or(|(x, _)| r < x) => rate = Some((r, b)),
+            _ => {}
         }
     }
     match (pause, rate) {
-        (Some(d), _) => Pace::PauseFor(d),
-        (None, Some(r)) => Pace::Rate(r),
-        (None, None) => Pace::Unknown,
+        (Some((d, b)), _) => Some((Pace::PauseFor(d), b)),
+        (None, Some((r, b))) => Some((Pace::Rate(r), b)),
+        (None, None) => None,
     }
+}
+
+/// [`governing`]'s pace alone.
+pub fn strictest<'a>(budgets: impl IntoIterator<Item = &'a Budget>, ceiling_rps: f64) -> Pace {
+    governing(budgets, ceiling_rps).map_or(Pace::Unknown, |(p, _)| p)
 }
 
 /// Every header name this module reads (lowercase).
@@ -995,7 +1052,12 @@ mod tests {
         assert_eq!(b.bucket.as_deref(), Some("default"));
         assert_eq!((b.limit, b.remaining), (Some(100), Some(42)));
         assert_eq!((b.reset_in, b.window), (secs(30), secs(60)));
-        assert_eq!(budget_pace(b, 1000.0), Pace::Rate(1.4));
+        // 42 over 30 s is 1.4/s, slower than the window's sustained
+        // 100/60 s: the sustained share wins (budget_pace_rules).
+        assert_eq!(
+            budget_pace(b, 1000.0),
+            Pace::Rate(100.0 / 60.0 * SUSTAINED_SHARE)
+        );
     }
 
     #[test]
@@ -1047,7 +1109,10 @@ mod tests {
             (r.budgets[0].limit, r.budgets[0].window),
             (Some(10), secs(1))
         );
-        assert_eq!(budget_pace(&r.budgets[1], 100.0), Pace::Rate(50.0 / 60.0));
+        assert_eq!(
+            budget_pace(&r.budgets[1], 100.0),
+            Pace::Rate(50.0 / 60.0 * SUSTAINED_SHARE)
+        );
         // A current limit without its policy is a budget of its own.
         let r = read(200, &h(&[("RateLimit", "\"x\";r=5;t=10")]), now);
         let b = only(&r);
@@ -1120,7 +1185,7 @@ mod tests {
         );
         let b = only(&r);
         assert_eq!((b.limit, b.window), (Some(100), secs(10)));
-        assert_eq!(budget_pace(b, 1000.0), Pace::Rate(10.0));
+        assert_eq!(budget_pace(b, 1000.0), Pace::Rate(10.0 * SUSTAINED_SHARE));
     }
 
     #[test]
@@ -1663,7 +1728,19 @@ mod tests {
         b.limit = Some(100);
         assert_eq!(budget_pace(&b, 10.0), Pace::Unknown, "a limit alone");
         b.window = secs(50);
-        assert_eq!(budget_pace(&b, 10.0), Pace::Rate(2.0), "limit / window");
+        assert_eq!(
+            budget_pace(&b, 10.0),
+            Pace::Rate(2.0 * SUSTAINED_SHARE),
+            "a share of limit / window"
+        );
+        b.remaining = Some(90);
+        b.reset_in = secs(30);
+        assert_eq!(
+            budget_pace(&b, 10.0),
+            Pace::Rate(3.0),
+            "remaining / reset, when faster"
+        );
+        b.window = None;
         b.remaining = Some(30);
         b.reset_in = secs(60);
         assert_eq!(budget_pace(&b, 10.0), Pace::Rate(0.5), "remaining / reset");
@@ -1693,6 +1770,63 @@ mod tests {
         b.remaining = Some(5);
         assert_eq!(budget_pace(&b, 10.0), Pace::Unknown, "tokens give no rate");
         assert_eq!(strictest(&Vec::new(), 10.0), Pace::Unknown);
+    }
+
+    /// A token bucket (OpenAI, Anthropic) says when it is full again: at a
+    /// steady pace its remaining stays near zero and its reset near a whole
+    /// refill, so "remaining / reset" would starve; its refill rate, read
+    /// as (limit - remaining) / reset, is the pace. A window dialect with
+    /// the same numbers does not refill continuously.
+    #[test]
+    fn token_buckets_pace_at_their_refill() {
+        let mut b = Budget::new(Dialect::OpenAi, BudgetKind::Requests);
+        b.limit = Some(600);
+        b.remaining = Some(2);
+        b.reset_in = Some(Duration::from_millis(59_800)); // 598 at 10/s
+        let Pace::Rate(r) = budget_pace(&b, 100.0) else {
+            panic!("a rate");
+        };
+        assert!((r - 10.0 * SUSTAINED_SHARE).abs() < 1e-9, "{r}");
+        // Full bucket just spent: remaining / reset is the faster one.
+        b.remaining = Some(599);
+        b.reset_in = Some(Duration::from_millis(100));
+        assert_eq!(budget_pace(&b, 100.0), Pace::Rate(100.0), "ceiling");
+        assert_eq!(budget_pace(&b, 1e9), Pace::Rate(5990.0));
+        let mut w = b.clone();
+        w.dialect = Dialect::XRateLimit;
+        w.remaining = Some(2);
+        w.reset_in = Some(Duration::from_millis(59_800));
+        let Pace::Rate(r) = budget_pace(&w, 100.0) else {
+            panic!("a rate");
+        };
+        assert!((r - 2.0 / 59.8).abs() < 1e-9, "{r}");
+        assert!(Dialect::Anthropic.refills_continuously());
+        assert!(!Dialect::Discord.refills_continuously());
+    }
+
+    /// The governing budget is the one that pauses longest, else the
+    /// slowest; its dialect is the source shown.
+    #[test]
+    fn the_strictest_budget_governs() {
+        let mut fast = Budget::new(Dialect::OpenAi, BudgetKind::Requests);
+        fast.remaining = Some(100);
+        fast.reset_in = secs(10);
+        let mut slow = Budget::new(Dialect::Ietf, BudgetKind::Requests);
+        slow.remaining = Some(10);
+        slow.reset_in = secs(10);
+        let mut tokens = Budget::new(Dialect::OpenAi, BudgetKind::Tokens);
+        tokens.remaining = Some(5000);
+        tokens.reset_in = secs(1);
+        let all = [fast.clone(), slow.clone(), tokens.clone()];
+        let (pace, b) = governing(&all, 1000.0).expect("governs");
+        assert_eq!((pace, b.dialect), (Pace::Rate(1.0), Dialect::Ietf));
+        tokens.remaining = Some(0);
+        let all = [fast, slow, tokens];
+        let (pace, b) = governing(&all, 1000.0).expect("governs");
+        assert_eq!(
+            (pace, b.kind),
+            (Pace::PauseFor(Duration::from_secs(1)), BudgetKind::Tokens)
+        );
     }
 
     #[test]

@@ -18,20 +18,133 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use prometheus::{Gauge, IntGauge};
+use prometheus::{Gauge, IntGauge, IntGaugeVec};
 use tokio::sync::{oneshot, Notify};
 
+use super::dialects::{self, Budget, BudgetKind, Dialect, Pace};
 use super::gcra::Gcra;
 use super::learn::Signals;
 use super::timer::{Fine, COARSE};
 
-/// Where a limit value came from (reported by `/api/v1/domains`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Where a limit value came from (reported by `/api/v1/domains`, the
+/// status page and metrics as `default`, `config`, `preset`, `learned` or
+/// `dialect:<name>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Default,
     Config,
+    /// The built-in preset of a well-known API (`presets.rs`).
+    Preset,
+    /// `X-EZTHROTTLE-RPS` / `-MAX-CONCURRENT`.
     Learned,
+    /// The pace the API's own budget headers ask for.
+    Dialect(Dialect),
+}
+
+impl Source {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::Config => "config",
+            Source::Preset => "preset",
+            Source::Learned => "learned",
+            Source::Dialect(d) => d.source(),
+        }
+    }
+
+    /// A limit someone stated (the operator, a vendor's documentation, the
+    /// API's own `X-EZTHROTTLE-*`): a budget pace may only lower it. A
+    /// default is a guess, which a budget pace replaces either way.
+    fn is_stated(&self) -> bool {
+        matches!(self, Source::Config | Source::Preset | Source::Learned)
+    }
+}
+
+impl serde::Serialize for Source {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// What the API's budget headers said last, shown by `/api/v1/domains` and
+/// the status page so a user sees *why* a domain runs at its pace.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BudgetView {
+    /// `dialect:openai` etc.
+    pub source: &'static str,
+    /// The request budget's quota and what is left of it.
+    pub limit: Option<u64>,
+    pub remaining: Option<u64>,
+    /// Unix milliseconds of the request budget's reset.
+    pub resets_at: Option<u64>,
+    /// The least of the token budgets' remaining (LLM APIs), if any.
+    pub tokens_remaining: Option<u64>,
+    /// The pace the budget asks for (requests per second), if it gives one.
+    pub pace_rps: Option<f64>,
+}
+
+/// The pace the API's budget asks for, until the budget's reset. Never
+/// persisted: every response re-derives it.
+#[derive(Debug, Clone)]
+struct BudgetPace {
+    rps: f64,
+    until: Instant,
+    dialect: Dialect,
+}
+
+/// How long a budget pace holds with no newer response: until the budget's
+/// reset, else its window, else (a leaky bucket) until it drains, else a
+/// minute; never beyond a day.
+fn pace_validity(b: &Budget) -> Duration {
+    let drain = b
+        .drain_per_sec
+        .filter(|d| d.is_finite() && *d > 0.0)
+        .zip(b.limit)
+        .and_then(|(d, l)| Duration::try_from_secs_f64(l as f64 / d).ok());
+    b.reset_in
+        .filter(|d| !d.is_zero())
+        .or(b.window)
+        .or(drain)
+        .unwrap_or(Duration::from_secs(60))
+        .min(dialects::MAX_RESET)
+}
+
+/// The view of a response's budgets: the governing one's numbers (or the
+/// first request budget's), the least token budget left.
+pub fn budget_view(budgets: &[Budget], governing: Option<(Pace, &Budget)>) -> Option<BudgetView> {
+    let shown = governing
+        .map(|(_, b)| b)
+        .filter(|b| b.dialect != Dialect::RetryAfter)
+        .or_else(|| budgets.iter().find(|b| b.kind == BudgetKind::Requests))
+        .or_else(|| budgets.first())?;
+    let tokens_remaining = budgets
+        .iter()
+        .filter(|b| {
+            matches!(
+                b.kind,
+                BudgetKind::Tokens | BudgetKind::InputTokens | BudgetKind::OutputTokens
+            )
+        })
+        .filter_map(|b| b.remaining)
+        .min();
+    let resets_at = shown.reset_in.and_then(|d| {
+        (SystemTime::now() + d)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as u64)
+    });
+    let pace_rps = match governing {
+        Some((Pace::Rate(r), _)) => Some(r),
+        _ => None,
+    };
+    Some(BudgetView {
+        source: shown.dialect.source(),
+        limit: shown.limit,
+        remaining: shown.remaining,
+        resets_at,
+        tokens_remaining,
+        pace_rps,
+    })
 }
 
 /// The limits a domain starts with.
@@ -56,6 +169,46 @@ pub struct Gauges {
     pub waiting: IntGauge,
     /// Unix seconds of the latest pause end (0: never paused).
     pub paused_until: Gauge,
+    /// `ezthrottle_domain_rps_source{domain, source}` (1 for the source in
+    /// force) and `ezthrottle_domain_budget_remaining{domain, kind}`, with
+    /// this domain's label.
+    pub by_source: Option<(IntGaugeVec, IntGaugeVec, String)>,
+}
+
+impl Gauges {
+    /// Handles registered nowhere (benchmarks, unit tests).
+    pub fn detached() -> Gauges {
+        Gauges {
+            rps_limit: Gauge::new("r", "r").expect("gauge"),
+            concurrency_limit: IntGauge::new("c", "c").expect("gauge"),
+            in_flight: IntGauge::new("i", "i").expect("gauge"),
+            waiting: IntGauge::new("w", "w").expect("gauge"),
+            paused_until: Gauge::new("p", "p").expect("gauge"),
+            by_source: None,
+        }
+    }
+
+    fn source_changed(&self, old: Source, new: Source) {
+        if let Some((sources, _, domain)) = &self.by_source {
+            let _ = sources.remove_label_values(&[domain, old.name()]);
+            sources.with_label_values(&[domain, new.name()]).set(1);
+        }
+    }
+
+    fn budget(&self, view: &BudgetView) {
+        if let Some((_, remaining, domain)) = &self.by_source {
+            if let Some(r) = view.remaining {
+                remaining
+                    .with_label_values(&[domain, "requests"])
+                    .set(i64::try_from(r).unwrap_or(i64::MAX));
+            }
+            if let Some(t) = view.tokens_remaining {
+                remaining
+                    .with_label_values(&[domain, "tokens"])
+                    .set(i64::try_from(t).unwrap_or(i64::MAX));
+            }
+        }
+    }
 }
 
 /// Why a request was not admitted.
@@ -70,6 +223,9 @@ pub enum Denied {
 pub struct Changed {
     pub rps: Option<f64>,
     pub max_concurrent: Option<u32>,
+    /// A budget pace read from this response (rps, how long it holds, from
+    /// which dialect): shared with the other replicas, never persisted.
+    pub budget: Option<(f64, Duration, Dialect)>,
 }
 
 impl Changed {
@@ -98,6 +254,9 @@ pub struct Snapshot {
     /// replica's own).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub in_flight_all_replicas: Option<u32>,
+    /// What the API's budget headers said last (none: it sends none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetView>,
 }
 
 struct Waiter {
@@ -107,7 +266,14 @@ struct Waiter {
 
 struct State {
     gcra: Gcra,
+    /// The configured / preset / learned limits (`init.rps` is the *base*
+    /// pace; a budget pace may run in its stead).
     init: Initial,
+    budget: Option<BudgetPace>,
+    budget_view: Option<BudgetView>,
+    /// The pace the GCRA runs at now, and where it comes from.
+    rate: f64,
+    rate_source: Source,
     in_flight: u32,
     paused_until: Option<Instant>,
     paused_until_wall: Option<SystemTime>,
@@ -133,6 +299,43 @@ impl State {
             }
             None => None,
         }
+    }
+
+    /// The pace in force: the budget's while it holds (below a stated limit
+    /// only), else the base.
+    fn effective(&mut self, now: Instant) -> (f64, Source) {
+        let base = (self.init.rps, self.init.rps_source);
+        if self.init.pinned {
+            return base;
+        }
+        match &self.budget {
+            Some(b) if now < b.until => {
+                if base.1.is_stated() && b.rps >= base.0 {
+                    base
+                } else {
+                    (b.rps, Source::Dialect(b.dialect))
+                }
+            }
+            Some(_) => {
+                self.budget = None;
+                base
+            }
+            None => base,
+        }
+    }
+
+    /// Bring the GCRA to the pace in force (a budget pace began, changed or
+    /// ran out). Returns the new rate when it changed.
+    fn sync_rate(&mut self, now: Instant) -> Option<f64> {
+        let (rps, source) = self.effective(now);
+        self.rate_source = source;
+        if rps == self.rate {
+            return None;
+        }
+        self.rate = rps;
+        let burst = self.init.burst;
+        self.gcra.set_rate(rps, burst);
+        Some(rps)
     }
 
     fn can_start(&mut self, now: Instant) -> bool {
@@ -169,8 +372,13 @@ impl DomainThrottle {
     fn with_fine(name: String, init: Initial, gauges: Gauges, fine: Fine) -> Arc<Self> {
         gauges.rps_limit.set(init.rps);
         gauges.concurrency_limit.set(i64::from(init.max_concurrent));
+        gauges.source_changed(init.rps_source, init.rps_source);
         let state = State {
             gcra: Gcra::new(init.rps, init.burst, Instant::now()),
+            budget: None,
+            budget_view: None,
+            rate: init.rps,
+            rate_source: init.rps_source,
             init,
             in_flight: 0,
             paused_until: None,
@@ -220,6 +428,7 @@ impl DomainThrottle {
         let now = Instant::now();
         let (id, grant) = {
             let mut st = self.lock();
+            self.sync(&mut st, now);
             if st.queue.is_empty() && st.can_start(now) {
                 self.start(&mut st, now, None);
                 return Ok(LocalPermit(self.clone()));
@@ -286,6 +495,7 @@ impl DomainThrottle {
                     // Read under the lock, right before the grant: the start
                     // is recorded at the instant it really happens.
                     let now = Instant::now();
+                    self.sync(&mut st, now);
                     if let Some(p) = st.paused(now) {
                         break Some(p);
                     }
@@ -336,24 +546,51 @@ impl DomainThrottle {
         self.wake.notify_one();
     }
 
-    /// Apply what a response said. Returns the learned values that changed.
+    /// Bring the pace to the one in force, gauge included.
+    fn sync(&self, st: &mut State, now: Instant) {
+        let before = st.rate_source;
+        if let Some(rps) = st.sync_rate(now) {
+            self.gauges.rps_limit.set(rps);
+        }
+        if st.rate_source != before {
+            self.gauges.source_changed(before, st.rate_source);
+        }
+    }
+
+    /// Apply what a response said. Returns the learned values that changed
+    /// (to persist; a budget pace is not one of them).
     pub fn learn(&self, signals: &Signals) -> Changed {
         let mut changed = Changed::default();
         let mut st = self.lock();
         if st.init.pinned {
             return changed;
         }
+        let now = Instant::now();
         if let Some(rps) = signals.rps {
             let rps = rps.clamp(0.01, st.init.rps_ceiling);
             st.init.rps_source = Source::Learned;
             if rps != st.init.rps {
                 st.init.rps = rps;
-                let burst = st.init.burst;
-                st.gcra.set_rate(rps, burst);
-                self.gauges.rps_limit.set(rps);
                 changed.rps = Some(rps);
             }
         }
+        if !signals.budgets.is_empty() {
+            let governing = dialects::governing(&signals.budgets, st.init.rps_ceiling);
+            if let Some((Pace::Rate(rps), b)) = governing {
+                let valid = pace_validity(b);
+                st.budget = Some(BudgetPace {
+                    rps,
+                    until: now + valid,
+                    dialect: b.dialect,
+                });
+                changed.budget = Some((rps, valid, b.dialect));
+            }
+            if let Some(view) = budget_view(&signals.budgets, governing) {
+                self.gauges.budget(&view);
+                st.budget_view = Some(view);
+            }
+        }
+        self.sync(&mut st, now);
         if let Some(c) = signals.max_concurrent {
             let c = u32::try_from(c)
                 .unwrap_or(u32::MAX)
@@ -366,7 +603,7 @@ impl DomainThrottle {
             }
         }
         if let Some(pause) = signals.pause {
-            let until = Instant::now() + pause;
+            let until = now + pause;
             if st.paused_until.is_none_or(|p| p < until) {
                 st.paused_until = Some(until);
                 let wall = SystemTime::now() + pause;
@@ -381,6 +618,15 @@ impl DomainThrottle {
         drop(st);
         self.wake.notify_one();
         changed
+    }
+
+    /// The pace in force and its source (for the shared admission, which
+    /// books on Redis at this pace).
+    pub fn pace(&self) -> (f64, Source) {
+        let mut st = self.lock();
+        let now = Instant::now();
+        self.sync(&mut st, now);
+        (st.rate, st.rate_source)
     }
 
     /// Nothing in flight, waiting or paused, and no start or release for at
@@ -399,11 +645,12 @@ impl DomainThrottle {
     pub fn snapshot(&self) -> Snapshot {
         let mut st = self.lock();
         let now = Instant::now();
+        self.sync(&mut st, now);
         let paused = st.paused(now).is_some();
         Snapshot {
             domain: self.name.clone(),
-            rps: st.init.rps,
-            rps_source: st.init.rps_source,
+            rps: st.rate,
+            rps_source: st.rate_source,
             max_concurrent: st.init.max_concurrent,
             concurrency_source: st.init.concurrency_source,
             burst: st.init.burst,
@@ -419,6 +666,7 @@ impl DomainThrottle {
                 None
             },
             in_flight_all_replicas: None,
+            budget: st.budget_view.clone(),
         }
     }
 
@@ -486,13 +734,7 @@ mod tests {
     use super::*;
 
     fn gauges() -> Gauges {
-        Gauges {
-            rps_limit: Gauge::new("r", "r").unwrap(),
-            concurrency_limit: IntGauge::new("c", "c").unwrap(),
-            in_flight: IntGauge::new("i", "i").unwrap(),
-            waiting: IntGauge::new("w", "w").unwrap(),
-            paused_until: Gauge::new("p", "p").unwrap(),
-        }
+        Gauges::detached()
     }
 
     fn initial(rps: f64, burst: u32, conc: u32, cap: usize) -> Initial {
@@ -784,7 +1026,8 @@ mod tests {
             changed,
             Changed {
                 rps: Some(0.5),
-                max_concurrent: Some(1024)
+                max_concurrent: Some(1024),
+                budget: None,
             }
         );
         let s = t.snapshot();
@@ -798,5 +1041,118 @@ mod tests {
             tokio::time::Instant::now() - start
                 >= Duration::from_secs(2) - Duration::from_millis(5)
         );
+    }
+
+    fn budget(dialect: Dialect, limit: u64, remaining: u64, reset: Duration) -> Budget {
+        let h = |pairs: &[(&str, String)]| {
+            let mut m = http::HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(
+                    http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    v.parse().expect("value"),
+                );
+            }
+            m
+        };
+        let headers = match dialect {
+            Dialect::Ietf => h(&[
+                ("ratelimit-limit", limit.to_string()),
+                ("ratelimit-remaining", remaining.to_string()),
+                ("ratelimit-reset", reset.as_secs().to_string()),
+            ]),
+            _ => unreachable!("only the IETF trio here"),
+        };
+        let r = dialects::read(200, &headers, SystemTime::now());
+        r.budgets.into_iter().next().expect("a budget")
+    }
+
+    fn budget_signals(b: Budget) -> Signals {
+        Signals {
+            budgets: vec![b],
+            ..Default::default()
+        }
+    }
+
+    /// A budget pace replaces a default pace (faster or slower), shows its
+    /// dialect as the source, is not persisted, and ends at the budget's
+    /// reset, when the base pace is back.
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_pace_replaces_the_default_until_its_reset() {
+        let t = throttle(2.0, 10, 10);
+        let changed = t.learn(&budget_signals(budget(
+            Dialect::Ietf,
+            100,
+            50,
+            Duration::from_secs(10),
+        )));
+        assert!(!changed.any(), "a budget pace is not persisted");
+        assert_eq!(
+            changed.budget,
+            Some((5.0, Duration::from_secs(10), Dialect::Ietf))
+        );
+        let s = t.snapshot();
+        assert_eq!((s.rps, s.rps_source.name()), (5.0, "dialect:ietf"));
+        let b = s.budget.expect("budget shown");
+        assert_eq!((b.limit, b.remaining), (Some(100), Some(50)));
+        assert_eq!(b.pace_rps, Some(5.0));
+        // Slower than the default: slower it is.
+        t.learn(&budget_signals(budget(
+            Dialect::Ietf,
+            100,
+            5,
+            Duration::from_secs(10),
+        )));
+        assert_eq!(t.snapshot().rps, 0.5);
+        let starts_before = starts(&t).len();
+        for _ in 0..3 {
+            drop(t.acquire(Duration::from_secs(60)).await.expect("admit"));
+        }
+        let times = starts(&t)[starts_before..].to_vec();
+        assert!(
+            times[2] - times[0] >= Duration::from_secs(4) - Duration::from_millis(5),
+            "paced at 0.5/s: {:?}",
+            times[2] - times[0]
+        );
+        // The reset passes: the default is back.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let s = t.snapshot();
+        assert_eq!((s.rps, s.rps_source), (2.0, Source::Default));
+    }
+
+    /// A stated limit (config, preset, X-EZTHROTTLE-RPS) is only ever
+    /// lowered by a budget; a pinned domain ignores budgets.
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_only_lowers_a_stated_limit_and_never_a_pinned_one() {
+        let mut init = initial(3.0, 1, 10, 10);
+        init.rps_source = Source::Config;
+        let t = DomainThrottle::with_fine("c.test".into(), init.clone(), gauges(), Fine::Virtual);
+        t.learn(&budget_signals(budget(
+            Dialect::Ietf,
+            100,
+            90,
+            Duration::from_secs(10),
+        )));
+        assert_eq!(t.snapshot().rps, 3.0, "9/s is above the configured 3/s");
+        assert_eq!(t.snapshot().rps_source, Source::Config);
+        t.learn(&budget_signals(budget(
+            Dialect::Ietf,
+            100,
+            10,
+            Duration::from_secs(10),
+        )));
+        assert_eq!(
+            (t.snapshot().rps, t.snapshot().rps_source.name()),
+            (1.0, "dialect:ietf")
+        );
+        init.pinned = true;
+        let p = DomainThrottle::with_fine("p.test".into(), init, gauges(), Fine::Virtual);
+        let changed = p.learn(&budget_signals(budget(
+            Dialect::Ietf,
+            100,
+            1,
+            Duration::from_secs(10),
+        )));
+        assert_eq!(changed.budget, None);
+        assert_eq!((p.snapshot().rps, p.snapshot().budget), (3.0, None));
     }
 }

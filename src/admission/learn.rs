@@ -3,9 +3,11 @@
 //! Pure functions: headers in, signals out. What a signal does to a domain
 //! is decided in `domain.rs`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
+
+use super::dialects::{self, Budget};
 
 pub const RPS_HEADER: &str = "x-ezthrottle-rps";
 pub const CONCURRENCY_HEADER: &str = "x-ezthrottle-max-concurrent";
@@ -14,19 +16,18 @@ pub const CONCURRENCY_HEADER: &str = "x-ezthrottle-max-concurrent";
 /// rather than clamped (SPEC §5 clamps sane values to the ceilings).
 const ABSURD_RPS: f64 = 1e9;
 const ABSURD_CONCURRENCY: u64 = 1_000_000;
-/// A pause longer than a day is a broken header, not a plan.
-const ABSURD_PAUSE: Duration = Duration::from_secs(24 * 3600);
-/// `X-RateLimit-Reset` above this is a Unix timestamp (GitHub style), below
-/// it a number of seconds (IETF `RateLimit-Reset` style).
-const EPOCH_THRESHOLD: u64 = 1_000_000_000;
 
 /// What one response says about its domain's limits.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Signals {
     pub rps: Option<f64>,
     pub max_concurrent: Option<u64>,
-    /// Pause the domain for this long from now.
+    /// Pause the domain for this long from now: a budget at zero
+    /// (`Retry-After` on a 429/503, `RateLimit-Remaining: 0`, …).
     pub pause: Option<Duration>,
+    /// Every budget the response announced in a vendor dialect
+    /// (`dialects.rs`); the domain derives its budget pace from them.
+    pub budgets: Vec<Budget>,
     /// Header names whose values were present but unusable.
     pub ignored: Vec<&'static str>,
 }
@@ -36,11 +37,14 @@ impl Signals {
         self.rps.is_none()
             && self.max_concurrent.is_none()
             && self.pause.is_none()
+            && self.budgets.is_empty()
             && self.ignored.is_empty()
     }
 }
 
-/// Read every limit signal from a response.
+/// Read every limit signal from a response: our own `X-EZTHROTTLE-*`
+/// limits, and every vendor dialect's budgets (whose pauses — a budget at
+/// zero, `Retry-After` — become [`Signals::pause`]).
 pub fn read(status: u16, headers: &HeaderMap, now: SystemTime) -> Signals {
     let mut s = Signals::default();
     if let Some(v) = header(headers, RPS_HEADER) {
@@ -55,38 +59,12 @@ pub fn read(status: u16, headers: &HeaderMap, now: SystemTime) -> Signals {
             None => s.ignored.push(CONCURRENCY_HEADER),
         }
     }
-    if status == 429 || status == 503 {
-        if let Some(v) = header(headers, "retry-after") {
-            match parse_retry_after(v, now) {
-                Some(d) => s.pause = Some(d),
-                None => s.ignored.push("retry-after"),
-            }
-        }
+    let reading = dialects::read(status, headers, now);
+    s.ignored.extend(reading.ignored);
+    if let dialects::Pace::PauseFor(d) = dialects::strictest(&reading.budgets, f64::INFINITY) {
+        s.pause = Some(d);
     }
-    for (remaining, reset) in [
-        ("ratelimit-remaining", "ratelimit-reset"),
-        ("x-ratelimit-remaining", "x-ratelimit-reset"),
-    ] {
-        let Some(rem) = header(headers, remaining) else {
-            continue;
-        };
-        match rem.trim().parse::<u64>() {
-            Ok(0) => match header(headers, reset).and_then(|r| parse_reset(r, now)) {
-                Some(d) => s.pause = Some(s.pause.map_or(d, |p| p.max(d))),
-                None => s.ignored.push(if remaining.starts_with('x') {
-                    "x-ratelimit-reset"
-                } else {
-                    "ratelimit-reset"
-                }),
-            },
-            Ok(_) => {}
-            Err(_) => s.ignored.push(if remaining.starts_with('x') {
-                "x-ratelimit-remaining"
-            } else {
-                "ratelimit-remaining"
-            }),
-        }
-    }
+    s.budgets = reading.budgets;
     s
 }
 
@@ -105,34 +83,17 @@ pub fn parse_concurrency(v: &str) -> Option<u64> {
     (c > 0 && c < ABSURD_CONCURRENCY).then_some(c)
 }
 
-/// `Retry-After`: delta seconds or an HTTP-date (RFC 9110 §10.2.3).
+/// `Retry-After` (delta seconds, decimals allowed, or an HTTP-date) as a
+/// wait: one reading for retries and pauses alike (`dialects.rs`); zero
+/// is no wait.
 pub fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
-    let v = v.trim();
-    let d = if let Ok(secs) = v.parse::<u64>() {
-        Duration::from_secs(secs)
-    } else {
-        let when = httpdate::parse_http_date(v).ok()?;
-        when.duration_since(now).unwrap_or(Duration::ZERO)
-    };
-    (d > Duration::ZERO && d <= ABSURD_PAUSE).then_some(d)
-}
-
-fn parse_reset(v: &str, now: SystemTime) -> Option<Duration> {
-    let n: u64 = v.trim().parse().ok()?;
-    let d = if n >= EPOCH_THRESHOLD {
-        // `UNIX_EPOCH + n` panics past the platform's time range (an
-        // upstream sent `18446744073709551615`): checked, and unusable.
-        let at = UNIX_EPOCH.checked_add(Duration::from_secs(n))?;
-        at.duration_since(now).unwrap_or(Duration::ZERO)
-    } else {
-        Duration::from_secs(n)
-    };
-    (d > Duration::ZERO && d <= ABSURD_PAUSE).then_some(d)
+    dialects::parse_retry_after(v.trim(), now).filter(|d| !d.is_zero())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
@@ -213,7 +174,6 @@ mod tests {
         for bad in [
             "soon",
             "-5",
-            "0",
             "999999999",
             "Wed, 99 Foo 2020 00:00:00 GMT",
         ] {
@@ -221,6 +181,9 @@ mod tests {
             assert_eq!(s.pause, None, "{bad}");
             assert_eq!(s.ignored, vec!["retry-after"], "{bad}");
         }
+        // Zero is a valid "retry now": no pause, nothing ignored.
+        let s = read(429, &h(&[("retry-after", "0")]), now);
+        assert_eq!((s.pause, s.ignored.len()), (None, 0));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod dialects;
 pub mod domain;
 pub mod gcra;
 pub mod learn;
+pub mod presets;
 pub mod shared;
 pub mod timer;
 
@@ -176,6 +177,11 @@ impl Admission {
             in_flight: m.domain_in_flight.with_label_values(&l),
             waiting: m.domain_waiting.with_label_values(&l),
             paused_until: m.domain_paused_until_seconds.with_label_values(&l),
+            by_source: Some((
+                m.domain_rps_source.clone(),
+                m.domain_budget_remaining.clone(),
+                label,
+            )),
         }
     }
 
@@ -238,6 +244,7 @@ impl Admission {
                 max_concurrent: init.max_concurrent,
                 burst: init.burst,
                 pinned: init.pinned,
+                stated: matches!(init.rps_source, Source::Config | Source::Preset),
                 rps_ceiling: init.rps_ceiling,
                 concurrency_ceiling: init.concurrency_ceiling,
                 queue_capacity: init.queue_capacity,
@@ -334,6 +341,9 @@ impl Admission {
                     }
                 }
             }
+        }
+        if let (Some(shared), Some((rps, valid, dialect))) = (&self.shared, changed.budget) {
+            shared.budget(domain, rps, valid, dialect).await;
         }
         if let Some(shared) = &self.shared {
             // Another replica may have learned something else meanwhile:

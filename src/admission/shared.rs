@@ -35,6 +35,7 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::dialects::Dialect;
 use super::domain::Denied;
 use super::timer::{Fine, COARSE};
 use crate::store::redis::Redis;
@@ -48,6 +49,36 @@ pub const LEASE: Duration = Duration::from_secs(10);
 /// releases publish an event only when someone is waiting.
 const WAITING_FLAG: Duration = Duration::from_secs(2);
 
+/// A budget pace within this share of the last one shared is not sent
+/// again (until that one is half spent).
+const BUDGET_SLACK: f64 = 0.02;
+
+/// Dialects as the small integers the admission script carries (0: none).
+fn dialect_code(d: Dialect) -> i64 {
+    DIALECT_CODES
+        .iter()
+        .position(|x| *x == d)
+        .map_or(0, |i| i as i64 + 1)
+}
+
+fn dialect_of(code: i64) -> Option<Dialect> {
+    usize::try_from(code)
+        .ok()
+        .and_then(|c| c.checked_sub(1))
+        .and_then(|i| DIALECT_CODES.get(i).copied())
+}
+
+const DIALECT_CODES: [Dialect; 8] = [
+    Dialect::Ietf,
+    Dialect::IetfStructured,
+    Dialect::XRateLimit,
+    Dialect::OpenAi,
+    Dialect::Anthropic,
+    Dialect::Shopify,
+    Dialect::Discord,
+    Dialect::RetryAfter,
+];
+
 /// Bounded re-check while waiting for a slot, in case a release event is
 /// lost (pub/sub is fire-and-forget) or a dead replica's lease expires.
 const RECHECK_MIN: Duration = Duration::from_millis(20);
@@ -56,16 +87,19 @@ const RECHECK_MAX: Duration = Duration::from_millis(250);
 /// Decide the admissions of a batch (every request of this replica for the
 /// domain that asked while the previous batch was on its way), in order.
 /// KEYS: gcra hash, leases zset, limits hash, waiting flag. ARGV: rps,
-/// max_concurrent, burst, pinned (0/1), rps_ceiling, concurrency_ceiling,
+/// max_concurrent, burst, pinned (0 no, 1 yes, 2 no but the rps is stated:
+/// a budget pace may only lower it), rps_ceiling, concurrency_ceiling,
 /// lease_ms, waiting_flag_ms, channel, release message, then the number of
 /// slots this replica freed since its last call and those members (released
 /// first, in the same round trip), then the number of requests and a
 /// (member, max_delay_us) pair for each.
-/// Reply: {rps_milli, max_concurrent, held, learned_bits, now_us} then
+/// Reply: {rps_micro, max_concurrent, held, learned_bits, now_us} then
 /// {code, delay_us} per request, with code 0 = granted (slot booked `delay_us` from
 /// now, lease taken), 1 = the pace slot is later than max_delay (nothing
 /// taken), 2 = paused for `delay_us` (nothing taken), 3 = every slot is held
-/// (nothing taken; `delay_us` until the earliest lease expiry).
+/// (nothing taken; `delay_us` until the earliest lease expiry). Learned
+/// bits: 1 rps learned, 2 concurrency learned, 4 the budget pace (`brps`
+/// until `bexp`, server ms) governs, its dialect's code times 8 added.
 const ADMIT_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -73,6 +107,7 @@ local rps = tonumber(ARGV[1])
 local maxc = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
 local pinned = ARGV[4] == '1'
+local stated = ARGV[4] == '2'
 local rps_ceiling = tonumber(ARGV[5])
 local conc_ceiling = tonumber(ARGV[6])
 local lease_us = tonumber(ARGV[7]) * 1000
@@ -89,11 +124,21 @@ local na = tonumber(ARGV[base])
 local learned = 0
 local paused = nil
 if not pinned then
-  local lim = redis.call('HMGET', KEYS[3], 'rps', 'max_concurrent', 'paused_until')
+  local lim = redis.call('HMGET', KEYS[3], 'rps', 'max_concurrent', 'paused_until', 'brps', 'bexp', 'bsrc')
   local lr = tonumber(lim[1])
   if lr and lr > 0 then
     rps = math.min(math.max(lr, 0.01), rps_ceiling)
     learned = learned + 1
+    stated = true
+  end
+  local br = tonumber(lim[4])
+  local be = tonumber(lim[5])
+  if br and br > 0 and be and be * 1000 > now then
+    br = math.min(math.max(br, 1 / 86400), rps_ceiling)
+    if not stated or br < rps then
+      rps = br
+      learned = learned + 4 + 8 * (tonumber(lim[6]) or 0)
+    end
   end
   local lc = tonumber(lim[2])
   if lc and lc > 0 then
@@ -103,7 +148,7 @@ if not pinned then
   local p = tonumber(lim[3])
   if p and p * 1000 > now then paused = p * 1000 - now end
 end
-local out = {math.floor(rps * 1000 + 0.5), maxc, 0, learned, now}
+local out = {math.floor(rps * 1000000 + 0.5), maxc, 0, learned, now}
 if paused then
   for k = 1, na do
     out[#out + 1] = 2
@@ -215,6 +260,17 @@ end
 return cur
 "#;
 
+/// The pace one replica read from the API's budget headers, for every
+/// replica until the budget's reset. KEYS: limits hash. ARGV: rps,
+/// valid_ms, dialect code.
+const BUDGET_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'brps', ARGV[1], 'bexp', now + tonumber(ARGV[2]), 'bsrc', ARGV[3])
+return 1
+"#;
+
+static BUDGET: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(BUDGET_LUA));
 static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ADMIT_LUA));
 static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RELEASE_LUA));
 static RENEW: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW_LUA));
@@ -228,6 +284,9 @@ pub struct Limits {
     pub max_concurrent: u32,
     pub burst: u32,
     pub pinned: bool,
+    /// The rps is one someone stated (config, preset): a shared budget pace
+    /// may only lower it.
+    pub stated: bool,
     pub rps_ceiling: f64,
     pub concurrency_ceiling: u32,
     pub queue_capacity: usize,
@@ -243,6 +302,8 @@ pub struct View {
     pub held: u32,
     pub rps_learned: bool,
     pub concurrency_learned: bool,
+    /// The dialect whose budget pace governs the rps, if one does.
+    pub budget: Option<Dialect>,
     /// Wall-clock end of a pause seen then.
     pub paused_until: Option<SystemTime>,
 }
@@ -359,6 +420,9 @@ pub struct SharedSlots {
     flush: Notify,
     /// Redis round trips made for admissions (benchmarks read it).
     pub round_trips: AtomicU64,
+    /// The budget pace last shared per domain: (rps, when, for how long,
+    /// dialect).
+    budgets_sent: DashMap<String, (f64, Instant, Duration, Dialect)>,
 }
 
 /// A concurrency slot held in Redis; dropping it frees the slot.
@@ -438,6 +502,7 @@ impl SharedSlots {
             domains: DashMap::new(),
             leases: DashMap::new(),
             next_member: AtomicU64::new(0),
+            budgets_sent: DashMap::new(),
             round_trips: AtomicU64::new(0),
         });
         slots.redis.spawn(renew_forever(Arc::downgrade(&slots)));
@@ -689,7 +754,12 @@ impl SharedSlots {
             limits.rps.to_string(),
             limits.max_concurrent.to_string(),
             limits.burst.to_string(),
-            if limits.pinned { "1" } else { "0" }.to_string(),
+            match (limits.pinned, limits.stated) {
+                (true, _) => "1",
+                (false, true) => "2",
+                (false, false) => "0",
+            }
+            .to_string(),
             limits.rps_ceiling.to_string(),
             limits.concurrency_ceiling.to_string(),
             self.lease.as_millis().to_string(),
@@ -728,7 +798,7 @@ impl SharedSlots {
                 return;
             }
         };
-        let (rps_milli, maxc, held, learned, server_now) =
+        let (rps_micro, maxc, held, learned, server_now) =
             (reply[0], reply[1], reply[2], reply[3], reply[4]);
         let mut paused_for = None;
         for (a, answer) in asks.into_iter().zip(reply[5..].chunks_exact(2)) {
@@ -751,11 +821,14 @@ impl SharedSlots {
             }
         }
         domain.set_view(View {
-            rps: (rps_milli.max(1) as f64) / 1000.0,
+            rps: (rps_micro.max(1) as f64) / 1e6,
             max_concurrent: u32::try_from(maxc).unwrap_or(1).max(1),
             held: u32::try_from(held).unwrap_or(0),
             rps_learned: learned & 1 != 0,
             concurrency_learned: learned & 2 != 0,
+            budget: (learned & 4 != 0)
+                .then(|| dialect_of(learned >> 3))
+                .flatten(),
             paused_until: paused_for.map(|d| SystemTime::now() + d),
         });
     }
@@ -812,6 +885,40 @@ impl SharedSlots {
         // refresh what they show.
         let _ = self.redis.publish("lim", name).await;
         Ok(())
+    }
+
+    /// Share a budget pace: every replica books at `rps` (below a stated
+    /// limit only) until `valid_for` from now. Sent only when it differs by
+    /// more than [`BUDGET_SLACK`] from the last one sent, or when that one
+    /// is half spent: the budget headers come with every response, and
+    /// most say the same again.
+    pub async fn budget(&self, name: &str, rps: f64, valid_for: Duration, dialect: Dialect) {
+        let now = Instant::now();
+        let due = match self.budgets_sent.get(name) {
+            None => true,
+            Some(last) => {
+                let (sent_rps, sent_at, sent_for, sent_dialect) = *last;
+                (rps / sent_rps - 1.0).abs() > BUDGET_SLACK
+                    || sent_dialect != dialect
+                    || now.saturating_duration_since(sent_at) * 2 >= sent_for
+            }
+        };
+        if !due {
+            return;
+        }
+        self.budgets_sent
+            .insert(name.to_string(), (rps, now, valid_for, dialect));
+        let keys = [self.redis.domain_key(name, "limits")];
+        let args = [
+            rps.to_string(),
+            valid_for.as_millis().max(1).to_string(),
+            dialect_code(dialect).to_string(),
+        ];
+        if let Err(e) = self.redis.script::<i64, _, _>(&BUDGET, &keys, &args).await {
+            // Not shared this time; the next response tries again.
+            self.budgets_sent.remove(name);
+            tracing::debug!(domain = name, error = %e, "could not share the budget pace");
+        }
     }
 
     /// Re-read a domain's learned limits and pause from Redis into the view
@@ -875,7 +982,9 @@ impl SharedSlots {
         if let Some(v) = d.view().filter(|_| !snap.pinned) {
             snap.rps = v.rps;
             snap.max_concurrent = v.max_concurrent;
-            if v.rps_learned {
+            if let Some(d) = v.budget {
+                snap.rps_source = super::Source::Dialect(d);
+            } else if v.rps_learned {
                 snap.rps_source = super::Source::Learned;
             }
             if v.concurrency_learned {
@@ -1013,6 +1122,7 @@ mod tests {
             max_concurrent,
             burst: 1,
             pinned: false,
+            stated: true,
             rps_ceiling: 100_000.0,
             concurrency_ceiling: 1024,
             queue_capacity: 1000,

@@ -47,6 +47,8 @@ td.domain { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospac
 .src { display: inline-block; margin-left: .35rem; padding: 0 .4rem; border-radius: 9px; font-size: .75rem; border: 1px solid var(--line); color: var(--muted); }
 .src.config { color: #1d4ed8; border-color: #1d4ed8; }
 .src.learned { color: #047857; border-color: #047857; }
+.src.dialect, .src.preset { color: #7c3aed; border-color: #7c3aed; }
+.budget { font-size: .75rem; color: var(--muted); }
 .pin { font-size: .75rem; color: var(--muted); margin-left: .35rem; }
 tr.paused td { color: var(--warn); }
 tr.busy td.waiting { color: var(--bad); font-weight: 600; }
@@ -149,17 +151,39 @@ fn esc(text: &str) -> String {
     out
 }
 
-fn source_name(source: Source) -> &'static str {
-    match source {
-        Source::Default => "default",
-        Source::Config => "config",
-        Source::Learned => "learned",
-    }
+fn source_badge(source: Source) -> String {
+    let name = source.name();
+    let class = match source {
+        Source::Dialect(_) => "dialect",
+        _ => name,
+    };
+    format!(r#"<span class="src {class}" title="source: {name}">{name}</span>"#)
 }
 
-fn source_badge(source: Source) -> String {
-    let name = source_name(source);
-    format!(r#"<span class="src {name}" title="source: {name}">{name}</span>"#)
+/// What the API's budget headers said, under the pace: `42 / 100 left,
+/// resets in 12.0 s; 9000 tokens left`.
+fn budget_note(d: &Snapshot, now_ms: u64) -> String {
+    let Some(b) = &d.budget else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    match (b.remaining, b.limit) {
+        (Some(r), Some(l)) => parts.push(format!("{r} / {l} left")),
+        (Some(r), None) => parts.push(format!("{r} left")),
+        _ => {}
+    }
+    if let Some(at) = b.resets_at {
+        let left = at.saturating_sub(now_ms) as f64 / 1000.0;
+        parts.push(format!("resets in {left:.1} s"));
+    }
+    if let Some(t) = b.tokens_remaining {
+        parts.push(format!("{t} tokens left"));
+    }
+    format!(
+        r#"<div class="budget" title="{src}">{text}</div>"#,
+        src = esc(b.source),
+        text = esc(&parts.join("; "))
+    )
 }
 
 /// A rate as a person reads it: `2`, `0.5`, `12.25`.
@@ -204,11 +228,12 @@ fn domain_row(out: &mut String, d: &Snapshot, now_ms: u64) {
     };
     let _ = writeln!(
         out,
-        r#"<tr class="{classes}" data-domain="{domain}"><td class="domain">{domain}{pin}</td><td class="rps">{rps}{rps_src}</td><td class="concurrency">{conc}{conc_src}</td><td class="burst">{burst}</td><td class="in-flight">{in_flight}</td><td class="waiting">{waiting}</td><td class="capacity">{capacity}</td><td class="paused-until">{paused}</td></tr>"#,
+        r#"<tr class="{classes}" data-domain="{domain}"><td class="domain">{domain}{pin}</td><td class="rps">{rps}{rps_src}{budget}</td><td class="concurrency">{conc}{conc_src}</td><td class="burst">{burst}</td><td class="in-flight">{in_flight}</td><td class="waiting">{waiting}</td><td class="capacity">{capacity}</td><td class="paused-until">{paused}</td></tr>"#,
         classes = classes.join(" "),
         domain = esc(&d.domain),
         rps = fmt_rps(d.rps),
         rps_src = source_badge(d.rps_source),
+        budget = budget_note(d, now_ms),
         conc = d.max_concurrent,
         conc_src = source_badge(d.concurrency_source),
         burst = d.burst,
@@ -334,6 +359,7 @@ mod tests {
             queue_capacity: 10000,
             paused_until: None,
             in_flight_all_replicas: None,
+            budget: None,
         }
     }
 

@@ -178,7 +178,6 @@ async fn hold_until_closed(conn: UpstreamConn, permit: crate::admission::Permit,
 mod tests {
     use std::sync::Arc;
 
-    use prometheus::{Gauge, IntGauge};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -199,13 +198,7 @@ mod tests {
                 rps_ceiling: 10_000.0,
                 concurrency_ceiling: 1024,
             },
-            Gauges {
-                rps_limit: Gauge::new("r", "r").unwrap(),
-                concurrency_limit: IntGauge::new("c", "c").unwrap(),
-                in_flight: IntGauge::new("i", "i").unwrap(),
-                waiting: IntGauge::new("w", "w").unwrap(),
-                paused_until: Gauge::new("p", "p").unwrap(),
-            },
+            Gauges::detached(),
         )
     }
 

@@ -61,6 +61,7 @@ mod cluster_tests {
             max_concurrent: 2,
             burst: 1,
             pinned: false,
+            stated: true,
             rps_ceiling: 10_000.0,
             concurrency_ceiling: 100,
             queue_capacity: 100,
