@@ -34,6 +34,13 @@ enum Command {
     /// Manage the local CA that signs intercepted hosts' certificates.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// List the built-in presets: well-known API hosts with their dialect,
+    /// published limits and budget key (docs/dialects.md).
+    Presets {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -130,7 +137,79 @@ pub fn main() -> i32 {
             Err(code) => code,
         },
         Command::Ca(cmd) => ca(cmd),
+        Command::Presets { json } => {
+            print!("{}", presets(json));
+            0
+        }
     }
+}
+
+/// `ezthrottle presets`: the table for people, or JSON for scripts (full
+/// precision there; the table rounds rates to what a reader needs).
+fn presets(json: bool) -> String {
+    use crate::admission::presets::PRESETS;
+    if json {
+        let rows: Vec<serde_json::Value> = PRESETS
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "host": p.host,
+                    "dialect": p.dialect,
+                    "rps": p.rps,
+                    "max_concurrent": p.max_concurrent,
+                    "budget_key": p.budget_key,
+                    "note": p.note,
+                })
+            })
+            .collect();
+        let mut out = serde_json::to_string_pretty(&rows).unwrap_or_default();
+        out.push('\n');
+        return out;
+    }
+    let rate = |r: Option<f64>| match r {
+        None => "-".to_string(),
+        Some(r) => {
+            let s = format!("{r:.3}");
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        }
+    };
+    let mut rows = vec![[
+        "HOST".to_string(),
+        "DIALECT".to_string(),
+        "RPS".to_string(),
+        "MAX_CONCURRENT".to_string(),
+        "BUDGET_KEY".to_string(),
+        "NOTE".to_string(),
+    ]];
+    rows.extend(PRESETS.iter().map(|p| {
+        [
+            p.host.to_string(),
+            p.dialect.to_string(),
+            rate(p.rps),
+            p.max_concurrent.map_or("-".to_string(), |m| m.to_string()),
+            if p.budget_key.is_empty() {
+                "(per host)".to_string()
+            } else {
+                p.budget_key.join(",")
+            },
+            p.note.to_string(),
+        ]
+    }));
+    let mut widths = [0usize; 5];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        for (w, cell) in widths.iter().zip(row.iter()) {
+            out.push_str(&format!("{cell:<w$}  "));
+        }
+        out.push_str(&row[5]);
+        out.push('\n');
+    }
+    out
 }
 
 fn ca(cmd: CaCommand) -> i32 {

@@ -531,7 +531,14 @@ fn default_config() -> &'static Config {
 }
 
 /// Hosts whose per-domain settings are looked up after a config parses.
-const HOSTS: &[&str] = &["api.stripe.com", "a.b.example.com", "example.com", "", "*"];
+const HOSTS: &[&str] = &[
+    "api.stripe.com",
+    "a.b.example.com",
+    "example.com",
+    "",
+    "*",
+    "shop.myshopify.com",
+];
 
 thread_local! {
     static CONFIG_FILE: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
@@ -552,6 +559,8 @@ pub fn config_toml(data: &[u8]) {
         let _ = config.domain(host);
         let _ = config.limits_for(host);
         let _ = config.tls_mode(host);
+        let _ = config.preset(host);
+        let _ = config.budget_key(host);
     }
     let effective = config.to_effective_toml();
     assert!(!effective.is_empty());

@@ -154,6 +154,7 @@ pub(super) fn render(c: &Config) -> String {
         "max_wait_ceiling".into(),
         Value::String(format_duration(c.limits.max_wait_ceiling)),
     );
+    limits.insert("presets".into(), Value::Boolean(c.limits.presets));
     let mut domains = Table::new();
     for (host, d) in &c.limits.domains {
         let mut t = limits_table(&d.limits);
@@ -167,6 +168,20 @@ pub(super) fn render(c: &Config) -> String {
             "regions".into(),
             Value::Array(d.regions.iter().map(|r| s(r.clone())).collect()),
         );
+        if let Some(keys) = &d.budget_key {
+            // In the file's own syntax, so the output can be pasted back.
+            let shown = keys
+                .iter()
+                .map(|h| {
+                    if *h == http::header::AUTHORIZATION {
+                        s("authorization".into())
+                    } else {
+                        s(format!("header:{h}"))
+                    }
+                })
+                .collect();
+            t.insert("budget_key".into(), Value::Array(shown));
+        }
         if let Some(r) = &d.retry {
             t.insert("retry".into(), Value::Table(retry_table(r)));
         }

@@ -218,6 +218,72 @@ fn retry(
     })
 }
 
+/// Most entries a `budget_key` list may have: each is one more hash input
+/// per request, and no API counts by more than a couple of headers.
+pub(super) const MAX_BUDGET_KEYS: usize = 4;
+
+/// `budget_key`: `"authorization"`, `"header:<name>"`, or a list of those.
+/// Only these two forms, so that a later form (a cookie, a query parameter)
+/// can be added without an existing value changing meaning.
+fn budget_key(cx: &Ctx, key: &str, v: &toml::Value) -> Result<Vec<http::HeaderName>, ConfigError> {
+    let expected = "expected \"authorization\" or \"header:<name>\" (e.g. \"header:x-api-key\")";
+    let one = |key: &str, v: &toml::Value| -> Result<http::HeaderName, ConfigError> {
+        let toml::Value::String(s) = v else {
+            return Err(cx.err(key, format!("{expected}, got {v}")));
+        };
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(cx.err(key, format!("is empty: {expected}")));
+        }
+        if s.eq_ignore_ascii_case("authorization") {
+            return Ok(http::header::AUTHORIZATION);
+        }
+        let Some(name) = s
+            .get(..7)
+            .filter(|p| p.eq_ignore_ascii_case("header:"))
+            .and_then(|_| s.get(7..))
+        else {
+            return Err(cx.err(key, format!("unknown form {s:?}: {expected}")));
+        };
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(cx.err(key, format!("{s:?} names no header: {expected}")));
+        }
+        http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| cx.err(key, format!("{name:?} is not a header name")))
+    };
+    let names = match v {
+        toml::Value::Array(list) => {
+            if list.len() > MAX_BUDGET_KEYS {
+                return Err(cx.err(
+                    key,
+                    format!("lists {} headers, more than {MAX_BUDGET_KEYS}", list.len()),
+                ));
+            }
+            list.iter()
+                .enumerate()
+                .map(|(i, v)| one(&format!("{key}[{i}]"), v))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        toml::Value::String(_) => vec![one(key, v)?],
+        other => {
+            return Err(cx.err(
+                key,
+                format!("expected a string or a list of strings, got {other}"),
+            ))
+        }
+    };
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].contains(n) {
+            return Err(cx.err(
+                format!("{key}[{i}]"),
+                format!("{:?} is listed twice", n.as_str()),
+            ));
+        }
+    }
+    Ok(names)
+}
+
 fn default_retry() -> RetryConfig {
     RetryConfig {
         max_retries: 3,
@@ -621,6 +687,16 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             Some(r) => Some(retry(cx, &format!("{prefix}.retry"), r, &retry_cfg)?),
             None => None,
         };
+        let budget_key = match &d.budget_key {
+            Some(v) => Some(budget_key(cx, &format!("{prefix}.budget_key"), v)?),
+            None => None,
+        };
+        if tls == TlsMode::Tunnel && budget_key.as_ref().is_some_and(|k| !k.is_empty()) {
+            return Err(cx.err(
+                format!("{prefix}.budget_key"),
+                "needs the request headers, which tls = \"tunnel\" never sees: remove it or intercept the domain",
+            ));
+        }
         domains.insert(
             h,
             DomainConfig {
@@ -631,6 +707,7 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
                 tls,
                 regions: region_list,
                 retry,
+                budget_key,
             },
         );
     }
@@ -740,6 +817,7 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
             concurrency_ceiling,
             max_wait_ceiling,
             domains,
+            presets: l.presets.unwrap_or(true),
         },
         retry: retry_cfg,
         idempotency,

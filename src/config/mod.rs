@@ -134,6 +134,9 @@ pub struct LimitsConfig {
     pub max_wait_ceiling: Duration,
     /// `[limits.domains."host"]`, keyed by lower-cased host (exact, or `*.suffix`).
     pub domains: BTreeMap<String, DomainConfig>,
+    /// Use the built-in presets (`crate::admission::presets`) for hosts no
+    /// `[limits.domains]` table matches; default true. Key `presets`.
+    pub presets: bool,
 }
 
 /// One `[limits.domains."host"]` table, with `[limits]` defaults already
@@ -150,6 +153,10 @@ pub struct DomainConfig {
     pub regions: Vec<String>,
     /// Per-domain `[limits.domains."x".retry]` override, defaults filled from `[retry]`.
     pub retry: Option<RetryConfig>,
+    /// Request headers whose values split this domain's budget (one throttle
+    /// per credential). `None`: the table did not set `budget_key`;
+    /// `Some(vec![])`: it set `budget_key = []`, one budget for the domain.
+    pub budget_key: Option<Vec<http::HeaderName>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -353,6 +360,28 @@ impl Config {
         self.domain(host)
             .map(|d| d.tls)
             .unwrap_or(TlsMode::Intercept)
+    }
+
+    /// The preset for `host`, unless presets are off or a [limits.domains]
+    /// table matches the host: a table the user wrote replaces the vendor
+    /// defaults entirely, so what runs is always what the file says.
+    pub fn preset(&self, host: &str) -> Option<&'static crate::admission::presets::Preset> {
+        if !self.limits.presets || self.domain(host).is_some() {
+            return None;
+        }
+        crate::admission::presets::lookup(host)
+    }
+
+    /// The headers whose values split `host`'s budget: the domain table's
+    /// budget_key if it set one, else the preset's (when presets apply), else
+    /// none (one budget per host, SPEC §5).
+    pub fn budget_key(&self, host: &str) -> Vec<http::HeaderName> {
+        if let Some(d) = self.domain(host) {
+            return d.budget_key.clone().unwrap_or_default();
+        }
+        self.preset(host)
+            .map(|p| p.budget_headers())
+            .unwrap_or_default()
     }
 
     /// Effective limits for `host`.

@@ -92,6 +92,7 @@ pub struct RawLimits {
     pub rps_ceiling: Option<f64>,
     pub concurrency_ceiling: Option<i64>,
     pub max_wait_ceiling: Option<String>,
+    pub presets: Option<bool>,
     #[serde(default)]
     pub domains: BTreeMap<String, RawDomain>,
 }
@@ -108,6 +109,9 @@ pub struct RawDomain {
     pub tls: Option<String>,
     pub regions: Option<Vec<String>>,
     pub retry: Option<RawRetry>,
+    /// A string or a list of strings; `load.rs` checks the shape so the
+    /// error can name the key and the accepted forms.
+    pub budget_key: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -623,3 +623,168 @@ fn request_head_limits_and_the_buffer_budget() {
         "expected a size",
     );
 }
+
+#[test]
+fn presets_are_on_by_default_and_a_domain_table_replaces_them() {
+    let c = parse("").expect("defaults");
+    assert!(c.limits.presets);
+    assert_eq!(
+        c.preset("api.openai.com").map(|p| p.dialect),
+        Some("openai")
+    );
+    assert_eq!(
+        c.preset("shop.myshopify.com").map(|p| p.host),
+        Some("*.myshopify.com")
+    );
+    assert!(c.preset("api.example.com").is_none());
+
+    let off = parse("[limits]\npresets = false\n").expect("presets off");
+    assert!(!off.limits.presets);
+    assert!(off.preset("api.openai.com").is_none());
+    assert!(off.budget_key("api.openai.com").is_empty());
+
+    // Any matching table, exact or wildcard, wins over the preset.
+    let c = parse(
+        "[limits.domains.\"api.openai.com\"]\nrps = 1.0\n\
+         [limits.domains.\"*.myshopify.com\"]\nqueue_capacity = 5\n",
+    )
+    .expect("tables");
+    assert!(c.preset("api.openai.com").is_none());
+    assert!(c.preset("shop.myshopify.com").is_none());
+    assert!(c.preset("api.anthropic.com").is_some());
+}
+
+#[test]
+fn budget_key_comes_from_the_table_else_the_preset_else_none() {
+    use http::HeaderName;
+    let auth = http::header::AUTHORIZATION;
+    let c = parse("").expect("defaults");
+    assert_eq!(c.budget_key("api.openai.com"), vec![auth.clone()]);
+    assert_eq!(
+        c.budget_key("api.anthropic.com"),
+        vec![HeaderName::from_static("x-api-key")]
+    );
+    assert_eq!(
+        c.budget_key("a.myshopify.com"),
+        vec![HeaderName::from_static("x-shopify-access-token")]
+    );
+    assert!(c.budget_key("hooks.slack.com").is_empty());
+    assert!(c.budget_key("api.example.com").is_empty());
+
+    let c = parse(
+        "[limits.domains.\"api.example.com\"]\nbudget_key = \"authorization\"\n\
+         [limits.domains.\"*.example.com\"]\nbudget_key = [\"header:X-Team\", \"Authorization\"]\n\
+         [limits.domains.\"api.openai.com\"]\nbudget_key = []\n\
+         [limits.domains.\"api.anthropic.com\"]\nrps = 3.0\n\
+         [limits.domains.\"api.github.com\"]\nbudget_key = \"header: x-api-key \"\n",
+    )
+    .expect("budget keys");
+    let d = |h: &str| c.domain(h).expect("table").budget_key.clone();
+    assert_eq!(d("api.example.com"), Some(vec![auth.clone()]));
+    assert_eq!(
+        d("eu.example.com"),
+        Some(vec![HeaderName::from_static("x-team"), auth.clone()])
+    );
+    assert_eq!(d("api.openai.com"), Some(vec![]));
+    assert_eq!(d("api.anthropic.com"), None);
+    assert_eq!(
+        d("api.github.com"),
+        Some(vec![HeaderName::from_static("x-api-key")])
+    );
+    assert_eq!(c.budget_key("api.example.com"), vec![auth.clone()]);
+    assert_eq!(c.budget_key("eu.example.com").len(), 2);
+    // `budget_key = []` turns the preset's split off.
+    assert!(c.budget_key("api.openai.com").is_empty());
+    // A table without budget_key replaces the preset too: one budget.
+    assert!(c.budget_key("api.anthropic.com").is_empty());
+    // Unmatched hosts keep their preset.
+    assert_eq!(c.budget_key("discord.com"), vec![auth]);
+}
+
+#[test]
+fn bad_budget_keys_name_the_key_and_the_reason() {
+    let t = |v: &str| format!("[limits.domains.\"api.x.com\"]\nbudget_key = {v}\n");
+    let key = "limits.domains.\"api.x.com\".budget_key";
+    assert_bad(&t("\"cookie:session\""), key, "unknown form");
+    assert_bad(&t("\"x-api-key\""), key, "unknown form");
+    assert_bad(&t("\"\""), key, "empty");
+    assert_bad(&t("\"  \""), key, "empty");
+    assert_bad(&t("\"header:\""), key, "names no header");
+    assert_bad(&t("\"header:x api key\""), key, "not a header name");
+    assert_bad(&t("\"header:x-é\""), key, "not a header name");
+    assert_bad(&t("42"), key, "a string or a list of strings");
+    assert_bad(&t("true"), key, "a string or a list of strings");
+    assert_bad(
+        &t("[\"authorization\", \"header:a\", \"header:b\", \"header:c\", \"header:d\"]"),
+        key,
+        "more than 4",
+    );
+    assert_bad(
+        &t("[\"authorization\", \"header:x-\\u0000\"]"),
+        &format!("{key}[1]"),
+        "not a header name",
+    );
+    assert_bad(
+        &t("[\"authorization\", 7]"),
+        &format!("{key}[1]"),
+        "expected",
+    );
+    assert_bad(&t("[\"header:\"]"), &format!("{key}[0]"), "names no header");
+    assert_bad(
+        &t("[\"authorization\", \"header:Authorization\"]"),
+        &format!("{key}[1]"),
+        "listed twice",
+    );
+    assert_bad(
+        "[limits.domains.\"api.x.com\"]\ntls = \"tunnel\"\nbudget_key = \"authorization\"\n",
+        key,
+        "tunnel",
+    );
+    // Per domain only: [limits] has no budget_key.
+    assert_bad(
+        "[limits]\nbudget_key = \"authorization\"\n",
+        "limits.budget_key",
+        "unknown field",
+    );
+    assert_bad(
+        "[limits]\npresets = \"yes\"\n",
+        "limits.presets",
+        "invalid type",
+    );
+    // An explicit empty list with a tunnel is fine: there is nothing to read.
+    parse("[limits.domains.\"api.x.com\"]\ntls = \"tunnel\"\nbudget_key = []\n")
+        .expect("empty budget_key with tunnel");
+}
+
+#[test]
+fn effective_config_shows_presets_and_budget_keys_and_reads_back() {
+    let c = parse(
+        "[limits]\npresets = false\n\
+         [limits.domains.\"api.example.com\"]\nbudget_key = [\"authorization\", \"header:X-Api-Key\"]\n\
+         [limits.domains.\"api.other.com\"]\nbudget_key = []\n\
+         [limits.domains.\"api.plain.com\"]\nrps = 1.0\n",
+    )
+    .expect("config");
+    let shown = c.to_effective_toml();
+    assert!(shown.contains("presets = false"), "{shown}");
+    assert!(
+        shown.contains("budget_key = [\n    \"authorization\",\n    \"header:x-api-key\",\n]")
+            || shown.contains("budget_key = [\"authorization\", \"header:x-api-key\"]"),
+        "{shown}"
+    );
+    assert!(shown.contains("budget_key = []"), "{shown}");
+    assert_eq!(shown.matches("budget_key").count(), 2, "{shown}");
+    let again = parse(&shown).expect("effective config parses");
+    assert!(!again.limits.presets);
+    for host in ["api.example.com", "api.other.com", "api.plain.com"] {
+        assert_eq!(
+            again.domain(host).map(|d| d.budget_key.clone()),
+            c.domain(host).map(|d| d.budget_key.clone()),
+            "{host}"
+        );
+    }
+    assert!(parse("")
+        .expect("defaults")
+        .to_effective_toml()
+        .contains("presets = true"));
+}
