@@ -190,11 +190,14 @@ pub enum Pace {
 /// sustained rate would meet the limit head-on now and then.
 pub const SUSTAINED_SHARE: f64 = 0.95;
 
+/// OpenAI's and Anthropic's request and token limits are per minute (their
+/// rate-limit guides: RPM, TPM); the headers do not say it.
+pub const BUCKET_WINDOW: Duration = Duration::from_secs(60);
+
 impl Dialect {
     /// Token buckets refill continuously and say, as their reset, when they
-    /// will be *full* again (OpenAI, Anthropic): `(limit - remaining) /
-    /// reset` is then their refill rate. Every other dialect counts in
-    /// windows that restore the whole quota at the reset.
+    /// will be *full* again (OpenAI, Anthropic). Every other dialect counts
+    /// in windows that restore the whole quota at the reset.
     pub fn refills_continuously(&self) -> bool {
         matches!(self, Dialect::OpenAi | Dialect::Anthropic)
     }
@@ -235,6 +238,20 @@ pub fn budget_pace(b: &Budget, ceiling_rps: f64) -> Pace {
                 .map_or(Pace::Unknown, Pace::PauseFor);
         }
         return match b.reset_in {
+            // A token bucket's reset is when it is full again; one request
+            // is back after a limit-th of that.
+            // Tokens: a request's cost is unknown, so the whole reset.
+            Some(d)
+                if !d.is_zero()
+                    && b.dialect.refills_continuously()
+                    && b.kind == BudgetKind::Requests =>
+            {
+                let one = b
+                    .limit
+                    .filter(|l| *l > 0)
+                    .map_or(d, |l| d / l.min(u32::MAX as u64) as u32);
+                Pace::PauseFor(one.max(Duration::from_millis(1)))
+            }
             Some(d) if !d.is_zero() => Pace::PauseFor(d),
             _ => Pace::Unknown,
         };
@@ -246,7 +263,14 @@ pub fn budget_pace(b: &Budget, ceiling_rps: f64) -> Pace {
         return Pace::Rate(clamp(d));
     }
     let reset = b.reset_in.filter(|d| !d.is_zero()).map(|d| d.as_secs_f64());
-    let even = b.remaining.zip(reset).map(|(r, d)| r as f64 / d);
+    // A bucket has no deadline to spend its content by: its reset is when it
+    // is full again, and what is left is a burst allowance, not a budget
+    // to spread.
+    let even = b
+        .remaining
+        .zip(reset)
+        .filter(|_| !b.dialect.refills_continuously())
+        .map(|(r, d)| r as f64 / d);
     let by_window = match (b.limit, b.window) {
         (Some(l), Some(w)) if l > 0 && !w.is_zero() => Some(l as f64 / w.as_secs_f64()),
         _ => None,
@@ -529,6 +553,9 @@ impl Reader<'_> {
         reset: fn(&str, SystemTime) -> Option<Duration>,
     ) {
         let mut b = Budget::new(dialect, f.kind);
+        if dialect.refills_continuously() {
+            b.window = Some(BUCKET_WINDOW);
+        }
         b.limit = self.count(f.limit);
         b.remaining = self.count(f.remaining);
         let now = self.now;
@@ -1307,8 +1334,13 @@ mod tests {
         assert_eq!(req.reset_in, Some(Duration::from_millis(12)));
         assert_eq!((tok.limit, tok.remaining), (Some(160000), Some(159976)));
         assert_eq!(tok.reset_in, Some(Duration::from_millis(9)));
-        // The requests budget paces at the ceiling; tokens give no rate.
+        // 5000 a minute paces at (a share of) 83/s, here the ceiling;
+        // tokens give no rate.
         assert_eq!(budget_pace(req, 50.0), Pace::Rate(50.0));
+        assert_eq!(
+            budget_pace(req, 1000.0),
+            Pace::Rate(5000.0 / 60.0 * SUSTAINED_SHARE)
+        );
         assert_eq!(budget_pace(tok, 50.0), Pace::Unknown);
         // Docs' example: 60 RPM, 59 left, reset in 1s; 150k TPM, reset 6m0s.
         let r = read(
@@ -1411,7 +1443,11 @@ mod tests {
             (Some(1000), Some(999), secs(1))
         );
         assert_eq!(r.budgets[3].reset_in, secs(2));
-        assert_eq!(budget_pace(req, 100.0), Pace::Rate(100.0));
+        // 1000 a minute: a share of 16.7/s.
+        assert_eq!(
+            budget_pace(req, 100.0),
+            Pace::Rate(1000.0 / 60.0 * SUSTAINED_SHARE)
+        );
         // Fractions and a +00:00 offset; output tokens exhausted.
         let r = read(
             200,
@@ -1787,13 +1823,33 @@ mod tests {
             panic!("a rate");
         };
         assert!((r - 10.0 * SUSTAINED_SHARE).abs() < 1e-9, "{r}");
-        // Full bucket just spent: remaining / reset is the faster one.
+        // Nearly full: still the refill, not "599 within 0.1 s".
         b.remaining = Some(599);
         b.reset_in = Some(Duration::from_millis(100));
-        assert_eq!(budget_pace(&b, 100.0), Pace::Rate(100.0), "ceiling");
-        assert_eq!(budget_pace(&b, 1e9), Pace::Rate(5990.0));
-        let mut w = b.clone();
-        w.dialect = Dialect::XRateLimit;
+        let Pace::Rate(r) = budget_pace(&b, 1e9) else {
+            panic!("a rate");
+        };
+        assert!((r - 10.0 * SUSTAINED_SHARE).abs() < 1e-9, "{r}");
+        // With the window known (the reader sets a minute), the window.
+        b.window = Some(BUCKET_WINDOW);
+        b.limit = Some(1200);
+        assert_eq!(budget_pace(&b, 1e9), Pace::Rate(20.0 * SUSTAINED_SHARE));
+        // Empty: one request is back after a limit-th of the reset.
+        b.remaining = Some(0);
+        b.reset_in = Some(Duration::from_secs(60));
+        assert_eq!(
+            budget_pace(&b, 1e9),
+            Pace::PauseFor(Duration::from_millis(50))
+        );
+        // Tokens: the whole reset (a request's cost is unknown).
+        b.kind = BudgetKind::Tokens;
+        assert_eq!(
+            budget_pace(&b, 1e9),
+            Pace::PauseFor(Duration::from_secs(60))
+        );
+        // A window dialect with a bucket's numbers spends what is left.
+        let mut w = Budget::new(Dialect::XRateLimit, BudgetKind::Requests);
+        w.limit = Some(600);
         w.remaining = Some(2);
         w.reset_in = Some(Duration::from_millis(59_800));
         let Pace::Rate(r) = budget_pace(&w, 100.0) else {

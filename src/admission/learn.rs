@@ -171,12 +171,7 @@ mod tests {
             p > Duration::from_secs(8) && p <= Duration::from_secs(10),
             "{p:?}"
         );
-        for bad in [
-            "soon",
-            "-5",
-            "999999999",
-            "Wed, 99 Foo 2020 00:00:00 GMT",
-        ] {
+        for bad in ["soon", "-5", "999999999", "Wed, 99 Foo 2020 00:00:00 GMT"] {
             let s = read(429, &h(&[("retry-after", bad)]), now);
             assert_eq!(s.pause, None, "{bad}");
             assert_eq!(s.ignored, vec!["retry-after"], "{bad}");

@@ -4,6 +4,7 @@
 //! config and from limits learned earlier (persisted in the store), and feeds
 //! every upstream response's limit headers back into it.
 
+pub mod budget_key;
 pub mod dialects;
 pub mod domain;
 pub mod gcra;
@@ -135,9 +136,13 @@ impl Admission {
             .clone()
     }
 
-    fn initial(&self, domain: &str) -> domain::Initial {
+    /// The limits a throttle starts with. `name` is a domain, or a
+    /// domain's per-credential budget (`host#key`, `budget_key.rs`): config
+    /// and presets are per host, learned limits per throttle.
+    fn initial(&self, name: &str) -> domain::Initial {
+        let host = budget_key::host_of(name);
         let limits = &self.config.limits;
-        let dc = self.config.domain(domain);
+        let dc = self.config.domain(host);
         let l = dc.map(|d| &d.limits).unwrap_or(&limits.defaults);
         let pinned = dc.is_some_and(|d| d.pin);
         let source = |set: bool| if set { Source::Config } else { Source::Default };
@@ -152,8 +157,19 @@ impl Admission {
             rps_ceiling: limits.rps_ceiling,
             concurrency_ceiling: limits.concurrency_ceiling,
         };
+        // A vendor's published limits, for a host with no table of its own.
+        if let Some(p) = self.config.preset(host) {
+            if let Some(rps) = p.rps.filter(|r| r.is_finite() && *r > 0.0) {
+                init.rps = rps.clamp(0.01, limits.rps_ceiling);
+                init.rps_source = Source::Preset;
+            }
+            if let Some(c) = p.max_concurrent.filter(|c| *c > 0) {
+                init.max_concurrent = c.clamp(1, limits.concurrency_ceiling);
+                init.concurrency_source = Source::Preset;
+            }
+        }
         if !pinned {
-            if let Some(learned) = self.learned.get(domain) {
+            if let Some(learned) = self.learned.get(name) {
                 if let Some(rps) = learned.rps.filter(|r| r.is_finite() && *r > 0.0) {
                     init.rps = rps.clamp(0.01, limits.rps_ceiling);
                     init.rps_source = Source::Learned;
@@ -189,7 +205,7 @@ impl Admission {
     /// the domain's configured `max_wait`.
     pub fn max_wait(&self, domain: &str, header: Option<&str>) -> Result<Duration, String> {
         match header {
-            None => Ok(self.config.limits_for(domain).max_wait),
+            None => Ok(self.config.limits_for(budget_key::host_of(domain)).max_wait),
             Some(v) => {
                 let secs: f64 = v.trim().parse().map_err(|_| {
                     format!("X-EZThrottle-Max-Wait must be a number of seconds, got {v:?}")

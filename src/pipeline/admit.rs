@@ -6,7 +6,7 @@ use std::time::Duration;
 use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
-use crate::admission::{Denied, MAX_WAIT_HEADER};
+use crate::admission::{budget_key, Denied, MAX_WAIT_HEADER};
 use crate::error::ProxyError;
 use crate::state::Shared;
 
@@ -34,7 +34,13 @@ pub async fn admit(
     let Some(domain) = ctx.domain().map(str::to_string) else {
         return Err(ProxyError::Internal);
     };
-    let result = unless_client_leaves(session, shared.admission.admit(&domain, max_wait)).await?;
+    if ctx.throttle.is_none() {
+        let split_by = shared.config.budget_key(&domain);
+        let name = budget_key::throttle_name(&domain, &split_by, &session.req_header().headers);
+        ctx.throttle = (name != domain).then_some(name);
+    }
+    let throttle = ctx.throttle().unwrap_or(&domain).to_string();
+    let result = unless_client_leaves(session, shared.admission.admit(&throttle, max_wait)).await?;
     match result {
         Ok((permit, waited)) => {
             ctx.permit = Some(permit);

@@ -93,6 +93,9 @@ pub struct RequestCtx {
     /// when an attempt ends early, until its upstream exchange has: see
     /// `admit::release_after_upstream`).
     pub permit: Option<Permit>,
+    /// `host#<hash>` when the domain's budget is split per credential
+    /// (`budget_key`) and the request carries one; else `None` (the domain).
+    pub throttle: Option<String>,
     /// The current attempt's HTTP/1 upstream connection, followed to the end
     /// of its exchange (`admit::UpstreamConn`).
     pub upstream_conn: Option<super::admit::UpstreamConn>,
@@ -131,6 +134,7 @@ impl RequestCtx {
             upstream_started: None,
             upstream_status: None,
             permit: None,
+            throttle: None,
             upstream_conn: None,
             inflight: None,
             keyed: None,
@@ -146,6 +150,12 @@ impl RequestCtx {
 
     pub fn domain(&self) -> Option<&str> {
         self.target.as_ref().map(Target::domain)
+    }
+
+    /// The throttle this request counts against: its domain, or the
+    /// domain's budget for its credential (`admission::budget_key`).
+    pub fn throttle(&self) -> Option<&str> {
+        self.throttle.as_deref().or_else(|| self.domain())
     }
 }
 

@@ -349,17 +349,18 @@ impl ProxyHttp for Pipeline {
         }
         let code = upstream_response.status.as_u16();
         ctx.upstream_status = Some(code);
-        if let Some(domain) = ctx.domain() {
+        if let (Some(domain), Some(throttle)) = (ctx.domain(), ctx.throttle()) {
             let metrics = &self.shared.metrics;
             let label = metrics.domain_label(domain);
             metrics
                 .upstream_responses_total
                 .with_label_values(&[label.as_str(), &code.to_string()])
                 .inc();
-            // Classify: the API's own limit headers govern the next admission.
+            // Classify: the API's own limit headers govern the next admission
+            // (of this credential's budget, when the domain is split).
             self.shared
                 .admission
-                .learn(domain, code, &upstream_response.headers)
+                .learn(throttle, code, &upstream_response.headers)
                 .await;
         }
         let retry_after = upstream_response
