@@ -94,8 +94,15 @@ struct BudgetPace {
 
 /// How long a budget pace holds with no newer response: until the budget's
 /// reset, else its window, else (a leaky bucket) until it drains, else a
-/// minute; never beyond a day.
+/// minute; never beyond a day. A token bucket's pace is its refill rate,
+/// which holds whatever its reset (when it is full again, often a few
+/// milliseconds away): a whole window.
 fn pace_validity(b: &Budget) -> Duration {
+    if b.dialect.refills_continuously() {
+        if let Some(w) = b.window {
+            return w.min(dialects::MAX_RESET);
+        }
+    }
     let drain = b
         .drain_per_sec
         .filter(|d| d.is_finite() && *d > 0.0)

@@ -144,3 +144,40 @@ pub fn sdk_python() -> String {
         ),
     }
 }
+
+/// `tests/py/quota_clients.py`: `clients` threads calling `url` back to
+/// back for `seconds` (through `proxy` when given), credentials handed out
+/// in turn. Returns its JSON report (`statuses`, `errors`, `sent`).
+pub fn quota_clients(
+    url: &str,
+    clients: usize,
+    seconds: f64,
+    proxy: Option<&str>,
+    credentials: &[&str],
+) -> serde_json::Value {
+    let mut cmd = base("quota_clients.py");
+    cmd.arg("--url")
+        .arg(url)
+        .arg("--clients")
+        .arg(clients.to_string())
+        .arg("--seconds")
+        .arg(seconds.to_string());
+    if let Some(p) = proxy {
+        cmd.arg("--proxy").arg(p);
+    }
+    for c in credentials {
+        cmd.arg("--credential").arg(c);
+    }
+    // Requests still queued at the deadline finish after it.
+    let out = run(
+        &mut cmd,
+        std::time::Duration::from_secs_f64(seconds) + std::time::Duration::from_secs(180),
+    );
+    assert!(
+        out.status.success(),
+        "quota_clients.py failed:\n{}",
+        show(&out)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("quota_clients.py printed no JSON ({e}):\n{}", show(&out)))
+}
