@@ -821,3 +821,76 @@ fn a_redis_that_may_evict_keys_is_warned_about() {
         ez2.stderr_log()
     );
 }
+
+/// A vendor budget read through one replica paces every replica: 50 Python
+/// clients split over two replicas against a quota-enforcing origin (GitHub
+/// style, fixed 10 s window of 50, no configuration for the host) for two
+/// windows. The origin's limiter never refuses, and at least 90% of the
+/// quota is used: together the replicas spend one budget, not two.
+#[test]
+fn replicas_share_a_vendor_budget() {
+    use common::quota_origin::{Algorithm, Dialect, Quota, QuotaOrigin};
+    let window = Duration::from_secs(10);
+    let origin = QuotaOrigin::start(Quota {
+        algorithm: Algorithm::FixedWindow,
+        limit: 50,
+        window,
+        dialect: Dialect::GitHub,
+        credential_header: None,
+    });
+    let redis = RedisServer::start();
+    // Default pace and concurrency: the budget decides.
+    let ez = EzBuilder::new()
+        .redis(&redis)
+        .resolve("budget.test", "127.0.0.1")
+        .extra("[retry]\nmax_retries = 0\nmax_reroutes = 0\n")
+        .start_replicas(2);
+    let url = origin.url("budget.test", "/v1/things");
+    let reports: Vec<Value> = std::thread::scope(|s| {
+        let runs: Vec<_> = ez
+            .iter()
+            .map(|e| {
+                let (url, proxy) = (url.clone(), e.proxy_url());
+                s.spawn(move || common::py::quota_clients(&url, 25, 21.0, Some(&proxy), &[]))
+            })
+            .collect();
+        runs.into_iter()
+            .map(|h| h.join().expect("clients"))
+            .collect()
+    });
+    let arrivals = origin.arrivals("budget.test");
+    let first = arrivals.first().expect("requests arrived").at;
+    let admitted = arrivals
+        .iter()
+        .filter(|a| a.status == 200 && a.at.duration_since(first) < window * 2)
+        .count();
+    let shown = control_get(&ez[1], "/api/v1/domains");
+    assert_eq!(
+        origin.count_429("budget.test"),
+        0,
+        "the origin refused: {reports:?}\n{shown}"
+    );
+    assert!(
+        admitted >= 90,
+        "{admitted} of 100 in two windows: {reports:?}\n{shown}"
+    );
+    for r in &reports {
+        assert_eq!(r["errors"], 0, "{r}");
+    }
+    for e in &ez {
+        let d = json_domain(e, "budget.test");
+        assert_eq!(d["rps_source"], "dialect:x-ratelimit", "{d}");
+    }
+}
+
+fn json_domain(ez: &Ezthrottle, domain: &str) -> Value {
+    let all: Value =
+        serde_json::from_str(&control_get(ez, "/api/v1/domains")).expect("domains JSON");
+    all["domains"]
+        .as_array()
+        .expect("domains")
+        .iter()
+        .find(|d| d["domain"] == domain)
+        .cloned()
+        .unwrap_or_else(|| panic!("{domain} not shown: {all}"))
+}

@@ -379,6 +379,15 @@ impl Domain {
         at
     }
 
+    /// How long the last pause seen in Redis still holds, if it does.
+    fn paused_for(&self) -> Option<Duration> {
+        self.view()?
+            .paused_until?
+            .duration_since(SystemTime::now())
+            .ok()
+            .filter(|d| !d.is_zero())
+    }
+
     fn take_pending(&self) -> Vec<String> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -661,6 +670,12 @@ impl SharedSlots {
                     tokio::time::sleep_until(at - COARSE).await;
                 }
                 Fine::Precise.until(at).await;
+                // A pause learned after the booking (a budget at zero or a
+                // 429 through any replica) holds the booked start back: the
+                // API said nothing more may go before it ends.
+                while let Some(left) = domain.paused_for() {
+                    tokio::time::sleep(left).await;
+                }
                 Ok(Step::Done(Ok(permit)))
             }
             Answer::TooLate(delay) => {
