@@ -1033,21 +1033,11 @@ mod tests {
 
     #[test]
     fn sources_are_distinct_and_prefixed() {
-        let all = [
-            Dialect::Ietf,
-            Dialect::IetfStructured,
-            Dialect::XRateLimit,
-            Dialect::OpenAi,
-            Dialect::Anthropic,
-            Dialect::Shopify,
-            Dialect::Discord,
-            Dialect::RetryAfter,
-        ];
-        let mut seen: Vec<&str> = all.iter().map(|d| d.source()).collect();
+        let mut seen: Vec<&str> = Dialect::ALL.iter().map(|d| d.source()).collect();
         assert!(seen.iter().all(|s| s.starts_with("dialect:")));
         seen.sort();
         seen.dedup();
-        assert_eq!(seen.len(), all.len());
+        assert_eq!(seen.len(), Dialect::ALL.len());
         assert_eq!(Dialect::OpenAi.source(), "dialect:openai");
     }
 

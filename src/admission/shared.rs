@@ -53,9 +53,11 @@ const WAITING_FLAG: Duration = Duration::from_secs(2);
 /// again (until that one is half spent).
 const BUDGET_SLACK: f64 = 0.02;
 
-/// Dialects as the small integers the admission script carries (0: none).
+/// Dialects as the small integers the admission script carries (0: none,
+/// else a position in [`Dialect::ALL`] plus one; replicas of one version
+/// agree on it).
 fn dialect_code(d: Dialect) -> i64 {
-    DIALECT_CODES
+    Dialect::ALL
         .iter()
         .position(|x| *x == d)
         .map_or(0, |i| i as i64 + 1)
@@ -65,19 +67,8 @@ fn dialect_of(code: i64) -> Option<Dialect> {
     usize::try_from(code)
         .ok()
         .and_then(|c| c.checked_sub(1))
-        .and_then(|i| DIALECT_CODES.get(i).copied())
+        .and_then(|i| Dialect::ALL.get(i).copied())
 }
-
-const DIALECT_CODES: [Dialect; 8] = [
-    Dialect::Ietf,
-    Dialect::IetfStructured,
-    Dialect::XRateLimit,
-    Dialect::OpenAi,
-    Dialect::Anthropic,
-    Dialect::Shopify,
-    Dialect::Discord,
-    Dialect::RetryAfter,
-];
 
 /// Bounded re-check while waiting for a slot, in case a release event is
 /// lost (pub/sub is fire-and-forget) or a dead replica's lease expires.
