@@ -197,14 +197,22 @@ fn proxy_for(s: &Scenario, via: Via, extra_limits: &str) -> Option<Ezthrottle> {
     )
 }
 
-/// Run the clients against `s` (the origin counts per credential when
-/// `credentials` are given) and measure.
+/// Run the clients against `s` the way `via` says and measure.
 pub fn run(s: &Scenario, via: Via) -> Outcome {
     let origin = s.origin(None);
-    let ez = proxy_for(s, via, "");
-    let proxy = ez.as_ref().map(|e| e.proxy_url());
-    let url = origin.url(s.host, "/v1/things");
-    let client = common::py::quota_clients(&url, CLIENTS, s.seconds, proxy.as_deref(), &[]);
+    let client = match proxy_for(s, via, "") {
+        Some(ez) => {
+            let url = origin.url(s.host, "/v1/things");
+            common::py::quota_clients(&url, CLIENTS, s.seconds, Some(&ez.proxy_url()), &[])
+        }
+        // No proxy to resolve the host: the origin's address, the host's
+        // name in `Host` (the origin counts by it).
+        None => {
+            let url = origin.url("127.0.0.1", "/v1/things");
+            let host = format!("Host:{}", s.host);
+            common::py::quota_clients(&url, CLIENTS, s.seconds, None, &[&host])
+        }
+    };
     measure(s, &origin, "", client)
 }
 
@@ -405,4 +413,95 @@ fn hostile_budget_headers_are_ignored_and_counted() {
     let d = &domains["domains"][0];
     assert_eq!(d["rps_source"], "default", "{d}");
     assert!(d.get("budget").is_none(), "nothing usable was read: {d}");
+}
+
+/// The benchmark table (`benches/dialects.sh`; no thresholds): for every
+/// scenario, the origin's 429s and the quota used with no proxy, through
+/// ezthrottle with learning off (pinned at the nominal rate) and through
+/// ezthrottle. The no-proxy runs go one at a time first (they keep both
+/// cores busy and would slow the others), then the proxied runs four at a
+/// time (each has its own origin and proxy).
+#[test]
+#[ignore = "benchmark: benches/dialects.sh"]
+fn dialect_table() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    const VIAS: [Via; 3] = [Via::Direct, Via::Pinned, Via::Proxy];
+    const PARALLEL: usize = 4;
+    let started = Instant::now();
+    let results: Mutex<Vec<Option<Outcome>>> =
+        Mutex::new((0..SCENARIOS.len() * VIAS.len()).map(|_| None).collect());
+    let run_one = |job: usize| {
+        let (s, via) = (&SCENARIOS[job / VIAS.len()], VIAS[job % VIAS.len()]);
+        let t = Instant::now();
+        let o = run(s, via);
+        eprintln!(
+            "dialect_table: {} via {via:?}: {} refused, {:.1}% of the quota ({:.0} s)",
+            s.name,
+            o.refused,
+            o.quota_used * 100.0,
+            t.elapsed().as_secs_f64()
+        );
+        results.lock().expect("results")[job] = Some(o);
+    };
+    let jobs = |via: Via| -> Vec<usize> {
+        (0..SCENARIOS.len() * VIAS.len())
+            .filter(|j| VIAS[j % VIAS.len()] == via)
+            .collect()
+    };
+    for job in jobs(Via::Direct) {
+        run_one(job);
+    }
+    let proxied: Vec<usize> = jobs(Via::Pinned)
+        .into_iter()
+        .chain(jobs(Via::Proxy))
+        .collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..PARALLEL {
+            scope.spawn(|| {
+                while let Some(&job) = proxied.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    run_one(job);
+                }
+            });
+        }
+    });
+
+    let results = results.into_inner().expect("results");
+    let mut errors = Vec::new();
+    println!();
+    println!(
+        "| API (dialect, algorithm) | no proxy: 429s | no proxy: quota used | \
+         ezthrottle, learning off: 429s | ezthrottle, learning off: quota used | \
+         ezthrottle: 429s | ezthrottle: quota used |"
+    );
+    println!("|---|--:|--:|--:|--:|--:|--:|");
+    for (i, s) in SCENARIOS.iter().enumerate() {
+        let mut row = format!("| {} ", s.name);
+        for (k, via) in VIAS.iter().enumerate() {
+            let o = results[i * VIAS.len() + k].as_ref().expect("every run ran");
+            row.push_str(&format!("| {} | {:.0}% ", o.refused, o.quota_used * 100.0));
+            if o.client["errors"] != 0 {
+                errors.push(format!("{} via {via:?}: {}", s.name, o.client));
+            }
+        }
+        println!("{row}|");
+    }
+    println!();
+    println!(
+        "{} clients; quota used = requests admitted over two windows from the first \
+         request (buckets: the run less 1 s) / what the quota allows in that span \
+         (buckets: the drain rate; their initial content is extra).",
+        CLIENTS
+    );
+    for e in &errors {
+        println!("client errors: {e}");
+    }
+    println!(
+        "wall time: {:.0} s ({} runs)",
+        started.elapsed().as_secs_f64(),
+        results.len()
+    );
 }
