@@ -108,7 +108,10 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Run(args) => {
             crate::allocator::configure();
-            crate::logging::init();
+            if let Err(e) = crate::logging::init() {
+                eprintln!("ezthrottle: {e}");
+                return EXIT_CONFIG;
+            }
             crate::allocator::spawn_collector();
             let config = match load(&args.common, args.listen, args.control_listen) {
                 Ok(c) => c,
@@ -212,6 +215,21 @@ fn presets(json: bool) -> String {
     out
 }
 
+/// Says where we looked (the data dir, absolute: a relative default
+/// `./ezthrottle-data` depends on the directory the command ran in) and how
+/// to get the CA the proxy really uses.
+fn no_ca_message(config: &Config, cert: &std::path::Path) -> String {
+    let dir = std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+    format!(
+        "no CA in data dir {} (looked for {}); nothing was created. \
+         Point at the proxy's data dir (--data-dir, EZTHROTTLE_DATA_DIR or `data_dir` in the config), \
+         fetch it from a running proxy (curl http://<control>/ca.pem), \
+         or create one with `ezthrottle ca init`",
+        dir.display(),
+        cert.display()
+    )
+}
+
 fn ca(cmd: CaCommand) -> i32 {
     let (args, out) = match &cmd {
         CaCommand::Init(a) | CaCommand::Path(a) => (a, None),
@@ -227,16 +245,24 @@ fn ca(cmd: CaCommand) -> i32 {
         return if path.exists() {
             0
         } else {
-            eprintln!(
-                "ezthrottle: no CA yet at {} (run `ezthrottle ca init`)",
-                path.display()
-            );
+            eprintln!("ezthrottle: {}", no_ca_message(&config, &path));
             EXIT_FAILURE
         };
     }
-    let ca = LocalCa::load_or_create(&config);
+    // Only `ca init` creates: an export that made a CA of its own (say, run
+    // from another directory, so another `./ezthrottle-data`) would hand the
+    // user a CA the running proxy does not use.
+    let ca = if matches!(cmd, CaCommand::Init(_)) {
+        LocalCa::load_or_create(&config).map(Some)
+    } else {
+        LocalCa::load_existing(&config)
+    };
     let ca = match ca {
-        Ok(ca) => ca,
+        Ok(Some(ca)) => ca,
+        Ok(None) => {
+            eprintln!("ezthrottle: {}", no_ca_message(&config, &path));
+            return EXIT_FAILURE;
+        }
         Err(e) => {
             eprintln!("ezthrottle: {e}");
             return EXIT_FAILURE;

@@ -44,8 +44,14 @@ pub enum ProxyError {
     UpstreamUnresolvable { host: String },
     #[error("could not connect to {host}:{port}")]
     UpstreamConnectFailed { host: String, port: u16 },
-    #[error("TLS handshake with {host}:{port} failed")]
-    UpstreamTlsFailed { host: String, port: u16 },
+    /// The message names the reason, and for an unknown issuer the config
+    /// key that fixes it: "TLS failed" alone sends people to packet traces.
+    #[error("TLS handshake with {host}:{port} failed: {}", reason.describe(host))]
+    UpstreamTlsFailed {
+        host: String,
+        port: u16,
+        reason: TlsFailure,
+    },
     #[error("timed out talking to {host}:{port}")]
     UpstreamTimeout { host: String, port: u16 },
     #[error("the upstream connection to {host}:{port} failed")]
@@ -76,6 +82,68 @@ pub enum ProxyError {
     ShuttingDown,
     #[error("internal error")]
     Internal,
+}
+
+/// Why a TLS handshake with an upstream failed, as far as rustls says.
+///
+/// Only names and fixed words go into messages: nothing of the certificate
+/// or the upstream's bytes beyond an alert's or error kind's identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The chain does not lead to a trusted root (a private CA, or a
+    /// self-signed certificate).
+    UnknownIssuer,
+    Expired,
+    NotValidYet,
+    /// The certificate does not cover the host name we connected for.
+    NameMismatch,
+    /// Another certificate verification error, by its rustls kind in
+    /// snake case (`bad_signature`, `revoked`, `invalid_purpose`, ...).
+    BadCertificate(String),
+    /// The upstream aborted the handshake with this alert (TLS name, e.g.
+    /// `handshake_failure`, `protocol_version`).
+    Alert(String),
+    /// The handshake did not finish in time.
+    Timeout,
+    /// Anything else (the details are in the proxy's log).
+    Other,
+}
+
+impl TlsFailure {
+    /// A verification failure: the certificate itself is rejected, so
+    /// trying again gives the same answer (not retried).
+    pub fn is_verification(&self) -> bool {
+        matches!(
+            self,
+            TlsFailure::UnknownIssuer
+                | TlsFailure::Expired
+                | TlsFailure::NotValidYet
+                | TlsFailure::NameMismatch
+                | TlsFailure::BadCertificate(_)
+        )
+    }
+
+    /// The human half of the message, saying what to do where we can.
+    pub fn describe(&self, host: &str) -> String {
+        match self {
+            TlsFailure::UnknownIssuer => "the upstream's certificate is signed by an unknown issuer (not in the trust roots); if it uses a private or corporate CA, add that CA with `[tls] upstream_ca_file` in the config".into(),
+            TlsFailure::Expired => "the upstream's certificate has expired".into(),
+            TlsFailure::NotValidYet => {
+                "the upstream's certificate is not valid yet (check this machine's clock)".into()
+            }
+            TlsFailure::NameMismatch => {
+                format!("the upstream's certificate is not valid for the name {host}")
+            }
+            TlsFailure::BadCertificate(kind) => {
+                format!("the upstream's certificate was rejected ({kind})")
+            }
+            TlsFailure::Alert(alert) => {
+                format!("the upstream aborted the handshake with TLS alert {alert}")
+            }
+            TlsFailure::Timeout => "the handshake timed out".into(),
+            TlsFailure::Other => "see the proxy's log for details".into(),
+        }
+    }
 }
 
 impl ProxyError {

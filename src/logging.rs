@@ -43,11 +43,36 @@ pub fn allowed(meta: &Metadata<'_>) -> bool {
     *meta.level() <= Level::INFO
 }
 
+/// The environment variable holding the log filter.
+pub const LOG_ENV: &str = "EZTHROTTLE_LOG";
+
+/// The filter `EZTHROTTLE_LOG` asks for: [`DEFAULT_FILTER`] when it is unset
+/// or empty, an error naming the variable and the reason when it does not
+/// parse. (A typo used to fall back to the default silently, so the debug
+/// lines someone asked for never came and nothing said why.)
+pub fn filter_from(value: Option<&std::ffi::OsStr>) -> Result<EnvFilter, String> {
+    let Some(value) = value else {
+        return Ok(EnvFilter::new(DEFAULT_FILTER));
+    };
+    let Some(text) = value.to_str() else {
+        return Err(format!("{LOG_ENV} is not valid UTF-8"));
+    };
+    if text.trim().is_empty() {
+        return Ok(EnvFilter::new(DEFAULT_FILTER));
+    }
+    EnvFilter::builder().parse(text).map_err(|e| {
+        format!(
+            "{LOG_ENV}={text:?} is not a valid log filter: {e} \
+             (expected levels and targets such as `info` or `info,ezthrottle=debug`)"
+        )
+    })
+}
+
 /// `EZTHROTTLE_LOG` (tracing filter) and `EZTHROTTLE_LOG_FORMAT=json|text`;
 /// logs go to stderr so stdout stays for the ready line and command output.
-pub fn init() {
-    let filter = EnvFilter::try_from_env("EZTHROTTLE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+/// Fails, before anything is logged, when `EZTHROTTLE_LOG` is invalid.
+pub fn init() -> Result<(), String> {
+    let filter = filter_from(std::env::var_os(LOG_ENV).as_deref())?;
     let json = std::env::var("EZTHROTTLE_LOG_FORMAT")
         .map(|v| v.eq_ignore_ascii_case("json"))
         .unwrap_or(false);
@@ -70,6 +95,7 @@ pub fn init() {
     if let Err(e) = result {
         eprintln!("ezthrottle: logging: {e}");
     }
+    Ok(())
 }
 
 /// stderr, each formatted event scrubbed by [`scrub`] on the way.
@@ -219,6 +245,19 @@ fn auth_scheme_at(chars: &[char], i: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_filter_errors_name_the_variable() {
+        use std::ffi::OsStr;
+        assert!(filter_from(None).is_ok());
+        assert!(filter_from(Some(OsStr::new(""))).is_ok());
+        assert!(filter_from(Some(OsStr::new("info,ezthrottle=debug"))).is_ok());
+        for bad in ["info,ezthrottle=loud", "[{", "=debug"] {
+            let err = filter_from(Some(OsStr::new(bad))).expect_err(bad);
+            assert!(err.contains("EZTHROTTLE_LOG"), "{err}");
+            assert!(err.contains("not a valid log filter"), "{err}");
+        }
+    }
 
     #[test]
     fn query_strings_of_urls_and_paths_are_redacted() {

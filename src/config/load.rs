@@ -39,7 +39,7 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let cx = Ctx { file };
     let de = toml::Deserializer::new(text);
     let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
+        let path = dotted(e.path());
         let inner = e.into_inner();
         let message = inner.message().trim().to_string();
         let key = if path == "." || path.is_empty() {
@@ -47,22 +47,64 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         } else {
             match unknown_key(&message) {
                 // serde_path_to_error stops at the table; name the unknown key itself.
-                Some(k) if !path.ends_with(&k) => format!("{path}.{k}"),
+                Some(k) if !path.ends_with(&quoted(&k)) => format!("{path}.{}", quoted(&k)),
                 _ => path,
             }
         };
         let line = inner
             .span()
-            .map(|s| {
-                format!(
-                    " (line {})",
-                    text[..s.start.min(text.len())].lines().count().max(1)
-                )
-            })
+            .map(|s| format!(" (line {})", line_of(text, s.start)))
             .unwrap_or_default();
         cx.err(key, format!("{message}{line}"))
     })?;
     build(&cx, raw)
+}
+
+/// The 1-based line holding byte `at`. (Counting `lines()` of the text
+/// before it was one short whenever `at` starts a line, which is where
+/// every key starts: errors named the line above the key.)
+fn line_of(text: &str, at: usize) -> usize {
+    let at = at.min(text.len());
+    text.as_bytes()[..at]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// A serde path as the dotted key the rest of the errors use, with keys
+/// that hold dots quoted (`limits.domains."a.test".rps`).
+fn dotted(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&quoted(key));
+            }
+            Segment::Enum { variant } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&quoted(variant));
+            }
+            Segment::Unknown => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push('?');
+            }
+        }
+    }
+    if out.is_empty() {
+        ".".into()
+    } else {
+        out
+    }
 }
 
 fn unknown_key(message: &str) -> Option<String> {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 mod effective;
 mod egress;
+mod files;
 mod load;
 mod raw;
 #[cfg(test)]
@@ -328,7 +329,9 @@ impl Config {
         if let Some(d) = &overrides.data_dir {
             config.data_dir = d.clone();
         }
-        load::cross_checks(&load::Ctx { file: &file }, &config)?;
+        let cx = load::Ctx { file: &file };
+        load::cross_checks(&cx, &config)?;
+        files::check(&cx, &config)?;
         Ok(config)
     }
 

@@ -168,7 +168,7 @@ fn unknown_keys_are_named_with_their_table() {
     assert_bad("nonsense = 1\n", "nonsense", "unknown field");
     assert_bad(
         "[limits.domains.\"a.test\"]\nrsp = 1.0\n",
-        "limits.domains.a.test.rsp",
+        "limits.domains.\"a.test\".rsp",
         "unknown field",
     );
     assert_bad(
@@ -179,6 +179,23 @@ fn unknown_keys_are_named_with_their_table() {
 }
 
 #[test]
+/// The line named is the unknown key's own, also after other tables
+/// (it used to be the line above).
+#[test]
+fn unknown_key_errors_name_the_keys_line() {
+    let text = "[proxy]\nlisten = \"127.0.0.1:4000\"\n\n[limits]\nmax_wait = \"10s\"\n\n[limits.domains.\"a.com\"]\nrps = 3\nbogus = 1\n";
+    let e = bad(text);
+    assert_eq!(e.key, "limits.domains.\"a.com\".bogus", "{e}");
+    assert!(e.reason.ends_with("(line 9)"), "{e}");
+    let e = bad("[proxy]\nlisten = \"127.0.0.1:4000\"\n\n[tls]\nfoo = 1\n");
+    assert_eq!(e.key, "tls.foo", "{e}");
+    assert!(e.reason.ends_with("(line 5)"), "{e}");
+    let e = bad("nonsense = 1\n");
+    assert!(e.reason.ends_with("(line 1)"), "{e}");
+    let e = bad("[limits]\nrps = \"fast\"\n");
+    assert!(e.reason.ends_with("(line 2)"), "{e}");
+}
+
 fn wrong_types_name_the_key() {
     assert_bad("[limits]\nrps = \"fast\"\n", "limits.rps", "invalid type");
     assert_bad(

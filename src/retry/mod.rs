@@ -18,6 +18,9 @@ pub enum Outcome {
     Status(u16),
     /// No connection: nothing reached the origin.
     ConnectFailed,
+    /// The upstream's TLS certificate was rejected (unknown issuer,
+    /// expired, wrong name): every attempt would be, so none is repeated.
+    TlsRejected,
     /// The connection failed after (part of) the request went out.
     FailedAfterSend,
 }
@@ -109,6 +112,7 @@ impl Policy {
             }
             // Nothing was sent: safe for every method.
             Outcome::ConnectFailed => Kind::Reroute,
+            Outcome::TlsRejected => return Err(Final::NotRetryable),
             Outcome::FailedAfterSend => {
                 if guarded {
                     return Err(Final::Unsafe);
@@ -182,6 +186,15 @@ mod tests {
             assert_eq!(p.decide(Outcome::FailedAfterSend, none), Err(Final::Unsafe));
             // Never sent: safe.
             assert_eq!(p.decide(Outcome::ConnectFailed, none), Ok(Kind::Reroute));
+            // A rejected certificate is rejected again: never repeated.
+            assert_eq!(
+                p.decide(Outcome::TlsRejected, none),
+                Err(Final::NotRetryable)
+            );
+            assert_eq!(
+                policy("GET", false).decide(Outcome::TlsRejected, none),
+                Err(Final::NotRetryable)
+            );
             // With a key the origin de-duplicates: all codes apply.
             let keyed = policy(method, true);
             assert_eq!(keyed.decide(Outcome::Status(500), none), Ok(Kind::Reroute));
