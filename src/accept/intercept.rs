@@ -57,7 +57,17 @@ pub async fn run(
                 .proxy_errors_total
                 .with_label_values(&["client_tls_failed"])
                 .inc();
-            tracing::info!(domain = %target.host, error = %e, "client TLS handshake failed");
+            // A certificate alert: the client does not trust our CA. Say
+            // how to fix that, once per client and domain.
+            let untrusted = crate::tls::client_trust::warn_if_untrusted(
+                &e.to_string(),
+                conn.client.map(|a| a.ip()),
+                &target.host,
+                shared.config.control.listen,
+            );
+            if !untrusted {
+                tracing::info!(domain = %target.host, error = %e, "client TLS handshake failed");
+            }
             return;
         }
         Err(_) => return,

@@ -15,6 +15,7 @@
 //!   into `<data_dir>/tls/upstream-roots.pem` and returns its path.
 
 pub mod ca;
+pub mod client_trust;
 pub mod mint;
 pub mod upstream_roots;
 
