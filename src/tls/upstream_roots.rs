@@ -44,8 +44,10 @@ fn write_bundle(
     data_dir: &Path,
     system: Vec<CertificateDer<'static>>,
 ) -> Result<PathBuf, TlsError> {
+    // Named by its key too: "run" reports these, and the key is what the
+    // reader edits.
     let extra_err = |reason: String| TlsError::File {
-        path: extra.display().to_string(),
+        path: format!("[tls] upstream_ca_file {}", extra.display()),
         reason,
     };
     let text = std::fs::read(extra).map_err(|e| extra_err(format!("cannot read: {e}")))?;
@@ -175,6 +177,7 @@ mod tests {
         let err = write_bundle(&extra, &data_dir, Vec::new()).expect_err("no certs");
         assert!(err.to_string().contains("extra.pem"), "{err}");
         assert!(err.to_string().contains("no PEM certificate"), "{err}");
+        assert!(err.to_string().contains("upstream_ca_file"), "{err}");
 
         std::fs::write(
             &extra,
