@@ -305,3 +305,63 @@ fn an_unknown_key_after_other_tables_names_its_own_line() {
     assert!(err.contains("limits.domains.\"a.test\".bogus"), "{err}");
     assert!(err.contains("(line 9)"), "{err}");
 }
+
+/// `scripts/run` with a stand-in `cargo` (a real release build takes
+/// minutes): the build's chatter goes to standard error, the binary is
+/// looked for under `CARGO_BUILD_TARGET_DIR`, its path is said on standard
+/// error, and standard output carries only what the binary prints (the
+/// ready line).
+#[test]
+fn scripts_run_keeps_stdout_for_the_ready_line_and_finds_the_target_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin_dir = dir.path().join("bin");
+    let target = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&bin_dir).expect("mkdir");
+    std::fs::create_dir_all(target.join("release")).expect("mkdir");
+    let script = |path: &Path, body: &str| {
+        std::fs::write(path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    };
+    // `cargo build` talks on stdout; `cargo metadata` is unavailable, so
+    // the script falls back to the variables.
+    script(
+        &bin_dir.join("cargo"),
+        "if [ \"$1\" = build ]; then echo '   Compiling ezthrottle (stand-in)'; exit 0; fi\nexit 1",
+    );
+    script(
+        &target.join("release").join("ezthrottle"),
+        "echo \"ezthrottle ready proxy=127.0.0.1:1 control=127.0.0.1:2 args=$*\"",
+    );
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = std::process::Command::new(repo.join("scripts").join("run"));
+    cmd.env("PATH", path)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env("CARGO_BUILD_TARGET_DIR", &target)
+        .args(["--listen", "127.0.0.1:9"]);
+    let out = run(&mut cmd, CMD_TIMEOUT);
+    assert!(out.status.success(), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "ezthrottle ready proxy=127.0.0.1:1 control=127.0.0.1:2 args=run --listen 127.0.0.1:9",
+        "stdout must hold the ready line only: {}",
+        show(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("Compiling"),
+        "build output goes to stderr: {err}"
+    );
+    let bin = target.join("release").join("ezthrottle");
+    assert!(
+        err.contains(&format!("binary: {}", bin.display())),
+        "the binary's path is said: {err}"
+    );
+}
