@@ -129,10 +129,7 @@ fn name_mismatch_is_named() {
 }
 
 /// A rejected certificate would be rejected again: one TLS attempt only.
-/// Needs `classify::connect_outcome(&e)` as the outcome in
-/// `pipeline/mod.rs::fail_to_connect` (instead of `Outcome::ConnectFailed`).
 #[test]
-#[ignore = "needs fail_to_connect (pipeline/mod.rs) to pass classify::connect_outcome(&e) to retry::after"]
 fn a_rejected_certificate_is_not_retried() {
     let origin = Origin::start();
     let relay = CountingRelay::start(origin.tls_addr);

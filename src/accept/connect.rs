@@ -42,6 +42,7 @@ pub fn parse_head(buf: &[u8]) -> Result<ConnectTarget, ProxyError> {
         host,
         port,
         proxy_auth,
+        tls: true,
     })
 }
 

@@ -1009,6 +1009,9 @@ pub struct Framed {
     stash_max: usize,
     /// The budget refused the stash: read nothing more until the request ends.
     stalled: bool,
+    /// An upgrade's `[proxy] idle_timeout` (`idle.rs`); boxed, as plain
+    /// connections, the many, never have one.
+    idle: Option<Box<super::idle::IdleWatch>>,
 }
 
 impl std::fmt::Debug for Framed {
@@ -1070,7 +1073,14 @@ impl Framed {
             stash,
             stash_max,
             stalled: false,
+            idle: None,
         }
+    }
+
+    /// Close the connection once it carries nothing either way for
+    /// `timeout` (an upgrade: after its `101` it is a long-lived byte pipe).
+    pub fn watch_idle(&mut self, timeout: Duration) {
+        self.idle = Some(Box::new(super::idle::IdleWatch::new(timeout)));
     }
 
     /// Back to the connection and the bytes received after the request.
@@ -1169,7 +1179,14 @@ impl AsyncRead for Framed {
             return Poll::Ready(Ok(()));
         }
         match this.window {
-            Window::Open => Pin::new(&mut this.inner).poll_read(cx, buf),
+            Window::Open => {
+                let before = buf.filled().len();
+                let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+                match &mut this.idle {
+                    Some(w) => w.after_read(cx, before, buf, r),
+                    None => r,
+                }
+            }
             Window::Chunked(ref t) if t.done() => this.poll_after_end(cx),
             Window::Chunked(_) => this.poll_chunked(cx, buf),
             Window::Length(0) => this.poll_after_end(cx),
@@ -1211,7 +1228,12 @@ impl AsyncWrite for Framed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        match &mut this.idle {
+            Some(w) => w.after_write(r),
+            None => r,
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -1227,7 +1249,12 @@ impl AsyncWrite for Framed {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        match &mut this.idle {
+            Some(w) => w.after_write(r),
+            None => r,
+        }
     }
 
     fn is_write_vectored(&self) -> bool {

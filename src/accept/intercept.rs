@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::Stream;
+use pingora::protocols::{Peek, Stream};
 use pingora::server::ShutdownWatch;
 
 use super::{connect, FrontDoor};
 use crate::pipeline::ctx::{ConnInfo, ConnectTarget};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The first byte of a TLS record carrying a handshake message.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 pub async fn run(
     door: &FrontDoor,
@@ -47,6 +50,27 @@ pub async fn run(
             return;
         }
     };
+    // A TLS ClientHello starts with a handshake record (0x16). Anything else
+    // is plain HTTP through a CONNECT (undici's `EnvHttpProxyAgent` does
+    // this for `http://` URLs): the same pipeline, without TLS.
+    let mut l4 = l4;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, l4.try_peek(&mut first)).await {
+        Ok(Ok(_)) => {}
+        // Gone or silent: nothing to serve.
+        Ok(Err(_)) | Err(_) => return,
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        let conn = ConnInfo {
+            connect: Some(ConnectTarget {
+                tls: false,
+                ..target
+            }),
+            ..conn
+        };
+        door.serve_http1(l4, &conn, shutdown, false).await;
+        return;
+    }
     let acceptor = Acceptor::from_server_config(server_config);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(*l4)).await {
         Ok(Ok(tls)) => tls,

@@ -10,6 +10,7 @@
 
 pub mod connect;
 pub mod framing;
+pub mod idle;
 pub mod intercept;
 pub mod tunnel;
 
@@ -145,7 +146,7 @@ impl FrontDoor {
             // pingora parses the head from our buffer (sized to the bytes
             // received) instead of reading it again into a 4 KiB one of its
             // own that it keeps for the whole request.
-            let framed = framing::Framed::new(
+            let mut framed = framing::Framed::new(
                 stream,
                 bytes::BytesMut::new(),
                 rest,
@@ -153,6 +154,9 @@ impl FrontDoor {
                 pending,
                 limits.max_head,
             );
+            if info.upgrade {
+                framed.watch_idle(proxy.idle_timeout);
+            }
             let mut session = ServerSession::new_http1(Box::new(framed));
             session.set_pipelined_prefix(head);
             if let Some(s) = settings.take() {

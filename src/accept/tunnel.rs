@@ -1,6 +1,9 @@
 //! Tunnel mode (`tls = "tunnel"`): a blind byte tunnel for clients that pin
-//! the origin's certificate. The tunnel counts as one request for as long as
-//! it is open.
+//! the origin's certificate. Opening the tunnel is one request: it waits for
+//! the domain's pace and a concurrency slot, and gives the slot back once
+//! the tunnel is established (unless `hold_slot_while_open`), so open
+//! tunnels cannot starve the domain's other requests. A tunnel that carries
+//! nothing for `[proxy] idle_timeout` is closed (`idle.rs`).
 
 use std::time::Duration;
 
@@ -24,9 +27,8 @@ pub async fn run(
     let _inflight = shared.inflight.enter();
     let metrics = &shared.metrics;
     let domain = metrics.domain_label(&target.host);
-    // A tunnel is one request and holds one concurrency slot while open.
     let max_wait = shared.config.limits_for(&target.host).max_wait;
-    let _permit = match shared.admission.admit(&target.host, max_wait).await {
+    let permit = match shared.admission.admit(&target.host, max_wait).await {
         Ok((permit, _)) => permit,
         Err(denied) => {
             let err = match denied {
@@ -66,6 +68,17 @@ pub async fn run(
     if connect::established(&mut client).await.is_err() {
         return;
     }
+    let hold = shared
+        .config
+        .domain(&target.host)
+        .is_some_and(|d| d.hold_slot_while_open);
+    let _permit = if hold {
+        Some(permit)
+    } else {
+        drop(permit);
+        None
+    };
+    let mut client = super::idle::Idle::new(client, shared.config.proxy.idle_timeout);
     metrics
         .requests_total
         .with_label_values(&[domain.as_str(), "forwarded"])

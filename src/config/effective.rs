@@ -94,6 +94,10 @@ pub(super) fn render(c: &Config) -> String {
         "read_timeout".into(),
         s(format_duration(c.proxy.read_timeout)),
     );
+    proxy.insert(
+        "idle_timeout".into(),
+        s(format_duration(c.proxy.idle_timeout)),
+    );
     proxy.insert("threads".into(), Value::Integer(c.proxy.threads as i64));
     let hl = &c.proxy.head_limits;
     for (key, v) in [
@@ -159,6 +163,10 @@ pub(super) fn render(c: &Config) -> String {
     for (host, d) in &c.limits.domains {
         let mut t = limits_table(&d.limits);
         t.insert("pin".into(), Value::Boolean(d.pin));
+        t.insert(
+            "hold_slot_while_open".into(),
+            Value::Boolean(d.hold_slot_while_open),
+        );
         let mode = match d.tls {
             TlsMode::Intercept => "intercept",
             TlsMode::Tunnel => "tunnel",

@@ -417,7 +417,9 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         None => SocketAddr::from(([127, 0, 0, 1], 4000)),
     };
     let connect_ports = match &p.connect_ports {
-        None => vec![443],
+        // 80 too: some clients (undici's `EnvHttpProxyAgent`) CONNECT even
+        // for `http://` URLs; what comes through is sniffed (`intercept.rs`).
+        None => vec![443, 80],
         Some(v) if v.is_empty() => {
             return Err(cx.err("proxy.connect_ports", "must list at least one port"))
         }
@@ -476,6 +478,7 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         drain_timeout: dur("proxy.drain_timeout", &p.drain_timeout, 30)?,
         connect_timeout: dur("proxy.connect_timeout", &p.connect_timeout, 10)?,
         read_timeout: dur("proxy.read_timeout", &p.read_timeout, 60)?,
+        idle_timeout: dur("proxy.idle_timeout", &p.idle_timeout, 300)?,
         threads,
     };
 
@@ -746,6 +749,7 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
                 rps_set: d.rps.is_some(),
                 max_concurrent_set: d.max_concurrent.is_some(),
                 pin: d.pin.unwrap_or(false),
+                hold_slot_while_open: d.hold_slot_while_open.unwrap_or(false),
                 tls,
                 regions: region_list,
                 retry,

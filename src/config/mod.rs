@@ -73,6 +73,9 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Upstream read idle timeout; default 60s. Key `read_timeout`.
     pub read_timeout: Duration,
+    /// A tunnel or an upgraded connection (WebSocket) that carries nothing
+    /// either way for this long is closed; default 5m. Key `idle_timeout`.
+    pub idle_timeout: Duration,
     /// Request-head limits, keys `max_request_line` (default 8KiB → 414),
     /// `max_header_line` (16KiB → 431), `max_head` (64KiB → 431) and
     /// `max_headers` (100 → 431); enforced by `accept::framing`.
@@ -149,6 +152,10 @@ pub struct DomainConfig {
     pub rps_set: bool,
     pub max_concurrent_set: bool,
     pub pin: bool,
+    /// A tunnel or an upgraded connection keeps its concurrency slot while
+    /// open (default: it gives the slot back once established, having
+    /// counted against the pace). Key `hold_slot_while_open`.
+    pub hold_slot_while_open: bool,
     pub tls: TlsMode,
     /// Reroute order; default `["local"]`.
     pub regions: Vec<String>,

@@ -87,7 +87,8 @@ fn the_example_file_parses_and_matches_the_built_in_defaults() {
     // The SPEC §12 defaults, stated once more so a change is deliberate.
     assert_eq!(def.proxy.listen.to_string(), "127.0.0.1:4000");
     assert_eq!(def.control.listen.to_string(), "127.0.0.1:4001");
-    assert_eq!(def.proxy.connect_ports, vec![443]);
+    assert_eq!(def.proxy.connect_ports, vec![443, 80]);
+    assert_eq!(def.proxy.idle_timeout, Duration::from_secs(300));
     assert_eq!(
         def.limits.defaults,
         DomainLimits {
@@ -178,7 +179,6 @@ fn unknown_keys_are_named_with_their_table() {
     );
 }
 
-#[test]
 /// The line named is the unknown key's own, also after other tables
 /// (it used to be the line above).
 #[test]
@@ -196,6 +196,7 @@ fn unknown_key_errors_name_the_keys_line() {
     assert!(e.reason.ends_with("(line 2)"), "{e}");
 }
 
+#[test]
 fn wrong_types_name_the_key() {
     assert_bad("[limits]\nrps = \"fast\"\n", "limits.rps", "invalid type");
     assert_bad(

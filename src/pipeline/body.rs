@@ -22,6 +22,34 @@ pub fn declared_len(session: &Session) -> Option<u64> {
         .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
+/// A client that sent `Expect: 100-continue` waits (curl: a second; others
+/// longer) for a `100 Continue` before its body. We are about to read the
+/// body ourselves, so we answer it now, and the `Expect` is not forwarded:
+/// the upstream gets the whole body at once, and must not send a second
+/// `100` the client already had.
+async fn expect_continue(session: &mut Session) -> Result<(), ProxyError> {
+    let req = session.req_header();
+    let expects = req
+        .headers
+        .get_all(http::header::EXPECT)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !expects {
+        return Ok(());
+    }
+    let http11 = req.version == http::Version::HTTP_11;
+    session
+        .req_header_mut()
+        .remove_header(&http::header::EXPECT);
+    if http11 && !session.is_body_empty() {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|_| ProxyError::ClientGone)?;
+    }
+    Ok(())
+}
+
 /// Whether the request has no body at all.
 pub fn is_empty(session: &mut Session) -> bool {
     session.is_body_empty()
@@ -52,6 +80,7 @@ pub async fn read_whole(
     if declared.is_some_and(|n| n > limit) {
         return Err(ProxyError::RequestBodyTooLarge { limit, why });
     }
+    expect_continue(session).await?;
     let mut buf = BytesMut::new();
     // Bodies held here count against the same process-wide budget as
     // unfinished heads, so slow uploads cannot grow memory without bound.

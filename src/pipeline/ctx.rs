@@ -29,6 +29,10 @@ pub struct ConnectTarget {
     pub port: u16,
     /// `Proxy-Authorization` on the CONNECT, if any (password masked in `Debug`).
     pub proxy_auth: Option<super::identify::ProxyCredentials>,
+    /// What the client speaks inside: TLS (intercepted), or plain HTTP (a
+    /// CONNECT to a plain-HTTP port, as undici's `EnvHttpProxyAgent` sends
+    /// for `http://` URLs); decided from its first byte after the `200`.
+    pub tls: bool,
 }
 
 /// Where a request goes.

@@ -107,7 +107,7 @@ pub fn target(
         return Ok(Target {
             host: connect.host.clone(),
             port: connect.port,
-            tls: true,
+            tls: connect.tls,
             path_and_query,
         });
     }
@@ -409,6 +409,7 @@ mod tests {
                 host: "api.example.com".into(),
                 port: 443,
                 proxy_auth: None,
+                tls: true,
             }),
         };
         let t = target(
@@ -511,6 +512,7 @@ mod tests {
                 host: "api.test".into(),
                 port: 443,
                 proxy_auth: ProxyCredentials::parse("Basic eDp0b2tfYQ=="),
+                tls: true,
             }),
         };
         assert_eq!(ws(&req("/x"), Some(&conn), &keys, false).name, "team-a");

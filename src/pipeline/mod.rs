@@ -344,6 +344,20 @@ impl ProxyHttp for Pipeline {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // An upgrade (WebSocket) is established: it counted against the
+            // pace, and now gives its concurrency slot back so open sockets
+            // cannot starve the domain's requests (`hold_slot_while_open`
+            // keeps it); `[proxy] idle_timeout` bounds it instead.
+            let hold = ctx
+                .domain()
+                .and_then(|d| self.shared.config.domain(d))
+                .is_some_and(|d| d.hold_slot_while_open);
+            if !hold {
+                ctx.permit = None;
+                ctx.upstream_conn = None;
+            }
+        }
         if upstream_response.status.is_informational() {
             return Ok(());
         }
@@ -422,7 +436,7 @@ impl ProxyHttp for Pipeline {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let truncated = session.as_ref().retry_buffer_truncated();
-        let outcome = crate::retry::Outcome::ConnectFailed;
+        let outcome = classify::connect_outcome(&e);
         let next = retry::after(&self.shared, ctx, outcome, None, truncated);
         ctx.park_now |= next == retry::Next::Park;
         e.set_retry(next == retry::Next::Again);

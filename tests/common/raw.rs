@@ -197,6 +197,11 @@ impl RawConn {
         self.reader.into_inner()
     }
 
+    /// The connection's reader (bytes after a response, e.g. an upgrade's).
+    pub fn reader_mut(&mut self) -> &mut BufReader<TcpStream> {
+        &mut self.reader
+    }
+
     /// True when the peer has closed the connection (reads EOF), bounded.
     pub fn is_closed_by_peer(&mut self) -> bool {
         let mut buf = [0u8; 1];
