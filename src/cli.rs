@@ -68,7 +68,18 @@ struct RunArgs {
 #[derive(Subcommand, Debug)]
 enum ConfigCommand {
     /// Validate the config and print the effective configuration.
-    Check(ConfigArgs),
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    #[command(flatten)]
+    common: ConfigArgs,
+    /// Do not check that the files the config names (`[tls] ca_cert`,
+    /// `ca_key`, `upstream_ca_file`) exist on this machine: for a config
+    /// made for another one, e.g. rendered by the Helm chart for a pod.
+    #[arg(long)]
+    skip_file_checks: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -91,11 +102,18 @@ fn load(
     listen: Option<SocketAddr>,
     control_listen: Option<SocketAddr>,
 ) -> Result<Config, i32> {
-    let overrides = Overrides {
-        listen,
-        control_listen,
-        data_dir: args.data_dir.clone(),
-    };
+    load_with(
+        args,
+        Overrides {
+            listen,
+            control_listen,
+            data_dir: args.data_dir.clone(),
+            skip_file_checks: false,
+        },
+    )
+}
+
+fn load_with(args: &ConfigArgs, overrides: Overrides) -> Result<Config, i32> {
     Config::load(args.config.as_deref(), &overrides).map_err(|e| {
         eprintln!("ezthrottle: config error: {e}");
         EXIT_CONFIG
@@ -126,7 +144,14 @@ pub fn main() -> i32 {
                 }
             }
         }
-        Command::Config(ConfigCommand::Check(args)) => match load(&args, None, None) {
+        Command::Config(ConfigCommand::Check(check)) => match load_with(
+            &check.common,
+            Overrides {
+                data_dir: check.common.data_dir.clone(),
+                skip_file_checks: check.skip_file_checks,
+                ..Overrides::default()
+            },
+        ) {
             Ok(config) => {
                 print!("{}", config.to_effective_toml());
                 let source = config

@@ -258,6 +258,14 @@ fn a_missing_upstream_ca_file_is_named_by_config_check_and_run() {
             show(&out)
         );
     }
+    // A config made for another machine (a chart's, for a pod where the
+    // file is mounted) is checked without its files.
+    let mut cmd = ezthrottle_cmd();
+    cmd.args(["config", "check", "--skip-file-checks", "--config"])
+        .arg(&cfg);
+    let out = run(&mut cmd, CMD_TIMEOUT);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("upstream_ca_file"));
 }
 
 #[test]

@@ -162,7 +162,6 @@ fn get_now(ez: &Ezthrottle, origin: &EchoOrigin, host: &str) -> common::Fetch {
 /// `hold_slot_while_open = true` it keeps it, and the next request times
 /// out waiting.
 #[test]
-#[ignore = "known defect (issue 14): the 101 of a WebSocket upgrade does not reach a client that waits for it before sending; fix, then un-ignore"]
 fn an_upgrade_gives_its_slot_back_unless_told_to_hold_it() {
     let origin = EchoOrigin::start();
     let ez = proxy(&origin, "60s", "rps = 1000.0\nmax_concurrent = 1", "");
@@ -188,7 +187,6 @@ fn an_upgrade_gives_its_slot_back_unless_told_to_hold_it() {
 /// An upgraded connection that carries nothing for `idle_timeout` is
 /// closed, not before; traffic either way keeps it open.
 #[test]
-#[ignore = "known defect (issue 14): the 101 of a WebSocket upgrade does not reach a client that waits for it before sending; fix, then un-ignore"]
 fn idle_upgrades_are_closed_and_busy_ones_are_not() {
     let origin = EchoOrigin::start();
     let ez = proxy(&origin, "1s", "rps = 1000.0\nmax_concurrent = 10", "");

@@ -128,7 +128,12 @@ impl RawConn {
             // Interim response: read the final one.
             return self.try_read_response(connect);
         }
-        if status == 204 || status == 304 || (connect && (200..300).contains(&status)) {
+        // A 101's connection carries the new protocol from here: no body.
+        if status == 101
+            || status == 204
+            || status == 304
+            || (connect && (200..300).contains(&status))
+        {
             return Ok(resp);
         }
         let chunked = resp
