@@ -90,7 +90,7 @@ fn submissions(rt: &tokio::runtime::Runtime, store: Arc<EmbeddedStore>, dir: &st
     let jobs = Arc::new(Jobs::new(
         store,
         Arc::new(Metrics::new(10)),
-        config.clone(),
+        Arc::new(arc_swap::ArcSwap::new(config.clone())),
         Arc::from("bench-token"),
         Box::new(|| {}),
     ));

@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod reload;
 pub mod resolve;
 pub mod retry;
 pub mod server;

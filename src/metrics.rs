@@ -25,6 +25,7 @@ pub struct Metrics {
     pub domain_waiting: IntGaugeVec,
     pub domain_paused_until_seconds: GaugeVec,
     pub domain_rps_source: IntGaugeVec,
+    pub config_reloads_total: IntCounterVec,
     pub domain_budget_remaining: IntGaugeVec,
     pub retries_total: IntCounterVec,
     pub idempotency_total: IntCounterVec,
@@ -134,6 +135,13 @@ impl Metrics {
             domain_in_flight: vec_metric!(&r, IntGaugeVec, opts("domain_in_flight", "Requests of a domain currently upstream."), d),
             domain_waiting: vec_metric!(&r, IntGaugeVec, opts("domain_waiting", "Requests of a domain waiting for admission."), d),
             domain_paused_until_seconds: vec_metric!(&r, GaugeVec, opts("domain_paused_until_seconds", "Unix time until which the API last paused the domain (Retry-After, RateLimit-Reset); in the past when it is not paused now, 0 if it never was."), d),
+            config_reloads_total: {
+                let c = vec_metric!(&r, IntCounterVec, opts("config_reloads_total", "Config reloads (SIGHUP or a change of the file) by result: ok, or error (refused; the running config stayed)."), &["result"]);
+                for result in ["ok", "error"] {
+                    c.with_label_values(&[result]);
+                }
+                c
+            },
             domain_rps_source: vec_metric!(&r, IntGaugeVec, opts("domain_rps_source", "1 for where the domain's current requests-per-second limit comes from: default, config, preset, learned, or dialect:<name> (the API's own budget headers)."), &["domain", "source"]),
             domain_budget_remaining: vec_metric!(&r, IntGaugeVec, opts("domain_budget_remaining", "What the API's budget headers said is left, by domain and kind (requests; tokens: the least of the token budgets)."), &["domain", "kind"]),
             retries_total: vec_metric!(&r, IntCounterVec, opts("retries_total", "Extra upstream attempts, by domain and kind (retry, reroute)."), &["domain", "kind"]),

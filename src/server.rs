@@ -116,17 +116,20 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
         uuid::Uuid::new_v4().simple()
     )
     .into();
+    let live = Arc::new(arc_swap::ArcSwap::new(config.clone()));
     let jobs = Arc::new(crate::jobs::Jobs::new(
         store.clone(),
         metrics.clone(),
-        config.clone(),
+        live.clone(),
         internal_token.clone(),
         Box::new(move || notify.notify()),
     ));
-    let egress = Arc::new(crate::egress::Egress::new(&config));
+    let egress = arc_swap::ArcSwap::from_pointee(crate::egress::Egress::new(&config));
     let instance_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let config_hash = crate::reload::file_hash(config.source.as_deref()).unwrap_or_default();
     Ok(Arc::new(Shared {
-        config,
+        config: live,
+        config_hash: arc_swap::ArcSwap::from_pointee(config_hash),
         metrics,
         ca,
         leaves,
@@ -180,7 +183,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
     let ca_file = upstream_roots::bundle_path(&config)?;
     let shared = build_shared(config)?;
-    let cfg = &shared.config;
+    let cfg = &shared.config.load();
 
     let conf = ServerConf {
         threads: cfg.proxy.threads.max(1),
@@ -283,7 +286,7 @@ fn spawn_drain_watcher(server: &Server, shared: Arc<Shared>) {
                         Err(_) => return,
                     }
                 }
-                let drain = shared.config.proxy.drain_timeout;
+                let drain = shared.config.load().proxy.drain_timeout;
                 let waiting = shared.inflight.current();
                 tracing::info!(in_flight = waiting, "waiting for in-flight requests");
                 if tokio::time::timeout(drain, shared.inflight.wait_idle())
@@ -334,6 +337,10 @@ impl BackgroundService for ControlService {
         tokio::spawn(shared.jobs.clone().run());
         tokio::spawn(shared.jobs.clone().sweep_forever());
         tokio::spawn(shared.admission.clone().forget_idle_forever());
+        tokio::spawn(crate::reload::watch_forever(
+            shared.clone(),
+            shared.config.load().source.clone(),
+        ));
         if let Some(redis) = shared.redis.clone() {
             tokio::spawn(wake_on_peer_events(redis, shared.clone()));
         }
@@ -400,7 +407,7 @@ async fn probe_is_ours(probe: SocketAddr, control: SocketAddr) -> bool {
 /// connection (bounded), then flag readiness and print the ready line that
 /// supervisors and tests wait for.
 async fn announce_ready(shared: Arc<Shared>) {
-    let cfg = &shared.config;
+    let cfg = &shared.config.load();
     let mut probe = cfg.proxy.listen;
     if probe.ip().is_unspecified() {
         probe.set_ip(match probe {

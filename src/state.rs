@@ -16,7 +16,12 @@ use crate::tls::{LeafCache, LocalCa};
 use crate::webhooks::Webhooks;
 
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// The config in force: swapped whole on a reload (`config::reload`),
+    /// so a request sees one consistent config from start to end of a read.
+    pub config: Arc<arc_swap::ArcSwap<Config>>,
+    /// Short SHA-256 of the config file in force (`defaults` without one),
+    /// shown by `/readyz`.
+    pub config_hash: arc_swap::ArcSwap<String>,
     pub metrics: Arc<Metrics>,
     pub ca: Arc<LocalCa>,
     pub leaves: Arc<LeafCache>,
@@ -33,7 +38,7 @@ pub struct Shared {
     /// Token in our `Via` header; a request that already carries it looped back to us.
     pub instance_id: String,
     /// Where this process may connect (SPEC §13).
-    pub egress: Arc<crate::egress::Egress>,
+    pub egress: arc_swap::ArcSwap<crate::egress::Egress>,
     /// Per-process secret the job runner proves itself with on the loopback
     /// hop through our own proxy listener (`pipeline::identify::caller`).
     pub internal_token: Arc<str>,

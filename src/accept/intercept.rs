@@ -87,7 +87,7 @@ pub async fn run(
                 &e.to_string(),
                 conn.client.map(|a| a.ip()),
                 &target.host,
-                shared.config.control.listen,
+                shared.config.load().control.listen,
             );
             if !untrusted {
                 tracing::info!(domain = %target.host, error = %e, "client TLS handshake failed");

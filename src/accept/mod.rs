@@ -57,7 +57,7 @@ fn allowed(ip: std::net::IpAddr, listen: std::net::IpAddr, allow: &[ipnet::IpNet
 
 impl FrontDoor {
     pub fn new(shared: Arc<Shared>, proxy: Arc<HttpProxy<Pipeline>>) -> Self {
-        let cap = usize::try_from(shared.config.proxy.max_buffered).unwrap_or(usize::MAX);
+        let cap = usize::try_from(shared.config.load().proxy.max_buffered).unwrap_or(usize::MAX);
         framing::set_budget_cap(cap);
         FrontDoor { shared, proxy }
     }
@@ -90,7 +90,7 @@ impl FrontDoor {
         shutdown: &ShutdownWatch,
         outer: bool,
     ) -> Option<ConnectRequest> {
-        let proxy = &self.shared.config.proxy;
+        let proxy = &self.shared.config.load().proxy;
         let limits = &proxy.head_limits;
         let budget = framing::budget();
         let mut pending = framing::Pending::new(budget);
@@ -187,7 +187,7 @@ impl FrontDoor {
                     }
                     v4 => v4,
                 };
-                let proxy = &self.shared.config.proxy;
+                let proxy = &self.shared.config.load().proxy;
                 if allowed(ip, proxy.listen.ip(), &proxy.allow_clients) {
                     Ok(())
                 } else {
@@ -218,7 +218,7 @@ impl FrontDoor {
                 return;
             }
         };
-        let ports = &self.shared.config.proxy.connect_ports;
+        let ports = &self.shared.config.load().proxy.connect_ports;
         if !ports.contains(&target.port) {
             let err = ProxyError::ConnectPortDenied {
                 port: target.port,
@@ -253,7 +253,7 @@ impl FrontDoor {
             connect::refuse(&mut stream, &err).await;
             return;
         }
-        match self.shared.config.tls_mode(&target.host) {
+        match self.shared.config.load().tls_mode(&target.host) {
             TlsMode::Tunnel => {
                 metrics
                     .connections_total
@@ -278,7 +278,7 @@ impl FrontDoor {
 /// than a handshake with ourselves. Names that resolve to a refused address
 /// are caught at connect time (tunnel) or by the upstream phase (intercept).
 fn refused_before_connect(shared: &Shared, host: &str, port: u16) -> Result<(), Refusal> {
-    let egress = &shared.egress;
+    let egress = &shared.egress.load();
     if host == "localhost" && egress.is_self(SocketAddr::from(([127, 0, 0, 1], port))) {
         return Err(Refusal::Loop(format!("{host}:{port}")));
     }

@@ -27,7 +27,7 @@ pub async fn run(
     let _inflight = shared.inflight.enter();
     let metrics = &shared.metrics;
     let domain = metrics.domain_label(&target.host);
-    let max_wait = shared.config.limits_for(&target.host).max_wait;
+    let max_wait = shared.config.load().limits_for(&target.host).max_wait;
     let permit = match shared.admission.admit(&target.host, max_wait).await {
         Ok((permit, _)) => permit,
         Err(denied) => {
@@ -70,6 +70,7 @@ pub async fn run(
     }
     let hold = shared
         .config
+        .load()
         .domain(&target.host)
         .is_some_and(|d| d.hold_slot_while_open);
     let _permit = if hold {
@@ -78,7 +79,7 @@ pub async fn run(
         drop(permit);
         None
     };
-    let mut client = super::idle::Idle::new(client, shared.config.proxy.idle_timeout);
+    let mut client = super::idle::Idle::new(client, shared.config.load().proxy.idle_timeout);
     metrics
         .requests_total
         .with_label_values(&[domain.as_str(), "forwarded"])
@@ -109,7 +110,7 @@ async fn open(shared: &Shared, target: &ConnectTarget) -> Result<TcpStream, Prox
         target.port,
     )
     .await?;
-    let timeout: Duration = shared.config.proxy.connect_timeout;
+    let timeout: Duration = shared.config.load().proxy.connect_timeout;
     let failed = || ProxyError::UpstreamConnectFailed {
         host: target.host.clone(),
         port: target.port,

@@ -553,6 +553,24 @@ impl DomainThrottle {
         self.wake.notify_one();
     }
 
+    /// New configured limits (a config reload): the queue, the requests in
+    /// flight, a pause and a budget pace stay; the pace and the cap change
+    /// for the very next start.
+    pub fn reconfigure(&self, init: Initial) {
+        let mut st = self.lock();
+        let now = Instant::now();
+        self.gauges
+            .concurrency_limit
+            .set(i64::from(init.max_concurrent));
+        st.init = init;
+        // Re-derive the rate from the new base even if the number is equal
+        // (the burst may have changed).
+        st.rate = f64::NAN;
+        self.sync(&mut st, now);
+        drop(st);
+        self.wake.notify_one();
+    }
+
     /// Bring the pace to the one in force, gauge included.
     fn sync(&self, st: &mut State, now: Instant) {
         let before = st.rate_source;

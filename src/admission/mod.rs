@@ -42,7 +42,8 @@ use crate::store::{now_ms, LearnedLimit, Store};
 pub const MAX_WAIT_HEADER: &str = "x-ezthrottle-max-wait";
 
 pub struct Admission {
-    config: Arc<Config>,
+    /// The config in force; [`Admission::reconfigure`] swaps it.
+    config: arc_swap::ArcSwap<Config>,
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
     domains: DashMap<String, Arc<DomainThrottle>>,
@@ -85,7 +86,7 @@ impl Admission {
         learned: Vec<LearnedLimit>,
     ) -> Self {
         let admission = Admission {
-            config,
+            config: arc_swap::ArcSwap::new(config),
             metrics,
             store,
             domains: DashMap::new(),
@@ -107,6 +108,18 @@ impl Admission {
             admission.throttle(&name);
         }
         admission
+    }
+
+    /// A reloaded config: every throttle takes its new limits at once,
+    /// keeping its queue, its requests in flight, its pause, what it learned
+    /// and its budget pace; the degraded (Redis away) throttles are rebuilt
+    /// on their next use.
+    pub fn reconfigure(&self, config: Arc<Config>) {
+        self.config.store(config);
+        for t in self.domains.iter() {
+            t.value().reconfigure(self.initial(t.key()));
+        }
+        self.degraded.clear();
     }
 
     /// Share pace, concurrency and pauses with the other replicas.
@@ -141,8 +154,9 @@ impl Admission {
     /// and presets are per host, learned limits per throttle.
     fn initial(&self, name: &str) -> domain::Initial {
         let host = budget_key::host_of(name);
-        let limits = &self.config.limits;
-        let dc = self.config.domain(host);
+        let config = self.config.load();
+        let limits = &config.limits;
+        let dc = config.domain(host);
         let l = dc.map(|d| &d.limits).unwrap_or(&limits.defaults);
         let pinned = dc.is_some_and(|d| d.pin);
         let source = |set: bool| if set { Source::Config } else { Source::Default };
@@ -158,7 +172,7 @@ impl Admission {
             concurrency_ceiling: limits.concurrency_ceiling,
         };
         // A vendor's published limits, for a host with no table of its own.
-        if let Some(p) = self.config.preset(host) {
+        if let Some(p) = config.preset(host) {
             if let Some(rps) = p.rps.filter(|r| r.is_finite() && *r > 0.0) {
                 init.rps = rps.clamp(0.01, limits.rps_ceiling);
                 init.rps_source = Source::Preset;
@@ -205,7 +219,11 @@ impl Admission {
     /// the domain's configured `max_wait`.
     pub fn max_wait(&self, domain: &str, header: Option<&str>) -> Result<Duration, String> {
         match header {
-            None => Ok(self.config.limits_for(budget_key::host_of(domain)).max_wait),
+            None => Ok(self
+                .config
+                .load()
+                .limits_for(budget_key::host_of(domain))
+                .max_wait),
             Some(v) => {
                 let secs: f64 = v.trim().parse().map_err(|_| {
                     format!("X-EZThrottle-Max-Wait must be a number of seconds, got {v:?}")
@@ -217,7 +235,7 @@ impl Admission {
                 }
                 // Clamped, not refused: the app asked for patience, and
                 // gets as much as the operator allows.
-                Ok(Duration::from_secs_f64(secs).min(self.config.limits.max_wait_ceiling))
+                Ok(Duration::from_secs_f64(secs).min(self.config.load().limits.max_wait_ceiling))
             }
         }
     }

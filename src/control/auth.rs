@@ -37,7 +37,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let shared = Arc::<Shared>::from_ref(state);
-        authenticate(&shared.config.control.api_keys, &parts.headers)
+        authenticate(&shared.config.load().control.api_keys, &parts.headers)
     }
 }
 

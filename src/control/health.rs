@@ -49,6 +49,7 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         }
         let mut body = serde_json::json!({
             "status": "ready",
+            "config": **shared.config_hash.load(),
             "backend": "redis",
             "replicas": redis.live_replicas(),
         });
@@ -65,7 +66,8 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
             "the store is not reachable",
         );
     }
-    Json(serde_json::json!({ "status": "ready" })).into_response()
+    Json(serde_json::json!({ "status": "ready", "config": **shared.config_hash.load() }))
+        .into_response()
 }
 
 pub async fn ca_pem(State(shared): State<Arc<Shared>>) -> Response {

@@ -45,7 +45,7 @@ pub async fn submit(
     Workspace(ws): Workspace,
     body: Bytes,
 ) -> Response {
-    let sub = match request::parse(&body, &shared.config) {
+    let sub = match request::parse(&body, &shared.config.load()) {
         Ok(s) => s,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, "invalid_request", &e.0),
     };
@@ -57,7 +57,7 @@ pub async fn submit(
         } else {
             Purpose::Job
         };
-        if let Err(refusal) = shared.egress.check_url(purpose, named.url) {
+        if let Err(refusal) = shared.egress.load().check_url(purpose, named.url) {
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "egress_denied",

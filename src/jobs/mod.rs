@@ -49,7 +49,8 @@ pub struct Accepted {
 pub struct Jobs {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    config: Arc<Config>,
+    /// The config in force (reloaded live: retry policies, deadlines).
+    config: Arc<arc_swap::ArcSwap<Config>>,
     /// Our proxy listener, reached over loopback by every attempt.
     proxy: SocketAddr,
     /// Proves our attempts to the pipeline (`pipeline::identify::caller`).
@@ -64,11 +65,11 @@ impl Jobs {
     pub fn new(
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
-        config: Arc<Config>,
+        config: Arc<arc_swap::ArcSwap<Config>>,
         internal_token: Arc<str>,
         deliveries_created: Box<dyn Fn() + Send + Sync>,
     ) -> Self {
-        let listen = config.proxy.listen;
+        let listen = config.load().proxy.listen;
         let ip = match listen.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -143,7 +144,11 @@ impl Jobs {
             } else {
                 match self
                     .store
-                    .jobs_claim(now_ms(), self.config.jobs.lease.as_millis() as u64, free)
+                    .jobs_claim(
+                        now_ms(),
+                        self.config.load().jobs.lease.as_millis() as u64,
+                        free,
+                    )
                     .await
                 {
                     Ok(jobs) => jobs,
@@ -202,10 +207,11 @@ impl Jobs {
     /// How long one attempt may take: its wait for admission and retries,
     /// plus every upstream attempt running to its read timeout.
     fn attempt_timeout(&self, spec: &JobSpec) -> Duration {
-        let r = &self.config.retry;
+        let r = &self.config.load().retry;
         let attempts = 1 + r.max_retries + r.max_reroutes;
         Duration::from_millis(spec.max_wait_ms)
-            + (self.config.proxy.read_timeout + self.config.proxy.connect_timeout) * attempts
+            + (self.config.load().proxy.read_timeout + self.config.load().proxy.connect_timeout)
+                * attempts
     }
 
     async fn run_one(&self, job: JobRecord) {
@@ -226,7 +232,7 @@ impl Jobs {
             job_id: &job.id,
             workspace: &job.workspace,
             timeout: self.attempt_timeout(&spec),
-            max_body: self.config.idempotency.max_stored_body as usize,
+            max_body: self.config.load().idempotency.max_stored_body as usize,
             calls: &calls,
         };
         let run = runner.chain(&spec, job.idempotent_key.clone(), 0);
@@ -252,9 +258,17 @@ impl Jobs {
         };
         let calls = calls.load(Ordering::Relaxed);
         let deadline = job.created_at.saturating_add(
-            u64::try_from(self.config.jobs.deadline.as_millis()).unwrap_or(u64::MAX),
+            u64::try_from(self.config.load().jobs.deadline.as_millis()).unwrap_or(u64::MAX),
         );
-        match next_step(&self.config, &spec, &job, &run, calls, now_ms(), deadline) {
+        match next_step(
+            &self.config.load(),
+            &spec,
+            &job,
+            &run,
+            calls,
+            now_ms(),
+            deadline,
+        ) {
             Step::Again(after) => {
                 tracing::info!(job_id = %job.id, retry_in_ms = after.as_millis() as u64, upstream_calls = job.attempts.saturating_add(calls), "job will run again");
                 self.reschedule(&job, after, calls).await;
@@ -274,7 +288,7 @@ impl Jobs {
         // A claimed job is another runner's once its lease lapses; renewed
         // every third of it, only a dead runner loses its jobs — whatever
         // the job's own max wait, fallback chain or on_failure_timeout.
-        let lease = self.config.jobs.lease;
+        let lease = self.config.load().jobs.lease;
         let every = (lease / 3).max(Duration::from_millis(100));
         tokio::pin!(work);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -462,7 +476,8 @@ impl Jobs {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tick.tick().await;
-            let before = now_ms().saturating_sub(self.config.jobs.retention.as_millis() as u64);
+            let before =
+                now_ms().saturating_sub(self.config.load().jobs.retention.as_millis() as u64);
             match self.store.jobs_sweep(before).await {
                 Ok(0) => {}
                 Ok(n) => {

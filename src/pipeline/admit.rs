@@ -35,7 +35,7 @@ pub async fn admit(
         return Err(ProxyError::Internal);
     };
     if ctx.throttle.is_none() {
-        let split_by = shared.config.budget_key(&domain);
+        let split_by = shared.config.load().budget_key(&domain);
         let name = budget_key::throttle_name(&domain, &split_by, &session.req_header().headers);
         ctx.throttle = (name != domain).then_some(name);
     }
@@ -147,7 +147,7 @@ pub fn release_after_upstream(shared: &Shared, ctx: &mut RequestCtx) {
     let Some(permit) = ctx.permit.take() else {
         return;
     };
-    let bound = shared.config.proxy.read_timeout;
+    let bound = shared.config.load().proxy.read_timeout;
     tokio::spawn(hold_until_closed(conn, permit, bound));
 }
 

@@ -102,7 +102,7 @@ impl Pipeline {
             return Ok(());
         }
         let limit =
-            crate::retry::route::retry_config(&self.shared.config, domain).max_buffered_body;
+            crate::retry::route::retry_config(&self.shared.config.load(), domain).max_buffered_body;
         if ctx.park.is_some() {
             body::read_whole(
                 session,
@@ -134,13 +134,18 @@ impl Pipeline {
         if identify::looped(req, &self.shared.instance_id) {
             return Err(ProxyError::ProxyLoop);
         }
-        let target = identify::target(req, ctx.conn.as_ref(), self.shared.config.control.listen)?;
+        let target = identify::target(
+            req,
+            ctx.conn.as_ref(),
+            self.shared.config.load().control.listen,
+        )?;
         ctx.caller = identify::caller(req, &self.shared.internal_token);
         let trusted = ctx.caller.is_internal()
             || ctx.conn.as_ref().and_then(|c| c.client).is_some_and(|a| {
                 let ip = crate::egress::canonical(a.ip());
                 self.shared
                     .config
+                    .load()
                     .proxy
                     .trusted_clients
                     .iter()
@@ -150,7 +155,7 @@ impl Pipeline {
             req,
             ctx.conn.as_ref(),
             &identify::Trust {
-                api_keys: &self.shared.config.control.api_keys,
+                api_keys: &self.shared.config.load().control.api_keys,
                 trusted,
             },
         )?;
@@ -209,7 +214,7 @@ impl ProxyHttp for Pipeline {
             session.req_header(),
             max_wait,
             ctx.caller,
-            &self.shared.egress,
+            &self.shared.egress.load(),
         ) {
             Ok(opts) => ctx.park = opts,
             Err(err) => return self.reject(session, ctx, err).await,
@@ -349,9 +354,10 @@ impl ProxyHttp for Pipeline {
             // pace, and now gives its concurrency slot back so open sockets
             // cannot starve the domain's requests (`hold_slot_while_open`
             // keeps it); `[proxy] idle_timeout` bounds it instead.
+            let config = self.shared.config.load();
             let hold = ctx
                 .domain()
-                .and_then(|d| self.shared.config.domain(d))
+                .and_then(|d| config.domain(d))
                 .is_some_and(|d| d.hold_slot_while_open);
             if !hold {
                 ctx.permit = None;

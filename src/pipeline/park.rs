@@ -114,7 +114,7 @@ pub async fn park(
     let body = body::read_whole(
         session,
         ctx,
-        shared.config.retry.max_buffered_body,
+        shared.config.load().retry.max_buffered_body,
         "a parked request is stored whole, up to [retry] max_buffered_body",
     )
     .await?;

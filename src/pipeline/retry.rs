@@ -54,7 +54,7 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
     let Some(domain) = ctx.domain() else {
         return;
     };
-    let mut config = route::retry_config(&shared.config, domain).clone();
+    let mut config = route::retry_config(&shared.config.load(), domain).clone();
     let req = session.req_header();
     // A job's own retry_policy (set by the job runner, see jobs/attempt.rs;
     // a client's copy of the header is not believed).
@@ -84,8 +84,8 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
         .filter(|_| internal)
         .and_then(|v| v.to_str().ok())
     {
-        Some(first) => Route::starting_at(&shared.config, domain, first.trim()),
-        None => Route::for_domain(&shared.config, domain),
+        Some(first) => Route::starting_at(&shared.config.load(), domain, first.trim()),
+        None => Route::for_domain(&shared.config.load(), domain),
     };
     ctx.retry = Some(RetryState {
         policy: Policy::new(config, &req.method, keyed),
@@ -175,6 +175,6 @@ pub async fn before_next_attempt(
 /// The peer proxy the current attempt goes through, if not `local`.
 pub fn via_region(shared: &Shared, ctx: &RequestCtx) -> Option<(String, String, u16)> {
     let region = ctx.retry.as_ref()?.route.current();
-    let (host, port) = route::peer(&shared.config, region)?;
+    let (host, port) = route::peer(&shared.config.load(), region)?;
     Some((region.to_string(), host, port))
 }

@@ -34,7 +34,7 @@ pub async fn peer(
 ) -> Result<Box<HttpPeer>, ProxyError> {
     let addr = resolve_one(shared, purpose, &target.host, target.port).await?;
     let mut peer = HttpPeer::new(addr, target.tls, target.host.clone());
-    let cfg = &shared.config.proxy;
+    let cfg = &shared.config.load().proxy;
     peer.options.connection_timeout = Some(cfg.connect_timeout);
     peer.options.total_connection_timeout = Some(cfg.connect_timeout * 2);
     peer.options.read_timeout = Some(cfg.read_timeout);
@@ -52,7 +52,7 @@ pub async fn region_peer(
 ) -> Result<Box<HttpPeer>, ProxyError> {
     let addr = resolve_one(shared, Purpose::Region, host, port).await?;
     let mut peer = HttpPeer::new(addr, false, String::new());
-    let cfg = &shared.config.proxy;
+    let cfg = &shared.config.load().proxy;
     peer.options.connection_timeout = Some(cfg.connect_timeout);
     peer.options.total_connection_timeout = Some(cfg.connect_timeout * 2);
     // The peer may itself wait for its throttle and retry.
@@ -77,6 +77,7 @@ pub async fn resolve_one(
     };
     let addrs = match shared
         .egress
+        .load()
         .resolve(&shared.resolver, purpose, host, port)
         .await
     {
