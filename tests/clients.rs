@@ -26,28 +26,6 @@ use common::origin::Echo;
 use common::proc::{run, show};
 use common::{curl, py_script, python, Ezthrottle, Origin, CLIENT_TIMEOUT};
 
-/// Every variable a client might read for proxies or CA trust: cleared before
-/// each client run, so only what a test sets is in effect.
-const CLEARED_ENV: &[&str] = &[
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS",
-    "NODE_USE_ENV_PROXY",
-    "NODE_OPTIONS",
-    "PYTHONPATH",
-    "REQUEST_METHOD",
-];
-
 /// An origin and a proxy that resolves `origin.test` to it and allows
 /// CONNECT to both its ports (undici's `EnvHttpProxyAgent` tunnels `http://`
 /// URLs too, with `CONNECT host:port`).
@@ -183,7 +161,7 @@ impl Answer {
 }
 
 fn clean(cmd: &mut Command, env: &[(&str, &str)]) {
-    for k in CLEARED_ENV {
+    for k in common::CLIENT_ENV.iter().chain(&["REQUEST_METHOD"]) {
         cmd.env_remove(k);
     }
     for (k, v) in env {

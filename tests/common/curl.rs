@@ -12,20 +12,6 @@ use super::harness::Ezthrottle;
 use super::proc::run;
 use super::CLIENT_TIMEOUT;
 
-const PROXY_ENV: &[&str] = &[
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "CURL_CA_BUNDLE",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-];
-
 pub struct CurlCmd {
     args: Vec<OsString>,
     env: Vec<(String, String)>,
@@ -169,7 +155,7 @@ impl CurlCmd {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new("curl");
-        for k in PROXY_ENV {
+        for k in super::CLIENT_ENV {
             cmd.env_remove(k);
         }
         cmd.arg("-q")

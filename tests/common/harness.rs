@@ -23,26 +23,20 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a signalled binary may take to exit.
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(45);
 
-const CLEARED_ENV: &[&str] = &[
+/// The binary's own variables; it also starts without the clients' ones
+/// ([`super::CLIENT_ENV`]).
+const EZTHROTTLE_ENV: &[&str] = &[
     "EZTHROTTLE_CONFIG",
     "EZTHROTTLE_DATA_DIR",
     "EZTHROTTLE_LOG_FORMAT",
     "EZTHROTTLE_WEBHOOK_SECRET",
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
 ];
 
 /// A `Command` for the binary with a clean environment (no inherited
 /// ezthrottle or proxy variables).
 pub fn ezthrottle_cmd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ezthrottle"));
-    for k in CLEARED_ENV {
+    for k in EZTHROTTLE_ENV.iter().chain(super::CLIENT_ENV) {
         cmd.env_remove(k);
     }
     cmd.env("EZTHROTTLE_LOG", "info,ezthrottle=debug");
@@ -57,7 +51,7 @@ pub fn umask_cmd(mask: u32) -> Command {
     cmd.arg("-c")
         .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_ezthrottle"));
-    for k in CLEARED_ENV {
+    for k in EZTHROTTLE_ENV.iter().chain(super::CLIENT_ENV) {
         cmd.env_remove(k);
     }
     cmd.env("EZTHROTTLE_LOG", "info,ezthrottle=debug");

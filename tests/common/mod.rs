@@ -37,6 +37,27 @@ pub use redis_server::{RedisOptions, RedisServer};
 pub use serve::serve_plain;
 
 /// Default bound for one client call (curl, python, raw request).
+/// Every variable a client (or the binary) might read for proxies or CA
+/// trust: cleared before each run, so only what a test sets is in effect.
+pub const CLIENT_ENV: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "NODE_USE_ENV_PROXY",
+    "NODE_OPTIONS",
+    "PYTHONPATH",
+];
+
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A loopback port that was free a moment ago (bind :0, read, drop).

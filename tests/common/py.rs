@@ -7,21 +7,8 @@ use std::process::Command;
 use super::proc::{run, show};
 use super::{py_script, python, CLIENT_TIMEOUT};
 
-pub const CLEARED_ENV: &[&str] = &[
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "PYTHONPATH",
-];
+/// What a Python client run starts without (see [`super::CLIENT_ENV`]).
+pub const CLEARED_ENV: &[&str] = super::CLIENT_ENV;
 
 fn base(script: &str) -> Command {
     let mut cmd = Command::new(python());
