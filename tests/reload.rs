@@ -143,3 +143,26 @@ fn keys_that_need_a_restart_are_named_and_keep_their_values() {
         .fetch(&origin.url("lis.test", "/x"))
         .assert_status(200);
 }
+
+/// Egress rules change live: a host denied by a reloaded `[egress] deny`
+/// is refused from the next request on.
+#[test]
+fn egress_rules_reload() {
+    let origin = LimitOrigin::start();
+    let ez = EzBuilder::new()
+        .resolve("egress.test", "127.0.0.1")
+        .egress("deny = []")
+        .start();
+    let url = origin.url("egress.test", "/e");
+    curl().proxy(&ez).fetch(&url).assert_status(200);
+    rewrite(&ez, "deny = []", "deny = [\"egress.test\"]");
+    hup(&ez);
+    reloads(&ez, "ok", 1.0);
+    let r = curl().proxy(&ez).fetch(&url);
+    assert_eq!(
+        (r.code, common::error_code(&r.body).as_str()),
+        (403, "egress_denied"),
+        "{}",
+        r.describe()
+    );
+}
