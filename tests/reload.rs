@@ -166,3 +166,23 @@ fn egress_rules_reload() {
         r.describe()
     );
 }
+
+/// API keys change live: a key removed by a reload is refused, a key added
+/// is accepted, from the next request on.
+#[test]
+fn api_keys_reload() {
+    let ez = EzBuilder::new()
+        .extra("[control.api_keys]\n\"tok_old\" = \"ws-a\"\n")
+        .start();
+    let list = |token: &str| {
+        curl()
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .fetch(&ez.control_url("/api/v1/jobs"))
+            .code
+    };
+    assert_eq!((list("tok_old"), list("tok_new")), (200, 401));
+    rewrite(&ez, "\"tok_old\" = \"ws-a\"", "\"tok_new\" = \"ws-a\"");
+    hup(&ez);
+    reloads(&ez, "ok", 1.0);
+    assert_eq!((list("tok_old"), list("tok_new")), (401, 200));
+}
