@@ -88,26 +88,6 @@ fn stderr(out: &std::process::Output) -> String {
 }
 
 #[test]
-fn unknown_issuer_names_the_config_key() {
-    let origin = Origin::start();
-    // No upstream_ca_file: the origin's test CA is an unknown issuer.
-    let ez = Ezthrottle::for_origin(&origin).no_upstream_ca().start();
-    let f = curl()
-        .proxy(&ez)
-        .cacert(&ez.ca_path)
-        .fetch(&origin.https_url("/echo"));
-    assert_eq!(f.code, 502, "{}", f.describe());
-    assert_eq!(error_code(&f.body), "upstream_tls_failed", "{}", f.text());
-    let message = error_message(&f.body);
-    assert!(message.contains("unknown issuer"), "{message}");
-    assert!(message.contains("[tls] upstream_ca_file"), "{message}");
-    assert!(
-        message.contains(&format!("origin.test:{}", origin.tls_addr.port())),
-        "{message}"
-    );
-}
-
-#[test]
 fn name_mismatch_is_named() {
     let origin = Origin::start();
     // The origin's certificate is for origin.test and a few names, not for mismatch.test.

@@ -164,6 +164,14 @@ fn untrusted_origin_certificate_is_upstream_tls_failed() {
     assert_eq!(f.connect_code, 200, "{}", f.describe());
     assert_eq!(f.code, 502, "{}", f.describe());
     assert_eq!(error_code(&f.body), "upstream_tls_failed", "{}", f.text());
+    // The message says why and what fixes it.
+    let message = common::error_message(&f.body);
+    assert!(message.contains("unknown issuer"), "{message}");
+    assert!(message.contains("[tls] upstream_ca_file"), "{message}");
+    assert!(
+        message.contains(&format!("origin.test:{}", origin.tls_addr.port())),
+        "{message}"
+    );
     assert_eq!(
         origin.count("/echo"),
         0,
