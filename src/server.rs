@@ -63,7 +63,7 @@ fn startup_runtime() -> Result<tokio::runtime::Runtime, StartError> {
 pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
     let config = Arc::new(config);
     let ca = Arc::new(LocalCa::load_or_create(&config)?);
-    let leaves = Arc::new(LeafCache::new(ca.clone()));
+    let leaves = Arc::new(LeafCache::new(ca.clone(), config.tls.http2));
     let resolver =
         Arc::new(Resolver::new(&config).map_err(|e| StartError::Resolver(e.to_string()))?);
     let metrics = Arc::new(Metrics::new(config.metrics.max_domains));

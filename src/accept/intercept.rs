@@ -1,13 +1,13 @@
 //! Interception: terminate the client's TLS with a leaf minted for the
-//! CONNECT host, then run every inner HTTP/1.1 request through the same
-//! pipeline as plain HTTP, with the CONNECT target as the authoritative
-//! destination.
+//! CONNECT host, then run every inner request (HTTP/1.1, or each stream of
+//! an h2 connection) through the same pipeline as plain HTTP, with the
+//! CONNECT target as the authoritative destination.
 
 use std::time::Duration;
 
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{Peek, Stream};
+use pingora::protocols::{Peek, Ssl, Stream, ALPN};
 use pingora::server::ShutdownWatch;
 
 use super::{connect, FrontDoor};
@@ -17,6 +17,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The first byte of a TLS record carrying a handshake message.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// How the HTTP/2 connection preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`)
+/// starts; no HTTP/1.1 method is `PRI`, and the peek needs only this much.
+const H2_PREFACE_START: &[u8; 4] = b"PRI ";
 
 pub async fn run(
     door: &FrontDoor,
@@ -54,7 +58,8 @@ pub async fn run(
     // is plain HTTP through a CONNECT (undici's `EnvHttpProxyAgent` does
     // this for `http://` URLs): the same pipeline, without TLS.
     let mut l4 = l4;
-    let mut first = [0u8; 1];
+    let mut first = [0u8; H2_PREFACE_START.len()];
+    // Every request line and ClientHello is longer than the peek.
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, l4.try_peek(&mut first)).await {
         Ok(Ok(_)) => {}
         // Gone or silent: nothing to serve.
@@ -68,7 +73,13 @@ pub async fn run(
             }),
             ..conn
         };
-        door.serve_http1(l4, &conn, shutdown, false).await;
+        // HTTP/2 with prior knowledge (h2c: gRPC's insecure channels
+        // through a proxy) or HTTP/1.1.
+        if first == *H2_PREFACE_START {
+            super::http2::serve(door, l4, &conn, shutdown, super::KEEPALIVE).await;
+        } else {
+            door.serve_http1(l4, &conn, shutdown, false).await;
+        }
         return;
     }
     let acceptor = Acceptor::from_server_config(server_config);
@@ -100,6 +111,10 @@ pub async fn run(
         connect: Some(target),
         ..conn
     };
+    if matches!(tls.selected_alpn_proto(), Some(ALPN::H2)) {
+        super::http2::serve(door, Box::new(tls), &conn, shutdown, super::KEEPALIVE).await;
+        return;
+    }
     // Inner requests go through the same checked reader as plain ones.
     door.serve_http1(Box::new(tls), &conn, shutdown, false)
         .await;

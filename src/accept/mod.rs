@@ -10,6 +10,7 @@
 
 pub mod connect;
 pub mod framing;
+pub mod http2;
 pub mod idle;
 pub mod intercept;
 pub mod tunnel;

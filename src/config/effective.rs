@@ -139,6 +139,7 @@ pub(super) fn render(c: &Config) -> String {
             tls.insert(k.into(), s(p.display().to_string()));
         }
     }
+    tls.insert("http2".into(), Value::Boolean(c.tls.http2));
     root.insert("tls".into(), Value::Table(tls));
 
     let resolve: Table = c
@@ -172,6 +173,10 @@ pub(super) fn render(c: &Config) -> String {
             TlsMode::Tunnel => "tunnel",
         };
         t.insert("tls".into(), s(mode.into()));
+        t.insert(
+            "upstream_protocol".into(),
+            s(d.upstream_protocol.as_str().into()),
+        );
         t.insert(
             "regions".into(),
             Value::Array(d.regions.iter().map(|r| s(r.clone())).collect()),

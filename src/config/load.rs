@@ -506,6 +506,7 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         ca_cert: path(&raw.tls.ca_cert),
         ca_key: path(&raw.tls.ca_key),
         upstream_ca_file: path(&raw.tls.upstream_ca_file),
+        http2: raw.tls.http2.unwrap_or(true),
     };
     if tls.ca_cert.is_some() != tls.ca_key.is_some() {
         let key = if tls.ca_cert.is_some() {
@@ -714,6 +715,17 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
                 ))
             }
         };
+        let upstream_protocol = match d.upstream_protocol.as_deref() {
+            None | Some("auto") => UpstreamProtocol::Auto,
+            Some("http1") => UpstreamProtocol::Http1,
+            Some("h2") => UpstreamProtocol::H2,
+            Some(other) => {
+                return Err(cx.err(
+                    format!("{prefix}.upstream_protocol"),
+                    format!("expected \"auto\", \"http1\" or \"h2\", got {other:?}"),
+                ))
+            }
+        };
         let region_list = match &d.regions {
             None => vec!["local".to_string()],
             Some(list) => {
@@ -751,6 +763,7 @@ fn build(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
                 pin: d.pin.unwrap_or(false),
                 hold_slot_while_open: d.hold_slot_while_open.unwrap_or(false),
                 tls,
+                upstream_protocol,
                 regions: region_list,
                 retry,
                 budget_key,

@@ -112,6 +112,37 @@ pub struct TlsConfig {
     pub ca_cert: Option<PathBuf>,
     pub ca_key: Option<PathBuf>,
     pub upstream_ca_file: Option<PathBuf>,
+    /// Offer `h2` (beside `http/1.1`) in ALPN on intercepted connections.
+    /// Default true; `false` is the escape hatch for a client whose HTTP/2
+    /// misbehaves through us. Key `http2`.
+    pub http2: bool,
+}
+
+/// Which HTTP version we speak to a domain's origin. Key
+/// `upstream_protocol` (docs/http2.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// Follow the client: a request that arrived over HTTP/2 offers the
+    /// origin `h2` (it may still pick HTTP/1.1), one that arrived over
+    /// HTTP/1.1 stays HTTP/1.1. gRPC works end to end without configuration
+    /// and HTTP/1.1 traffic keeps its one-exchange-per-connection accounting.
+    #[default]
+    Auto,
+    /// Never offer `h2` (an origin whose HTTP/2 misbehaves).
+    Http1,
+    /// Offer `h2` for every request to a TLS origin, HTTP/1.1 clients too,
+    /// so many client connections share a few multiplexed ones.
+    H2,
+}
+
+impl UpstreamProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Auto => "auto",
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +192,7 @@ pub struct DomainConfig {
     /// counted against the pace). Key `hold_slot_while_open`.
     pub hold_slot_while_open: bool,
     pub tls: TlsMode,
+    pub upstream_protocol: UpstreamProtocol,
     /// Reroute order; default `["local"]`.
     pub regions: Vec<String>,
     /// Per-domain `[limits.domains."x".retry]` override, defaults filled from `[retry]`.
@@ -376,6 +408,12 @@ impl Config {
         self.domain(host)
             .map(|d| d.tls)
             .unwrap_or(TlsMode::Intercept)
+    }
+
+    pub fn upstream_protocol(&self, host: &str) -> UpstreamProtocol {
+        self.domain(host)
+            .map(|d| d.upstream_protocol)
+            .unwrap_or_default()
     }
 
     /// The preset for `host`, unless presets are off or a [limits.domains]

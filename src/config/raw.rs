@@ -80,6 +80,7 @@ pub struct RawTls {
     pub ca_cert: Option<String>,
     pub ca_key: Option<String>,
     pub upstream_ca_file: Option<String>,
+    pub http2: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +110,7 @@ pub struct RawDomain {
     pub pin: Option<bool>,
     pub hold_slot_while_open: Option<bool>,
     pub tls: Option<String>,
+    pub upstream_protocol: Option<String>,
     pub regions: Option<Vec<String>>,
     pub retry: Option<RawRetry>,
     /// A string or a list of strings; `load.rs` checks the shape so the

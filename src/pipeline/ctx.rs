@@ -22,6 +22,24 @@ pub struct ConnInfo {
     pub connect: Option<ConnectTarget>,
 }
 
+tokio::task_local! {
+    /// The connection an HTTP/2 stream arrived on. pingora's connection user
+    /// context (how an HTTP/1.1 request gets its [`ConnInfo`]) exists only
+    /// for HTTP/1, so each h2 stream's task carries it instead
+    /// (`accept/http2.rs`); the pipeline reads it in `request_filter`.
+    static STREAM_CONN: ConnInfo;
+}
+
+/// Run `f` (one h2 stream through the pipeline) with `conn` as its connection.
+pub async fn with_stream_conn<F: std::future::Future>(conn: ConnInfo, f: F) -> F::Output {
+    STREAM_CONN.scope(conn, f).await
+}
+
+/// The connection of the h2 stream this task serves, if it serves one.
+pub fn stream_conn() -> Option<ConnInfo> {
+    STREAM_CONN.try_with(Clone::clone).ok()
+}
+
 /// `CONNECT host:port` as the client sent it, host lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectTarget {

@@ -8,7 +8,8 @@
 //! | `request_body_filter` | forward the body read ahead | [`body`] |
 //! | `upstream_peer` | retry: pause and re-admit; upstream: resolve, choose peer or region | [`retry`], [`upstream`] |
 //! | `upstream_request_filter` | upstream: rewrite for the origin (or the region's proxy) | [`upstream`] |
-//! | `upstream_response_filter` | classify: status, learned limits, retry / reroute / park | [`classify`], [`retry`] |
+//! | `upstream_response_filter` | classify: status (gRPC's too), learned limits, retry / reroute / park | [`classify`], [`grpc`], [`retry`] |
+//! | `upstream_response_trailer_filter` | classify: a gRPC status in trailers teaches the domain | [`grpc`] |
 //! | `fail_to_connect`, `error_while_proxy` | classify: retry after transport failures | [`retry`] |
 //! | `response_filter`, `response_body_filter` | idempotency: capture and store the response | [`idempotent`] |
 //! | `fail_to_proxy` | park, or respond with the error | [`park`], [`classify`], [`respond`] |
@@ -18,6 +19,7 @@ pub mod admit;
 pub mod body;
 pub mod classify;
 pub mod ctx;
+pub mod grpc;
 pub mod idempotent;
 pub mod identify;
 pub mod park;
@@ -199,6 +201,9 @@ impl ProxyHttp for Pipeline {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.inflight = Some(self.shared.inflight.enter());
+        if ctx.conn.is_none() {
+            ctx.conn = ctx::stream_conn();
+        }
         if let Err(err) = self.identify(session, ctx) {
             return self.reject(session, ctx, err).await;
         }
@@ -282,7 +287,10 @@ impl ProxyHttp for Pipeline {
         ctx.upstream_status = None;
         let peer = match retry::via_region(&self.shared, ctx) {
             Some((_, host, port)) => upstream::region_peer(&self.shared, &host, port).await,
-            None => upstream::peer(&self.shared, target, ctx.caller.egress()).await,
+            None => {
+                let client_h2 = session.is_http2();
+                upstream::peer(&self.shared, target, ctx.caller.egress(), client_h2).await
+            }
         };
         match peer {
             Ok(peer) => {
@@ -369,6 +377,15 @@ impl ProxyHttp for Pipeline {
         }
         let code = upstream_response.status.as_u16();
         ctx.upstream_status = Some(code);
+        // gRPC answers "not now" with HTTP 200 and a grpc-status: classify
+        // by its HTTP equivalent (a trailers-only response's status is in
+        // these headers).
+        let grpc = if code == 200 && grpc::is_grpc(&upstream_response.headers) {
+            grpc::equivalent(&upstream_response.headers)
+        } else {
+            None
+        };
+        let class = grpc.unwrap_or(code);
         if let (Some(domain), Some(throttle)) = (ctx.domain(), ctx.throttle()) {
             let metrics = &self.shared.metrics;
             let label = metrics.domain_label(domain);
@@ -378,20 +395,34 @@ impl ProxyHttp for Pipeline {
                 .inc();
             // Classify: the API's own limit headers govern the next admission
             // (of this credential's budget, when the domain is split).
-            self.shared
-                .admission
-                .learn(throttle, code, &upstream_response.headers)
-                .await;
+            let admission = &self.shared.admission;
+            match grpc {
+                Some(_) => {
+                    let headers = grpc::as_limit_headers(&upstream_response.headers);
+                    admission.learn(throttle, class, &headers).await;
+                }
+                None => admission.learn(throttle, code, &upstream_response.headers).await,
+            }
         }
-        let retry_after = upstream_response
-            .headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                crate::admission::learn::parse_retry_after(v, std::time::SystemTime::now())
-            });
+        let (retry_after, outcome) = match grpc {
+            Some(equivalent) => match grpc::pushback(&upstream_response.headers) {
+                // A negative pushback: the server asks for no retry.
+                Some(None) => (None, crate::retry::Outcome::Status(code)),
+                Some(pause) => (pause, crate::retry::Outcome::Status(equivalent)),
+                None => (None, crate::retry::Outcome::Status(equivalent)),
+            },
+            None => {
+                let retry_after = upstream_response
+                    .headers
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        crate::admission::learn::parse_retry_after(v, std::time::SystemTime::now())
+                    });
+                (retry_after, crate::retry::Outcome::Status(code))
+            }
+        };
         let truncated = session.as_ref().retry_buffer_truncated();
-        let outcome = crate::retry::Outcome::Status(code);
         match retry::after(&self.shared, ctx, outcome, retry_after, truncated) {
             retry::Next::Deliver => {}
             retry::Next::Again => {
@@ -410,6 +441,26 @@ impl ProxyHttp for Pipeline {
         }
         upstream_response.insert_header(WAIT_MS_HEADER, ctx.wait_ms.to_string())?;
         upstream_response.insert_header(ATTEMPTS_HEADER, ctx.attempts.to_string())?;
+        Ok(())
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A gRPC status after the messages: too late to retry (the client
+        // has them), not too late to learn the domain's pause. This hook
+        // is synchronous; learning may touch Redis, so it runs on its own.
+        if let (Some(equivalent), Some(throttle)) = (grpc::equivalent(trailers), ctx.throttle()) {
+            let shared = self.shared.clone();
+            let throttle = throttle.to_string();
+            let headers = grpc::as_limit_headers(trailers);
+            tokio::spawn(async move {
+                shared.admission.learn(&throttle, equivalent, &headers).await;
+            });
+        }
         Ok(())
     }
 

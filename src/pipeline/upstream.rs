@@ -7,6 +7,7 @@ use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 
 use super::ctx::Target;
+use crate::config::UpstreamProtocol;
 use super::identify;
 use crate::egress::{Purpose, Refusal};
 use crate::error::ProxyError;
@@ -25,16 +26,47 @@ const STRIPPED_REQUEST_HEADERS: &[&str] = &[
 /// Prefix of the per-request control headers apps send us (SPEC §5, §7).
 const CONTROL_HEADER_PREFIX: &str = "x-ezthrottle-";
 
+/// Streams one h2 connection to an origin may carry at once (the origin's
+/// own `SETTINGS_MAX_CONCURRENT_STREAMS` still applies). pingora's default
+/// is 1, which would open a connection per concurrent stream.
+const MAX_H2_STREAMS: usize = 100;
+
+/// The HTTP versions to offer an origin, as pingora's `(max, min)`.
+///
+/// TLS origins choose in ALPN, so offering `h2` is safe: an origin that
+/// does not speak it answers HTTP/1.1. A plain-HTTP origin has no such
+/// negotiation: it gets h2 (prior knowledge) only when the client itself
+/// spoke h2 to it through a CONNECT, i.e. already knew the origin speaks it.
+pub fn http_versions(protocol: UpstreamProtocol, tls: bool, client_h2: bool) -> (u8, u8) {
+    match (protocol, tls) {
+        (UpstreamProtocol::Http1, _) => (1, 1),
+        (UpstreamProtocol::H2, true) => (2, 1),
+        (UpstreamProtocol::Auto, true) if client_h2 => (2, 1),
+        (UpstreamProtocol::Auto | UpstreamProtocol::H2, false) if client_h2 => (2, 2),
+        _ => (1, 1),
+    }
+}
+
 /// Resolve the target and build the pingora peer for it; `purpose` picks the
-/// egress policy the resolved address is held to.
+/// egress policy the resolved address is held to; `client_h2`: the request
+/// arrived over HTTP/2 (see [`http_versions`]).
 pub async fn peer(
     shared: &Shared,
     target: &Target,
     purpose: Purpose,
+    client_h2: bool,
 ) -> Result<Box<HttpPeer>, ProxyError> {
     let addr = resolve_one(shared, purpose, &target.host, target.port).await?;
     let mut peer = HttpPeer::new(addr, target.tls, target.host.clone());
-    let cfg = &shared.config.load().proxy;
+    let config = shared.config.load();
+    let (max, min) = http_versions(
+        config.upstream_protocol(&target.host),
+        target.tls,
+        client_h2,
+    );
+    peer.options.set_http_version(max, min);
+    peer.options.max_h2_streams = MAX_H2_STREAMS;
+    let cfg = &config.proxy;
     peer.options.connection_timeout = Some(cfg.connect_timeout);
     peer.options.total_connection_timeout = Some(cfg.connect_timeout * 2);
     peer.options.read_timeout = Some(cfg.read_timeout);
@@ -140,6 +172,13 @@ pub fn rewrite(
     } else {
         let uri: http::Uri = target.path_and_query.parse().map_err(|_| bad())?;
         req.set_uri(uri);
+        // An h2 request names its authority in `:authority`, which the
+        // origin-form URI drops; `Host` carries it to an HTTP/1.1 origin and
+        // back into `:authority` for an h2 one.
+        if !req.headers.contains_key(http::header::HOST) {
+            req.insert_header(http::header::HOST, target.authority())
+                .map_err(|_| bad())?;
+        }
     }
     let connection_listed: Vec<String> = req
         .headers
@@ -209,6 +248,21 @@ mod tests {
             "Bearer app-token"
         );
         assert_eq!(req.headers.get("via").unwrap(), "1.1 ezthrottle-abc");
+    }
+
+    #[test]
+    fn h2_is_offered_where_the_origin_can_refuse_it() {
+        use UpstreamProtocol::*;
+        // TLS: ALPN lets the origin pick.
+        assert_eq!(http_versions(Auto, true, true), (2, 1));
+        assert_eq!(http_versions(Auto, true, false), (1, 1));
+        assert_eq!(http_versions(H2, true, false), (2, 1));
+        assert_eq!(http_versions(Http1, true, true), (1, 1));
+        // Plain HTTP: h2 only with the client's own prior knowledge.
+        assert_eq!(http_versions(Auto, false, true), (2, 2));
+        assert_eq!(http_versions(H2, false, false), (1, 1));
+        assert_eq!(http_versions(Auto, false, false), (1, 1));
+        assert_eq!(http_versions(Http1, false, true), (1, 1));
     }
 
     #[test]

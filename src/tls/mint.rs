@@ -53,19 +53,28 @@ pub struct LeafCache {
     provider: Arc<CryptoProvider>,
     cache: DashMap<String, Cached>,
     capacity: usize,
+    /// ALPN protocols offered to intercepted clients, in preference order.
+    alpn: Vec<Vec<u8>>,
 }
 
 impl LeafCache {
-    pub fn new(ca: Arc<LocalCa>) -> LeafCache {
-        Self::with_capacity(ca, MAX_CACHED)
+    /// `http2`: offer `h2` before `http/1.1` (`[tls] http2`).
+    pub fn new(ca: Arc<LocalCa>, http2: bool) -> LeafCache {
+        Self::with_capacity(ca, MAX_CACHED, http2)
     }
 
-    fn with_capacity(ca: Arc<LocalCa>, capacity: usize) -> LeafCache {
+    fn with_capacity(ca: Arc<LocalCa>, capacity: usize, http2: bool) -> LeafCache {
+        let mut alpn = Vec::new();
+        if http2 {
+            alpn.push(b"h2".to_vec());
+        }
+        alpn.push(b"http/1.1".to_vec());
         LeafCache {
             ca,
             provider: ring_provider(),
             cache: DashMap::new(),
             capacity: capacity.max(1),
+            alpn,
         }
     }
 
@@ -134,9 +143,9 @@ impl LeafCache {
             .with_no_client_auth()
             .with_single_cert(chain, key_der)
             .map_err(|e| gen("server config", &e))?;
-        // Inner requests are served by pingora's HTTP/1.1 engine; offering h2
-        // would make clients speak a protocol that path cannot handle.
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // h2 streams and HTTP/1.1 requests run through the same pipeline
+        // (accept/http2.rs); a client that offers neither gets HTTP/1.1.
+        config.alpn_protocols = self.alpn.clone();
         Ok(config)
     }
 
@@ -249,7 +258,7 @@ mod tests {
     fn cache() -> (tempfile::TempDir, LeafCache) {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = test_ca(dir.path());
-        (dir, LeafCache::new(ca))
+        (dir, LeafCache::new(ca, true))
     }
 
     /// A real TLS handshake over an in-memory pipe: the client trusts only the
@@ -306,7 +315,7 @@ mod tests {
     async fn real_handshakes_succeed_for_the_right_name_only() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = test_ca(dir.path());
-        let leaves = LeafCache::new(ca.clone());
+        let leaves = LeafCache::new(ca.clone(), true);
         for (host, sni) in [
             ("api.example.test", "api.example.test"),
             ("API.Example.TEST", "api.example.test"),
@@ -317,7 +326,7 @@ mod tests {
             let alpn = handshake(&leaves, &ca, host, sni)
                 .await
                 .unwrap_or_else(|e| panic!("{host} as {sni}: {e}"));
-            assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]), "{host}");
+            assert_eq!(alpn.as_deref(), Some(&b"h2"[..]), "{host}");
         }
         for (host, sni) in [
             ("api.example.test", "other.example.test"),
@@ -333,6 +342,19 @@ mod tests {
                 "{host} as {sni}: {err}"
             );
         }
+    }
+
+    /// `[tls] http2 = false`: a client offering h2 is answered with
+    /// HTTP/1.1 only.
+    #[tokio::test]
+    async fn http2_off_offers_only_http1() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = test_ca(dir.path());
+        let leaves = LeafCache::new(ca.clone(), false);
+        let alpn = handshake(&leaves, &ca, "api.example.test", "api.example.test")
+            .await
+            .expect("handshake");
+        assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
     }
 
     #[tokio::test]
@@ -463,7 +485,7 @@ mod tests {
     #[test]
     fn cache_is_bounded() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let leaves = LeafCache::with_capacity(test_ca(dir.path()), 4);
+        let leaves = LeafCache::with_capacity(test_ca(dir.path()), 4, true);
         for i in 0..20 {
             leaves
                 .server_config(&format!("h{i}.example.test"))

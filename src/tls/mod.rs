@@ -7,7 +7,7 @@
 //!   (created on first use, key mode 0600, dirs created), reused after.
 //! - `LocalCa::load_existing(&Config) -> Result<Option<LocalCa>, TlsError>` (no create).
 //! - `LocalCa::cert_pem(&self) -> &str`, `LocalCa::cert_path(&Config) -> PathBuf`.
-//! - `LeafCache::new(Arc<LocalCa>) -> LeafCache`;
+//! - `LeafCache::new(Arc<LocalCa>, http2: bool) -> LeafCache`;
 //!   `LeafCache::server_config(&self, host: &str) -> Result<Arc<pingora::tls::ServerConfig>, TlsError>`
 //!   mints (rcgen, ECDSA P-256, DNS or IP SAN) and caches per host; ALPN `http/1.1` only.
 //! - `upstream_roots::bundle_path(&Config) -> Result<Option<PathBuf>, TlsError>`: `None` when no

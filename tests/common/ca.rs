@@ -28,6 +28,9 @@ pub struct TestPki {
     pub ca_path: PathBuf,
     pub leaf_der: CertificateDer<'static>,
     leaf_key_der: Vec<u8>,
+    /// The leaf and its key as PEM (servers that load files: grpcio).
+    pub leaf_pem: String,
+    pub leaf_key_pem: String,
 }
 
 impl TestPki {
@@ -73,6 +76,8 @@ impl TestPki {
             ca_path,
             leaf_der: leaf.der().clone(),
             leaf_key_der: leaf_key.serialize_der(),
+            leaf_pem: leaf.pem(),
+            leaf_key_pem: leaf_key.serialize_pem(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The origin server the proxy talks to: hyper 1 on 127.0.0.1, plain HTTP
-//! and TLS (tokio-rustls, leaf signed by a throwaway test CA).
+//! and TLS (tokio-rustls, leaf signed by a throwaway test CA; HTTP/2 or
+//! HTTP/1.1 as the client picks in ALPN).
 //!
 //! Routes:
 //! - `/echo`: JSON `{method, target, path, version, headers: [[name, value]..],
@@ -79,7 +80,9 @@ impl Origin {
             .with_no_client_auth()
             .with_single_cert(vec![pki.leaf_der.clone()], pki.leaf_key())
             .expect("origin server config");
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // h2 for the clients that offer it (ezthrottle does for requests
+        // that arrived over HTTP/2), HTTP/1.1 for the rest.
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(tls));
 
         let (http_addr, tls_addr) = rt.block_on(async {
@@ -155,9 +158,12 @@ async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<Orig
                 return;
             };
             let svc = service_fn(move |req| handle(req, state.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+            // Picks HTTP/2 or HTTP/1.1 from the connection's first bytes.
+            let _ = hyper_util::server::conn::auto::Builder::new(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .serve_connection(TokioIo::new(tls), svc)
+            .await;
         });
     }
 }
