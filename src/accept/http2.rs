@@ -72,9 +72,8 @@ pub async fn serve(
     let mut options = h2_server::default_h2_options();
     // The decoded header block is held to the same bound as an HTTP/1.1
     // head (`[proxy] max_head`); pingora answers a larger one with a reset.
-    options.max_header_list_size(
-        u32::try_from(config.proxy.head_limits.max_head).unwrap_or(u32::MAX),
-    );
+    options
+        .max_header_list_size(u32::try_from(config.proxy.head_limits.max_head).unwrap_or(u32::MAX));
     options.max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     let handshake = h2_server::handshake(tls, Some(options));
     let mut h2 = match tokio::time::timeout(config.proxy.head_timeout, handshake).await {

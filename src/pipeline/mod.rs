@@ -401,7 +401,11 @@ impl ProxyHttp for Pipeline {
                     let headers = grpc::as_limit_headers(&upstream_response.headers);
                     admission.learn(throttle, class, &headers).await;
                 }
-                None => admission.learn(throttle, code, &upstream_response.headers).await,
+                None => {
+                    admission
+                        .learn(throttle, code, &upstream_response.headers)
+                        .await
+                }
             }
         }
         let (retry_after, outcome) = match grpc {
@@ -458,7 +462,10 @@ impl ProxyHttp for Pipeline {
             let throttle = throttle.to_string();
             let headers = grpc::as_limit_headers(trailers);
             tokio::spawn(async move {
-                shared.admission.learn(&throttle, equivalent, &headers).await;
+                shared
+                    .admission
+                    .learn(&throttle, equivalent, &headers)
+                    .await;
             });
         }
         Ok(())

@@ -7,8 +7,8 @@ use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 
 use super::ctx::Target;
-use crate::config::UpstreamProtocol;
 use super::identify;
+use crate::config::UpstreamProtocol;
 use crate::egress::{Purpose, Refusal};
 use crate::error::ProxyError;
 use crate::resolve::ResolveError;

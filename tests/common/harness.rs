@@ -72,6 +72,8 @@ pub struct EzBuilder {
     proxy_toml: String,
     /// Lines of an `[egress]` table (none when empty).
     egress_toml: String,
+    /// Lines added to the `[tls]` table.
+    tls_toml: String,
     /// Address the proxy listener binds (default 127.0.0.1).
     proxy_ip: std::net::Ipv4Addr,
     data_dir: Option<PathBuf>,
@@ -101,6 +103,7 @@ impl EzBuilder {
             extra_toml: String::new(),
             proxy_toml: String::new(),
             egress_toml: String::new(),
+            tls_toml: String::new(),
             proxy_ip: std::net::Ipv4Addr::LOCALHOST,
             data_dir: None,
             data_dir_in_file: true,
@@ -156,6 +159,13 @@ impl EzBuilder {
     /// fast); `""` leaves the built-in defaults.
     pub fn limits(mut self, body: &str) -> Self {
         self.limits = body.to_string();
+        self
+    }
+
+    /// Keys added to the `[tls]` table (one `key = value` per line).
+    pub fn tls(mut self, toml: &str) -> Self {
+        self.tls_toml.push_str(toml);
+        self.tls_toml.push('\n');
         self
     }
 
@@ -329,8 +339,9 @@ impl EzBuilder {
             self.proxy_toml
         );
         t += &format!("\n[control]\nlisten = \"127.0.0.1:{control}\"\n");
-        if self.upstream_ca.is_some() || self.ca_files.is_some() {
+        if self.upstream_ca.is_some() || self.ca_files.is_some() || !self.tls_toml.is_empty() {
             t += "\n[tls]\n";
+            t += &self.tls_toml;
         }
         if let Some(ca) = &self.upstream_ca {
             t += &format!("upstream_ca_file = {}\n", toml_str(&ca.to_string_lossy()));

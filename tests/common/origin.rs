@@ -159,11 +159,10 @@ async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<Orig
             };
             let svc = service_fn(move |req| handle(req, state.clone()));
             // Picks HTTP/2 or HTTP/1.1 from the connection's first bytes.
-            let _ = hyper_util::server::conn::auto::Builder::new(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .serve_connection(TokioIo::new(tls), svc)
-            .await;
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
         });
     }
 }
@@ -273,6 +272,10 @@ impl Echo {
     }
     pub fn method(&self) -> &str {
         self.0["method"].as_str().expect("method")
+    }
+    /// The HTTP version the request arrived in (`HTTP/1.1`, `HTTP/2.0`).
+    pub fn version(&self) -> &str {
+        self.0["version"].as_str().expect("version")
     }
     /// Request target as received on the wire.
     pub fn target(&self) -> &str {
