@@ -65,7 +65,7 @@ fn curl_http2_runs_the_pipeline_and_the_origin_protocol_follows_the_domain() {
         "HTTP/2.0",
         "auto: h2 from the client, h2 upstream"
     );
-    assert!(echo.target().ends_with("/echo?q=1"), "{}", echo.target());
+    assert_eq!(echo.target(), "/echo?q=1");
     let via = echo
         .headers()
         .into_iter()
@@ -312,6 +312,7 @@ impl Drop for GrpcServer {
 /// per call.
 fn grpc_calls(
     ez: &Ezthrottle,
+    proxy_var: &str,
     target: &str,
     roots: Option<&std::path::Path>,
     plan: serde_json::Value,
@@ -320,10 +321,9 @@ fn grpc_calls(
     for k in common::CLIENT_ENV {
         cmd.env_remove(k);
     }
-    // grpc core reads the proxy from the environment; a TLS channel
-    // tunnels with CONNECT either way.
-    cmd.env("https_proxy", ez.proxy_url())
-        .env("http_proxy", ez.proxy_url())
+    // grpc core reads the proxy from `grpc_proxy`, `https_proxy` or
+    // `http_proxy`, and tunnels with CONNECT whatever the channel.
+    cmd.env(proxy_var, ez.proxy_url())
         .arg(py_script("grpc_pair.py"))
         .arg("call")
         .arg(target)
@@ -369,6 +369,7 @@ fn grpc_through_interception_streams_trailers_and_retries() {
     let target = format!("origin.test:{}", server.tls);
     let results = grpc_calls(
         &ez,
+        "https_proxy",
         &target,
         Some(&ez.ca_path),
         serde_json::json!([
@@ -436,6 +437,7 @@ fn grpc_h2c_through_a_plain_connect() {
     let target = format!("origin.test:{}", server.plain);
     let results = grpc_calls(
         &ez,
+        "grpc_proxy",
         &target,
         None,
         serde_json::json!([

@@ -191,7 +191,17 @@ async fn handle(
         let mut counts = state.counts.lock().expect("counts lock");
         *counts.entry(path.clone()).or_insert(0) += 1;
     }
-    let target = req.uri().to_string();
+    // HTTP/1.1: the request target as written (absolute-form would be a
+    // proxy bug). HTTP/2 has no request line: `:path` is the target, and
+    // hyper folds `:scheme` and `:authority` into the URI.
+    let target = if req.version() == hyper::Version::HTTP_2 {
+        req.uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default()
+    } else {
+        req.uri().to_string()
+    };
 
     if path == "/slow" {
         let ms: u64 = query_param(&req, "ms")

@@ -1,0 +1,162 @@
+// HTTPS load through a CONNECT proxy with Go's net/http, for benches/h2.sh:
+// either N streams multiplexed on ONE HTTP/2 connection, or N HTTP/1.1
+// keep-alive connections, N workers each sending GETs back to back.
+//
+// usage: go run main.go -url https://bench.test:8443/ -proxy http://127.0.0.1:4000 \
+//            -ca ca.pem -proto h2|http1 -workers 32 -duration 10s
+//
+// One warm-up request per worker is not counted (handshakes, leaf minting).
+// Prints one JSON line {proto, workers, connections, requests, errors,
+// non_2xx, seconds, rps, p50_ms, p99_ms}; exits 1 when nothing succeeded.
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+func main() {
+	target := flag.String("url", "", "HTTPS URL to GET")
+	proxy := flag.String("proxy", "", "http://host:port of the proxy (empty: direct)")
+	caFile := flag.String("ca", "", "CA bundle that verifies the server certificate")
+	proto := flag.String("proto", "h2", "h2 (one connection, many streams) or http1 (one connection per worker)")
+	workers := flag.Int("workers", 32, "concurrent requests")
+	duration := flag.Duration("duration", 10*time.Second, "measured load")
+	flag.Parse()
+
+	pem, err := os.ReadFile(*caFile)
+	if err != nil {
+		fail(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		fail(fmt.Errorf("no certificate in %s", *caFile))
+	}
+	tr := &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: roots},
+		MaxIdleConnsPerHost: *workers,
+		DisableCompression:  true,
+	}
+	if *proxy != "" {
+		u, err := url.Parse(*proxy)
+		if err != nil {
+			fail(err)
+		}
+		tr.Proxy = http.ProxyURL(u)
+	}
+	switch *proto {
+	case "h2":
+		// Every stream on one connection.
+		tr.ForceAttemptHTTP2 = true
+		tr.MaxConnsPerHost = 1
+	case "http1":
+		// A non-nil empty map disables HTTP/2.
+		tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	default:
+		fail(fmt.Errorf("-proto must be h2 or http1"))
+	}
+	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+
+	var conns int64
+	trace := &httptrace.ClientTrace{
+		GotConn: func(i httptrace.GotConnInfo) {
+			if !i.Reused {
+				atomic.AddInt64(&conns, 1)
+			}
+		},
+	}
+	get := func() (int, string, error) {
+		req, err := http.NewRequest("GET", *target, nil)
+		if err != nil {
+			return 0, "", err
+		}
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, resp.Proto, err
+	}
+
+	// Warm up every worker's connection (h2: the one shared connection).
+	var wg sync.WaitGroup
+	protoSeen := ""
+	var mu sync.Mutex
+	for i := 0; i < *workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, p, err := get(); err == nil {
+				mu.Lock()
+				protoSeen = p
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+
+	var ok, errs, non2xx int64
+	lat := make([][]time.Duration, *workers)
+	start := time.Now()
+	stop := start.Add(*duration)
+	for i := 0; i < *workers; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			for time.Now().Before(stop) {
+				t0 := time.Now()
+				code, _, err := get()
+				d := time.Since(t0)
+				switch {
+				case err != nil:
+					atomic.AddInt64(&errs, 1)
+				case code < 200 || code > 299:
+					atomic.AddInt64(&non2xx, 1)
+				default:
+					atomic.AddInt64(&ok, 1)
+					lat[i] = append(lat[i], d)
+				}
+			}
+		}(i)
+	}
+	wg.Wait()
+	secs := time.Since(start).Seconds()
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	sort.Slice(all, func(a, b int) bool { return all[a] < all[b] })
+	pct := func(p float64) float64 {
+		if len(all) == 0 {
+			return 0
+		}
+		return float64(all[int(p*float64(len(all)-1))].Microseconds()) / 1000
+	}
+	json.NewEncoder(os.Stdout).Encode(map[string]interface{}{
+		"proto": protoSeen, "workers": *workers, "connections": atomic.LoadInt64(&conns),
+		"requests": ok, "errors": errs, "non_2xx": non2xx, "seconds": secs,
+		"rps": float64(ok) / secs, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+	})
+	if ok == 0 {
+		os.Exit(1)
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "h2load:", err)
+	os.Exit(2)
+}
