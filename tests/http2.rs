@@ -247,6 +247,44 @@ fn idempotency_and_errors_over_h2() {
     assert_eq!(error_code(&f.body), "bad_request");
 }
 
+/// Parking per stream: `Prefer: respond-async` with a webhook is answered
+/// `202` on the stream, and the job runs and delivers its webhook.
+#[test]
+fn a_stream_parks_as_a_job_and_its_webhook_arrives() {
+    use common::api_origin::ApiOrigin;
+    use common::webhook_sink::WebhookSink;
+    let origin = ApiOrigin::start();
+    let sink = WebhookSink::start();
+    let ez = common::EzBuilder::new()
+        .egress_loopback()
+        .upstream_ca(&origin.pki.ca_path)
+        .connect_port(origin.tls_addr.port())
+        .extra("\n[webhooks]\nsecret = \"whsec_h2_parking_0123456789\"\n")
+        .start();
+    let f = curl()
+        .proxy(&ez)
+        .cacert(&ez.ca_path)
+        .arg("--http2")
+        .args(["-H", "Content-Type: application/json"])
+        .args([
+            "-H",
+            &format!("X-EZThrottle-Webhook: {}", sink.url("/hook")),
+        ])
+        .args(["-H", "Prefer: respond-async"])
+        .args(["--data-binary", r#"{"amount":7}"#])
+        .fetch(&origin.https_url("/v1/orders"));
+    assert_eq!(f.code, 202, "{}", f.describe());
+    assert_eq!(http_version(&f), "2");
+    let accepted = common::json(&f.body);
+    let job_id = accepted["job_id"].as_str().expect("job_id").to_string();
+    let d = sink.next(Duration::from_secs(60));
+    let p = d.json();
+    assert_eq!(p["job_id"], job_id.as_str(), "{p}");
+    assert_eq!(p["status"], "success", "{p}");
+    assert_eq!(p["response"]["status_code"], 201);
+    assert_eq!(origin.count("/v1/orders"), 1);
+}
+
 /// A grpcio server (`tests/py/grpc_pair.py serve`): TLS with the origin's
 /// test certificate, and plaintext h2c. Stops when dropped.
 struct GrpcServer {
