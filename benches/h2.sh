@@ -114,7 +114,11 @@ write_nginx_conf "$TMP" "$HTTP_PORT" "    server {
 PIDS+=($!)
 
 log "grpcio server"
-sleep 3600 | "$PY" "$ROOT/tests/py/grpc_pair.py" serve "$TMP/origin.pem" "$TMP/origin.key" > "$TMP/grpc.json" 2>"$TMP/grpc.err" &
+# It serves until its stdin closes: a FIFO whose only writer is this shell.
+mkfifo "$TMP/grpc.in"
+exec 9<>"$TMP/grpc.in"
+"$PY" "$ROOT/tests/py/grpc_pair.py" serve "$TMP/origin.pem" "$TMP/origin.key" \
+    < "$TMP/grpc.in" > "$TMP/grpc.json" 2>"$TMP/grpc.err" &
 PIDS+=($!)
 for _ in $(seq 300); do [ -s "$TMP/grpc.json" ] && break; sleep 0.1; done
 GRPC_PORT=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["tls"])' "$TMP/grpc.json") \
@@ -183,15 +187,18 @@ print("| %s%s | %.0f | %.2f | %.2f | %s | %s |" % (
 PY
 )")
 }
+RUN=0
 measure() {  # name, count key, rate key, proxied(1/0), command...
     local name=$1 ckey=$2 rkey=$3 proxied=$4; shift 4
+    RUN=$((RUN + 1))
+    local out="$TMP/run$RUN"
     log "$name: $*"
     local t0; t0=$(ticks)
-    timeout "$BOUND" "$@" > "$TMP/$name.json" 2> "$TMP/$name.err" \
-        || die "$name failed: $(tail -5 "$TMP/$name.err")"
+    timeout "$BOUND" "$@" > "$out.json" 2> "$out.err" \
+        || die "$name failed: $(tail -5 "$out.err")"
     local used="-"
     [ "$proxied" = 1 ] && used=$(( $(ticks) - t0 ))
-    row "$name" "$TMP/$name.json" "$ckey" "$rkey" "$used"
+    row "$name" "$out.json" "$ckey" "$rkey" "$used"
 }
 
 URL="https://$HOST:$HTTPS_PORT/"

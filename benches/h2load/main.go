@@ -44,30 +44,46 @@ func main() {
 	if !roots.AppendCertsFromPEM(pem) {
 		fail(fmt.Errorf("no certificate in %s", *caFile))
 	}
-	tr := &http.Transport{
-		TLSClientConfig:     &tls.Config{RootCAs: roots},
-		MaxIdleConnsPerHost: *workers,
-		DisableCompression:  true,
-	}
+	var proxyURL *url.URL
 	if *proxy != "" {
 		u, err := url.Parse(*proxy)
 		if err != nil {
 			fail(err)
 		}
-		tr.Proxy = http.ProxyURL(u)
+		proxyURL = u
 	}
-	switch *proto {
-	case "h2":
-		// Every stream on one connection.
-		tr.ForceAttemptHTTP2 = true
-		tr.MaxConnsPerHost = 1
-	case "http1":
-		// A non-nil empty map disables HTTP/2.
-		tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
-	default:
+	newClient := func() *http.Client {
+		tr := &http.Transport{
+			TLSClientConfig:    &tls.Config{RootCAs: roots},
+			DisableCompression: true,
+		}
+		if proxyURL != nil {
+			tr.Proxy = http.ProxyURL(proxyURL)
+		}
+		if *proto == "h2" {
+			// Every stream on one connection.
+			tr.ForceAttemptHTTP2 = true
+			tr.MaxConnsPerHost = 1
+		} else {
+			// A non-nil empty map disables HTTP/2; one connection per
+			// worker (its own transport).
+			tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+			tr.MaxConnsPerHost = 1
+		}
+		return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	}
+	if *proto != "h2" && *proto != "http1" {
 		fail(fmt.Errorf("-proto must be h2 or http1"))
 	}
-	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	clients := make([]*http.Client, *workers)
+	shared := newClient()
+	for i := range clients {
+		if *proto == "h2" {
+			clients[i] = shared
+		} else {
+			clients[i] = newClient()
+		}
+	}
 
 	var conns int64
 	trace := &httptrace.ClientTrace{
@@ -77,7 +93,7 @@ func main() {
 			}
 		},
 	}
-	get := func() (int, string, error) {
+	get := func(client *http.Client) (int, string, error) {
 		req, err := http.NewRequest("GET", *target, nil)
 		if err != nil {
 			return 0, "", err
@@ -98,14 +114,14 @@ func main() {
 	var mu sync.Mutex
 	for i := 0; i < *workers; i++ {
 		wg.Add(1)
-		go func() {
+		go func(i int) {
 			defer wg.Done()
-			if _, p, err := get(); err == nil {
+			if _, p, err := get(clients[i]); err == nil {
 				mu.Lock()
 				protoSeen = p
 				mu.Unlock()
 			}
-		}()
+		}(i)
 	}
 	wg.Wait()
 
@@ -119,7 +135,7 @@ func main() {
 			defer wg.Done()
 			for time.Now().Before(stop) {
 				t0 := time.Now()
-				code, _, err := get()
+				code, _, err := get(clients[i])
 				d := time.Since(t0)
 				switch {
 				case err != nil:
