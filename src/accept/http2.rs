@@ -92,8 +92,14 @@ pub async fn serve(
     let ended = Arc::new(Notify::new());
     let mut shutdown_rx = shutdown.clone();
     let mut closing = *shutdown.borrow();
+    // While the proxy drains, the connection counts as in flight until it
+    // is closed: a stream's last frames are written by this loop after the
+    // stream's own task (and its in-flight count) has ended, so exiting at
+    // "no request in flight" would cut them off.
+    let mut draining = None;
     if closing {
         h2.graceful_shutdown();
+        draining = Some(door.shared.inflight.enter());
     }
     loop {
         let idle_clock = async {
@@ -110,6 +116,7 @@ pub async fn serve(
                 if changed.is_err() || *shutdown_rx.borrow() {
                     h2.graceful_shutdown();
                     closing = true;
+                    draining = Some(door.shared.inflight.enter());
                 }
             }
             // A stream ended: go round to re-arm the idle clock.
@@ -145,4 +152,5 @@ pub async fn serve(
             },
         }
     }
+    drop(draining);
 }
