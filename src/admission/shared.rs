@@ -396,6 +396,14 @@ impl Domain {
         *self.view.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
     }
 
+    /// Change the view in place, under its lock (a read, an await and a
+    /// write back would undo what an admission's answer set meanwhile).
+    fn update_view(&self, f: impl FnOnce(&mut View)) {
+        if let Some(v) = self.view.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            f(v);
+        }
+    }
+
     fn view(&self) -> Option<View> {
         *self.view.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -933,7 +941,9 @@ impl SharedSlots {
         let Some(d) = self.domains.get(name).map(|d| d.clone()) else {
             return;
         };
-        let Some(mut v) = d.view() else { return };
+        if d.view().is_none() {
+            return;
+        }
         let cmd = redis::cmd("HMGET")
             .arg(self.redis.domain_key(name, "limits"))
             .arg("rps")
@@ -950,21 +960,29 @@ impl SharedSlots {
                 .flatten()
                 .and_then(|f| f.parse::<f64>().ok())
         };
-        if let Some(rps) = num(0).filter(|r| r.is_finite() && *r > 0.0) {
-            v.rps = rps;
-            v.rps_learned = true;
-        }
-        if let Some(c) = num(1).filter(|c| *c >= 1.0) {
-            v.max_concurrent = c.min(f64::from(u32::MAX)) as u32;
-            v.concurrency_learned = true;
-        }
-        if let Some(until_ms) = num(2) {
-            let until = SystemTime::UNIX_EPOCH + Duration::from_millis(until_ms.max(0.0) as u64);
-            if until > SystemTime::now() {
-                v.paused_until = Some(until);
+        let rps = num(0).filter(|r| r.is_finite() && *r > 0.0);
+        let max_concurrent = num(1).filter(|c| *c >= 1.0);
+        let paused_until = num(2)
+            // Checked: the hash is shared, and a huge value must not panic.
+            .and_then(|ms| {
+                SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms.max(0.0) as u64))
+            })
+            .filter(|until| *until > SystemTime::now());
+        // In place: an admission's answer may have updated the view (slots
+        // held) during the round trip.
+        d.update_view(|v| {
+            if let Some(rps) = rps {
+                v.rps = rps;
+                v.rps_learned = true;
             }
-        }
-        d.set_view(v);
+            if let Some(c) = max_concurrent {
+                v.max_concurrent = c.min(f64::from(u32::MAX)) as u32;
+                v.concurrency_learned = true;
+            }
+            if paused_until.is_some() {
+                v.paused_until = paused_until;
+            }
+        });
     }
 
     /// Tell every replica a domain's limits changed (they refresh what
