@@ -4,6 +4,7 @@
 pub mod accept;
 pub mod admission;
 pub mod allocator;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -22,3 +23,4 @@ pub mod state;
 pub mod store;
 pub mod tls;
 pub mod webhooks;
+pub mod wire;

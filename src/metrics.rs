@@ -47,14 +47,9 @@ pub struct Metrics {
     pub egress_denied_total: IntCounterVec,
 }
 
-/// Label values of `untrusted_headers_ignored_total`, created at zero so a
-/// dashboard sees the series before the first increment.
-pub const IGNORABLE_HEADERS: &[&str] = &[
-    "x-ezthrottle-workspace",
-    "x-ezthrottle-job",
-    "x-ezthrottle-retry-policy",
-    "x-ezthrottle-region",
-];
+// Label values of `untrusted_headers_ignored_total` are created at zero so
+// a dashboard sees the series before the first increment.
+use crate::wire::IGNORABLE_HEADERS;
 
 /// Known label values, each series created at 0 when the registry is made
 /// (or, for `domain`-labelled families, when a domain is first labelled), so

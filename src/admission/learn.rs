@@ -9,8 +9,7 @@ use http::HeaderMap;
 
 use super::dialects::{self, Budget};
 
-pub const RPS_HEADER: &str = "x-ezthrottle-rps";
-pub const CONCURRENCY_HEADER: &str = "x-ezthrottle-max-concurrent";
+use crate::wire::{CONCURRENCY_HEADER, RPS_HEADER};
 
 /// Values beyond these are not a limit anyone means: they are ignored
 /// rather than clamped (SPEC §5 clamps sane values to the ceilings).

@@ -38,9 +38,6 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::{now_ms, LearnedLimit, Store};
 
-/// Request header carrying a request's patience in seconds (SPEC §5).
-pub const MAX_WAIT_HEADER: &str = "x-ezthrottle-max-wait";
-
 pub struct Admission {
     /// The config in force; [`Admission::reconfigure`] swaps it.
     config: arc_swap::ArcSwap<Config>,

@@ -18,10 +18,10 @@ use hyper_util::rt::TokioIo;
 use super::spec::JobSpec;
 use crate::idempotency::key::HEADER as IDEMPOTENCY_KEY;
 
-/// Marks a request as a job's attempt: it is never parked again.
-pub const JOB_HEADER: &str = "x-ezthrottle-job";
-/// Set by the proxy on its own error answers: the error code.
-pub const ERROR_HEADER: &str = "x-ezthrottle-error";
+use crate::wire::{
+    internal_value, ERROR_HEADER, INTERNAL_HEADER, JOB_HEADER, REGION_HEADER, RETRY_POLICY_HEADER,
+    WORKSPACE_HEADER,
+};
 
 #[derive(Debug, Clone)]
 pub struct AttemptResponse {
@@ -41,9 +41,6 @@ pub struct Identity<'a> {
     /// The process's internal token (see `pipeline::identify::caller`).
     pub internal_token: &'a str,
 }
-
-/// Internal header: a job's `retry_policy` (JSON), read by the pipeline.
-pub const RETRY_POLICY_HEADER: &str = "x-ezthrottle-retry-policy";
 
 /// Send the job's request once through the proxy; `region` pins the region
 /// the attempt starts in.
@@ -95,16 +92,16 @@ async fn send_inner(
         .header(IDEMPOTENCY_KEY, who.idempotent_key)
         .header(JOB_HEADER, who.job_id)
         .header(
-            crate::pipeline::identify::INTERNAL_HEADER,
-            crate::pipeline::identify::internal_value(spec.parked, who.internal_token),
+            INTERNAL_HEADER,
+            internal_value(spec.parked, who.internal_token),
         )
-        .header(crate::pipeline::identify::WORKSPACE_HEADER, who.workspace)
+        .header(WORKSPACE_HEADER, who.workspace)
         .header(
-            crate::admission::MAX_WAIT_HEADER,
+            crate::wire::MAX_WAIT_HEADER,
             format!("{:.3}", spec.max_wait_ms as f64 / 1000.0),
         );
     if let Some(region) = region.or(spec.region.as_deref()) {
-        builder = builder.header(crate::pipeline::retry::REGION_HEADER, region);
+        builder = builder.header(REGION_HEADER, region);
     }
     if let Some(policy) = &spec.retry_policy {
         let text = serde_json::to_string(policy).map_err(|e| e.to_string())?;

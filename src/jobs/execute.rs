@@ -53,7 +53,7 @@ impl Run {
 fn upstream_calls(resp: &AttemptResponse) -> u32 {
     resp.headers
         .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(crate::pipeline::ATTEMPTS_HEADER))
+        .find(|(k, _)| k.eq_ignore_ascii_case(crate::wire::ATTEMPTS_HEADER))
         .and_then(|(_, v)| v.trim().parse::<u32>().ok())
         .unwrap_or(u32::from(resp.proxy_error.is_none()))
 }

@@ -569,7 +569,7 @@ fn next_step(
     let again = match run {
         Run::NotNow(after) => Some(*after),
         Run::Unreachable(_) if job.claims < MAX_UNREACHABLE => {
-            Some(crate::retry::backoff::ceiling(job.claims.saturating_sub(1)))
+            Some(crate::backoff::RETRY.ceiling(job.claims.saturating_sub(1)))
         }
         Run::Answer {
             resp,
@@ -591,7 +591,7 @@ fn next_step(
             let budget = 1 + policy.max_retries.saturating_add(policy.max_reroutes);
             (retryable && total < budget).then(|| {
                 resp.retry_after
-                    .unwrap_or_else(|| crate::retry::backoff::full_jitter(total.saturating_sub(1)))
+                    .unwrap_or_else(|| crate::backoff::RETRY.full_jitter(total.saturating_sub(1)))
             })
         }
         _ => None,

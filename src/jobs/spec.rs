@@ -21,7 +21,7 @@ const HOP_HEADERS: &[&str] = &[
 
 /// Whether a (lower-case) request header belongs to a job's request.
 pub fn stored_header(name: &str) -> bool {
-    !HOP_HEADERS.contains(&name) && !name.starts_with("x-ezthrottle-")
+    !HOP_HEADERS.contains(&name) && !name.starts_with(crate::wire::PREFIX)
 }
 
 /// The end-to-end headers of a request to store with a job (RFC 9110 §7.6.1):

@@ -6,9 +6,10 @@ use std::time::Duration;
 use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
-use crate::admission::{budget_key, Denied, MAX_WAIT_HEADER};
+use crate::admission::{budget_key, Denied};
 use crate::error::ProxyError;
 use crate::state::Shared;
+use crate::wire::MAX_WAIT_HEADER;
 
 /// How long this request may wait (for admission, or for an identical
 /// keyed request in flight): `X-EZThrottle-Max-Wait`, else the domain's
@@ -103,6 +104,22 @@ pub async fn unless_client_leaves<F: std::future::Future>(
 /// touched. The descriptor is closed with the request context when the
 /// exchange ended normally (pingora then owns the only one, pooled or not).
 pub struct UpstreamConn(std::os::fd::OwnedFd);
+
+/// An upgrade (WebSocket) is established (`101`): it counted against the
+/// pace, and now gives its concurrency slot back so open sockets cannot
+/// starve the domain's requests (`hold_slot_while_open` keeps it);
+/// `[proxy] idle_timeout` bounds it instead (docs/connections.md).
+pub fn upgraded(shared: &Shared, ctx: &mut RequestCtx) {
+    let config = shared.config.load();
+    let hold = ctx
+        .domain()
+        .and_then(|d| config.domain(d))
+        .is_some_and(|d| d.hold_slot_while_open);
+    if !hold {
+        ctx.permit = None;
+        ctx.upstream_conn = None;
+    }
+}
 
 /// Called from `connected_to_upstream`: keep a descriptor of the attempt's
 /// connection (replacing the previous attempt's).

@@ -10,19 +10,7 @@ use pingora::http::RequestHeader;
 use super::ctx::{ConnInfo, Target};
 use crate::error::ProxyError;
 
-/// Header apps use to name their workspace (SPEC §6).
-pub const WORKSPACE_HEADER: &str = "x-ezthrottle-workspace";
-
-/// Header the job runner proves itself with on the loopback hop through our
-/// own listener: `job <token>` or `parked <token>` (see [`caller`]).
-pub const INTERNAL_HEADER: &str = "x-ezthrottle-internal";
-
-/// The job runner's own control headers: believed only from it.
-pub const RUNNER_HEADERS: &[&str] = &[
-    "x-ezthrottle-job",
-    "x-ezthrottle-retry-policy",
-    "x-ezthrottle-region",
-];
+use crate::wire::{INTERNAL_HEADER, WORKSPACE_HEADER};
 
 /// Who sent a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,11 +38,6 @@ impl Caller {
             _ => crate::egress::Purpose::Proxy,
         }
     }
-}
-
-/// The [`INTERNAL_HEADER`] value the job runner sends.
-pub fn internal_value(parked: bool, token: &str) -> String {
-    format!("{} {token}", if parked { "parked" } else { "job" })
 }
 
 /// Tell the job runner (which knows this process's random token) from a
@@ -345,6 +328,7 @@ pub fn looped(req: &RequestHeader, instance_id: &str) -> bool {
 mod tests {
     use super::*;
     use crate::pipeline::ctx::ConnectTarget;
+    use crate::wire::internal_value;
 
     fn control() -> SocketAddr {
         "127.0.0.1:4001".parse().unwrap()

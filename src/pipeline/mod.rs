@@ -8,8 +8,8 @@
 //! | `request_body_filter` | forward the body read ahead | [`body`] |
 //! | `upstream_peer` | retry: pause and re-admit; upstream: resolve, choose peer or region | [`retry`], [`upstream`] |
 //! | `upstream_request_filter` | upstream: rewrite for the origin (or the region's proxy) | [`upstream`] |
-//! | `upstream_response_filter` | classify: status (gRPC's too), learned limits, retry / reroute / park | [`classify`], [`grpc`], [`retry`] |
-//! | `upstream_response_trailer_filter` | classify: a gRPC status in trailers teaches the domain | [`grpc`] |
+//! | `upstream_response_filter` | classify: status (gRPC's too), learned limits, retry / reroute / park | [`classify`], [`retry`] |
+//! | `upstream_response_trailer_filter` | classify: a gRPC status in trailers teaches the domain | [`classify`] |
 //! | `fail_to_connect`, `error_while_proxy` | classify: retry after transport failures | [`retry`] |
 //! | `response_filter`, `response_body_filter` | idempotency: capture and store the response | [`idempotent`] |
 //! | `fail_to_proxy` | park, or respond with the error | [`park`], [`classify`], [`respond`] |
@@ -19,7 +19,6 @@ pub mod admit;
 pub mod body;
 pub mod classify;
 pub mod ctx;
-pub mod grpc;
 pub mod idempotent;
 pub mod identify;
 pub mod park;
@@ -43,9 +42,7 @@ use crate::error::ProxyError;
 use crate::state::Shared;
 use ctx::{ConnInfo, RequestCtx};
 
-/// Response headers the proxy adds to every forwarded response (SPEC §5).
-pub const WAIT_MS_HEADER: &str = "x-ezthrottle-wait-ms";
-pub const ATTEMPTS_HEADER: &str = "x-ezthrottle-attempts";
+use crate::wire::{ATTEMPTS_HEADER, WAIT_MS_HEADER};
 
 pub struct Pipeline {
     shared: Arc<Shared>,
@@ -164,11 +161,11 @@ impl Pipeline {
         let ignored = &self.shared.metrics.untrusted_headers_ignored_total;
         if ws.ignored_header {
             ignored
-                .with_label_values(&[identify::WORKSPACE_HEADER])
+                .with_label_values(&[crate::wire::WORKSPACE_HEADER])
                 .inc();
         }
         if !ctx.caller.is_internal() {
-            for h in identify::RUNNER_HEADERS {
+            for h in crate::wire::RUNNER_HEADERS {
                 if req.headers.contains_key(*h) {
                     ignored.with_label_values(&[h]).inc();
                 }
@@ -357,95 +354,32 @@ impl ProxyHttp for Pipeline {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            // An upgrade (WebSocket) is established: it counted against the
-            // pace, and now gives its concurrency slot back so open sockets
-            // cannot starve the domain's requests (`hold_slot_while_open`
-            // keeps it); `[proxy] idle_timeout` bounds it instead.
-            let config = self.shared.config.load();
-            let hold = ctx
-                .domain()
-                .and_then(|d| config.domain(d))
-                .is_some_and(|d| d.hold_slot_while_open);
-            if !hold {
-                ctx.permit = None;
-                ctx.upstream_conn = None;
-            }
+        let status = upstream_response.status;
+        if status == http::StatusCode::SWITCHING_PROTOCOLS {
+            admit::upgraded(&self.shared, ctx);
         }
-        if upstream_response.status.is_informational() {
+        if status.is_informational() {
             return Ok(());
         }
-        let code = upstream_response.status.as_u16();
-        ctx.upstream_status = Some(code);
-        // gRPC answers "not now" with HTTP 200 and a grpc-status: classify
-        // by its HTTP equivalent (a trailers-only response's status is in
-        // these headers).
-        let grpc = if code == 200 && grpc::is_grpc(&upstream_response.headers) {
-            grpc::equivalent(&upstream_response.headers)
-        } else {
-            None
-        };
-        let class = grpc.unwrap_or(code);
-        if let (Some(domain), Some(throttle)) = (ctx.domain(), ctx.throttle()) {
-            let metrics = &self.shared.metrics;
-            let label = metrics.domain_label(domain);
-            metrics
-                .upstream_responses_total
-                .with_label_values(&[label.as_str(), &code.to_string()])
-                .inc();
-            // Classify: the API's own limit headers govern the next admission
-            // (of this credential's budget, when the domain is split).
-            let admission = &self.shared.admission;
-            match grpc {
-                Some(_) => {
-                    let headers = grpc::as_limit_headers(&upstream_response.headers);
-                    admission.learn(throttle, class, &headers).await;
-                }
-                None => {
-                    admission
-                        .learn(throttle, code, &upstream_response.headers)
-                        .await
-                }
+        let code = status.as_u16();
+        match classify::response(&self.shared, session, upstream_response, ctx).await {
+            classify::Verdict::Deliver => {
+                upstream_response.insert_header(WAIT_MS_HEADER, ctx.wait_ms.to_string())?;
+                upstream_response.insert_header(ATTEMPTS_HEADER, ctx.attempts.to_string())?;
+                Ok(())
             }
-        }
-        let (retry_after, outcome) = match grpc {
-            Some(equivalent) => match grpc::pushback(&upstream_response.headers) {
-                // A negative pushback: the server asks for no retry.
-                Some(None) => (None, crate::retry::Outcome::Status(code)),
-                Some(pause) => (pause, crate::retry::Outcome::Status(equivalent)),
-                None => (None, crate::retry::Outcome::Status(equivalent)),
-            },
-            None => {
-                let retry_after = upstream_response
-                    .headers
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| {
-                        crate::admission::learn::parse_retry_after(v, std::time::SystemTime::now())
-                    });
-                (retry_after, crate::retry::Outcome::Status(code))
-            }
-        };
-        let truncated = session.as_ref().retry_buffer_truncated();
-        match retry::after(&self.shared, ctx, outcome, retry_after, truncated) {
-            retry::Next::Deliver => {}
-            retry::Next::Again => {
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(code),
-                    "upstream answered with a retryable status",
-                ));
-            }
-            retry::Next::Park => {
+            classify::Verdict::Again => Err(Error::explain(
+                ErrorType::HTTPStatus(code),
+                "upstream answered with a retryable status",
+            )),
+            classify::Verdict::Park => {
                 ctx.park_now = true;
-                return Err(Error::explain(
+                Err(Error::explain(
                     ErrorType::HTTPStatus(code),
                     "a retry would outlast the max wait: parking",
-                ));
+                ))
             }
         }
-        upstream_response.insert_header(WAIT_MS_HEADER, ctx.wait_ms.to_string())?;
-        upstream_response.insert_header(ATTEMPTS_HEADER, ctx.attempts.to_string())?;
-        Ok(())
     }
 
     fn upstream_response_trailer_filter(
@@ -454,20 +388,7 @@ impl ProxyHttp for Pipeline {
         trailers: &mut http::HeaderMap,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // A gRPC status after the messages: too late to retry (the client
-        // has them), not too late to learn the domain's pause. This hook
-        // is synchronous; learning may touch Redis, so it runs on its own.
-        if let (Some(equivalent), Some(throttle)) = (grpc::equivalent(trailers), ctx.throttle()) {
-            let shared = self.shared.clone();
-            let throttle = throttle.to_string();
-            let headers = grpc::as_limit_headers(trailers);
-            tokio::spawn(async move {
-                shared
-                    .admission
-                    .learn(&throttle, equivalent, &headers)
-                    .await;
-            });
-        }
+        classify::trailers(&self.shared, trailers, ctx);
         Ok(())
     }
 

@@ -18,8 +18,7 @@ use crate::jobs::spec::{end_to_end, JobSpec, WebhookSpec};
 use crate::jobs::Accepted;
 use crate::state::Shared;
 
-pub const WEBHOOK_HEADER: &str = "x-ezthrottle-webhook";
-pub const METADATA_HEADER: &str = "x-ezthrottle-metadata";
+use crate::wire::{METADATA_HEADER, WEBHOOK_HEADER};
 
 /// What a request asked for about parking.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,9 +7,7 @@ use pingora::proxy::Session;
 
 use crate::error::ProxyError;
 
-/// On every answer the proxy writes itself: its error code, so clients (and
-/// the job runner) can tell the proxy's 429 from the origin's.
-pub const ERROR_HEADER: &str = crate::jobs::attempt::ERROR_HEADER;
+use crate::wire::ERROR_HEADER;
 
 /// Send `err` as the JSON error response of SPEC §8.
 pub async fn error(session: &mut Session, err: &ProxyError) -> pingora::Result<()> {

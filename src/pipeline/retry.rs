@@ -61,7 +61,7 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
     let internal = ctx.caller.is_internal();
     if let Some(policy) = req
         .headers
-        .get(crate::jobs::attempt::RETRY_POLICY_HEADER)
+        .get(crate::wire::RETRY_POLICY_HEADER)
         .filter(|_| internal)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| serde_json::from_str::<crate::jobs::spec::RetryPolicySpec>(v).ok())
@@ -80,7 +80,7 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
     let route = match session
         .req_header()
         .headers
-        .get(REGION_HEADER)
+        .get(crate::wire::REGION_HEADER)
         .filter(|_| internal)
         .and_then(|v| v.to_str().ok())
     {
@@ -96,10 +96,6 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
         pending: None,
     });
 }
-
-/// Internal header: the region a job's attempt starts in (jobs name regions
-/// explicitly, SPEC §9). Stripped with the other control headers.
-pub const REGION_HEADER: &str = "x-ezthrottle-region";
 
 /// Decide after an attempt. `truncated`: pingora's retry buffer overflowed,
 /// so a body not read ahead cannot be sent again.

@@ -24,7 +24,7 @@ const STRIPPED_REQUEST_HEADERS: &[&str] = &[
 ];
 
 /// Prefix of the per-request control headers apps send us (SPEC §5, §7).
-const CONTROL_HEADER_PREFIX: &str = "x-ezthrottle-";
+use crate::wire::PREFIX as CONTROL_HEADER_PREFIX;
 
 /// Streams one h2 connection to an origin may carry at once (the origin's
 /// own `SETTINGS_MAX_CONCURRENT_STREAMS` still applies). pingora's default

@@ -4,7 +4,6 @@
 //! Pure decisions, no I/O: the pipeline (`pipeline/retry.rs`) asks
 //! [`Policy::decide`] after each attempt and does the waiting itself.
 
-pub mod backoff;
 pub mod route;
 
 use std::time::Duration;
@@ -134,7 +133,8 @@ impl Policy {
     /// The pause before the next attempt: the origin's `Retry-After` when it
     /// sent one, else exponential backoff with full jitter.
     pub fn delay(&self, retry_after: Option<Duration>, spent: Spent) -> Duration {
-        retry_after.unwrap_or_else(|| backoff::full_jitter(spent.retries + spent.reroutes))
+        retry_after
+            .unwrap_or_else(|| crate::backoff::RETRY.full_jitter(spent.retries + spent.reroutes))
     }
 }
 
@@ -235,6 +235,6 @@ mod tests {
             p.delay(Some(Duration::from_secs(7)), Spent::default()),
             Duration::from_secs(7)
         );
-        assert!(p.delay(None, Spent::default()) <= backoff::BASE);
+        assert!(p.delay(None, Spent::default()) <= crate::backoff::RETRY.base);
     }
 }

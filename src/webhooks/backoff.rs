@@ -1,7 +1,7 @@
 //! When a failed webhook delivery is tried again (SPEC §8): after the n-th
-//! failed attempt wait `backoff * 2^(n-1)`, at most `backoff_cap`; after
-//! `max_attempts` attempts the delivery has failed for good. No jitter: the
-//! schedule is what SPEC states and what the docs promise.
+//! failed attempt wait `backoff * 2^(n-1)`, at most `backoff_cap` (the
+//! shared [`crate::backoff`] schedule, without jitter); after
+//! `max_attempts` attempts the delivery has failed for good.
 
 use std::time::Duration;
 
@@ -29,12 +29,11 @@ impl RetryPolicy {
         if attempts >= self.max_attempts {
             return None;
         }
-        let doublings = attempts.saturating_sub(1).min(63);
-        let delay = self
-            .backoff
-            .checked_mul(1u32.checked_shl(doublings).unwrap_or(u32::MAX))
-            .unwrap_or(self.backoff_cap);
-        Some(delay.min(self.backoff_cap))
+        let schedule = crate::backoff::Exponential {
+            base: self.backoff,
+            cap: self.backoff_cap,
+        };
+        Some(schedule.ceiling(attempts.saturating_sub(1)))
     }
 }
 

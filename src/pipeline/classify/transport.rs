@@ -1,11 +1,11 @@
-//! Classify phase: what an upstream outcome means. Today it maps transport
-//! failures to the proxy's error codes; learned limits and retry decisions
-//! hang off the same place.
+//! Classify, for attempts that got no response: transport failures mapped
+//! to the proxy's error codes, and whether a failed connection may be
+//! tried again.
 
 use pingora::{Error, ErrorSource, ErrorType};
 
-use super::ctx::Target;
 use crate::error::{ProxyError, TlsFailure};
+use crate::pipeline::ctx::Target;
 
 /// The error to answer the client with for a failed proxy attempt, or `None`
 /// when the client itself went away (nobody to answer).

@@ -1,0 +1,63 @@
+//! Our own headers on the wire (SPEC §5–§7, §9): the names the proxy, the
+//! job runner and apps share, in one place, so the pipeline and the job
+//! runner (which sends every attempt through the pipeline) both depend on
+//! this module instead of on each other.
+
+/// Every header of ours starts so; none reaches an origin
+/// (`pipeline/upstream.rs`) or is stored with a job's request.
+pub const PREFIX: &str = "x-ezthrottle-";
+
+/// How long a request may wait for admission (SPEC §5).
+pub const MAX_WAIT_HEADER: &str = "x-ezthrottle-max-wait";
+
+/// Limits an API states for itself (SPEC §5), read from its responses.
+pub const RPS_HEADER: &str = "x-ezthrottle-rps";
+pub const CONCURRENCY_HEADER: &str = "x-ezthrottle-max-concurrent";
+
+/// Apps name their workspace (SPEC §6).
+pub const WORKSPACE_HEADER: &str = "x-ezthrottle-workspace";
+
+/// The job runner proves itself on the loopback hop through our own
+/// listener: `job <token>` or `parked <token>` (see [`internal_value`] and
+/// `pipeline::identify::caller`).
+pub const INTERNAL_HEADER: &str = "x-ezthrottle-internal";
+
+/// Marks a request as a job's attempt: it is never parked again.
+pub const JOB_HEADER: &str = "x-ezthrottle-job";
+
+/// A job's `retry_policy` (JSON), read by the pipeline from the runner only.
+pub const RETRY_POLICY_HEADER: &str = "x-ezthrottle-retry-policy";
+
+/// The region a job's attempt starts in (jobs name regions explicitly,
+/// SPEC §9). Stripped with the other control headers.
+pub const REGION_HEADER: &str = "x-ezthrottle-region";
+
+/// The job runner's own control headers: believed only from it.
+pub const RUNNER_HEADERS: &[&str] = &[JOB_HEADER, RETRY_POLICY_HEADER, REGION_HEADER];
+
+/// Headers only some callers are believed on, counted when ignored
+/// (`ezthrottle_untrusted_headers_ignored_total{header}`).
+pub const IGNORABLE_HEADERS: &[&str] = &[
+    WORKSPACE_HEADER,
+    JOB_HEADER,
+    RETRY_POLICY_HEADER,
+    REGION_HEADER,
+];
+
+/// On every answer the proxy writes itself: its error code, so clients
+/// (and the job runner) can tell the proxy's 429 from the origin's.
+pub const ERROR_HEADER: &str = "x-ezthrottle-error";
+
+/// On every forwarded response (SPEC §5): how long admission waited, and
+/// how many upstream attempts were made.
+pub const WAIT_MS_HEADER: &str = "x-ezthrottle-wait-ms";
+pub const ATTEMPTS_HEADER: &str = "x-ezthrottle-attempts";
+
+/// Parking (SPEC §7): where to deliver the result, and what to echo back.
+pub const WEBHOOK_HEADER: &str = "x-ezthrottle-webhook";
+pub const METADATA_HEADER: &str = "x-ezthrottle-metadata";
+
+/// The [`INTERNAL_HEADER`] value the job runner sends.
+pub fn internal_value(parked: bool, token: &str) -> String {
+    format!("{} {token}", if parked { "parked" } else { "job" })
+}
