@@ -258,6 +258,9 @@ impl Admission {
             .throttle_wait_seconds
             .with_label_values(&[label.as_str()])
             .observe(waited.as_secs_f64());
+        self.metrics
+            .console
+            .admission(&label, waited, result.is_ok());
         result.map(|p| (p, waited))
     }
 

@@ -376,6 +376,7 @@ impl ProxyHttp for Pipeline {
                 .upstream_responses_total
                 .with_label_values(&[label.as_str(), &code.to_string()])
                 .inc();
+            metrics.console.response(&label, code);
             // Classify: the API's own limit headers govern the next admission
             // (of this credential's budget, when the domain is split).
             self.shared
