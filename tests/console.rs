@@ -91,10 +91,12 @@ fn builder(api: &ApiOrigin) -> EzBuilder {
         .egress_loopback()
 }
 
-/// A job carrying every kind of credential, to a URL answering 400 once.
-fn secret_job(api: &ApiOrigin, path: &str, webhook: Option<String>) -> Value {
+/// A job carrying every kind of credential, to a URL answering `status`
+/// once (then 201), with no retry: it fails at its first answer.
+fn secret_job(api: &ApiOrigin, path: &str, status: u16, webhook: Option<String>) -> Value {
     let mut job = json!({
-        "url": api.http_url("api.test", &format!("{path}?fail_first=1&fail_status=400&api_key={SECRET_QUERY}")),
+        "url": api.http_url("api.test", &format!("{path}?fail_first=1&fail_status={status}&api_key={SECRET_QUERY}")),
+        "retry_policy": {"max_retries": 0, "max_reroutes": 0},
         "method": "POST",
         "headers": {
             "Authorization": SECRET_AUTH,
@@ -130,7 +132,7 @@ fn console_api_scopes_jobs_to_the_token_filters_pages_and_withholds_credentials(
     let r = call(&ez, "POST", "/api/v1/webhook-secrets", Some(&json!({"primary_secret": WEBHOOK_SECRET})), Some(TOKEN_A));
     assert_eq!(r.status, 200, "{}", r.text());
 
-    let failed = submit(&ez, &secret_job(&api, "/v1/fails", Some(sink.url("/hook"))), TOKEN_A);
+    let failed = submit(&ez, &secret_job(&api, "/v1/fails", 400, Some(sink.url("/hook"))), TOKEN_A);
     let theirs = submit(&ez, &json!({"url": api.http_url("api.test", "/v1/theirs")}), TOKEN_B);
     job_until(&ez, &failed, TOKEN_A, "failed", |v| v["status"] == "failed");
     job_until(&ez, &theirs, TOKEN_B, "ended", |v| v["status"] == "success");
@@ -355,8 +357,10 @@ fn console_in_headless_chromium_charts_traffic_shows_a_pause_and_retries_a_faile
         &limits.url("paused.test", "/x?h=RateLimit-Limit:100&h=RateLimit-Remaining:0&h=RateLimit-Reset:300"),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    // A failed job in ws-a (400 once, then it would succeed).
-    let failed = submit(&ez, &secret_job(&api, "/v1/flaky", None), TOKEN_A);
+    // A failed job in ws-a: 503 once, then the API would answer 201. (A
+    // 5xx, because a 4xx is stored under the job's Idempotency-Key and a
+    // retry would get it replayed.)
+    let failed = submit(&ez, &secret_job(&api, "/v1/flaky", 503, None), TOKEN_A);
     job_until(&ez, &failed, TOKEN_A, "failed", |v| v["status"] == "failed");
     // The sampler has seen the domains (once a second): wait for it.
     eventually(WAIT, "the overview to hold samples of busy.test", || {
@@ -419,7 +423,7 @@ fn console_in_headless_chromium_charts_traffic_shows_a_pause_and_retries_a_faile
     let row = results[10].as_str().unwrap_or("");
     assert!(row.contains("failed") && row.contains("POST"), "{row}");
     let attempt_text = results[13][0].as_str().unwrap_or("");
-    assert!(attempt_text.contains("400") && attempt_text.contains("primary"), "{attempt_text}");
+    assert!(attempt_text.contains("503") && attempt_text.contains("primary"), "{attempt_text}");
     let header_text = results[13][1].as_str().unwrap_or("");
     assert!(header_text.contains("(withheld)"), "{header_text}");
     let dom = results[15].as_str().unwrap_or("");
