@@ -41,7 +41,13 @@ fn keys() -> String {
 }
 
 /// `method path` on the control port with an optional JSON body and token.
-fn call(ez: &Ezthrottle, method: &str, path: &str, body: Option<&Value>, token: Option<&str>) -> RawResponse {
+fn call(
+    ez: &Ezthrottle,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    token: Option<&str>,
+) -> RawResponse {
     let body = body.map(Value::to_string).unwrap_or_default();
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
@@ -68,16 +74,36 @@ fn submit(ez: &Ezthrottle, job: &Value, token: &str) -> String {
     r.json()["job_id"].as_str().expect("job_id").to_string()
 }
 
-fn job_until(ez: &Ezthrottle, id: &str, token: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+fn job_until(
+    ez: &Ezthrottle,
+    id: &str,
+    token: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     eventually(WAIT, &format!("job {id}: {what}"), || {
-        let v = ok_json(call(ez, "GET", &format!("/api/v1/jobs/{id}"), None, Some(token)), "job");
+        let v = ok_json(
+            call(ez, "GET", &format!("/api/v1/jobs/{id}"), None, Some(token)),
+            "job",
+        );
         done(&v).then_some(v)
     })
 }
 
 fn assert_no_secret(text: &str, what: &str) {
-    for secret in [SECRET_AUTH, "sk_live_SECRETAUTH123", SECRET_KEY, SECRET_QUERY, WEBHOOK_SECRET, TOKEN_A, TOKEN_B] {
-        assert!(!text.contains(secret), "{what} contains the credential {secret:?}:\n{text}");
+    for secret in [
+        SECRET_AUTH,
+        "sk_live_SECRETAUTH123",
+        SECRET_KEY,
+        SECRET_QUERY,
+        WEBHOOK_SECRET,
+        TOKEN_A,
+        TOKEN_B,
+    ] {
+        assert!(
+            !text.contains(secret),
+            "{what} contains the credential {secret:?}:\n{text}"
+        );
     }
 }
 
@@ -118,7 +144,11 @@ fn console_api_scopes_jobs_to_the_token_filters_pages_and_withholds_credentials(
     let ez = builder(&api).extra(&keys()).start();
 
     // Every console call needs a known token.
-    for path in ["/console/api/overview", "/console/api/jobs", "/console/api/jobs/x"] {
+    for path in [
+        "/console/api/overview",
+        "/console/api/jobs",
+        "/console/api/jobs/x",
+    ] {
         let r = call(&ez, "GET", path, None, None);
         assert_eq!(r.status, 401, "{path}: {}", r.text());
         assert_eq!(r.error_code(), "unauthorized");
@@ -127,51 +157,129 @@ fn console_api_scopes_jobs_to_the_token_filters_pages_and_withholds_credentials(
     // The page itself holds no data and loads without one.
     let page = call(&ez, "GET", "/console", None, None);
     assert_eq!(page.status, 200);
-    assert!(page.header("content-security-policy").unwrap_or("").contains("script-src 'self'"));
+    assert!(page
+        .header("content-security-policy")
+        .unwrap_or("")
+        .contains("script-src 'self'"));
 
-    let r = call(&ez, "POST", "/api/v1/webhook-secrets", Some(&json!({"primary_secret": WEBHOOK_SECRET})), Some(TOKEN_A));
+    let r = call(
+        &ez,
+        "POST",
+        "/api/v1/webhook-secrets",
+        Some(&json!({"primary_secret": WEBHOOK_SECRET})),
+        Some(TOKEN_A),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
 
-    let failed = submit(&ez, &secret_job(&api, "/v1/fails", 400, Some(sink.url("/hook"))), TOKEN_A);
-    let theirs = submit(&ez, &json!({"url": api.http_url("api.test", "/v1/theirs")}), TOKEN_B);
+    let failed = submit(
+        &ez,
+        &secret_job(&api, "/v1/fails", 400, Some(sink.url("/hook"))),
+        TOKEN_A,
+    );
+    let theirs = submit(
+        &ez,
+        &json!({"url": api.http_url("api.test", "/v1/theirs")}),
+        TOKEN_B,
+    );
     job_until(&ez, &failed, TOKEN_A, "failed", |v| v["status"] == "failed");
     job_until(&ez, &theirs, TOKEN_B, "ended", |v| v["status"] == "success");
     sink.until(WAIT, "the failed job's webhook", |all| all.len() == 1);
 
     // ws-a sees its job and never ws-b's; naming ws-b is refused.
-    let list = ok_json(call(&ez, "GET", "/console/api/jobs", None, Some(TOKEN_A)), "list");
+    let list = ok_json(
+        call(&ez, "GET", "/console/api/jobs", None, Some(TOKEN_A)),
+        "list",
+    );
     assert_eq!(list["workspace"], "ws-a");
     assert_eq!(list["workspace_fixed"], true);
-    let ids: Vec<&str> = list["jobs"].as_array().unwrap().iter().filter_map(|j| j["job_id"].as_str()).collect();
+    let ids: Vec<&str> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["job_id"].as_str())
+        .collect();
     assert_eq!(ids, vec![failed.as_str()], "{list}");
-    let r = call(&ez, "GET", "/console/api/jobs?workspace=ws-b", None, Some(TOKEN_A));
+    let r = call(
+        &ez,
+        "GET",
+        "/console/api/jobs?workspace=ws-b",
+        None,
+        Some(TOKEN_A),
+    );
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.error_code(), "workspace_forbidden");
-    let r = call(&ez, "GET", &format!("/console/api/jobs/{theirs}"), None, Some(TOKEN_A));
+    let r = call(
+        &ez,
+        "GET",
+        &format!("/console/api/jobs/{theirs}"),
+        None,
+        Some(TOKEN_A),
+    );
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(r.error_code(), "job_not_found");
-    let r = call(&ez, "POST", &format!("/console/api/jobs/{theirs}/retry"), None, Some(TOKEN_A));
-    assert_eq!(r.status, 404, "another workspace's job cannot be retried: {}", r.text());
+    let r = call(
+        &ez,
+        "POST",
+        &format!("/console/api/jobs/{theirs}/retry"),
+        None,
+        Some(TOKEN_A),
+    );
+    assert_eq!(
+        r.status,
+        404,
+        "another workspace's job cannot be retried: {}",
+        r.text()
+    );
 
     // Precise 400s.
-    for (q, field) in [("status=nope", "status"), ("limit=0", "limit"), ("since=x", "since"), ("cursor=zz", "cursor")] {
-        let r = call(&ez, "GET", &format!("/console/api/jobs?{q}"), None, Some(TOKEN_A));
+    for (q, field) in [
+        ("status=nope", "status"),
+        ("limit=0", "limit"),
+        ("since=x", "since"),
+        ("cursor=zz", "cursor"),
+    ] {
+        let r = call(
+            &ez,
+            "GET",
+            &format!("/console/api/jobs?{q}"),
+            None,
+            Some(TOKEN_A),
+        );
         assert_eq!(r.status, 400, "{q}: {}", r.text());
         assert_eq!(r.error_code(), "invalid_request");
-        assert!(r.error_message().starts_with(field), "{q}: {}", r.error_message());
+        assert!(
+            r.error_message().starts_with(field),
+            "{q}: {}",
+            r.error_message()
+        );
     }
 
     // The detail: request, attempts, response, delivery — no credential.
-    let detail = call(&ez, "GET", &format!("/console/api/jobs/{failed}"), None, Some(TOKEN_A));
+    let detail = call(
+        &ez,
+        "GET",
+        &format!("/console/api/jobs/{failed}"),
+        None,
+        Some(TOKEN_A),
+    );
     let text = detail.text();
     let d = ok_json(detail, "detail");
     assert_no_secret(&text, "the job detail");
     assert_eq!(d["status"], "failed");
     let headers = d["request"]["headers"].as_array().unwrap();
-    let header = |name: &str| headers.iter().find(|h| h[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name))).map(|h| h[1].clone());
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+            .map(|h| h[1].clone())
+    };
     assert_eq!(header("authorization"), Some(json!("(withheld)")), "{d}");
     assert_eq!(header("x-api-key"), Some(json!("(withheld)")), "{d}");
-    assert_eq!(header("content-type"), Some(json!("application/json")), "{d}");
+    assert_eq!(
+        header("content-type"),
+        Some(json!("application/json")),
+        "{d}"
+    );
     assert_eq!(d["request"]["body"], "{\"hello\":\"world\"}");
     let attempts = d["attempt_log"].as_array().unwrap();
     assert_eq!(attempts.len(), 1, "{d}");
@@ -185,31 +293,74 @@ fn console_api_scopes_jobs_to_the_token_filters_pages_and_withholds_credentials(
     assert_eq!(delivery["last_status"], 200);
     // The signature (HMAC with the secret) never reaches the console either.
     let sent = &sink.all()[0];
-    let sig = sent.header("x-ezthrottle-signature").expect("signed").to_string();
+    let sig = sent
+        .header("x-ezthrottle-signature")
+        .expect("signed")
+        .to_string();
     assert!(!text.contains(&sig));
 
     // Redeliver: through the job API's new endpoint and the console's.
     let did = delivery["delivery_id"].as_i64().expect("delivery_id");
-    let r = call(&ez, "POST", &format!("/api/v1/jobs/{failed}/webhooks/{did}/redeliver"), None, Some(TOKEN_A));
+    let r = call(
+        &ez,
+        "POST",
+        &format!("/api/v1/jobs/{failed}/webhooks/{did}/redeliver"),
+        None,
+        Some(TOKEN_A),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     sink.until(WAIT, "the redelivered webhook", |all| all.len() == 2);
-    assert_eq!(sink.all()[1].body, sink.all()[0].body, "the same payload is sent again");
-    let r = call(&ez, "POST", &format!("/console/api/jobs/{failed}/deliveries/999999/redeliver"), None, Some(TOKEN_A));
+    assert_eq!(
+        sink.all()[1].body,
+        sink.all()[0].body,
+        "the same payload is sent again"
+    );
+    let r = call(
+        &ez,
+        "POST",
+        &format!("/console/api/jobs/{failed}/deliveries/999999/redeliver"),
+        None,
+        Some(TOKEN_A),
+    );
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(r.error_code(), "delivery_not_found");
     eventually(WAIT, "the redelivery to end", || {
-        let d = ok_json(call(&ez, "GET", &format!("/console/api/jobs/{failed}"), None, Some(TOKEN_A)), "detail");
+        let d = ok_json(
+            call(
+                &ez,
+                "GET",
+                &format!("/console/api/jobs/{failed}"),
+                None,
+                Some(TOKEN_A),
+            ),
+            "detail",
+        );
         (d["webhooks"][0]["state"] == "delivered").then_some(())
     });
-    let r = call(&ez, "POST", &format!("/console/api/jobs/{failed}/deliveries/{did}/redeliver"), None, Some(TOKEN_A));
+    let r = call(
+        &ez,
+        "POST",
+        &format!("/console/api/jobs/{failed}/deliveries/{did}/redeliver"),
+        None,
+        Some(TOKEN_A),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     sink.until(WAIT, "the second redelivery", |all| all.len() == 3);
 
     // The overview answers with the capped rings' figures.
-    let o = ok_json(call(&ez, "GET", "/console/api/overview", None, Some(TOKEN_A)), "overview");
+    let o = ok_json(
+        call(&ez, "GET", "/console/api/overview", None, Some(TOKEN_A)),
+        "overview",
+    );
     assert_no_secret(&o.to_string(), "the overview");
     assert!(o["rings"]["bytes_per_domain"].as_u64().unwrap() > 0, "{o}");
-    let r = call(&ez, "GET", "/console/api/overview?limit=0", None, Some(TOKEN_A));
+    let r = call(
+        &ez,
+        "GET",
+        "/console/api/overview?limit=0",
+        None,
+        Some(TOKEN_A),
+    );
     assert_eq!(r.status, 400);
 }
 
@@ -222,7 +373,13 @@ fn console_job_list_filters_and_pages_by_keyset() {
     for i in 0..5 {
         let host = if i % 2 == 0 { "api.test" } else { "other.test" };
         let url = api.http_url(host, &format!("/v1/list{i}"));
-        let r = call(&ez, "POST", "/api/v1/jobs", Some(&json!({"url": url})), None);
+        let r = call(
+            &ez,
+            "POST",
+            "/api/v1/jobs",
+            Some(&json!({"url": url})),
+            None,
+        );
         assert_eq!(r.status, 201, "{}", r.text());
         ids.push(r.json()["job_id"].as_str().unwrap().to_string());
         // Not a wait for anything: created_at is in ms, and the time-window
@@ -237,7 +394,16 @@ fn console_job_list_filters_and_pages_by_keyset() {
     let mut seen = Vec::new();
     let mut cursor = String::new();
     loop {
-        let page = ok_json(call(&ez, "GET", &format!("/console/api/jobs?limit=2&cursor={cursor}"), None, None), "page");
+        let page = ok_json(
+            call(
+                &ez,
+                "GET",
+                &format!("/console/api/jobs?limit=2&cursor={cursor}"),
+                None,
+                None,
+            ),
+            "page",
+        );
         assert_eq!(page["workspace"], "default");
         for j in page["jobs"].as_array().unwrap() {
             seen.push(j["job_id"].as_str().unwrap().to_string());
@@ -249,24 +415,71 @@ fn console_job_list_filters_and_pages_by_keyset() {
     }
     assert_eq!(seen, newest_first);
     // Domain filter.
-    let page = ok_json(call(&ez, "GET", "/console/api/jobs?domain=other.test", None, None), "domain");
-    let got: Vec<&str> = page["jobs"].as_array().unwrap().iter().map(|j| j["job_id"].as_str().unwrap()).collect();
+    let page = ok_json(
+        call(
+            &ez,
+            "GET",
+            "/console/api/jobs?domain=other.test",
+            None,
+            None,
+        ),
+        "domain",
+    );
+    let got: Vec<&str> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
     assert_eq!(got, vec![ids[3].as_str(), ids[1].as_str()], "{page}");
     assert_eq!(page["jobs"][0]["domain"], "other.test");
     // Status filter.
-    let page = ok_json(call(&ez, "GET", "/console/api/jobs?status=failed", None, None), "status");
+    let page = ok_json(
+        call(&ez, "GET", "/console/api/jobs?status=failed", None, None),
+        "status",
+    );
     assert_eq!(page["jobs"], json!([]));
     // Time window: created at or before the third job, after the first.
     let all = ok_json(call(&ez, "GET", "/console/api/jobs", None, None), "all");
     let created = |id: &str| {
-        all["jobs"].as_array().unwrap().iter().find(|j| j["job_id"] == id).unwrap()["created_at"].as_u64().unwrap()
+        all["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["job_id"] == id)
+            .unwrap()["created_at"]
+            .as_u64()
+            .unwrap()
     };
     let (since, until) = (created(&ids[1]), created(&ids[2]));
-    let page = ok_json(call(&ez, "GET", &format!("/console/api/jobs?since={since}&until={until}"), None, None), "window");
-    let got: Vec<&str> = page["jobs"].as_array().unwrap().iter().map(|j| j["job_id"].as_str().unwrap()).collect();
+    let page = ok_json(
+        call(
+            &ez,
+            "GET",
+            &format!("/console/api/jobs?since={since}&until={until}"),
+            None,
+            None,
+        ),
+        "window",
+    );
+    let got: Vec<&str> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
     assert_eq!(got, vec![ids[2].as_str(), ids[1].as_str()], "{page}");
     // Another workspace is empty (and selectable without keys).
-    let page = ok_json(call(&ez, "GET", "/console/api/jobs?workspace=elsewhere", None, None), "ws");
+    let page = ok_json(
+        call(
+            &ez,
+            "GET",
+            "/console/api/jobs?workspace=elsewhere",
+            None,
+            None,
+        ),
+        "ws",
+    );
     assert_eq!(page["workspace"], "elsewhere");
     assert_eq!(page["jobs"], json!([]));
 }
@@ -320,8 +533,13 @@ fn browse(chromium: &Path, steps: Vec<Value>) -> Vec<Value> {
             .arg(&plan_path),
         Duration::from_secs(240),
     );
-    assert!(out.status.success(), "browser session failed: {}", show(&out));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("cdp.py output: {e}: {}", show(&out)));
+    assert!(
+        out.status.success(),
+        "browser session failed: {}",
+        show(&out)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("cdp.py output: {e}: {}", show(&out)));
     v["results"].as_array().cloned().unwrap_or_default()
 }
 
@@ -342,7 +560,10 @@ fn console_in_headless_chromium_charts_traffic_shows_a_pause_and_retries_a_faile
     let api = ApiOrigin::start();
     let limits = LimitOrigin::start();
     let ez = builder(&api)
-        .extra(&format!("{}[limits.domains.\"busy.test\"]\nrps = 40.0\nmax_concurrent = 4\n", keys()))
+        .extra(&format!(
+            "{}[limits.domains.\"busy.test\"]\nrps = 40.0\nmax_concurrent = 4\n",
+            keys()
+        ))
         .start();
 
     // Traffic: busy.test answers 200 and a few 404s, paused.test says its
@@ -354,7 +575,10 @@ fn console_in_headless_chromium_charts_traffic_shows_a_pause_and_retries_a_faile
     }
     let r = raw::proxy_get(
         ez.proxy,
-        &limits.url("paused.test", "/x?h=RateLimit-Limit:100&h=RateLimit-Remaining:0&h=RateLimit-Reset:300"),
+        &limits.url(
+            "paused.test",
+            "/x?h=RateLimit-Limit:100&h=RateLimit-Remaining:0&h=RateLimit-Reset:300",
+        ),
     );
     assert_eq!(r.status, 200, "{}", r.text());
     // A failed job in ws-a: 503 once, then the API would answer 201. (A
@@ -364,10 +588,26 @@ fn console_in_headless_chromium_charts_traffic_shows_a_pause_and_retries_a_faile
     job_until(&ez, &failed, TOKEN_A, "failed", |v| v["status"] == "failed");
     // The sampler has seen the domains (once a second): wait for it.
     eventually(WAIT, "the overview to hold samples of busy.test", || {
-        let o = ok_json(call(&ez, "GET", "/console/api/overview?domains=busy.test", None, Some(TOKEN_A)), "overview");
+        let o = ok_json(
+            call(
+                &ez,
+                "GET",
+                "/console/api/overview?domains=busy.test",
+                None,
+                Some(TOKEN_A),
+            ),
+            "overview",
+        );
         let p = &o["domains"][0]["points"];
-        let sampled = p["rps_limit"].as_array()?.iter().any(|v| v.as_f64() == Some(40.0));
-        let admitted: u64 = p["admitted"].as_array()?.iter().filter_map(Value::as_u64).sum();
+        let sampled = p["rps_limit"]
+            .as_array()?
+            .iter()
+            .any(|v| v.as_f64() == Some(40.0));
+        let admitted: u64 = p["admitted"]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_u64)
+            .sum();
         (sampled && admitted >= 30).then_some(())
     });
 
@@ -414,28 +654,50 @@ fn console_in_headless_chromium_charts_traffic_shows_a_pause_and_retries_a_faile
     );
     let admitted_etc = &results[5];
     for (i, n) in admitted_etc.as_array().expect("points").iter().enumerate() {
-        assert!(n.as_u64().unwrap_or(0) > 0, "series {i} of busy.test has no points: {admitted_etc}");
+        assert!(
+            n.as_u64().unwrap_or(0) > 0,
+            "series {i} of busy.test has no points: {admitted_etc}"
+        );
     }
     let pause = results[6].as_str().unwrap_or("");
-    assert!(pause.contains("HTTP 200: dialect:ietf requests budget at 0"), "{pause}");
+    assert!(
+        pause.contains("HTTP 200: dialect:ietf requests budget at 0"),
+        "{pause}"
+    );
     let limits_text = results[7].as_str().unwrap_or("");
-    assert!(limits_text.contains("40 req/s") && limits_text.contains("config"), "{limits_text}");
+    assert!(
+        limits_text.contains("40 req/s") && limits_text.contains("config"),
+        "{limits_text}"
+    );
     let row = results[10].as_str().unwrap_or("");
     assert!(row.contains("failed") && row.contains("POST"), "{row}");
     let attempt_text = results[13][0].as_str().unwrap_or("");
-    assert!(attempt_text.contains("503") && attempt_text.contains("primary"), "{attempt_text}");
+    assert!(
+        attempt_text.contains("503") && attempt_text.contains("primary"),
+        "{attempt_text}"
+    );
     let header_text = results[13][1].as_str().unwrap_or("");
     assert!(header_text.contains("(withheld)"), "{header_text}");
     let dom = results[15].as_str().unwrap_or("");
     assert_no_secret(dom, "the job page");
-    assert_ne!(results[18].as_str(), Some("failed"), "after Retry the job is no longer failed");
+    assert_ne!(
+        results[18].as_str(),
+        Some("failed"),
+        "after Retry the job is no longer failed"
+    );
 
     // The retried job ran again: this time the API answered 201.
-    let done = job_until(&ez, &failed, TOKEN_A, "success after retry", |v| v["status"] == "success");
+    let done = job_until(&ez, &failed, TOKEN_A, "success after retry", |v| {
+        v["status"] == "success"
+    });
     assert_eq!(done["claims"], 2, "{done}");
     for png in [&overview_png, &job_png] {
         let bytes = std::fs::read(png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
-        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 5000, "{}", png.display());
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 5000,
+            "{}",
+            png.display()
+        );
         eprintln!("console screenshot: {}", png.display());
     }
 }

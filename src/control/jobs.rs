@@ -370,7 +370,11 @@ pub async fn redeliver_in(
     d.attempts = 0;
     d.next_attempt_at = now;
     d.updated_at = now;
-    shared.store.delivery_update(&d).await.map_err(store_error)?;
+    shared
+        .store
+        .delivery_update(&d)
+        .await
+        .map_err(store_error)?;
     shared.webhooks.notify();
     tracing::info!(job_id = %job.id, delivery_id, "webhook redelivery requested");
     Ok(Json(json!({

@@ -178,7 +178,13 @@ impl<'a> Runner<'a> {
         .await;
         self.history.record(
             self.job_id,
-            record(&sent, at, started, part(self.base_key, &key), region.clone()),
+            record(
+                &sent,
+                at,
+                started,
+                part(self.base_key, &key),
+                region.clone(),
+            ),
         );
         match sent {
             Ok(resp) => {

@@ -49,11 +49,21 @@ pub struct ListQuery {
     limit: Option<String>,
 }
 
-fn bad(message: String) -> Response {
-    error_response(StatusCode::BAD_REQUEST, "invalid_request", &message)
+/// A query parameter that does not parse: `400 invalid_request` naming it.
+#[derive(Debug)]
+struct Invalid(String);
+
+impl IntoResponse for Invalid {
+    fn into_response(self) -> Response {
+        error_response(StatusCode::BAD_REQUEST, "invalid_request", &self.0)
+    }
 }
 
-fn ms_param(name: &str, v: Option<&str>) -> Result<Option<u64>, Response> {
+fn bad(message: String) -> Invalid {
+    Invalid(message)
+}
+
+fn ms_param(name: &str, v: Option<&str>) -> Result<Option<u64>, Invalid> {
     match v.filter(|s| !s.is_empty()) {
         None => Ok(None),
         Some(s) => s
@@ -72,7 +82,7 @@ struct Filter {
     limit: usize,
 }
 
-fn filter(q: &ListQuery) -> Result<Filter, Response> {
+fn filter(q: &ListQuery) -> Result<Filter, Invalid> {
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
@@ -160,7 +170,7 @@ pub async fn list(
     ws: ConsoleWorkspace,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, Response> {
-    let f = filter(&q)?;
+    let f = filter(&q).map_err(IntoResponse::into_response)?;
     let batch = if f.domain.is_some() { 200 } else { f.limit };
     let mut after = f.after.clone();
     let mut found: Vec<(JobRecord, Option<JobSpec>)> = Vec::new();
@@ -473,7 +483,7 @@ mod tests {
             "since=yesterday",
             "cursor=zz",
         ] {
-            let resp = filter(&q(bad)).err().expect(bad);
+            let resp = filter(&q(bad)).err().expect(bad).into_response();
             assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
         }
         let f = filter(&q("until=1000&domain=API.Test")).ok().unwrap();
@@ -483,7 +493,9 @@ mod tests {
 
     fn serde_urlencoded_like(s: &str) -> ListQuery {
         let map: std::collections::HashMap<String, String> =
-            url::form_urlencoded::parse(s.as_bytes()).into_owned().collect();
+            url::form_urlencoded::parse(s.as_bytes())
+                .into_owned()
+                .collect();
         serde_json::from_value(serde_json::to_value(map).unwrap()).unwrap()
     }
 }

@@ -56,9 +56,18 @@ mod tests {
     fn the_shell_loads_only_its_own_assets() {
         assert!(HTML.contains(r#"<script src="/console/console.js" defer></script>"#));
         assert!(HTML.contains(r#"<link rel="stylesheet" href="/console/console.css">"#));
-        assert!(!HTML.contains("<script>"), "no inline script: the CSP forbids it");
-        assert!(!HTML.contains("style=\""), "no inline style: the CSP forbids it");
-        assert!(!SCRIPT.contains("innerHTML"), "text goes in as text, never as markup");
+        assert!(
+            !HTML.contains("<script>"),
+            "no inline script: the CSP forbids it"
+        );
+        assert!(
+            !HTML.contains("style=\""),
+            "no inline style: the CSP forbids it"
+        );
+        assert!(
+            !SCRIPT.contains("innerHTML"),
+            "text goes in as text, never as markup"
+        );
         // Nothing from elsewhere: the only URL is the SVG namespace name.
         for text in [HTML, SCRIPT, STYLE] {
             let text = text.replace("\"http://www.w3.org/2000/svg\"", "");

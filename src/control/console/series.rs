@@ -272,7 +272,7 @@ impl Series {
     /// Free the rings of labels with no event in the whole window before `now`.
     pub fn prune(&self, now: u32) {
         self.rings.retain(|_, ring| {
-            let ring = ring.lock().unwrap_or_else(|p| p.into_inner());
+            let ring = ring.get_mut().unwrap_or_else(|p| p.into_inner());
             ring.newest.saturating_add(WINDOW) > now
         });
     }
