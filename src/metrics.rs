@@ -19,6 +19,9 @@ pub struct Metrics {
     pub upstream_responses_total: IntCounterVec,
     pub upstream_duration_seconds: HistogramVec,
     pub throttle_wait_seconds: HistogramVec,
+    /// Admission decisions by domain and result (`admitted`, `refused`):
+    /// the console's "admitted req/s" chart as a Prometheus family.
+    pub admissions_total: IntCounterVec,
     pub domain_rps_limit: GaugeVec,
     pub domain_concurrency_limit: IntGaugeVec,
     pub domain_in_flight: IntGaugeVec,
@@ -135,6 +138,7 @@ impl Metrics {
             upstream_responses_total: vec_metric!(&r, IntCounterVec, opts("upstream_responses_total", "Responses received from upstream, by domain and status code."), &["domain", "code"]),
             upstream_duration_seconds: vec_metric!(&r, HistogramVec, hopts("upstream_duration_seconds", "Time from choosing the upstream to the end of the request, by domain.", UPSTREAM_BUCKETS), d),
             throttle_wait_seconds: vec_metric!(&r, HistogramVec, hopts("throttle_wait_seconds", "Time requests waited for admission (pace and concurrency), by domain.", &WAIT_BUCKETS), d),
+            admissions_total: vec_metric!(&r, IntCounterVec, opts("admissions_total", "Admission decisions of the domain throttle, by domain and result (admitted; refused: queue full or wait timeout). One per attempt, retries included."), &["domain", "result"]),
             domain_rps_limit: vec_metric!(&r, GaugeVec, opts("domain_rps_limit", "Current requests-per-second limit of a domain."), d),
             domain_concurrency_limit: vec_metric!(&r, IntGaugeVec, opts("domain_concurrency_limit", "Current concurrency limit of a domain."), d),
             domain_in_flight: vec_metric!(&r, IntGaugeVec, opts("domain_in_flight", "Requests of a domain currently upstream."), d),
@@ -244,6 +248,9 @@ impl Metrics {
         }
         for kind in RETRY_KINDS {
             self.retries_total.with_label_values(&[label, kind]);
+        }
+        for result in ["admitted", "refused"] {
+            self.admissions_total.with_label_values(&[label, result]);
         }
     }
 

@@ -259,6 +259,17 @@ impl Admission {
             .with_label_values(&[label.as_str()])
             .observe(waited.as_secs_f64());
         self.metrics
+            .admissions_total
+            .with_label_values(&[
+                label.as_str(),
+                if result.is_ok() {
+                    "admitted"
+                } else {
+                    "refused"
+                },
+            ])
+            .inc();
+        self.metrics
             .console
             .admission(&label, waited, result.is_ok());
         result.map(|p| (p, waited))
