@@ -231,6 +231,17 @@ fn console_api_scopes_jobs_to_the_token_filters_pages_and_withholds_credentials(
         r.text()
     );
 
+    // A browser on another site cannot make the operator's browser act.
+    let r = raw::request(
+        ez.control,
+        &format!(
+            "POST /console/api/jobs/{failed}/retry HTTP/1.1\r\nHost: {}\r\nOrigin: http://evil.test\r\nAuthorization: Bearer {TOKEN_A}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            ez.control
+        ),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.error_code(), "cross_site_request");
+
     // Precise 400s.
     for (q, field) in [
         ("status=nope", "status"),

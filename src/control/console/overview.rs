@@ -91,11 +91,8 @@ pub async fn get(
         throttles.entry(label).or_default().push(snap);
     }
     let mut labels: Vec<String> = metrics.console.labels();
-    for l in throttles.keys() {
-        if !labels.contains(l) {
-            labels.push(l.clone());
-        }
-    }
+    let known: std::collections::HashSet<String> = labels.iter().cloned().collect();
+    labels.extend(throttles.keys().filter(|l| !known.contains(*l)).cloned());
     let total = labels.len();
     if let Some(list) = q.domains.as_deref().filter(|s| !s.is_empty()) {
         let wanted: Vec<&str> = list.split(',').map(str::trim).take(100).collect();

@@ -83,7 +83,7 @@
     }
   }
 
-  // One chart: polylines over the window, y from 0 to the largest value.
+  // One chart: polylines, x one unit per second, y from 0 to the largest value.
   function chart(title, lines, unit) {
     var fig = el("figure", "chart");
     var cap = el("figcaption");
@@ -93,16 +93,16 @@
     cap.appendChild(el("span", "muted", "max " + fmt(max) + (unit || "")));
     fig.appendChild(cap);
     var svg = document.createElementNS(SVG, "svg");
-    svg.setAttribute("viewBox", "0 0 " + WINDOW + " 100");
+    var width = Math.max(1, lines[0].data.length - 1);
+    svg.setAttribute("viewBox", "0 0 " + width + " 100");
     svg.setAttribute("preserveAspectRatio", "none");
     svg.setAttribute("role", "img");
     svg.setAttribute("aria-label", title);
     var top = max > 0 ? max * 1.1 : 1;
     lines.forEach(function (l) {
       var pts = [];
-      var x0 = WINDOW - l.data.length;
       l.data.forEach(function (v, i) {
-        if (v !== null && v !== undefined) { pts.push((x0 + i) + "," + (100 - (v / top) * 100).toFixed(1)); }
+        if (v !== null && v !== undefined) { pts.push(i + "," + (100 - (v / top) * 100).toFixed(1)); }
       });
       var pl = document.createElementNS(SVG, "polyline");
       pl.setAttribute("class", "s-" + l.cls);
@@ -150,7 +150,18 @@
       card.appendChild(line);
     });
     if (!s) { return card; }
-    var c = s.cols;
+    // From the domain's first second with data (at least the last minute),
+    // so a domain seen two minutes ago does not sit in a 15-minute axis.
+    var n = s.cols.admitted.length, first = n;
+    COLS.forEach(function (k) {
+      var col = s.cols[k];
+      for (var i = 0; i < first; i++) { if (col[i] !== null && col[i] !== 0) { first = i; break; } }
+    });
+    first = Math.min(first, Math.max(0, n - 60));
+    var c = {};
+    COLS.forEach(function (k) { c[k] = s.cols[k].slice(first); });
+    var span = n - first;
+    card.appendChild(el("div", "muted span", "last " + (span >= 120 ? Math.round(span / 60) + " min" : span + " s")));
     var grid = el("div", "charts");
     grid.appendChild(chart("admitted req/s vs rps limit", [
       { cls: "admitted", data: c.admitted }, { cls: "limit", data: c.rps_limit }]));
