@@ -36,6 +36,13 @@ const SECRET_KEY: &str = "SECRETAPIKEY456";
 const SECRET_QUERY: &str = "SECRETQUERY789";
 const WEBHOOK_SECRET: &str = "whsec_SECRETSIGNING_0123456789";
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 fn keys() -> String {
     format!("[control.api_keys]\n\"{TOKEN_A}\" = \"ws-a\"\n\"{TOKEN_B}\" = \"ws-b\"\n")
 }
@@ -357,6 +364,56 @@ fn console_api_scopes_jobs_to_the_token_filters_pages_and_withholds_credentials(
     );
     assert_eq!(r.status, 200, "{}", r.text());
     sink.until(WAIT, "the second redelivery", |all| all.len() == 3);
+
+    // Cancel a queued job (not before tomorrow) from the console; a second
+    // cancel is the job API's 409.
+    let tomorrow = now_ms() + 86_400_000;
+    let later = submit(
+        &ez,
+        &json!({"url": api.http_url("api.test", "/v1/later"), "retry_at": tomorrow}),
+        TOKEN_A,
+    );
+    let d = ok_json(
+        call(
+            &ez,
+            "GET",
+            &format!("/console/api/jobs/{later}"),
+            None,
+            Some(TOKEN_A),
+        ),
+        "queued job",
+    );
+    assert_eq!(d["actions"], json!({"cancel": true, "retry": false}), "{d}");
+    let r = call(
+        &ez,
+        "POST",
+        &format!("/console/api/jobs/{later}/cancel"),
+        None,
+        Some(TOKEN_A),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "cancelled");
+    let r = call(
+        &ez,
+        "POST",
+        &format!("/console/api/jobs/{later}/cancel"),
+        None,
+        Some(TOKEN_A),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.error_code(), "job_finished");
+    let page = ok_json(
+        call(
+            &ez,
+            "GET",
+            "/console/api/jobs?status=cancelled",
+            None,
+            Some(TOKEN_A),
+        ),
+        "cancelled",
+    );
+    assert_eq!(page["jobs"][0]["job_id"], later.as_str(), "{page}");
+    assert_eq!(api.count("/v1/later"), 0, "a cancelled job never ran");
 
     // The overview answers with the capped rings' figures.
     let o = ok_json(
