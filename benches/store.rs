@@ -9,9 +9,10 @@
 //!    page filtered by a rare status) and `job_counts` latency;
 //! 4. `idempotency_get` latency of a small record while 10 MiB records are
 //!    being stored back to back, and how long each 10 MiB put takes;
-//! 5. through the real binary on that data dir: `GET /api/v1/jobs` latency
-//!    and `POST /api/v1/jobs` submissions per second over one keep-alive
-//!    connection.
+//! 5. through the real binary on that data dir: `GET /api/v1/jobs` latency,
+//!    the console's job list (first page, by status, deep by time, the
+//!    domain filter's bounded scan) and a job's page, and `POST
+//!    /api/v1/jobs` submissions per second over one keep-alive connection.
 //!
 //! Run: `cargo bench --bench store` (`-- --n 20000` for a quick look).
 //! Without `--bench` (as under `cargo test --all-targets`) it does nothing.
@@ -47,7 +48,15 @@ fn stored_job(i: usize, base: u64) -> JobRecord {
         workspace: WS.into(),
         idempotent_key: format!("fill-{i}"),
         status,
-        spec: r#"{"url":"https://api.test/v1/x","method":"POST","headers":[["Content-Type","application/json"]],"body":"{\"n\":1}","regions":[],"webhooks":[]}"#.into(),
+        // One job in 1,000 targets another host (the console's domain filter).
+        spec: format!(
+            r#"{{"url":"https://{}/v1/x","method":"POST","headers":[["Content-Type","application/json"]],"body":"{{\"n\":1}}","regions":[],"webhooks":[]}}"#,
+            if i % 1000 == 500 {
+                "rare.test"
+            } else {
+                "api.test"
+            }
+        ),
         attempts: 1,
         claims: 1,
         next_attempt_at: u64::MAX / 4,
@@ -248,7 +257,7 @@ fn get_during_big_puts(rt: &tokio::runtime::Runtime, store: &Arc<EmbeddedStore>)
     });
 }
 
-fn through_binary(root: &std::path::Path, data: &std::path::Path) {
+fn through_binary(root: &std::path::Path, data: &std::path::Path, base: u64, n: u64) {
     let proxy_port = support::free_port();
     let control_port = support::free_port();
     let config = format!(
@@ -272,6 +281,48 @@ fn through_binary(root: &std::path::Path, data: &std::path::Path) {
     }
     println!(
         "binary GET /api/v1/jobs?limit=50:  {}",
+        support::percentiles(lat)
+    );
+    // The console's job list (docs/console.md), 50 a page.
+    for (what, query) in [
+        ("first page", "limit=50".to_string()),
+        ("status=failed (1%)", "limit=50&status=failed".to_string()),
+        (
+            "until = the middle",
+            format!("limit=50&until={}", base + n / 2),
+        ),
+        (
+            "domain=rare.test (0.1%, scan)",
+            "limit=50&domain=rare.test".to_string(),
+        ),
+    ] {
+        let get = format!(
+            "GET /console/api/jobs?{query} HTTP/1.1\r\nHost: 127.0.0.1:{control_port}\r\n\r\n"
+        );
+        let mut lat = Vec::new();
+        for i in 0..110 {
+            let t = Instant::now();
+            assert_eq!(support::exchange(&mut conn, get.as_bytes()), 200);
+            if i >= 10 {
+                lat.push(t.elapsed());
+            }
+        }
+        println!(
+            "binary console jobs, {what:<30} {}",
+            support::percentiles(lat)
+        );
+    }
+    let get = format!(
+        "GET /console/api/jobs/job_00000500 HTTP/1.1\r\nHost: 127.0.0.1:{control_port}\r\n\r\n"
+    );
+    let mut lat = Vec::new();
+    for _ in 0..100 {
+        let t = Instant::now();
+        assert_eq!(support::exchange(&mut conn, get.as_bytes()), 200);
+        lat.push(t.elapsed());
+    }
+    println!(
+        "binary console job page:                  {}",
         support::percentiles(lat)
     );
     let retry_at = ezthrottle::store::now_ms() + 86_400_000;
@@ -316,5 +367,5 @@ fn main() {
         submissions(&rt, store.clone(), &data);
         get_during_big_puts(&rt, &store);
     }
-    through_binary(root.path(), &data);
+    through_binary(root.path(), &data, base, n as u64);
 }

@@ -19,6 +19,9 @@ pub struct Metrics {
     pub upstream_responses_total: IntCounterVec,
     pub upstream_duration_seconds: HistogramVec,
     pub throttle_wait_seconds: HistogramVec,
+    /// Admission decisions by domain and result (`admitted`, `refused`):
+    /// the console's "admitted req/s" chart as a Prometheus family.
+    pub admissions_total: IntCounterVec,
     pub domain_rps_limit: GaugeVec,
     pub domain_concurrency_limit: IntGaugeVec,
     pub domain_in_flight: IntGaugeVec,
@@ -45,6 +48,10 @@ pub struct Metrics {
     pub limit_headers_ignored_total: IntCounterVec,
     pub untrusted_headers_ignored_total: IntCounterVec,
     pub egress_denied_total: IntCounterVec,
+    /// The console's 15-minute, 1-second history per domain, fed where the
+    /// families it mirrors are (`control::console::series`); one ring per
+    /// `domain` label, so the same cap applies.
+    pub console: crate::control::console::series::Series,
 }
 
 // Label values of `untrusted_headers_ignored_total` are created at zero so
@@ -81,7 +88,8 @@ const REQUEST_OUTCOMES: &[&str] = &[
 ];
 const RETRY_KINDS: &[&str] = &["retry", "reroute"];
 
-const WAIT_BUCKETS: &[f64] = &[
+/// Also the console's per-second wait histogram (`control::console::series`).
+pub const WAIT_BUCKETS: [f64; 15] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 const UPSTREAM_BUCKETS: &[f64] = &[
@@ -124,7 +132,8 @@ impl Metrics {
             requests_total: vec_metric!(&r, IntCounterVec, opts("requests_total", "Requests seen by the proxy, by target domain and how they ended (forwarded, replayed, conflict, rejected, parked, error, cancelled)."), &["domain", "outcome"]),
             upstream_responses_total: vec_metric!(&r, IntCounterVec, opts("upstream_responses_total", "Responses received from upstream, by domain and status code."), &["domain", "code"]),
             upstream_duration_seconds: vec_metric!(&r, HistogramVec, hopts("upstream_duration_seconds", "Time from choosing the upstream to the end of the request, by domain.", UPSTREAM_BUCKETS), d),
-            throttle_wait_seconds: vec_metric!(&r, HistogramVec, hopts("throttle_wait_seconds", "Time requests waited for admission (pace and concurrency), by domain.", WAIT_BUCKETS), d),
+            throttle_wait_seconds: vec_metric!(&r, HistogramVec, hopts("throttle_wait_seconds", "Time requests waited for admission (pace and concurrency), by domain.", &WAIT_BUCKETS), d),
+            admissions_total: vec_metric!(&r, IntCounterVec, opts("admissions_total", "Admission decisions of the domain throttle, by domain and result (admitted; refused: queue full or wait timeout). One per attempt, retries included."), &["domain", "result"]),
             domain_rps_limit: vec_metric!(&r, GaugeVec, opts("domain_rps_limit", "Current requests-per-second limit of a domain."), d),
             domain_concurrency_limit: vec_metric!(&r, IntGaugeVec, opts("domain_concurrency_limit", "Current concurrency limit of a domain."), d),
             domain_in_flight: vec_metric!(&r, IntGaugeVec, opts("domain_in_flight", "Requests of a domain currently upstream."), d),
@@ -201,6 +210,8 @@ impl Metrics {
                 c
             },
             registry: r,
+            // Every capped label plus `other`.
+            console: crate::control::console::series::Series::new(max_domains.max(1) + 1),
             max_domains: max_domains.max(1),
             seen: DashSet::new(),
         };
@@ -232,6 +243,9 @@ impl Metrics {
         }
         for kind in RETRY_KINDS {
             self.retries_total.with_label_values(&[label, kind]);
+        }
+        for result in ["admitted", "refused"] {
+            self.admissions_total.with_label_values(&[label, result]);
         }
     }
 

@@ -337,6 +337,7 @@ impl BackgroundService for ControlService {
         tokio::spawn(shared.jobs.clone().run());
         tokio::spawn(shared.jobs.clone().sweep_forever());
         tokio::spawn(shared.admission.clone().forget_idle_forever());
+        tokio::spawn(crate::control::console::sample_forever(shared.clone()));
         tokio::spawn(crate::reload::watch_forever(
             shared.clone(),
             shared.config.load().source.clone(),

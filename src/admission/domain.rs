@@ -256,6 +256,10 @@ pub struct Snapshot {
     pub queue_capacity: usize,
     /// Unix milliseconds, or null when not paused.
     pub paused_until: Option<u64>,
+    /// Why the domain is paused (`HTTP 429: Retry-After`), while it is;
+    /// absent for a pause another replica shared through Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
     /// With the Redis backend: slots held by all replicas together at this
     /// replica's last admission (`in_flight` and `waiting` are this
     /// replica's own).
@@ -284,6 +288,7 @@ struct State {
     in_flight: u32,
     paused_until: Option<Instant>,
     paused_until_wall: Option<SystemTime>,
+    pause_reason: Option<String>,
     queue: VecDeque<Waiter>,
     next_id: u64,
     /// The waiter of the latest start, if that start was a queued grant:
@@ -302,6 +307,7 @@ impl State {
             Some(_) => {
                 self.paused_until = None;
                 self.paused_until_wall = None;
+                self.pause_reason = None;
                 None
             }
             None => None,
@@ -390,6 +396,7 @@ impl DomainThrottle {
             in_flight: 0,
             paused_until: None,
             paused_until_wall: None,
+            pause_reason: None,
             queue: VecDeque::new(),
             next_id: 0,
             last_grant: None,
@@ -633,6 +640,7 @@ impl DomainThrottle {
                 st.paused_until = Some(until);
                 let wall = SystemTime::now() + pause;
                 st.paused_until_wall = Some(wall);
+                st.pause_reason = signals.pause_reason.clone();
                 self.gauges.paused_until.set(
                     wall.duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_secs_f64())
@@ -687,6 +695,11 @@ impl DomainThrottle {
                 st.paused_until_wall
                     .and_then(|w| w.duration_since(SystemTime::UNIX_EPOCH).ok())
                     .map(|d| d.as_millis() as u64)
+            } else {
+                None
+            },
+            pause_reason: if paused {
+                st.pause_reason.clone()
             } else {
                 None
             },

@@ -24,6 +24,10 @@ pub struct Signals {
     /// Pause the domain for this long from now: a budget at zero
     /// (`Retry-After` on a 429/503, `RateLimit-Remaining: 0`, …).
     pub pause: Option<Duration>,
+    /// Why [`Signals::pause`]: the response's status and the budget that
+    /// reached zero (`HTTP 429: Retry-After`, `HTTP 200: dialect:ietf
+    /// requests budget at 0`), for the status page and the console.
+    pub pause_reason: Option<String>,
     /// Every budget the response announced in a vendor dialect
     /// (`dialects.rs`); the domain derives its budget pace from them.
     pub budgets: Vec<Budget>,
@@ -60,11 +64,38 @@ pub fn read(status: u16, headers: &HeaderMap, now: SystemTime) -> Signals {
     }
     let reading = dialects::read(status, headers, now);
     s.ignored.extend(reading.ignored);
-    if let dialects::Pace::PauseFor(d) = dialects::strictest(&reading.budgets, f64::INFINITY) {
+    if let Some((dialects::Pace::PauseFor(d), b)) =
+        dialects::governing(&reading.budgets, f64::INFINITY)
+    {
         s.pause = Some(d);
+        s.pause_reason = Some(pause_reason(status, b));
     }
     s.budgets = reading.budgets;
     s
+}
+
+/// `HTTP 429: Retry-After`, `HTTP 200: dialect:openai tokens budget at 0`.
+fn pause_reason(status: u16, b: &dialects::Budget) -> String {
+    if b.dialect == dialects::Dialect::RetryAfter {
+        return format!("HTTP {status}: Retry-After");
+    }
+    let kind = match b.kind {
+        dialects::BudgetKind::Requests => "requests",
+        dialects::BudgetKind::Tokens => "tokens",
+        dialects::BudgetKind::InputTokens => "input tokens",
+        dialects::BudgetKind::OutputTokens => "output tokens",
+        dialects::BudgetKind::ContentBytes => "content bytes",
+        dialects::BudgetKind::ConcurrentRequests => "concurrent requests",
+    };
+    let bucket = b
+        .bucket
+        .as_deref()
+        .map(|n| format!(" {n:?}"))
+        .unwrap_or_default();
+    format!(
+        "HTTP {status}: {} {kind} budget{bucket} at 0",
+        b.dialect.source()
+    )
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -178,6 +209,23 @@ mod tests {
         // Zero is a valid "retry now": no pause, nothing ignored.
         let s = read(429, &h(&[("retry-after", "0")]), now);
         assert_eq!((s.pause, s.ignored.len()), (None, 0));
+    }
+
+    #[test]
+    fn a_pause_says_why() {
+        let now = SystemTime::now();
+        let s = read(429, &h(&[("retry-after", "3")]), now);
+        assert_eq!(s.pause_reason.as_deref(), Some("HTTP 429: Retry-After"));
+        let s = read(
+            200,
+            &h(&[("ratelimit-remaining", "0"), ("ratelimit-reset", "4")]),
+            now,
+        );
+        assert_eq!(
+            s.pause_reason.as_deref(),
+            Some("HTTP 200: dialect:ietf requests budget at 0")
+        );
+        assert_eq!(read(200, &h(&[]), now).pause_reason, None);
     }
 
     #[test]

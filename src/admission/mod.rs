@@ -255,6 +255,20 @@ impl Admission {
             .throttle_wait_seconds
             .with_label_values(&[label.as_str()])
             .observe(waited.as_secs_f64());
+        self.metrics
+            .admissions_total
+            .with_label_values(&[
+                label.as_str(),
+                if result.is_ok() {
+                    "admitted"
+                } else {
+                    "refused"
+                },
+            ])
+            .inc();
+        self.metrics
+            .console
+            .admission(&label, waited, result.is_ok());
         result.map(|p| (p, waited))
     }
 

@@ -19,10 +19,10 @@ use crate::egress::Purpose;
 use crate::jobs::request::{self, derived_key};
 use crate::jobs::spec::{ExecutionMode, JobSpec};
 use crate::state::Shared;
-use crate::store::{Delivery, JobRecord, JobStatus};
+use crate::store::{Delivery, DeliveryState, JobRecord, JobStatus};
 use crate::webhooks::quorum::QuorumState;
 
-fn store_error(e: impl std::fmt::Display) -> Response {
+pub(crate) fn store_error(e: impl std::fmt::Display) -> Response {
     tracing::warn!(error = %e, "job API: storage failed");
     error_response(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -97,7 +97,7 @@ pub async fn submit(
 }
 
 /// The job, if it exists in `ws`.
-async fn find(shared: &Shared, ws: &str, id: &str) -> Result<JobRecord, Response> {
+pub(crate) async fn find(shared: &Shared, ws: &str, id: &str) -> Result<JobRecord, Response> {
     match shared.store.job_get(id).await {
         Ok(Some(job)) if job.workspace == ws => Ok(job),
         Ok(_) => Err(not_found(id)),
@@ -129,6 +129,7 @@ fn view_with(job: &JobRecord, deliveries: &[Delivery]) -> Value {
         "updated_at": job.updated_at,
         "next_attempt_at": job.next_attempt_at,
         "webhooks": deliveries.iter().map(|d| json!({
+            "delivery_id": d.id,
             "url": d.url,
             "state": d.state.as_str(),
             "attempts": d.attempts,
@@ -256,7 +257,12 @@ pub async fn cancel(
     Workspace(ws): Workspace,
     Path(id): Path<String>,
 ) -> Result<Response, Response> {
-    let job = find(&shared, &ws, &id).await?;
+    cancel_in(&shared, &ws, &id).await
+}
+
+/// Cancel job `id` of workspace `ws` (the job API and the console).
+pub async fn cancel_in(shared: &Shared, ws: &str, id: &str) -> Result<Response, Response> {
+    let job = find(shared, ws, id).await?;
     Ok(match shared.store.job_cancel(&job.id).await {
         Ok(true) => {
             shared.jobs.refresh_gauge().await;
@@ -277,7 +283,12 @@ pub async fn retry(
     Workspace(ws): Workspace,
     Path(id): Path<String>,
 ) -> Result<Response, Response> {
-    let job = find(&shared, &ws, &id).await?;
+    retry_in(&shared, &ws, &id).await
+}
+
+/// Re-queue job `id` of workspace `ws` (the job API and the console).
+pub async fn retry_in(shared: &Shared, ws: &str, id: &str) -> Result<Response, Response> {
+    let job = find(shared, ws, id).await?;
     Ok(
         match shared
             .store
@@ -303,6 +314,75 @@ pub async fn retry(
             Err(e) => store_error(e),
         },
     )
+}
+
+/// `POST /api/v1/jobs/{id}/webhooks/{delivery_id}/redeliver`: send a
+/// webhook delivery that has ended (delivered, or failed for good) again,
+/// with a fresh budget of attempts (docs/webhooks.md).
+pub async fn redeliver(
+    State(shared): State<Arc<Shared>>,
+    Workspace(ws): Workspace,
+    Path((id, delivery)): Path<(String, String)>,
+) -> Result<Response, Response> {
+    redeliver_in(&shared, &ws, &id, &delivery).await
+}
+
+/// Redeliver webhook delivery `delivery` of job `id` in workspace `ws`.
+/// A pending delivery is refused (`409 delivery_pending`): the worker owns
+/// it, and a second writer could send it twice at once.
+pub async fn redeliver_in(
+    shared: &Shared,
+    ws: &str,
+    id: &str,
+    delivery: &str,
+) -> Result<Response, Response> {
+    let job = find(shared, ws, id).await?;
+    let unknown = || {
+        error_response(
+            StatusCode::NOT_FOUND,
+            "delivery_not_found",
+            &format!("job {id:?} has no webhook delivery {delivery:?}"),
+        )
+    };
+    let Ok(delivery_id) = delivery.parse::<i64>() else {
+        return Err(unknown());
+    };
+    let deliveries = shared
+        .store
+        .deliveries_for_job(&job.id)
+        .await
+        .map_err(store_error)?;
+    let Some(mut d) = deliveries.into_iter().find(|d| d.id == delivery_id) else {
+        return Err(unknown());
+    };
+    if d.state == DeliveryState::Pending {
+        return Err(error_response(
+            StatusCode::CONFLICT,
+            "delivery_pending",
+            &format!(
+                "delivery {delivery_id} of job {id:?} is still being delivered (attempt {}); redeliver it once it has ended",
+                d.attempts
+            ),
+        ));
+    }
+    let now = crate::store::now_ms();
+    d.state = DeliveryState::Pending;
+    d.attempts = 0;
+    d.next_attempt_at = now;
+    d.updated_at = now;
+    shared
+        .store
+        .delivery_update(&d)
+        .await
+        .map_err(store_error)?;
+    shared.webhooks.notify();
+    tracing::info!(job_id = %job.id, delivery_id, "webhook redelivery requested");
+    Ok(Json(json!({
+        "job_id": job.id,
+        "delivery_id": delivery_id,
+        "state": "pending",
+    }))
+    .into_response())
 }
 
 /// The envelope of `POST /api/v1/proxy` (the SDK's TracktTags hop).

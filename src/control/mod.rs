@@ -3,6 +3,7 @@
 //! [`error_response`].
 
 pub mod auth;
+pub mod console;
 mod domains;
 mod health;
 pub mod jobs;
@@ -37,7 +38,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/jobs", get(jobs::list).post(jobs::submit))
         .route("/api/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/api/v1/jobs/{id}/retry", post(jobs::retry))
+        .route(
+            "/api/v1/jobs/{id}/webhooks/{delivery_id}/redeliver",
+            post(jobs::redeliver),
+        )
         .route("/api/v1/proxy", post(jobs::envelope))
+        .merge(console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)

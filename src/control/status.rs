@@ -217,9 +217,14 @@ fn domain_row(out: &mut String, d: &Snapshot, now_ms: u64) {
     if d.waiting > 0 {
         classes.push("busy");
     }
-    let paused = match d.paused_until {
-        Some(until) => esc(&fmt_paused_until(until, now_ms)),
-        None => "&mdash;".to_string(),
+    let paused = match (d.paused_until, &d.pause_reason) {
+        (Some(until), Some(why)) => format!(
+            r#"{}<div class="budget pause-reason">{}</div>"#,
+            esc(&fmt_paused_until(until, now_ms)),
+            esc(why)
+        ),
+        (Some(until), None) => esc(&fmt_paused_until(until, now_ms)),
+        (None, _) => "&mdash;".to_string(),
     };
     let pin = if d.pinned {
         r#"<span class="pin" title="pin = true: learned headers are ignored">pinned</span>"#
@@ -358,6 +363,7 @@ mod tests {
             waiting: 0,
             queue_capacity: 10000,
             paused_until: None,
+            pause_reason: None,
             in_flight_all_replicas: None,
             budget: None,
         }
@@ -385,6 +391,7 @@ mod tests {
         a.pinned = true;
         let mut b = snap("api.b.test");
         b.paused_until = Some(1_800_000_030_000);
+        b.pause_reason = Some("HTTP 429: Retry-After".into());
         let html = render(
             &[a, b],
             Some(&[(JobStatus::Queued, 4), (JobStatus::Failed, 1)]),
@@ -395,6 +402,7 @@ mod tests {
         assert!(html.contains(r#"<td class="in-flight">3</td><td class="waiting">7</td>"#));
         assert!(html.contains("pinned"));
         assert!(html.contains("(in 30.0 s)"), "{html}");
+        assert!(html.contains(r#"<div class="budget pause-reason">HTTP 429: Retry-After</div>"#));
         assert!(html.contains(r#"<tr data-status="queued"><td>queued</td><td>4</td></tr>"#));
         assert!(html.contains(r#"<tr data-status="in_flight"><td>in_flight</td><td>0</td></tr>"#));
         assert!(html.contains("<th>total</th><th>5</th>"));

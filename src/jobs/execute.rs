@@ -83,6 +83,11 @@ pub struct Runner<'a> {
     /// Upstream calls made by every attempt of this run (all regions and
     /// fallbacks), from each answer's `X-EZThrottle-Attempts`.
     pub calls: &'a AtomicU32,
+    /// Where each attempt is recorded (the console's job page).
+    pub history: &'a super::history::History,
+    /// The job's own idempotent key: an attempt's key past it names the
+    /// part of the job (fallback, region).
+    pub base_key: &'a str,
 }
 
 impl<'a> Runner<'a> {
@@ -160,7 +165,9 @@ impl<'a> Runner<'a> {
             idempotent_key: &key,
             internal_token: self.internal_token,
         };
-        match attempt::send(
+        let started = std::time::Instant::now();
+        let at = crate::store::now_ms();
+        let sent = attempt::send(
             self.proxy,
             &who,
             spec,
@@ -168,8 +175,18 @@ impl<'a> Runner<'a> {
             self.timeout,
             self.max_body,
         )
-        .await
-        {
+        .await;
+        self.history.record(
+            self.job_id,
+            record(
+                &sent,
+                at,
+                started,
+                part(self.base_key, &key),
+                region.clone(),
+            ),
+        );
+        match sent {
             Ok(resp) => {
                 self.calls
                     .fetch_add(upstream_calls(&resp), Ordering::Relaxed);
@@ -185,6 +202,64 @@ impl<'a> Runner<'a> {
             }
             Err(e) => Run::Unreachable(e),
         }
+    }
+}
+
+/// `primary`, or what an attempt's key adds to the job's: `fallback 1`,
+/// `region lax`, `fallback 1, region lax`.
+fn part(base: &str, key: &str) -> String {
+    let rest = key.strip_prefix(base).unwrap_or("");
+    let parts: Vec<String> = rest
+        .split('#')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.strip_prefix("fallback") {
+            Some(n) => format!("fallback {n}"),
+            None => format!("region {p}"),
+        })
+        .collect();
+    if parts.is_empty() {
+        "primary".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The history entry of one attempt.
+fn record(
+    sent: &Result<AttemptResponse, String>,
+    at: u64,
+    started: std::time::Instant,
+    part: String,
+    region: Option<String>,
+) -> super::history::Attempt {
+    let header = |resp: &AttemptResponse, name: &str| {
+        resp.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+    };
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match sent {
+        Ok(resp) => super::history::Attempt {
+            at,
+            part,
+            region,
+            status_code: Some(resp.status),
+            wait_ms: header(resp, crate::wire::WAIT_MS_HEADER),
+            upstream_calls: upstream_calls(resp),
+            duration_ms,
+            error: resp.proxy_error.clone(),
+        },
+        Err(e) => super::history::Attempt {
+            at,
+            part,
+            region,
+            status_code: None,
+            wait_ms: None,
+            upstream_calls: 0,
+            duration_ms,
+            error: Some(e.clone()),
+        },
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod attempt;
 pub mod execute;
+pub mod history;
 pub mod request;
 pub mod spec;
 
@@ -59,6 +60,8 @@ pub struct Jobs {
     running: Arc<Semaphore>,
     /// Called when finished jobs created webhook deliveries.
     deliveries_created: Box<dyn Fn() + Send + Sync>,
+    /// Each attempt this process made, per job (the console's job page).
+    history: history::History,
 }
 
 impl Jobs {
@@ -84,6 +87,7 @@ impl Jobs {
             wake: Notify::new(),
             running: Arc::new(Semaphore::new(MAX_RUNNING)),
             deliveries_created,
+            history: history::History::default(),
         }
     }
 
@@ -234,6 +238,8 @@ impl Jobs {
             timeout: self.attempt_timeout(&spec),
             max_body: self.config.load().idempotency.max_stored_body as usize,
             calls: &calls,
+            history: &self.history,
+            base_key: &job.idempotent_key,
         };
         let run = runner.chain(&spec, job.idempotent_key.clone(), 0);
         // on_failure also fires when no success came within its timeout.
@@ -375,6 +381,7 @@ impl Jobs {
             "body": String::from_utf8_lossy(&resp.body),
             "error": resp.proxy_error,
             "region_results": region_results,
+            "attempt_log": self.history.of(&job.id),
         })
         .to_string();
         let extra = region_results.map(|r| {
@@ -450,6 +457,11 @@ impl Jobs {
             }
         }
         self.refresh_gauge().await;
+    }
+
+    /// The attempts this process made for each recent job.
+    pub fn history(&self) -> &history::History {
+        &self.history
     }
 
     /// `ezthrottle_jobs{status}` from the store's counts.

@@ -50,6 +50,7 @@ pub async fn response(
             .upstream_responses_total
             .with_label_values(&[label.as_str(), &code.to_string()])
             .inc();
+        metrics.console.response(&label, code);
         // The API's own limit headers govern the next admission (of this
         // credential's budget, when the domain is split).
         match grpc {
