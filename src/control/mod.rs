@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod console;
+mod cross_site;
 mod domains;
 mod health;
 pub mod jobs;
@@ -46,6 +47,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .merge(console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(cross_site::refuse))
         .with_state(shared)
 }
 

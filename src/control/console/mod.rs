@@ -70,9 +70,6 @@ where
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        if parts.method != axum::http::Method::GET {
-            same_origin(&parts.headers).map_err(IntoResponse::into_response)?;
-        }
         let shared = Arc::<Shared>::from_ref(state);
         let config = shared.config.load();
         let keys = &config.control.api_keys;
@@ -101,50 +98,6 @@ where
             }),
         }
     }
-}
-
-/// A refused cross-site action: `403 cross_site_request`.
-#[derive(Debug)]
-pub struct CrossSite;
-
-impl IntoResponse for CrossSite {
-    fn into_response(self) -> Response {
-        error_response(
-            StatusCode::FORBIDDEN,
-            "cross_site_request",
-            "console actions are accepted only from the console's own page",
-        )
-    }
-}
-
-/// An action (POST) must come from the console's own page or from a
-/// non-browser client: a browser's cross-site request is refused (`403
-/// cross_site_request`). Without API keys the control port is open on
-/// loopback, and any web page the operator visits could otherwise make the
-/// browser POST a cancel or retry to `127.0.0.1:4001` (a form post needs no
-/// CORS preflight). Browsers send `Sec-Fetch-Site` and `Origin`; curl and
-/// the SDK send neither.
-fn same_origin(headers: &axum::http::HeaderMap) -> Result<(), CrossSite> {
-    let refuse = || CrossSite;
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if !matches!(site.to_str(), Ok("same-origin" | "none")) {
-            return Err(refuse());
-        }
-    }
-    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
-        let host = headers
-            .get(axum::http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        let origin = origin.to_str().unwrap_or("");
-        let authority = origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"));
-        if host.is_empty() || authority != Some(host) {
-            return Err(refuse());
-        }
-    }
-    Ok(())
 }
 
 /// Once a second, sample every domain's limits, in-flight and waiting
@@ -184,41 +137,5 @@ pub fn sample(shared: &Shared, now: u32) {
     }
     for (label, g) in by_label {
         metrics.console.sample_at(&label, now, g);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::{HeaderMap, HeaderValue};
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_static(v));
-        }
-        h
-    }
-
-    #[test]
-    fn actions_from_other_sites_are_refused() {
-        let host = ("host", "127.0.0.1:4001");
-        assert!(same_origin(&headers(&[host])).is_ok(), "curl, the SDK");
-        assert!(same_origin(&headers(&[
-            host,
-            ("origin", "http://127.0.0.1:4001"),
-            ("sec-fetch-site", "same-origin")
-        ]))
-        .is_ok());
-        for bad in [
-            vec![host, ("origin", "http://evil.test")],
-            vec![host, ("origin", "null")],
-            vec![host, ("sec-fetch-site", "cross-site")],
-            vec![host, ("sec-fetch-site", "same-site")],
-            vec![("origin", "http://127.0.0.1:4001")],
-        ] {
-            let resp = same_origin(&headers(&bad)).unwrap_err().into_response();
-            assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{bad:?}");
-        }
     }
 }
