@@ -103,8 +103,8 @@ pub struct RequestCtx {
     /// A proxy client, or our own job runner (decides which control headers
     /// are believed and which egress policy applies).
     pub caller: super::identify::Caller,
-    /// The error to answer with, set by the phase that failed.
-    pub error: Option<ProxyError>,
+    /// How the request ends, decided by the phase that knew.
+    pub outcome: Outcome,
     /// Upstream attempts made.
     pub attempts: u32,
     /// Time spent waiting for admission.
@@ -125,8 +125,6 @@ pub struct RequestCtx {
     pub inflight: Option<InFlightGuard>,
     /// Set while a request with an `Idempotency-Key` holds its key.
     pub keyed: Option<Keyed>,
-    /// Answered from the idempotency store.
-    pub replayed: bool,
     /// The whole request body, when it was read ahead (see `body.rs`).
     pub body: Option<Bytes>,
     /// That body's share of the process-wide buffer budget
@@ -136,10 +134,35 @@ pub struct RequestCtx {
     pub retry: Option<RetryState>,
     /// Set when the request may be parked (it named a webhook).
     pub park: Option<ParkOptions>,
-    /// Park instead of answering (decided by a phase that cannot answer).
-    pub park_now: bool,
-    /// The job this request became.
-    pub parked: Option<String>,
+}
+
+/// How a request ends. One value, so that no two phases can disagree (a
+/// request both replayed and parked) and the record phase reads one thing.
+#[derive(Debug, Default)]
+pub enum Outcome {
+    /// Nothing decided: the request goes (or went) upstream and its answer
+    /// is delivered.
+    #[default]
+    Forwarded,
+    /// Answered from the idempotency store.
+    Replayed,
+    /// To be parked: decided by a phase that cannot answer itself (pingora's
+    /// error path, `fail_to_proxy`, parks it).
+    ParkNow,
+    /// It became this job (answered `202`).
+    Parked(String),
+    /// Answered, or to be answered, with this error.
+    Failed(ProxyError),
+}
+
+impl Outcome {
+    /// The error the request is answered with, if it failed.
+    pub fn error(&self) -> Option<&ProxyError> {
+        match self {
+            Outcome::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 impl RequestCtx {
@@ -150,7 +173,7 @@ impl RequestCtx {
             target: None,
             workspace: String::from("default"),
             caller: Default::default(),
-            error: None,
+            outcome: Outcome::Forwarded,
             attempts: 0,
             wait_ms: 0,
             upstream_started: None,
@@ -160,13 +183,10 @@ impl RequestCtx {
             upstream_conn: None,
             inflight: None,
             keyed: None,
-            replayed: false,
             body: None,
             body_hold: None,
             retry: None,
             park: None,
-            park_now: false,
-            parked: None,
         }
     }
 

@@ -40,7 +40,7 @@ use pingora::{Error, ErrorType, Result};
 
 use crate::error::ProxyError;
 use crate::state::Shared;
-use ctx::{ConnInfo, RequestCtx};
+use ctx::{ConnInfo, Outcome, RequestCtx};
 
 use crate::wire::{ATTEMPTS_HEADER, WAIT_MS_HEADER};
 
@@ -67,7 +67,7 @@ impl Pipeline {
     ) -> futures::future::BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             respond::error(session, &err).await?;
-            ctx.error = Some(err);
+            ctx.outcome = Outcome::Failed(err);
             Ok(true)
         })
     }
@@ -82,6 +82,7 @@ impl Pipeline {
             match park::park(&self.shared, session, ctx).await {
                 Ok(accepted) => {
                     park::respond(session, &accepted).await?;
+                    ctx.outcome = Outcome::Parked(accepted.job_id);
                     Ok(true)
                 }
                 Err(err) => self.reject(session, ctx, err).await,
@@ -226,7 +227,7 @@ impl ProxyHttp for Pipeline {
         match Box::pin(idempotent::begin(&self.shared, session, ctx, max_wait)).await {
             Ok(None) => {}
             Ok(Some(record)) => {
-                ctx.replayed = true;
+                ctx.outcome = Outcome::Replayed;
                 Box::pin(idempotent::replay(session, &record)).await?;
                 return Ok(true);
             }
@@ -244,7 +245,7 @@ impl ProxyHttp for Pipeline {
                 Ok(false)
             }
             Err(ProxyError::ClientGone) => {
-                ctx.error = Some(ProxyError::ClientGone);
+                ctx.outcome = Outcome::Failed(ProxyError::ClientGone);
                 Err(Error::explain(
                     ErrorType::ConnectionClosed,
                     "client left while waiting for admission",
@@ -265,19 +266,20 @@ impl ProxyHttp for Pipeline {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         if let Err(err) = retry::before_next_attempt(&self.shared, session, ctx).await {
-            if matches!(
+            let status = err.status();
+            let parkable = matches!(
                 err,
                 ProxyError::ThrottleQueueFull { .. } | ProxyError::ThrottleWaitTimeout { .. }
-            ) && ctx.park.is_some()
-            {
-                ctx.park_now = true;
-            }
-            let status = err.status();
-            ctx.error = Some(err);
+            ) && ctx.park.is_some();
+            ctx.outcome = if parkable {
+                Outcome::ParkNow
+            } else {
+                Outcome::Failed(err)
+            };
             return Err(Error::new(ErrorType::HTTPStatus(status)));
         }
         let Some(target) = ctx.target.as_ref() else {
-            ctx.error = Some(ProxyError::Internal);
+            ctx.outcome = Outcome::Failed(ProxyError::Internal);
             return Err(Error::new(ErrorType::InternalError));
         };
         ctx.attempts += 1;
@@ -296,7 +298,7 @@ impl ProxyHttp for Pipeline {
             }
             Err(err) => {
                 let status = err.status();
-                ctx.error = Some(err);
+                ctx.outcome = Outcome::Failed(err);
                 Err(Error::new(ErrorType::HTTPStatus(status)))
             }
         }
@@ -342,7 +344,7 @@ impl ProxyHttp for Pipeline {
         if let Err(err) = upstream::rewrite(upstream_request, target, &self.shared.instance_id, via)
         {
             let status = err.status();
-            ctx.error = Some(err);
+            ctx.outcome = Outcome::Failed(err);
             return Err(Error::new(ErrorType::HTTPStatus(status)));
         }
         Ok(())
@@ -373,7 +375,7 @@ impl ProxyHttp for Pipeline {
                 "upstream answered with a retryable status",
             )),
             classify::Verdict::Park => {
-                ctx.park_now = true;
+                ctx.outcome = Outcome::ParkNow;
                 Err(Error::explain(
                     ErrorType::HTTPStatus(code),
                     "a retry would outlast the max wait: parking",
@@ -423,7 +425,9 @@ impl ProxyHttp for Pipeline {
         let truncated = session.as_ref().retry_buffer_truncated();
         let outcome = classify::connect_outcome(&e);
         let next = retry::after(&self.shared, ctx, outcome, None, truncated);
-        ctx.park_now |= next == retry::Next::Park;
+        if next == retry::Next::Park {
+            ctx.outcome = Outcome::ParkNow;
+        }
         e.set_retry(next == retry::Next::Again);
         e
     }
@@ -445,14 +449,17 @@ impl ProxyHttp for Pipeline {
             e.set_retry(true);
             return e;
         }
-        if ctx.park_now || ctx.upstream_status.is_some() || session.response_written().is_some() {
+        let park_now = matches!(ctx.outcome, Outcome::ParkNow);
+        if park_now || ctx.upstream_status.is_some() || session.response_written().is_some() {
             e.set_retry(false);
             return e;
         }
         let truncated = session.as_ref().retry_buffer_truncated();
         let outcome = crate::retry::Outcome::FailedAfterSend;
         let next = retry::after(&self.shared, ctx, outcome, None, truncated);
-        ctx.park_now |= next == retry::Next::Park;
+        if next == retry::Next::Park {
+            ctx.outcome = Outcome::ParkNow;
+        }
         e.set_retry(next == retry::Next::Again);
         e
     }
@@ -463,23 +470,22 @@ impl ProxyHttp for Pipeline {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if ctx.park_now && session.response_written().is_none() {
-            ctx.park_now = false;
-            ctx.error = None;
+        if matches!(ctx.outcome, Outcome::ParkNow) && session.response_written().is_none() {
             match park::park(&self.shared, session, ctx).await {
                 Ok(accepted) => {
                     if let Err(write_err) = park::respond(session, &accepted).await {
                         tracing::debug!(error = %write_err, "could not send 202");
                     }
+                    ctx.outcome = Outcome::Parked(accepted.job_id);
                     return FailToProxy {
                         error_code: 202,
                         can_reuse_downstream: false,
                     };
                 }
-                Err(err) => ctx.error = Some(err),
+                Err(err) => ctx.outcome = Outcome::Failed(err),
             }
         }
-        let err = match ctx.error.clone() {
+        let err = match ctx.outcome.error().cloned() {
             Some(err) => Some(err),
             None => classify::failure(e, ctx.target.as_ref()),
         };
@@ -496,7 +502,7 @@ impl ProxyHttp for Pipeline {
                 tracing::debug!(error = %write_err, "could not send error response");
             }
         }
-        ctx.error = Some(err);
+        ctx.outcome = Outcome::Failed(err);
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
@@ -504,7 +510,8 @@ impl ProxyHttp for Pipeline {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        idempotent::finish(&self.shared, ctx, e.is_some() || ctx.error.is_some()).await;
+        let failed = e.is_some() || ctx.outcome.error().is_some();
+        idempotent::finish(&self.shared, ctx, failed).await;
         record::request_done(&self.shared, session, e, ctx);
     }
 }

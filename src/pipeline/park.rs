@@ -164,7 +164,6 @@ pub async fn park(
             tracing::warn!(error = %e, "cannot park a request");
             ProxyError::StoreUnavailable
         })?;
-    ctx.parked = Some(accepted.job_id.clone());
     Ok(accepted)
 }
 

@@ -3,26 +3,24 @@
 use pingora::proxy::Session;
 use pingora::Error;
 
-use super::ctx::RequestCtx;
+use super::ctx::{Outcome, RequestCtx};
 use crate::error::ProxyError;
 use crate::state::Shared;
 
 /// How a request ended, for `requests_total{outcome}`.
 pub fn outcome(ctx: &RequestCtx, e: Option<&Error>) -> &'static str {
-    if ctx.replayed {
-        return "replayed";
-    }
-    if ctx.parked.is_some() {
-        return "parked";
-    }
-    match &ctx.error {
-        Some(ProxyError::ClientGone) => "cancelled",
-        Some(ProxyError::IdempotencyKeyReused) => "conflict",
+    match &ctx.outcome {
+        Outcome::Replayed => "replayed",
+        Outcome::Parked(_) => "parked",
+        Outcome::Failed(ProxyError::ClientGone) => "cancelled",
+        Outcome::Failed(ProxyError::IdempotencyKeyReused) => "conflict",
         // Refused by the proxy itself, before anything went upstream.
-        Some(err) if err.status() < 500 || err.status() == 508 => "rejected",
-        Some(_) => "error",
-        None if e.is_some() && ctx.upstream_status.is_none() => "error",
-        None => "forwarded",
+        Outcome::Failed(err) if err.status() < 500 || err.status() == 508 => "rejected",
+        Outcome::Failed(_) => "error",
+        Outcome::Forwarded | Outcome::ParkNow if e.is_some() && ctx.upstream_status.is_none() => {
+            "error"
+        }
+        Outcome::Forwarded | Outcome::ParkNow => "forwarded",
     }
 }
 
@@ -37,7 +35,7 @@ pub fn request_done(shared: &Shared, session: &Session, e: Option<&Error>, ctx: 
         .requests_total
         .with_label_values(&[domain.as_str(), outcome])
         .inc();
-    if let Some(err) = &ctx.error {
+    if let Some(err) = ctx.outcome.error() {
         metrics
             .proxy_errors_total
             .with_label_values(&[err.code()])
@@ -62,7 +60,7 @@ pub fn request_done(shared: &Shared, session: &Session, e: Option<&Error>, ctx: 
         path = req.uri.path(),
         status,
         outcome,
-        error = ctx.error.as_ref().map(|e| e.code()).unwrap_or(""),
+        error = ctx.outcome.error().map(|e| e.code()).unwrap_or(""),
         attempts = ctx.attempts,
         wait_ms = ctx.wait_ms,
         duration_ms = ctx.started.elapsed().as_millis() as u64,
