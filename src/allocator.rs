@@ -18,6 +18,11 @@
 //! A `MIMALLOC_*` environment variable for the same option wins (mimalloc
 //! reads them at load), so an operator can still tune or undo either.
 
+// FFI into libc (prctl) and mimalloc's option and collect calls: the
+// one module besides `pipeline/admit.rs` that may use `unsafe`, each
+// block with its SAFETY reason.
+#![allow(unsafe_code)]
+
 #[cfg(not(feature = "system-allocator"))]
 extern crate mimalloc;
 

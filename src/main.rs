@@ -1,3 +1,7 @@
+// The crate root's lints (src/lib.rs) hold for the binary too.
+#![deny(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 /// glibc malloc's arena locks showed up as the top user-space cost of the
 /// proxy path under load (`perf`: `__lll_lock_wait_private`); mimalloc's
 /// per-thread heaps avoid them.

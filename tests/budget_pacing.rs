@@ -50,7 +50,9 @@ impl Scenario {
     /// calling time less a second for buckets.
     fn span(&self) -> Duration {
         match self.algorithm {
-            Algorithm::LeakyBucket { .. } => Duration::from_secs_f64(self.seconds - 1.0),
+            Algorithm::LeakyBucket { .. } => {
+                Duration::try_from_secs_f64(self.seconds - 1.0).unwrap_or_default()
+            }
             _ => self.window * 2,
         }
     }
@@ -231,7 +233,7 @@ fn measure(
     let span = s.span();
     let admitted_in_span = arrivals
         .iter()
-        .filter(|a| a.status == 200 && a.at.duration_since(first) < span)
+        .filter(|a| a.status == 200 && a.at.saturating_duration_since(first) < span)
         .count();
     Outcome {
         refused: arrivals.iter().filter(|a| a.status == 429).count(),

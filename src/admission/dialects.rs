@@ -587,15 +587,16 @@ impl Reader<'_> {
             let at = budgets
                 .iter()
                 .position(|b| b.bucket.is_some() && b.bucket == name);
-            let b = match at {
-                Some(i) => &mut budgets[i],
+            let i = match at {
+                Some(i) => i,
                 None => {
                     let mut b = Budget::new(Dialect::IetfStructured, BudgetKind::Requests);
                     b.bucket = name;
                     budgets.push(b);
-                    budgets.last_mut().expect("just pushed")
+                    budgets.len() - 1
                 }
             };
+            let b = &mut budgets[i];
             b.remaining = remaining;
             b.reset_in = reset_in;
             if let (Some(l), Some(r)) = (b.limit, b.remaining) {

@@ -135,7 +135,8 @@ pub fn budget_view(budgets: &[Budget], governing: Option<(Pace, &Budget)>) -> Op
         .filter_map(|b| b.remaining)
         .min();
     let resets_at = shown.reset_in.and_then(|d| {
-        (SystemTime::now() + d)
+        SystemTime::now()
+            .checked_add(d)?
             .duration_since(SystemTime::UNIX_EPOCH)
             .ok()
             .map(|d| d.as_millis() as u64)
@@ -184,6 +185,10 @@ pub struct Gauges {
 
 impl Gauges {
     /// Handles registered nowhere (benchmarks, unit tests).
+    #[allow(
+        clippy::expect_used,
+        reason = "fixed, valid metric names: construction cannot fail"
+    )]
     pub fn detached() -> Gauges {
         Gauges {
             rps_limit: Gauge::new("r", "r").expect("gauge"),
@@ -634,11 +639,14 @@ impl DomainThrottle {
                 changed.max_concurrent = Some(c);
             }
         }
-        if let Some(pause) = signals.pause {
-            let until = now + pause;
+        // Checked: a pause comes from the network (bounded by the reader,
+        // and still never a panic here).
+        let pause = signals
+            .pause
+            .and_then(|p| Some((p, now.checked_add(p)?, SystemTime::now().checked_add(p)?)));
+        if let Some((_, until, wall)) = pause {
             if st.paused_until.is_none_or(|p| p < until) {
                 st.paused_until = Some(until);
-                let wall = SystemTime::now() + pause;
                 st.paused_until_wall = Some(wall);
                 st.pause_reason = signals.pause_reason.clone();
                 self.gauges.paused_until.set(

@@ -232,7 +232,8 @@ impl Admission {
                 }
                 // Clamped, not refused: the app asked for patience, and
                 // gets as much as the operator allows.
-                Ok(Duration::from_secs_f64(secs).min(self.config.load().limits.max_wait_ceiling))
+                let wait = Duration::try_from_secs_f64(secs).unwrap_or_default();
+                Ok(wait.min(self.config.load().limits.max_wait_ceiling))
             }
         }
     }

@@ -349,7 +349,8 @@ impl Domain {
     /// the `Retry-After` of a request refused while others wait.
     fn interval(&self, limits: &Limits) -> Duration {
         let rps = self.view().map_or(limits.rps, |v| v.rps).max(0.01);
-        Duration::from_secs_f64(1.0 / rps)
+        // rps ≥ 0.01: at most 100 s, never a panic.
+        Duration::try_from_secs_f64(1.0 / rps).unwrap_or(Duration::from_secs(100))
     }
 
     /// The local instant to start a slot booked at `booked_us` (Redis's
@@ -843,7 +844,7 @@ impl SharedSlots {
             budget: (learned & 4 != 0)
                 .then(|| dialect_of(learned >> 3))
                 .flatten(),
-            paused_until: paused_for.map(|d| SystemTime::now() + d),
+            paused_until: paused_for.and_then(|d| SystemTime::now().checked_add(d)),
         });
     }
 

@@ -67,7 +67,7 @@ impl Fine {
 async fn precise_until(at: Instant) {
     let now = Instant::now();
     if at > now + SPIN {
-        let nap = at - now - SPIN;
+        let nap = (at - now).saturating_sub(SPIN);
         // A blocking-pool thread sleeps with the kernel's fine timer; the
         // proxy's workers keep serving meanwhile.
         if tokio::task::spawn_blocking(move || std::thread::sleep(nap))

@@ -199,7 +199,9 @@ fn fmt_rps(rps: f64) -> String {
 
 /// `Sat, 28 Nov 2026 12:00:05 GMT (in 4.2 s)` for a Unix-ms instant.
 fn fmt_paused_until(until_ms: u64, now_ms: u64) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(until_ms);
+    let at = UNIX_EPOCH
+        .checked_add(Duration::from_millis(until_ms))
+        .unwrap_or(UNIX_EPOCH);
     let left = until_ms.saturating_sub(now_ms) as f64 / 1000.0;
     let left = if left >= 120.0 {
         format!("{:.0} min", left / 60.0)
@@ -254,7 +256,11 @@ pub fn render(domains: &[Snapshot], jobs: Option<&[(JobStatus, u64)]>, now_ms: u
     let in_flight: u64 = domains.iter().map(|d| u64::from(d.in_flight)).sum();
     let waiting: usize = domains.iter().map(|d| d.waiting).sum();
     let paused = domains.iter().filter(|d| d.paused_until.is_some()).count();
-    let generated = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(now_ms));
+    let generated = httpdate::fmt_http_date(
+        UNIX_EPOCH
+            .checked_add(Duration::from_millis(now_ms))
+            .unwrap_or(UNIX_EPOCH),
+    );
 
     let mut out = String::with_capacity(4096 + domains.len() * 512);
     let _ = write!(

@@ -135,6 +135,10 @@ pub fn upstream_connected(
     // SAFETY: pingora passes the raw descriptor of the client session it
     // holds borrowed across this hook (`proxy_to_h1_upstream`), so `fd` is
     // open for the duration of this call; it is only duplicated here.
+    #[allow(
+        unsafe_code,
+        reason = "pingora hands the descriptor only as a RawFd; it is duplicated, never closed, here"
+    )]
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     match borrowed.try_clone_to_owned() {
         Ok(owned) => ctx.upstream_conn = Some(UpstreamConn(owned)),

@@ -135,6 +135,10 @@ impl Readers {
             pool: self,
             conn: Some(conn),
         };
+        #[allow(
+            clippy::expect_used,
+            reason = "`conn` was set just above and is taken only in Drop"
+        )]
         f(lent.conn.as_ref().expect("lent connection"))
     }
 

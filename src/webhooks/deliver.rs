@@ -203,6 +203,10 @@ impl Webhooks {
             if d.next_attempt_at > now {
                 return Ok(Wake::At(d.next_attempt_at));
             }
+            #[allow(
+                clippy::expect_used,
+                reason = "the semaphore is owned here and never closed"
+            )]
             let permit = self
                 .limit
                 .clone()

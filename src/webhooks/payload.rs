@@ -63,7 +63,10 @@ pub fn build(
                 .collect(),
         ),
     };
-    // Serialising strings, numbers and `Value`s into a Vec cannot fail.
+    #[allow(
+        clippy::expect_used,
+        reason = "serialising strings, numbers and `Value`s into a Vec cannot fail"
+    )]
     serde_json::to_vec(&payload).expect("webhook payload serialises")
 }
 

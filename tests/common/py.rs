@@ -158,7 +158,8 @@ pub fn quota_clients(
     // Requests still queued at the deadline finish after it.
     let out = run(
         &mut cmd,
-        std::time::Duration::from_secs_f64(seconds) + std::time::Duration::from_secs(180),
+        std::time::Duration::try_from_secs_f64(seconds).unwrap_or_default()
+            + std::time::Duration::from_secs(180),
     );
     assert!(
         out.status.success(),

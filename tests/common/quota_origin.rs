@@ -278,7 +278,9 @@ fn decide(cfg: &Config, key: &mut KeyState, now: Instant) -> (bool, Status) {
                 *level += 1.0;
             }
             let used = (level.ceil() as u64).min(limit);
-            let secs = |x: f64| Duration::from_secs_f64((x / drain_per_sec).max(0.0));
+            let secs = |x: f64| {
+                Duration::try_from_secs_f64((x / drain_per_sec).max(0.0)).unwrap_or_default()
+            };
             (
                 ok,
                 Status {
