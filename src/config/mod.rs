@@ -7,13 +7,35 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+mod control;
 mod effective;
 mod egress;
 mod files;
+mod idempotency;
+mod jobs;
+mod limits;
 mod load;
+mod proxy;
 mod raw;
+mod regions;
+mod resolve;
+mod retry;
+mod storage;
+mod tls;
+mod webhooks;
+
+// Each section's struct lives beside the code that builds and validates it.
+pub use control::ControlConfig;
+pub use idempotency::IdempotencyConfig;
+pub use jobs::JobsConfig;
+pub use limits::{DomainConfig, DomainLimits, LimitsConfig};
+pub use proxy::ProxyConfig;
+pub use regions::RegionConfig;
+pub use retry::RetryConfig;
+pub use storage::{MetricsConfig, RedisConfig, StorageBackend, StorageConfig};
+pub use tls::{TlsConfig, TlsMode, UpstreamProtocol};
+pub use webhooks::WebhooksConfig;
 #[cfg(test)]
 mod tests;
 
@@ -62,255 +84,6 @@ pub struct Config {
     pub egress: EgressConfig,
 }
 
-#[derive(Debug, Clone)]
-pub struct ProxyConfig {
-    /// default 127.0.0.1:4000
-    pub listen: SocketAddr,
-    /// default [443]
-    pub connect_ports: Vec<u16>,
-    /// Client networks allowed to use the proxy; default loopback only
-    /// (`["127.0.0.0/8", "::1/128"]`). Key `allow_clients`.
-    pub allow_clients: Vec<ipnet::IpNet>,
-    /// Longest time SIGTERM/SIGINT waits for in-flight requests; default 30s. Key `drain_timeout`.
-    pub drain_timeout: Duration,
-    /// Upstream TCP connect timeout; default 10s. Key `connect_timeout`.
-    pub connect_timeout: Duration,
-    /// Upstream read idle timeout; default 60s. Key `read_timeout`.
-    pub read_timeout: Duration,
-    /// A tunnel or an upgraded connection (WebSocket) that carries nothing
-    /// either way for this long is closed; default 5m. Key `idle_timeout`.
-    pub idle_timeout: Duration,
-    /// Request-head limits, keys `max_request_line` (default 8KiB → 414),
-    /// `max_header_line` (16KiB → 431), `max_head` (64KiB → 431) and
-    /// `max_headers` (100 → 431); enforced by `accept::framing`.
-    pub head_limits: crate::accept::framing::HeadLimits,
-    /// How long a request head may take from its first byte (and a new
-    /// connection its first head) before `408`; default 30s. Key `head_timeout`.
-    pub head_timeout: Duration,
-    /// Process-wide cap on client bytes held in memory (unfinished heads,
-    /// pipelined bytes, bodies read ahead); over it → `503`. Default 64MiB.
-    /// Key `max_buffered`.
-    pub max_buffered: u64,
-    /// Worker threads of the proxy service; default: number of CPUs. Key `threads`.
-    pub threads: usize,
-    /// Clients whose `X-EZThrottle-Workspace` and Proxy-Authorization user are
-    /// believed when `[control] api_keys` are set (otherwise only a verified
-    /// key names the workspace). Default empty. Key `trusted_clients`.
-    pub trusted_clients: Vec<ipnet::IpNet>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ControlConfig {
-    /// default 127.0.0.1:4001
-    pub listen: SocketAddr,
-    /// bearer token -> workspace
-    pub api_keys: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct TlsConfig {
-    pub ca_cert: Option<PathBuf>,
-    pub ca_key: Option<PathBuf>,
-    pub upstream_ca_file: Option<PathBuf>,
-    /// Offer `h2` (beside `http/1.1`) in ALPN on intercepted connections.
-    /// Default true; `false` is the escape hatch for a client whose HTTP/2
-    /// misbehaves through us. Key `http2`.
-    pub http2: bool,
-}
-
-/// Which HTTP version we speak to a domain's origin. Key
-/// `upstream_protocol` (docs/http2.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum UpstreamProtocol {
-    /// Follow the client: a request that arrived over HTTP/2 offers the
-    /// origin `h2` (it may still pick HTTP/1.1), one that arrived over
-    /// HTTP/1.1 stays HTTP/1.1. gRPC works end to end without configuration
-    /// and HTTP/1.1 traffic keeps its one-exchange-per-connection accounting.
-    #[default]
-    Auto,
-    /// Never offer `h2` (an origin whose HTTP/2 misbehaves).
-    Http1,
-    /// Offer `h2` for every request to a TLS origin, HTTP/1.1 clients too,
-    /// so many client connections share a few multiplexed ones.
-    H2,
-}
-
-impl UpstreamProtocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamProtocol::Auto => "auto",
-            UpstreamProtocol::Http1 => "http1",
-            UpstreamProtocol::H2 => "h2",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
-    Intercept,
-    Tunnel,
-}
-
-/// The limits a domain runs with (also the `[limits]` defaults).
-#[derive(Debug, Clone, PartialEq)]
-pub struct DomainLimits {
-    pub rps: f64,
-    pub max_concurrent: u32,
-    pub burst: u32,
-    pub queue_capacity: usize,
-    pub max_wait: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct LimitsConfig {
-    /// The `[limits]` table: defaults for every domain.
-    pub defaults: DomainLimits,
-    pub rps_ceiling: f64,
-    pub concurrency_ceiling: u32,
-    /// Longest max wait a request may ask for with `X-EZThrottle-Max-Wait`
-    /// (longer asks are clamped; configured max waits may not exceed it).
-    /// Default 1h. Key `max_wait_ceiling`.
-    pub max_wait_ceiling: Duration,
-    /// `[limits.domains."host"]`, keyed by lower-cased host (exact, or `*.suffix`).
-    pub domains: BTreeMap<String, DomainConfig>,
-    /// Use the built-in presets (`crate::admission::presets`) for hosts no
-    /// `[limits.domains]` table matches; default true. Key `presets`.
-    pub presets: bool,
-}
-
-/// One `[limits.domains."host"]` table, with `[limits]` defaults already
-/// filled in for every key it did not set.
-#[derive(Debug, Clone)]
-pub struct DomainConfig {
-    pub limits: DomainLimits,
-    /// Which limit keys this table set itself (for reporting `source = config`).
-    pub rps_set: bool,
-    pub max_concurrent_set: bool,
-    pub pin: bool,
-    /// A tunnel or an upgraded connection keeps its concurrency slot while
-    /// open (default: it gives the slot back once established, having
-    /// counted against the pace). Key `hold_slot_while_open`.
-    pub hold_slot_while_open: bool,
-    pub tls: TlsMode,
-    pub upstream_protocol: UpstreamProtocol,
-    /// Reroute order; default `["local"]`.
-    pub regions: Vec<String>,
-    /// Per-domain `[limits.domains."x".retry]` override, defaults filled from `[retry]`.
-    pub retry: Option<RetryConfig>,
-    /// Request headers whose values split this domain's budget (one throttle
-    /// per credential). `None`: the table did not set `budget_key`;
-    /// `Some(vec![])`: it set `budget_key = []`, one budget for the domain.
-    pub budget_key: Option<Vec<http::HeaderName>>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryConfig {
-    pub max_retries: u32,
-    pub max_reroutes: u32,
-    pub retry_codes: Vec<u16>,
-    pub reroute_codes: Vec<u16>,
-    pub max_buffered_body: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct IdempotencyConfig {
-    pub ttl: Duration,
-    /// Responses larger than this pass through unstored (the key is freed).
-    pub max_stored_body: u64,
-    /// A keyed request's body is held in memory to fingerprint it before
-    /// anything goes upstream; larger bodies get `413`. Key `max_request_body`.
-    pub max_request_body: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct JobsConfig {
-    /// Finished jobs (and their delivered or failed webhooks) are deleted
-    /// this long after they ended; their keys are then free. Key `retention`.
-    pub retention: Duration,
-    /// A job still being retried this long after it was queued ends
-    /// `failed` with its last answer. Default 24h. Key `deadline`.
-    pub deadline: Duration,
-    /// How long a claimed job stays its runner's without a renewal; renewed
-    /// every third of it while the job runs. Default 30s. Key `lease`.
-    pub lease: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct WebhooksConfig {
-    /// Default-workspace secret (or `EZTHROTTLE_WEBHOOK_SECRET`). Never printed.
-    pub secret: Option<String>,
-    pub max_attempts: u32,
-    /// Delay before the 2nd attempt; doubles per attempt. Default 1s. Key `backoff`.
-    pub backoff: Duration,
-    /// Longest delay between two attempts; default 10m. Key `backoff_cap`.
-    pub backoff_cap: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct RegionConfig {
-    /// `http://host:port` of the peer proxy.
-    pub proxy: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StorageBackend {
-    Embedded,
-    Redis(RedisConfig),
-}
-
-/// `[storage] backend = "redis"`: where the shared state lives (docs/distributed.md).
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisConfig {
-    /// `redis://` or `rediss://`, possibly with user and password: a secret,
-    /// never printed (see [`RedisConfig::shown_url`]).
-    pub url: String,
-    /// Where the URL came from: `config`, `env:VAR` or `file:/path`.
-    pub url_source: String,
-    /// Every Redis command gives up after this (`storage.timeout`, default 250ms).
-    pub timeout: std::time::Duration,
-    /// Every key starts with `<prefix>:` so deployments can share a server.
-    pub prefix: String,
-    /// `storage.cluster`: the URL names a seed node of a Redis Cluster.
-    pub cluster: bool,
-}
-
-impl RedisConfig {
-    /// The URL with any user and password masked.
-    pub fn shown_url(&self) -> String {
-        match self.url.split_once('@') {
-            Some((scheme_user, host)) => {
-                let scheme = scheme_user.split("://").next().unwrap_or("redis");
-                format!("{scheme}://****@{host}")
-            }
-            None => self.url.clone(),
-        }
-    }
-}
-
-/// Never print the password in the URL.
-impl std::fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("url", &self.shown_url())
-            .field("url_source", &self.url_source)
-            .field("timeout", &self.timeout)
-            .field("prefix", &self.prefix)
-            .field("cluster", &self.cluster)
-            .finish()
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct StorageConfig {
-    pub backend: StorageBackend,
-    /// Encrypts stored job headers, bodies, results and webhook secrets at
-    /// rest. Read at load time from `encryption_key_file` or the variable
-    /// named by `encryption_key_env`; never inline. Debug-prints redacted.
-    pub encryption_key: Option<crate::store::EncryptionKey>,
-    /// Where the key came from, for `config check`: `file:/path` or `env:VAR`.
-    pub encryption_key_source: Option<String>,
-}
-
 /// `[egress]`: additions to the built-in egress policy (SPEC §13; the rules
 /// themselves live in `crate::egress`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -335,11 +108,6 @@ pub enum EgressRule {
     Host(String),
     /// `*.example.com`: any name below `example.com` (stored as `.example.com`).
     Suffix(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct MetricsConfig {
-    pub max_domains: usize,
 }
 
 impl Config {
