@@ -274,6 +274,48 @@ mod tests {
         assert_eq!(scope("w", "k", "POST", "h", "/p").len(), 64);
     }
 
+    /// The store is gone: a keyed request is refused `503 store_unavailable`
+    /// (never run without knowing whether it ran before), the key is not
+    /// left claimed, and once the store is back the same key proceeds.
+    #[tokio::test]
+    async fn a_store_that_cannot_be_read_refuses_the_key_and_holds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = crate::store::faulty::Faulty::new(Arc::new(
+            EmbeddedStore::open(dir.path()).unwrap(),
+        ));
+        let idem = Idempotency::new(
+            faulty.clone(),
+            Arc::new(Metrics::new(10)),
+            IdempotencyConfig {
+                ttl: Duration::from_secs(3600),
+                max_stored_body: 1024,
+                max_request_body: 1024,
+            },
+        );
+        faulty.fail_always("idempotency_get");
+        let refused = idem.begin("s", "fp", Duration::from_secs(5)).await;
+        let Err(err) = refused else {
+            panic!("a keyed request ran without its store")
+        };
+        assert!(matches!(err, ProxyError::StoreUnavailable), "{err:?}");
+        assert_eq!((err.status(), err.code()), (503, "store_unavailable"));
+        assert_eq!(idem.in_flight(), 0, "no claim left behind");
+        faulty.heal("idempotency_get");
+        let Begin::Proceed(claim) = idem.begin("s", "fp", Duration::ZERO).await.unwrap() else {
+            panic!("nothing stored: the request may go")
+        };
+        // The record cannot be written: the key is freed (a retry runs
+        // again rather than waiting forever), and nothing is replayed.
+        faulty.fail("idempotency_put", 1);
+        idem.complete(claim, response()).await;
+        assert_eq!(idem.in_flight(), 0);
+        assert!(matches!(
+            idem.begin("s", "fp", Duration::ZERO).await,
+            Ok(Begin::Proceed(_))
+        ));
+        assert_eq!(faulty.calls("idempotency_put"), 1);
+    }
+
     #[test]
     fn what_is_stored() {
         assert!(storable(200) && storable(201) && storable(404) && storable(409));

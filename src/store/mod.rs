@@ -5,6 +5,8 @@
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod embedded;
+#[cfg(test)]
+pub mod faulty;
 pub mod files;
 pub mod pool;
 pub mod redis;
