@@ -19,7 +19,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use arbitrary::Unstructured;
 use ezthrottle::accept::connect;
-use ezthrottle::accept::framing::{self, BodyFraming, FramingError, HeadLimits, HeadScanner};
+use ezthrottle::accept::framing::{self, BodyFraming, FramingError, HeadScanner};
+use ezthrottle::config::HeadLimits;
 use ezthrottle::admission::learn;
 use ezthrottle::config::{Config, Overrides};
 use ezthrottle::egress::{self as egress_mod, Egress, Purpose};

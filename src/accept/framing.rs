@@ -35,6 +35,7 @@
 //! [`inspect_head`] is a pure function over bytes and must never panic: a
 //! fuzz harness calls it with arbitrary input.
 
+use crate::config::{HeadLimits, DEFAULT_MAX_BUFFERED};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -56,37 +57,6 @@ use crate::error::ProxyError;
 /// widest that common origins and libraries parse) can hold. Anything larger
 /// is either an attack or a mistake.
 pub const MAX_CONTENT_LENGTH: u64 = i64::MAX as u64;
-
-/// pingora's own header-count ceiling (`MAX_HEADERS`); `max_headers` must
-/// stay at or below it or pingora would refuse what we accepted.
-pub const PINGORA_MAX_HEADERS: usize = 256;
-
-/// pingora's own head-size ceiling (`MAX_HEADER_SIZE`).
-pub const PINGORA_MAX_HEAD: usize = 1_048_575;
-
-/// Size limits on one request head (`[proxy]` keys of the same names).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeadLimits {
-    /// Longest request line, without its CRLF → `414`.
-    pub max_request_line: usize,
-    /// Longest single header line, without its CRLF → `431`.
-    pub max_header_line: usize,
-    /// Largest whole head, request line to the blank line included → `431`.
-    pub max_head: usize,
-    /// Most header lines → `431`.
-    pub max_headers: usize,
-}
-
-impl Default for HeadLimits {
-    fn default() -> Self {
-        HeadLimits {
-            max_request_line: 8 * 1024,
-            max_header_line: 16 * 1024,
-            max_head: 64 * 1024,
-            max_headers: 100,
-        }
-    }
-}
 
 /// How the body of a checked request is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -576,9 +546,6 @@ pub fn budget() -> &'static Arc<MemBudget> {
     static BUDGET: OnceLock<Arc<MemBudget>> = OnceLock::new();
     BUDGET.get_or_init(|| MemBudget::new(DEFAULT_MAX_BUFFERED))
 }
-
-/// Default `[proxy] max_buffered`.
-pub const DEFAULT_MAX_BUFFERED: usize = 64 << 20;
 
 /// Set the process budget's cap (start-up).
 pub fn set_budget_cap(cap: usize) {

@@ -30,12 +30,12 @@ pub use control::ControlConfig;
 pub use idempotency::IdempotencyConfig;
 pub use jobs::JobsConfig;
 pub use limits::{DomainConfig, DomainLimits, LimitsConfig};
-pub use proxy::ProxyConfig;
+pub use proxy::{HeadLimits, ProxyConfig, DEFAULT_MAX_BUFFERED};
 pub use regions::RegionConfig;
 pub use retry::RetryConfig;
 pub use storage::{MetricsConfig, RedisConfig, StorageBackend, StorageConfig};
 pub use tls::{TlsConfig, TlsMode, UpstreamProtocol};
-pub use webhooks::WebhooksConfig;
+pub use webhooks::{validate_secret, WebhooksConfig, MAX_SECRET_BYTES, MIN_SECRET_CHARS};
 #[cfg(test)]
 mod tests;
 

@@ -7,6 +7,41 @@ use super::load::{addr, nets, size, Ctx};
 use super::raw::RawProxy;
 use super::ConfigError;
 
+/// pingora's own header-count ceiling (`MAX_HEADERS`); `max_headers` must
+/// stay at or below it or pingora would refuse what we accepted.
+pub const PINGORA_MAX_HEADERS: usize = 256;
+
+/// pingora's own head-size ceiling (`MAX_HEADER_SIZE`).
+pub const PINGORA_MAX_HEAD: usize = 1_048_575;
+
+/// Size limits on one request head (`[proxy]` keys of the same names),
+/// enforced by `accept::framing`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Longest request line, without its CRLF → `414`.
+    pub max_request_line: usize,
+    /// Longest single header line, without its CRLF → `431`.
+    pub max_header_line: usize,
+    /// Largest whole head, request line to the blank line included → `431`.
+    pub max_head: usize,
+    /// Most header lines → `431`.
+    pub max_headers: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        HeadLimits {
+            max_request_line: 8 * 1024,
+            max_header_line: 16 * 1024,
+            max_head: 64 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// Default `[proxy] max_buffered`.
+pub const DEFAULT_MAX_BUFFERED: usize = 64 << 20;
+
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     /// default 127.0.0.1:4000
@@ -28,7 +63,7 @@ pub struct ProxyConfig {
     /// Request-head limits, keys `max_request_line` (default 8KiB → 414),
     /// `max_header_line` (16KiB → 431), `max_head` (64KiB → 431) and
     /// `max_headers` (100 → 431); enforced by `accept::framing`.
-    pub head_limits: crate::accept::framing::HeadLimits,
+    pub head_limits: HeadLimits,
     /// How long a request head may take from its first byte (and a new
     /// connection its first head) before `408`; default 30s. Key `head_timeout`.
     pub head_timeout: Duration,
@@ -116,13 +151,7 @@ pub(super) fn default_allow_clients() -> Vec<ipnet::IpNet> {
 /// `[proxy]` request-head limits and `max_buffered`: each within what
 /// pingora itself accepts (so it never refuses a head we let through), and
 /// consistent with each other.
-fn head_limits(
-    cx: &Ctx,
-    p: &RawProxy,
-) -> Result<(crate::accept::framing::HeadLimits, u64), ConfigError> {
-    use crate::accept::framing::{
-        HeadLimits, DEFAULT_MAX_BUFFERED, PINGORA_MAX_HEAD, PINGORA_MAX_HEADERS,
-    };
+fn head_limits(cx: &Ctx, p: &RawProxy) -> Result<(HeadLimits, u64), ConfigError> {
     let d = HeadLimits::default();
     let sized =
         |key: &str, v: &Option<toml::Value>, default: usize| -> Result<usize, ConfigError> {

@@ -574,7 +574,7 @@ fn request_head_limits_and_the_buffer_budget() {
     let def = parse("").expect("defaults");
     assert_eq!(
         def.proxy.head_limits,
-        crate::accept::framing::HeadLimits {
+        crate::config::HeadLimits {
             max_request_line: 8 * 1024,
             max_header_line: 16 * 1024,
             max_head: 64 * 1024,

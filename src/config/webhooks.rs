@@ -19,16 +19,7 @@ pub struct WebhooksConfig {
 
 pub(super) fn build(cx: &Ctx, w: &RawWebhooks) -> Result<WebhooksConfig, ConfigError> {
     if let Some(s) = &w.secret {
-        if s.chars().count() < 16 {
-            return Err(cx.err("webhooks.secret", "must be at least 16 characters"));
-        }
-        let max = crate::webhooks::secrets::MAX_SECRET_BYTES;
-        if s.len() > max {
-            return Err(cx.err(
-                "webhooks.secret",
-                format!("must be at most {max} bytes (got {})", s.len()),
-            ));
-        }
+        validate_secret("the secret", s).map_err(|m| cx.err("webhooks.secret", m))?;
     }
     let webhooks = WebhooksConfig {
         secret: w.secret.clone(),
@@ -52,4 +43,38 @@ pub(super) fn build(cx: &Ctx, w: &RawWebhooks) -> Result<WebhooksConfig, ConfigE
         ));
     }
     Ok(webhooks)
+}
+
+/// The shortest secret accepted anywhere (characters).
+pub const MIN_SECRET_CHARS: usize = 16;
+
+/// The longest secret accepted anywhere (bytes, 1 KiB): far beyond any
+/// HMAC key's strength, and small enough that a secret cannot be used to
+/// fill the store or every delivery's signing work.
+pub const MAX_SECRET_BYTES: usize = 1024;
+
+/// `Err(message naming field)` unless `secret` is a usable secret: at least
+/// [`MIN_SECRET_CHARS`] characters, at most [`MAX_SECRET_BYTES`] bytes, no
+/// leading/trailing whitespace or control characters (they do not survive
+/// copy-paste and config files).
+pub fn validate_secret(field: &str, secret: &str) -> Result<(), String> {
+    if secret.len() > MAX_SECRET_BYTES {
+        return Err(format!(
+            "{field} must be at most {MAX_SECRET_BYTES} bytes (got {})",
+            secret.len()
+        ));
+    }
+    let n = secret.chars().count();
+    if n < MIN_SECRET_CHARS {
+        return Err(format!(
+            "{field} must be at least {MIN_SECRET_CHARS} characters (got {n})"
+        ));
+    }
+    if secret.chars().any(char::is_control) {
+        return Err(format!("{field} must not contain control characters"));
+    }
+    if secret.trim() != secret {
+        return Err(format!("{field} must not start or end with whitespace"));
+    }
+    Ok(())
 }

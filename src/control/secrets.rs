@@ -14,9 +14,10 @@ use serde_json::{json, Value};
 
 use super::auth::Workspace;
 use super::error_response;
+use crate::config::validate_secret as validate;
 use crate::state::Shared;
 use crate::store::WebhookSecrets;
-use crate::webhooks::secrets::{mask, validate, SecretSource};
+use crate::webhooks::secrets::{mask, SecretSource};
 
 fn ok(message: &str) -> Response {
     Json(json!({ "status": "ok", "message": message })).into_response()

@@ -280,9 +280,8 @@ mod tests {
     #[tokio::test]
     async fn a_store_that_cannot_be_read_refuses_the_key_and_holds_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let faulty = crate::store::faulty::Faulty::new(Arc::new(
-            EmbeddedStore::open(dir.path()).unwrap(),
-        ));
+        let faulty =
+            crate::store::faulty::Faulty::new(Arc::new(EmbeddedStore::open(dir.path()).unwrap()));
         let idem = Idempotency::new(
             faulty.clone(),
             Arc::new(Metrics::new(10)),

@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 
+use crate::config::validate_secret as validate;
 use crate::config::WebhooksConfig;
 use crate::store::{Store, StoreError, WebhookSecrets};
 
@@ -24,14 +25,6 @@ pub const DEFAULT_WORKSPACE: &str = "default";
 
 /// The environment variable holding the default workspace's secret.
 pub const ENV_SECRET: &str = "EZTHROTTLE_WEBHOOK_SECRET";
-
-/// The shortest secret accepted anywhere (characters).
-pub const MIN_SECRET_CHARS: usize = 16;
-
-/// The longest secret accepted anywhere (bytes, 1 KiB): far beyond any
-/// HMAC key's strength, and small enough that a secret cannot be used to
-/// fill the store or every delivery's signing work.
-pub const MAX_SECRET_BYTES: usize = 1024;
 
 /// `abcd****wxyz`: the first 4 and last 4 characters around `****`. A
 /// secret of 8 characters or fewer (never valid) shows as `****`.
@@ -43,32 +36,6 @@ pub fn mask(secret: &str) -> String {
     let head: String = chars[..4].iter().collect();
     let tail: String = chars[chars.len() - 4..].iter().collect();
     format!("{head}****{tail}")
-}
-
-/// `Err(message naming field)` unless `secret` is a usable secret: at least
-/// [`MIN_SECRET_CHARS`] characters, at most [`MAX_SECRET_BYTES`] bytes, no
-/// leading/trailing whitespace or control characters (they do not survive
-/// copy-paste and config files).
-pub fn validate(field: &str, secret: &str) -> Result<(), String> {
-    if secret.len() > MAX_SECRET_BYTES {
-        return Err(format!(
-            "{field} must be at most {MAX_SECRET_BYTES} bytes (got {})",
-            secret.len()
-        ));
-    }
-    let n = secret.chars().count();
-    if n < MIN_SECRET_CHARS {
-        return Err(format!(
-            "{field} must be at least {MIN_SECRET_CHARS} characters (got {n})"
-        ));
-    }
-    if secret.chars().any(char::is_control) {
-        return Err(format!("{field} must not contain control characters"));
-    }
-    if secret.trim() != secret {
-        return Err(format!("{field} must not start or end with whitespace"));
-    }
-    Ok(())
 }
 
 /// Where a workspace's secrets came from.
@@ -197,6 +164,7 @@ impl Secrets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MAX_SECRET_BYTES;
     use crate::store::EmbeddedStore;
 
     #[test]
