@@ -465,3 +465,145 @@ struct QuorumOfSpec {
 fn one_vote() -> u32 {
     1
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::store::conformance::{end, job};
+    use crate::store::faulty::Faulty;
+    use crate::store::{EmbeddedStore, JobStatus, NewDelivery};
+
+    /// A receiver that answers every request `200` and counts them (the
+    /// count is watched, so a test awaits it instead of polling).
+    async fn receiver() -> (
+        String,
+        Arc<AtomicUsize>,
+        tokio::sync::watch::Receiver<usize>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        let tx = Arc::new(tx);
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let count = count.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // The head, then the body its Content-Length names.
+                    loop {
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len: usize = text[..end]
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                    tx.send_replace(n);
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        (url, seen, rx)
+    }
+
+    /// Every write of an attempt's result fails (the store is gone after
+    /// the webhook was sent): nothing is lost — the delivery stays pending
+    /// and is sent again (at least once), and once the store is back it is
+    /// recorded delivered.
+    #[tokio::test]
+    async fn a_result_that_cannot_be_written_is_sent_again_and_recorded_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(Arc::new(EmbeddedStore::open(dir.path()).unwrap()));
+        let store: Arc<dyn Store> = faulty.clone();
+        let (url, seen, mut sends) = receiver().await;
+        let config = Config::from_toml_str(
+            "[egress]\nallow = [\"127.0.0.0/8\"]\nallow_ports = [\"1024-65535\"]\n\
+             [webhooks]\nsecret = \"whsec_unit_test_0123456789\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let now = now_ms();
+        store.job_insert(job("j1", "k1", 0)).await.unwrap();
+        let claimed = store.jobs_claim(now, 60_000, 1).await.unwrap();
+        let delivery = NewDelivery {
+            url: url.clone(),
+            has_quorum_vote: true,
+        };
+        assert!(store
+            .job_finish(
+                "j1",
+                Some(claimed[0].claims),
+                end(JobStatus::Success, b"{\"ok\":true}", vec![delivery]),
+            )
+            .await
+            .unwrap());
+
+        faulty.fail_always("delivery_update");
+        let metrics = Arc::new(Metrics::new(10));
+        let secrets = Secrets::new(store.clone(), &config.webhooks, None).unwrap();
+        let hooks =
+            Arc::new(Webhooks::with_secrets(&config, store.clone(), metrics, secrets).unwrap());
+        let mut events = hooks.events();
+        tokio::spawn(hooks.clone().run());
+        hooks.notify();
+
+        // Sent, its result lost, and sent again.
+        tokio::time::timeout(Duration::from_secs(30), sends.wait_for(|n| *n >= 2))
+            .await
+            .expect("sent again after its result was lost")
+            .unwrap();
+        assert!(faulty.calls("delivery_update") >= UPDATE_TRIES);
+        let stored = store.deliveries_for_job("j1").await.unwrap();
+        assert_eq!(
+            stored[0].state,
+            DeliveryState::Pending,
+            "never recorded as sent"
+        );
+
+        faulty.heal("delivery_update");
+        let delivered = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match events.recv().await {
+                    Ok(e) if e.state == DeliveryState::Delivered => return e,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(e) => panic!("events closed: {e}"),
+                }
+            }
+        })
+        .await
+        .expect("recorded delivered once the store is back");
+        assert_eq!(delivered.job_id, "j1");
+        // Each send was counted before it went out, the lost ones too.
+        let sends = seen.load(Ordering::SeqCst);
+        assert!(sends >= 2);
+        assert_eq!(delivered.attempts as usize, sends, "every send counted");
+        let stored = store.deliveries_for_job("j1").await.unwrap();
+        assert_eq!(stored[0].state, DeliveryState::Delivered);
+        assert_eq!(stored[0].attempts as usize, sends);
+    }
+}
