@@ -321,3 +321,141 @@ fn fanout(regions: &[String], results: Vec<Run>) -> Run {
             .unwrap_or_else(|| Run::Unreachable("no region".into())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn answer(status: u16) -> Run {
+        Run::Answer {
+            resp: AttemptResponse {
+                status,
+                headers: vec![],
+                body: format!("{status}").into_bytes(),
+                proxy_error: None,
+                retry_after: None,
+            },
+            region_results: None,
+        }
+    }
+
+    fn after(ms: u64, run: Run) -> BoxFuture<'static, Run> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            run
+        })
+    }
+
+    /// Sets its flag when dropped: a cancelled attempt.
+    struct Dropped(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Race: the first 2xx wins even when a failure came first, and the
+    /// attempts still running are cancelled.
+    #[tokio::test(start_paused = true)]
+    async fn a_race_is_won_by_the_first_success_and_the_rest_are_cancelled() {
+        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Dropped(cancelled.clone());
+        let slow: BoxFuture<'static, Run> = Box::pin(async move {
+            let _flag = flag;
+            std::future::pending::<Run>().await
+        });
+        let run = first_success(vec![after(10, answer(503)), after(20, answer(200)), slow]).await;
+        assert!(run.succeeded());
+        assert_eq!(run.status(), Some(200));
+        assert!(
+            cancelled.load(Ordering::SeqCst),
+            "the slow region was cancelled"
+        );
+    }
+
+    /// Nobody succeeds: an answer tells more than "not now", which tells
+    /// more than "unreachable", whatever the order they ended in.
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_race_keeps_the_most_telling_failure() {
+        let run = first_success(vec![
+            after(1, Run::Unreachable("refused".into())),
+            after(2, answer(502)),
+            after(3, Run::NotNow(Duration::from_secs(1))),
+        ])
+        .await;
+        assert_eq!(run.status(), Some(502));
+        let run = first_success(vec![
+            after(1, Run::Unreachable("refused".into())),
+            after(2, Run::NotNow(Duration::from_secs(4))),
+        ])
+        .await;
+        assert!(matches!(run, Run::NotNow(d) if d == Duration::from_secs(4)));
+        assert!(matches!(first_success(vec![]).await, Run::Unreachable(_)));
+    }
+
+    /// Fanout: every region is reported; the run succeeds if any region
+    /// did, else carries the first answer, else the first run.
+    #[test]
+    fn fanout_reports_every_region_and_prefers_a_success() {
+        let regions = vec!["iad".to_string(), "lax".to_string(), "fra".to_string()];
+        let run = fanout(
+            &regions,
+            vec![answer(500), answer(201), Run::Unreachable("down".into())],
+        );
+        let Run::Answer {
+            resp,
+            region_results: Some(results),
+        } = &run
+        else {
+            panic!("an answer with region results: {run:?}")
+        };
+        assert_eq!(resp.status, 201);
+        assert_eq!(results.len(), 3);
+        assert_eq!(results[0]["status"], "failed");
+        assert_eq!(results[0]["status_code"], 500);
+        assert_eq!(results[1]["status"], "success");
+        assert_eq!(results[2]["error"], "down");
+        let run = fanout(
+            &regions,
+            vec![Run::NotNow(Duration::ZERO), answer(404), answer(500)],
+        );
+        assert_eq!(
+            run.status(),
+            Some(404),
+            "the first answer when none succeeded"
+        );
+        let run = fanout(
+            &regions[..2],
+            vec![Run::Unreachable("a".into()), Run::NotNow(Duration::ZERO)],
+        );
+        assert!(matches!(run, Run::Unreachable(ref e) if e == "a"));
+    }
+
+    #[test]
+    fn attempt_parts_are_named_from_their_keys() {
+        assert_eq!(part("k", "k"), "primary");
+        assert_eq!(part("k", "k#lax"), "region lax");
+        assert_eq!(part("k", "k#fallback1"), "fallback 1");
+        assert_eq!(part("k", "k#fallback1#lax"), "fallback 1, region lax");
+    }
+
+    #[test]
+    fn upstream_calls_come_from_our_attempts_header() {
+        let mut resp = AttemptResponse {
+            status: 200,
+            headers: vec![("X-EZThrottle-Attempts".into(), " 3 ".into())],
+            body: vec![],
+            proxy_error: None,
+            retry_after: None,
+        };
+        assert_eq!(upstream_calls(&resp), 3);
+        resp.headers.clear();
+        assert_eq!(upstream_calls(&resp), 1, "an origin's answer: one call");
+        resp.proxy_error = Some("throttle_wait_timeout".into());
+        assert_eq!(upstream_calls(&resp), 0, "our own refusal: none");
+        resp.headers = vec![("x-ezthrottle-attempts".into(), "many".into())];
+        assert_eq!(upstream_calls(&resp), 0);
+    }
+}

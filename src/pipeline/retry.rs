@@ -174,3 +174,182 @@ pub fn via_region(shared: &Shared, ctx: &RequestCtx) -> Option<(String, String, 
     let (host, port) = route::peer(&shared.config.load(), region)?;
     Some((region.to_string(), host, port))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::pipeline::ctx::Target;
+    use crate::pipeline::park::ParkOptions;
+
+    /// A real `Shared` (metrics, config) on a throwaway data dir. It starts
+    /// its own runtime, so these tests are synchronous (`after` never waits).
+    fn shared(dir: &std::path::Path, extra: &str) -> Arc<Shared> {
+        let text = format!(
+            "data_dir = \"{}\"\n[retry]\nmax_retries = 2\nmax_reroutes = 0\n{extra}",
+            dir.display()
+        );
+        crate::server::build_shared(Config::from_toml_str(&text, "t.toml").unwrap()).unwrap()
+    }
+
+    fn ctx(shared: &Shared, method: &str, keyed: bool, deadline: Instant) -> RequestCtx {
+        let mut ctx = RequestCtx::new();
+        ctx.target = Some(Target {
+            host: "api.test".into(),
+            port: 443,
+            tls: true,
+            path_and_query: "/".into(),
+        });
+        let config = shared.config.load();
+        ctx.retry = Some(RetryState {
+            policy: Policy::new(
+                route::retry_config(&config, "api.test").clone(),
+                &method.parse().unwrap(),
+                keyed,
+            ),
+            spent: Spent::default(),
+            route: Route::for_domain(&config, "api.test"),
+            deadline,
+            replayable: true,
+            pending: None,
+        });
+        ctx
+    }
+
+    fn later(secs: u64) -> Instant {
+        Instant::now() + Duration::from_secs(secs)
+    }
+
+    /// A 503 is tried again until the budget (`max_retries = 2`) is spent,
+    /// each decision leaving the pause for the next attempt to take.
+    #[test]
+    fn retries_until_the_budget_is_spent() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path(), "");
+        let mut ctx = ctx(&shared, "GET", false, later(600));
+        for _ in 0..2 {
+            let next = after(&shared, &mut ctx, Outcome::Status(503), None, false);
+            assert_eq!(next, Next::Again);
+            assert!(is_pending(&ctx));
+            ctx.retry.as_mut().unwrap().pending = None; // the attempt starts
+        }
+        assert_eq!(
+            after(&shared, &mut ctx, Outcome::Status(503), None, false),
+            Next::Deliver,
+            "third 503: budget spent"
+        );
+        // Not a retry code at all.
+        let mut fresh = self::ctx(&shared, "GET", false, later(600));
+        assert_eq!(
+            after(&shared, &mut fresh, Outcome::Status(404), None, false),
+            Next::Deliver
+        );
+    }
+
+    /// The origin's Retry-After sets the pause; past the max wait the
+    /// request parks when it named a webhook, else the answer is delivered.
+    #[test]
+    fn a_pause_past_the_deadline_parks_or_delivers() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path(), "");
+        let mut ctx = ctx(&shared, "GET", false, later(10));
+        let next = after(
+            &shared,
+            &mut ctx,
+            Outcome::Status(429),
+            Some(Duration::from_secs(2)),
+            false,
+        );
+        assert_eq!(next, Next::Again);
+        let pending = ctx.retry.as_ref().unwrap().pending.unwrap();
+        assert_eq!(
+            pending.delay,
+            Duration::from_secs(2),
+            "the origin's Retry-After"
+        );
+
+        let mut ctx = self::ctx(&shared, "GET", false, later(10));
+        let long = Some(Duration::from_secs(3600));
+        assert_eq!(
+            after(&shared, &mut ctx, Outcome::Status(429), long, false),
+            Next::Deliver
+        );
+        ctx.park = Some(ParkOptions {
+            webhooks: vec!["https://hooks.example/x".into()],
+            metadata: serde_json::Value::Null,
+            respond_async: false,
+            max_wait: Duration::from_secs(10),
+        });
+        assert_eq!(
+            after(&shared, &mut ctx, Outcome::Status(429), long, false),
+            Next::Park
+        );
+    }
+
+    /// A POST without an Idempotency-Key is repeated only where the server
+    /// promised it did not act (429, 503) or nothing was sent; a body that
+    /// cannot be sent again is never retried.
+    #[test]
+    fn unsafe_requests_and_lost_bodies_are_not_repeated() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path(), "");
+        let post = |keyed| ctx(&shared, "POST", keyed, later(600));
+        assert_eq!(
+            after(&shared, &mut post(false), Outcome::Status(502), None, false),
+            Next::Deliver
+        );
+        assert_eq!(
+            after(
+                &shared,
+                &mut post(false),
+                Outcome::FailedAfterSend,
+                None,
+                false
+            ),
+            Next::Deliver
+        );
+        assert_eq!(
+            after(&shared, &mut post(false), Outcome::Status(503), None, false),
+            Next::Again
+        );
+        assert_eq!(
+            after(
+                &shared,
+                &mut post(false),
+                Outcome::ConnectFailed,
+                None,
+                false
+            ),
+            Next::Deliver,
+            "max_reroutes = 0: connection failures reroute, and none are allowed here"
+        );
+        assert_eq!(
+            after(&shared, &mut post(true), Outcome::Status(503), None, false),
+            Next::Again
+        );
+        // pingora's retry buffer overflowed and the body was not read ahead.
+        assert_eq!(
+            after(&shared, &mut post(true), Outcome::Status(503), None, true),
+            Next::Deliver
+        );
+        let mut unreplayable = post(true);
+        unreplayable.retry.as_mut().unwrap().replayable = false;
+        assert_eq!(
+            after(
+                &shared,
+                &mut unreplayable,
+                Outcome::Status(503),
+                None,
+                false
+            ),
+            Next::Deliver
+        );
+        // A rejected upstream certificate: never again.
+        assert_eq!(
+            after(&shared, &mut post(true), Outcome::TlsRejected, None, false),
+            Next::Deliver
+        );
+    }
+}
