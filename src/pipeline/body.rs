@@ -129,3 +129,146 @@ pub fn forward(ctx: &RequestCtx, body: &mut Option<Bytes>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    /// A pingora session over an in-memory pipe, its head already read; the
+    /// other end is the client.
+    async fn session(head: &str) -> (Session, DuplexStream) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let mut client = client;
+        client.write_all(head.as_bytes()).await.unwrap();
+        let mut session = Session::new_h1(Box::new(server));
+        assert!(session.downstream_session.read_request().await.unwrap());
+        (session, client)
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// A Content-Length body larger than pingora's 64 KiB retry buffer is
+    /// read whole; the buffer holds only its tail, and `forward` sends the
+    /// whole body in its place (on every attempt).
+    #[tokio::test]
+    async fn a_body_past_the_retry_buffer_is_held_whole_and_forwarded_whole() {
+        let body = pattern(200_000);
+        let head = format!(
+            "POST /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let (mut s, mut client) = session(&head).await;
+        let sent = body.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client
+        });
+        let mut ctx = RequestCtx::new();
+        let got = read_whole(&mut s, &mut ctx, 1 << 20, "test").await.unwrap();
+        assert_eq!(got.as_ref(), body.as_slice());
+        let tail = s.get_retry_buffer().expect("the tail is buffered");
+        assert!(tail.len() as u64 <= RETRY_BUFFER);
+        assert_eq!(tail.as_ref(), &body[body.len() - tail.len()..]);
+        let mut offered = Some(tail);
+        forward(&ctx, &mut offered);
+        assert_eq!(offered.unwrap().as_ref(), body.as_slice());
+        // Read once: a second call returns the held body without reading.
+        assert_eq!(
+            read_whole(&mut s, &mut ctx, 1 << 20, "test").await.unwrap(),
+            got
+        );
+        drop(writer.await.unwrap());
+    }
+
+    /// A declared length over the limit is refused before a byte of it is
+    /// read; a body that turns out longer than the limit is refused too.
+    #[tokio::test]
+    async fn too_large_is_413_naming_why() {
+        let head =
+            "POST /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 18446744073709551615\r\n\r\n";
+        let (mut s, _client) = session(head).await;
+        let err = read_whole(&mut s, &mut RequestCtx::new(), 1024, "held for a test")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProxyError::RequestBodyTooLarge {
+                    limit: 1024,
+                    why: "held for a test"
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.status(), 413);
+    }
+
+    /// A chunked body has no known tail to buffer: one over 64 KiB cannot
+    /// be held, and says to send it with Content-Length.
+    #[tokio::test]
+    async fn a_chunked_body_over_the_retry_buffer_is_refused() {
+        let head = "POST /x HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (mut s, mut client) = session(head).await;
+        let chunk = pattern(70_000);
+        tokio::spawn(async move {
+            client
+                .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await
+                .unwrap();
+            client.write_all(&chunk).await.unwrap();
+            client.write_all(b"\r\n0\r\n\r\n").await.unwrap();
+            // Keep the pipe open until the test ends.
+            let mut sink = Vec::new();
+            let _ = client.read_to_end(&mut sink).await;
+        });
+        let err = read_whole(&mut s, &mut RequestCtx::new(), 1 << 20, "test")
+            .await
+            .unwrap_err();
+        let ProxyError::RequestBodyTooLarge { limit, why } = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(limit, RETRY_BUFFER);
+        assert!(why.contains("Content-Length"), "{why}");
+    }
+
+    /// A client that hangs up in the middle of its body is gone, not a
+    /// request with a short body.
+    #[tokio::test]
+    async fn a_client_that_hangs_up_mid_body_is_gone() {
+        let head = "POST /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1000\r\n\r\n";
+        let (mut s, mut client) = session(head).await;
+        client.write_all(&[7u8; 300]).await.unwrap();
+        drop(client);
+        let err = read_whole(&mut s, &mut RequestCtx::new(), 1 << 20, "test")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::ClientGone), "{err:?}");
+    }
+
+    /// `Expect: 100-continue`: the client is told to go on before its body
+    /// is read, and the Expect is not passed upstream.
+    #[tokio::test]
+    async fn expect_100_continue_is_answered_before_the_body() {
+        let head =
+            "PUT /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n";
+        let (mut s, mut client) = session(head).await;
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let n = client.read(&mut buf).await.unwrap();
+            let line = String::from_utf8_lossy(&buf[..n]).to_string();
+            // Only now, as curl does, the body.
+            client.write_all(b"hello").await.unwrap();
+            (line, client)
+        });
+        let mut ctx = RequestCtx::new();
+        let got = read_whole(&mut s, &mut ctx, 1024, "test").await.unwrap();
+        assert_eq!(got.as_ref(), b"hello");
+        let (line, _client) = reader.await.unwrap();
+        assert!(line.starts_with("HTTP/1.1 100 Continue"), "{line:?}");
+        assert!(s.req_header().headers.get(http::header::EXPECT).is_none());
+    }
+}
