@@ -16,6 +16,11 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// The test harness's own start-and-wait (one copy for tests and benches).
+#[path = "../../tests/common/ready.rs"]
+#[allow(dead_code)]
+mod ready;
+
 /// Start `ezthrottle run --config <path>` (logs at warn) and return once it
 /// printed its ready line.
 pub fn spawn_ready(config_path: &Path) -> Child {
@@ -28,11 +33,13 @@ pub fn spawn_ready(config_path: &Path) -> Child {
         .spawn()
         .expect("spawn ezthrottle");
     let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    match lines.next() {
-        Some(Ok(line)) if line.starts_with("ezthrottle ready") => {}
-        other => panic!("ezthrottle did not get ready: {other:?}"),
+    // The lines keep draining on their own thread for the child's life.
+    let (lines, _drain) = ready::drain_stdout(stdout);
+    if let Err(e) = ready::wait_ready(&lines, Duration::from_secs(60)) {
+        let _ = child.kill();
+        panic!("ezthrottle did not get ready: {e:?}");
     }
+    std::mem::forget(lines);
     child
 }
 

@@ -474,15 +474,7 @@ impl EzBuilder {
         });
 
         let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel::<String>();
-        let stdout_thread = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    // Nobody listens any more: keep draining.
-                }
-            }
-        });
+        let (rx, stdout_thread) = super::ready::drain_stdout(stdout);
 
         let mut ez = Ezthrottle {
             proxy: SocketAddr::from((self.proxy_ip, proxy_port)),
@@ -503,54 +495,43 @@ impl EzBuilder {
             redis: None,
         };
 
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let next = ez
-                .stdout_lines
-                .lock()
-                .expect("stdout lock")
-                .recv_timeout(left);
-            match next {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix("ezthrottle ready ") {
-                        let (p, c) = parse_ready(rest).unwrap_or_else(|| {
-                            panic!("malformed ready line: {line:?}");
-                        });
-                        assert_eq!(p, ez.proxy, "ready line proxy address: {line:?}");
-                        assert_eq!(c, ez.control, "ready line control address: {line:?}");
-                        return Ok(ez);
-                    }
-                    seen.push(line);
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // stdout closed: the process exited (or closed stdout) before ready.
-                    let status = ez.kill_and_reap();
-                    let log = ez.stderr_log();
-                    let in_use = log.contains("in use") || log.contains("AddrInUse");
-                    ez.quiet = true;
-                    return Err((
-                        format!(
-                            "ezthrottle exited before ready ({}); stdout: {seen:?}\n--- stderr ---\n{}",
-                            status.map(|s| describe(&s)).unwrap_or_default(),
-                            tail(&log, 200)
-                        ),
-                        in_use,
-                    ));
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    ez.kill_and_reap();
-                    let log = ez.stderr_log();
-                    ez.quiet = true;
-                    return Err((
-                        format!(
-                            "ezthrottle printed no ready line within {READY_TIMEOUT:?}; stdout: {seen:?}\n--- stderr ---\n{}",
-                            tail(&log, 200)
-                        ),
-                        false,
-                    ));
-                }
+        let waited =
+            super::ready::wait_ready(&ez.stdout_lines.lock().expect("stdout lock"), READY_TIMEOUT);
+        match waited {
+            Ok((p, c)) => {
+                assert_eq!(p, ez.proxy, "ready line proxy address");
+                assert_eq!(c, ez.control, "ready line control address");
+                Ok(ez)
+            }
+            Err(super::ready::NotReady::Malformed(line)) => {
+                panic!("malformed ready line: {line:?}")
+            }
+            Err(super::ready::NotReady::Exited { seen }) => {
+                // stdout closed: the process exited (or closed stdout) before ready.
+                let status = ez.kill_and_reap();
+                let log = ez.stderr_log();
+                let in_use = log.contains("in use") || log.contains("AddrInUse");
+                ez.quiet = true;
+                Err((
+                    format!(
+                        "ezthrottle exited before ready ({}); stdout: {seen:?}\n--- stderr ---\n{}",
+                        status.map(|s| describe(&s)).unwrap_or_default(),
+                        tail(&log, 200)
+                    ),
+                    in_use,
+                ))
+            }
+            Err(super::ready::NotReady::Timeout { seen }) => {
+                ez.kill_and_reap();
+                let log = ez.stderr_log();
+                ez.quiet = true;
+                Err((
+                    format!(
+                        "ezthrottle printed no ready line within {READY_TIMEOUT:?}; stdout: {seen:?}\n--- stderr ---\n{}",
+                        tail(&log, 200)
+                    ),
+                    false,
+                ))
             }
         }
     }
@@ -622,19 +603,6 @@ impl Default for SharedCa {
     fn default() -> Self {
         SharedCa::new()
     }
-}
-
-fn parse_ready(rest: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let mut proxy = None;
-    let mut control = None;
-    for tok in rest.split_whitespace() {
-        if let Some(v) = tok.strip_prefix("proxy=") {
-            proxy = v.parse().ok();
-        } else if let Some(v) = tok.strip_prefix("control=") {
-            control = v.parse().ok();
-        }
-    }
-    Some((proxy?, control?))
 }
 
 fn tail(text: &str, lines: usize) -> String {

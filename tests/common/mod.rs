@@ -18,6 +18,7 @@ pub mod proc;
 pub mod py;
 pub mod quota_origin;
 pub mod raw;
+pub mod ready;
 // Not `mod redis`: that would shadow the `redis` crate in `use common::*` files.
 #[path = "redis.rs"]
 pub mod redis_server;
