@@ -73,32 +73,46 @@ local function jdk(id) return B .. ':jobd:' .. id end
 local function dk(id) return B .. ':delivery:' .. id end
 local function wsk(ws) return B .. ':wsall:' .. ws end
 local function wssk(ws, st) return B .. ':wss:' .. st .. ':' .. ws end
+-- Per workspace and domain (all, and by status); the workspace is
+-- length-prefixed, so neither name can run into the other.
+local function wsdk(ws, d) return B .. ':wsd:' .. #ws .. ':' .. ws .. ':' .. d end
+local function wsdsk(ws, d, st) return B .. ':wsds:' .. st .. ':' .. #ws .. ':' .. ws .. ':' .. d end
+local function childk(parent) return B .. ':children:' .. parent end
 local function uniq(ws, key) return #ws .. ':' .. ws .. key end
 local function pad(n) return string.rep('0', 20 - #n) .. n end
 local function lmember(created, id) return pad(created) .. ':' .. id end
 local function is_final(st) return st == 'success' or st == 'failed' or st == 'cancelled' end
 local function get_job(id)
-  local v = redis.call('HMGET', jk(id), 'status', 'ws', 'created', 'next', 'lease', 'updated', 'claims', 'key')
+  local v = redis.call('HMGET', jk(id), 'status', 'ws', 'created', 'next', 'lease', 'updated',
+                      'claims', 'key', 'domain', 'parent')
   if not v[1] then return nil end
   if not (v[2] and v[3] and v[4] and v[5] and v[6] and v[7] and v[8]) then
     error('malformed job record ' .. id)
   end
+  -- No domain or parent: a job without one, or stored before they were kept.
   return {status = v[1], ws = v[2], created = v[3], next = v[4], lease = v[5],
-          updated = v[6], claims = v[7], key = v[8]}
+          updated = v[6], claims = v[7], key = v[8], domain = v[9] or '', parent = v[10] or ''}
 end
 -- The indexes that depend on a job's status: its counter, the workspace's
--- list of that status, the due set (queued/retrying scored by next attempt,
+-- list of that status (and the workspace's list of its domain and that
+-- status), the due set (queued/retrying scored by next attempt,
 -- in flight by lease end: a lapsed lease is simply due again) and the
 -- ended set (scored by end time, for the retention sweep).
 local function index_out(id, j)
   redis.call('HINCRBY', COUNTS, j.status, -1)
   redis.call('ZREM', wssk(j.ws, j.status), lmember(j.created, id))
+  if j.domain ~= '' then
+    redis.call('ZREM', wsdsk(j.ws, j.domain, j.status), lmember(j.created, id))
+  end
   redis.call('ZREM', DUE, id)
   redis.call('ZREM', ENDED, id)
 end
 local function index_in(id, j)
   redis.call('HINCRBY', COUNTS, j.status, 1)
   redis.call('ZADD', wssk(j.ws, j.status), 0, lmember(j.created, id))
+  if j.domain ~= '' then
+    redis.call('ZADD', wsdsk(j.ws, j.domain, j.status), 0, lmember(j.created, id))
+  end
   if j.status == 'queued' or j.status == 'retrying' then
     redis.call('ZADD', DUE, j.next, id)
   elseif j.status == 'in_flight' then
@@ -118,12 +132,13 @@ local function update(id, j, changes)
   redis.call('HSET', jk(id), unpack(flat))
   index_in(id, j)
 end
--- A job given as 13 ARGV from index i (see RedisStore::job_args).
+-- A job given as 15 ARGV from index i (see RedisStore::job_args).
 local function job_args(i)
   return {id = ARGV[i], ws = ARGV[i + 1], key = ARGV[i + 2], status = ARGV[i + 3],
           spec = ARGV[i + 4], attempts = ARGV[i + 5], claims = ARGV[i + 6],
           next = ARGV[i + 7], lease = ARGV[i + 8], created = ARGV[i + 9],
-          updated = ARGV[i + 10], has_result = ARGV[i + 11], result = ARGV[i + 12]}
+          updated = ARGV[i + 10], has_result = ARGV[i + 11], result = ARGV[i + 12],
+          domain = ARGV[i + 13], parent = ARGV[i + 14]}
 end
 -- The id of the job holding (ws, key), if any.
 local function existing(j)
@@ -139,9 +154,19 @@ local function insert(j)
     f[#f + 1] = 'result'
     f[#f + 1] = j.result
   end
+  if j.domain ~= '' then
+    f[#f + 1] = 'domain'
+    f[#f + 1] = j.domain
+  end
+  if j.parent ~= '' then
+    f[#f + 1] = 'parent'
+    f[#f + 1] = j.parent
+  end
   redis.call('HSET', jk(j.id), unpack(f))
   redis.call('HSET', UNIQ, uniq(j.ws, j.key), j.id)
   redis.call('ZADD', wsk(j.ws), 0, lmember(j.created, j.id))
+  if j.domain ~= '' then redis.call('ZADD', wsdk(j.ws, j.domain), 0, lmember(j.created, j.id)) end
+  if j.parent ~= '' then redis.call('ZADD', childk(j.parent), 0, lmember(j.created, j.id)) end
   index_in(j.id, j)
 end
 "#;
@@ -150,7 +175,7 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
 }
 
-/// ARGV: a job (13). Nil when inserted, else the existing job's fields.
+/// ARGV: a job (15). Nil when inserted, else the existing job's fields.
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -217,7 +242,7 @@ return 1
 });
 
 /// ARGV: id, claims ('' for any), status, result, payload, now, calls,
-/// n deliveries, n × (url, quorum), n children, n × job (13). 1 if ended.
+/// n deliveries, n × (url, quorum), n children, n × job (15). 1 if ended.
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -229,7 +254,7 @@ local ci = 9 + 2 * nd
 local nc = tonumber(ARGV[ci])
 local children = {}
 for c = 0, nc - 1 do
-  local cj = job_args(ci + 1 + 13 * c)
+  local cj = job_args(ci + 1 + 15 * c)
   -- Checked before anything is written: a script is not rolled back.
   if not existing(cj) and redis.call('EXISTS', jk(cj.id)) == 1 then
     return redis.error_reply('job id ' .. cj.id .. ' exists with another key')
@@ -304,6 +329,8 @@ for _, id in ipairs(ids) do
   else
     index_out(id, j)
     redis.call('ZREM', wsk(j.ws), lmember(j.created, id))
+    if j.domain ~= '' then redis.call('ZREM', wsdk(j.ws, j.domain), lmember(j.created, id)) end
+    if j.parent ~= '' then redis.call('ZREM', childk(j.parent), lmember(j.created, id)) end
     local u = uniq(j.ws, j.key)
     if redis.call('HGET', UNIQ, u) == id then redis.call('HDEL', UNIQ, u) end
     for _, did in ipairs(dids) do
@@ -319,13 +346,33 @@ return {deleted, kept, #ids}
     )
 });
 
-/// ARGV: workspace, status ('' for all), lex max, limit. Jobs' fields.
+/// ARGV: workspace, status ('' for all), lex max, limit, domain ('' for
+/// all). Jobs' fields.
 static LIST: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local idx = wsk(ARGV[1])
-if ARGV[2] ~= '' then idx = wssk(ARGV[1], ARGV[2]) end
+local ws, st, d = ARGV[1], ARGV[2], ARGV[5]
+local idx
+if d == '' and st == '' then idx = wsk(ws)
+elseif d == '' then idx = wssk(ws, st)
+elseif st == '' then idx = wsdk(ws, d)
+else idx = wsdsk(ws, d, st) end
 local members = redis.call('ZREVRANGEBYLEX', idx, ARGV[3], '-', 'LIMIT', 0, ARGV[4])
+local out = {}
+for _, m in ipairs(members) do
+  local v = redis.call('HGETALL', jk(string.sub(m, 22)))
+  if #v > 0 then out[#out + 1] = v end
+end
+return out
+"#,
+    )
+});
+
+/// ARGV: parent id, limit. The children's fields, oldest first.
+static CHILDREN: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local members = redis.call('ZRANGEBYLEX', childk(ARGV[1]), '-', '+', 'LIMIT', 0, ARGV[2])
 local out = {}
 for _, m in ipairs(members) do
   local v = redis.call('HGETALL', jk(string.sub(m, 22)))
@@ -638,7 +685,9 @@ impl RedisStore {
         self.redis.script(script, &[&self.base], args).await
     }
 
-    /// A job as the 13 arguments `job_args` in the scripts reads.
+    /// A job as the 15 arguments `job_args` in the scripts reads: the
+    /// domain and parent are derived from the spec here, before it is
+    /// sealed ('' for none).
     fn job_args(&self, j: &JobRecord, out: &mut Vec<Vec<u8>>) {
         out.extend([
             j.id.clone().into_bytes(),
@@ -657,6 +706,12 @@ impl RedisStore {
                 .as_deref()
                 .map(|r| self.seal_bytes(JOBS_RESULT, r.as_bytes()))
                 .unwrap_or_default(),
+            crate::store::job_domain(&j.spec)
+                .unwrap_or_default()
+                .into_bytes(),
+            crate::store::job_parent(&j.spec)
+                .unwrap_or_default()
+                .into_bytes(),
         ]);
     }
 
@@ -715,6 +770,30 @@ impl RedisStore {
             .into_iter()
             .map(|d| self.delivery_from(d))
             .collect()
+    }
+
+    /// One page of a workspace's list, or of its list of `domain` ('' for
+    /// every domain).
+    async fn list_page(
+        &self,
+        workspace: &str,
+        domain: &str,
+        status: Option<JobStatus>,
+        limit: usize,
+        after: Option<(u64, String)>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let args = [
+            arg(workspace),
+            arg(status.map(|s| s.as_str()).unwrap_or("")),
+            arg(list_max(after.as_ref())),
+            arg(limit.min(i64::MAX as usize)),
+            arg(domain),
+        ];
+        let v = self.run(&LIST, &args).await?;
+        self.jobs_from(v)
     }
 
     async fn flag(&self, script: &Script, args: &[Vec<u8>]) -> Result<bool, StoreError> {
@@ -880,7 +959,7 @@ impl Store for RedisStore {
     }
 
     async fn job_insert(&self, job: JobRecord) -> Result<Option<JobRecord>, StoreError> {
-        let mut args = Vec::with_capacity(13);
+        let mut args = Vec::with_capacity(15);
         self.job_args(&job, &mut args);
         match self.run(&INSERT, &args).await? {
             Value::Nil => {
@@ -1003,16 +1082,38 @@ impl Store for RedisStore {
         limit: usize,
         after: Option<(u64, String)>,
     ) -> Result<Vec<JobRecord>, StoreError> {
+        self.list_page(workspace, "", status, limit, after).await
+    }
+
+    async fn jobs_list_by_domain(
+        &self,
+        workspace: &str,
+        domain: &str,
+        status: Option<JobStatus>,
+        limit: usize,
+        after: Option<(u64, String)>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        if domain.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.list_page(workspace, domain, status, limit, after)
+            .await
+    }
+
+    async fn job_children(
+        &self,
+        parent_id: &str,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let args = [
-            arg(workspace),
-            arg(status.map(|s| s.as_str()).unwrap_or("")),
-            arg(list_max(after.as_ref())),
-            arg(limit.min(i64::MAX as usize)),
-        ];
-        let v = self.run(&LIST, &args).await?;
+        let v = self
+            .run(
+                &CHILDREN,
+                &[arg(parent_id), arg(limit.min(i64::MAX as usize))],
+            )
+            .await?;
         self.jobs_from(v)
     }
 
@@ -1312,6 +1413,29 @@ mod tests {
         let server = server();
         let s = replica(&server, None);
         conformance::job_list_pages_through_equal_times_with_a_status_filter(&s).await;
+    }
+
+    #[tokio::test]
+    async fn job_list_by_domain_pages_follows_status_and_sweep() {
+        let server = server();
+        let s = replica(&server, None);
+        conformance::job_list_by_domain_pages_follows_status_and_sweep(&s).await;
+        // Nothing is left of the swept job in the domain sets.
+        let left = keys(&s).await;
+        for k in left.iter().filter(|k| k.contains(":wsd")) {
+            let members: Vec<String> = raw(&s, redis::cmd("ZRANGE").arg(k).arg(0).arg(-1)).await;
+            assert!(
+                !members.iter().any(|m| m.ends_with(":a3")),
+                "{k}: {members:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn job_children_are_found_from_the_parent() {
+        let server = server();
+        let s = replica(&server, None);
+        conformance::job_children_are_found_from_the_parent(&s).await;
     }
 
     #[tokio::test]
