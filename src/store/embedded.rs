@@ -855,7 +855,8 @@ const IDEMPOTENCY_SWEEP_BATCH: &str =
 /// With `by_domain`, the same walk of `jobs_list_domain` (or
 /// `jobs_list_domain_status`).
 /// Parameters: ?1 workspace, ?2 status, ?3 cursor time, ?4 cursor id,
-/// ?5 limit, ?6 domain (all six are bound whichever appear).
+/// ?5 limit (all five are bound whichever appear), ?6 domain (bound with
+/// `by_domain` only).
 fn jobs_list_sql(by_status: bool, by_domain: bool, after_time_only: Option<bool>) -> String {
     let status = match (by_status, by_domain) {
         (false, false) => "",
@@ -904,19 +905,21 @@ impl EmbeddedStore {
             let (after_t, after_id) = after
                 .map(|(t, id)| (t.min(i64::MAX as u64) as i64, id))
                 .unwrap_or((i64::MAX, String::new()));
+            let mut values: Vec<Value> = vec![
+                Value::Text(workspace),
+                status.map_or(Value::Null, |s| Value::Text(s.as_str().into())),
+                Value::Integer(after_t),
+                Value::Text(after_id),
+                Value::Integer(limit.min(i64::MAX as usize) as i64),
+            ];
+            // ?6 appears only in the domain statements (SQLite counts
+            // parameters up to the highest number used).
+            if let Some(d) = domain {
+                values.push(Value::Text(d));
+            }
             let mut stmt = c.prepare_cached(&sql).map_err(err)?;
             let rows = stmt
-                .query_map(
-                    params![
-                        workspace,
-                        status.map(|s| s.as_str()),
-                        after_t,
-                        after_id,
-                        limit.min(i64::MAX as usize) as i64,
-                        domain
-                    ],
-                    |r| job_row(r, &seal),
-                )
+                .query_map(rusqlite::params_from_iter(values), |r| job_row(r, &seal))
                 .map_err(err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(err)
         })
