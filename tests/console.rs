@@ -501,6 +501,58 @@ fn console_job_list_filters_and_pages_by_keyset() {
         .collect();
     assert_eq!(got, vec![ids[3].as_str(), ids[1].as_str()], "{page}");
     assert_eq!(page["jobs"][0]["domain"], "other.test");
+    // The domain filter pages by the same cursor, any case, with a status.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = ok_json(
+            call(
+                &ez,
+                "GET",
+                &format!("/console/api/jobs?domain=API.Test&limit=1&cursor={cursor}"),
+                None,
+                None,
+            ),
+            "domain page",
+        );
+        for j in page["jobs"].as_array().unwrap() {
+            assert_eq!(j["domain"], "api.test", "{page}");
+            seen.push(j["job_id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, [&ids[4], &ids[2], &ids[0]]);
+    let page = ok_json(
+        call(
+            &ez,
+            "GET",
+            "/console/api/jobs?domain=api.test&status=success&limit=2",
+            None,
+            None,
+        ),
+        "domain and status",
+    );
+    let got: Vec<&str> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, vec![ids[4].as_str(), ids[2].as_str()], "{page}");
+    let page = ok_json(
+        call(
+            &ez,
+            "GET",
+            "/console/api/jobs?domain=api.test&status=failed",
+            None,
+            None,
+        ),
+        "domain and a status none has",
+    );
+    assert_eq!(page["jobs"], json!([]));
     // Status filter.
     let page = ok_json(
         call(&ez, "GET", "/console/api/jobs?status=failed", None, None),
@@ -550,6 +602,75 @@ fn console_job_list_filters_and_pages_by_keyset() {
     );
     assert_eq!(page["workspace"], "elsewhere");
     assert_eq!(page["jobs"], json!([]));
+}
+
+/// The follow-up chain both ways: the parent's page lists the job its
+/// `on_success` spawned (with the trigger and a link target), the child's
+/// page names its parent.
+#[test]
+fn console_job_page_lists_the_jobs_it_spawned() {
+    let api = ApiOrigin::start();
+    let ez = builder(&api).start();
+    let r = call(
+        &ez,
+        "POST",
+        "/api/v1/jobs",
+        Some(&json!({
+            "url": api.http_url("api.test", "/v1/parent"),
+            "on_success": {"url": api.http_url("other.test", "/v1/child"), "method": "POST"},
+        })),
+        None,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let parent = r.json()["job_id"].as_str().unwrap().to_string();
+    let detail = eventually(WAIT, "the parent lists its child", || {
+        let v = ok_json(
+            call(
+                &ez,
+                "GET",
+                &format!("/console/api/jobs/{parent}"),
+                None,
+                None,
+            ),
+            "parent",
+        );
+        (v["chain"]["children"].as_array().map_or(0, Vec::len) == 1).then_some(v)
+    });
+    assert_eq!(detail["status"], "success", "{detail}");
+    let child = &detail["chain"]["children"][0];
+    assert_eq!(child["trigger"], "on_success", "{detail}");
+    assert_eq!(child["method"], "POST");
+    assert!(
+        child["url"].as_str().unwrap().contains("/v1/child"),
+        "{detail}"
+    );
+    let child_id = child["job_id"].as_str().unwrap().to_string();
+    assert_ne!(child_id, parent);
+    let c = ok_json(
+        call(
+            &ez,
+            "GET",
+            &format!("/console/api/jobs/{child_id}"),
+            None,
+            None,
+        ),
+        "child",
+    );
+    assert_eq!(c["chain"]["parent_job_id"], parent.as_str(), "{c}");
+    assert_eq!(c["chain"]["children"], json!([]), "{c}");
+    // The list row of the child names its parent too.
+    let page = ok_json(
+        call(
+            &ez,
+            "GET",
+            "/console/api/jobs?domain=other.test",
+            None,
+            None,
+        ),
+        "child row",
+    );
+    assert_eq!(page["jobs"][0]["job_id"], child_id.as_str(), "{page}");
+    assert_eq!(page["jobs"][0]["parent_job_id"], parent.as_str(), "{page}");
 }
 
 // ---- the page in a real browser ------------------------------------------
