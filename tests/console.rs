@@ -524,7 +524,7 @@ fn console_job_list_filters_and_pages_by_keyset() {
             None => break,
         }
     }
-    assert_eq!(seen, [&ids[4], &ids[2], &ids[0]]);
+    assert_eq!(seen, [ids[4].clone(), ids[2].clone(), ids[0].clone()]);
     let page = ok_json(
         call(
             &ez,
