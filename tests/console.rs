@@ -773,8 +773,26 @@ fn console_in_headless_chromium_charts_traffic_shows_a_pause_and_retries_a_faile
     // A failed job in ws-a: 503 once, then the API would answer 201. (A
     // 5xx, because a 4xx is stored under the job's Idempotency-Key and a
     // retry would get it replayed.)
-    let failed = submit(&ez, &secret_job(&api, "/v1/flaky", 503, None), TOKEN_A);
+    // Its `on_failure` follow-up is the child its page lists.
+    let mut flaky = secret_job(&api, "/v1/flaky", 503, None);
+    flaky["on_failure"] = json!({"url": api.http_url("other.test", "/v1/alert")});
+    let failed = submit(&ez, &flaky, TOKEN_A);
     job_until(&ez, &failed, TOKEN_A, "failed", |v| v["status"] == "failed");
+    let detail = ok_json(
+        call(
+            &ez,
+            "GET",
+            &format!("/console/api/jobs/{failed}"),
+            None,
+            Some(TOKEN_A),
+        ),
+        "failed job",
+    );
+    // Spawned in the transaction that ended the parent.
+    let child = detail["chain"]["children"][0]["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no child listed: {detail}"))
+        .to_string();
     // The sampler has seen the domains (once a second): wait for it.
     eventually(WAIT, "the overview to hold samples of busy.test", || {
         let o = ok_json(
@@ -839,6 +857,12 @@ fn console_in_headless_chromium_charts_traffic_shows_a_pause_and_retries_a_faile
             json!({"click": "#job-retry"}),
             json!({"wait": "document.getElementById('job-message').textContent === 're-queued'"}),
             json!({"eval": "document.getElementById('job-status').textContent"}),
+            // The chain both ways: the spawned job is listed and linked, and
+            // its own page links back to the parent.
+            json!({"wait": "(function(){var e=document.querySelector('#job-chain li.child'); return e && e.textContent;})()"}),
+            json!({"click": "#job-chain li.child a"}),
+            json!({"wait": format!("document.getElementById('job-id').textContent === {} && document.getElementById('job-chain').textContent.indexOf('follow-up of') >= 0", json!(child))}),
+            json!({"eval": "document.querySelector('#job-chain a').textContent"}),
         ],
     );
     let admitted_etc = &results[5];
@@ -873,6 +897,16 @@ fn console_in_headless_chromium_charts_traffic_shows_a_pause_and_retries_a_faile
         results[18].as_str(),
         Some("failed"),
         "after Retry the job is no longer failed"
+    );
+    let child_row = results[19].as_str().unwrap_or("");
+    assert!(
+        child_row.contains("spawned (on failure)") && child_row.contains(&child),
+        "{child_row}"
+    );
+    assert_eq!(
+        results[22].as_str(),
+        Some(failed.as_str()),
+        "the child's page links its parent"
     );
 
     // The retried job ran again: this time the API answered 201.
