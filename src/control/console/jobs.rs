@@ -113,11 +113,19 @@ fn filter(q: &ListQuery) -> Result<Filter, Invalid> {
         // The store reads `created_at <= t` for a cursor with no id.
         None => until.map(|t| (t, String::new())),
     };
+    // Normalised as the store derives a job's domain from its URL
+    // (`store::url_domain`: lower case, IDNA to punycode), so `API.Test` or
+    // `bücher.test` find the jobs sent there; what is no host at all is
+    // compared as typed (lower-cased) and simply finds nothing.
     let domain = q
         .domain
         .as_deref()
-        .map(|d| d.trim().to_ascii_lowercase())
-        .filter(|d| !d.is_empty());
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            crate::store::url_domain(&format!("http://{d}/"))
+                .unwrap_or_else(|| d.to_ascii_lowercase())
+        });
     Ok(Filter {
         status,
         domain,
@@ -510,6 +518,13 @@ mod tests {
         let f = filter(&q("until=1000&domain=API.Test")).ok().unwrap();
         assert_eq!(f.after, Some((1000, String::new())));
         assert_eq!(f.domain.as_deref(), Some("api.test"));
+        let f = filter(&q("domain=%20B%C3%BCcher.Test%20")).ok().unwrap();
+        assert_eq!(f.domain.as_deref(), Some("xn--bcher-kva.test"));
+        assert_eq!(
+            crate::store::job_domain(r#"{"url":"https://BÜCHER.test/x"}"#).as_deref(),
+            Some("xn--bcher-kva.test"),
+            "the filter and the store agree"
+        );
     }
 
     fn serde_urlencoded_like(s: &str) -> ListQuery {
