@@ -54,6 +54,9 @@ const IDEMPOTENCY_BODY: &str = "idempotency.body";
 /// runs, so a backlog is swept in many short ones.
 const SWEEP_BATCH: usize = 500;
 
+/// Between attempts of indexing older jobs while Redis cannot be reached.
+const INDEX_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Past this, an idempotency record's `expires_at` is "never" (no
 /// `PEXPIREAT`): year ~285 000, and beyond what a Lua number holds exactly.
 const MAX_EXPIRE_MS: u64 = 1 << 53;
@@ -379,6 +382,54 @@ for _, m in ipairs(members) do
   if #v > 0 then out[#out + 1] = v end
 end
 return out
+"#,
+    )
+});
+
+/// ARGV: job ids. `{id, spec}` of each that exists and has neither a
+/// domain nor a parent: stored before they were kept (or without a URL and
+/// parent at all, which the index pass then leaves as they are).
+static UNINDEXED: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local out = {}
+for _, id in ipairs(ARGV) do
+  local v = redis.call('HMGET', jk(id), 'spec', 'domain', 'parent')
+  if v[1] and not v[2] and not v[3] then
+    out[#out + 1] = id
+    out[#out + 1] = v[1]
+  end
+end
+return out
+"#,
+    )
+});
+
+/// ARGV: n × (id, domain, parent) ('' for none). Writes them into jobs that
+/// still have neither, with the index entries `insert` would have made,
+/// under the job's status as it is now. Returns how many jobs it indexed.
+static INDEX_OLD: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local n = 0
+for i = 1, #ARGV, 3 do
+  local id, d, p = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local j = get_job(id)
+  if j and j.domain == '' and j.parent == '' and (d ~= '' or p ~= '') then
+    local m = lmember(j.created, id)
+    if d ~= '' then
+      redis.call('HSET', jk(id), 'domain', d)
+      redis.call('ZADD', wsdk(j.ws, d), 0, m)
+      redis.call('ZADD', wsdsk(j.ws, d, j.status), 0, m)
+    end
+    if p ~= '' then
+      redis.call('HSET', jk(id), 'parent', p)
+      redis.call('ZADD', childk(p), 0, m)
+    end
+    n = n + 1
+  end
+end
+return n
 "#,
     )
 });
@@ -794,6 +845,92 @@ impl RedisStore {
         ];
         let v = self.run(&LIST, &args).await?;
         self.jobs_from(v)
+    }
+
+    /// Index the domain and parent of jobs stored before this version kept
+    /// them (the Redis side of the embedded store's schema-7 backfill),
+    /// once per Redis: done when `<base>:indexed:v1` exists. Walks the
+    /// uniqueness map (every job has an entry) `HSCAN` batch by batch; the
+    /// specs are read and unsealed here, the index entries written by a
+    /// script against the job as it is then. Safe to run on several
+    /// replicas at once. Returns how many jobs it indexed.
+    pub async fn index_old_jobs(&self) -> Result<u64, StoreError> {
+        let done = format!("{}:indexed:v1", self.base);
+        let exists: i64 = self
+            .redis
+            .query(redis::cmd("EXISTS").arg(&done).clone())
+            .await?;
+        if exists == 1 {
+            return Ok(0);
+        }
+        let uniq = format!("{}:uniq", self.base);
+        let mut cursor = "0".to_string();
+        let mut indexed = 0u64;
+        loop {
+            let (next, pairs): (String, Vec<Vec<u8>>) = self
+                .redis
+                .query(
+                    redis::cmd("HSCAN")
+                        .arg(&uniq)
+                        .arg(&cursor)
+                        .arg("COUNT")
+                        .arg(500)
+                        .clone(),
+                )
+                .await?;
+            let ids: Vec<Vec<u8>> = pairs.into_iter().skip(1).step_by(2).collect();
+            if !ids.is_empty() {
+                let found = array(self.run(&UNINDEXED, &ids).await?)?;
+                let mut args = Vec::new();
+                let mut it = found.into_iter();
+                while let (Some(id), Some(spec)) = (it.next(), it.next()) {
+                    let id = bytes(id)?;
+                    let spec = self.open_text(JOBS_SPEC, &bytes(spec)?)?;
+                    let domain = crate::store::job_domain(&spec).unwrap_or_default();
+                    let parent = crate::store::job_parent(&spec).unwrap_or_default();
+                    if domain.is_empty() && parent.is_empty() {
+                        continue;
+                    }
+                    args.extend([id, domain.into_bytes(), parent.into_bytes()]);
+                }
+                if !args.is_empty() {
+                    indexed +=
+                        u64::try_from(int(&self.run(&INDEX_OLD, &args).await?)?).unwrap_or(0);
+                }
+            }
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        self.redis
+            .query::<Value>(redis::cmd("SET").arg(&done).arg("1").clone())
+            .await?;
+        Ok(indexed)
+    }
+
+    /// [`RedisStore::index_old_jobs`] in the background, again every
+    /// [`INDEX_RETRY`] until it succeeds (Redis may be down at start).
+    pub fn index_old_jobs_in_background(self: &Arc<Self>) {
+        let store = self.clone();
+        self.redis.spawn(async move {
+            loop {
+                match store.index_old_jobs().await {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        tracing::info!(
+                            jobs = n,
+                            "indexed the domain and parent of jobs stored by an older version"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot index older jobs by domain yet; trying again");
+                        tokio::time::sleep(INDEX_RETRY).await;
+                    }
+                }
+            }
+        });
     }
 
     async fn flag(&self, script: &Script, args: &[Vec<u8>]) -> Result<bool, StoreError> {
@@ -1428,6 +1565,77 @@ mod tests {
                 !members.iter().any(|m| m.ends_with(":a3")),
                 "{k}: {members:?}"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn jobs_stored_before_domains_were_kept_are_indexed_once() {
+        let server = server();
+        for key in [None, Some(EncryptionKey::from_bytes([5; 32]))] {
+            let s = replica(&server, key.as_ref());
+            let _: Value = raw(&s, &redis::cmd("FLUSHALL")).await;
+            for (id, url, parent) in [
+                ("o1", Some("https://API.Old.test/a"), None),
+                ("o2", Some("https://hooks.test/"), Some("o1")),
+                ("o3", None, None),
+            ] {
+                let mut j = job(id, id, 1);
+                let mut spec = serde_json::json!({"method": "GET"});
+                if let Some(u) = url {
+                    spec["url"] = u.into();
+                }
+                if let Some(p) = parent {
+                    spec["metadata"] = serde_json::json!({"parent_job_id": p});
+                }
+                j.spec = spec.to_string();
+                j.created_at = 5;
+                s.job_insert(j).await.unwrap();
+            }
+            // As an older version left them: no domain, no parent, no sets.
+            for id in ["o1", "o2", "o3"] {
+                let _: i64 = raw(
+                    &s,
+                    redis::cmd("HDEL")
+                        .arg(format!("t:{{jobs}}:job:{id}"))
+                        .arg("domain")
+                        .arg("parent"),
+                )
+                .await;
+            }
+            for k in keys(&s).await {
+                if k.contains(":wsd") || k.contains(":children:") {
+                    let _: i64 = raw(&s, redis::cmd("DEL").arg(&k)).await;
+                }
+            }
+            assert!(s
+                .jobs_list_by_domain("default", "api.old.test", None, 10, None)
+                .await
+                .unwrap()
+                .is_empty());
+            assert_eq!(s.index_old_jobs().await.unwrap(), 2, "o1 and o2");
+            let listed = s
+                .jobs_list_by_domain("default", "api.old.test", Some(JobStatus::Queued), 10, None)
+                .await
+                .unwrap();
+            assert_eq!(listed.len(), 1);
+            assert_eq!(listed[0].id, "o1");
+            let children = s.job_children("o1", 10).await.unwrap();
+            assert_eq!(children.len(), 1);
+            assert_eq!(children[0].id, "o2");
+            // Once per Redis, and the status lists follow from now on.
+            assert_eq!(s.index_old_jobs().await.unwrap(), 0);
+            assert!(s.job_cancel("o1").await.unwrap());
+            let cancelled = s
+                .jobs_list_by_domain(
+                    "default",
+                    "api.old.test",
+                    Some(JobStatus::Cancelled),
+                    10,
+                    None,
+                )
+                .await
+                .unwrap();
+            assert_eq!(cancelled.len(), 1);
         }
     }
 
