@@ -6,12 +6,14 @@
 //!    /api/v1/jobs` path minus HTTP: insert + the `ezthrottle_jobs` gauge
 //!    refresh), 1 and 8 concurrent submitters;
 //! 3. `jobs_list` latency (first page of 50, a page deep in the list, and a
-//!    page filtered by a rare status) and `job_counts` latency;
+//!    page filtered by a rare status), `jobs_list_by_domain` (a page of 50
+//!    of a domain of 0.1 % of the jobs, and of the common domain at a deep
+//!    cursor) and `job_counts` latency;
 //! 4. `idempotency_get` latency of a small record while 10 MiB records are
 //!    being stored back to back, and how long each 10 MiB put takes;
 //! 5. through the real binary on that data dir: `GET /api/v1/jobs` latency,
-//!    the console's job list (first page, by status, deep by time, the
-//!    domain filter's bounded scan) and a job's page, and `POST
+//!    the console's job list (first page, by status, deep by time, by a
+//!    rare and by the common domain) and a job's page, and `POST
 //!    /api/v1/jobs` submissions per second over one keep-alive connection.
 //!
 //! Run: `cargo bench --bench store` (`-- --n 20000` for a quick look).
@@ -146,6 +148,8 @@ fn list_latency(rt: &tokio::runtime::Runtime, store: &Arc<EmbeddedStore>, n: usi
         let mut first = Vec::new();
         let mut deep = Vec::new();
         let mut failed = Vec::new();
+        let mut rare = Vec::new();
+        let mut common_deep = Vec::new();
         let mut counts = Vec::new();
         for k in 0..samples {
             let t = Instant::now();
@@ -167,6 +171,20 @@ fn list_latency(rt: &tokio::runtime::Runtime, store: &Arc<EmbeddedStore>, n: usi
                 .expect("list");
             failed.push(t.elapsed());
             let t = Instant::now();
+            let page = store
+                .jobs_list_by_domain(WS, "rare.test", None, 50, None)
+                .await
+                .expect("list");
+            rare.push(t.elapsed());
+            assert_eq!(page.len(), 50.min(n / 1000));
+            let cursor = (base + i as u64, format!("job_{i:08}"));
+            let t = Instant::now();
+            store
+                .jobs_list_by_domain(WS, "api.test", None, 50, Some(cursor))
+                .await
+                .expect("list");
+            common_deep.push(t.elapsed());
+            let t = Instant::now();
             store.job_counts().await.expect("counts");
             counts.push(t.elapsed());
         }
@@ -181,6 +199,14 @@ fn list_latency(rt: &tokio::runtime::Runtime, store: &Arc<EmbeddedStore>, n: usi
         println!(
             "jobs_list status=failed (1%), 50:  {}",
             support::percentiles(failed)
+        );
+        println!(
+            "jobs_list_by_domain rare.test (0.1%), 50:      {}",
+            support::percentiles(rare)
+        );
+        println!(
+            "jobs_list_by_domain api.test at a cursor, 50:  {}",
+            support::percentiles(common_deep)
         );
         println!(
             "job_counts:                        {}",
@@ -292,8 +318,12 @@ fn through_binary(root: &std::path::Path, data: &std::path::Path, base: u64, n: 
             format!("limit=50&until={}", base + n / 2),
         ),
         (
-            "domain=rare.test (0.1%, scan)",
+            "domain=rare.test (0.1%)",
             "limit=50&domain=rare.test".to_string(),
+        ),
+        (
+            "domain=api.test, until = middle",
+            format!("limit=50&domain=api.test&until={}", base + n / 2),
         ),
     ] {
         let get = format!(

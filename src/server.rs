@@ -78,8 +78,14 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
         StorageBackend::Redis(rc) => {
             let redis = Redis::open(rc)?;
             crate::store::redis::check_shared_ca(&redis, &ca).map_err(StartError::CaMismatch)?;
-            let store = RedisStore::new(redis.clone(), config.storage.encryption_key.as_ref());
-            (Arc::new(store), Some(redis))
+            let store = Arc::new(RedisStore::new(
+                redis.clone(),
+                config.storage.encryption_key.as_ref(),
+            ));
+            // Jobs stored by an older version get their domain and parent
+            // indexed (the console's domain filter and follow-up children).
+            store.index_old_jobs_in_background();
+            (store, Some(redis))
         }
     };
     let learned = match startup_runtime()?.block_on(store.learned_limits()) {

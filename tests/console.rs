@@ -501,6 +501,58 @@ fn console_job_list_filters_and_pages_by_keyset() {
         .collect();
     assert_eq!(got, vec![ids[3].as_str(), ids[1].as_str()], "{page}");
     assert_eq!(page["jobs"][0]["domain"], "other.test");
+    // The domain filter pages by the same cursor, any case, with a status.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = ok_json(
+            call(
+                &ez,
+                "GET",
+                &format!("/console/api/jobs?domain=API.Test&limit=1&cursor={cursor}"),
+                None,
+                None,
+            ),
+            "domain page",
+        );
+        for j in page["jobs"].as_array().unwrap() {
+            assert_eq!(j["domain"], "api.test", "{page}");
+            seen.push(j["job_id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, [ids[4].clone(), ids[2].clone(), ids[0].clone()]);
+    let page = ok_json(
+        call(
+            &ez,
+            "GET",
+            "/console/api/jobs?domain=api.test&status=success&limit=2",
+            None,
+            None,
+        ),
+        "domain and status",
+    );
+    let got: Vec<&str> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, vec![ids[4].as_str(), ids[2].as_str()], "{page}");
+    let page = ok_json(
+        call(
+            &ez,
+            "GET",
+            "/console/api/jobs?domain=api.test&status=failed",
+            None,
+            None,
+        ),
+        "domain and a status none has",
+    );
+    assert_eq!(page["jobs"], json!([]));
     // Status filter.
     let page = ok_json(
         call(&ez, "GET", "/console/api/jobs?status=failed", None, None),
@@ -550,6 +602,75 @@ fn console_job_list_filters_and_pages_by_keyset() {
     );
     assert_eq!(page["workspace"], "elsewhere");
     assert_eq!(page["jobs"], json!([]));
+}
+
+/// The follow-up chain both ways: the parent's page lists the job its
+/// `on_success` spawned (with the trigger and a link target), the child's
+/// page names its parent.
+#[test]
+fn console_job_page_lists_the_jobs_it_spawned() {
+    let api = ApiOrigin::start();
+    let ez = builder(&api).start();
+    let r = call(
+        &ez,
+        "POST",
+        "/api/v1/jobs",
+        Some(&json!({
+            "url": api.http_url("api.test", "/v1/parent"),
+            "on_success": {"url": api.http_url("other.test", "/v1/child"), "method": "POST"},
+        })),
+        None,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let parent = r.json()["job_id"].as_str().unwrap().to_string();
+    let detail = eventually(WAIT, "the parent lists its child", || {
+        let v = ok_json(
+            call(
+                &ez,
+                "GET",
+                &format!("/console/api/jobs/{parent}"),
+                None,
+                None,
+            ),
+            "parent",
+        );
+        (v["chain"]["children"].as_array().map_or(0, Vec::len) == 1).then_some(v)
+    });
+    assert_eq!(detail["status"], "success", "{detail}");
+    let child = &detail["chain"]["children"][0];
+    assert_eq!(child["trigger"], "on_success", "{detail}");
+    assert_eq!(child["method"], "POST");
+    assert!(
+        child["url"].as_str().unwrap().contains("/v1/child"),
+        "{detail}"
+    );
+    let child_id = child["job_id"].as_str().unwrap().to_string();
+    assert_ne!(child_id, parent);
+    let c = ok_json(
+        call(
+            &ez,
+            "GET",
+            &format!("/console/api/jobs/{child_id}"),
+            None,
+            None,
+        ),
+        "child",
+    );
+    assert_eq!(c["chain"]["parent_job_id"], parent.as_str(), "{c}");
+    assert_eq!(c["chain"]["children"], json!([]), "{c}");
+    // The list row of the child names its parent too.
+    let page = ok_json(
+        call(
+            &ez,
+            "GET",
+            "/console/api/jobs?domain=other.test",
+            None,
+            None,
+        ),
+        "child row",
+    );
+    assert_eq!(page["jobs"][0]["job_id"], child_id.as_str(), "{page}");
+    assert_eq!(page["jobs"][0]["parent_job_id"], parent.as_str(), "{page}");
 }
 
 // ---- the page in a real browser ------------------------------------------
@@ -652,8 +773,26 @@ fn console_in_headless_chromium_charts_traffic_shows_a_pause_and_retries_a_faile
     // A failed job in ws-a: 503 once, then the API would answer 201. (A
     // 5xx, because a 4xx is stored under the job's Idempotency-Key and a
     // retry would get it replayed.)
-    let failed = submit(&ez, &secret_job(&api, "/v1/flaky", 503, None), TOKEN_A);
+    // Its `on_failure` follow-up is the child its page lists.
+    let mut flaky = secret_job(&api, "/v1/flaky", 503, None);
+    flaky["on_failure"] = json!({"url": api.http_url("other.test", "/v1/alert")});
+    let failed = submit(&ez, &flaky, TOKEN_A);
     job_until(&ez, &failed, TOKEN_A, "failed", |v| v["status"] == "failed");
+    let detail = ok_json(
+        call(
+            &ez,
+            "GET",
+            &format!("/console/api/jobs/{failed}"),
+            None,
+            Some(TOKEN_A),
+        ),
+        "failed job",
+    );
+    // Spawned in the transaction that ended the parent.
+    let child = detail["chain"]["children"][0]["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no child listed: {detail}"))
+        .to_string();
     // The sampler has seen the domains (once a second): wait for it.
     eventually(WAIT, "the overview to hold samples of busy.test", || {
         let o = ok_json(
@@ -718,6 +857,12 @@ fn console_in_headless_chromium_charts_traffic_shows_a_pause_and_retries_a_faile
             json!({"click": "#job-retry"}),
             json!({"wait": "document.getElementById('job-message').textContent === 're-queued'"}),
             json!({"eval": "document.getElementById('job-status').textContent"}),
+            // The chain both ways: the spawned job is listed and linked, and
+            // its own page links back to the parent.
+            json!({"wait": "(function(){var e=document.querySelector('#job-chain li.child'); return e && e.textContent;})()"}),
+            json!({"click": "#job-chain li.child a"}),
+            json!({"wait": format!("document.getElementById('job-id').textContent === {} && document.getElementById('job-chain').textContent.indexOf('follow-up of') >= 0", json!(child))}),
+            json!({"eval": "document.querySelector('#job-chain a').textContent"}),
         ],
     );
     let admitted_etc = &results[5];
@@ -752,6 +897,16 @@ fn console_in_headless_chromium_charts_traffic_shows_a_pause_and_retries_a_faile
         results[18].as_str(),
         Some("failed"),
         "after Retry the job is no longer failed"
+    );
+    let child_row = results[19].as_str().unwrap_or("");
+    assert!(
+        child_row.contains("spawned (on failure)") && child_row.contains(&child),
+        "{child_row}"
+    );
+    assert_eq!(
+        results[22].as_str(),
+        Some(failed.as_str()),
+        "the child's page links its parent"
     );
 
     // The retried job ran again: this time the API answered 201.

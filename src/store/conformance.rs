@@ -541,3 +541,171 @@ pub(crate) async fn read_back(s: &dyn Store) {
     assert_eq!(r.body, PLANTED.as_bytes());
     assert!(contains(&r.headers, PLANTED));
 }
+
+/// A job to `url` (`None`: a spec without one), created at `created`,
+/// spawned by `parent` if given.
+fn job_to(id: &str, url: Option<&str>, created: u64, parent: Option<&str>) -> JobRecord {
+    let mut j = job(id, &format!("key-{id}"), 1);
+    let mut spec = serde_json::json!({"method": "GET", "body": "x"});
+    if let Some(u) = url {
+        spec["url"] = u.into();
+    }
+    if let Some(p) = parent {
+        spec["metadata"] = serde_json::json!({"parent_job_id": p, "team": "a"});
+    }
+    j.spec = spec.to_string();
+    j.created_at = created;
+    j.updated_at = created;
+    j
+}
+
+/// The domain list: the lower-cased host of each job's URL, paged by the
+/// same cursor as the whole list, with and without a status, kept through
+/// status changes and the retention sweep; other domains and workspaces
+/// never show.
+pub(crate) async fn job_list_by_domain_pages_follows_status_and_sweep(s: &dyn Store) {
+    let specs: [(&str, Option<&str>, u64); 7] = [
+        ("a1", Some("https://API.a.test/v1?x=1"), 7),
+        ("b1", Some("https://b.test/"), 7),
+        ("a2", Some("http://api.a.test:8080/v2"), 7),
+        ("a3", Some("https://api.a.test/v3"), 8),
+        ("n1", None, 8),
+        ("a4", Some("https://api.a.test.evil.test/"), 9),
+        ("a5", Some("https://api.a.test/v5"), 9),
+    ];
+    for (id, url, created) in specs {
+        assert_eq!(
+            s.job_insert(job_to(id, url, created, None)).await.unwrap(),
+            None
+        );
+    }
+    let mut elsewhere = job_to("w1", Some("https://api.a.test/"), 9, None);
+    elsewhere.workspace = "default2".into();
+    s.job_insert(elsewhere).await.unwrap();
+
+    let dom = "api.a.test";
+    let all = s
+        .jobs_list_by_domain("default", dom, None, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(ids(all), ["a5", "a3", "a2", "a1"]);
+    // Pages chained by the cursor of the last job, through equal times.
+    let p1 = s
+        .jobs_list_by_domain("default", dom, None, 2, None)
+        .await
+        .unwrap();
+    assert_eq!(ids(p1), ["a5", "a3"]);
+    let p2 = s
+        .jobs_list_by_domain("default", dom, None, 2, Some((8, "a3".into())))
+        .await
+        .unwrap();
+    assert_eq!(ids(p2), ["a2", "a1"]);
+    let p3 = s
+        .jobs_list_by_domain("default", dom, None, 2, Some((7, "a1".into())))
+        .await
+        .unwrap();
+    assert!(p3.is_empty());
+    // A time-only cursor (the console's `until`).
+    let t = s
+        .jobs_list_by_domain("default", dom, None, 10, Some((8, String::new())))
+        .await
+        .unwrap();
+    assert_eq!(ids(t), ["a3", "a2", "a1"]);
+    assert_eq!(
+        ids(s
+            .jobs_list_by_domain("default", "b.test", None, 10, None)
+            .await
+            .unwrap()),
+        ["b1"]
+    );
+    assert!(s
+        .jobs_list_by_domain("default", "nowhere.test", None, 10, None)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        ids(s
+            .jobs_list_by_domain("default2", dom, None, 10, None)
+            .await
+            .unwrap()),
+        ["w1"]
+    );
+
+    // With a status, following status changes: a3 and a1 end (failed),
+    // then a1 is queued again.
+    s.jobs_claim(100, 1000, 100).await.unwrap();
+    for id in ["a3", "a1"] {
+        assert!(s
+            .job_finish(id, None, end(JobStatus::Failed, b"", vec![]))
+            .await
+            .unwrap());
+    }
+    let failed = s
+        .jobs_list_by_domain("default", dom, Some(JobStatus::Failed), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(ids(failed), ["a3", "a1"]);
+    let in_flight = s
+        .jobs_list_by_domain("default", dom, Some(JobStatus::InFlight), 1, None)
+        .await
+        .unwrap();
+    assert_eq!(ids(in_flight), ["a5"]);
+    assert!(s.job_requeue("a1", 10).await.unwrap());
+    let failed = s
+        .jobs_list_by_domain("default", dom, Some(JobStatus::Failed), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(ids(failed), ["a3"]);
+    let queued = s
+        .jobs_list_by_domain("default", dom, Some(JobStatus::Queued), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(ids(queued), ["a1"]);
+
+    // The sweep takes the ended job out of every domain list.
+    assert_eq!(s.jobs_sweep(u64::MAX / 2).await.unwrap(), 1);
+    assert_eq!(
+        ids(s
+            .jobs_list_by_domain("default", dom, None, 10, None)
+            .await
+            .unwrap()),
+        ["a5", "a2", "a1"]
+    );
+    assert!(s
+        .jobs_list_by_domain("default", dom, Some(JobStatus::Failed), 10, None)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// A parent finds the jobs it spawned, whether inserted on their own (the
+/// engine's `submit`) or with the parent's end (`JobEnd::children`); a
+/// child swept by retention leaves the list.
+pub(crate) async fn job_children_are_found_from_the_parent(s: &dyn Store) {
+    s.job_insert(job_to("p", Some("https://a.test/"), 5, None))
+        .await
+        .unwrap();
+    s.job_insert(job_to("other", Some("https://a.test/"), 5, Some("q")))
+        .await
+        .unwrap();
+    s.job_insert(job_to("c1", Some("https://alert.test/"), 6, Some("p")))
+        .await
+        .unwrap();
+    assert_eq!(ids(s.job_children("p", 10).await.unwrap()), ["c1"]);
+    // The second child arrives with the parent's end.
+    s.jobs_claim(100, 1000, 100).await.unwrap();
+    let mut done = end(JobStatus::Success, b"", vec![]);
+    done.children = vec![job_to("c2", Some("https://b.test/"), 7, Some("p"))];
+    assert!(s.job_finish("p", None, done).await.unwrap());
+    let children = s.job_children("p", 10).await.unwrap();
+    assert_eq!(ids(children.clone()), ["c1", "c2"]);
+    assert_eq!(children[1].status, JobStatus::Queued);
+    assert_eq!(ids(s.job_children("p", 1).await.unwrap()), ["c1"]);
+    assert!(s.job_children("c1", 10).await.unwrap().is_empty());
+    assert!(s.job_children("nobody", 10).await.unwrap().is_empty());
+    // c1 ends and is swept; the parent (ended too) goes with it, c2 stays.
+    s.jobs_claim(100, 1000, 100).await.unwrap();
+    assert!(s.job_cancel("c1").await.unwrap());
+    assert_eq!(s.jobs_sweep(u64::MAX / 2).await.unwrap(), 2, "p and c1");
+    assert_eq!(ids(s.job_children("p", 10).await.unwrap()), ["c2"]);
+}

@@ -21,7 +21,13 @@ use super::{
     StoreError, WebhookSecrets,
 };
 
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
+
+/// The `meta` row that says the jobs' `domain` and `parent_id` columns
+/// (schema 7) still have to be filled from their specs: written with the
+/// columns, deleted in the transaction that fills them, so a crash between
+/// the two fills them on the next start.
+const BACKFILL_JOB_INDEX: &str = "backfill_job_index";
 
 /// Rows deleted per sweep transaction. A sweep holds the writer for one
 /// batch at a time and lets waiting writes (submissions, stored responses)
@@ -136,6 +142,14 @@ impl EmbeddedStore {
         check_counts(&conn)?;
         let seal = key.map(|k| Arc::new(Seal::new(k)));
         check_key(&conn, seal.as_deref())?;
+        // After the key check: a sealed spec can be read only now.
+        let filled = backfill_job_index(&conn, &seal)?;
+        if filled > 0 {
+            tracing::info!(
+                jobs = filled,
+                "indexed the domain and parent of jobs stored by an older version"
+            );
+        }
         if let Some(s) = &seal {
             let n = seal_plaintext(&conn, s)?;
             if n > 0 {
@@ -208,15 +222,22 @@ impl EmbeddedStore {
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    migrate_to(conn, SCHEMA_VERSION)
+}
+
+/// Bring the schema up to `target` (below [`SCHEMA_VERSION`] only in tests,
+/// which build the data file an older version left behind).
+fn migrate_to(conn: &Connection, target: i64) -> Result<(), StoreError> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(err)?;
+    let wanted = |v: i64| version < v && v <= target;
     if version > SCHEMA_VERSION {
         return Err(err(format!(
             "database schema version {version} is newer than this ezthrottle ({SCHEMA_VERSION})"
         )));
     }
-    if version < 1 {
+    if wanted(1) {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS learned_limits (
                 domain TEXT PRIMARY KEY,
@@ -228,7 +249,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )
         .map_err(err)?;
     }
-    if version < 2 {
+    if wanted(2) {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS idempotency (
                 scope TEXT PRIMARY KEY,
@@ -245,7 +266,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )
         .map_err(err)?;
     }
-    if version < 3 {
+    if wanted(3) {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS jobs (
                 id TEXT PRIMARY KEY,
@@ -287,7 +308,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )
         .map_err(err)?;
     }
-    if version < 4 {
+    if wanted(4) {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (
                 name TEXT PRIMARY KEY,
@@ -297,7 +318,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )
         .map_err(err)?;
     }
-    if version < 5 {
+    if wanted(5) {
         // `attempts` counted claims before; from now on it counts upstream
         // calls and `claims` is the fencing token. The job list pages by
         // (workspace, created_at).
@@ -309,7 +330,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )
         .map_err(err)?;
     }
-    if version < 6 {
+    if wanted(6) {
         // Counts by status are kept by triggers in the same transaction as
         // every insert, status change and delete, whichever statement does
         // it (now or added later), so `job_counts` reads seven rows instead
@@ -346,7 +367,81 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )
         .map_err(err)?;
     }
+    if wanted(7) {
+        // The console lists a workspace's jobs by domain and a parent's
+        // follow-up jobs: both live inside the (possibly sealed) spec, so
+        // they get columns of their own, written with the job, and indexes
+        // that make either list a keyset range. `jobs_list_domain_status`
+        // keeps a domain + rare status filter a range too. Existing rows
+        // are filled at open, once the key can read their specs
+        // (`backfill_job_index`, flagged by the `meta` row).
+        conn.execute_batch(&format!(
+            "BEGIN;
+            ALTER TABLE jobs ADD COLUMN domain TEXT;
+            ALTER TABLE jobs ADD COLUMN parent_id TEXT;
+            CREATE INDEX IF NOT EXISTS jobs_list_domain
+                ON jobs (workspace, domain, created_at, id);
+            CREATE INDEX IF NOT EXISTS jobs_list_domain_status
+                ON jobs (workspace, domain, status, created_at, id);
+            CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_id, created_at, id)
+                WHERE parent_id IS NOT NULL;
+            INSERT OR REPLACE INTO meta (name, value)
+                SELECT '{BACKFILL_JOB_INDEX}', x'' WHERE EXISTS (SELECT 1 FROM jobs);
+            PRAGMA user_version = 7;
+            COMMIT;"
+        ))
+        .map_err(err)?;
+    }
     Ok(())
+}
+
+/// Fill `domain` and `parent_id` of the jobs stored before schema 7 from
+/// their specs, in one transaction, if the migration flagged it; returns
+/// how many jobs were read.
+fn backfill_job_index(conn: &Connection, seal: &SealRef) -> Result<u64, StoreError> {
+    let pending = conn
+        .query_row(
+            "SELECT 1 FROM meta WHERE name = ?1",
+            params![BACKFILL_JOB_INDEX],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(err)?
+        .is_some();
+    if !pending {
+        return Ok(0);
+    }
+    let tx = conn.unchecked_transaction().map_err(err)?;
+    let mut n = 0u64;
+    {
+        let mut read = tx.prepare("SELECT rowid, spec FROM jobs").map_err(err)?;
+        let mut write = tx
+            .prepare("UPDATE jobs SET domain = ?2, parent_id = ?3 WHERE rowid = ?1")
+            .map_err(err)?;
+        let rows = read
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)?, get_text(r, 1, seal, JOBS_SPEC)?))
+            })
+            .map_err(err)?;
+        for row in rows {
+            let (rowid, spec) = row.map_err(|e| err(format!("indexing stored jobs: {e}")))?;
+            write
+                .execute(params![
+                    rowid,
+                    super::job_domain(&spec),
+                    super::job_parent(&spec)
+                ])
+                .map_err(err)?;
+            n += 1;
+        }
+    }
+    tx.execute(
+        "DELETE FROM meta WHERE name = ?1",
+        params![BACKFILL_JOB_INDEX],
+    )
+    .map_err(err)?;
+    tx.commit().map_err(err)?;
+    Ok(n)
 }
 
 /// Counts by status from the jobs themselves (a scan of the `jobs_due`
@@ -639,7 +734,8 @@ fn insert_job(
     }
     tx.execute(
         &format!(
-            "INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            "INSERT INTO jobs ({JOB_COLUMNS}, domain, parent_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
         ),
         params![
             job.id,
@@ -653,7 +749,9 @@ fn insert_job(
             job.created_at as i64,
             job.updated_at as i64,
             put_opt_text(seal, JOBS_RESULT, job.result.as_deref()),
-            i64::from(job.claims)
+            i64::from(job.claims),
+            super::job_domain(&job.spec),
+            super::job_parent(&job.spec)
         ],
     )
     .map_err(err)?;
@@ -754,10 +852,18 @@ const IDEMPOTENCY_SWEEP_BATCH: &str =
 /// `jobs_list_status`) backwards from the cursor and stop after `limit`
 /// rows: one generic statement with `?2 IS NULL OR ...` terms would be
 /// planned for the worst case and scan the workspace from its newest job.
+/// With `by_domain`, the same walk of `jobs_list_domain` (or
+/// `jobs_list_domain_status`).
 /// Parameters: ?1 workspace, ?2 status, ?3 cursor time, ?4 cursor id,
-/// ?5 limit (all five are bound whichever appear).
-fn jobs_list_sql(by_status: bool, after_time_only: Option<bool>) -> String {
-    let status = if by_status { " AND status = ?2" } else { "" };
+/// ?5 limit (all five are bound whichever appear), ?6 domain (bound with
+/// `by_domain` only).
+fn jobs_list_sql(by_status: bool, by_domain: bool, after_time_only: Option<bool>) -> String {
+    let status = match (by_status, by_domain) {
+        (false, false) => "",
+        (true, false) => " AND status = ?2",
+        (false, true) => " AND domain = ?6",
+        (true, true) => " AND domain = ?6 AND status = ?2",
+    };
     let cursor = match after_time_only {
         None => "",
         Some(true) => " AND created_at <= ?3",
@@ -767,6 +873,58 @@ fn jobs_list_sql(by_status: bool, after_time_only: Option<bool>) -> String {
         "SELECT {JOB_COLUMNS} FROM jobs WHERE workspace = ?1{status}{cursor}
          ORDER BY created_at DESC, id DESC LIMIT ?5"
     )
+}
+
+/// A parent's follow-up jobs, oldest first: a range of `jobs_parent`.
+fn job_children_sql() -> String {
+    format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE parent_id = ?1
+         ORDER BY created_at, id LIMIT ?2"
+    )
+}
+
+impl EmbeddedStore {
+    /// One page of the job list (see [`jobs_list_sql`]).
+    async fn list_page(
+        &self,
+        workspace: &str,
+        domain: Option<&str>,
+        status: Option<JobStatus>,
+        limit: usize,
+        after: Option<(u64, String)>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let workspace = workspace.to_string();
+        let domain = domain.map(str::to_string);
+        let seal = self.seal.clone();
+        self.read(move |c| {
+            let sql = jobs_list_sql(
+                status.is_some(),
+                domain.is_some(),
+                after.as_ref().map(|(_, id)| id.is_empty()),
+            );
+            let (after_t, after_id) = after
+                .map(|(t, id)| (t.min(i64::MAX as u64) as i64, id))
+                .unwrap_or((i64::MAX, String::new()));
+            let mut values: Vec<Value> = vec![
+                Value::Text(workspace),
+                status.map_or(Value::Null, |s| Value::Text(s.as_str().into())),
+                Value::Integer(after_t),
+                Value::Text(after_id),
+                Value::Integer(limit.min(i64::MAX as usize) as i64),
+            ];
+            // ?6 appears only in the domain statements (SQLite counts
+            // parameters up to the highest number used).
+            if let Some(d) = domain {
+                values.push(Value::Text(d));
+            }
+            let mut stmt = c.prepare_cached(&sql).map_err(err)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(values), |r| job_row(r, &seal))
+                .map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -1083,26 +1241,33 @@ impl Store for EmbeddedStore {
         limit: usize,
         after: Option<(u64, String)>,
     ) -> Result<Vec<JobRecord>, StoreError> {
-        let workspace = workspace.to_string();
+        self.list_page(workspace, None, status, limit, after).await
+    }
+
+    async fn jobs_list_by_domain(
+        &self,
+        workspace: &str,
+        domain: &str,
+        status: Option<JobStatus>,
+        limit: usize,
+        after: Option<(u64, String)>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        self.list_page(workspace, Some(domain), status, limit, after)
+            .await
+    }
+
+    async fn job_children(
+        &self,
+        parent_id: &str,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let parent_id = parent_id.to_string();
         let seal = self.seal.clone();
         self.read(move |c| {
-            let sql = jobs_list_sql(
-                status.is_some(),
-                after.as_ref().map(|(_, id)| id.is_empty()),
-            );
-            let (after_t, after_id) = after
-                .map(|(t, id)| (t.min(i64::MAX as u64) as i64, id))
-                .unwrap_or((i64::MAX, String::new()));
-            let mut stmt = c.prepare_cached(&sql).map_err(err)?;
+            let mut stmt = c.prepare_cached(&job_children_sql()).map_err(err)?;
             let rows = stmt
                 .query_map(
-                    params![
-                        workspace,
-                        status.map(|s| s.as_str()),
-                        after_t,
-                        after_id,
-                        limit.min(i64::MAX as usize) as i64
-                    ],
+                    params![parent_id, limit.min(i64::MAX as usize) as i64],
                     |r| job_row(r, &seal),
                 )
                 .map_err(err)?;
@@ -1602,24 +1767,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
         let c = s.inner.writer.lock().unwrap();
-        for (by_status, after, index) in [
-            (false, None, "jobs_list"),
-            (false, Some(false), "jobs_list"),
-            (false, Some(true), "jobs_list"),
-            (true, None, "jobs_list_status"),
-            (true, Some(false), "jobs_list_status"),
-            (true, Some(true), "jobs_list_status"),
-        ] {
-            let p = plan(&c, &jobs_list_sql(by_status, after));
-            assert!(
-                p.contains(&format!("USING INDEX {index} (")),
-                "{by_status} {after:?}: {p}"
-            );
-            assert!(!p.contains("TEMP B-TREE"), "{by_status} {after:?}: {p}");
-            if after.is_some() {
-                assert!(p.contains("created_at"), "a range on the cursor: {p}");
+        for by_domain in [false, true] {
+            for (by_status, after, index) in [
+                (false, None, "jobs_list"),
+                (false, Some(false), "jobs_list"),
+                (false, Some(true), "jobs_list"),
+                (true, None, "jobs_list_status"),
+                (true, Some(false), "jobs_list_status"),
+                (true, Some(true), "jobs_list_status"),
+            ] {
+                let index = match (by_domain, by_status) {
+                    (false, _) => index.to_string(),
+                    (true, false) => "jobs_list_domain".to_string(),
+                    (true, true) => "jobs_list_domain_status".to_string(),
+                };
+                let p = plan(&c, &jobs_list_sql(by_status, by_domain, after));
+                let case = format!("domain {by_domain} status {by_status} {after:?}");
+                assert!(p.contains(&format!("USING INDEX {index} (")), "{case}: {p}");
+                assert!(!p.contains("TEMP B-TREE"), "{case}: {p}");
+                if after.is_some() {
+                    assert!(p.contains("created_at"), "a range on the cursor: {p}");
+                }
             }
         }
+        let p = plan(&c, &job_children_sql());
+        assert!(p.contains("USING INDEX jobs_parent ("), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
         let p = plan(&c, JOBS_SWEEP_BATCH);
         assert!(p.contains("USING INDEX jobs_ended"), "{p}");
         assert!(!p.contains("TEMP B-TREE"), "{p}");
@@ -1638,6 +1811,106 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
         conformance::job_list_pages_through_equal_times_with_a_status_filter(&s).await;
+    }
+
+    #[tokio::test]
+    async fn job_list_by_domain_pages_follows_status_and_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        conformance::job_list_by_domain_pages_follows_status_and_sweep(&s).await;
+    }
+
+    #[tokio::test]
+    async fn job_children_are_found_from_the_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        conformance::job_children_are_found_from_the_parent(&s).await;
+    }
+
+    /// A data file of schema 6 (before jobs had `domain` and `parent_id`)
+    /// with jobs in it, written with `key` if given, as that version left it.
+    fn schema_6_file(dir: &Path, key: Option<&EncryptionKey>) {
+        let path = dir.join(files::DB_FILE);
+        let conn = Connection::open(&path).unwrap();
+        migrate_to(&conn, 6).unwrap();
+        let seal: SealRef = key.map(|k| Arc::new(Seal::new(k)));
+        check_key(&conn, seal.as_deref()).unwrap();
+        for (id, spec, created) in [
+            (
+                "old1",
+                r#"{"method":"GET","url":"https://API.Old.test/a"}"#,
+                1,
+            ),
+            (
+                "old2",
+                r#"{"method":"GET","url":"https://hooks.test/","metadata":{"parent_job_id":"old1"}}"#,
+                2,
+            ),
+            ("old3", r#"{"method":"GET"}"#, 3),
+        ] {
+            conn.execute(
+                &format!(
+                    "INSERT INTO jobs ({JOB_COLUMNS})
+                     VALUES (?1, 'default', ?1, 'queued', ?2, 0, 1, 0, ?3, ?3, NULL, 0)"
+                ),
+                params![id, put_text(&seal, JOBS_SPEC, spec), created],
+            )
+            .unwrap();
+        }
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 6);
+    }
+
+    #[tokio::test]
+    async fn a_schema_6_file_gets_its_jobs_indexed_by_domain_and_parent_at_open() {
+        for key in [None, Some(key(7))] {
+            let dir = tempfile::tempdir().unwrap();
+            schema_6_file(dir.path(), key.as_ref());
+            let s = EmbeddedStore::open_with(dir.path(), key.as_ref()).unwrap();
+            let listed = s
+                .jobs_list_by_domain("default", "api.old.test", None, 10, None)
+                .await
+                .unwrap();
+            assert_eq!(listed.len(), 1, "encrypted: {}", key.is_some());
+            assert_eq!(listed[0].id, "old1");
+            let children = s.job_children("old1", 10).await.unwrap();
+            assert_eq!(children.len(), 1);
+            assert_eq!(children[0].id, "old2");
+            {
+                let c = s.inner.writer.lock().unwrap();
+                let version: i64 = c
+                    .pragma_query_value(None, "user_version", |r| r.get(0))
+                    .unwrap();
+                assert_eq!(version, SCHEMA_VERSION);
+                let flag: i64 = c
+                    .query_row(
+                        "SELECT COUNT(*) FROM meta WHERE name = ?1",
+                        params![BACKFILL_JOB_INDEX],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                assert_eq!(flag, 0, "the backfill ran once and cleared its flag");
+                let no_domain: String = c
+                    .query_row("SELECT id FROM jobs WHERE domain IS NULL", [], |r| r.get(0))
+                    .unwrap();
+                assert_eq!(no_domain, "old3", "a spec without a URL has no domain");
+            }
+            // New jobs are indexed on insert next to the old ones.
+            let mut j = job("new1", "new1", 1);
+            j.spec = r#"{"url":"https://api.old.test/b"}"#.into();
+            j.created_at = 9;
+            s.job_insert(j).await.unwrap();
+            drop(s);
+            let s = EmbeddedStore::open_with(dir.path(), key.as_ref()).unwrap();
+            let listed = s
+                .jobs_list_by_domain("default", "api.old.test", None, 10, None)
+                .await
+                .unwrap();
+            let ids: Vec<_> = listed.iter().map(|j| j.id.as_str()).collect();
+            assert_eq!(ids, ["new1", "old1"]);
+        }
     }
 
     #[tokio::test]

@@ -98,6 +98,8 @@ delegate! {
         fn job_reschedule(&self, id: &str, claims: u32, status: JobStatus, next_attempt_at: u64, calls: u32) -> bool;
         fn job_finish(&self, id: &str, claims: Option<u32>, end: JobEnd) -> bool;
         fn jobs_list(&self, workspace: &str, status: Option<JobStatus>, limit: usize, after: Option<(u64, String)>) -> Vec<JobRecord>;
+        fn jobs_list_by_domain(&self, workspace: &str, domain: &str, status: Option<JobStatus>, limit: usize, after: Option<(u64, String)>) -> Vec<JobRecord>;
+        fn job_children(&self, parent_id: &str, limit: usize) -> Vec<JobRecord>;
         fn job_requeue(&self, id: &str, now_ms: u64) -> bool;
         fn jobs_sweep(&self, before_ms: u64) -> u64;
         fn job_cancel(&self, id: &str) -> bool;

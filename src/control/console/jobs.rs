@@ -9,10 +9,11 @@
 //! `jobs_list_status` indexes on `(workspace, [status,] created_at, id)`;
 //! Redis: the per-workspace sorted sets), continued from a
 //! `<created_at>.<id>` cursor — never an OFFSET. `until` is the first
-//! cursor, `since` ends the walk. The domain filter has no index (the
-//! target lives in the job's spec), so it reads at most [`SCAN_BUDGET`]
-//! jobs or for [`SCAN_TIME`], whichever ends first, per call, and hands
-//! back a cursor to continue (`partial: true`).
+//! cursor, `since` ends the walk. The domain filter is indexed too
+//! (`Store::jobs_list_by_domain`: the store keeps each job's lower-cased
+//! host next to it), so a filtered page costs what an unfiltered one does.
+//! A job's page lists the jobs it spawned (`Store::job_children`), the
+//! other direction of its `parent_job_id`.
 
 use std::sync::Arc;
 
@@ -33,21 +34,13 @@ use crate::state::Shared;
 use crate::store::{Delivery, DeliveryState, JobRecord, JobStatus};
 use crate::webhooks::quorum::QuorumState;
 
-/// Jobs read per call at most when filtering by domain.
-pub const SCAN_BUDGET: usize = 50_000;
-/// Time spent reading per call at most when filtering by domain: a page
-/// answers within about this long however the store performs.
-pub const SCAN_TIME: std::time::Duration = std::time::Duration::from_millis(300);
-
-/// Only the target of a stored spec (the domain filter reads no more).
-#[derive(Deserialize)]
-struct Target {
-    url: String,
-}
 /// Body bytes shown of a request or response.
 const MAX_BODY: usize = 4096;
 /// Fallback levels shown.
 const MAX_CHAIN: usize = 8;
+/// Spawned jobs shown on a parent's page (a job spawns at most its
+/// `on_success` and `on_failure` job; more only from hand-written metadata).
+const MAX_CHILDREN: usize = 20;
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
@@ -120,11 +113,19 @@ fn filter(q: &ListQuery) -> Result<Filter, Invalid> {
         // The store reads `created_at <= t` for a cursor with no id.
         None => until.map(|t| (t, String::new())),
     };
+    // Normalised as the store derives a job's domain from its URL
+    // (`store::url_domain`: lower case, IDNA to punycode), so `API.Test` or
+    // `bücher.test` find the jobs sent there; what is no host at all is
+    // compared as typed (lower-cased) and simply finds nothing.
     let domain = q
         .domain
         .as_deref()
-        .map(|d| d.trim().to_ascii_lowercase())
-        .filter(|d| !d.is_empty());
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            crate::store::url_domain(&format!("http://{d}/"))
+                .unwrap_or_else(|| d.to_ascii_lowercase())
+        });
     Ok(Filter {
         status,
         domain,
@@ -181,52 +182,36 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, Response> {
     let f = filter(&q).map_err(IntoResponse::into_response)?;
-    let batch = if f.domain.is_some() { 500 } else { f.limit };
-    let started = std::time::Instant::now();
-    let mut after = f.after.clone();
-    let mut found: Vec<(JobRecord, Option<JobSpec>)> = Vec::new();
-    let mut scanned = 0usize;
-    let mut next_cursor = None;
-    let mut partial = false;
-    'walk: loop {
-        let rows = shared
-            .store
-            .jobs_list(&ws.workspace, f.status, batch, after.clone())
-            .await
-            .map_err(store_error)?;
-        let full = rows.len() == batch;
-        for job in rows {
-            scanned += 1;
-            after = Some((job.created_at, job.id.clone()));
-            if f.since.is_some_and(|s| job.created_at < s) {
-                break 'walk;
-            }
-            let wanted = match &f.domain {
-                None => true,
-                Some(d) => serde_json::from_str::<Target>(&job.spec)
-                    .ok()
-                    .and_then(|t| redact::host(&t.url))
-                    .is_some_and(|h| &h == d),
-            };
-            if wanted {
-                let c = cursor_of(&job);
-                let spec = spec_of(&job);
-                found.push((job, spec));
-                if found.len() == f.limit {
-                    next_cursor = Some(c);
-                    break 'walk;
-                }
-            }
+    let page = match &f.domain {
+        None => {
+            shared
+                .store
+                .jobs_list(&ws.workspace, f.status, f.limit, f.after.clone())
+                .await
         }
-        if !full {
-            break;
-        }
-        if scanned >= SCAN_BUDGET || started.elapsed() >= SCAN_TIME {
-            partial = true;
-            next_cursor = after.as_ref().map(|(t, id)| format!("{t}.{id}"));
-            break;
+        Some(d) => {
+            shared
+                .store
+                .jobs_list_by_domain(&ws.workspace, d, f.status, f.limit, f.after.clone())
+                .await
         }
     }
+    .map_err(store_error)?;
+    let full = page.len() == f.limit;
+    let mut found: Vec<(JobRecord, Option<JobSpec>)> = Vec::with_capacity(page.len());
+    let mut ended = false;
+    for job in page {
+        if f.since.is_some_and(|s| job.created_at < s) {
+            ended = true;
+            break;
+        }
+        let spec = spec_of(&job);
+        found.push((job, spec));
+    }
+    let next_cursor = match found.last() {
+        Some((job, _)) if full && !ended => Some(cursor_of(job)),
+        _ => None,
+    };
     let ids: Vec<String> = found.iter().map(|(j, _)| j.id.clone()).collect();
     let deliveries = shared
         .store
@@ -245,8 +230,6 @@ pub async fn list(
         "workspace_fixed": ws.fixed,
         "jobs": jobs,
         "next_cursor": next_cursor,
-        "scanned": scanned,
-        "partial": partial,
     }))
     .into_response())
 }
@@ -310,6 +293,34 @@ fn chain_view(spec: &JobSpec) -> Value {
         "on_failure": follow(&spec.on_failure),
         "on_failure_timeout_ms": spec.on_failure_timeout_ms,
     })
+}
+
+/// The jobs `parent` spawned, oldest first: only those in its workspace
+/// (a follow-up is queued in its parent's, so this drops nothing real; it
+/// keeps a hand-written `parent_job_id` from showing another workspace's
+/// job).
+fn children_view(parent: &JobRecord, children: &[JobRecord]) -> Value {
+    Value::Array(
+        children
+            .iter()
+            .filter(|c| c.workspace == parent.workspace)
+            .map(|c| {
+                let spec = spec_of(c);
+                json!({
+                    "job_id": c.id,
+                    "status": c.status.as_str(),
+                    "created_at": c.created_at,
+                    "method": spec.as_ref().map(|s| s.method.as_str()),
+                    "url": spec.as_ref().map(|s| redact::url(&s.url)),
+                    // `<parent key>:on_success` / `:on_failure` (jobs::child_spec).
+                    "trigger": c
+                        .idempotent_key
+                        .strip_prefix(&format!("{}:", parent.idempotent_key))
+                        .filter(|t| t.starts_with("on_")),
+                })
+            })
+            .collect(),
+    )
 }
 
 /// A stored response (engine JSON), safe to show.
@@ -399,9 +410,16 @@ pub async fn detail(
     );
     out.insert("attempt_log".into(), json!(attempts));
     out.insert("attempt_log_source".into(), json!(source));
+    let children = shared
+        .store
+        .job_children(&job.id, MAX_CHILDREN)
+        .await
+        .map_err(store_error)?;
     if let Some(spec) = &spec {
         out.insert("request".into(), request_view(spec));
-        out.insert("chain".into(), chain_view(spec));
+        let mut chain = chain_view(spec);
+        chain["children"] = children_view(&job, &children);
+        out.insert("chain".into(), chain);
         out.insert("metadata".into(), spec.metadata.clone());
         let q = QuorumState::of(&deliveries, spec.webhook_quorum);
         out.insert(
@@ -500,6 +518,13 @@ mod tests {
         let f = filter(&q("until=1000&domain=API.Test")).ok().unwrap();
         assert_eq!(f.after, Some((1000, String::new())));
         assert_eq!(f.domain.as_deref(), Some("api.test"));
+        let f = filter(&q("domain=%20B%C3%BCcher.Test%20")).ok().unwrap();
+        assert_eq!(f.domain.as_deref(), Some("xn--bcher-kva.test"));
+        assert_eq!(
+            crate::store::job_domain(r#"{"url":"https://BÜCHER.test/x"}"#).as_deref(),
+            Some("xn--bcher-kva.test"),
+            "the filter and the store agree"
+        );
     }
 
     fn serde_urlencoded_like(s: &str) -> ListQuery {

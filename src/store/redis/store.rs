@@ -54,6 +54,9 @@ const IDEMPOTENCY_BODY: &str = "idempotency.body";
 /// runs, so a backlog is swept in many short ones.
 const SWEEP_BATCH: usize = 500;
 
+/// Between attempts of indexing older jobs while Redis cannot be reached.
+const INDEX_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Past this, an idempotency record's `expires_at` is "never" (no
 /// `PEXPIREAT`): year ~285 000, and beyond what a Lua number holds exactly.
 const MAX_EXPIRE_MS: u64 = 1 << 53;
@@ -73,32 +76,46 @@ local function jdk(id) return B .. ':jobd:' .. id end
 local function dk(id) return B .. ':delivery:' .. id end
 local function wsk(ws) return B .. ':wsall:' .. ws end
 local function wssk(ws, st) return B .. ':wss:' .. st .. ':' .. ws end
+-- Per workspace and domain (all, and by status); the workspace is
+-- length-prefixed, so neither name can run into the other.
+local function wsdk(ws, d) return B .. ':wsd:' .. #ws .. ':' .. ws .. ':' .. d end
+local function wsdsk(ws, d, st) return B .. ':wsds:' .. st .. ':' .. #ws .. ':' .. ws .. ':' .. d end
+local function childk(parent) return B .. ':children:' .. parent end
 local function uniq(ws, key) return #ws .. ':' .. ws .. key end
 local function pad(n) return string.rep('0', 20 - #n) .. n end
 local function lmember(created, id) return pad(created) .. ':' .. id end
 local function is_final(st) return st == 'success' or st == 'failed' or st == 'cancelled' end
 local function get_job(id)
-  local v = redis.call('HMGET', jk(id), 'status', 'ws', 'created', 'next', 'lease', 'updated', 'claims', 'key')
+  local v = redis.call('HMGET', jk(id), 'status', 'ws', 'created', 'next', 'lease', 'updated',
+                      'claims', 'key', 'domain', 'parent')
   if not v[1] then return nil end
   if not (v[2] and v[3] and v[4] and v[5] and v[6] and v[7] and v[8]) then
     error('malformed job record ' .. id)
   end
+  -- No domain or parent: a job without one, or stored before they were kept.
   return {status = v[1], ws = v[2], created = v[3], next = v[4], lease = v[5],
-          updated = v[6], claims = v[7], key = v[8]}
+          updated = v[6], claims = v[7], key = v[8], domain = v[9] or '', parent = v[10] or ''}
 end
 -- The indexes that depend on a job's status: its counter, the workspace's
--- list of that status, the due set (queued/retrying scored by next attempt,
+-- list of that status (and the workspace's list of its domain and that
+-- status), the due set (queued/retrying scored by next attempt,
 -- in flight by lease end: a lapsed lease is simply due again) and the
 -- ended set (scored by end time, for the retention sweep).
 local function index_out(id, j)
   redis.call('HINCRBY', COUNTS, j.status, -1)
   redis.call('ZREM', wssk(j.ws, j.status), lmember(j.created, id))
+  if j.domain ~= '' then
+    redis.call('ZREM', wsdsk(j.ws, j.domain, j.status), lmember(j.created, id))
+  end
   redis.call('ZREM', DUE, id)
   redis.call('ZREM', ENDED, id)
 end
 local function index_in(id, j)
   redis.call('HINCRBY', COUNTS, j.status, 1)
   redis.call('ZADD', wssk(j.ws, j.status), 0, lmember(j.created, id))
+  if j.domain ~= '' then
+    redis.call('ZADD', wsdsk(j.ws, j.domain, j.status), 0, lmember(j.created, id))
+  end
   if j.status == 'queued' or j.status == 'retrying' then
     redis.call('ZADD', DUE, j.next, id)
   elseif j.status == 'in_flight' then
@@ -118,12 +135,13 @@ local function update(id, j, changes)
   redis.call('HSET', jk(id), unpack(flat))
   index_in(id, j)
 end
--- A job given as 13 ARGV from index i (see RedisStore::job_args).
+-- A job given as 15 ARGV from index i (see RedisStore::job_args).
 local function job_args(i)
   return {id = ARGV[i], ws = ARGV[i + 1], key = ARGV[i + 2], status = ARGV[i + 3],
           spec = ARGV[i + 4], attempts = ARGV[i + 5], claims = ARGV[i + 6],
           next = ARGV[i + 7], lease = ARGV[i + 8], created = ARGV[i + 9],
-          updated = ARGV[i + 10], has_result = ARGV[i + 11], result = ARGV[i + 12]}
+          updated = ARGV[i + 10], has_result = ARGV[i + 11], result = ARGV[i + 12],
+          domain = ARGV[i + 13], parent = ARGV[i + 14]}
 end
 -- The id of the job holding (ws, key), if any.
 local function existing(j)
@@ -139,9 +157,19 @@ local function insert(j)
     f[#f + 1] = 'result'
     f[#f + 1] = j.result
   end
+  if j.domain ~= '' then
+    f[#f + 1] = 'domain'
+    f[#f + 1] = j.domain
+  end
+  if j.parent ~= '' then
+    f[#f + 1] = 'parent'
+    f[#f + 1] = j.parent
+  end
   redis.call('HSET', jk(j.id), unpack(f))
   redis.call('HSET', UNIQ, uniq(j.ws, j.key), j.id)
   redis.call('ZADD', wsk(j.ws), 0, lmember(j.created, j.id))
+  if j.domain ~= '' then redis.call('ZADD', wsdk(j.ws, j.domain), 0, lmember(j.created, j.id)) end
+  if j.parent ~= '' then redis.call('ZADD', childk(j.parent), 0, lmember(j.created, j.id)) end
   index_in(j.id, j)
 end
 "#;
@@ -150,7 +178,7 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
 }
 
-/// ARGV: a job (13). Nil when inserted, else the existing job's fields.
+/// ARGV: a job (15). Nil when inserted, else the existing job's fields.
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -217,7 +245,7 @@ return 1
 });
 
 /// ARGV: id, claims ('' for any), status, result, payload, now, calls,
-/// n deliveries, n × (url, quorum), n children, n × job (13). 1 if ended.
+/// n deliveries, n × (url, quorum), n children, n × job (15). 1 if ended.
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -229,7 +257,7 @@ local ci = 9 + 2 * nd
 local nc = tonumber(ARGV[ci])
 local children = {}
 for c = 0, nc - 1 do
-  local cj = job_args(ci + 1 + 13 * c)
+  local cj = job_args(ci + 1 + 15 * c)
   -- Checked before anything is written: a script is not rolled back.
   if not existing(cj) and redis.call('EXISTS', jk(cj.id)) == 1 then
     return redis.error_reply('job id ' .. cj.id .. ' exists with another key')
@@ -304,6 +332,8 @@ for _, id in ipairs(ids) do
   else
     index_out(id, j)
     redis.call('ZREM', wsk(j.ws), lmember(j.created, id))
+    if j.domain ~= '' then redis.call('ZREM', wsdk(j.ws, j.domain), lmember(j.created, id)) end
+    if j.parent ~= '' then redis.call('ZREM', childk(j.parent), lmember(j.created, id)) end
     local u = uniq(j.ws, j.key)
     if redis.call('HGET', UNIQ, u) == id then redis.call('HDEL', UNIQ, u) end
     for _, did in ipairs(dids) do
@@ -319,12 +349,17 @@ return {deleted, kept, #ids}
     )
 });
 
-/// ARGV: workspace, status ('' for all), lex max, limit. Jobs' fields.
+/// ARGV: workspace, status ('' for all), lex max, limit, domain ('' for
+/// all). Jobs' fields.
 static LIST: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local idx = wsk(ARGV[1])
-if ARGV[2] ~= '' then idx = wssk(ARGV[1], ARGV[2]) end
+local ws, st, d = ARGV[1], ARGV[2], ARGV[5]
+local idx
+if d == '' and st == '' then idx = wsk(ws)
+elseif d == '' then idx = wssk(ws, st)
+elseif st == '' then idx = wsdk(ws, d)
+else idx = wsdsk(ws, d, st) end
 local members = redis.call('ZREVRANGEBYLEX', idx, ARGV[3], '-', 'LIMIT', 0, ARGV[4])
 local out = {}
 for _, m in ipairs(members) do
@@ -332,6 +367,69 @@ for _, m in ipairs(members) do
   if #v > 0 then out[#out + 1] = v end
 end
 return out
+"#,
+    )
+});
+
+/// ARGV: parent id, limit. The children's fields, oldest first.
+static CHILDREN: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local members = redis.call('ZRANGEBYLEX', childk(ARGV[1]), '-', '+', 'LIMIT', 0, ARGV[2])
+local out = {}
+for _, m in ipairs(members) do
+  local v = redis.call('HGETALL', jk(string.sub(m, 22)))
+  if #v > 0 then out[#out + 1] = v end
+end
+return out
+"#,
+    )
+});
+
+/// ARGV: job ids. `{id, spec}` of each that exists and has neither a
+/// domain nor a parent: stored before they were kept (or without a URL and
+/// parent at all, which the index pass then leaves as they are).
+static UNINDEXED: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local out = {}
+for _, id in ipairs(ARGV) do
+  local v = redis.call('HMGET', jk(id), 'spec', 'domain', 'parent')
+  if v[1] and not v[2] and not v[3] then
+    out[#out + 1] = id
+    out[#out + 1] = v[1]
+  end
+end
+return out
+"#,
+    )
+});
+
+/// ARGV: n × (id, domain, parent) ('' for none). Writes them into jobs that
+/// still have neither, with the index entries `insert` would have made,
+/// under the job's status as it is now. Returns how many jobs it indexed.
+static INDEX_OLD: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local n = 0
+for i = 1, #ARGV, 3 do
+  local id, d, p = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local j = get_job(id)
+  if j and j.domain == '' and j.parent == '' and (d ~= '' or p ~= '') then
+    local m = lmember(j.created, id)
+    if d ~= '' then
+      redis.call('HSET', jk(id), 'domain', d)
+      redis.call('ZADD', wsdk(j.ws, d), 0, m)
+      redis.call('ZADD', wsdsk(j.ws, d, j.status), 0, m)
+    end
+    if p ~= '' then
+      redis.call('HSET', jk(id), 'parent', p)
+      redis.call('ZADD', childk(p), 0, m)
+    end
+    n = n + 1
+  end
+end
+return n
 "#,
     )
 });
@@ -638,7 +736,9 @@ impl RedisStore {
         self.redis.script(script, &[&self.base], args).await
     }
 
-    /// A job as the 13 arguments `job_args` in the scripts reads.
+    /// A job as the 15 arguments `job_args` in the scripts reads: the
+    /// domain and parent are derived from the spec here, before it is
+    /// sealed ('' for none).
     fn job_args(&self, j: &JobRecord, out: &mut Vec<Vec<u8>>) {
         out.extend([
             j.id.clone().into_bytes(),
@@ -657,6 +757,12 @@ impl RedisStore {
                 .as_deref()
                 .map(|r| self.seal_bytes(JOBS_RESULT, r.as_bytes()))
                 .unwrap_or_default(),
+            crate::store::job_domain(&j.spec)
+                .unwrap_or_default()
+                .into_bytes(),
+            crate::store::job_parent(&j.spec)
+                .unwrap_or_default()
+                .into_bytes(),
         ]);
     }
 
@@ -715,6 +821,116 @@ impl RedisStore {
             .into_iter()
             .map(|d| self.delivery_from(d))
             .collect()
+    }
+
+    /// One page of a workspace's list, or of its list of `domain` ('' for
+    /// every domain).
+    async fn list_page(
+        &self,
+        workspace: &str,
+        domain: &str,
+        status: Option<JobStatus>,
+        limit: usize,
+        after: Option<(u64, String)>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let args = [
+            arg(workspace),
+            arg(status.map(|s| s.as_str()).unwrap_or("")),
+            arg(list_max(after.as_ref())),
+            arg(limit.min(i64::MAX as usize)),
+            arg(domain),
+        ];
+        let v = self.run(&LIST, &args).await?;
+        self.jobs_from(v)
+    }
+
+    /// Index the domain and parent of jobs stored before this version kept
+    /// them (the Redis side of the embedded store's schema-7 backfill),
+    /// once per Redis: done when `<base>:indexed:v1` exists. Walks the
+    /// uniqueness map (every job has an entry) `HSCAN` batch by batch; the
+    /// specs are read and unsealed here, the index entries written by a
+    /// script against the job as it is then. Safe to run on several
+    /// replicas at once. Returns how many jobs it indexed.
+    pub async fn index_old_jobs(&self) -> Result<u64, StoreError> {
+        let done = format!("{}:indexed:v1", self.base);
+        let exists: i64 = self
+            .redis
+            .query(redis::cmd("EXISTS").arg(&done).clone())
+            .await?;
+        if exists == 1 {
+            return Ok(0);
+        }
+        let uniq = format!("{}:uniq", self.base);
+        let mut cursor = "0".to_string();
+        let mut indexed = 0u64;
+        loop {
+            let (next, pairs): (String, Vec<Vec<u8>>) = self
+                .redis
+                .query(
+                    redis::cmd("HSCAN")
+                        .arg(&uniq)
+                        .arg(&cursor)
+                        .arg("COUNT")
+                        .arg(500)
+                        .clone(),
+                )
+                .await?;
+            let ids: Vec<Vec<u8>> = pairs.into_iter().skip(1).step_by(2).collect();
+            if !ids.is_empty() {
+                let found = array(self.run(&UNINDEXED, &ids).await?)?;
+                let mut args = Vec::new();
+                let mut it = found.into_iter();
+                while let (Some(id), Some(spec)) = (it.next(), it.next()) {
+                    let id = bytes(id)?;
+                    let spec = self.open_text(JOBS_SPEC, &bytes(spec)?)?;
+                    let domain = crate::store::job_domain(&spec).unwrap_or_default();
+                    let parent = crate::store::job_parent(&spec).unwrap_or_default();
+                    if domain.is_empty() && parent.is_empty() {
+                        continue;
+                    }
+                    args.extend([id, domain.into_bytes(), parent.into_bytes()]);
+                }
+                if !args.is_empty() {
+                    indexed +=
+                        u64::try_from(int(&self.run(&INDEX_OLD, &args).await?)?).unwrap_or(0);
+                }
+            }
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        self.redis
+            .query::<Value>(redis::cmd("SET").arg(&done).arg("1").clone())
+            .await?;
+        Ok(indexed)
+    }
+
+    /// [`RedisStore::index_old_jobs`] in the background, again every
+    /// [`INDEX_RETRY`] until it succeeds (Redis may be down at start).
+    pub fn index_old_jobs_in_background(self: &Arc<Self>) {
+        let store = self.clone();
+        self.redis.spawn(async move {
+            loop {
+                match store.index_old_jobs().await {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        tracing::info!(
+                            jobs = n,
+                            "indexed the domain and parent of jobs stored by an older version"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot index older jobs by domain yet; trying again");
+                        tokio::time::sleep(INDEX_RETRY).await;
+                    }
+                }
+            }
+        });
     }
 
     async fn flag(&self, script: &Script, args: &[Vec<u8>]) -> Result<bool, StoreError> {
@@ -880,7 +1096,7 @@ impl Store for RedisStore {
     }
 
     async fn job_insert(&self, job: JobRecord) -> Result<Option<JobRecord>, StoreError> {
-        let mut args = Vec::with_capacity(13);
+        let mut args = Vec::with_capacity(15);
         self.job_args(&job, &mut args);
         match self.run(&INSERT, &args).await? {
             Value::Nil => {
@@ -1003,16 +1219,38 @@ impl Store for RedisStore {
         limit: usize,
         after: Option<(u64, String)>,
     ) -> Result<Vec<JobRecord>, StoreError> {
+        self.list_page(workspace, "", status, limit, after).await
+    }
+
+    async fn jobs_list_by_domain(
+        &self,
+        workspace: &str,
+        domain: &str,
+        status: Option<JobStatus>,
+        limit: usize,
+        after: Option<(u64, String)>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        if domain.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.list_page(workspace, domain, status, limit, after)
+            .await
+    }
+
+    async fn job_children(
+        &self,
+        parent_id: &str,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let args = [
-            arg(workspace),
-            arg(status.map(|s| s.as_str()).unwrap_or("")),
-            arg(list_max(after.as_ref())),
-            arg(limit.min(i64::MAX as usize)),
-        ];
-        let v = self.run(&LIST, &args).await?;
+        let v = self
+            .run(
+                &CHILDREN,
+                &[arg(parent_id), arg(limit.min(i64::MAX as usize))],
+            )
+            .await?;
         self.jobs_from(v)
     }
 
@@ -1312,6 +1550,100 @@ mod tests {
         let server = server();
         let s = replica(&server, None);
         conformance::job_list_pages_through_equal_times_with_a_status_filter(&s).await;
+    }
+
+    #[tokio::test]
+    async fn job_list_by_domain_pages_follows_status_and_sweep() {
+        let server = server();
+        let s = replica(&server, None);
+        conformance::job_list_by_domain_pages_follows_status_and_sweep(&s).await;
+        // Nothing is left of the swept job in the domain sets.
+        let left = keys(&s).await;
+        for k in left.iter().filter(|k| k.contains(":wsd")) {
+            let members: Vec<String> = raw(&s, redis::cmd("ZRANGE").arg(k).arg(0).arg(-1)).await;
+            assert!(
+                !members.iter().any(|m| m.ends_with(":a3")),
+                "{k}: {members:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn jobs_stored_before_domains_were_kept_are_indexed_once() {
+        let server = server();
+        for key in [None, Some(EncryptionKey::from_bytes([5; 32]))] {
+            let s = replica(&server, key.as_ref());
+            let _: Value = raw(&s, &redis::cmd("FLUSHALL")).await;
+            for (id, url, parent) in [
+                ("o1", Some("https://API.Old.test/a"), None),
+                ("o2", Some("https://hooks.test/"), Some("o1")),
+                ("o3", None, None),
+            ] {
+                let mut j = job(id, id, 1);
+                let mut spec = serde_json::json!({"method": "GET"});
+                if let Some(u) = url {
+                    spec["url"] = u.into();
+                }
+                if let Some(p) = parent {
+                    spec["metadata"] = serde_json::json!({"parent_job_id": p});
+                }
+                j.spec = spec.to_string();
+                j.created_at = 5;
+                s.job_insert(j).await.unwrap();
+            }
+            // As an older version left them: no domain, no parent, no sets.
+            for id in ["o1", "o2", "o3"] {
+                let _: i64 = raw(
+                    &s,
+                    redis::cmd("HDEL")
+                        .arg(format!("t:{{jobs}}:job:{id}"))
+                        .arg("domain")
+                        .arg("parent"),
+                )
+                .await;
+            }
+            for k in keys(&s).await {
+                if k.contains(":wsd") || k.contains(":children:") {
+                    let _: i64 = raw(&s, redis::cmd("DEL").arg(&k)).await;
+                }
+            }
+            assert!(s
+                .jobs_list_by_domain("default", "api.old.test", None, 10, None)
+                .await
+                .unwrap()
+                .is_empty());
+            assert_eq!(s.index_old_jobs().await.unwrap(), 2, "o1 and o2");
+            let listed = s
+                .jobs_list_by_domain("default", "api.old.test", Some(JobStatus::Queued), 10, None)
+                .await
+                .unwrap();
+            assert_eq!(listed.len(), 1);
+            assert_eq!(listed[0].id, "o1");
+            let children = s.job_children("o1", 10).await.unwrap();
+            assert_eq!(children.len(), 1);
+            assert_eq!(children[0].id, "o2");
+            // Once per Redis, and the status lists follow from now on.
+            assert_eq!(s.index_old_jobs().await.unwrap(), 0);
+            assert!(s.job_cancel("o1").await.unwrap());
+            let cancelled = s
+                .jobs_list_by_domain(
+                    "default",
+                    "api.old.test",
+                    Some(JobStatus::Cancelled),
+                    10,
+                    None,
+                )
+                .await
+                .unwrap();
+            assert_eq!(cancelled.len(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn job_children_are_found_from_the_parent() {
+        let server = server();
+        let s = replica(&server, None);
+        conformance::job_children_are_found_from_the_parent(&s).await;
     }
 
     #[tokio::test]

@@ -244,7 +244,6 @@
       $("no-jobs").classList.toggle("hidden", r.jobs.length > 0);
       $("page-next").disabled = !nextCursor;
       $("page-first").disabled = !cursor;
-      $("page-note").textContent = r.partial ? ("searched " + r.scanned + " jobs for this domain; next page searches on") : "";
       state("workspace " + r.workspace + " · " + r.jobs.length + " jobs on this page");
     }).catch(function (e) { if (e.message !== "unauthorized") { state("jobs: " + e.message); } });
   }
@@ -307,6 +306,14 @@
       (c.fallbacks || []).forEach(function (f) { ch.appendChild(el("li", null, "fallback " + f.depth + " " + f.trigger + ": " + f.method + " " + f.url)); });
       if (c.on_success) { ch.appendChild(el("li", null, "on success: " + c.on_success.method + " " + c.on_success.url)); }
       if (c.on_failure) { ch.appendChild(el("li", null, "on failure" + (c.on_failure_timeout_ms ? " (or no success within " + c.on_failure_timeout_ms + " ms)" : "") + ": " + c.on_failure.method + " " + c.on_failure.url)); }
+      (c.children || []).forEach(function (k) {
+        var li = el("li", "child", "spawned" + (k.trigger ? " (" + k.trigger.replace("_", " ") + ")" : "") + ": ");
+        var a = el("a", null, k.job_id);
+        a.href = "#/job/" + encodeURIComponent(k.job_id) + (current.workspace ? "?workspace=" + encodeURIComponent(current.workspace) : "");
+        li.appendChild(a);
+        li.appendChild(document.createTextNode(" " + k.status + (k.method ? " · " + k.method + " " + k.url : "")));
+        ch.appendChild(li);
+      });
       if (!ch.firstChild) { ch.appendChild(el("li", "muted", "none")); }
       var r = j.response;
       $("job-response").textContent = r ? ("HTTP " + r.status_code + (r.error ? " (" + r.error + ")" : "") + "\n" +
