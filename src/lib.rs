@@ -30,6 +30,8 @@ pub mod retry;
 pub mod server;
 pub mod state;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod tls;
 pub mod webhooks;
 pub mod wire;

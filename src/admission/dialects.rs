@@ -1011,16 +1011,7 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        m
-    }
+    use crate::testing::headers as h;
 
     fn secs(s: u64) -> Option<Duration> {
         Some(Duration::from_secs(s))

@@ -125,16 +125,7 @@ mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
 
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                http::HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        m
-    }
+    use crate::testing::headers as h;
 
     #[test]
     fn reads_rps_and_concurrency_case_insensitively() {

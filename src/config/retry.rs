@@ -63,16 +63,20 @@ pub(super) fn retry(
     })
 }
 
-fn default_retry() -> RetryConfig {
-    RetryConfig {
-        max_retries: 3,
-        max_reroutes: 2,
-        retry_codes: vec![429, 503],
-        reroute_codes: vec![500, 502, 504],
-        max_buffered_body: 1 << 20,
+impl Default for RetryConfig {
+    /// SPEC §7: 3 retries on 429/503, 2 reroutes on 500/502/504, bodies up
+    /// to 1 MiB held for them.
+    fn default() -> Self {
+        RetryConfig {
+            max_retries: 3,
+            max_reroutes: 2,
+            retry_codes: vec![429, 503],
+            reroute_codes: vec![500, 502, 504],
+            max_buffered_body: 1 << 20,
+        }
     }
 }
 
 pub(super) fn build(cx: &Ctx, r: &RawRetry) -> Result<RetryConfig, ConfigError> {
-    retry(cx, "retry", r, &default_retry())
+    retry(cx, "retry", r, &RetryConfig::default())
 }

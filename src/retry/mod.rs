@@ -143,13 +143,7 @@ mod tests {
     use super::*;
 
     fn config() -> RetryConfig {
-        RetryConfig {
-            max_retries: 3,
-            max_reroutes: 2,
-            retry_codes: vec![429, 503],
-            reroute_codes: vec![500, 502, 504],
-            max_buffered_body: 1 << 20,
-        }
+        RetryConfig::default()
     }
 
     fn policy(method: &str, key: bool) -> Policy {

@@ -94,16 +94,7 @@ pub fn as_limit_headers(headers: &HeaderMap) -> HeaderMap {
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                http::HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        m
-    }
+    use crate::testing::headers as h;
 
     #[test]
     fn content_types() {
