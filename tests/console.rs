@@ -634,7 +634,10 @@ fn console_job_page_lists_the_jobs_it_spawned() {
             ),
             "parent",
         );
-        (v["chain"]["children"].as_array().map_or(0, Vec::len) == 1).then_some(v)
+        // The job and its children are two reads of the store: wait for a
+        // page on which both show the finished run.
+        let listed = v["chain"]["children"].as_array().map_or(0, Vec::len) == 1;
+        (listed && v["status"] == "success").then_some(v)
     });
     assert_eq!(detail["status"], "success", "{detail}");
     let child = &detail["chain"]["children"][0];

@@ -19,7 +19,9 @@ pub struct WebhooksConfig {
 
 pub(super) fn build(cx: &Ctx, w: &RawWebhooks) -> Result<WebhooksConfig, ConfigError> {
     if let Some(s) = &w.secret {
-        validate_secret("the secret", s).map_err(|m| cx.err("webhooks.secret", m))?;
+        if let Some(problem) = secret_problem(s) {
+            return Err(cx.err("webhooks.secret", problem));
+        }
     }
     let webhooks = WebhooksConfig {
         secret: w.secret.clone(),
@@ -53,28 +55,37 @@ pub const MIN_SECRET_CHARS: usize = 16;
 /// fill the store or every delivery's signing work.
 pub const MAX_SECRET_BYTES: usize = 1024;
 
-/// `Err(message naming field)` unless `secret` is a usable secret: at least
-/// [`MIN_SECRET_CHARS`] characters, at most [`MAX_SECRET_BYTES`] bytes, no
-/// leading/trailing whitespace or control characters (they do not survive
-/// copy-paste and config files).
+/// `Err(message naming field)` unless `secret` is a usable secret (see
+/// [`secret_problem`]).
 pub fn validate_secret(field: &str, secret: &str) -> Result<(), String> {
+    match secret_problem(secret) {
+        Some(problem) => Err(format!("{field} {problem}")),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong with `secret`, if anything: at least [`MIN_SECRET_CHARS`]
+/// characters, at most [`MAX_SECRET_BYTES`] bytes, no leading/trailing
+/// whitespace or control characters (they do not survive copy-paste and
+/// config files).
+pub fn secret_problem(secret: &str) -> Option<String> {
     if secret.len() > MAX_SECRET_BYTES {
-        return Err(format!(
-            "{field} must be at most {MAX_SECRET_BYTES} bytes (got {})",
+        return Some(format!(
+            "must be at most {MAX_SECRET_BYTES} bytes (got {})",
             secret.len()
         ));
     }
     let n = secret.chars().count();
     if n < MIN_SECRET_CHARS {
-        return Err(format!(
-            "{field} must be at least {MIN_SECRET_CHARS} characters (got {n})"
+        return Some(format!(
+            "must be at least {MIN_SECRET_CHARS} characters (got {n})"
         ));
     }
     if secret.chars().any(char::is_control) {
-        return Err(format!("{field} must not contain control characters"));
+        return Some("must not contain control characters".into());
     }
     if secret.trim() != secret {
-        return Err(format!("{field} must not start or end with whitespace"));
+        return Some("must not start or end with whitespace".into());
     }
-    Ok(())
+    None
 }
