@@ -72,6 +72,16 @@ local COUNTS = B .. ':counts'
 local DDUE = B .. ':deliveries:due'
 local DSEQ = B .. ':deliveries:seq'
 local function jk(id) return B .. ':job:' .. id end
+-- The fields of the jobs an index's members name (`lmember`: padded time,
+-- ':', id), skipping any deleted since.
+local function jobs_of(members)
+  local out = {}
+  for _, m in ipairs(members) do
+    local v = redis.call('HGETALL', jk(string.sub(m, 22)))
+    if #v > 0 then out[#out + 1] = v end
+  end
+  return out
+end
 local function jdk(id) return B .. ':jobd:' .. id end
 local function dk(id) return B .. ':delivery:' .. id end
 local function wsk(ws) return B .. ':wsall:' .. ws end
@@ -360,13 +370,7 @@ if d == '' and st == '' then idx = wsk(ws)
 elseif d == '' then idx = wssk(ws, st)
 elseif st == '' then idx = wsdk(ws, d)
 else idx = wsdsk(ws, d, st) end
-local members = redis.call('ZREVRANGEBYLEX', idx, ARGV[3], '-', 'LIMIT', 0, ARGV[4])
-local out = {}
-for _, m in ipairs(members) do
-  local v = redis.call('HGETALL', jk(string.sub(m, 22)))
-  if #v > 0 then out[#out + 1] = v end
-end
-return out
+return jobs_of(redis.call('ZREVRANGEBYLEX', idx, ARGV[3], '-', 'LIMIT', 0, ARGV[4]))
 "#,
     )
 });
@@ -375,13 +379,7 @@ return out
 static CHILDREN: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local members = redis.call('ZRANGEBYLEX', childk(ARGV[1]), '-', '+', 'LIMIT', 0, ARGV[2])
-local out = {}
-for _, m in ipairs(members) do
-  local v = redis.call('HGETALL', jk(string.sub(m, 22)))
-  if #v > 0 then out[#out + 1] = v end
-end
-return out
+return jobs_of(redis.call('ZRANGEBYLEX', childk(ARGV[1]), '-', '+', 'LIMIT', 0, ARGV[2]))
 "#,
     )
 });
