@@ -13,5 +13,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    std::process::exit(ezthrottle::cli::main());
+    let code = ezthrottle::cli::main();
+    ezthrottle::logging::access::flush();
+    std::process::exit(code);
 }

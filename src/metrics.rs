@@ -5,16 +5,21 @@
 //! (the rest are `other`): a proxy sees whatever hosts its apps call, and an
 //! unbounded label would let one misbehaving app exhaust the scraper.
 
-use dashmap::DashSet;
+use std::sync::{Arc, Mutex};
+
+use dashmap::{DashMap, DashSet};
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
     registry: Registry,
     max_domains: usize,
     seen: DashSet<String>,
+    /// The hot series of each label in `seen`, by the name they were asked
+    /// for (`other` past the cap): see [`DomainSeries`].
+    series: DashMap<String, Arc<DomainSeries>>,
     pub requests_total: IntCounterVec,
     pub upstream_responses_total: IntCounterVec,
     pub upstream_duration_seconds: HistogramVec,
@@ -43,6 +48,9 @@ pub struct Metrics {
     /// Live replicas sharing the Redis backend, as of the last heartbeat.
     pub replicas: prometheus::IntGauge,
     pub webhook_quorum_failed_total: prometheus::IntCounter,
+    /// Access log lines dropped because stderr did not keep up
+    /// (`logging::access`), brought up to date at each scrape.
+    log_lines_dropped_total: IntCounter,
     pub connections_total: IntCounterVec,
     pub proxy_errors_total: IntCounterVec,
     pub limit_headers_ignored_total: IntCounterVec,
@@ -165,6 +173,15 @@ impl Metrics {
                 r.register(Box::new(c.clone())).expect("register");
                 c
             },
+            log_lines_dropped_total: {
+                let c = IntCounter::with_opts(opts(
+                    "log_lines_dropped_total",
+                    "Access log lines dropped because standard error did not keep up (the writer's backlog was full).",
+                ))
+                .expect("metric");
+                r.register(Box::new(c.clone())).expect("register");
+                c
+            },
             store_up: {
                 let g = prometheus::IntGauge::with_opts(opts(
                     "store_up",
@@ -218,6 +235,7 @@ impl Metrics {
             console: crate::control::console::series::Series::new(max_domains.max(1) + 1),
             max_domains: max_domains.max(1),
             seen: DashSet::new(),
+            series: DashMap::new(),
         };
         for v in IDEMPOTENCY_RESULTS {
             m.idempotency_total.with_label_values(&[v]);
@@ -272,13 +290,107 @@ impl Metrics {
         "other".to_string()
     }
 
+    /// The hot per-request series of `domain`'s label, resolved once and
+    /// cached: counting through them costs an atomic add, where a label
+    /// look-up hashed the label values and took the family's lock on every
+    /// event (with the label's `String` made anew), about 2% of the CPU
+    /// of a proxied request (docs/performance.md). The cache holds at most
+    /// one entry per label (`max_domains` + `other`).
+    pub fn series(&self, domain: &str) -> Arc<DomainSeries> {
+        if let Some(s) = self.series.get(domain) {
+            return s.clone();
+        }
+        let label = self.domain_label(domain);
+        // Past the cap every domain shares `other`'s entry.
+        let key = if label == domain { domain } else { label.as_str() };
+        if let Some(s) = self.series.get(key) {
+            return s.clone();
+        }
+        self.series
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(DomainSeries::new(self, label.clone())))
+            .clone()
+    }
+
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
+        let dropped = crate::logging::access::dropped();
+        let shown = self.log_lines_dropped_total.get();
+        if dropped > shown {
+            self.log_lines_dropped_total.inc_by(dropped - shown);
+        }
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "encoding metrics");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// One `domain` label's series that every proxied request touches.
+#[derive(Debug)]
+pub struct DomainSeries {
+    label: String,
+    /// `requests_total`, in the order of [`REQUEST_OUTCOMES`].
+    requests: Vec<IntCounter>,
+    requests_vec: IntCounterVec,
+    pub throttle_wait: Histogram,
+    pub admitted: IntCounter,
+    pub refused: IntCounter,
+    pub upstream_duration: Histogram,
+    /// `upstream_responses_total` by status code: a domain answers with a
+    /// handful of codes, so a short list beats a map.
+    responses: Mutex<Vec<(u16, IntCounter)>>,
+    responses_vec: IntCounterVec,
+}
+
+impl DomainSeries {
+    fn new(m: &Metrics, label: String) -> DomainSeries {
+        let l = label.as_str();
+        DomainSeries {
+            requests: REQUEST_OUTCOMES
+                .iter()
+                .map(|o| m.requests_total.with_label_values(&[l, o]))
+                .collect(),
+            requests_vec: m.requests_total.clone(),
+            throttle_wait: m.throttle_wait_seconds.with_label_values(&[l]),
+            admitted: m.admissions_total.with_label_values(&[l, "admitted"]),
+            refused: m.admissions_total.with_label_values(&[l, "refused"]),
+            upstream_duration: m.upstream_duration_seconds.with_label_values(&[l]),
+            responses: Mutex::new(Vec::new()),
+            responses_vec: m.upstream_responses_total.clone(),
+            label,
+        }
+    }
+
+    /// The `domain` label these series carry.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Count a request that ended with `outcome` (`requests_total`).
+    pub fn request(&self, outcome: &str) {
+        match REQUEST_OUTCOMES.iter().position(|o| *o == outcome) {
+            Some(i) => self.requests[i].inc(),
+            None => self
+                .requests_vec
+                .with_label_values(&[self.label.as_str(), outcome])
+                .inc(),
+        }
+    }
+
+    /// Count an upstream response with status `code`.
+    pub fn response(&self, code: u16) {
+        let mut known = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = known.iter().find(|(k, _)| *k == code) {
+            c.inc();
+            return;
+        }
+        let c = self
+            .responses_vec
+            .with_label_values(&[self.label.as_str(), &code.to_string()]);
+        c.inc();
+        known.push((code, c));
     }
 }
 
@@ -322,6 +434,33 @@ mod known_labels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_series_count_in_the_families() {
+        let m = Metrics::new(1);
+        let a = m.series("a.test");
+        assert!(Arc::ptr_eq(&a, &m.series("a.test")));
+        a.request("forwarded");
+        a.request("forwarded");
+        a.response(200);
+        a.response(429);
+        a.response(200);
+        // Past the cap: `other`'s series, one entry for all such domains.
+        let b = m.series("b.test");
+        assert_eq!(b.label(), "other");
+        assert!(Arc::ptr_eq(&b, &m.series("c.test")));
+        b.request("cancelled");
+        let text = m.render();
+        for line in [
+            "ezthrottle_requests_total{domain=\"a.test\",outcome=\"forwarded\"} 2",
+            "ezthrottle_upstream_responses_total{code=\"200\",domain=\"a.test\"} 2",
+            "ezthrottle_upstream_responses_total{code=\"429\",domain=\"a.test\"} 1",
+            "ezthrottle_requests_total{domain=\"other\",outcome=\"cancelled\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in {text}");
+        }
+        assert!(!text.contains("b.test"));
+    }
 
     #[test]
     fn domain_label_is_capped() {

@@ -304,6 +304,7 @@ fn spawn_drain_watcher(server: &Server, shared: Arc<Shared>) {
                         "drain timeout reached; exiting with requests still in flight"
                     );
                 }
+                crate::logging::access::flush();
                 tracing::info!("ezthrottle stopped");
                 std::process::exit(0);
             });

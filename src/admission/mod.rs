@@ -251,25 +251,16 @@ impl Admission {
             Some(shared) => self.admit_shared(shared, &throttle, max_wait).await,
         };
         let waited = started.elapsed();
-        let label = self.metrics.domain_label(domain);
-        self.metrics
-            .throttle_wait_seconds
-            .with_label_values(&[label.as_str()])
-            .observe(waited.as_secs_f64());
-        self.metrics
-            .admissions_total
-            .with_label_values(&[
-                label.as_str(),
-                if result.is_ok() {
-                    "admitted"
-                } else {
-                    "refused"
-                },
-            ])
-            .inc();
+        let series = self.metrics.series(domain);
+        series.throttle_wait.observe(waited.as_secs_f64());
+        if result.is_ok() {
+            series.admitted.inc();
+        } else {
+            series.refused.inc();
+        }
         self.metrics
             .console
-            .admission(&label, waited, result.is_ok());
+            .admission(series.label(), waited, result.is_ok());
         result.map(|p| (p, waited))
     }
 

@@ -1,6 +1,7 @@
 //! Per-connection and per-request state carried through the pipeline phases.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -10,6 +11,7 @@ use super::park::ParkOptions;
 use super::retry::RetryState;
 use crate::admission::Permit;
 use crate::error::ProxyError;
+use crate::metrics::{DomainSeries, Metrics};
 use crate::state::InFlightGuard;
 
 /// What the front door knows about a downstream connection before pingora
@@ -134,6 +136,8 @@ pub struct RequestCtx {
     pub retry: Option<RetryState>,
     /// Set when the request may be parked (it named a webhook).
     pub park: Option<ParkOptions>,
+    /// The domain's metric series, looked up once per request.
+    series: std::sync::OnceLock<Arc<DomainSeries>>,
 }
 
 /// How a request ends. One value, so that no two phases can disagree (a
@@ -187,11 +191,22 @@ impl RequestCtx {
             body_hold: None,
             retry: None,
             park: None,
+            series: std::sync::OnceLock::new(),
         }
     }
 
     pub fn domain(&self) -> Option<&str> {
         self.target.as_ref().map(Target::domain)
+    }
+
+    /// The metric series of the request's domain (`None` before the
+    /// target is known), resolved on first use and kept for the request.
+    pub fn series(&self, metrics: &Metrics) -> Option<&Arc<DomainSeries>> {
+        if let Some(s) = self.series.get() {
+            return Some(s);
+        }
+        let domain = self.domain()?;
+        Some(self.series.get_or_init(|| metrics.series(domain)))
     }
 
     /// The throttle this request counts against: its domain, or the

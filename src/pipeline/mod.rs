@@ -366,8 +366,10 @@ impl ProxyHttp for Pipeline {
         let code = status.as_u16();
         match classify::response(&self.shared, session, upstream_response, ctx).await {
             classify::Verdict::Deliver => {
-                upstream_response.insert_header(WAIT_MS_HEADER, ctx.wait_ms.to_string())?;
-                upstream_response.insert_header(ATTEMPTS_HEADER, ctx.attempts.to_string())?;
+                upstream_response
+                    .insert_header(WAIT_MS_HEADER, http::HeaderValue::from(ctx.wait_ms))?;
+                upstream_response
+                    .insert_header(ATTEMPTS_HEADER, http::HeaderValue::from(ctx.attempts))?;
                 Ok(())
             }
             classify::Verdict::Again => Err(Error::explain(

@@ -26,25 +26,23 @@ pub fn outcome(ctx: &RequestCtx, e: Option<&Error>) -> &'static str {
 
 pub fn request_done(shared: &Shared, session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
     let metrics = &shared.metrics;
-    let domain = ctx
-        .domain()
-        .map(|d| metrics.domain_label(d))
-        .unwrap_or_else(|| "none".to_string());
+    let series = ctx.series(metrics);
     let outcome = outcome(ctx, e);
-    metrics
-        .requests_total
-        .with_label_values(&[domain.as_str(), outcome])
-        .inc();
+    match &series {
+        Some(s) => s.request(outcome),
+        None => metrics
+            .requests_total
+            .with_label_values(&["none", outcome])
+            .inc(),
+    }
     if let Some(err) = ctx.outcome.error() {
         metrics
             .proxy_errors_total
             .with_label_values(&[err.code()])
             .inc();
     }
-    if let Some(started) = ctx.upstream_started {
-        metrics
-            .upstream_duration_seconds
-            .with_label_values(&[domain.as_str()])
+    if let (Some(started), Some(s)) = (ctx.upstream_started, &series) {
+        s.upstream_duration
             .observe(started.elapsed().as_secs_f64());
     }
     let status = session
@@ -52,19 +50,16 @@ pub fn request_done(shared: &Shared, session: &Session, e: Option<&Error>, ctx: 
         .map(|r| r.status.as_u16())
         .unwrap_or(0);
     let req = session.req_header();
-    // Only method, domain and path: query strings and headers may hold credentials.
-    tracing::info!(
-        target: "ezthrottle::access",
-        method = %req.method,
-        domain = ctx.domain().unwrap_or("-"),
-        path = req.uri.path(),
+    crate::logging::access::request(&crate::logging::access::Access {
+        method: req.method.as_str(),
+        domain: ctx.domain().unwrap_or("-"),
+        path: req.uri.path(),
         status,
         outcome,
-        error = ctx.outcome.error().map(|e| e.code()).unwrap_or(""),
-        attempts = ctx.attempts,
-        wait_ms = ctx.wait_ms,
-        duration_ms = ctx.started.elapsed().as_millis() as u64,
-        workspace = %ctx.workspace,
-        "request"
-    );
+        error: ctx.outcome.error().map(|e| e.code()).unwrap_or(""),
+        attempts: ctx.attempts,
+        wait_ms: ctx.wait_ms,
+        duration_ms: ctx.started.elapsed().as_millis() as u64,
+        workspace: &ctx.workspace,
+    });
 }

@@ -43,14 +43,9 @@ pub async fn response(
     } else {
         None
     };
-    if let (Some(domain), Some(throttle)) = (ctx.domain(), ctx.throttle()) {
-        let metrics = &shared.metrics;
-        let label = metrics.domain_label(domain);
-        metrics
-            .upstream_responses_total
-            .with_label_values(&[label.as_str(), &code.to_string()])
-            .inc();
-        metrics.console.response(&label, code);
+    if let (Some(series), Some(throttle)) = (ctx.series(&shared.metrics), ctx.throttle()) {
+        series.response(code);
+        shared.metrics.console.response(series.label(), code);
         // The API's own limit headers govern the next admission (of this
         // credential's budget, when the domain is split).
         match grpc {

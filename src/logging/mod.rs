@@ -17,6 +17,8 @@
 //!    URL or path (`?<redacted>`), URL user-info (`//<redacted>@`) and the
 //!    token after `Bearer`/`Basic`, in text and JSON output alike.
 
+pub mod access;
+
 use std::borrow::Cow;
 use std::io::Write;
 
@@ -87,6 +89,13 @@ pub fn init() -> Result<(), String> {
     } else {
         fmt.boxed()
     };
+    if !ansi {
+        access::start(if json {
+            access::Format::Json
+        } else {
+            access::Format::Text
+        });
+    }
     let result = tracing_subscriber::registry()
         .with(tracing_subscriber::filter::filter_fn(allowed))
         .with(filter)
