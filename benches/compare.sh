@@ -482,7 +482,7 @@ run_wrk() {  # outfile, proxy port, seconds
 # Warm-up, then the measured run with the proxy's CPU ticks around it.
 measure() {  # section, name, label, load kind (wrk|go), go args... | proxy port
     local section=$1 name=$2 label=$3 kind=$4; shift 4
-    local out="$TMP/$section-$name" t0 t1 a0 a1 c0 c1 rss
+    local out="$TMP/$section-$name" t0 t1 a0 a1 c0 c1 o0 o1 rss
     log "$section / $label: warm-up ${WARMUP}s"
     if [ "$kind" = wrk ]; then
         run_wrk "$out.warm" "$1" "$WARMUP" || { cat "$out.warm.err" >&2; die "$label: warm-up failed"; }
@@ -492,16 +492,20 @@ measure() {  # section, name, label, load kind (wrk|go), go args... | proxy port
     fi
     log "$section / $label: ${DURATION}s, $CONNECTIONS connections"
     a0=$(count_access)
+    o0=$(pticks "$ORIGIN_PID")
     c0=$(pcores)
     t0=$(pticks "$PROXY_PID")
+    times > "$out.times0"   # this shell's reaped children: the load generator
     if [ "$kind" = wrk ]; then
         run_wrk "$out.txt" "$1" "$DURATION" || { cat "$out.txt" "$out.txt.err" >&2; die "$label: wrk failed"; }
     else
         run_load "$out.txt" "$TMP/h2load" "$@" -proto http1 -workers "$CONNECTIONS" -duration "${DURATION}s" \
             || { cat "$out.txt" "$out.txt.err" >&2; show_proxy_logs; die "$label: h2load failed"; }
     fi
+    times > "$out.times1"
     t1=$(pticks "$PROXY_PID")
     c1=$(pcores)
+    o1=$(pticks "$ORIGIN_PID")
     a1=$(count_access)
     rss=$(prss "$PROXY_PID")
     local json
@@ -512,7 +516,13 @@ measure() {  # section, name, label, load kind (wrk|go), go args... | proxy port
     fi
     [ -n "$json" ] || die "$label: no result line"
     record kind=run section="$section" name="$name" label="$label" gen="$kind" json="$json" \
-        ticks="$((t1 - t0))" cores0="$c0" cores1="$c1" rss_after_kib="$rss" access_lines="$((a1 - a0))"
+        ticks="$((t1 - t0))" cores0="$c0" cores1="$c1" origin_ticks="$((o1 - o0))" \
+        load_ms="$(( $(children_ms "$out.times1") - $(children_ms "$out.times0") ))" rss_after_kib="$rss" access_lines="$((a1 - a0))"
+}
+children_ms() {  # file with the output of `times`: user+sys of reaped children, in ms
+    sed -n 2p "$1" | python3 -c '
+import re, sys
+print(round(sum(60000 * float(m) + 1000 * float(s) for m, s in re.findall(r"([0-9]+)m([0-9.]+)s", sys.stdin.read()))))'
 }
 count_access() {
     if [ -n "${EZT_ERR:-}" ] && [ -f "$EZT_ERR" ]; then
@@ -807,11 +817,14 @@ def core_use(r):
     for a, b in zip(r["cores0"].split(), r["cores1"].split()):
         (b0, t0), (b1, t1) = map(int, a.split(",")), map(int, b.split(","))
         d.append((b1 - b0, max(1, t1 - t0)))
-    proxy = int(r["ticks"])
+    proxy, origin = int(r["ticks"]), int(r["origin_ticks"])
+    load = int(r["load_ms"]) * hz / 1000
     (busy0, tot0), (busy1, tot1) = d[0], d[1]
-    other = max(0, busy0 - proxy)
-    return (f"core 0 {100 * proxy / tot0:.0f}% proxy + {100 * other / tot0:.0f}% other processes, "
-            f"core 1 {100 * busy1 / tot1:.0f}% busy")
+    other0 = max(0, busy0 - proxy)
+    other1 = max(0, busy1 - origin - load)
+    pct = lambda x, t: f"{100 * x / t:.0f}%"
+    return (f"core 0: proxy {pct(proxy, tot0)}, others {pct(other0, tot0)}; "
+            f"core 1: load generator {pct(load, tot1)}, origin {pct(origin, tot1)}, others {pct(other1, tot1)}")
 
 def table(section, title):
     global bad
