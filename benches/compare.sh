@@ -873,8 +873,8 @@ if mems:
         d = j["loaded_kib"] - j["idle_kib"]
         n = j["opened"] or 1
         a = after.get((r["section"], r["name"]))
-        kind = "plain HTTP" if r["section"] == "http" else "HTTPS"
-        print(f"| {r['label']} ({kind}) | {j['idle_kib'] / 1024:.1f} | {j['loaded_kib'] / 1024:.1f} "
+        kind = "plain HTTP" if r["section"] == "http" else "intercepted HTTPS"
+        print(f"| {kind}: {r['label']} | {j['idle_kib'] / 1024:.1f} | {j['loaded_kib'] / 1024:.1f} "
               f"| {d / 1024 * 1000 / n:.1f} | {d / n:.1f} | {a / 1024 if a else 0:.1f} | {j['ok']} / {idle_conns} |")
         if j["ok"] < idle_conns:
             bad = True
