@@ -126,6 +126,9 @@ if want ezthrottle && [ ! -x "$BIN" ]; then
     cargo build --release --bin ezthrottle >&2
     [ -x "$BIN" ] || die "no binary at $BIN after the build (set BIN or CARGO_TARGET_DIR)"
 fi
+if want ezthrottle; then
+    "$BIN" --version >/dev/null 2>&1 || die "$BIN --version failed"
+fi
 
 venv_install() {  # dir, pip requirement...
     local dir=$1; shift
