@@ -302,7 +302,11 @@ impl Metrics {
         }
         let label = self.domain_label(domain);
         // Past the cap every domain shares `other`'s entry.
-        let key = if label == domain { domain } else { label.as_str() };
+        let key = if label == domain {
+            domain
+        } else {
+            label.as_str()
+        };
         if let Some(s) = self.series.get(key) {
             return s.clone();
         }

@@ -195,7 +195,9 @@ fn int(out: &mut String, n: impl itoa::Integer) {
 /// `{:?}` of a `&str`, copied directly when nothing needs escaping (the
 /// usual domain, path and outcome).
 fn debug_str(out: &mut String, s: &str) {
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
         out.push('"');
         out.push_str(s);
         out.push('"');
@@ -358,7 +360,10 @@ mod tests {
 
     impl Write for Captured {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -381,12 +386,10 @@ mod tests {
             .without_time()
             .with_writer(out.clone());
         let dispatch = if json {
-            tracing::Dispatch::new(
-                tracing_subscriber::layer::SubscriberExt::with(
-                    tracing_subscriber::registry(),
-                    layer.json(),
-                ),
-            )
+            tracing::Dispatch::new(tracing_subscriber::layer::SubscriberExt::with(
+                tracing_subscriber::registry(),
+                layer.json(),
+            ))
         } else {
             tracing::Dispatch::new(tracing_subscriber::layer::SubscriberExt::with(
                 tracing_subscriber::registry(),

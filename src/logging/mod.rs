@@ -216,10 +216,19 @@ pub fn scrub(line: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Whether `bearer` or `basic` (any case) occurs anywhere: a cheap test on
+/// the first letter before comparing (this runs for every log line).
 fn has_auth_scheme(line: &str) -> bool {
-    line.as_bytes()
-        .windows(6)
-        .any(|w| w.eq_ignore_ascii_case(b"bearer") || w[..5].eq_ignore_ascii_case(b"basic"))
+    let b = line.as_bytes();
+    b.iter().enumerate().any(|(i, c)| {
+        (c | 0x20) == b'b'
+            && (b[i..]
+                .get(..6)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"bearer"))
+                || b[i..]
+                    .get(..5)
+                    .is_some_and(|w| w.eq_ignore_ascii_case(b"basic")))
+    })
 }
 
 /// At `chars[i]`, `Bearer ` or `Basic ` (any case) where a header value

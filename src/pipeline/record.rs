@@ -42,8 +42,7 @@ pub fn request_done(shared: &Shared, session: &Session, e: Option<&Error>, ctx: 
             .inc();
     }
     if let (Some(started), Some(s)) = (ctx.upstream_started, &series) {
-        s.upstream_duration
-            .observe(started.elapsed().as_secs_f64());
+        s.upstream_duration.observe(started.elapsed().as_secs_f64());
     }
     let status = session
         .response_written()

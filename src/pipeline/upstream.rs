@@ -154,6 +154,22 @@ pub async fn resolve_one(
 /// region's proxy (`via_proxy`) the target is absolute-form instead — for
 /// https origins too: that proxy makes the TLS connection itself — with a
 /// `Host` that matches it.
+/// Our `Via` hop (`1.1 ezthrottle-<instance>`), made once per instance id
+/// instead of formatted for every request.
+fn via_hop(instance_id: &str) -> http::HeaderValue {
+    static HOP: std::sync::Mutex<Option<(String, http::HeaderValue)>> = std::sync::Mutex::new(None);
+    let mut hop = HOP.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((id, value)) = hop.as_ref() {
+        if id == instance_id {
+            return value.clone();
+        }
+    }
+    let value = http::HeaderValue::try_from(format!("1.1 {}", identify::via_token(instance_id)))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("1.1 ezthrottle"));
+    *hop = Some((instance_id.to_string(), value.clone()));
+    value
+}
+
 pub fn rewrite(
     req: &mut RequestHeader,
     target: &Target,
@@ -189,26 +205,32 @@ pub fn rewrite(
         .map(|t| t.trim().to_ascii_lowercase())
         .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive" && t != "upgrade")
         .collect();
+    // Names copied only for the headers that go (usually none).
     let drop: Vec<String> = req
         .headers
         .keys()
-        .map(|k| k.as_str().to_string())
+        .map(http::HeaderName::as_str)
         .filter(|k| {
-            STRIPPED_REQUEST_HEADERS.contains(&k.as_str())
+            STRIPPED_REQUEST_HEADERS.contains(k)
                 || k.starts_with(CONTROL_HEADER_PREFIX)
                 || connection_listed.iter().any(|c| c == k)
         })
+        .map(str::to_string)
         .collect();
     for name in drop {
         req.remove_header(&name);
     }
-    let hop = format!("1.1 {}", identify::via_token(instance_id));
+    let hop = via_hop(instance_id);
     let via = match req
         .headers
         .get(http::header::VIA)
         .and_then(|v| v.to_str().ok())
     {
-        Some(existing) => format!("{existing}, {hop}"),
+        Some(existing) => {
+            let hop = hop.to_str().unwrap_or_default();
+            http::HeaderValue::try_from(format!("{existing}, {hop}"))
+                .map_err(|_| ProxyError::BadRequest("invalid Via header".into()))?
+        }
         None => hop,
     };
     req.insert_header(http::header::VIA, via)
