@@ -10,6 +10,7 @@
 pub mod api_origin;
 pub mod ca;
 pub mod curl;
+pub mod exchange_origin;
 pub mod harness;
 pub mod limit_origin;
 pub mod metrics;
@@ -35,7 +36,6 @@ pub use harness::{ezthrottle_cmd, EzBuilder, Ezthrottle, SharedCa};
 pub use origin::Origin;
 pub use raw::{RawConn, RawResponse};
 pub use redis_server::{RedisOptions, RedisServer};
-pub use serve::serve_plain;
 
 /// Default bound for one client call (curl, python, raw request).
 /// Every variable a client (or the binary) might read for proxies or CA
