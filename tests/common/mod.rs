@@ -16,6 +16,7 @@ pub mod limit_origin;
 pub mod metrics;
 pub mod origin;
 pub mod proc;
+pub mod proxy_suite;
 pub mod py;
 pub mod quota_origin;
 pub mod raw;

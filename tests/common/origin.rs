@@ -3,10 +3,11 @@
 //! HTTP/1.1 as the client picks in ALPN).
 //!
 //! Routes:
-//! - `/echo`: JSON `{method, target, path, version, headers: [[name, value]..],
-//!   body_len, body_sha256}`; `target` is the request target exactly as
-//!   received on the wire (origin-form `/p?q`, or absolute-form if a proxy
-//!   wrongly forwarded it).
+//! - `/echo`: JSON `{method, target, authority, path, version, headers:
+//!   [[name, value]..], body_len, body_sha256}`; `target` is the request
+//!   target exactly as received on the wire (origin-form `/p?q`, or
+//!   absolute-form if a proxy wrongly forwarded it); `authority` is HTTP/2's
+//!   `:authority` (null over HTTP/1.1, which has `Host`).
 //! - `/bytes?n=N`: N bytes of `i % 251`.
 //! - `/slow?ms=N`: tells the test (channel) when the request ARRIVES, answers
 //!   `slow done` after N ms.
@@ -181,6 +182,8 @@ async fn handle(
     }
     if path == "/echo" {
         let method = req.method().to_string();
+        // HTTP/2's `:authority` (HTTP/1.1 names the authority in `Host`).
+        let authority = req.uri().authority().map(|a| a.to_string());
         let version = format!("{:?}", req.version());
         let headers: Vec<(String, String)> = req
             .headers()
@@ -199,6 +202,7 @@ async fn handle(
         let value = serde_json::json!({
             "method": method,
             "target": target,
+            "authority": authority,
             "path": path,
             "version": version,
             "headers": headers,
@@ -230,6 +234,11 @@ impl Echo {
     /// Request target as received on the wire.
     pub fn target(&self) -> &str {
         self.0["target"].as_str().expect("target")
+    }
+    /// The `:authority` of an HTTP/2 request (`None` over HTTP/1.1: see
+    /// the `Host` header).
+    pub fn authority(&self) -> Option<String> {
+        self.0["authority"].as_str().map(str::to_string)
     }
     pub fn body_len(&self) -> u64 {
         self.0["body_len"].as_u64().expect("body_len")
