@@ -21,38 +21,24 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BENCH=console_cost
+. benches/support/common.sh
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-16}
 BIN=${EZTHROTTLE_BIN:-${CARGO_TARGET_DIR:-target}/release/ezthrottle}
 CHROMIUM=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 DOMAINS=500
 
-log() { printf 'console_cost: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
 [ -x "$BIN" ] || die "no binary at $BIN (cargo build --release, or set EZTHROTTLE_BIN)"
 command -v wrk >/dev/null || die "wrk is missing (apt-get install wrk)"
-[ -x "$NGINX" ] || die "nginx is missing (apt-get install nginx)"
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || die "nginx is missing (apt-get install nginx)"
 [ -n "$CHROMIUM" ] || die "chromium is missing (apt-get install chromium)"
 
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+scratch_dir ezthrottle-console
+read -r HTTP_PORT PROXY_PORT CONTROL_PORT < <(free_ports 3)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-HTTP_PORT=$(free_port)
-PROXY_PORT=$(free_port)
-CONTROL_PORT=$(free_port)
-
-. "$(dirname "${BASH_SOURCE[0]}")/support/nginx.sh"
 write_nginx_conf "$TMP" "$HTTP_PORT"
-"$NGINX" -p "$TMP/nginx" -c "$TMP/nginx.conf" -g 'daemon off;' 2>"$TMP/nginx/stderr.log" &
-PIDS+=($!)
+start_nginx "$TMP" "$HTTP_PORT"
 
 {
     cat <<TOML
@@ -67,12 +53,7 @@ listen = "127.0.0.1:$CONTROL_PORT"
 [metrics]
 max_domains = $DOMAINS
 
-[limits]
-rps = 1000000.0
-max_concurrent = 10000
-rps_ceiling = 10000000.0
-concurrency_ceiling = 100000
-queue_capacity = 100000
+$OPEN_LIMITS
 
 [resolve]
 "bench.test" = "127.0.0.1"
@@ -80,44 +61,24 @@ TOML
     for i in $(seq 1 $DOMAINS); do printf '"d%d.test" = "127.0.0.1"\n' "$i"; done
 } > "$TMP/ezthrottle.toml"
 
-EZTHROTTLE_LOG=warn "$BIN" run --config "$TMP/ezthrottle.toml" >"$TMP/ez.out" 2>"$TMP/ez.err" &
-EZT_PID=$!
-PIDS+=($EZT_PID)
-for _ in $(seq 600); do
-    grep -q '^ezthrottle ready proxy=' "$TMP/ez.out" 2>/dev/null && break
-    kill -0 "$EZT_PID" 2>/dev/null || { cat "$TMP/ez.err" >&2; die "ezthrottle exited"; }
-    sleep 0.1
-done
-grep -q '^ezthrottle ready proxy=' "$TMP/ez.out" || die "ezthrottle not ready within 60 s"
-for _ in $(seq 100); do
-    curl -s -o /dev/null --noproxy '*' "http://127.0.0.1:$HTTP_PORT/" && break
-    sleep 0.1
-done
+start_ezthrottle ez "$TMP/ezthrottle.toml"
 
-TICKS=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$EZT_PID/stat"; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$EZT_PID/status"; }
 overview() { curl -s --noproxy '*' "http://127.0.0.1:$CONTROL_PORT/console/api/overview?limit=1"; }
 
-cat > "$TMP/proxy.lua" <<LUA
-wrk.path = "http://bench.test:$HTTP_PORT/"
-wrk.headers["Host"] = "bench.test:$HTTP_PORT"
-done = function(summary, latency, requests)
-  io.write(string.format("REQUESTS %d\n", summary.requests))
-end
-LUA
+wrk_script "$TMP/proxy.lua" bench.test "$HTTP_PORT" /
 
 # One load run: prints "<requests> <cpu ticks>".
 load() {
     local before after out
-    before=$(cpu_ticks)
+    before=$(cpu_ticks "$EZT_PID")
     out=$(wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$TMP/proxy.lua" "http://127.0.0.1:$PROXY_PORT/")
-    after=$(cpu_ticks)
-    echo "$(echo "$out" | awk '/^REQUESTS/ {print $2}') $((after - before))"
+    after=$(cpu_ticks "$EZT_PID")
+    echo "$(echo "$out" | sed -n 's/^JSON {"requests":\([0-9]*\).*/\1/p') $((after - before))"
 }
 
 per_request() {  # requests ticks -> microseconds of CPU per request
-    python3 -c "import sys; r,t,hz=map(float,sys.argv[1:]); print(f'{t/hz/r*1e6:.1f}')" "$1" "$2" "$TICKS"
+    python3 -c "import sys; r,t,hz=map(float,sys.argv[1:]); print(f'{t/hz/r*1e6:.1f}')" "$1" "$2" "$CLK_TCK"
 }
 
 log "warm-up"
@@ -137,9 +98,9 @@ for _ in $(seq 300); do grep -q 'DevTools listening' "$TMP/chromium.err" && brea
 sleep 2
 
 log "idle, browser watching (${DURATION} s)"
-IDLE_BEFORE=$(cpu_ticks)
+IDLE_BEFORE=$(cpu_ticks "$EZT_PID")
 sleep "$DURATION"
-IDLE_TICKS=$(( $(cpu_ticks) - IDLE_BEFORE ))
+IDLE_TICKS=$(( $(cpu_ticks "$EZT_PID") - IDLE_BEFORE ))
 
 log "load, browser watching (${DURATION} s)"
 read -r REQ_B TICKS_B < <(load)
@@ -164,6 +125,6 @@ echo "load: wrk -c$CONNECTIONS, ${DURATION} s per run"
 printf '%-44s %10s %14s\n' "run" "requests" "CPU us/request"
 printf '%-44s %10s %14s\n' "nobody watching" "$REQ_A" "$(per_request "$REQ_A" "$TICKS_A")"
 printf '%-44s %10s %14s\n' "one browser on /console (1 poll/s)" "$REQ_B" "$(per_request "$REQ_B" "$TICKS_B")"
-python3 -c "import sys; t,hz,d=map(float,sys.argv[1:]); print(f'idle with the browser watching: {t/hz/d*1000:.1f} ms CPU per second ({t/hz/d*100:.2f} % of a core)')" "$IDLE_TICKS" "$TICKS" "$DURATION"
+python3 -c "import sys; t,hz,d=map(float,sys.argv[1:]); print(f'idle with the browser watching: {t/hz/d*1000:.1f} ms CPU per second ({t/hz/d*100:.2f} % of a core)')" "$IDLE_TICKS" "$CLK_TCK" "$DURATION"
 echo "rings: $TRACKED tracked (cap $CAP), $RING_BYTES bytes (${PER_DOMAIN} per domain; $RINGS_BEFORE before the $DOMAINS domains)"
 echo "RSS: $RSS_BEFORE KiB before, $RSS_AFTER KiB after one request to each of $DOMAINS domains (+$((RSS_AFTER - RSS_BEFORE)) KiB: rings, throttles, metric series)"

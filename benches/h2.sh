@@ -18,7 +18,8 @@
 # cores with the proxy: compare rows, not machines.
 #
 # Knobs: DURATION (s, default 10), WORKERS (default 32), EZTHROTTLE_LOG
-# (default warn), SKIP_BUILD=1, KEEP_ON_FAIL=1.
+# (default warn), SKIP_BUILD=1 (the binary is built anyway when missing),
+# KEEP_ON_FAIL=1.
 # Needs: nginx, openssl, curl, go, python3 with grpcio (scripts/test makes
 # .venv with it; EZT_PYTHON overrides). Installs nginx/openssl/golang-go
 # with apt-get when missing.
@@ -26,81 +27,28 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
+BENCH=h2
+. benches/support/common.sh
 DURATION=${DURATION:-10}
 WORKERS=${WORKERS:-32}
 HOST=bench.test
 PY=${EZT_PYTHON:-$ROOT/.venv/bin/python}
-
-log() { printf 'h2: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
 
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v go >/dev/null 2>&1 || missing+=(golang-go)
-if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing: ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2
-    if [[ " ${missing[*]} " == *" nginx "* ]] && command -v systemctl >/dev/null 2>&1; then
-        systemctl disable --now nginx >/dev/null 2>&1 || true
-    fi
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+install_missing "${missing[@]}"
 "$PY" -c 'import grpc' 2>/dev/null || die "$PY has no grpcio (run scripts/test once, or set EZT_PYTHON)"
+release_binary
 
-TARGET_DIR=${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')}
-BIN="$TARGET_DIR/release/ezthrottle"
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    log "cargo build --release"
-    cargo build --release --bin ezthrottle >&2
-fi
-[ -x "$BIN" ] || die "no binary at $BIN"
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/ezthrottle-h2.XXXXXX")
-chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ "$rc" -ne 0 ] && [ -n "${KEEP_ON_FAIL:-}" ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-read -r HTTP_PORT HTTPS_PORT PROXY_PORT CONTROL_PORT < <(python3 - <<'PY'
-import socket
-socks = []
-for _ in range(4):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-)
+scratch_dir ezthrottle-h2
+read -r HTTP_PORT HTTPS_PORT PROXY_PORT CONTROL_PORT < <(free_ports 4)
 
 log "throwaway CA and a certificate for $HOST"
-(
-    cd "$TMP"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -keyout origin-ca.key -out origin-ca.pem -days 2 -subj "/CN=ezthrottle bench CA" \
-        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -keyout origin.key -out origin.csr -subj "/CN=$HOST" 2>/dev/null
-    printf '%s\n' "subjectAltName=DNS:$HOST,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
-        "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" > origin.ext
-    openssl x509 -req -in origin.csr -CA origin-ca.pem -CAkey origin-ca.key -CAcreateserial \
-        -days 2 -extfile origin.ext -out origin.pem 2>/dev/null
-)
+origin_cert "$TMP" "$HOST"
 
-. "$ROOT/benches/support/nginx.sh"
 write_nginx_conf "$TMP" "$HTTP_PORT" "    server {
         listen 127.0.0.1:$HTTPS_PORT ssl http2;
         ssl_certificate $TMP/origin.pem;
@@ -110,8 +58,7 @@ write_nginx_conf "$TMP" "$HTTP_PORT" "    server {
         keepalive_requests 1000000;
         location / { return 200 \"$NGINX_BODY\\n\"; }
     }"
-"$NGINX" -p "$TMP/nginx" -c "$TMP/nginx.conf" -g 'daemon off;' 2>"$TMP/nginx/stderr.log" &
-PIDS+=($!)
+start_nginx "$TMP" "$HTTP_PORT"
 
 log "grpcio server"
 # It serves until its stdin closes: a FIFO whose only writer is this shell.
@@ -144,24 +91,10 @@ upstream_ca_file = "$TMP/origin-ca.pem"
 allow = ["127.0.0.0/8"]
 allow_ports = ["1024-65535"]
 
-[limits]
-rps = 1000000.0
-max_concurrent = 10000
-rps_ceiling = 10000000.0
-concurrency_ceiling = 100000
-queue_capacity = 100000
+$OPEN_LIMITS
 TOML
 log "ezthrottle on 127.0.0.1:$PROXY_PORT"
-EZTHROTTLE_LOG=${EZTHROTTLE_LOG:-warn} "$BIN" run --config "$TMP/ezthrottle.toml" \
-    >"$TMP/ezthrottle.out" 2>"$TMP/ezthrottle.err" &
-EZT_PID=$!
-PIDS+=("$EZT_PID")
-for _ in $(seq 600); do
-    grep -q '^ezthrottle ready proxy=' "$TMP/ezthrottle.out" 2>/dev/null && break
-    kill -0 "$EZT_PID" 2>/dev/null || die "ezthrottle exited: $(tail -20 "$TMP/ezthrottle.err")"
-    sleep 0.1
-done
-grep -q '^ezthrottle ready proxy=' "$TMP/ezthrottle.out" || die "ezthrottle not ready in 60 s"
+start_ezthrottle ezthrottle "$TMP/ezthrottle.toml"
 
 got=$(curl -sS --max-time 10 --http2 -x "http://127.0.0.1:$PROXY_PORT" --cacert "$TMP/data/ca/ca.pem" \
     -w '%{http_version}' -o /dev/null "https://$HOST:$HTTPS_PORT/") || die "sanity request failed"
@@ -169,12 +102,10 @@ got=$(curl -sS --max-time 10 --http2 -x "http://127.0.0.1:$PROXY_PORT" --cacert 
 
 (cd "$ROOT/benches/h2load" && go build -o "$TMP/h2load" main.go) || die "go build failed"
 
-ticks() { awk '{print $14 + $15}' "/proc/$EZT_PID/stat"; }
-HZ=$(getconf CLK_TCK)
 BOUND=$((DURATION + 60))
 ROWS=()
 row() {  # name, json file, count key, rate key, cpu ticks used
-    ROWS+=("$(python3 - "$@" "$HZ" <<'PY'
+    ROWS+=("$(python3 - "$@" "$CLK_TCK" <<'PY'
 import json, sys
 name, path, count_key, rate_key, ticks, hz = sys.argv[1:7]
 r = json.load(open(path))
@@ -193,11 +124,11 @@ measure() {  # name, count key, rate key, proxied(1/0), command...
     RUN=$((RUN + 1))
     local out="$TMP/run$RUN"
     log "$name: $*"
-    local t0; t0=$(ticks)
+    local t0; t0=$(cpu_ticks "$EZT_PID")
     timeout "$BOUND" "$@" > "$out.json" 2> "$out.err" \
         || die "$name failed: $(tail -5 "$out.err")"
     local used="-"
-    [ "$proxied" = 1 ] && used=$(( $(ticks) - t0 ))
+    [ "$proxied" = 1 ] && used=$(( $(cpu_ticks "$EZT_PID") - t0 ))
     row "$name" "$out.json" "$ckey" "$rkey" "$used"
 }
 

@@ -11,6 +11,7 @@
 //! Without `--bench` (as under `cargo test --all-targets`) it does nothing.
 
 #[path = "../tests/common/serve.rs"]
+#[allow(dead_code)]
 mod serve;
 
 #[path = "../tests/common/limit_origin.rs"]

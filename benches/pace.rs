@@ -11,6 +11,7 @@
 //! nothing, so the suite stays fast.
 
 #[path = "../tests/common/serve.rs"]
+#[allow(dead_code)]
 mod serve;
 
 #[path = "../tests/common/limit_origin.rs"]

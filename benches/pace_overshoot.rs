@@ -12,6 +12,10 @@
 //! Run: `cargo bench --bench pace_overshoot` (`-- --seconds 5` for a quick
 //! look). Under `cargo test --all-targets` it does nothing.
 
+#[path = "../tests/common/serve.rs"]
+#[allow(dead_code)]
+mod serve;
+
 #[path = "../tests/common/exchange_origin.rs"]
 #[allow(dead_code)]
 mod exchange_origin;

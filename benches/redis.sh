@@ -42,9 +42,8 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
-
-log() { printf 'redis-bench: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
+BENCH=redis-bench
+. benches/support/common.sh
 
 SECONDS_ARG=10
 PACE_SECONDS=""
@@ -54,7 +53,7 @@ while [ $# -gt 0 ]; do
         --seconds=*) SECONDS_ARG=${1#*=}; shift ;;
         --pace-seconds) PACE_SECONDS=${2:?--pace-seconds A,B,C}; shift 2 ;;
         --pace-seconds=*) PACE_SECONDS=${1#*=}; shift ;;
-        -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
@@ -75,12 +74,6 @@ HOST=bench.test
 REPLICAS=3
 
 # ---- dependencies ------------------------------------------------------------
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"
-    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
-    else die "need root (or sudo) to run: $*"
-    fi
-}
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
@@ -88,74 +81,16 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
-if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing: ${missing[*]}"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-    # Debian's packages start system services; this bench runs its own.
-    if command -v systemctl >/dev/null 2>&1; then
-        [[ " ${missing[*]} " == *" nginx "* ]] && { as_root systemctl disable --now nginx >/dev/null 2>&1 || true; }
-        [[ " ${missing[*]} " == *" redis-server "* ]] && { as_root systemctl disable --now redis-server >/dev/null 2>&1 || true; }
-    fi
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+install_missing "${missing[@]}"
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/ezthrottle-release}
-BIN="$CARGO_TARGET_DIR/release/ezthrottle"
-if [ "${SKIP_BUILD:-0}" != 1 ] || [ ! -x "$BIN" ]; then
-    log "cargo build --release (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    cargo build --release --bin ezthrottle >&2
-fi
-[ -x "$BIN" ] || die "no binary at $BIN"
-CLK_TCK=$(getconf CLK_TCK)
+release_binary
 
-# ---- scratch space and cleanup -------------------------------------------------------
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/ezthrottle-redis-bench.XXXXXX")
-chmod 755 "$TMP"   # nginx workers may run as an unprivileged user
-PIDS=()            # every background process this script started
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ "$rc" -ne 0 ] && [ -n "${KEEP_ON_FAIL:-}" ]; then
-        log "kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-stop_pid() {  # pid: TERM, bounded wait, KILL
-    local pid=$1
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-# Free loopback ports, held open together so they are distinct:
-# redis, nginx, origin, then proxy + control for the embedded instance and
-# each replica.
-NPORTS=$((3 + 2 * (1 + REPLICAS)))
-read -r -a PORTS < <(python3 - "$NPORTS" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-)
+# ---- scratch space, ports ------------------------------------------------------------
+scratch_dir ezthrottle-redis-bench
+# Free loopback ports: redis, nginx, origin, then proxy + control for the
+# embedded instance and each replica.
+read -r -a PORTS < <(free_ports $((3 + 2 * (1 + REPLICAS))))
 REDIS_PORT=${PORTS[0]}
 HTTP_PORT=${PORTS[1]}
 ORIGIN_PORT=${PORTS[2]}
@@ -182,12 +117,9 @@ done
 [ "$("${RCLI[@]}" PING 2>/dev/null)" = PONG ] || die "redis-server not answering"
 
 # ---- origins: nginx for pass-through, a timestamping origin for pace ---------------
-. "$(dirname "${BASH_SOURCE[0]}")/support/nginx.sh"
 BODY=$NGINX_BODY
 write_nginx_conf "$TMP" "$HTTP_PORT"
-"$NGINX" -p "$TMP/nginx" -c "$TMP/nginx.conf" -g 'daemon off;' 2>"$TMP/nginx/stderr.log" &
-PIDS+=($!)
-NGINX_PID=$!
+start_nginx "$TMP" "$HTTP_PORT"
 
 # Keep-alive HTTP/1.1 origin: every request's head is timestamped
 # (time.monotonic) with its Host the moment it is read; GET /__arrivals
@@ -253,8 +185,7 @@ write_config() {  # name proxy_port control_port storage(embedded|redis)
         printf '[tls]\nca_cert = "%s"\nca_key = "%s"\n\n' "$TMP/ca-data/ca/ca.pem" "$TMP/ca-data/ca/ca.key"
         printf '[resolve]\n"%s" = "127.0.0.1"\n' "$HOST"
         for r in "${RATES[@]}"; do printf '"pace%s.test" = "127.0.0.1"\n' "$r"; done
-        printf '\n[limits]\nrps = 1000000.0\nmax_concurrent = 10000\nrps_ceiling = 10000000.0\n'
-        printf 'concurrency_ceiling = 100000\nqueue_capacity = 100000\nmax_wait = "600s"\n\n'
+        printf '\n%s\nmax_wait = "600s"\n\n' "$OPEN_LIMITS"
         for r in "${RATES[@]}"; do
             printf '[limits.domains."pace%s.test"]\nrps = %s.0\nburst = 1\nmax_concurrent = 10000\npin = true\n\n' "$r" "$r"
         done
@@ -265,79 +196,25 @@ write_config() {  # name proxy_port control_port storage(embedded|redis)
     mkdir -p "$TMP/$name"
 }
 
-show_logs() {  # name
-    log "$1 stdout:"; tail -n 20 "$TMP/$1.out" >&2 || true
-    log "$1 stderr:"; tail -n 40 "$TMP/$1.err" >&2 || true
-}
-
 declare -A EZ_PID EZ_PROXY
 start_ez() {  # name proxy_port control_port storage
     local name=$1
     write_config "$@"
     log "starting $name (proxy 127.0.0.1:$2, storage $4)"
-    EZTHROTTLE_LOG=${EZTHROTTLE_LOG:-warn} "$BIN" run --config "$TMP/$name.toml" \
-        >"$TMP/$name.out" 2>"$TMP/$name.err" &
-    local pid=$!
-    PIDS+=("$pid")
-    EZ_PID[$name]=$pid
+    start_ezthrottle "$name" "$TMP/$name.toml"
+    EZ_PID[$name]=$EZT_PID
     EZ_PROXY[$name]=$2
-    for _ in $(seq 600); do
-        grep -q '^ezthrottle ready proxy=' "$TMP/$name.out" 2>/dev/null && return 0
-        kill -0 "$pid" 2>/dev/null || { show_logs "$name"; die "$name exited before it was ready"; }
-        sleep 0.1
-    done
-    show_logs "$name"; die "$name not ready within 60 s"
 }
 stop_ez() { stop_pid "${EZ_PID[$1]}"; }
 
-cpu_ticks() {  # pid -> utime+stime in clock ticks
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
-}
 machine_ticks() {  # -> "busy total" clock ticks over all cores
     awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
 }
 
-# wrk's done() hook prints one JSON line: requests, errors, req/s of 2xx/3xx
-# answers only, and latency percentiles in ms.
-cat > "$TMP/report.lua" <<'LUA'
-done = function(summary, latency, requests)
-    local e = summary.errors
-    local secs = summary.duration / 1e6
-    local ok = summary.requests - e.status
-    io.write(string.format(
-        '\nJSON {"requests":%d,"ok":%d,"errors":%d,"non_2xx":%d,"seconds":%.3f,"rps":%.1f,"p50_ms":%.3f,"p99_ms":%.3f}\n',
-        summary.requests, ok, e.connect + e.read + e.write + e.timeout, e.status, secs, ok / secs,
-        latency:percentile(50) / 1000, latency:percentile(99) / 1000))
-end
-LUA
-wrk_script() {  # out url_host url_port path
-    {
-        printf 'wrk.path = "http://%s:%s%s"\n' "$2" "$3" "$4"
-        printf 'wrk.headers["Host"] = "%s:%s"\n' "$2" "$3"
-        cat "$TMP/report.lua"
-    } > "$1"
-}
-
 # ---- sanity ------------------------------------------------------------------------------
-for _ in $(seq 100); do
-    curl -s -o /dev/null --noproxy '*' "http://127.0.0.1:$HTTP_PORT/" && break
-    kill -0 "$NGINX_PID" 2>/dev/null || { cat "$TMP/nginx/stderr.log" >&2; die "nginx did not start"; }
-    sleep 0.1
-done
-for _ in $(seq 100); do
-    grep -q 'origin ready' "$TMP/origin.out" 2>/dev/null && break
-    kill -0 "$ORIGIN_PID" 2>/dev/null || { cat "$TMP/origin.err" >&2; die "origin did not start"; }
-    sleep 0.1
-done
-grep -q 'origin ready' "$TMP/origin.out" || die "origin not ready"
+wait_line "$ORIGIN_PID" "$TMP/origin.out" 'origin ready' || { cat "$TMP/origin.err" >&2; die "origin did not start"; }
 NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -n 1)
 [ -n "$NGINX_WORKER" ] || die "no nginx worker process"
-check() {  # what want curl-args...
-    local what=$1 want=$2; shift 2
-    local got
-    got=$(curl -sS --max-time 10 "$@") || die "$what: curl failed"
-    [ "$got" = "$want" ] || die "$what: unexpected body: ${got:0:200}"
-}
 
 redis_snapshot() {  # out: "cmd calls" lines and "cpu seconds"
     "${RCLI[@]}" INFO commandstats | tr -d '\r' \
@@ -351,7 +228,7 @@ WRK_BOUND=$((DURATION + WARMUP + 60))
 # ---- 1. pass-through: embedded vs. redis (one replica) -----------------------------------
 passthrough() {  # name storage
     local name=$1 port=${EZ_PROXY[$1]} pid=${EZ_PID[$1]}
-    check "$name: proxied" "$BODY" -x "http://127.0.0.1:$port" "http://$HOST:$HTTP_PORT/"
+    check_body "$name: proxied" "$BODY" -x "http://127.0.0.1:$port" "http://$HOST:$HTTP_PORT/"
     wrk_script "$TMP/pt.lua" "$HOST" "$HTTP_PORT" /
     if [ "$WARMUP" -gt 0 ]; then
         log "$name: ${WARMUP} s warm-up"
@@ -402,7 +279,7 @@ passthrough replica1 redis
 for i in $(seq 2 "$REPLICAS"); do
     start_ez "replica$i" "${PORTS[$((3 + 2 * i))]}" "${PORTS[$((4 + 2 * i))]}" redis
 done
-check "pace origin through replica1" "ok" -x "http://127.0.0.1:${EZ_PROXY[replica1]}" "http://$HOST:$ORIGIN_PORT/warm"
+check_body "pace origin through replica1" "ok" -x "http://127.0.0.1:${EZ_PROXY[replica1]}" "http://$HOST:$ORIGIN_PORT/warm"
 sleep 1
 curl -sS --noproxy '*' "http://127.0.0.1:$ORIGIN_PORT/__arrivals" >/dev/null
 
@@ -506,7 +383,7 @@ for name, label in (("embedded", "embedded (SQLite)"), ("replica1", "redis, 1 re
     bad |= failed > 0
     us = lambda ticks: 1e6 * ticks / clk / ok
     if name == "embedded":
-        base = r["rps"]
+        base = r["ok_rps"]
         rt = sc = rs = "–"
         rcalls = f"{total / ok:.3f}" if total else "0"
     else:
@@ -527,12 +404,12 @@ for name, label in (("embedded", "embedded (SQLite)"), ("replica1", "redis, 1 re
                   + (f"redis {1e6 * rcpu / ok:.1f}, " if name != "embedded" else "")
                   + f"rest (wrk, kernel) {rest:.1f}; machine {us(busy_t):.1f} "
                   f"({100 * busy_t / max(total_t, 1):.0f}% of all cores busy)")
-    print(f"| {label} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+    print(f"| {label} | {r['ok_rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
           f"{us(proxy_t):.1f} | {rt} | {sc} | {rcalls} | {rs} | {failed} |")
 r = jload("replica1.json")
 print()
 if base:
-    print(f"redis / embedded req/s: {r['rps'] / base:.2f}")
+    print(f"redis / embedded req/s: {r['ok_rps'] / base:.2f}")
 for d in detail:
     print(d)
 print("Redis commands/req counts what INFO commandstats counts: client commands and the")

@@ -14,16 +14,13 @@
 
 mod common;
 
-#[path = "common/exchange_origin.rs"]
-mod exchange_origin;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::exchange_origin::{windows, ExchangeOrigin};
 use common::harness::EzBuilder;
 use common::{curl, json, Ezthrottle};
-use exchange_origin::{windows, ExchangeOrigin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(30);

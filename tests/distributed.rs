@@ -10,20 +10,17 @@
 
 mod common;
 
-#[path = "common/exchange_origin.rs"]
-mod exchange_origin;
-
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use common::api_origin::ApiOrigin;
 use common::curl::assert_replay_of;
+use common::exchange_origin::{windows, ExchangeOrigin};
 use common::harness::{control_get, ezthrottle_cmd, EzBuilder, SharedCa};
 use common::limit_origin::LimitOrigin;
 use common::webhook_sink::WebhookSink;
 use common::{curl, error_code, metrics, Ezthrottle, Fetch, RedisServer};
-use exchange_origin::{windows, ExchangeOrigin};
 
 /// Host names the replicas resolve to 127.0.0.1 (each test its own).
 const HOSTS: &[&str] = &[

@@ -1,76 +1,35 @@
 //! HTTPS through the real binary: interception (the client sees a leaf signed
 //! by the ezthrottle CA, the proxy verifies the origin against the test CA)
-//! and tunnel mode (the client sees the origin's own certificate).
+//! and tunnel mode (the client sees the origin's own certificate). The tests
+//! every mode shares are `common::proxy_suite` (also run over plain HTTP, in
+//! `tests/proxy_http.rs`), here intercepted; below them, the ones only HTTPS
+//! has.
 
 mod common;
 
 use common::ca::TEST_CA_CN;
 use common::origin::Echo;
-use common::{curl, pattern_bytes, py, sha256_hex, upload_bytes, Ezthrottle, Origin};
+use common::{curl, py, Ezthrottle, Origin};
 
-const TWO_MIB: usize = 2 * 1024 * 1024;
+common::proxy_suite::proxy_suite! {
+    url: |origin, path| origin.https_url(path),
+    curl: |ez| curl().proxy(ez).cacert(&ez.ca_path),
+    curl_env: |ez| curl()
+        .env("HTTPS_PROXY", ez.proxy_url())
+        .env("CURL_CA_BUNDLE", ez.ca_path.to_string_lossy()),
+    py_env: |ez, lib| {
+        let ca_var = if lib == "requests" { "REQUESTS_CA_BUNDLE" } else { "SSL_CERT_FILE" };
+        vec![
+            ("HTTPS_PROXY".to_string(), ez.proxy_url()),
+            (ca_var.to_string(), ez.ca_path.to_string_lossy().into_owned()),
+        ]
+    },
+    // The proxy's answer to curl's CONNECT.
+    connect_code: 200,
+}
 
 fn tls_target(origin: &Origin) -> String {
     format!("origin.test:{}", origin.tls_addr.port())
-}
-
-#[test]
-fn intercepted_https_echo_upload_and_download() {
-    let origin = Origin::start();
-    let ez = Ezthrottle::for_origin(&origin).start();
-    assert!(
-        ez.ca_path.exists(),
-        "CA not created at {}",
-        ez.ca_path.display()
-    );
-
-    let f = curl()
-        .proxy(&ez)
-        .cacert(&ez.ca_path)
-        .fetch(&origin.https_url("/echo?q=1"));
-    f.assert_status(200);
-    assert_eq!(f.connect_code, 200, "{}", f.describe());
-    let echo = Echo::parse(&f.body);
-    assert_eq!(echo.target(), "/echo?q=1");
-    assert_eq!(origin.count("/echo"), 1);
-
-    let data = upload_bytes(TWO_MIB);
-    let f = curl()
-        .proxy(&ez)
-        .cacert(&ez.ca_path)
-        .upload(&data)
-        .fetch(&origin.https_url("/echo"));
-    f.assert_status(200);
-    let echo = Echo::parse(&f.body);
-    assert_eq!(echo.method(), "POST");
-    assert_eq!(echo.body_len(), TWO_MIB as u64);
-    assert_eq!(echo.body_sha256(), sha256_hex(&data));
-
-    let f = curl()
-        .proxy(&ez)
-        .cacert(&ez.ca_path)
-        .fetch(&origin.https_url(&format!("/bytes?n={TWO_MIB}")));
-    f.assert_status(200);
-    assert_eq!(f.body.len(), TWO_MIB);
-    assert_eq!(sha256_hex(&f.body), sha256_hex(&pattern_bytes(TWO_MIB)));
-}
-
-#[test]
-fn https_proxy_env_and_curl_ca_bundle() {
-    let origin = Origin::start();
-    let ez = Ezthrottle::for_origin(&origin).start();
-
-    let f = curl()
-        .env("HTTPS_PROXY", ez.proxy_url())
-        .env("CURL_CA_BUNDLE", ez.ca_path.to_string_lossy())
-        .fetch(&origin.https_url("/headers"));
-    f.assert_status(200);
-    assert_eq!(f.header("x-custom-one"), Some("alpha"), "{:?}", f.headers);
-    assert_eq!(
-        f.headers_all("set-cookie"),
-        vec!["a=1; Path=/", "b=2; Path=/; HttpOnly"]
-    );
-    assert_eq!(origin.count("/headers"), 1);
 }
 
 #[test]
@@ -100,6 +59,11 @@ fn client_that_does_not_trust_the_ezthrottle_ca_fails() {
 fn leaf_shown_to_client_is_issued_by_the_ezthrottle_ca() {
     let origin = Origin::start();
     let ez = Ezthrottle::for_origin(&origin).start();
+    assert!(
+        ez.ca_path.exists(),
+        "CA not created at {}",
+        ez.ca_path.display()
+    );
 
     let f = curl()
         .proxy(&ez)
@@ -140,36 +104,6 @@ fn leaf_shown_to_client_is_issued_by_the_ezthrottle_ca() {
 }
 
 #[test]
-fn two_requests_over_one_intercepted_connection() {
-    let origin = Origin::start();
-    let ez = Ezthrottle::for_origin(&origin).start();
-
-    let run = curl()
-        .proxy(&ez)
-        .cacert(&ez.ca_path)
-        .arg("-v")
-        .args(["-o", "/dev/null", "-o", "/dev/null"])
-        .args(["-w", "%{http_code} %{num_connects}\\n"])
-        .arg(origin.https_url("/echo?first"))
-        .arg(origin.https_url("/echo?second"))
-        .run();
-    assert_eq!(run.exit, 0, "curl failed: {}", run.stderr);
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert_eq!(
-        stdout.lines().collect::<Vec<_>>(),
-        vec!["200 1", "200 0"],
-        "both transfers must succeed and the second must reuse the connection\n{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("Re-using existing connection"),
-        "curl did not reuse the intercepted connection:\n{}",
-        run.stderr
-    );
-    assert_eq!(origin.count("/echo"), 2);
-}
-
-#[test]
 fn connect_target_is_authoritative_not_inner_host() {
     let origin = Origin::start();
     let ez = Ezthrottle::for_origin(&origin).start();
@@ -184,97 +118,6 @@ fn connect_target_is_authoritative_not_inner_host() {
     f.assert_status(200);
     assert_eq!(Echo::parse(&f.body).target(), "/echo?inner-host");
     assert_eq!(origin.count("/echo"), 1);
-}
-
-#[test]
-fn python_urllib_https_proxy_with_ssl_cert_file() {
-    let origin = Origin::start();
-    let ez = Ezthrottle::for_origin(&origin).start();
-
-    let proxy = ez.proxy_url();
-    let ca = ez.ca_path.to_string_lossy().into_owned();
-    let r = py::fetch(
-        "urllib",
-        &origin.https_url("/echo?lib=urllib"),
-        &[("HTTPS_PROXY", &proxy), ("SSL_CERT_FILE", &ca)],
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.body_text);
-    let echo = Echo::parse(r.body_text.as_bytes());
-    assert_eq!(echo.target(), "/echo?lib=urllib");
-    assert_eq!(origin.count("/echo"), 1);
-}
-
-#[test]
-fn python_requests_https_proxy_with_requests_ca_bundle() {
-    let origin = Origin::start();
-    let ez = Ezthrottle::for_origin(&origin).start();
-
-    let data = upload_bytes(300_000);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("body.bin");
-    std::fs::write(&file, &data).expect("write body");
-    let proxy = ez.proxy_url();
-    let ca = ez.ca_path.to_string_lossy().into_owned();
-    let r = py::fetch(
-        "requests",
-        &origin.https_url("/echo?lib=requests"),
-        &[("HTTPS_PROXY", &proxy), ("REQUESTS_CA_BUNDLE", &ca)],
-        Some(&file),
-    );
-    assert_eq!(r.status, 200, "{}", r.body_text);
-    let echo = Echo::parse(r.body_text.as_bytes());
-    assert_eq!(echo.method(), "POST");
-    assert_eq!(echo.target(), "/echo?lib=requests");
-    assert_eq!(echo.body_sha256(), sha256_hex(&data));
-
-    let r = py::fetch(
-        "requests",
-        &origin.https_url(&format!("/bytes?n={TWO_MIB}")),
-        &[("HTTPS_PROXY", &proxy), ("REQUESTS_CA_BUNDLE", &ca)],
-        None,
-    );
-    assert_eq!(r.status, 200);
-    assert_eq!(r.body_sha256, sha256_hex(&pattern_bytes(TWO_MIB)));
-}
-
-#[test]
-fn rust_reqwest_through_the_proxy() {
-    let origin = Origin::start();
-    let ez = Ezthrottle::for_origin(&origin).start();
-
-    let ca = reqwest::Certificate::from_pem(ez.ca_pem().as_bytes()).expect("parse ezthrottle CA");
-    let client = reqwest::Client::builder()
-        .proxy(reqwest::Proxy::all(ez.proxy_url()).expect("proxy"))
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .expect("client");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (https_status, https_body, http_status) = rt.block_on(async {
-        let r = client
-            .get(origin.https_url("/echo?client=reqwest"))
-            .send()
-            .await
-            .expect("https request");
-        let s = r.status().as_u16();
-        let b = r.bytes().await.expect("https body");
-        let h = client
-            .get(origin.http_url("/status/204"))
-            .send()
-            .await
-            .expect("http request")
-            .status()
-            .as_u16();
-        (s, b, h)
-    });
-    assert_eq!(https_status, 200);
-    assert_eq!(Echo::parse(&https_body).target(), "/echo?client=reqwest");
-    assert_eq!(http_status, 204);
 }
 
 #[test]

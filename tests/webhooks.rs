@@ -19,6 +19,7 @@ use axum::Router;
 
 use common::harness::EzBuilder;
 use common::proc::{run, show};
+use common::serve::Loopback;
 use common::{curl, error_code, error_message, json, Ezthrottle, Fetch};
 use ezthrottle::config::Config;
 use ezthrottle::metrics::Metrics;
@@ -63,37 +64,29 @@ struct Receiver {
     addr: SocketAddr,
     state: Arc<ReceiverState>,
     rx: mpsc::Receiver<Received>,
-    _rt: tokio::runtime::Runtime,
+    _server: Loopback,
 }
 
 impl Receiver {
     fn start(script: &[u16], then: u16) -> Receiver {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("receiver runtime");
         let (tx, rx) = mpsc::channel();
         let state = Arc::new(ReceiverState {
             script: Mutex::new((script.iter().copied().collect(), then)),
             seen: Mutex::new(tx),
         });
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind receiver");
-        let addr = listener.local_addr().expect("receiver addr");
         let app = Router::new()
             .route("/hook", post(receive))
             .route("/hook/{*rest}", post(receive))
             .with_state(state.clone());
-        rt.spawn(async move {
+        let server = Loopback::new("receiver");
+        let addr = server.spawn(|listener| async move {
             let _ = axum::serve(listener, app).await;
         });
         Receiver {
             addr,
             state,
             rx,
-            _rt: rt,
+            _server: server,
         }
     }
 

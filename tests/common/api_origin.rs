@@ -27,14 +27,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio_rustls::rustls;
-use tokio_rustls::TlsAcceptor;
 
 use super::ca::TestPki;
+use super::serve::{Listen, Loopback};
 use super::sha256_hex;
 
 struct State {
@@ -50,7 +46,7 @@ pub struct ApiOrigin {
     pub pki: TestPki,
     state: Arc<State>,
     arrivals: Mutex<mpsc::Receiver<String>>,
-    rt: Option<tokio::runtime::Runtime>,
+    _server: Loopback,
     _dir: tempfile::TempDir,
 }
 
@@ -58,11 +54,6 @@ impl ApiOrigin {
     pub fn start() -> ApiOrigin {
         let dir = tempfile::tempdir().expect("api origin tempdir");
         let pki = TestPki::new(dir.path());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("api origin runtime");
         let (tx, rx) = mpsc::channel();
         let state = Arc::new(State {
             calls: AtomicU64::new(0),
@@ -70,33 +61,18 @@ impl ApiOrigin {
             vias: Mutex::new(HashMap::new()),
             arrivals: tx,
         });
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("tls versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![pki.leaf_der.clone()], pki.leaf_key())
-            .expect("server config");
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(tls));
-        let (http_addr, tls_addr) = rt.block_on(async {
-            let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let secure = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addrs = (
-                plain.local_addr().expect("addr"),
-                secure.local_addr().expect("addr"),
-            );
-            tokio::spawn(serve(plain, None, state.clone()));
-            tokio::spawn(serve(secure, Some(acceptor), state.clone()));
-            addrs
-        });
+        let st = state.clone();
+        let handler = move |req| handle(req, st.clone());
+        let server = Loopback::new("api origin");
+        let http_addr = server.serve(Listen::plain(), handler.clone());
+        let tls_addr = server.serve(pki.listen_tls(), handler);
         ApiOrigin {
             http_addr,
             tls_addr,
             pki,
             state,
             arrivals: Mutex::new(rx),
-            rt: Some(rt),
+            _server: server,
             _dir: dir,
         }
     }
@@ -133,38 +109,6 @@ impl ApiOrigin {
         let rx = self.arrivals.lock().expect("arrivals");
         rx.recv_timeout(timeout)
             .unwrap_or_else(|e| panic!("no request reached the api origin in {timeout:?}: {e}"))
-    }
-}
-
-impl Drop for ApiOrigin {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, state: Arc<State>) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let state = state.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, state.clone()));
-            let builder = hyper::server::conn::http1::Builder::new();
-            match tls {
-                Some(acceptor) => {
-                    if let Ok(s) = acceptor.accept(tcp).await {
-                        let _ = builder.serve_connection(TokioIo::new(s), svc).await;
-                    }
-                }
-                None => {
-                    let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
-                }
-            }
-        });
     }
 }
 

@@ -84,4 +84,9 @@ impl TestPki {
     pub fn leaf_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key_der.clone()))
     }
+
+    /// A loopback listener that speaks TLS with this leaf (`serve.rs`).
+    pub fn listen_tls(&self) -> super::serve::Listen {
+        super::serve::Listen::tls(self.leaf_der.clone(), self.leaf_key())
+    }
 }

@@ -17,7 +17,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 #[derive(Default)]
 struct Counts {
@@ -30,38 +30,24 @@ pub struct ExchangeOrigin {
     pub addr: SocketAddr,
     counts: Arc<Mutex<Counts>>,
     arrived: Mutex<mpsc::Receiver<String>>,
-    rt: Option<tokio::runtime::Runtime>,
+    _server: super::serve::Loopback,
 }
 
 impl ExchangeOrigin {
     pub fn start() -> ExchangeOrigin {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("exchange origin runtime");
         let counts = Arc::new(Mutex::new(Counts::default()));
         let (tx, rx) = mpsc::channel();
-        let addr = rt.block_on(async {
-            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
-            let addr = l.local_addr().expect("addr");
-            let counts = counts.clone();
-            tokio::spawn(async move {
-                loop {
-                    let Ok((tcp, _)) = l.accept().await else {
-                        continue;
-                    };
-                    let _ = tcp.set_nodelay(true);
-                    tokio::spawn(serve(tcp, counts.clone(), tx.clone()));
-                }
-            });
-            addr
+        let server = super::serve::Loopback::new("exchange origin");
+        let c = counts.clone();
+        let addr = server.serve_tcp(move |tcp| {
+            let _ = tcp.set_nodelay(true);
+            serve(tcp, c.clone(), tx.clone())
         });
         ExchangeOrigin {
             addr,
             counts,
             arrived: Mutex::new(rx),
-            rt: Some(rt),
+            _server: server,
         }
     }
 
@@ -90,14 +76,6 @@ impl ExchangeOrigin {
         let rx = self.arrived.lock().expect("arrived");
         rx.recv_timeout(timeout)
             .unwrap_or_else(|e| panic!("no request reached the origin within {timeout:?}: {e}"))
-    }
-}
-
-impl Drop for ExchangeOrigin {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
     }
 }
 

@@ -54,11 +54,12 @@ impl LimitOrigin {
         let state = Arc::new(Mutex::new(State::default()));
         let (tx, rx) = mpsc::channel();
         let st = state.clone();
-        let server = super::serve::Loopback::start("limit origin", move |req| {
+        let server = super::serve::Loopback::new("limit origin");
+        let addr = server.serve(super::serve::Listen::plain(), move |req| {
             handle(req, st.clone(), tx.clone())
         });
         LimitOrigin {
-            addr: server.addr,
+            addr,
             state,
             arrivals: Mutex::new(rx),
             _server: server,

@@ -10,11 +10,13 @@
 pub mod api_origin;
 pub mod ca;
 pub mod curl;
+pub mod exchange_origin;
 pub mod harness;
 pub mod limit_origin;
 pub mod metrics;
 pub mod origin;
 pub mod proc;
+pub mod proxy_suite;
 pub mod py;
 pub mod quota_origin;
 pub mod raw;
@@ -35,7 +37,6 @@ pub use harness::{ezthrottle_cmd, EzBuilder, Ezthrottle, SharedCa};
 pub use origin::Origin;
 pub use raw::{RawConn, RawResponse};
 pub use redis_server::{RedisOptions, RedisServer};
-pub use serve::serve_plain;
 
 /// Default bound for one client call (curl, python, raw request).
 /// Every variable a client (or the binary) might read for proxies or CA

@@ -3,10 +3,11 @@
 //! HTTP/1.1 as the client picks in ALPN).
 //!
 //! Routes:
-//! - `/echo`: JSON `{method, target, path, version, headers: [[name, value]..],
-//!   body_len, body_sha256}`; `target` is the request target exactly as
-//!   received on the wire (origin-form `/p?q`, or absolute-form if a proxy
-//!   wrongly forwarded it).
+//! - `/echo`: JSON `{method, target, authority, path, version, headers:
+//!   [[name, value]..], body_len, body_sha256}`; `target` is the request
+//!   target exactly as received on the wire (origin-form `/p?q`, or
+//!   absolute-form if a proxy wrongly forwarded it); `authority` is HTTP/2's
+//!   `:authority` (null over HTTP/1.1, which has `Host`).
 //! - `/bytes?n=N`: N bytes of `i % 251`.
 //! - `/slow?ms=N`: tells the test (channel) when the request ARRIVES, answers
 //!   `slow done` after N ms.
@@ -24,14 +25,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio_rustls::rustls;
-use tokio_rustls::TlsAcceptor;
 
 use super::ca::TestPki;
+use super::serve::{Listen, Loopback};
 use super::{pattern_bytes, sha256_hex};
 
 /// Body of `/headers`.
@@ -52,7 +49,7 @@ pub struct Origin {
     pub pki: TestPki,
     state: Arc<OriginState>,
     arrivals: Mutex<mpsc::Receiver<String>>,
-    rt: Option<tokio::runtime::Runtime>,
+    _server: Loopback,
     _dir: tempfile::TempDir,
 }
 
@@ -62,45 +59,18 @@ impl Origin {
     pub fn start() -> Origin {
         let dir = tempfile::tempdir().expect("origin tempdir");
         let pki = TestPki::new(dir.path());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("origin runtime");
         let (tx, rx) = mpsc::channel();
         let state = Arc::new(OriginState {
             counts: Mutex::new(HashMap::new()),
             arrivals: tx,
         });
-
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("tls versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![pki.leaf_der.clone()], pki.leaf_key())
-            .expect("origin server config");
+        let st = state.clone();
+        let handler = move |req| handle(req, st.clone());
+        let server = Loopback::new("origin");
+        let http_addr = server.serve(Listen::plain(), handler.clone());
         // h2 for the clients that offer it (ezthrottle does for requests
         // that arrived over HTTP/2), HTTP/1.1 for the rest.
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(tls));
-
-        let (http_addr, tls_addr) = rt.block_on(async {
-            let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
-            let secure = TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind tls origin");
-            let addrs = (
-                plain.local_addr().expect("addr"),
-                secure.local_addr().expect("addr"),
-            );
-            let st = state.clone();
-            tokio::spawn(super::serve_plain(plain, move |req| {
-                handle(req, st.clone())
-            }));
-            tokio::spawn(serve_tls(secure, acceptor, state.clone()));
-            addrs
-        });
+        let tls_addr = server.serve(pki.listen_tls().h2(), handler);
 
         Origin {
             http_addr,
@@ -108,7 +78,7 @@ impl Origin {
             pki,
             state,
             arrivals: Mutex::new(rx),
-            rt: Some(rt),
+            _server: server,
             _dir: dir,
         }
     }
@@ -135,35 +105,6 @@ impl Origin {
         rx.recv_timeout(timeout).unwrap_or_else(|e| {
             panic!("no /slow request reached the origin within {timeout:?}: {e}")
         })
-    }
-}
-
-impl Drop for Origin {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<OriginState>) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let state = state.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let svc = service_fn(move |req| handle(req, state.clone()));
-            // Picks HTTP/2 or HTTP/1.1 from the connection's first bytes.
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-        });
     }
 }
 
@@ -241,6 +182,8 @@ async fn handle(
     }
     if path == "/echo" {
         let method = req.method().to_string();
+        // HTTP/2's `:authority` (HTTP/1.1 names the authority in `Host`).
+        let authority = req.uri().authority().map(|a| a.to_string());
         let version = format!("{:?}", req.version());
         let headers: Vec<(String, String)> = req
             .headers()
@@ -259,6 +202,7 @@ async fn handle(
         let value = serde_json::json!({
             "method": method,
             "target": target,
+            "authority": authority,
             "path": path,
             "version": version,
             "headers": headers,
@@ -290,6 +234,11 @@ impl Echo {
     /// Request target as received on the wire.
     pub fn target(&self) -> &str {
         self.0["target"].as_str().expect("target")
+    }
+    /// The `:authority` of an HTTP/2 request (`None` over HTTP/1.1: see
+    /// the `Host` header).
+    pub fn authority(&self) -> Option<String> {
+        self.0["authority"].as_str().map(str::to_string)
     }
     pub fn body_len(&self) -> u64 {
         self.0["body_len"].as_u64().expect("body_len")

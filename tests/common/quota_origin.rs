@@ -159,11 +159,12 @@ impl QuotaOrigin {
         });
         let state = Arc::new(Mutex::new(State::default()));
         let st = state.clone();
-        let server = super::serve::Loopback::start("quota origin", move |req| {
+        let server = super::serve::Loopback::new("quota origin");
+        let addr = server.serve(super::serve::Listen::plain(), move |req| {
             handle(req, st.clone(), config.clone())
         });
         QuotaOrigin {
-            addr: server.addr,
+            addr,
             state,
             _server: server,
         }

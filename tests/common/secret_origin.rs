@@ -7,11 +7,13 @@
 //! JSON body that carry the secrets given at start — so a response body and
 //! response headers hold secrets only the origin knows.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// One request as the origin read it.
 #[derive(Debug, Clone)]
@@ -45,7 +47,6 @@ impl Seen {
 struct State {
     seen: Mutex<Vec<Seen>>,
     answer: AtomicBool,
-    stop: AtomicBool,
     body: String,
     cookie: String,
 }
@@ -53,6 +54,7 @@ struct State {
 pub struct SecretOrigin {
     pub addr: SocketAddr,
     state: Arc<State>,
+    _server: super::serve::Loopback,
 }
 
 impl SecretOrigin {
@@ -69,29 +71,20 @@ impl SecretOrigin {
 
     /// Same, on `listener` (e.g. a port a job was pointed at earlier).
     pub fn start_on(listener: TcpListener, body: &str, cookie: &str, answer: bool) -> SecretOrigin {
-        let addr = listener.local_addr().expect("addr");
         let state = Arc::new(State {
             seen: Mutex::new(Vec::new()),
             answer: AtomicBool::new(answer),
-            stop: AtomicBool::new(false),
             body: body.to_string(),
             cookie: cookie.to_string(),
         });
-        listener.set_nonblocking(true).expect("nonblocking");
+        let server = super::serve::Loopback::new("secret origin");
         let st = state.clone();
-        std::thread::spawn(move || loop {
-            if st.stop.load(Ordering::SeqCst) {
-                return;
-            }
-            match listener.accept() {
-                Ok((tcp, _)) => {
-                    let st = st.clone();
-                    std::thread::spawn(move || serve(tcp, st));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        });
-        SecretOrigin { addr, state }
+        let addr = server.serve_tcp_on(listener, move |tcp| serve(tcp, st.clone()));
+        SecretOrigin {
+            addr,
+            state,
+            _server: server,
+        }
     }
 
     /// `http://127.0.0.1:<port><path>`
@@ -128,24 +121,29 @@ impl SecretOrigin {
     }
 }
 
-impl Drop for SecretOrigin {
-    fn drop(&mut self) {
-        self.state.stop.store(true, Ordering::SeqCst);
+/// How long a connection may sit idle between requests before the origin
+/// closes it.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// Read more into `buf`; `false` at EOF, error or after `IDLE`.
+async fn read_more(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 8192];
+    match tokio::time::timeout(IDLE, tcp.read(&mut chunk)).await {
+        Ok(Ok(n)) if n > 0 => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+        _ => false,
     }
 }
 
 /// Read one request (head + Content-Length body); `None` at EOF/error.
-fn read_request(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
-    let mut chunk = [0u8; 8192];
+async fn read_request(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        match tcp.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if buf.len() > 1 << 20 {
+        if !read_more(tcp, buf).await || buf.len() > 1 << 20 {
             return None;
         }
     };
@@ -160,9 +158,8 @@ fn read_request(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
         })
         .unwrap_or(0);
     while buf.len() < head_end + len {
-        match tcp.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        if !read_more(tcp, buf).await {
+            return None;
         }
     }
     let body = buf[head_end..head_end + len].to_vec();
@@ -173,32 +170,17 @@ fn read_request(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
     })
 }
 
-fn serve(mut tcp: TcpStream, st: Arc<State>) {
-    let _ = tcp.set_nonblocking(false);
-    let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+async fn serve(mut tcp: TcpStream, st: Arc<State>) {
     let mut buf = Vec::new();
-    while let Some(seen) = read_request(&mut tcp, &mut buf) {
+    while let Some(seen) = read_request(&mut tcp, &mut buf).await {
         st.seen.lock().expect("seen lock").push(seen);
         if !st.answer.load(Ordering::SeqCst) {
             // Hold: never answer this request; the connection stays open
-            // until the peer goes away or the origin stops.
+            // until the peer goes away or the origin stops (dropping this
+            // task closes it).
             let mut one = [0u8; 1];
-            let _ = tcp.set_read_timeout(Some(Duration::from_millis(200)));
-            loop {
-                if st.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                match tcp.read(&mut one) {
-                    Ok(0) => return,
-                    Ok(_) => {}
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(_) => return,
-                }
-            }
+            while matches!(tcp.read(&mut one).await, Ok(n) if n > 0) {}
+            return;
         }
         let body = &st.body;
         let resp = format!(
@@ -207,7 +189,7 @@ fn serve(mut tcp: TcpStream, st: Arc<State>) {
             body.len(),
             body
         );
-        if tcp.write_all(resp.as_bytes()).is_err() {
+        if tcp.write_all(resp.as_bytes()).await.is_err() {
             return;
         }
     }

@@ -62,10 +62,12 @@ impl WebhookSink {
             tx,
         });
         let st = state.clone();
-        let server =
-            super::serve::Loopback::start("webhook sink", move |req| handle(req, st.clone()));
+        let server = super::serve::Loopback::new("webhook sink");
+        let addr = server.serve(super::serve::Listen::plain(), move |req| {
+            handle(req, st.clone())
+        });
         WebhookSink {
-            addr: server.addr,
+            addr,
             state,
             rx: Mutex::new(rx),
             _server: server,
