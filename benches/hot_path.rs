@@ -1,0 +1,169 @@
+//! Micro-benchmarks of the per-request pieces the CPU pass changed (issue
+//! 17, docs/performance.md), each beside what it replaced where that can
+//! still be run, so a regression shows up as a number:
+//!
+//! - the access line: our formatter vs the same event through
+//!   `tracing_subscriber`'s fmt layer (to a sink, no I/O in either);
+//! - reading limits from a response with no limit headers (the pre-check)
+//!   and from one with a budget;
+//! - checking a request head (the authority shortcut);
+//! - the egress check of a plain host name (no URL-parser IDNA pass);
+//! - counting a request in the domain's cached series vs a label look-up.
+//!
+//! `cargo bench --bench hot_path`
+
+use std::time::{Duration, SystemTime};
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use ezthrottle::admission::learn;
+use ezthrottle::logging::access::{render, Access};
+
+fn access() -> Access<'static> {
+    Access {
+        method: "GET",
+        domain: "api.example.com",
+        path: "/v1/charges",
+        status: 200,
+        outcome: "forwarded",
+        error: "",
+        attempts: 1,
+        wait_ms: 0,
+        duration_ms: 3,
+        workspace: "default",
+    }
+}
+
+fn access_line(c: &mut Criterion) {
+    let a = access();
+    let now = SystemTime::now();
+    let mut line = String::with_capacity(256);
+    c.bench_function("access_line_text", |b| {
+        b.iter(|| {
+            line.clear();
+            render(black_box(&a), false, now, &mut line);
+            black_box(ezthrottle::logging::scrub(&line).len())
+        })
+    });
+    c.bench_function("access_line_json", |b| {
+        b.iter(|| {
+            line.clear();
+            render(black_box(&a), true, now, &mut line);
+            black_box(line.len())
+        })
+    });
+    // What the line cost before: the same event through the fmt layer,
+    // written to a sink.
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        c.bench_function("access_line_via_tracing_fmt", |b| {
+            b.iter(|| {
+                tracing::info!(
+                    target: "ezthrottle::access",
+                    method = %a.method,
+                    domain = a.domain,
+                    path = a.path,
+                    status = a.status,
+                    outcome = a.outcome,
+                    error = a.error,
+                    attempts = a.attempts,
+                    wait_ms = a.wait_ms,
+                    duration_ms = a.duration_ms,
+                    workspace = %a.workspace,
+                    "request"
+                )
+            })
+        });
+    });
+}
+
+fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in pairs {
+        if let Ok(v) = http::HeaderValue::from_str(v) {
+            h.append(*k, v);
+        }
+    }
+    h
+}
+
+fn limits(c: &mut Criterion) {
+    let plain = headers(&[
+        ("server", "nginx/1.22.1"),
+        ("date", "Mon, 30 Nov 2026 17:00:00 GMT"),
+        ("content-type", "application/json"),
+        ("content-length", "1024"),
+        ("connection", "keep-alive"),
+        ("x-request-id", "req_8f1d2c"),
+    ]);
+    let budget = headers(&[
+        ("content-type", "application/json"),
+        ("x-ratelimit-limit", "5000"),
+        ("x-ratelimit-remaining", "4999"),
+        ("x-ratelimit-reset", "1764522000"),
+        ("x-ratelimit-used", "1"),
+    ]);
+    let now = SystemTime::now();
+    c.bench_function("learn_plain_response", |b| {
+        b.iter(|| black_box(learn::read(200, black_box(&plain), now)))
+    });
+    c.bench_function("learn_budget_response", |b| {
+        b.iter(|| black_box(learn::read(200, black_box(&budget), now)))
+    });
+}
+
+fn head(c: &mut Criterion) {
+    let limits = ezthrottle::config::HeadLimits::default();
+    let head = b"GET http://api.example.com:8080/v1/charges?limit=10 HTTP/1.1\r\n\
+Host: api.example.com:8080\r\nUser-Agent: bench/1.0\r\nAccept: */*\r\n\
+Authorization: Bearer abc\r\nProxy-Connection: keep-alive\r\n\r\n";
+    c.bench_function("inspect_head_absolute_form", |b| {
+        b.iter(|| {
+            black_box(ezthrottle::accept::framing::inspect_head(black_box(head), &limits).is_ok())
+        })
+    });
+}
+
+fn egress(c: &mut Criterion) {
+    let Ok(config) = ezthrottle::config::Config::from_toml_str("", "bench.toml") else {
+        return;
+    };
+    let egress = ezthrottle::egress::Egress::new(&config);
+    c.bench_function("egress_check_name_plain_host", |b| {
+        b.iter(|| {
+            black_box(egress.check_name(
+                ezthrottle::egress::Purpose::Proxy,
+                black_box("api.example.com"),
+                443,
+            ))
+        })
+    });
+}
+
+fn metrics(c: &mut Criterion) {
+    let m = ezthrottle::metrics::Metrics::new(500);
+    c.bench_function("count_request_cached_series", |b| {
+        b.iter(|| m.series(black_box("api.example.com")).request("forwarded"))
+    });
+    c.bench_function("count_request_label_lookup", |b| {
+        b.iter(|| {
+            let label = m.domain_label(black_box("api.example.com"));
+            m.requests_total
+                .with_label_values(&[label.as_str(), "forwarded"])
+                .inc()
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = access_line, limits, head, egress, metrics
+}
+criterion_main!(benches);
