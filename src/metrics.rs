@@ -420,6 +420,9 @@ mod known_labels {
             assert!(text.contains(line), "missing {line}");
         }
         assert!(!text.contains("ezthrottle_retries_total{"));
+        // The access log's drop counter (a process-wide count, so only its
+        // presence is checked here; logging::access tests the counting).
+        assert!(text.contains("\nezthrottle_log_lines_dropped_total "));
         // A domain's series appear with the domain, at 0; past the cap, `other`'s.
         m.domain_label("a.test");
         m.domain_label("b.test");
