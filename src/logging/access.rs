@@ -126,8 +126,10 @@ pub fn render(a: &Access<'_>, json_format: bool, now: SystemTime, out: &mut Stri
     }
 }
 
-/// The same event through `tracing` (its fmt layer formats it).
-fn via_tracing(a: &Access<'_>) {
+/// The same event through `tracing` (its fmt layer formats it): the path
+/// on a terminal and without [`super::init`], and the old path the
+/// micro-benchmark compares with.
+pub fn via_tracing(a: &Access<'_>) {
     tracing::info!(
         target: "ezthrottle::access",
         method = %a.method,
