@@ -48,6 +48,8 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
+BENCH=compare
+. benches/support/common.sh
 
 DURATION=${DURATION:-10}
 DURATION=${DURATION%s}
@@ -60,16 +62,6 @@ BENCH_CACHE=${BENCH_CACHE:-/var/cache/ezthrottle-bench}
 HOST=bench.test
 PROXY_CPU=0
 LOAD_CPU=1
-
-log() { printf 'compare: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"
-    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
-    else die "need root (or sudo) to run: $*"
-    fi
-}
 
 # ---- which proxies -------------------------------------------------------------
 ALL="ezthrottle envoy squid nginx mitmproxy"
@@ -104,18 +96,7 @@ fi
 if want envoy || want mitmproxy; then
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 fi
-if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing: ${missing[*]}"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update >&2
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2
-    # Debian starts system nginx/squid on 80/3128; this bench runs its own on
-    # free ports. In a container systemctl may fail: ignore it.
-    for svc in nginx squid; do
-        if [[ " ${missing[*]} " == *" $svc "* ]] && command -v systemctl >/dev/null 2>&1; then
-            as_root systemctl disable --now "$svc" >/dev/null 2>&1 || true
-        fi
-    done
-fi
+install_missing "${missing[@]}"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 SQUID=$(command -v squid || echo /usr/sbin/squid)
 
@@ -165,9 +146,7 @@ fi
 # ---- scratch space and cleanup ---------------------------------------------------------
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/ezthrottle-compare.XXXXXX")
-chmod 755 "$TMP"   # nginx workers and squid run as unprivileged users
-PIDS=()
+scratch_dir ezthrottle-compare
 LOAD_PID=""
 PROXY_PID=""
 
@@ -196,18 +175,6 @@ def tree(pid):
         out.append(p)
         todo.extend(kids.get(p, []))
     return out
-
-def ticks(pid):  # utime + stime (fields 14 and 15), threads included
-    total = 0
-    for p in tree(pid):
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        rest = stat[stat.rindex(")") + 2:].split()
-        total += int(rest[11]) + int(rest[12])
-    return total
 
 def rss_kib(pid):
     total = 0
@@ -239,82 +206,46 @@ if __name__ == "__main__":
     cmd, pid = sys.argv[1], int(sys.argv[2])
     if cmd == "tree":
         print(" ".join(map(str, tree(pid))))
-    elif cmd == "ticks":
-        print(ticks(pid))
     elif cmd == "rss":
         print(rss_kib(pid))
 PY
 ptree() { python3 "$TMP/procs.py" tree "$1" 2>/dev/null || true; }
-pticks() { python3 "$TMP/procs.py" ticks "$1"; }
+pticks() {  # pid: cpu_ticks summed over it and its descendants
+    local p total=0
+    for p in $(ptree "$1"); do total=$((total + $(cpu_ticks "$p" 2>/dev/null || echo 0))); done
+    echo "$total"
+}
 prss() { python3 "$TMP/procs.py" rss "$1"; }
 pcores() { python3 "$TMP/procs.py" cores; }
 
-# TERM a process and its descendants, wait (bounded), then KILL what is left.
+# TERM a process and its descendants, then stop_pid each (bounded wait, KILL).
 kill_tree() {  # pid
-    local pid=$1 p all
-    [ -n "$pid" ] || return 0
-    all=$(ptree "$pid")
-    [ -n "$all" ] || all=$pid
+    local p all
+    [ -n "$1" ] || return 0
+    all=$(ptree "$1")
+    [ -n "$all" ] || all=$1
     for p in $all; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in $all; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    wait "$pid" 2>/dev/null || true
+    for p in $all; do stop_pid "$p"; done
 }
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    [ -n "$LOAD_PID" ] && kill_tree "$LOAD_PID"
-    [ -n "$PROXY_PID" ] && kill_tree "$PROXY_PID"
-    local pid
-    for pid in "${PIDS[@]}"; do kill_tree "$pid"; done
-    if [ "$rc" -ne 0 ] && [ -n "${KEEP_ON_FAIL:-}" ]; then
-        log "kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
+# On exit, before the shared cleanup stops PIDS: the load generator and the
+# proxy, with their descendants.
+stop_load_and_proxy() {
+    kill_tree "$LOAD_PID"
+    kill_tree "$PROXY_PID"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+BEFORE_CLEANUP=stop_load_and_proxy
 
 # Distinct free loopback ports, held open together while chosen.
 read -r ORIGIN_HTTP ORIGIN_TLS EZT_PORT EZT_CONTROL ENVOY_PORT SQUID_PORT NGINX_PORT \
-    NGINX_TLS_PORT MITM_PORT < <(python3 - <<'PY'
-import socket
-socks = []
-for _ in range(9):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-)
+    NGINX_TLS_PORT MITM_PORT < <(free_ports 9)
 HTTP_URL="http://127.0.0.1:$ORIGIN_HTTP/"
 HTTPS_URL="https://127.0.0.1:$ORIGIN_TLS/"
 
 # ---- throwaway CA; certificates for the origin and the nginx TLS proxy --------------------------
 log "throwaway CA and certificates for $HOST and 127.0.0.1"
-(
-    cd "$TMP"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -keyout origin-ca.key -out origin-ca.pem -days 2 -subj "/CN=ezthrottle bench CA" \
-        -addext "basicConstraints=critical,CA:TRUE" \
-        -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-    printf '%s\n' "subjectAltName=DNS:$HOST,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
-        "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" > leaf.ext
-    for name in origin proxy; do
-        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-            -keyout "$name.key" -out "$name.csr" -subj "/CN=$HOST" 2>/dev/null
-        openssl x509 -req -in "$name.csr" -CA origin-ca.pem -CAkey origin-ca.key -CAcreateserial \
-            -days 2 -extfile leaf.ext -out "$name.pem" 2>/dev/null
-    done
-)
+origin_cert "$TMP" "$HOST" proxy
 
 # ---- origin: nginx, 1 KiB body, on the load generator's core ------------------------------------
-. "$ROOT/benches/support/nginx.sh"
 # 1,023 characters + the newline nginx's `return` line adds = 1,024 bytes.
 NGINX_BODY=$(python3 -c '
 s = "ezthrottle compare benchmark: a fixed body of exactly one KiB. "
@@ -328,41 +259,38 @@ write_nginx_conf "$TMP/origin" "$ORIGIN_HTTP" "    server {
         location / { return 200 \"$NGINX_BODY\\n\"; }
     }"
 log "origin nginx on 127.0.0.1:$ORIGIN_HTTP (http) and :$ORIGIN_TLS (https), core $LOAD_CPU"
-taskset -c "$LOAD_CPU" "$NGINX" -p "$TMP/origin/nginx" -c "$TMP/origin/nginx.conf" -g 'daemon off;' \
-    2>"$TMP/origin/nginx/stderr.log" &
-PIDS+=($!)
-ORIGIN_PID=$!
-
-wait_port() {  # what, pid, port: bounded (30 s) wait for a listener
-    local what=$1 pid=$2 port=$3
-    for _ in $(seq 300); do
-        if python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.5).close()' \
-            "$port" 2>/dev/null; then return 0; fi
-        kill -0 "$pid" 2>/dev/null || { show_proxy_logs; die "$what exited before it listened on $port"; }
-        sleep 0.1
-    done
-    show_proxy_logs
-    die "$what: nothing listens on 127.0.0.1:$port after 30 s"
-}
+# The proxy's logs and the origin's, for failures (this replaces common.sh's
+# show_logs, which the shared helpers call: here each proxy has its own dir).
 PROXY_LOGS=()
-show_proxy_logs() {
+show_logs() {
     local f
     for f in "${PROXY_LOGS[@]}" "$TMP/origin/nginx/error.log"; do
         [ -s "$f" ] || continue
         log "--- $f"; tail -n 30 "$f" >&2 || true
     done
 }
-wait_port "origin nginx" "$ORIGIN_PID" "$ORIGIN_HTTP"
+# A bounded (30 s) wait for a TCP listener: not wait_http, whose GET / a
+# forward proxy (Envoy's) would forward to itself.
+wait_port() {  # what, pid, port
+    local what=$1 pid=$2 port=$3 _
+    for _ in $(seq 300); do
+        if python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.5).close()' \
+            "$port" 2>/dev/null; then return 0; fi
+        kill -0 "$pid" 2>/dev/null || { show_logs; die "$what exited before it listened on $port"; }
+        sleep 0.1
+    done
+    show_logs
+    die "$what: nothing listens on 127.0.0.1:$port after 30 s"
+}
+start_nginx "$TMP/origin" "$ORIGIN_HTTP" taskset -c "$LOAD_CPU"
+ORIGIN_PID=$NGINX_PID
 wait_port "origin nginx" "$ORIGIN_PID" "$ORIGIN_TLS"
 
 # Sanity: a 200 with the 1 KiB body.
 check() {  # what, curl args...
-    local what=$1; shift
-    local got
-    got=$(curl -sS --max-time 10 -o "$TMP/check.body" -w '%{http_code} %{size_download}' "$@") \
-        || { show_proxy_logs; die "$what: curl failed"; }
-    [ "$got" = "200 $BODY_BYTES" ] && [ "$(head -c 1023 "$TMP/check.body")" = "$NGINX_BODY" ] \
-        || { show_proxy_logs; die "$what: expected 200 and the $BODY_BYTES-byte body, got '$got': $(head -c 200 "$TMP/check.body")"; }
+    check_body "$1" "200 $BODY_BYTES" -o "$TMP/check.body" -w '%{http_code} %{size_download}' "${@:2}"
+    [ "$(head -c 1023 "$TMP/check.body")" = "$NGINX_BODY" ] \
+        || { show_logs; die "$1: expected the $BODY_BYTES-byte body, got: $(head -c 200 "$TMP/check.body")"; }
 }
 check "origin http" --noproxy '*' "$HTTP_URL"
 check "origin https" --noproxy '*' --cacert "$TMP/origin-ca.pem" "$HTTPS_URL"
@@ -373,17 +301,7 @@ log "building benches/h2load"
 
 # wrk: absolute-form requests as a forward proxy gets them; done() prints one
 # JSON line.
-cat > "$TMP/proxy.lua" <<LUA
-wrk.path = "$HTTP_URL"
-wrk.headers["Host"] = "127.0.0.1:$ORIGIN_HTTP"
-done = function(summary, latency, requests)
-    local e = summary.errors
-    io.write(string.format(
-        '\nJSON {"requests":%d,"errors":%d,"non_2xx":%d,"seconds":%.3f,"p50_ms":%.3f,"p99_ms":%.3f}\n',
-        summary.requests, e.connect + e.read + e.write + e.timeout, e.status,
-        summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
-end
-LUA
+wrk_script "$TMP/proxy.lua" 127.0.0.1 "$ORIGIN_HTTP" /
 
 # Keep-alive connections that each made one request, held open while the
 # proxy's RSS is read: prints {idle_kib, loaded_kib, ok, opened}.
@@ -491,7 +409,7 @@ measure() {  # section, name, label, load kind (wrk|go), go args... | proxy port
         run_wrk "$out.warm" "$1" "$WARMUP" || { cat "$out.warm.err" >&2; die "$label: warm-up failed"; }
     else
         run_load "$out.warm" "$TMP/h2load" "$@" -proto http1 -workers "$CONNECTIONS" -duration "${WARMUP}s" \
-            || { cat "$out.warm.err" >&2; show_proxy_logs; die "$label: warm-up failed"; }
+            || { cat "$out.warm.err" >&2; show_logs; die "$label: warm-up failed"; }
     fi
     log "$section / $label: ${DURATION}s, $CONNECTIONS connections"
     a0=$(count_access)
@@ -503,7 +421,7 @@ measure() {  # section, name, label, load kind (wrk|go), go args... | proxy port
         run_wrk "$out.txt" "$1" "$DURATION" || { cat "$out.txt" "$out.txt.err" >&2; die "$label: wrk failed"; }
     else
         run_load "$out.txt" "$TMP/h2load" "$@" -proto http1 -workers "$CONNECTIONS" -duration "${DURATION}s" \
-            || { cat "$out.txt" "$out.txt.err" >&2; show_proxy_logs; die "$label: h2load failed"; }
+            || { cat "$out.txt" "$out.txt.err" >&2; show_logs; die "$label: h2load failed"; }
     fi
     times > "$out.times1"
     t1=$(pticks "$PROXY_PID")
@@ -541,7 +459,7 @@ memory() {  # section, name, label, mode, proxy addr, url, ca
     log "$section / $label: RSS idle and with $IDLE_CONNS keep-alive connections"
     local out="$TMP/$section-$name.mem"
     run_load "$out" python3 "$TMP/conns.py" "$1" "$PROXY_PID" "$IDLE_CONNS" "$2" "$3" "${4:-}" "$BODY_BYTES" \
-        || { cat "$out" "$out.err" >&2; show_proxy_logs; die "$label: memory test failed"; }
+        || { cat "$out" "$out.err" >&2; show_logs; die "$label: memory test failed"; }
     record kind=mem section="$section" name="$name" label="$label" json="$(tail -n 1 "$out")"
 }
 
@@ -558,7 +476,7 @@ stop_proxy() {
 }
 
 # ---- the proxies ----------------------------------------------------------------------------------
-start_ezthrottle() {  # instance name
+start_ezthrottle_proxy() {  # instance name (not common.sh's start_ezthrottle: pinned, default log filter)
     local name=$1 dir="$TMP/$1"
     mkdir -p "$dir"
     cat > "$dir/ezthrottle.toml" <<TOML
@@ -578,25 +496,14 @@ upstream_ca_file = "$TMP/origin-ca.pem"
 "$HOST" = "127.0.0.1"
 
 # The throttle far out of reach: this measures the proxy.
-[limits]
-rps = 1000000.0
-max_concurrent = 10000
-rps_ceiling = 10000000.0
-concurrency_ceiling = 100000
-queue_capacity = 100000
+$OPEN_LIMITS
 TOML
     log "ezthrottle on 127.0.0.1:$EZT_PORT (defaults: INFO access log, metrics, idempotency)"
     # EZTHROTTLE_LOG unset on purpose: the default INFO filter, one access
     # line per request, to stderr, here a file.
     start_proxy "$name/ezthrottle" env -u EZTHROTTLE_LOG "$BIN" run --config "$dir/ezthrottle.toml"
     EZT_ERR="$dir/ezthrottle.err"
-    local ready=""
-    for _ in $(seq 600); do
-        if grep -q '^ezthrottle ready proxy=' "$dir/ezthrottle.out" 2>/dev/null; then ready=1; break; fi
-        kill -0 "$PROXY_PID" 2>/dev/null || { show_proxy_logs; die "ezthrottle exited before it was ready"; }
-        sleep 0.1
-    done
-    [ -n "$ready" ] || { show_proxy_logs; die "ezthrottle not ready within 60 s"; }
+    wait_ready "$PROXY_PID" "$dir/ezthrottle.out" || { show_logs; die "ezthrottle did not get ready"; }
 }
 
 start_envoy() {
@@ -675,33 +582,20 @@ CONF
     wait_port squid "$PROXY_PID" "$SQUID_PORT"
 }
 
-nginx_proxy_conf() {  # dir, server block
-    local dir=$1
-    mkdir -p "$dir/nginx"
-    cat > "$dir/nginx.conf" <<NGINX
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid $dir/nginx/nginx.pid;
-error_log $dir/nginx/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $dir/nginx/body;
-    proxy_temp_path $dir/nginx/proxy;
-    fastcgi_temp_path $dir/nginx/fastcgi;
-    uwsgi_temp_path $dir/nginx/uwsgi;
-    scgi_temp_path $dir/nginx/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 120s;
-    upstream origin_http { server 127.0.0.1:$ORIGIN_HTTP; keepalive 64; }
+# nginx as a proxy in $TMP/NAME: one worker, keep-alive upstreams to the
+# origin's two ports, SERVER_BLOCK.
+start_nginx_proxy() {  # name, port, what (for the log), server block
+    local dir="$TMP/$1"
+    nginx_conf "$dir" "    upstream origin_http { server 127.0.0.1:$ORIGIN_HTTP; keepalive 64; }
     upstream origin_tls { server 127.0.0.1:$ORIGIN_TLS; keepalive 64; }
-$2
-}
-NGINX
+$4" 8192 120s 20000
+    log "nginx ($3) on 127.0.0.1:$2"
+    start_proxy "$1/nginx" "$NGINX" -p "$dir/nginx" -c "$dir/nginx.conf" -g 'daemon off;'
+    PROXY_LOGS+=("$dir/nginx/error.log")
+    wait_port nginx "$PROXY_PID" "$2"
 }
 start_nginx_plain() {
-    local dir="$TMP/nginx-http"
-    nginx_proxy_conf "$dir" "    server {
+    start_nginx_proxy nginx-http "$NGINX_PORT" "reverse proxy, keep-alive upstream" "    server {
         listen 127.0.0.1:$NGINX_PORT;
         location / {
             proxy_pass http://origin_http;
@@ -709,14 +603,9 @@ start_nginx_plain() {
             proxy_set_header Connection \"\";
         }
     }"
-    log "nginx (reverse proxy, keep-alive upstream) on 127.0.0.1:$NGINX_PORT"
-    start_proxy nginx-http/nginx "$NGINX" -p "$dir/nginx" -c "$dir/nginx.conf" -g 'daemon off;'
-    PROXY_LOGS+=("$dir/nginx/error.log")
-    wait_port nginx "$PROXY_PID" "$NGINX_PORT"
 }
 start_nginx_tls() {
-    local dir="$TMP/nginx-tls"
-    nginx_proxy_conf "$dir" "    server {
+    start_nginx_proxy nginx-tls "$NGINX_TLS_PORT" "TLS in, TLS to the origin, keep-alive upstream" "    server {
         listen 127.0.0.1:$NGINX_TLS_PORT ssl;
         ssl_certificate $TMP/proxy.pem;
         ssl_certificate_key $TMP/proxy.key;
@@ -732,10 +621,6 @@ start_nginx_tls() {
             proxy_ssl_server_name on;
         }
     }"
-    log "nginx (TLS in, TLS to the origin, keep-alive upstream) on 127.0.0.1:$NGINX_TLS_PORT"
-    start_proxy nginx-tls/nginx "$NGINX" -p "$dir/nginx" -c "$dir/nginx.conf" -g 'daemon off;'
-    PROXY_LOGS+=("$dir/nginx/error.log")
-    wait_port nginx "$PROXY_PID" "$NGINX_TLS_PORT"
 }
 
 start_mitm() {
@@ -760,7 +645,7 @@ plain() {  # name, label, port, start command...
 EZT_LABEL=""
 if want ezthrottle; then
     EZT_LABEL="ezthrottle $("$BIN" --version | sed 's/^ezthrottle //')"
-    plain ezthrottle "$EZT_LABEL" "$EZT_PORT" start_ezthrottle ezt-http
+    plain ezthrottle "$EZT_LABEL" "$EZT_PORT" start_ezthrottle_proxy ezt-http
 fi
 if want envoy; then
     v=$("$ENVOY" --version 2>/dev/null | sed -n 's|.*version: [0-9a-f]*/\([0-9.]*\)/.*|\1|p')
@@ -776,7 +661,7 @@ fi
 
 # ---- intercepted HTTPS --------------------------------------------------------------------------------
 if want ezthrottle; then
-    start_ezthrottle ezt-https
+    start_ezthrottle_proxy ezt-https
     CA="$TMP/ezt-https/data/ca/ca.pem"
     check "ezthrottle https" -x "http://127.0.0.1:$EZT_PORT" --cacert "$CA" "$HTTPS_URL"
     memory https ezthrottle "$EZT_LABEL (CONNECT + interception)" connect-tls "127.0.0.1:$EZT_PORT" "$HTTPS_URL" "$CA"
@@ -806,7 +691,7 @@ fi
 RIG="$(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), Linux $(uname -r); \
 proxy pinned to core $PROXY_CPU (taskset -c $PROXY_CPU), origin nginx and load generator on core $LOAD_CPU; \
 loadavg $LOAD_AT_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end; $(date -u +%Y-%m-%dT%H:%MZ)"
-python3 - "$RESULTS" "$(getconf CLK_TCK)" "$CONNECTIONS" "$DURATION" "$IDLE_CONNS" "$RIG" "$MITM_NOTE" <<'PY'
+python3 - "$RESULTS" "$CLK_TCK" "$CONNECTIONS" "$DURATION" "$IDLE_CONNS" "$RIG" "$MITM_NOTE" <<'PY'
 import json, sys
 path, hz, conns, duration, idle_conns, rig, mitm_note = sys.argv[1:8]
 hz, idle_conns = float(hz), int(idle_conns)

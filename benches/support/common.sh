@@ -21,8 +21,8 @@ as_root() {
 }
 
 # install_missing PACKAGE...: apt-get install them (nothing when none is
-# named). Debian's nginx and redis-server packages start system services;
-# the benches run their own, so those are stopped again.
+# named). Debian's nginx, redis-server and squid packages start system
+# services; the benches run their own, so those are stopped again.
 install_missing() {
     [ "$#" -gt 0 ] || return 0
     log "installing: $*"
@@ -30,7 +30,7 @@ install_missing() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2
     command -v systemctl >/dev/null 2>&1 || return 0
     local service
-    for service in nginx redis-server; do
+    for service in nginx redis-server squid; do
         [[ " $* " == *" $service "* ]] && { as_root systemctl disable --now "$service" >/dev/null 2>&1 || true; }
     done
     return 0
@@ -80,6 +80,7 @@ stop_pid() {
 bench_cleanup() {
     local rc=$? pid _
     trap - EXIT INT TERM
+    [ -z "${BEFORE_CLEANUP:-}" ] || "$BEFORE_CLEANUP"
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -96,7 +97,8 @@ bench_cleanup() {
 
 # scratch_dir NAME: TMP = a new temp dir (mode 755: nginx workers may run as
 # an unprivileged user), removed on exit (kept when the script fails and
-# KEEP_ON_FAIL is set) after every process in PIDS is stopped.
+# KEEP_ON_FAIL is set) after every process in PIDS is stopped (and, first,
+# whatever the function named in BEFORE_CLEANUP stops, when it is set).
 scratch_dir() {
     TMP=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
     chmod 755 "$TMP"
@@ -184,22 +186,28 @@ check_body() {
 }
 
 # ---- TLS ----------------------------------------------------------------------------------
-# origin_cert DIR HOST: a throwaway CA (DIR/origin-ca.pem) and a server leaf
-# it signed for HOST and 127.0.0.1 (DIR/origin.pem, DIR/origin.key).
+# origin_cert DIR HOST [NAME...]: a throwaway CA (DIR/origin-ca.pem) and a
+# server leaf it signed for HOST and 127.0.0.1 (DIR/origin.pem,
+# DIR/origin.key), and one more such leaf for each NAME (DIR/NAME.pem,
+# DIR/NAME.key).
 origin_cert() {
     local dir=$1 host=$2
+    shift 2
     (
         cd "$dir"
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
             -keyout origin-ca.key -out origin-ca.pem -days 2 -subj "/CN=ezthrottle bench CA" \
             -addext "basicConstraints=critical,CA:TRUE" \
             -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-            -keyout origin.key -out origin.csr -subj "/CN=$host" 2>/dev/null
         printf '%s\n' "subjectAltName=DNS:$host,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
             "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" > origin.ext
-        openssl x509 -req -in origin.csr -CA origin-ca.pem -CAkey origin-ca.key -CAcreateserial \
-            -days 2 -extfile origin.ext -out origin.pem 2>/dev/null
+        local name
+        for name in origin "$@"; do
+            openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                -keyout "$name.key" -out "$name.csr" -subj "/CN=$host" 2>/dev/null
+            openssl x509 -req -in "$name.csr" -CA origin-ca.pem -CAkey origin-ca.key -CAcreateserial \
+                -days 2 -extfile origin.ext -out "$name.pem" 2>/dev/null
+        done
     ) || die "could not make the origin's certificate"
 }
 
