@@ -24,6 +24,8 @@ pub mod jobs;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+#[cfg(test)]
+mod redis_cluster_tests;
 pub mod reload;
 pub mod resolve;
 pub mod retry;
