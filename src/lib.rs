@@ -21,6 +21,8 @@ pub mod egress;
 pub mod error;
 pub mod idempotency;
 pub mod jobs;
+#[cfg(test)]
+mod layering;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
