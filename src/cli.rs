@@ -175,7 +175,7 @@ pub fn main() -> i32 {
 /// `ezthrottle presets`: the table for people, or JSON for scripts (full
 /// precision there; the table rounds rates to what a reader needs).
 fn presets(json: bool) -> String {
-    use crate::admission::presets::PRESETS;
+    use crate::config::presets::PRESETS;
     if json {
         let rows: Vec<serde_json::Value> = PRESETS
             .iter()

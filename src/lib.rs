@@ -21,9 +21,13 @@ pub mod egress;
 pub mod error;
 pub mod idempotency;
 pub mod jobs;
+#[cfg(test)]
+mod layering;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+#[cfg(test)]
+mod redis_cluster_tests;
 pub mod reload;
 pub mod resolve;
 pub mod retry;

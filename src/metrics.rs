@@ -5,6 +5,8 @@
 //! (the rest are `other`): a proxy sees whatever hosts its apps call, and an
 //! unbounded label would let one misbehaving app exhaust the scraper.
 
+pub mod console;
+
 use std::sync::{Arc, Mutex};
 
 use dashmap::{DashMap, DashSet};
@@ -57,9 +59,9 @@ pub struct Metrics {
     pub untrusted_headers_ignored_total: IntCounterVec,
     pub egress_denied_total: IntCounterVec,
     /// The console's 15-minute, 1-second history per domain, fed where the
-    /// families it mirrors are (`control::console::series`); one ring per
+    /// families it mirrors are (`metrics/console.rs`); one ring per
     /// `domain` label, so the same cap applies.
-    pub console: crate::control::console::series::Series,
+    pub console: console::Series,
 }
 
 // Label values of `untrusted_headers_ignored_total` are created at zero so
@@ -96,7 +98,7 @@ const REQUEST_OUTCOMES: &[&str] = &[
 ];
 const RETRY_KINDS: &[&str] = &["retry", "reroute"];
 
-/// Also the console's per-second wait histogram (`control::console::series`).
+/// Also the console's per-second wait histogram (`metrics/console.rs`).
 pub const WAIT_BUCKETS: [f64; 15] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
@@ -232,7 +234,7 @@ impl Metrics {
             },
             registry: r,
             // Every capped label plus `other`.
-            console: crate::control::console::series::Series::new(max_domains.max(1) + 1),
+            console: console::Series::new(max_domains.max(1) + 1),
             max_domains: max_domains.max(1),
             seen: DashSet::new(),
             series: DashMap::new(),

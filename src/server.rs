@@ -77,7 +77,8 @@ pub fn build_shared(config: Config) -> Result<Arc<Shared>, StartError> {
         ),
         StorageBackend::Redis(rc) => {
             let redis = Redis::open(rc)?;
-            crate::store::redis::check_shared_ca(&redis, &ca).map_err(StartError::CaMismatch)?;
+            crate::store::redis::check_shared_ca(&redis, ca.cert_der().as_ref())
+                .map_err(StartError::CaMismatch)?;
             let store = Arc::new(RedisStore::new(
                 redis.clone(),
                 config.storage.encryption_key.as_ref(),

@@ -1981,4 +1981,24 @@ mod tests {
         // The garbage reached the parsers: some of it read, most refused.
         assert!(budgets > 100 && ignored > 1000, "{budgets} {ignored}");
     }
+
+    /// Every built-in preset (`config::presets`) names a dialect this
+    /// reader knows, so its `source` label is one the reader produces.
+    #[test]
+    fn every_preset_dialect_is_one_the_reader_knows() {
+        use crate::config::presets::PRESETS;
+        let known: Vec<&str> = Dialect::ALL
+            .iter()
+            .filter_map(|d| d.source().strip_prefix("dialect:"))
+            .collect();
+        assert_eq!(known.len(), Dialect::ALL.len());
+        for p in PRESETS {
+            assert!(known.contains(&p.dialect), "{}: {:?}", p.host, p.dialect);
+            let d = Dialect::ALL
+                .into_iter()
+                .find(|d| d.source().strip_prefix("dialect:") == Some(p.dialect))
+                .expect("known dialect");
+            assert_eq!(d.source(), format!("dialect:{}", p.dialect));
+        }
+    }
 }

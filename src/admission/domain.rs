@@ -33,7 +33,7 @@ use super::timer::{Fine, COARSE};
 pub enum Source {
     Default,
     Config,
-    /// The built-in preset of a well-known API (`presets.rs`).
+    /// The built-in preset of a well-known API (`config/presets.rs`).
     Preset,
     /// `X-EZTHROTTLE-RPS` / `-MAX-CONCURRENT`.
     Learned,

@@ -9,7 +9,6 @@ pub mod dialects;
 pub mod domain;
 pub mod gcra;
 pub mod learn;
-pub mod presets;
 pub mod shared;
 pub mod timer;
 

@@ -35,7 +35,7 @@ pub struct LimitsConfig {
     pub max_wait_ceiling: Duration,
     /// `[limits.domains."host"]`, keyed by lower-cased host (exact, or `*.suffix`).
     pub domains: BTreeMap<String, DomainConfig>,
-    /// Use the built-in presets (`crate::admission::presets`) for hosts no
+    /// Use the built-in presets (`presets.rs`) for hosts no
     /// `[limits.domains]` table matches; default true. Key `presets`.
     pub presets: bool,
 }

@@ -11,11 +11,13 @@ use std::path::{Path, PathBuf};
 mod control;
 mod effective;
 mod egress;
+mod encryption_key;
 mod files;
 mod idempotency;
 mod jobs;
 mod limits;
 mod load;
+pub mod presets;
 mod proxy;
 mod raw;
 mod regions;
@@ -27,6 +29,7 @@ mod webhooks;
 
 // Each section's struct lives beside the code that builds and validates it.
 pub use control::ControlConfig;
+pub use encryption_key::EncryptionKey;
 pub use idempotency::IdempotencyConfig;
 pub use jobs::JobsConfig;
 pub use limits::{DomainConfig, DomainLimits, LimitsConfig};
@@ -187,11 +190,11 @@ impl Config {
     /// The preset for `host`, unless presets are off or a [limits.domains]
     /// table matches the host: a table the user wrote replaces the vendor
     /// defaults entirely, so what runs is always what the file says.
-    pub fn preset(&self, host: &str) -> Option<&'static crate::admission::presets::Preset> {
+    pub fn preset(&self, host: &str) -> Option<&'static presets::Preset> {
         if !self.limits.presets || self.domain(host).is_some() {
             return None;
         }
-        crate::admission::presets::lookup(host)
+        presets::lookup(host)
     }
 
     /// The headers whose values split `host`'s budget: the domain table's

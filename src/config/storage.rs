@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::load::{duration, format_duration, positive_u32, Ctx};
 use super::raw::{RawMetrics, RawStorage};
-use super::ConfigError;
+use super::{ConfigError, EncryptionKey};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageBackend {
@@ -60,7 +60,7 @@ pub struct StorageConfig {
     /// Encrypts stored job headers, bodies, results and webhook secrets at
     /// rest. Read at load time from `encryption_key_file` or the variable
     /// named by `encryption_key_env`; never inline. Debug-prints redacted.
-    pub encryption_key: Option<crate::store::EncryptionKey>,
+    pub encryption_key: Option<EncryptionKey>,
     /// Where the key came from, for `config check`: `file:/path` or `env:VAR`.
     pub encryption_key_source: Option<String>,
 }
@@ -77,8 +77,7 @@ pub struct MetricsConfig {
 fn encryption_key(
     cx: &Ctx,
     raw: &RawStorage,
-) -> Result<(Option<crate::store::EncryptionKey>, Option<String>), ConfigError> {
-    use crate::store::EncryptionKey;
+) -> Result<(Option<EncryptionKey>, Option<String>), ConfigError> {
     if raw.encryption_key.is_some() {
         return Err(cx.err(
             "storage.encryption_key",

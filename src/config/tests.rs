@@ -498,7 +498,7 @@ fn storage_encryption_key_comes_from_a_file_or_variable_never_inline() {
     let c = parse(&text).expect("key file");
     assert_eq!(
         c.storage.encryption_key,
-        Some(crate::store::EncryptionKey::from_bytes([7u8; 32]))
+        Some(crate::config::EncryptionKey::from_bytes([7u8; 32]))
     );
     let shown = c.to_effective_toml();
     assert!(
@@ -511,7 +511,7 @@ fn storage_encryption_key_comes_from_a_file_or_variable_never_inline() {
     let c = parse("[storage]\nencryption_key_env = \"EZT_TEST_STORAGE_KEY_OK\"\n").unwrap();
     assert_eq!(
         c.storage.encryption_key,
-        Some(crate::store::EncryptionKey::from_bytes([0xab; 32]))
+        Some(crate::config::EncryptionKey::from_bytes([0xab; 32]))
     );
     assert_bad(
         "[storage]\nencryption_key_env = \"EZT_TEST_STORAGE_KEY_UNSET\"\n",

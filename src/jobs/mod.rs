@@ -771,4 +771,155 @@ mod tests {
             Step::Finish
         );
     }
+
+    /// A stand-in for our proxy listener: answers every request `200` and
+    /// keeps each request's `Idempotency-Key`; the list is watched, so a
+    /// test awaits a count instead of polling.
+    async fn listener() -> (
+        std::net::SocketAddr,
+        tokio::sync::watch::Receiver<Vec<String>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+        let tx = Arc::new(tx);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let head = loop {
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len: usize = text[..end]
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + len {
+                                break text[..end].to_string();
+                            }
+                        }
+                    };
+                    let key = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("idempotency-key:"))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    tx.send_modify(|keys| keys.push(key));
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    /// The store cannot record a finished run (its disk or Redis is gone
+    /// at that moment): the job is not lost. It stays in flight under its
+    /// lease, the runner carries on, and once the lease lapses the job is
+    /// claimed and run again (with the same Idempotency-Key, so upstream
+    /// sees a repeat, not a new request); when the store is back, that run
+    /// is recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_finish_the_store_cannot_record_runs_again_and_is_recorded_later() {
+        use crate::store::faulty::Faulty;
+        use crate::store::EmbeddedStore;
+
+        let dir = tempfile::tempdir().unwrap();
+        let faulty = Faulty::new(Arc::new(EmbeddedStore::open(dir.path()).unwrap()));
+        let store: Arc<dyn Store> = faulty.clone();
+        let (proxy, mut seen) = listener().await;
+        let config = Config::from_toml_str(
+            &format!("[proxy]\nlisten = \"{proxy}\"\n[jobs]\nlease = \"300ms\"\n"),
+            "t.toml",
+        )
+        .unwrap();
+        let jobs = Arc::new(Jobs::new(
+            store.clone(),
+            Arc::new(Metrics::new(10)),
+            Arc::new(arc_swap::ArcSwap::from_pointee(config)),
+            Arc::from("unit-test-token"),
+            Box::new(|| {}),
+        ));
+        faulty.fail_always("job_finish");
+        let accepted = jobs
+            .submit(
+                "w",
+                "key-1",
+                &JobSpec::request("POST", "http://api.test/x", 5_000),
+                0,
+                0,
+            )
+            .await
+            .unwrap();
+        let runner = tokio::spawn(jobs.clone().run());
+
+        // Run, its result not recorded, run again after the lease, and that
+        // result not recorded either.
+        tokio::time::timeout(Duration::from_secs(30), seen.wait_for(|k| k.len() >= 2))
+            .await
+            .expect("run again after its finish was lost")
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while faulty.calls("job_finish") < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the second run tried to finish");
+        let job = store
+            .job_get(&accepted.job_id)
+            .await
+            .unwrap()
+            .expect("kept");
+        assert_eq!(job.status, JobStatus::InFlight, "never recorded as ended");
+        assert!(job.result.is_none());
+        assert!(job.claims >= 2, "claimed again: {}", job.claims);
+        assert!(!runner.is_finished(), "the runner carries on");
+
+        faulty.heal("job_finish");
+        let done = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let job = store
+                    .job_get(&accepted.job_id)
+                    .await
+                    .unwrap()
+                    .expect("kept");
+                if job.status != JobStatus::InFlight {
+                    return job;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("recorded once the store is back");
+        assert_eq!(done.status, JobStatus::Success);
+        let result: serde_json::Value =
+            serde_json::from_str(done.result.as_deref().expect("a result")).unwrap();
+        assert_eq!(result["status_code"], 200);
+        assert_eq!(result["body"], "ok");
+        // Every run sent the job's own key.
+        let keys = seen.borrow().clone();
+        assert!(keys.len() >= 3, "{keys:?}");
+        assert!(
+            keys.iter().all(|k| *k == accepted.idempotent_key),
+            "{keys:?}"
+        );
+        assert!(faulty.calls("job_finish") >= 3);
+        runner.abort();
+    }
 }

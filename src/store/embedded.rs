@@ -15,11 +15,12 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::files;
 use super::pool::{self, Checkpointer, Readers};
-use super::seal::{self, EncryptionKey, Seal};
+use super::seal::{self, Seal};
 use super::{
     Delivery, DeliveryState, IdempotencyRecord, JobEnd, JobRecord, JobStatus, LearnedLimit, Store,
     StoreError, WebhookSecrets,
 };
+use crate::config::EncryptionKey;
 
 const SCHEMA_VERSION: i64 = 7;
 

@@ -15,7 +15,6 @@ pub mod seal;
 use async_trait::async_trait;
 
 pub use embedded::EmbeddedStore;
-pub use seal::EncryptionKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -17,6 +17,8 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use rand::RngCore;
 
+use crate::config::EncryptionKey;
+
 /// Marks a sealed value.
 pub const MAGIC: &[u8; 4] = b"\0EZS";
 /// Format version after the magic.
@@ -24,9 +26,6 @@ pub const VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const HEADER_LEN: usize = MAGIC.len() + 1 + NONCE_LEN;
-
-/// Key length in bytes.
-pub const KEY_LEN: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
@@ -41,55 +40,6 @@ pub enum SealError {
     Truncated,
     #[error("stored value is encrypted but no storage.encryption_key is configured")]
     NoKey,
-}
-
-/// A 256-bit storage key. Never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EncryptionKey([u8; KEY_LEN]);
-
-impl std::fmt::Debug for EncryptionKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("EncryptionKey(<redacted>)")
-    }
-}
-
-impl EncryptionKey {
-    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> EncryptionKey {
-        EncryptionKey(bytes)
-    }
-
-    /// Parse the text of a key file or variable: 64 hex digits, or standard
-    /// base64 (padding optional) of exactly 32 bytes; surrounding whitespace
-    /// (a trailing newline) is ignored. The message never echoes the input.
-    pub fn parse(text: &str) -> Result<EncryptionKey, String> {
-        use base64::Engine;
-        let t = text.trim();
-        if t.is_empty() {
-            return Err("is empty; expected 32 bytes as 64 hex digits or base64".into());
-        }
-        let bytes = if t.len() == 2 * KEY_LEN && t.bytes().all(|b| b.is_ascii_hexdigit()) {
-            hex::decode(t).map_err(|_| "is not valid hex".to_string())?
-        } else {
-            let engine = base64::engine::GeneralPurpose::new(
-                &base64::alphabet::STANDARD,
-                base64::engine::GeneralPurposeConfig::new()
-                    .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-            );
-            engine.decode(t).map_err(|_| {
-                format!(
-                    "is neither 64 hex digits nor base64 ({} characters); generate one with `openssl rand -base64 32`",
-                    t.chars().count()
-                )
-            })?
-        };
-        let arr: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| {
-            format!(
-                "decodes to {} bytes; expected exactly {KEY_LEN} (`openssl rand -base64 32`)",
-                bytes.len()
-            )
-        })?;
-        Ok(EncryptionKey(arr))
-    }
 }
 
 /// Seals and opens stored values with one key.
@@ -112,7 +62,7 @@ pub fn is_sealed(value: &[u8]) -> bool {
 impl Seal {
     pub fn new(key: &EncryptionKey) -> Seal {
         Seal {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(&key.0)),
+            cipher: ChaCha20Poly1305::new(Key::from_slice(key.as_bytes())),
         }
     }
 
@@ -179,7 +129,7 @@ mod tests {
     use super::*;
 
     fn key(b: u8) -> EncryptionKey {
-        EncryptionKey::from_bytes([b; KEY_LEN])
+        EncryptionKey::from_bytes([b; 32])
     }
 
     #[test]
@@ -228,30 +178,5 @@ mod tests {
         let sealed = s.seal("x", b"v");
         assert_eq!(unseal(Some(&s), "x", &sealed).unwrap(), b"v");
         assert_eq!(unseal(None, "x", &sealed), Err(SealError::NoKey));
-    }
-
-    #[test]
-    fn keys_parse_from_hex_or_base64_only_at_32_bytes() {
-        let hex = "00".repeat(31) + "ff";
-        let mut want = [0u8; KEY_LEN];
-        want[31] = 0xff;
-        assert_eq!(
-            EncryptionKey::parse(&format!("{hex}\n")).unwrap(),
-            EncryptionKey(want)
-        );
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD.encode([5u8; 32]);
-        assert_eq!(EncryptionKey::parse(&b64).unwrap(), key(5));
-        assert_eq!(
-            EncryptionKey::parse(b64.trim_end_matches('=')).unwrap(),
-            key(5)
-        );
-        let short = base64::engine::general_purpose::STANDARD.encode([5u8; 16]);
-        let e = EncryptionKey::parse(&short).unwrap_err();
-        assert!(e.contains("16 bytes"), "{e}");
-        assert!(EncryptionKey::parse("").is_err());
-        let e = EncryptionKey::parse("not a key at all!").unwrap_err();
-        assert!(!e.contains("not a key"), "never echoes the input: {e}");
-        assert!(!format!("{:?}", key(5)).contains('5'));
     }
 }

@@ -18,7 +18,9 @@ pub mod jobs;
 pub mod overview;
 mod page;
 pub mod redact;
-pub mod series;
+/// The ring buffers live beside the Prometheus families they mirror
+/// (`metrics/console.rs`), which feed them; the console only reads them.
+pub use crate::metrics::console as series;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -33,7 +33,8 @@ use async_trait::async_trait;
 use redis::{Script, Value};
 
 use super::conn::Redis;
-use crate::store::seal::{self, EncryptionKey, Seal};
+use crate::config::EncryptionKey;
+use crate::store::seal::{self, Seal};
 use crate::store::{
     Delivery, DeliveryState, IdempotencyRecord, JobEnd, JobRecord, JobStatus, LearnedLimit, Store,
     StoreError, WebhookSecrets,

@@ -29,7 +29,7 @@ pub const WINDOW: u32 = 900;
 /// Upper bounds (seconds) of the wait histogram kept per second: the same
 /// as `ezthrottle_throttle_wait_seconds`, so quantiles agree with
 /// `histogram_quantile` over the Prometheus histogram.
-pub const WAIT_BOUNDS: [f64; 15] = crate::metrics::WAIT_BUCKETS;
+pub const WAIT_BOUNDS: [f64; 15] = super::WAIT_BUCKETS;
 
 /// Response classes counted per second, in the order of [`Slot::responses`].
 pub const CLASSES: [&str; 4] = ["2xx", "429", "5xx", "other"];
