@@ -24,6 +24,7 @@ pub mod jobs;
 #[cfg(test)]
 mod layering;
 pub mod logging;
+pub mod mem_budget;
 pub mod metrics;
 pub mod pipeline;
 #[cfg(test)]

@@ -84,7 +84,7 @@ pub async fn read_whole(
     let mut buf = BytesMut::new();
     // Bodies held here count against the same process-wide budget as
     // unfinished heads, so slow uploads cannot grow memory without bound.
-    let mut hold = crate::accept::framing::Hold::new(crate::accept::framing::budget());
+    let mut hold = crate::mem_budget::Hold::new(crate::mem_budget::budget());
     let mut armed = false;
     loop {
         if !armed && declared.is_none_or(|n| n.saturating_sub(buf.len() as u64) <= RETRY_BUFFER) {

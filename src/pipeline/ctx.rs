@@ -131,7 +131,7 @@ pub struct RequestCtx {
     pub body: Option<Bytes>,
     /// That body's share of the process-wide buffer budget
     /// (`[proxy] max_buffered`), given back when the request ends.
-    pub body_hold: Option<crate::accept::framing::Hold>,
+    pub body_hold: Option<crate::mem_budget::Hold>,
     /// Retry policy and progress, set once the request is admitted.
     pub retry: Option<RetryState>,
     /// Set when the request may be parked (it named a webhook).

@@ -9,9 +9,9 @@ use pingora::proxy::Session;
 
 use super::body;
 use super::ctx::RequestCtx;
-use crate::accept::framing::{budget, Hold};
 use crate::error::ProxyError;
 use crate::idempotency::{self, fingerprint, key, Begin, Claim, StoredResponse};
+use crate::mem_budget::{budget, Hold};
 use crate::state::Shared;
 use crate::store::IdempotencyRecord;
 
@@ -232,7 +232,7 @@ fn store(shared: &Shared, keyed: &mut Keyed) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accept::framing::MemBudget;
+    use crate::mem_budget::MemBudget;
 
     /// Every byte of a captured body's capacity is held against the budget;
     /// past the budget the capture stops (and gives its bytes back), past
