@@ -202,9 +202,6 @@ impl RequestCtx {
     /// The metric series of the request's domain (`None` before the
     /// target is known), resolved on first use and kept for the request.
     pub fn series(&self, metrics: &Metrics) -> Option<&Arc<DomainSeries>> {
-        if let Some(s) = self.series.get() {
-            return Some(s);
-        }
         let domain = self.domain()?;
         Some(self.series.get_or_init(|| metrics.series(domain)))
     }
