@@ -13,6 +13,10 @@
 #                   keep-alive upstream, 1 worker)
 #   intercepted     ezthrottle (CONNECT + interception), nginx (terminates TLS
 #   HTTPS           and re-originates TLS, keep-alive upstream), mitmproxy 11
+#   both            pingora: examples/pingora_floor.rs, the pingora ezthrottle
+#                   is built on with empty hooks (a forward proxy plain; TLS
+#                   terminated and re-originated like the nginx row): the
+#                   floor under ezthrottle, pingora's own cost per request
 # The origin (nginx, a 1 KiB body, plain and TLS ports) and the load
 # generators (wrk with absolute-form requests through a Lua script, 32
 # connections; benches/h2load with -proto http1 -workers 32) share core 1.
@@ -32,7 +36,9 @@
 #   CONNECTIONS   concurrent connections, wrk and the Go client (default 32)
 #   WRK_THREADS   wrk threads (default 1: wrk has one core)
 #   IDLE_CONNS    connections of the memory test (default 1000; 0 skips it)
-#   ONLY          comma list of proxies: ezthrottle,envoy,squid,nginx,mitmproxy
+#   ONLY          comma list of proxies: ezthrottle,pingora,envoy,squid,nginx,mitmproxy
+#   FLOOR         the pingora_floor binary (default next to BIN under examples/,
+#                 built with `cargo build --release --example pingora_floor` when missing)
 #   MITM=0        skip mitmproxy
 #   BIN           ezthrottle binary (default ${CARGO_TARGET_DIR:-target}/release/ezthrottle,
 #                 built with `cargo build --release` only when missing, unless SKIP_BUILD=1)
@@ -64,7 +70,7 @@ PROXY_CPU=0
 LOAD_CPU=1
 
 # ---- which proxies -------------------------------------------------------------
-ALL="ezthrottle envoy squid nginx mitmproxy"
+ALL="ezthrottle pingora envoy squid nginx mitmproxy"
 ONLY=${ONLY:-}
 want() {  # proxy name
     if [ "$1" = mitmproxy ] && [ "$MITM" = 0 ]; then return 1; fi
@@ -110,6 +116,14 @@ fi
 if want ezthrottle; then
     "$BIN" --version >/dev/null 2>&1 || die "$BIN --version failed"
 fi
+FLOOR=${FLOOR:-$(dirname "$BIN")/examples/pingora_floor}
+if want pingora && [ ! -x "$FLOOR" ]; then
+    [ "${SKIP_BUILD:-0}" = 1 ] && die "no binary at $FLOOR (SKIP_BUILD=1)"
+    log "no binary at $FLOOR: cargo build --release --example pingora_floor"
+    cargo build --release --example pingora_floor >&2
+    [ -x "$FLOOR" ] || die "no binary at $FLOOR after the build (set FLOOR or CARGO_TARGET_DIR)"
+fi
+PINGORA_LABEL="pingora $(sed -n 's/^pingora = { version = "=\{0,1\}\([0-9.]*\)".*/\1/p' Cargo.toml), empty hooks (the floor under ezthrottle)"
 
 venv_install() {  # dir, pip requirement...
     local dir=$1; shift
@@ -215,6 +229,13 @@ pticks() {  # pid: cpu_ticks summed over it and its descendants
     for p in $(ptree "$1"); do total=$((total + $(cpu_ticks "$p" 2>/dev/null || echo 0))); done
     echo "$total"
 }
+puticks() {  # pid: user-mode ticks summed over it and its descendants
+    local p total=0
+    for p in $(ptree "$1"); do
+        total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
 prss() { python3 "$TMP/procs.py" rss "$1"; }
 pcores() { python3 "$TMP/procs.py" cores; }
 
@@ -237,7 +258,7 @@ BEFORE_CLEANUP=stop_load_and_proxy
 
 # Distinct free loopback ports, held open together while chosen.
 read -r ORIGIN_HTTP ORIGIN_TLS EZT_PORT EZT_CONTROL ENVOY_PORT SQUID_PORT NGINX_PORT \
-    NGINX_TLS_PORT MITM_PORT < <(free_ports 9)
+    NGINX_TLS_PORT MITM_PORT FLOOR_PORT FLOOR_TLS_PORT < <(free_ports 11)
 HTTP_URL="http://127.0.0.1:$ORIGIN_HTTP/"
 HTTPS_URL="https://127.0.0.1:$ORIGIN_TLS/"
 
@@ -403,7 +424,7 @@ run_wrk() {  # outfile, proxy port, seconds
 # Warm-up, then the measured run with the proxy's CPU ticks around it.
 measure() {  # section, name, label, load kind (wrk|go), go args... | proxy port
     local section=$1 name=$2 label=$3 kind=$4; shift 4
-    local out="$TMP/$section-$name" t0 t1 a0 a1 c0 c1 o0 o1 rss
+    local out="$TMP/$section-$name" t0 t1 u0 u1 a0 a1 c0 c1 o0 o1 rss
     log "$section / $label: warm-up ${WARMUP}s"
     if [ "$kind" = wrk ]; then
         run_wrk "$out.warm" "$1" "$WARMUP" || { cat "$out.warm.err" >&2; die "$label: warm-up failed"; }
@@ -416,6 +437,7 @@ measure() {  # section, name, label, load kind (wrk|go), go args... | proxy port
     o0=$(pticks "$ORIGIN_PID")
     c0=$(pcores)
     t0=$(pticks "$PROXY_PID")
+    u0=$(puticks "$PROXY_PID")
     times > "$out.times0"   # this shell's reaped children: the load generator
     if [ "$kind" = wrk ]; then
         run_wrk "$out.txt" "$1" "$DURATION" || { cat "$out.txt" "$out.txt.err" >&2; die "$label: wrk failed"; }
@@ -425,6 +447,7 @@ measure() {  # section, name, label, load kind (wrk|go), go args... | proxy port
     fi
     times > "$out.times1"
     t1=$(pticks "$PROXY_PID")
+    u1=$(puticks "$PROXY_PID")
     c1=$(pcores)
     o1=$(pticks "$ORIGIN_PID")
     a1=$(count_access)
@@ -437,7 +460,7 @@ measure() {  # section, name, label, load kind (wrk|go), go args... | proxy port
     fi
     [ -n "$json" ] || die "$label: no result line"
     record kind=run section="$section" name="$name" label="$label" gen="$kind" json="$json" \
-        ticks="$((t1 - t0))" cores0="$c0" cores1="$c1" origin_ticks="$((o1 - o0))" \
+        ticks="$((t1 - t0))" user_ticks="$((u1 - u0))" cores0="$c0" cores1="$c1" origin_ticks="$((o1 - o0))" \
         load_ms="$(( $(children_ms "$out.times1") - $(children_ms "$out.times0") ))" rss_after_kib="$rss" access_lines="$((a1 - a0))"
 }
 children_ms() {  # file with the output of `times`: user+sys of reaped children, in ms
@@ -623,6 +646,20 @@ start_nginx_tls() {
     }"
 }
 
+start_floor_plain() {
+    mkdir -p "$TMP/pingora"
+    log "pingora floor (forward proxy, empty hooks) on 127.0.0.1:$FLOOR_PORT"
+    start_proxy pingora/plain "$FLOOR" --plain "127.0.0.1:$FLOOR_PORT"
+    wait_port "pingora floor" "$PROXY_PID" "$FLOOR_PORT"
+}
+start_floor_tls() {
+    mkdir -p "$TMP/pingora"
+    log "pingora floor (TLS in, TLS to the origin, empty hooks) on 127.0.0.1:$FLOOR_TLS_PORT"
+    start_proxy pingora/tls "$FLOOR" --tls "127.0.0.1:$FLOOR_TLS_PORT" --cert "$TMP/proxy.pem" \
+        --key "$TMP/proxy.key" --upstream "127.0.0.1:$ORIGIN_TLS" --sni "$HOST" --ca-file "$TMP/origin-ca.pem"
+    wait_port "pingora floor" "$PROXY_PID" "$FLOOR_TLS_PORT"
+}
+
 start_mitm() {
     local dir="$TMP/mitm"
     mkdir -p "$dir"
@@ -647,6 +684,9 @@ if want ezthrottle; then
     EZT_LABEL="ezthrottle $("$BIN" --version | sed 's/^ezthrottle //')"
     plain ezthrottle "$EZT_LABEL" "$EZT_PORT" start_ezthrottle_proxy ezt-http
 fi
+if want pingora; then
+    plain pingora "$PINGORA_LABEL" "$FLOOR_PORT" start_floor_plain
+fi
 if want envoy; then
     v=$("$ENVOY" --version 2>/dev/null | sed -n 's|.*version: [0-9a-f]*/\([0-9.]*\)/.*|\1|p')
     plain envoy "Envoy $v, dynamic forward proxy" "$ENVOY_PORT" start_envoy
@@ -667,6 +707,14 @@ if want ezthrottle; then
     memory https ezthrottle "$EZT_LABEL (CONNECT + interception)" connect-tls "127.0.0.1:$EZT_PORT" "$HTTPS_URL" "$CA"
     measure https ezthrottle "$EZT_LABEL (CONNECT + interception)" go \
         -url "$HTTPS_URL" -proxy "http://127.0.0.1:$EZT_PORT" -ca "$CA"
+    stop_proxy
+fi
+if want pingora; then
+    start_floor_tls
+    URL="https://127.0.0.1:$FLOOR_TLS_PORT/"
+    check "pingora https" --noproxy '*' --cacert "$TMP/origin-ca.pem" "$URL"
+    memory https pingora "$PINGORA_LABEL, TLS terminated and re-originated" tls "127.0.0.1:$FLOOR_TLS_PORT" "$URL" "$TMP/origin-ca.pem"
+    measure https pingora "$PINGORA_LABEL, TLS terminated and re-originated" go -url "$URL" -ca "$TMP/origin-ca.pem"
     stop_proxy
 fi
 if want nginx; then
@@ -720,8 +768,8 @@ def table(section, title):
     if not sel:
         return
     print()
-    print(f"| {title} | req/s | p50 ms | p99 ms | CPU µs/req | CPU ms total | errors |")
-    print("|---|--:|--:|--:|--:|--:|--:|")
+    print(f"| {title} | req/s | p50 ms | p99 ms | CPU µs/req | user µs/req | kernel µs/req | CPU ms total | errors |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in sel:
         j = json.loads(r["json"])
         if r["gen"] == "wrk":
@@ -733,9 +781,10 @@ def table(section, title):
         errs = j["errors"] + j["non_2xx"]
         bad |= errs > 0
         cpu_s = int(r["ticks"]) / hz
-        per = f"{cpu_s * 1e6 / ok:,.1f}" if ok else "-"
+        user_s = int(r["user_ticks"]) / hz
+        us = lambda x: f"{x * 1e6 / ok:,.1f}" if ok else "-"
         print(f"| {r['label']} | {ok / j['seconds']:,.0f} | {j['p50_ms']:.2f} | {j['p99_ms']:.2f} "
-              f"| {per} | {cpu_s * 1000:,.0f} | {errs} |")
+              f"| {us(cpu_s)} | {us(user_s)} | {us(cpu_s - user_s)} | {cpu_s * 1000:,.0f} | {errs} |")
     print()
     print("Core use during the measured runs (/proc/stat): " + "; ".join(
         f"{r['label']}: {core_use(r)}" for r in sel) + ".")
