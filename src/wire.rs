@@ -61,3 +61,57 @@ pub const METADATA_HEADER: &str = "x-ezthrottle-metadata";
 pub fn internal_value(parked: bool, token: &str) -> String {
     format!("{} {token}", if parked { "parked" } else { "job" })
 }
+
+/// The same names as parsed [`http::HeaderName`]s, for look-ups on the
+/// request path: a look-up by `&str` parses and validates the name every
+/// time (`HdrName::from_bytes`), one by `HeaderName` only hashes it. Every
+/// request reads about ten of them, so this is measurable per request
+/// (docs/performance.md). Statics, not consts: a custom name holds `Bytes`.
+pub mod names {
+    use http::HeaderName;
+
+    pub static MAX_WAIT: HeaderName = HeaderName::from_static(super::MAX_WAIT_HEADER);
+    pub static RPS: HeaderName = HeaderName::from_static(super::RPS_HEADER);
+    pub static CONCURRENCY: HeaderName = HeaderName::from_static(super::CONCURRENCY_HEADER);
+    pub static WORKSPACE: HeaderName = HeaderName::from_static(super::WORKSPACE_HEADER);
+    pub static INTERNAL: HeaderName = HeaderName::from_static(super::INTERNAL_HEADER);
+    pub static JOB: HeaderName = HeaderName::from_static(super::JOB_HEADER);
+    pub static RETRY_POLICY: HeaderName = HeaderName::from_static(super::RETRY_POLICY_HEADER);
+    pub static REGION: HeaderName = HeaderName::from_static(super::REGION_HEADER);
+    pub static WEBHOOK: HeaderName = HeaderName::from_static(super::WEBHOOK_HEADER);
+    pub static METADATA: HeaderName = HeaderName::from_static(super::METADATA_HEADER);
+    pub static IDEMPOTENCY_KEY: HeaderName =
+        HeaderName::from_static(crate::idempotency::key::HEADER);
+    pub static PREFER: HeaderName = HeaderName::from_static("prefer");
+    /// [`super::RUNNER_HEADERS`], in the same order.
+    pub static RUNNER: [&HeaderName; 3] = [&JOB, &RETRY_POLICY, &REGION];
+
+    #[cfg(test)]
+    mod tests {
+        /// Each parsed name is the string it stands for, so a look-up by
+        /// either finds the same header.
+        #[test]
+        fn names_match_their_strings() {
+            use super::super::*;
+            let pairs = [
+                (&super::MAX_WAIT, MAX_WAIT_HEADER),
+                (&super::RPS, RPS_HEADER),
+                (&super::CONCURRENCY, CONCURRENCY_HEADER),
+                (&super::WORKSPACE, WORKSPACE_HEADER),
+                (&super::INTERNAL, INTERNAL_HEADER),
+                (&super::JOB, JOB_HEADER),
+                (&super::RETRY_POLICY, RETRY_POLICY_HEADER),
+                (&super::REGION, REGION_HEADER),
+                (&super::WEBHOOK, WEBHOOK_HEADER),
+                (&super::METADATA, METADATA_HEADER),
+                (&super::IDEMPOTENCY_KEY, crate::idempotency::key::HEADER),
+            ];
+            for (name, s) in pairs {
+                assert_eq!(name.as_str(), s);
+            }
+            for (name, s) in super::RUNNER.iter().zip(RUNNER_HEADERS) {
+                assert_eq!(name.as_str(), *s);
+            }
+        }
+    }
+}

@@ -50,13 +50,13 @@ impl Signals {
 /// zero, `Retry-After` — become [`Signals::pause`]).
 pub fn read(status: u16, headers: &HeaderMap, now: SystemTime) -> Signals {
     let mut s = Signals::default();
-    if let Some(v) = header(headers, RPS_HEADER) {
+    if let Some(v) = header(headers, &crate::wire::names::RPS) {
         match parse_rps(v) {
             Some(r) => s.rps = Some(r),
             None => s.ignored.push(RPS_HEADER),
         }
     }
-    if let Some(v) = header(headers, CONCURRENCY_HEADER) {
+    if let Some(v) = header(headers, &crate::wire::names::CONCURRENCY) {
         match parse_concurrency(v) {
             Some(c) => s.max_concurrent = Some(c),
             None => s.ignored.push(CONCURRENCY_HEADER),
@@ -98,7 +98,7 @@ fn pause_reason(status: u16, b: &dialects::Budget) -> String {
     )
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn header<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> Option<&'a str> {
     // A value that is not visible ASCII is treated as present-but-unusable.
     headers.get(name).map(|v| v.to_str().unwrap_or("\u{0}"))
 }

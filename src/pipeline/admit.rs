@@ -9,7 +9,6 @@ use super::ctx::RequestCtx;
 use crate::admission::{budget_key, Denied};
 use crate::error::ProxyError;
 use crate::state::Shared;
-use crate::wire::MAX_WAIT_HEADER;
 
 /// How long this request may wait (for admission, or for an identical
 /// keyed request in flight): `X-EZThrottle-Max-Wait`, else the domain's
@@ -18,7 +17,7 @@ pub fn max_wait(shared: &Shared, session: &Session, domain: &str) -> Result<Dura
     let header = session
         .req_header()
         .headers
-        .get(MAX_WAIT_HEADER)
+        .get(&crate::wire::names::MAX_WAIT)
         .map(|v| v.to_str().unwrap_or("\u{0}").to_string());
     shared
         .admission

@@ -10,8 +10,6 @@ use pingora::http::RequestHeader;
 use super::ctx::{ConnInfo, Target};
 use crate::error::ProxyError;
 
-use crate::wire::{INTERNAL_HEADER, WORKSPACE_HEADER};
-
 /// Who sent a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Caller {
@@ -45,7 +43,7 @@ impl Caller {
 pub fn caller(req: &RequestHeader, token: &str) -> Caller {
     let Some((kind, given)) = req
         .headers
-        .get(INTERNAL_HEADER)
+        .get(&crate::wire::names::INTERNAL)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
     else {
@@ -202,7 +200,7 @@ pub fn workspace(
 ) -> Result<Workspace, ProxyError> {
     let believed = trust.trusted || trust.api_keys.is_empty();
     let mut ignored_header = false;
-    if let Some(value) = req.headers.get(WORKSPACE_HEADER) {
+    if let Some(value) = req.headers.get(&crate::wire::names::WORKSPACE) {
         let ws = value
             .to_str()
             .ok()
@@ -328,7 +326,7 @@ pub fn looped(req: &RequestHeader, instance_id: &str) -> bool {
 mod tests {
     use super::*;
     use crate::pipeline::ctx::ConnectTarget;
-    use crate::wire::internal_value;
+    use crate::wire::{internal_value, INTERNAL_HEADER};
 
     fn control() -> SocketAddr {
         "127.0.0.1:4001".parse().unwrap()

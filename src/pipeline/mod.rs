@@ -166,8 +166,11 @@ impl Pipeline {
                 .inc();
         }
         if !ctx.caller.is_internal() {
-            for h in crate::wire::RUNNER_HEADERS {
-                if req.headers.contains_key(*h) {
+            for (h, name) in crate::wire::RUNNER_HEADERS
+                .iter()
+                .zip(crate::wire::names::RUNNER)
+            {
+                if req.headers.contains_key(name) {
                     ignored.with_label_values(&[h]).inc();
                 }
             }

@@ -18,8 +18,6 @@ use crate::jobs::spec::{end_to_end, JobSpec, WebhookSpec};
 use crate::jobs::Accepted;
 use crate::state::Shared;
 
-use crate::wire::{METADATA_HEADER, WEBHOOK_HEADER};
-
 /// What a request asked for about parking.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParkOptions {
@@ -44,7 +42,7 @@ pub fn options(
         return Ok(None);
     }
     let mut webhooks = Vec::new();
-    for value in req.headers.get_all(WEBHOOK_HEADER) {
+    for value in req.headers.get_all(&crate::wire::names::WEBHOOK) {
         let text = value
             .to_str()
             .map_err(|_| ProxyError::BadRequest("X-EZThrottle-Webhook is not valid text".into()))?;
@@ -59,7 +57,7 @@ pub fn options(
     if webhooks.is_empty() {
         return Ok(None);
     }
-    let metadata = match req.headers.get(METADATA_HEADER) {
+    let metadata = match req.headers.get(&crate::wire::names::METADATA) {
         None => Value::Object(Default::default()),
         Some(v) => {
             let parsed: Option<Value> = v.to_str().ok().and_then(|t| serde_json::from_str(t).ok());
@@ -75,7 +73,7 @@ pub fn options(
     };
     let respond_async = req
         .headers
-        .get_all("prefer")
+        .get_all(&crate::wire::names::PREFER)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))

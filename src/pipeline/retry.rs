@@ -61,14 +61,16 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
     let internal = ctx.caller.is_internal();
     if let Some(policy) = req
         .headers
-        .get(crate::wire::RETRY_POLICY_HEADER)
+        .get(&crate::wire::names::RETRY_POLICY)
         .filter(|_| internal)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| serde_json::from_str::<crate::jobs::spec::RetryPolicySpec>(v).ok())
     {
         policy.apply(&mut config);
     }
-    let keyed = req.headers.contains_key(crate::idempotency::key::HEADER);
+    let keyed = req
+        .headers
+        .contains_key(&crate::wire::names::IDEMPOTENCY_KEY);
     // A body is replayable when it was read ahead, or when it is declared
     // small enough (pingora buffers what it streams, see `after`).
     let replayable = match (&ctx.body, super::body::declared_len(session)) {
@@ -80,7 +82,7 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
     let route = match session
         .req_header()
         .headers
-        .get(crate::wire::REGION_HEADER)
+        .get(&crate::wire::names::REGION)
         .filter(|_| internal)
         .and_then(|v| v.to_str().ok())
     {
