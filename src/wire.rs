@@ -80,8 +80,6 @@ pub mod names {
     pub static REGION: HeaderName = HeaderName::from_static(super::REGION_HEADER);
     pub static WEBHOOK: HeaderName = HeaderName::from_static(super::WEBHOOK_HEADER);
     pub static METADATA: HeaderName = HeaderName::from_static(super::METADATA_HEADER);
-    pub static IDEMPOTENCY_KEY: HeaderName =
-        HeaderName::from_static(crate::idempotency::key::HEADER);
     pub static PREFER: HeaderName = HeaderName::from_static("prefer");
     /// [`super::RUNNER_HEADERS`], in the same order.
     pub static RUNNER: [&HeaderName; 3] = [&JOB, &RETRY_POLICY, &REGION];
@@ -104,7 +102,6 @@ pub mod names {
                 (&super::REGION, REGION_HEADER),
                 (&super::WEBHOOK, WEBHOOK_HEADER),
                 (&super::METADATA, METADATA_HEADER),
-                (&super::IDEMPOTENCY_KEY, crate::idempotency::key::HEADER),
             ];
             for (name, s) in pairs {
                 assert_eq!(name.as_str(), s);

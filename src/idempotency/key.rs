@@ -4,6 +4,9 @@
 use http::{HeaderValue, Method};
 
 pub const HEADER: &str = "idempotency-key";
+/// [`HEADER`] parsed once, for look-ups on the request path (see
+/// `wire::names`).
+pub static HEADER_NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
 /// Added to every replayed response.
 pub const REPLAY_HEADER: &str = "Idempotency-Replay";
 
@@ -37,6 +40,11 @@ pub fn validate(value: &HeaderValue) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_parsed_name_is_the_header() {
+        assert_eq!(HEADER_NAME.as_str(), HEADER);
+    }
 
     #[test]
     fn keys() {

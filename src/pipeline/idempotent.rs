@@ -38,7 +38,7 @@ pub async fn begin(
     if !key::applies(&req.method) {
         return Ok(None);
     }
-    let Some(value) = req.headers.get(&crate::wire::names::IDEMPOTENCY_KEY) else {
+    let Some(value) = req.headers.get(&key::HEADER_NAME) else {
         return Ok(None);
     };
     let key = key::validate(value).map_err(ProxyError::IdempotencyKeyInvalid)?;

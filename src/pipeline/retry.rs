@@ -70,7 +70,7 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
     }
     let keyed = req
         .headers
-        .contains_key(&crate::wire::names::IDEMPOTENCY_KEY);
+        .contains_key(&crate::idempotency::key::HEADER_NAME);
     // A body is replayable when it was read ahead, or when it is declared
     // small enough (pingora buffers what it streams, see `after`).
     let replayable = match (&ctx.body, super::body::declared_len(session)) {
