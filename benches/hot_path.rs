@@ -8,7 +8,10 @@
 //!   and from one with a budget;
 //! - checking a request head (the authority shortcut);
 //! - the egress check of a plain host name (no URL-parser IDNA pass);
-//! - counting a request in the domain's cached series vs a label look-up.
+//! - counting a request in the domain's cached series vs a label look-up;
+//! - scrubbing a clean access line (the memchr pre-check);
+//! - looking our headers up in a usual request's headers by parsed
+//!   `HeaderName` vs by `&str` (which parses the name on every look-up).
 //!
 //! `cargo bench --bench hot_path`
 
@@ -144,11 +147,64 @@ fn metrics(c: &mut Criterion) {
     });
 }
 
+fn scrub_and_lookups(c: &mut Criterion) {
+    let mut line = String::with_capacity(256);
+    render(&access(), false, SystemTime::now(), &mut line);
+    c.bench_function("scrub_clean_access_line", |b| {
+        b.iter(|| black_box(ezthrottle::logging::scrub(black_box(&line)).len()))
+    });
+    // A usual request: Host, User-Agent, Accept, none of ours.
+    let req = headers(&[
+        ("host", "api.example.com"),
+        ("user-agent", "curl/8.0"),
+        ("accept", "*/*"),
+    ]);
+    use ezthrottle::wire::{self, names};
+    let parsed = [
+        &names::MAX_WAIT,
+        &names::INTERNAL,
+        &names::WORKSPACE,
+        &names::JOB,
+        &names::RETRY_POLICY,
+        &names::REGION,
+        &names::WEBHOOK,
+        &names::METADATA,
+        &ezthrottle::idempotency::key::HEADER_NAME,
+    ];
+    let by_str = [
+        wire::MAX_WAIT_HEADER,
+        wire::INTERNAL_HEADER,
+        wire::WORKSPACE_HEADER,
+        wire::JOB_HEADER,
+        wire::RETRY_POLICY_HEADER,
+        wire::REGION_HEADER,
+        wire::WEBHOOK_HEADER,
+        wire::METADATA_HEADER,
+        ezthrottle::idempotency::key::HEADER,
+    ];
+    c.bench_function("our_headers_lookup_parsed_names", |b| {
+        b.iter(|| {
+            parsed
+                .iter()
+                .filter(|n| black_box(&req).contains_key(**n))
+                .count()
+        })
+    });
+    c.bench_function("our_headers_lookup_by_str", |b| {
+        b.iter(|| {
+            by_str
+                .iter()
+                .filter(|n| black_box(&req).contains_key(**n))
+                .count()
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = access_line, limits, head, egress, metrics
+    targets = access_line, limits, head, egress, metrics, scrub_and_lookups
 }
 criterion_main!(benches);
