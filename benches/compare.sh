@@ -709,21 +709,21 @@ if want ezthrottle; then
         -url "$HTTPS_URL" -proxy "http://127.0.0.1:$EZT_PORT" -ca "$CA"
     stop_proxy
 fi
-if want pingora; then
-    start_floor_tls
-    URL="https://127.0.0.1:$FLOOR_TLS_PORT/"
-    check "pingora https" --noproxy '*' --cacert "$TMP/origin-ca.pem" "$URL"
-    memory https pingora "$PINGORA_LABEL, TLS terminated and re-originated" tls "127.0.0.1:$FLOOR_TLS_PORT" "$URL" "$TMP/origin-ca.pem"
-    measure https pingora "$PINGORA_LABEL, TLS terminated and re-originated" go -url "$URL" -ca "$TMP/origin-ca.pem"
+# A proxy that terminates TLS itself and re-originates it to the origin.
+terminating() {  # name, label, port, start command...
+    local name=$1 label=$2 port=$3; shift 3
+    "$@"
+    local url="https://127.0.0.1:$port/"
+    check "$name https" --noproxy '*' --cacert "$TMP/origin-ca.pem" "$url"
+    memory https "$name" "$label" tls "127.0.0.1:$port" "$url" "$TMP/origin-ca.pem"
+    measure https "$name" "$label" go -url "$url" -ca "$TMP/origin-ca.pem"
     stop_proxy
+}
+if want pingora; then
+    terminating pingora "$PINGORA_LABEL, TLS terminated and re-originated" "$FLOOR_TLS_PORT" start_floor_tls
 fi
 if want nginx; then
-    start_nginx_tls
-    URL="https://127.0.0.1:$NGINX_TLS_PORT/"
-    check "nginx https" --noproxy '*' --cacert "$TMP/origin-ca.pem" "$URL"
-    memory https nginx "nginx, TLS terminated and re-originated" tls "127.0.0.1:$NGINX_TLS_PORT" "$URL" "$TMP/origin-ca.pem"
-    measure https nginx "nginx, TLS terminated and re-originated" go -url "$URL" -ca "$TMP/origin-ca.pem"
-    stop_proxy
+    terminating nginx "nginx, TLS terminated and re-originated" "$NGINX_TLS_PORT" start_nginx_tls
 fi
 if want mitmproxy && [ -n "$MITMDUMP" ]; then
     MITM_LABEL="mitmproxy $("$MITMDUMP" --version 2>/dev/null | sed -n 's/^Mitmproxy: //p')"

@@ -159,7 +159,7 @@ fn scrub_and_lookups(c: &mut Criterion) {
         ("user-agent", "curl/8.0"),
         ("accept", "*/*"),
     ]);
-    use ezthrottle::wire::{self, names};
+    use ezthrottle::wire::names;
     let parsed = [
         &names::MAX_WAIT,
         &names::INTERNAL,
@@ -171,17 +171,8 @@ fn scrub_and_lookups(c: &mut Criterion) {
         &names::METADATA,
         &ezthrottle::idempotency::key::HEADER_NAME,
     ];
-    let by_str = [
-        wire::MAX_WAIT_HEADER,
-        wire::INTERNAL_HEADER,
-        wire::WORKSPACE_HEADER,
-        wire::JOB_HEADER,
-        wire::RETRY_POLICY_HEADER,
-        wire::REGION_HEADER,
-        wire::WEBHOOK_HEADER,
-        wire::METADATA_HEADER,
-        ezthrottle::idempotency::key::HEADER,
-    ];
+    // The same names as strings, looked up the old way.
+    let by_str: Vec<&str> = parsed.iter().map(|n| n.as_str()).collect();
     c.bench_function("our_headers_lookup_parsed_names", |b| {
         b.iter(|| {
             parsed
