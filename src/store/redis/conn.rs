@@ -538,6 +538,15 @@ pub(crate) mod testing {
 
     use std::process::{Child, Command, Stdio};
 
+    /// Why [`Server::start_on`] gave up.
+    #[derive(Debug)]
+    pub enum Lost {
+        /// Another process answers on the port.
+        Port,
+        /// `redis-server` could not be run.
+        NotInstalled,
+    }
+
     pub struct Server {
         child: Child,
         pub port: u16,
@@ -547,13 +556,34 @@ pub(crate) mod testing {
     impl Server {
         /// Start one; `None` when no `redis-server` is installed (the test
         /// then says so and is skipped by its caller).
+        ///
+        /// The port is picked free and then handed to `redis-server`, so
+        /// another test's server can take it in between: ours then exits
+        /// on "address in use" while the other answers on the port. A test
+        /// that ran on another test's server would see that test's keys and
+        /// commands (a CI run once counted a neighbour's `EVALSHA`), so the
+        /// server answering must be the process we started (`INFO server`'s
+        /// `process_id`); if not, ours is stopped and another port tried.
         pub fn start() -> Option<Server> {
-            let dir = tempfile::tempdir().ok()?;
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .ok()?
-                .local_addr()
-                .ok()?
-                .port();
+            for _ in 0..5 {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .ok()?
+                    .local_addr()
+                    .ok()?
+                    .port();
+                match Server::start_on(port) {
+                    Ok(server) => return Some(server),
+                    Err(Lost::Port) => continue,
+                    Err(Lost::NotInstalled) => return None,
+                }
+            }
+            None
+        }
+
+        /// Start one on `port`; [`Lost::Port`] when the server answering
+        /// there is not the one started.
+        pub fn start_on(port: u16) -> Result<Server, Lost> {
+            let dir = tempfile::tempdir().map_err(|_| Lost::NotInstalled)?;
             let child = Command::new("redis-server")
                 .args([
                     "--port",
@@ -570,19 +600,27 @@ pub(crate) mod testing {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .ok()?;
-            let server = Server {
+                .map_err(|_| Lost::NotInstalled)?;
+            let mut server = Server {
                 child,
                 port,
                 _dir: dir,
             };
             for _ in 0..200 {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Some(server);
+                if let Some(pid) = process_id(port) {
+                    if pid == server.child.id() {
+                        return Ok(server);
+                    }
+                    // Someone else's server: ours lost the port (dropping
+                    // it stops ours).
+                    return Err(Lost::Port);
+                }
+                if matches!(server.child.try_wait(), Ok(Some(_))) {
+                    return Err(Lost::Port);
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            None
+            Err(Lost::Port)
         }
 
         pub fn url(&self) -> String {
@@ -608,6 +646,32 @@ pub(crate) mod testing {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+
+    /// The `process_id` of the Redis answering on `port`, if one answers.
+    fn process_id(port: u16) -> Option<u32> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .ok()?;
+        s.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n").ok()?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // A bulk reply: read until the field is in (bounded by the timeout).
+        while got.len() < 64 * 1024 {
+            let n = s.read(&mut buf).ok()?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some(rest) = text.split("process_id:").nth(1) {
+                if let Some((pid, _)) = rest.split_once("\r\n") {
+                    return pid.trim().parse().ok();
+                }
+            }
+        }
+        None
     }
 
     /// A real three-node Redis Cluster (three `redis-server --cluster-enabled
@@ -736,6 +800,21 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A test server started on a port another server already holds is
+    /// refused, not mistaken for ours (two tests would share one Redis).
+    #[test]
+    fn a_test_server_on_a_taken_port_is_not_taken_for_ours() {
+        let first = testing::Server::start().expect("redis-server (scripts/test installs it)");
+        match testing::Server::start_on(first.port) {
+            Err(testing::Lost::Port) => {}
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("a second server claimed the first one's port"),
+        }
+        // The first still answers, and start() still finds a port.
+        let second = testing::Server::start().expect("another port");
+        assert_ne!(second.port, first.port);
+    }
 
     #[tokio::test]
     async fn commands_scripts_and_events_round_trip() {
