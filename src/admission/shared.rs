@@ -815,26 +815,28 @@ impl SharedSlots {
         };
         let (rps_micro, maxc, held, learned, server_now) =
             (reply[0], reply[1], reply[2], reply[3], reply[4]);
-        let mut paused_for = None;
-        for (a, answer) in asks.into_iter().zip(reply[5..].chunks_exact(2)) {
-            let delay = Duration::from_micros(answer[1].max(0) as u64);
-            let answer = match answer[0] {
-                0 => Answer::Go {
-                    delay,
-                    booked_us: server_now.saturating_add(answer[1].max(0)),
-                },
-                1 => Answer::TooLate(delay),
-                2 => {
-                    paused_for = Some(delay);
-                    Answer::Paused(delay)
+        let answers: Vec<Answer> = reply[5..]
+            .chunks_exact(2)
+            .map(|answer| {
+                let delay = Duration::from_micros(answer[1].max(0) as u64);
+                match answer[0] {
+                    0 => Answer::Go {
+                        delay,
+                        booked_us: server_now.saturating_add(answer[1].max(0)),
+                    },
+                    1 => Answer::TooLate(delay),
+                    2 => Answer::Paused(delay),
+                    _ => Answer::Full(delay),
                 }
-                _ => Answer::Full(delay),
-            };
-            if let Err(Ok(Answer::Go { .. })) = a.reply.send(Ok(answer)) {
-                // Gone while the batch was on its way: free its slot.
-                self.free(name, domain, a.member);
-            }
-        }
+            })
+            .collect();
+        let paused_for = answers.iter().find_map(|a| match a {
+            Answer::Paused(d) => Some(*d),
+            _ => None,
+        });
+        // The view first, then the answers: a request that reads the view
+        // once admitted sees this round trip's, not the one before (a CI
+        // run caught the stale one on a busy machine).
         domain.set_view(View {
             rps: (rps_micro.max(1) as f64) / 1e6,
             max_concurrent: u32::try_from(maxc).unwrap_or(1).max(1),
@@ -846,6 +848,12 @@ impl SharedSlots {
                 .flatten(),
             paused_until: paused_for.and_then(|d| SystemTime::now().checked_add(d)),
         });
+        for (a, answer) in asks.into_iter().zip(answers) {
+            if let Err(Ok(Answer::Go { .. })) = a.reply.send(Ok(answer)) {
+                // Gone while the batch was on its way: free its slot.
+                self.free(name, domain, a.member);
+            }
+        }
     }
 
     /// A slot of `name` is free: queue its release for the next admission
