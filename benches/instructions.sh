@@ -7,6 +7,7 @@
 #
 #   benches/instructions.sh
 #   N=2000 ONLY=ezthrottle benches/instructions.sh
+#   ONLY=ezthrottle-tls,pingora-tls benches/instructions.sh
 #
 # What it does, all on 127.0.0.1: an nginx origin (1 KiB body), each proxy
 # in turn under `valgrind --tool=callgrind`, a warm-up of 200 requests, the
@@ -16,8 +17,16 @@
 # log writer and timers included) and the ten functions with the most
 # inclusive instructions per request in ezthrottle's own code.
 #
-# Knobs: N (3000), ONLY (ezthrottle,pingora), BIN, FLOOR, SKIP_BUILD=1,
-# KEEP_ON_FAIL=1. Installs valgrind and nginx when missing.
+# The TLS rows (in ONLY by default) do the same over TLS to a TLS origin:
+# `ezthrottle-tls` is CONNECT + interception (each connection's CONNECT and
+# handshakes happen before the counters are zeroed, so the figure is the
+# per-request cost on a kept-alive intercepted connection), `pingora-tls`
+# the floor terminating and re-originating TLS, as in compare.sh.
+#
+# Knobs: N (3000), ONLY (ezthrottle,pingora,ezthrottle-tls,pingora-tls),
+# BIN, FLOOR, SKIP_BUILD=1, KEEP_ON_FAIL=1, CG_OUT=DIR (keep each
+# callgrind dump there as NAME.cg, for callgrind_annotate). Installs valgrind, nginx and
+# openssl when missing.
 #
 # Callgrind counts every byte a `rep movsb` copies as an instruction, so
 # big memcpys (pingora's boxed futures) weigh more here than in time.
@@ -28,25 +37,34 @@ BENCH=instructions
 . benches/support/common.sh
 
 N=${N:-3000}
-ONLY=${ONLY:-ezthrottle,pingora}
+ONLY=${ONLY:-ezthrottle,pingora,ezthrottle-tls,pingora-tls}
 missing=()
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 install_missing "${missing[@]}"
 
 if [ -z "${BIN:-}" ]; then release_binary; fi
 FLOOR=${FLOOR:-$(dirname "$BIN")/examples/pingora_floor}
-if [[ ",$ONLY," == *,pingora,* ]] && { [ "${SKIP_BUILD:-0}" != 1 ] || [ ! -x "$FLOOR" ]; }; then
+if [[ ",$ONLY," == *,pingora* ]] && { [ "${SKIP_BUILD:-0}" != 1 ] || [ ! -x "$FLOOR" ]; }; then
     log "cargo build --release --example pingora_floor"
     cargo build --release --example pingora_floor >&2
 fi
 
 scratch_dir ezt-instructions
-read -r ORIGIN PROXY CONTROL < <(free_ports 3)
+read -r ORIGIN ORIGIN_TLS PROXY CONTROL < <(free_ports 4)
+HOST=bench.test
+origin_cert "$TMP" "$HOST" proxy
 BODY=$(python3 -c 'print("x" * 1023)')
 nginx_conf "$TMP/origin" "    default_type text/plain;
     server {
         listen 127.0.0.1:$ORIGIN;
+        location / { return 200 \"$BODY\"; }
+    }
+    server {
+        listen 127.0.0.1:$ORIGIN_TLS ssl;
+        ssl_certificate $TMP/origin.pem;
+        ssl_certificate_key $TMP/origin.key;
         location / { return 200 \"$BODY\"; }
     }"
 start_nginx "$TMP/origin" "$ORIGIN"
@@ -54,11 +72,37 @@ start_nginx "$TMP/origin" "$ORIGIN"
 # The client: N requests on 4 keep-alive connections; exits non-zero on
 # anything but a 200 with its whole body, or a connection that closes.
 cat > "$TMP/client.py" <<'PY'
-import socket, sys
-proxy, origin, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-req = (f"GET http://127.0.0.1:{origin}/ HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n"
+import socket, ssl, sys
+# mode: plain (absolute-form through the proxy), connect (CONNECT to
+# host:origin, then TLS trusting CA, origin-form inside), tls (TLS straight
+# to the proxy, trusting CA).
+proxy, origin, n, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+host, ca = (sys.argv[5], sys.argv[6]) if mode != "plain" else ("127.0.0.1", None)
+target = f"http://127.0.0.1:{origin}/" if mode == "plain" else "/"
+req = (f"GET {target} HTTP/1.1\r\nHost: {host}:{origin}\r\n"
        "User-Agent: instructions\r\nAccept: */*\r\n\r\n").encode()
-conns = [socket.create_connection(("127.0.0.1", proxy), timeout=60) for _ in range(4)]
+def open_conn():
+    s = socket.create_connection(("127.0.0.1", proxy), timeout=60)
+    if mode == "plain":
+        return s
+    if mode == "connect":
+        s.sendall(f"CONNECT {host}:{origin} HTTP/1.1\r\nHost: {host}:{origin}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(1)
+            if not chunk:
+                sys.exit("the proxy closed the CONNECT")
+            head += chunk
+        if not head.startswith(b"HTTP/1.1 200"):
+            sys.exit(f"CONNECT refused: {head[:80]!r}")
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx.wrap_socket(s, server_hostname=host)
+conns = [open_conn() for _ in range(4)]
+if len(sys.argv) > 7 and sys.argv[7] == "wait":
+    # Connected: say so, and start when told.
+    print("connected", flush=True)
+    sys.stdin.readline()
 def recv(s):
     chunk = s.recv(65536)
     if not chunk:
@@ -88,8 +132,16 @@ data_dir = "$TMP/data"
 [proxy]
 listen = "127.0.0.1:$PROXY"
 
+connect_ports = [$ORIGIN_TLS]
+
 [control]
 listen = "127.0.0.1:$CONTROL"
+
+[tls]
+upstream_ca_file = "$TMP/origin-ca.pem"
+
+[resolve]
+"$HOST" = "127.0.0.1"
 
 # The throttle far out of reach: this measures the proxy.
 [limits]
@@ -101,9 +153,15 @@ queue_capacity = 100000
 TOML
 
 RESULTS=()
-measure() {  # name, command...
-    local name=$1 pid out="$TMP/$1.cg" _
-    shift
+measure() {  # name, origin port, client mode, command...
+    local name=$1 origin=$2 mode=$3 pid out="$TMP/$1.cg" _
+    shift 3
+    local client=(python3 "$TMP/client.py" "$PROXY" "$origin")
+    local extra=(- -)
+    case $mode in
+        connect) extra=("$HOST" "$TMP/data/ca/ca.pem") ;;
+        tls) extra=("$HOST" "$TMP/origin-ca.pem") ;;
+    esac
     log "$name under callgrind"
     valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no "$@" \
         > "$TMP/$name.out" 2> "$TMP/$name.err" &
@@ -115,30 +173,48 @@ measure() {  # name, command...
         kill -0 "$pid" 2>/dev/null || { show_logs "$name"; die "$name exited"; }
         sleep 0.1
     done
-    python3 "$TMP/client.py" "$PROXY" "$ORIGIN" 200 || { show_logs "$name"; die "$name: warm-up failed"; }
+    "${client[@]}" 200 "$mode" "${extra[@]}" || { show_logs "$name"; die "$name: warm-up failed"; }
+    # The run's connections (CONNECT, handshakes) are opened before the
+    # counters are zeroed: the client waits for a byte on its stdin.
+    mkfifo "$TMP/$name.go"
+    "${client[@]}" "$N" "$mode" "${extra[@]}" wait < "$TMP/$name.go" > "$TMP/$name.ready" &
+    local cpid=$! gofd
+    exec {gofd}> "$TMP/$name.go"
+    wait_line "$cpid" "$TMP/$name.ready" '^connected' || { show_logs "$name"; die "$name: run did not connect"; }
     callgrind_control -z "$pid" >/dev/null
-    python3 "$TMP/client.py" "$PROXY" "$ORIGIN" "$N" || { show_logs "$name"; die "$name: run failed"; }
+    echo go >&"$gofd"
+    exec {gofd}>&-
+    wait "$cpid" || { show_logs "$name"; die "$name: run failed"; }
     callgrind_control -d "$pid" >/dev/null
     stop_pid "$pid"
     local dump
     dump=$(ls "$out".* 2>/dev/null | head -n 1)
     [ -n "$dump" ] || die "$name: no callgrind dump"
+    if [ -n "${CG_OUT:-}" ]; then mkdir -p "$CG_OUT" && cp "$dump" "$CG_OUT/$name.cg"; fi
     local total
     total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
     RESULTS+=("$name $total")
-    if [ "$name" = ezthrottle ]; then
+    if [[ $name == ezthrottle* ]]; then
         callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null \
             | awk -v n="$N" '/\?\?\?:(<)?ezthrottle::/ { v = $1; gsub(",", "", v); sub(/^.*\?\?\?:/, ""); sub(/ \[.*$/, "");
                     printf "  %9.0f  %s\n", v / n, substr($0, 1, 110) }' \
-            | grep -v 'FrontDoor as pingora_core::apps::ServerApp>::process_new' | head -n 10 > "$TMP/top.txt"
+            | grep -v 'FrontDoor as pingora_core::apps::ServerApp>::process_new' | awk 'NR <= 10' > "$TMP/top-$name.txt"
     fi
 }
 
 if [[ ",$ONLY," == *,ezthrottle,* ]]; then
-    measure ezthrottle "$BIN" run --config "$TMP/ezthrottle.toml"
+    measure ezthrottle "$ORIGIN" plain "$BIN" run --config "$TMP/ezthrottle.toml"
 fi
 if [[ ",$ONLY," == *,pingora,* ]]; then
-    measure pingora "$FLOOR" --plain "127.0.0.1:$PROXY"
+    measure pingora "$ORIGIN" plain "$FLOOR" --plain "127.0.0.1:$PROXY"
+fi
+if [[ ",$ONLY," == *,ezthrottle-tls,* ]]; then
+    measure ezthrottle-tls "$ORIGIN_TLS" connect "$BIN" run --config "$TMP/ezthrottle.toml"
+fi
+if [[ ",$ONLY," == *,pingora-tls,* ]]; then
+    measure pingora-tls "$ORIGIN_TLS" tls "$FLOOR" --tls "127.0.0.1:$PROXY" \
+        --cert "$TMP/proxy.pem" --key "$TMP/proxy.key" --upstream "127.0.0.1:$ORIGIN_TLS" \
+        --sni "$HOST" --ca-file "$TMP/origin-ca.pem"
 fi
 
 echo
@@ -148,10 +224,12 @@ for r in "${RESULTS[@]}"; do
     read -r name total <<<"$r"
     printf '| %s | %s |\n' "$name" "$(python3 -c "print(f'{$total / $N:,.0f}')")"
 done
-if [ -s "$TMP/top.txt" ]; then
+for top in "$TMP"/top-*.txt; do
+    [ -s "$top" ] || continue
+    name=${top##*/top-}
     echo
-    echo "ezthrottle's own functions, inclusive instructions per request:"
-    cat "$TMP/top.txt"
-fi
+    echo "${name%.txt}: its own functions, inclusive instructions per request:"
+    cat "$top"
+done
 echo
 echo "$N requests on 4 keep-alive connections after 200 of warm-up; $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $(date -u +%Y-%m-%dT%H:%MZ)."

@@ -324,10 +324,18 @@ fn normalize(host: &str) -> String {
 /// and resolvers disagree on these, so they are checked as the address they
 /// may become.
 fn literal_ip(host: &str) -> Option<IpAddr> {
+    // A name first: most hosts are names, and std's address parser tries
+    // IPv4 and then IPv6 on them (~1.6k instructions per request, wasted).
+    // Neither can read a name whose last label is not a number, and IPv6
+    // needs a colon.
+    let colon = host.contains(':');
+    if !colon && plainly_a_name(host) {
+        return None;
+    }
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Some(canonical(ip));
     }
-    if host.contains(':') || plainly_a_name(host) {
+    if colon {
         return None;
     }
     match url::Host::parse(host).ok()? {

@@ -21,7 +21,7 @@ pub struct Metrics {
     seen: DashSet<String>,
     /// The hot series of each label in `seen`, by the name they were asked
     /// for (`other` past the cap): see [`DomainSeries`].
-    series: DashMap<String, Arc<DomainSeries>>,
+    series: DashMap<String, Arc<DomainSeries>, ahash::RandomState>,
     pub requests_total: IntCounterVec,
     pub upstream_responses_total: IntCounterVec,
     pub upstream_duration_seconds: HistogramVec,
@@ -237,7 +237,7 @@ impl Metrics {
             console: console::Series::new(max_domains.max(1) + 1),
             max_domains: max_domains.max(1),
             seen: DashSet::new(),
-            series: DashMap::new(),
+            series: DashMap::with_hasher(ahash::RandomState::new()),
         };
         for v in IDEMPOTENCY_RESULTS {
             m.idempotency_total.with_label_values(&[v]);

@@ -42,7 +42,7 @@ pub struct Admission {
     config: arc_swap::ArcSwap<Config>,
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
-    domains: DashMap<String, Arc<DomainThrottle>>,
+    domains: DashMap<String, Arc<DomainThrottle>, ahash::RandomState>,
     /// Learned limits (from the store at start, then as learned), applied
     /// when a domain's throttle is created — first use, or again after an
     /// idle throttle was forgotten.
@@ -85,7 +85,7 @@ impl Admission {
             config: arc_swap::ArcSwap::new(config),
             metrics,
             store,
-            domains: DashMap::new(),
+            domains: DashMap::with_hasher(ahash::RandomState::new()),
             learned: newest(learned, MAX_LEARNED)
                 .into_iter()
                 .map(|l| (l.domain.clone(), l))

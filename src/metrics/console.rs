@@ -112,7 +112,7 @@ pub struct Gauges {
 
 /// Every domain's ring.
 pub struct Series {
-    rings: DashMap<String, Mutex<Ring>>,
+    rings: DashMap<String, Mutex<Ring>, ahash::RandomState>,
     cap: usize,
     dropped: std::sync::atomic::AtomicU64,
 }
@@ -198,7 +198,7 @@ impl Series {
     /// Rings for at most `cap` labels.
     pub fn new(cap: usize) -> Series {
         Series {
-            rings: DashMap::new(),
+            rings: DashMap::with_hasher(ahash::RandomState::new()),
             cap: cap.max(1),
             dropped: std::sync::atomic::AtomicU64::new(0),
         }

@@ -54,7 +54,10 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
     let Some(domain) = ctx.domain() else {
         return;
     };
-    let mut config = route::retry_config(&shared.config.load(), domain).clone();
+    // One snapshot for the whole set-up (each load is a hazard-pointer
+    // dance of its own).
+    let snapshot = shared.config.load();
+    let mut config = route::retry_config(&snapshot, domain).clone();
     let req = session.req_header();
     // A job's own retry_policy (set by the job runner, see jobs/attempt.rs;
     // a client's copy of the header is not believed).
@@ -86,8 +89,8 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
         .filter(|_| internal)
         .and_then(|v| v.to_str().ok())
     {
-        Some(first) => Route::starting_at(&shared.config.load(), domain, first.trim()),
-        None => Route::for_domain(&shared.config.load(), domain),
+        Some(first) => Route::starting_at(&snapshot, domain, first.trim()),
+        None => Route::for_domain(&snapshot, domain),
     };
     ctx.retry = Some(RetryState {
         policy: Policy::new(config, &req.method, keyed),
