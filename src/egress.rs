@@ -142,20 +142,33 @@ impl Egress {
     /// accepts, e.g. `2852039166`) is checked as an address.
     pub fn check_name(&self, purpose: Purpose, host: &str, port: u16) -> Result<(), Refusal> {
         let host = normalize(host);
-        if let Some(ip) = literal_ip(&host) {
-            return self.check_addr(purpose, &host, SocketAddr::new(ip, port));
+        let literal = literal_ip(&host);
+        self.check_normalized(purpose, &host, literal, port)
+    }
+
+    /// [`check_name`](Self::check_name) on a host already normalized, with
+    /// its [`literal_ip`] (resolving needs both too: made once).
+    fn check_normalized(
+        &self,
+        purpose: Purpose,
+        host: &str,
+        literal: Option<IpAddr>,
+        port: u16,
+    ) -> Result<(), Refusal> {
+        if let Some(ip) = literal {
+            return self.check_addr(purpose, host, SocketAddr::new(ip, port));
         }
         if purpose == Purpose::Region {
             return Ok(());
         }
         let denied = |why: String| Refusal::denied(format!("{host}:{port}"), why);
-        if Self::host_rule(&self.config.deny, &host) {
+        if Self::host_rule(&self.config.deny, host) {
             return denied("the host is listed in [egress] deny".into());
         }
-        if METADATA_HOSTS.contains(&host.as_str()) && !Self::host_rule(&self.config.allow, &host) {
+        if METADATA_HOSTS.contains(&host) && !Self::host_rule(&self.config.allow, host) {
             return denied("cloud metadata host".into());
         }
-        self.check_port(purpose, &host, port)
+        self.check_port(purpose, host, port)
     }
 
     fn check_port(&self, purpose: Purpose, host: &str, port: u16) -> Result<(), Refusal> {
@@ -268,11 +281,12 @@ impl Egress {
         host: &str,
         port: u16,
     ) -> Result<Result<Vec<SocketAddr>, Refusal>, ResolveError> {
-        if let Err(r) = self.check_name(purpose, host, port) {
+        let name = normalize(host);
+        let literal = literal_ip(&name);
+        if let Err(r) = self.check_normalized(purpose, &name, literal, port) {
             return Ok(Err(r));
         }
-        let name = normalize(host);
-        let ips = match literal_ip(&name) {
+        let ips = match literal {
             Some(ip) => vec![ip],
             None => resolver.resolve(&name).await?,
         };

@@ -131,7 +131,10 @@ impl Resolver {
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
-        if let Ok(ip) = bare.parse::<IpAddr>() {
+        // Only a host with a colon (IPv6) or ending in a digit (IPv4) can
+        // be an address: names skip std's parser (it tries both).
+        let may_be_ip = bare.contains(':') || bare.ends_with(|c: char| c.is_ascii_digit());
+        if let Some(ip) = may_be_ip.then(|| bare.parse::<IpAddr>().ok()).flatten() {
             return Ok(vec![ip]);
         }
         let name = normalize_name(bare);

@@ -211,30 +211,10 @@ impl Admission {
         }
     }
 
-    /// The max wait of a request: its `X-EZThrottle-Max-Wait` (seconds) or
-    /// the domain's configured `max_wait`.
+    /// The max wait of a request under the current configuration (see
+    /// [`max_wait`]).
     pub fn max_wait(&self, domain: &str, header: Option<&str>) -> Result<Duration, String> {
-        match header {
-            None => Ok(self
-                .config
-                .load()
-                .limits_for(budget_key::host_of(domain))
-                .max_wait),
-            Some(v) => {
-                let secs: f64 = v.trim().parse().map_err(|_| {
-                    format!("X-EZThrottle-Max-Wait must be a number of seconds, got {v:?}")
-                })?;
-                if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
-                    return Err(format!(
-                        "X-EZThrottle-Max-Wait must be between 0 and 86400 seconds, got {v:?}"
-                    ));
-                }
-                // Clamped, not refused: the app asked for patience, and
-                // gets as much as the operator allows.
-                let wait = Duration::try_from_secs_f64(secs).unwrap_or_default();
-                Ok(wait.min(self.config.load().limits.max_wait_ceiling))
-            }
-        }
+        max_wait(&self.config.load(), domain, header)
     }
 
     /// Wait for admission; records the wait time.
@@ -508,6 +488,29 @@ fn newest(mut all: Vec<LearnedLimit>, cap: usize) -> Vec<LearnedLimit> {
         all.truncate(cap);
     }
     all
+}
+
+/// The max wait of a request: its `X-EZThrottle-Max-Wait` (seconds) or
+/// the domain's configured `max_wait`, under `config` (the request's
+/// snapshot on the proxy path).
+pub fn max_wait(config: &Config, domain: &str, header: Option<&str>) -> Result<Duration, String> {
+    match header {
+        None => Ok(config.limits_for(budget_key::host_of(domain)).max_wait),
+        Some(v) => {
+            let secs: f64 = v.trim().parse().map_err(|_| {
+                format!("X-EZThrottle-Max-Wait must be a number of seconds, got {v:?}")
+            })?;
+            if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
+                return Err(format!(
+                    "X-EZThrottle-Max-Wait must be between 0 and 86400 seconds, got {v:?}"
+                ));
+            }
+            // Clamped, not refused: the app asked for patience, and gets
+            // as much as the operator allows.
+            let wait = Duration::try_from_secs_f64(secs).unwrap_or_default();
+            Ok(wait.min(config.limits.max_wait_ceiling))
+        }
+    }
 }
 
 #[cfg(test)]

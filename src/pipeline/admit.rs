@@ -13,16 +13,18 @@ use crate::state::Shared;
 /// How long this request may wait (for admission, or for an identical
 /// keyed request in flight): `X-EZThrottle-Max-Wait`, else the domain's
 /// `max_wait`.
-pub fn max_wait(shared: &Shared, session: &Session, domain: &str) -> Result<Duration, ProxyError> {
+pub fn max_wait(
+    shared: &Shared,
+    session: &Session,
+    ctx: &RequestCtx,
+    domain: &str,
+) -> Result<Duration, ProxyError> {
     let header = session
         .req_header()
         .headers
         .get(&crate::wire::names::MAX_WAIT)
-        .map(|v| v.to_str().unwrap_or("\u{0}").to_string());
-    shared
-        .admission
-        .max_wait(domain, header.as_deref())
-        .map_err(ProxyError::BadRequest)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    crate::admission::max_wait(&ctx.config(shared), domain, header).map_err(ProxyError::BadRequest)
 }
 
 pub async fn admit(
@@ -35,7 +37,7 @@ pub async fn admit(
         return Err(ProxyError::Internal);
     };
     if ctx.throttle.is_none() {
-        let split_by = shared.config.load().budget_key(&domain);
+        let split_by = ctx.config(shared).budget_key(&domain);
         let name = budget_key::throttle_name(&domain, &split_by, &session.req_header().headers);
         ctx.throttle = (name != domain).then_some(name);
     }

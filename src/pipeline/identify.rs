@@ -311,15 +311,21 @@ pub fn via_token(instance_id: &str) -> String {
 
 /// True when the request already passed through this very instance.
 pub fn looped(req: &RequestHeader, instance_id: &str) -> bool {
-    let token = via_token(instance_id);
-    req.headers
+    let mut vias = req
+        .headers
         .get_all(http::header::VIA)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|hop| hop.split_whitespace().nth(1) == Some(&token))
-        })
+        .peekable();
+    // Most requests carry no Via: spare them making the token.
+    if vias.peek().is_none() {
+        return false;
+    }
+    let token = via_token(instance_id);
+    vias.any(|v| {
+        v.split(',')
+            .any(|hop| hop.split_whitespace().nth(1) == Some(&token))
+    })
 }
 
 #[cfg(test)]

@@ -102,7 +102,7 @@ impl Pipeline {
             return Ok(());
         }
         let limit =
-            crate::retry::route::retry_config(&self.shared.config.load(), domain).max_buffered_body;
+            crate::retry::route::retry_config(&ctx.config(&self.shared), domain).max_buffered_body;
         if ctx.park.is_some() {
             body::read_whole(
                 session,
@@ -134,28 +134,19 @@ impl Pipeline {
         if identify::looped(req, &self.shared.instance_id) {
             return Err(ProxyError::ProxyLoop);
         }
-        let target = identify::target(
-            req,
-            ctx.conn.as_ref(),
-            self.shared.config.load().control.listen,
-        )?;
+        let config = ctx.config(&self.shared);
+        let target = identify::target(req, ctx.conn.as_ref(), config.control.listen)?;
         ctx.caller = identify::caller(req, &self.shared.internal_token);
         let trusted = ctx.caller.is_internal()
             || ctx.conn.as_ref().and_then(|c| c.client).is_some_and(|a| {
                 let ip = crate::egress::canonical(a.ip());
-                self.shared
-                    .config
-                    .load()
-                    .proxy
-                    .trusted_clients
-                    .iter()
-                    .any(|n| n.contains(&ip))
+                config.proxy.trusted_clients.iter().any(|n| n.contains(&ip))
             });
         let ws = identify::workspace(
             req,
             ctx.conn.as_ref(),
             &identify::Trust {
-                api_keys: &self.shared.config.load().control.api_keys,
+                api_keys: &config.control.api_keys,
                 trusted,
             },
         )?;
@@ -211,7 +202,7 @@ impl ProxyHttp for Pipeline {
         let Some(domain) = ctx.domain().map(str::to_string) else {
             return self.reject(session, ctx, ProxyError::Internal).await;
         };
-        let max_wait = match admit::max_wait(&self.shared, session, &domain) {
+        let max_wait = match admit::max_wait(&self.shared, session, ctx, &domain) {
             Ok(w) => w,
             Err(err) => return self.reject(session, ctx, err).await,
         };
@@ -291,7 +282,15 @@ impl ProxyHttp for Pipeline {
             Some((_, host, port)) => upstream::region_peer(&self.shared, &host, port).await,
             None => {
                 let client_h2 = session.is_http2();
-                upstream::peer(&self.shared, target, ctx.caller.egress(), client_h2).await
+                let config = ctx.config(&self.shared);
+                upstream::peer(
+                    &self.shared,
+                    &config,
+                    target,
+                    ctx.caller.egress(),
+                    client_h2,
+                )
+                .await
             }
         };
         match peer {

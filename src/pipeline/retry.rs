@@ -56,7 +56,7 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
     };
     // One snapshot for the whole set-up (each load is a hazard-pointer
     // dance of its own).
-    let snapshot = shared.config.load();
+    let snapshot = ctx.config(shared);
     let mut config = route::retry_config(&snapshot, domain).clone();
     let req = session.req_header();
     // A job's own retry_policy (set by the job runner, see jobs/attempt.rs;
@@ -176,7 +176,7 @@ pub async fn before_next_attempt(
 /// The peer proxy the current attempt goes through, if not `local`.
 pub fn via_region(shared: &Shared, ctx: &RequestCtx) -> Option<(String, String, u16)> {
     let region = ctx.retry.as_ref()?.route.current();
-    let (host, port) = route::peer(&shared.config.load(), region)?;
+    let (host, port) = route::peer(&ctx.config(shared), region)?;
     Some((region.to_string(), host, port))
 }
 

@@ -8,7 +8,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 use super::ctx::Target;
 use super::identify;
-use crate::config::UpstreamProtocol;
+use crate::config::{Config, UpstreamProtocol};
 use crate::egress::{Purpose, Refusal};
 use crate::error::ProxyError;
 use crate::resolve::ResolveError;
@@ -52,13 +52,13 @@ pub fn http_versions(protocol: UpstreamProtocol, tls: bool, client_h2: bool) -> 
 /// arrived over HTTP/2 (see [`http_versions`]).
 pub async fn peer(
     shared: &Shared,
+    config: &Config,
     target: &Target,
     purpose: Purpose,
     client_h2: bool,
 ) -> Result<Box<HttpPeer>, ProxyError> {
     let addr = resolve_one(shared, purpose, &target.host, target.port).await?;
     let mut peer = HttpPeer::new(addr, target.tls, target.host.clone());
-    let config = shared.config.load();
     let (max, min) = http_versions(
         config.upstream_protocol(&target.host),
         target.tls,
