@@ -11,7 +11,12 @@
 //! - counting a request in the domain's cached series vs a label look-up;
 //! - scrubbing a clean access line (the memchr pre-check);
 //! - looking our headers up in a usual request's headers by parsed
-//!   `HeaderName` vs by `&str` (which parses the name on every look-up).
+//!   `HeaderName` vs by `&str` (which parses the name on every look-up);
+//! - the request target of an absolute-form request (byte searches for the
+//!   port) and the Via loop check of a request without Via;
+//! - a per-domain map look-up keyed by the domain, SipHash vs ahash;
+//! - adding our two response headers to a parsed response (the header-map
+//!   headroom of the vendored pingora-http: no rehash).
 //!
 //! `cargo bench --bench hot_path`
 
@@ -191,11 +196,101 @@ fn scrub_and_lookups(c: &mut Criterion) {
     });
 }
 
+fn identify_and_maps(c: &mut Criterion) {
+    use ezthrottle::pipeline::identify;
+    use pingora::http::{RequestHeader, ResponseHeader};
+    let control: std::net::SocketAddr = "127.0.0.1:4001".parse().expect("addr");
+    let Ok(mut req) = RequestHeader::build(
+        "GET",
+        b"http://api.example.com:8080/v1/charges?limit=10",
+        None,
+    ) else {
+        return;
+    };
+    for (k, v) in [
+        ("Host", "api.example.com:8080"),
+        ("User-Agent", "bench/1.0"),
+    ] {
+        let _ = req.insert_header(k, v);
+    }
+    c.bench_function("identify_target_absolute_form", |b| {
+        b.iter(|| black_box(identify::target(black_box(&req), None, control).is_ok()))
+    });
+    c.bench_function("loop_check_without_via", |b| {
+        b.iter(|| black_box(identify::looped(black_box(&req), "a1b2c3d4")))
+    });
+    let sip: dashmap::DashMap<String, u64> = dashmap::DashMap::new();
+    let fast: dashmap::DashMap<String, u64, ahash::RandomState> =
+        dashmap::DashMap::with_hasher(ahash::RandomState::new());
+    for i in 0..50 {
+        sip.insert(format!("api{i}.example.com"), i);
+        fast.insert(format!("api{i}.example.com"), i);
+    }
+    c.bench_function("domain_map_get_siphash", |b| {
+        b.iter(|| black_box(sip.get(black_box("api7.example.com")).map(|v| *v)))
+    });
+    c.bench_function("domain_map_get_ahash", |b| {
+        b.iter(|| black_box(fast.get(black_box("api7.example.com")).map(|v| *v)))
+    });
+    // The mechanism alone, on a bare http::HeaderMap (pingora keeps two
+    // such maps per head, values and case): sized to exactly the five
+    // parsed headers, as unpatched pingora-http did, vs with headroom.
+    let five = [
+        (http::header::SERVER, "nginx"),
+        (http::header::DATE, "Mon, 30 Nov 2026 17:00:00 GMT"),
+        (http::header::CONTENT_TYPE, "text/plain"),
+        (http::header::CONTENT_LENGTH, "1024"),
+        (http::header::CONNECTION, "keep-alive"),
+    ];
+    let ours = [
+        http::HeaderName::from_static("x-ezthrottle-wait-ms"),
+        http::HeaderName::from_static("x-ezthrottle-attempts"),
+    ];
+    for (name, capacity) in [
+        ("header_map_sized_exactly_add_two", 5),
+        ("header_map_with_headroom_add_two", 9),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let mut m = http::HeaderMap::with_capacity(black_box(capacity));
+                for (k, v) in &five {
+                    m.append(k.clone(), http::HeaderValue::from_static(v));
+                }
+                for k in &ours {
+                    m.insert(k.clone(), http::HeaderValue::from_static("1"));
+                }
+                black_box(m.len())
+            })
+        });
+    }
+    // A response as pingora parses it (sized to its five headers), then
+    // ours added.
+    c.bench_function("response_add_our_two_headers", |b| {
+        b.iter(|| {
+            let Ok(mut resp) = ResponseHeader::build(200, Some(5)) else {
+                return 0;
+            };
+            for (k, v) in [
+                ("Server", "nginx"),
+                ("Date", "Mon, 30 Nov 2026 17:00:00 GMT"),
+                ("Content-Type", "text/plain"),
+                ("Content-Length", "1024"),
+                ("Connection", "keep-alive"),
+            ] {
+                let _ = resp.append_header(k, v);
+            }
+            let _ = resp.insert_header("X-EZThrottle-Wait-Ms", http::HeaderValue::from(0u64));
+            let _ = resp.insert_header("X-EZThrottle-Attempts", http::HeaderValue::from(1u32));
+            black_box(resp.headers.len())
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = access_line, limits, head, egress, metrics, scrub_and_lookups
+    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps
 }
 criterion_main!(benches);
