@@ -149,16 +149,18 @@ impl HeadScanner {
     /// calls). `Ok(Some(end))` once the head is complete.
     pub fn feed(&mut self, buf: &[u8], limits: &HeadLimits) -> Result<Option<usize>, FramingError> {
         while self.pos < buf.len() {
-            let i = self.pos;
-            let b = buf[i];
-            self.pos += 1;
-            if b == 0 {
+            // To the next LF or NUL in one vectorised search, not byte by
+            // byte (~1.5k instructions per head before).
+            let Some(off) = memchr::memchr2(b'\n', 0, &buf[self.pos..]) else {
+                self.pos = buf.len();
+                break;
+            };
+            let i = self.pos + off;
+            self.pos = i + 1;
+            if buf[i] == 0 {
                 return Err(FramingError::Malformed(
                     "NUL byte in the request head".into(),
                 ));
-            }
-            if b != b'\n' {
-                continue;
             }
             // A line ends at LF; it must be CRLF (a bare LF is read differently
             // by different parsers: the classic smuggling lever).
@@ -168,7 +170,7 @@ impl HeadScanner {
                     "line ends with a bare LF; lines must end with CRLF".into(),
                 ));
             };
-            if content.contains(&b'\r') {
+            if memchr::memchr(b'\r', content).is_some() {
                 return Err(FramingError::Malformed(
                     "bare CR in the request head".into(),
                 ));
@@ -433,16 +435,14 @@ fn content_length(value: &[u8]) -> Result<u64, FramingError> {
     Ok(n)
 }
 
-/// The common request, seen to pass [`authority_agrees`] without building
-/// a pingora request for it (that build, and the request line parsed again
-/// before it, were ~2% of a proxied request's CPU): an upper-case method,
-/// a target of plain URI characters, and either origin form with a Host
-/// free of user-info, or `http(s)://` with a plain `host[:port]` authority
-/// that the Host (if any) repeats exactly. Anything else takes the full
-/// check; `false` only means "not sure".
-fn plainly_agrees(method: &[u8], target: &[u8], host: Option<&[u8]>) -> bool {
-    let uri_char = |b: &u8| {
-        b.is_ascii_alphanumeric()
+/// Bytes a plain request target may hold (see [`plainly_agrees`]):
+/// unreserved, sub-delims, `:`, `/`, `?`, `@` and `%`.
+const PLAIN_URI_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
             || matches!(
                 b,
                 b'-' | b'.'
@@ -464,8 +464,23 @@ fn plainly_agrees(method: &[u8], target: &[u8], host: Option<&[u8]>) -> bool {
                     | b'?'
                     | b'@'
                     | b'%'
-            )
-    };
+            );
+        i += 1;
+    }
+    t
+};
+
+/// The common request, seen to pass [`authority_agrees`] without building
+/// a pingora request for it (that build, and the request line parsed again
+/// before it, were ~2% of a proxied request's CPU): an upper-case method,
+/// a target of plain URI characters, and either origin form with a Host
+/// free of user-info, or `http(s)://` with a plain `host[:port]` authority
+/// that the Host (if any) repeats exactly. Anything else takes the full
+/// check; `false` only means "not sure".
+fn plainly_agrees(method: &[u8], target: &[u8], host: Option<&[u8]>) -> bool {
+    // A table, not a chain of comparisons per byte (this scan was ~700
+    // instructions per request).
+    let uri_char = |b: &u8| PLAIN_URI_CHAR[usize::from(*b)];
     let host_char = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.');
     // `name[:port]`, the port at most 65535.
     let plain_authority = |a: &[u8]| {
@@ -1623,6 +1638,38 @@ mod tests {
         }
         assert_eq!(end, Some(h.len() - 4));
         assert_eq!(inspect_head(h, &l).unwrap().end, h.len() - 4);
+    }
+
+    /// Fed in two parts split anywhere, the scanner says what it says on
+    /// the whole head: the same end, or the same refusal (a NUL, bare LF
+    /// or bare CR on either side of the split).
+    #[test]
+    fn any_split_matches_all_at_once() {
+        let l = HeadLimits::default();
+        let heads: [&[u8]; 5] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\0b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+            b"\r\nGET / HTTP/1.1\r\n\r\n",
+        ];
+        for h in heads {
+            let whole = HeadScanner::default().feed(h, &l);
+            for k in 0..=h.len() {
+                let mut sc = HeadScanner::default();
+                let split = match sc.feed(&h[..k], &l) {
+                    Ok(Some(end)) => Ok(Some(end)),
+                    Ok(None) => sc.feed(h, &l),
+                    Err(e) => Err(e),
+                };
+                assert_eq!(
+                    split,
+                    whole,
+                    "{:?} split at {k}",
+                    String::from_utf8_lossy(h)
+                );
+            }
+        }
     }
 
     #[test]
