@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 /// Leaves (and `logging`), which every module may use; test-only helpers.
 const ALWAYS_ALLOWED: &[&str] = &[
     "wire",
+    "clock",
     "backoff",
     "error",
     "logging",
@@ -39,7 +40,7 @@ const LOWER: &[(&str, &[&str])] = &[
 const NOT_ABOVE: &[(&str, &[&str])] = &[("pipeline", &["accept", "control", "cli"])];
 
 /// Leaves import nothing of ours.
-const LEAVES: &[&str] = &["wire", "backoff", "error"];
+const LEAVES: &[&str] = &["wire", "clock", "backoff", "error"];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

@@ -15,6 +15,7 @@ pub mod admission;
 pub mod allocator;
 pub mod backoff;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod egress;

@@ -13,7 +13,7 @@ pub mod shared;
 pub mod timer;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
@@ -320,7 +320,7 @@ impl Admission {
     /// persisted before this returns, so the client's response is only sent
     /// once a restart would remember them.
     pub async fn learn(&self, domain: &str, status: u16, headers: &http::HeaderMap) {
-        let signals = learn::read(status, headers, SystemTime::now());
+        let signals = learn::read(status, headers, crate::clock::coarse_now());
         if signals.is_empty() {
             return;
         }

@@ -18,7 +18,7 @@
 //! a label beyond that cap is dropped and counted in [`Series::dropped`].
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use serde::Serialize;
@@ -119,7 +119,7 @@ pub struct Series {
 
 /// The current Unix second.
 pub fn now_second() -> u32 {
-    SystemTime::now()
+    crate::clock::coarse_now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
         .unwrap_or(0)
