@@ -278,11 +278,13 @@ impl ProxyHttp for Pipeline {
         };
         ctx.attempts += 1;
         ctx.upstream_status = None;
+        let config = ctx.config(&self.shared);
         let peer = match retry::via_region(&self.shared, ctx) {
-            Some((_, host, port)) => upstream::region_peer(&self.shared, &host, port).await,
+            Some((_, host, port)) => {
+                upstream::region_peer(&self.shared, &config, &host, port).await
+            }
             None => {
                 let client_h2 = session.is_http2();
-                let config = ctx.config(&self.shared);
                 upstream::peer(
                     &self.shared,
                     &config,

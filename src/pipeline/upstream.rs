@@ -79,12 +79,13 @@ pub async fn peer(
 /// spoken to in plain HTTP/1.1 with an absolute-form target (see [`rewrite`]).
 pub async fn region_peer(
     shared: &Shared,
+    config: &Config,
     host: &str,
     port: u16,
 ) -> Result<Box<HttpPeer>, ProxyError> {
     let addr = resolve_one(shared, Purpose::Region, host, port).await?;
     let mut peer = HttpPeer::new(addr, false, String::new());
-    let cfg = &shared.config.load().proxy;
+    let cfg = &config.proxy;
     peer.options.connection_timeout = Some(cfg.connect_timeout);
     peer.options.total_connection_timeout = Some(cfg.connect_timeout * 2);
     // The peer may itself wait for its throttle and retry.
