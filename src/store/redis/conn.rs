@@ -559,10 +559,9 @@ pub(crate) mod testing {
         ///
         /// The port is picked free and then handed to `redis-server`, so
         /// another test's server can take it in between: ours then exits
-        /// on "address in use" while the other answers on the port. A test
-        /// that ran on another test's server would see that test's keys and
-        /// commands (a CI run once counted a neighbour's `EVALSHA`), so the
-        /// server answering must be the process we started (`INFO server`'s
+        /// on "address in use" while the other answers on the port, and a
+        /// test would run on a neighbour's keys and commands. So the server
+        /// answering must be the process we started (`INFO server`'s
         /// `process_id`); if not, ours is stopped and another port tried.
         pub fn start() -> Option<Server> {
             for _ in 0..5 {
