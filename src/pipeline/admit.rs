@@ -83,10 +83,10 @@ pub async fn unless_client_leaves<F: std::future::Future>(
     }
 }
 
-/// The upstream connection of the current attempt: a second descriptor of
-/// the same socket, taken when pingora hands us the connection
-/// (`connected_to_upstream`), so the exchange can be followed to its end
-/// after pingora has let go of it.
+/// The upstream connection of an attempt that ended in an error: a second
+/// descriptor of the same socket, taken just before pingora drops the
+/// connection (`upstream_h1_dropping`), so the exchange can be followed to
+/// its end after pingora has let go of it.
 ///
 /// Why: when the *client* hangs up while the origin is still answering,
 /// pingora 0.9.1 ends the request at once — `proxy_handle_downstream`
@@ -102,8 +102,8 @@ pub async fn unless_client_leaves<F: std::future::Future>(
 /// origin has ended the exchange.
 ///
 /// HTTP/1 only: an h2 connection outlives any one exchange and is never
-/// touched. The descriptor is closed with the request context when the
-/// exchange ended normally (pingora then owns the only one, pooled or not).
+/// touched, and a connection pingora puts back in its pool is not ours to
+/// follow.
 pub struct UpstreamConn(std::os::fd::OwnedFd);
 
 /// An upgrade (WebSocket) is established (`101`): it counted against the
@@ -118,35 +118,31 @@ pub fn upgraded(shared: &Shared, ctx: &mut RequestCtx) {
         .is_some_and(|d| d.hold_slot_while_open);
     if !hold {
         ctx.permit = None;
-        ctx.upstream_conn = None;
     }
 }
 
-/// Called from `connected_to_upstream`: keep a descriptor of the attempt's
-/// connection (replacing the previous attempt's).
-pub fn upstream_connected(
-    ctx: &mut RequestCtx,
-    peer: &pingora::upstreams::peer::HttpPeer,
-    fd: std::os::fd::RawFd,
-) {
-    ctx.upstream_conn = None;
-    if peer.options.alpn.get_max_http_version() != 1 {
-        return;
-    }
+/// Called from `upstream_h1_dropping` (a hook of our patched pingora-proxy),
+/// i.e. when pingora is about to drop the attempt's HTTP/1 connection
+/// unreused after an error, with its descriptor still open: keep a
+/// duplicate for [`release_after_upstream`]. Only then: duplicating (and
+/// later closing) the descriptor on every request cost two system calls
+/// per request, of seven (issue 17).
+pub fn follow_dropped_upstream(ctx: &mut RequestCtx, fd: std::os::fd::RawFd) {
     // SAFETY: pingora passes the raw descriptor of the client session it
-    // holds borrowed across this hook (`proxy_to_h1_upstream`), so `fd` is
-    // open for the duration of this call; it is only duplicated here.
+    // still owns, before dropping it (`proxy_to_upstream`), so `fd` is open
+    // for the duration of this call; it is only duplicated here.
     #[allow(
         unsafe_code,
         reason = "pingora hands the descriptor only as a RawFd; it is duplicated, never closed, here"
     )]
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    match borrowed.try_clone_to_owned() {
-        Ok(owned) => ctx.upstream_conn = Some(UpstreamConn(owned)),
+    ctx.upstream_conn = match borrowed.try_clone_to_owned() {
+        Ok(owned) => Some(UpstreamConn(owned)),
         Err(e) => {
-            tracing::debug!(error = %e, "cannot follow the upstream connection; its slot is freed with the request")
+            tracing::debug!(error = %e, "cannot follow the upstream connection; its slot is freed with the request");
+            None
         }
-    }
+    };
 }
 
 /// Called from `error_while_proxy`, i.e. when pingora ended the attempt

@@ -120,8 +120,8 @@ pub struct RequestCtx {
     /// `host#<hash>` when the domain's budget is split per credential
     /// (`budget_key`) and the request carries one; else `None` (the domain).
     pub throttle: Option<String>,
-    /// The current attempt's HTTP/1 upstream connection, followed to the end
-    /// of its exchange (`admit::UpstreamConn`).
+    /// The HTTP/1 upstream connection of an attempt pingora dropped after an
+    /// error, to follow to the end of its exchange (`admit::UpstreamConn`).
     pub upstream_conn: Option<super::admit::UpstreamConn>,
     /// Keeps the request counted as in flight until the context is dropped.
     pub inflight: Option<InFlightGuard>,

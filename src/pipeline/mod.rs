@@ -308,20 +308,14 @@ impl ProxyHttp for Pipeline {
         }
     }
 
-    async fn connected_to_upstream(
+    fn upstream_h1_dropping(
         &self,
-        _session: &mut Session,
-        _reused: bool,
-        peer: &HttpPeer,
-        #[cfg(unix)] fd: std::os::unix::io::RawFd,
-        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
-        _digest: Option<&pingora::protocols::Digest>,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
         ctx: &mut RequestCtx,
-    ) -> Result<()> {
+    ) {
         // Follow the exchange so its slot outlives a client that hangs up.
-        #[cfg(unix)]
-        admit::upstream_connected(ctx, peer, fd);
-        Ok(())
+        admit::follow_dropped_upstream(ctx, fd);
     }
 
     async fn request_body_filter(

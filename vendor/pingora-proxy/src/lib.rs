@@ -425,6 +425,12 @@ where
                             self.client_upstream
                                 .release_http_session(session, &*peer, peer.idle_timeout())
                                 .await;
+                        } else if error.is_some() {
+                            // ezthrottle patch (docs/admission.md): the
+                            // connection is dropped unreused after an error;
+                            // tell the proxy while its descriptor is open.
+                            #[cfg(unix)]
+                            self.inner.upstream_h1_dropping(&peer, h1.id(), ctx);
                         }
                         (server_reused, error)
                     }

@@ -708,6 +708,21 @@ pub trait ProxyHttp {
         Ok(())
     }
 
+    /// ezthrottle patch (docs/admission.md): pingora is about to drop this
+    /// attempt's HTTP/1 upstream connection unreused because the exchange
+    /// ended in an error; `fd` is still open for the duration of the call.
+    /// Called before [`Self::error_while_proxy`], which sees the connection
+    /// closed already. Lets a proxy follow the exchange on a duplicate of
+    /// the descriptor without duplicating it on every request.
+    #[cfg(unix)]
+    fn upstream_h1_dropping(
+        &self,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _ctx: &mut Self::CTX,
+    ) {
+    }
+
     /// This callback is invoked every time request related error log needs to be generated
     ///
     /// Users can define what is important to be written about this request via the returned string.
