@@ -91,7 +91,11 @@ impl FrontDoor {
         shutdown: &ShutdownWatch,
         outer: bool,
     ) -> Option<ConnectRequest> {
-        let proxy = &self.shared.config.load().proxy;
+        // An Arc, not an arc-swap guard: the connection keeps its config for
+        // its life, and a guard held that long takes one of the thread's few
+        // fast slots, sending every other load on the thread the slow way.
+        let config = self.shared.config.load_full();
+        let proxy = &config.proxy;
         let limits = &proxy.head_limits;
         let budget = framing::budget();
         let mut pending = framing::Pending::new(budget);
@@ -219,16 +223,18 @@ impl FrontDoor {
                 return;
             }
         };
-        let ports = &self.shared.config.load().proxy.connect_ports;
-        if !ports.contains(&target.port) {
-            let err = ProxyError::ConnectPortDenied {
+        let denied = {
+            let ports = &self.shared.config.load().proxy.connect_ports;
+            (!ports.contains(&target.port)).then(|| ProxyError::ConnectPortDenied {
                 port: target.port,
                 allowed: ports
                     .iter()
                     .map(u16::to_string)
                     .collect::<Vec<_>>()
                     .join(", "),
-            };
+            })
+        };
+        if let Some(err) = denied {
             metrics
                 .connections_total
                 .with_label_values(&["denied"])
@@ -254,7 +260,10 @@ impl FrontDoor {
             connect::refuse(&mut stream, &err).await;
             return;
         }
-        match self.shared.config.load().tls_mode(&target.host) {
+        // Not in the match's scrutinee: that would hold the config guard
+        // for the whole tunnel or intercepted connection.
+        let mode = self.shared.config.load().tls_mode(&target.host);
+        match mode {
             TlsMode::Tunnel => {
                 metrics
                     .connections_total
