@@ -16,7 +16,12 @@
 //!   port) and the Via loop check of a request without Via;
 //! - a per-domain map look-up keyed by the domain, SipHash vs ahash;
 //! - adding our two response headers to a parsed response (the header-map
-//!   headroom of the vendored pingora-http: no rehash).
+//!   headroom of the vendored pingora-http: no rehash);
+//! - what following the upstream connection cost on every request before
+//!   it moved to the error path (a `dup` and a `close` of a socket);
+//! - an `ArcSwap` load with no guards held vs with the thread's fast slots
+//!   taken by guards held elsewhere (what a connection holding its config
+//!   guard for its whole life did to every other load on its thread).
 //!
 //! `cargo bench --bench hot_path`
 
@@ -286,11 +291,38 @@ fn identify_and_maps(c: &mut Criterion) {
     });
 }
 
+fn descriptors_and_guards(c: &mut Criterion) {
+    use std::os::fd::AsFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    let Ok(socket) = std::net::TcpStream::connect(addr) else {
+        return;
+    };
+    c.bench_function("socket_dup_and_close", |b| {
+        b.iter(|| {
+            let dup = socket.as_fd().try_clone_to_owned();
+            black_box(dup.is_ok())
+        })
+    });
+    let shared = arc_swap::ArcSwap::from_pointee(42u64);
+    c.bench_function("arc_swap_load_no_guards_held", |b| {
+        b.iter(|| black_box(**shared.load()))
+    });
+    // More guards than the thread has fast slots (8 in arc-swap 1.x).
+    let held: Vec<_> = (0..16).map(|_| shared.load()).collect();
+    c.bench_function("arc_swap_load_fast_slots_taken", |b| {
+        b.iter(|| black_box(**shared.load()))
+    });
+    drop(held);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps
+    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards
 }
 criterion_main!(benches);

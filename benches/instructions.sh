@@ -24,9 +24,13 @@
 # the floor terminating and re-originating TLS, as in compare.sh.
 #
 # Knobs: N (3000), ONLY (ezthrottle,pingora,ezthrottle-tls,pingora-tls),
-# BIN, FLOOR, SKIP_BUILD=1, KEEP_ON_FAIL=1, CG_OUT=DIR (keep each
-# callgrind dump there as NAME.cg, for callgrind_annotate). Installs valgrind, nginx and
-# openssl when missing.
+# CONNS (4 keep-alive connections), BIN, FLOOR, SKIP_BUILD=1,
+# KEEP_ON_FAIL=1, CG_OUT=DIR (keep each callgrind dump there as NAME.cg, for
+# callgrind_annotate), CACHE=1 (simulate the caches too, about twice as
+# slow, and add estimated cycles per request: instructions + 10 × L1 misses
+# + 100 × last-level misses, the cachegrind rule of thumb; a proxy whose
+# code or data spill out of L1 pays for it there, where instruction counts
+# do not show it). Installs valgrind, nginx and openssl when missing.
 #
 # Callgrind counts every byte a `rep movsb` copies as an instruction, so
 # big memcpys (pingora's boxed futures) weigh more here than in time.
@@ -37,6 +41,12 @@ BENCH=instructions
 . benches/support/common.sh
 
 N=${N:-3000}
+CONNS=${CONNS:-4}
+# The client sends N / CONNS requests on each connection.
+N=$(( N / CONNS * CONNS ))
+[ "$N" -gt 0 ] || die "N must be at least CONNS"
+CACHE_SIM=()
+if [ "${CACHE:-0}" = 1 ]; then CACHE_SIM=(--cache-sim=yes); fi
 ONLY=${ONLY:-ezthrottle,pingora,ezthrottle-tls,pingora-tls}
 missing=()
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
@@ -98,8 +108,8 @@ def open_conn():
     ctx = ssl.create_default_context(cafile=ca)
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx.wrap_socket(s, server_hostname=host)
-conns = [open_conn() for _ in range(4)]
-if len(sys.argv) > 7 and sys.argv[7] == "wait":
+conns = [open_conn() for _ in range(int(sys.argv[8]))]
+if sys.argv[7] == "wait":
     # Connected: say so, and start when told.
     print("connected", flush=True)
     sys.stdin.readline()
@@ -163,7 +173,7 @@ measure() {  # name, origin port, client mode, command...
         tls) extra=("$HOST" "$TMP/origin-ca.pem") ;;
     esac
     log "$name under callgrind"
-    valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no "$@" \
+    valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no "${CACHE_SIM[@]}" "$@" \
         > "$TMP/$name.out" 2> "$TMP/$name.err" &
     pid=$!
     PIDS+=("$pid")
@@ -173,11 +183,11 @@ measure() {  # name, origin port, client mode, command...
         kill -0 "$pid" 2>/dev/null || { show_logs "$name"; die "$name exited"; }
         sleep 0.1
     done
-    "${client[@]}" 200 "$mode" "${extra[@]}" || { show_logs "$name"; die "$name: warm-up failed"; }
+    "${client[@]}" 200 "$mode" "${extra[@]}" now 4 || { show_logs "$name"; die "$name: warm-up failed"; }
     # The run's connections (CONNECT, handshakes) are opened before the
     # counters are zeroed: the client waits for a byte on its stdin.
     mkfifo "$TMP/$name.go"
-    "${client[@]}" "$N" "$mode" "${extra[@]}" wait < "$TMP/$name.go" > "$TMP/$name.ready" &
+    "${client[@]}" "$N" "$mode" "${extra[@]}" wait "$CONNS" < "$TMP/$name.go" > "$TMP/$name.ready" &
     local cpid=$! gofd
     exec {gofd}> "$TMP/$name.go"
     wait_line "$cpid" "$TMP/$name.ready" '^connected' || { show_logs "$name"; die "$name: run did not connect"; }
@@ -191,9 +201,15 @@ measure() {  # name, origin port, client mode, command...
     dump=$(ls "$out".* 2>/dev/null | head -n 1)
     [ -n "$dump" ] || die "$name: no callgrind dump"
     if [ -n "${CG_OUT:-}" ]; then mkdir -p "$CG_OUT" && cp "$dump" "$CG_OUT/$name.cg"; fi
-    local total
-    total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
-    RESULTS+=("$name $total")
+    # PROGRAM TOTALS: Ir, and with the cache simulation
+    # Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw after it (each count then "(100.0%)").
+    local totals
+    totals=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {
+        for (i = 1; i <= NF; i++) gsub(",", "", $i)
+        if (NF >= 18) print $1, $1 + 10 * ($7 + $9 + $11) + 100 * ($13 + $15 + $17)
+        else print $1, "-"
+        exit }')
+    RESULTS+=("$name $totals")
     if [[ $name == ezthrottle* ]]; then
         callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null \
             | awk -v n="$N" '/\?\?\?:(<)?ezthrottle::/ { v = $1; gsub(",", "", v); sub(/^.*\?\?\?:/, ""); sub(/ \[.*$/, "");
@@ -218,11 +234,21 @@ if [[ ",$ONLY," == *,pingora-tls,* ]]; then
 fi
 
 echo
-echo "| proxy | instructions per request |"
-echo "|---|--:|"
+if [ ${#CACHE_SIM[@]} -gt 0 ]; then
+    echo "| proxy | instructions per request | estimated cycles per request |"
+    echo "|---|--:|--:|"
+else
+    echo "| proxy | instructions per request |"
+    echo "|---|--:|"
+fi
 for r in "${RESULTS[@]}"; do
-    read -r name total <<<"$r"
-    printf '| %s | %s |\n' "$name" "$(python3 -c "print(f'{$total / $N:,.0f}')")"
+    read -r name total cycles <<<"$r"
+    if [ "$cycles" = - ]; then
+        printf '| %s | %s |\n' "$name" "$(python3 -c "print(f'{$total / $N:,.0f}')")"
+    else
+        printf '| %s | %s | %s |\n' "$name" "$(python3 -c "print(f'{$total / $N:,.0f}')")" \
+            "$(python3 -c "print(f'{$cycles / $N:,.0f}')")"
+    fi
 done
 for top in "$TMP"/top-*.txt; do
     [ -s "$top" ] || continue
@@ -232,4 +258,4 @@ for top in "$TMP"/top-*.txt; do
     cat "$top"
 done
 echo
-echo "$N requests on 4 keep-alive connections after 200 of warm-up; $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $(date -u +%Y-%m-%dT%H:%MZ)."
+echo "$N requests on $CONNS keep-alive connections after 200 of warm-up; $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $(date -u +%Y-%m-%dT%H:%MZ)."
