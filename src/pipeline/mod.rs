@@ -308,6 +308,7 @@ impl ProxyHttp for Pipeline {
         }
     }
 
+    #[cfg(unix)]
     fn upstream_h1_dropping(
         &self,
         _peer: &HttpPeer,
