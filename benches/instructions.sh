@@ -79,63 +79,6 @@ nginx_conf "$TMP/origin" "    default_type text/plain;
     }"
 start_nginx "$TMP/origin" "$ORIGIN"
 
-# The client: N requests on 4 keep-alive connections; exits non-zero on
-# anything but a 200 with its whole body, or a connection that closes.
-cat > "$TMP/client.py" <<'PY'
-import socket, ssl, sys
-# mode: plain (absolute-form through the proxy), connect (CONNECT to
-# host:origin, then TLS trusting CA, origin-form inside), tls (TLS straight
-# to the proxy, trusting CA).
-proxy, origin, n, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-host, ca = (sys.argv[5], sys.argv[6]) if mode != "plain" else ("127.0.0.1", None)
-target = f"http://127.0.0.1:{origin}/" if mode == "plain" else "/"
-req = (f"GET {target} HTTP/1.1\r\nHost: {host}:{origin}\r\n"
-       "User-Agent: instructions\r\nAccept: */*\r\n\r\n").encode()
-def open_conn():
-    s = socket.create_connection(("127.0.0.1", proxy), timeout=60)
-    if mode == "plain":
-        return s
-    if mode == "connect":
-        s.sendall(f"CONNECT {host}:{origin} HTTP/1.1\r\nHost: {host}:{origin}\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(1)
-            if not chunk:
-                sys.exit("the proxy closed the CONNECT")
-            head += chunk
-        if not head.startswith(b"HTTP/1.1 200"):
-            sys.exit(f"CONNECT refused: {head[:80]!r}")
-    ctx = ssl.create_default_context(cafile=ca)
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx.wrap_socket(s, server_hostname=host)
-conns = [open_conn() for _ in range(int(sys.argv[8]))]
-if sys.argv[7] == "wait":
-    # Connected: say so, and start when told.
-    print("connected", flush=True)
-    sys.stdin.readline()
-def recv(s):
-    chunk = s.recv(65536)
-    if not chunk:
-        sys.exit("the proxy closed a connection")
-    return chunk
-for _ in range(n // len(conns)):
-    for s in conns:
-        s.sendall(req)
-    for s in conns:
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            buf += recv(s)
-        head, _, body = buf.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            sys.exit(f"not a 200: {head[:80]!r}")
-        length = next(int(l.split(b":")[1]) for l in head.split(b"\r\n")
-                      if l.lower().startswith(b"content-length:"))
-        while len(body) < length:
-            body += recv(s)
-for s in conns:
-    s.close()
-PY
-
 cat > "$TMP/ezthrottle.toml" <<TOML
 data_dir = "$TMP/data"
 
@@ -166,7 +109,7 @@ RESULTS=()
 measure() {  # name, origin port, client mode, command...
     local name=$1 origin=$2 mode=$3 pid out="$TMP/$1.cg" _
     shift 3
-    local client=(python3 "$TMP/client.py" "$PROXY" "$origin")
+    local client=(python3 benches/support/keepalive_client.py "$PROXY" "$origin")
     local extra=(- -)
     case $mode in
         connect) extra=("$HOST" "$TMP/data/ca/ca.pem") ;;
