@@ -65,18 +65,7 @@ scratch_dir ezt-instructions
 read -r ORIGIN ORIGIN_TLS PROXY CONTROL < <(free_ports 4)
 HOST=bench.test
 origin_cert "$TMP" "$HOST" proxy
-BODY=$(python3 -c 'print("x" * 1023)')
-nginx_conf "$TMP/origin" "    default_type text/plain;
-    server {
-        listen 127.0.0.1:$ORIGIN;
-        location / { return 200 \"$BODY\"; }
-    }
-    server {
-        listen 127.0.0.1:$ORIGIN_TLS ssl;
-        ssl_certificate $TMP/origin.pem;
-        ssl_certificate_key $TMP/origin.key;
-        location / { return 200 \"$BODY\"; }
-    }"
+kib_origin_conf "$TMP/origin" "$ORIGIN" "$ORIGIN_TLS" "$TMP"
 start_nginx "$TMP/origin" "$ORIGIN"
 
 cat > "$TMP/ezthrottle.toml" <<TOML
@@ -97,12 +86,7 @@ upstream_ca_file = "$TMP/origin-ca.pem"
 "$HOST" = "127.0.0.1"
 
 # The throttle far out of reach: this measures the proxy.
-[limits]
-rps = 1000000.0
-rps_ceiling = 10000000.0
-max_concurrent = 10000
-concurrency_ceiling = 100000
-queue_capacity = 100000
+$OPEN_LIMITS
 TOML
 
 RESULTS=()

@@ -53,3 +53,23 @@ start_nginx() {
     PIDS+=("$NGINX_PID")
     wait_http "http://127.0.0.1:$2/" "$NGINX_PID" || { show_logs; die "nginx did not start"; }
 }
+
+# kib_origin_conf DIR HTTP_PORT TLS_PORT CERT_DIR: DIR/nginx.conf answering
+# a 1 KiB body on 127.0.0.1:HTTP_PORT and, with CERT_DIR/origin.pem and
+# origin.key (origin_cert), over TLS on 127.0.0.1:TLS_PORT (instructions.sh
+# and scripts/build-pgo).
+kib_origin_conf() {
+    local body
+    body=$(python3 -c 'print("x" * 1023)')
+    nginx_conf "$1" "    default_type text/plain;
+    server {
+        listen 127.0.0.1:$2;
+        location / { return 200 \"$body\"; }
+    }
+    server {
+        listen 127.0.0.1:$3 ssl;
+        ssl_certificate $4/origin.pem;
+        ssl_certificate_key $4/origin.key;
+        location / { return 200 \"$body\"; }
+    }"
+}
