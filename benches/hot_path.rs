@@ -21,7 +21,17 @@
 //!   it moved to the error path (a `dup` and a `close` of a socket);
 //! - an `ArcSwap` load with no guards held vs with the thread's fast slots
 //!   taken by guards held elsewhere (what a connection holding its config
-//!   guard for its whole life did to every other load on its thread).
+//!   guard for its whole life did to every other load on its thread);
+//! - boxing a hook-sized future (a ~1 KiB session captured, 16 KiB of
+//!   state) the way async_trait does, `Box::pin(async move { .. })`, vs
+//!   `box_future_in_place` (vendored pingora-proxy), built and dropped
+//!   unpolled. Here, alone in a small function, LLVM builds the
+//!   `Box::pin` form in its box too, and the in-place form is the slower
+//!   one (it pays a call and a move of the captured session); inside
+//!   pingora's request path LLVM did not, and copied the whole future
+//!   (16 KiB for `process_new_http`) into the box. So this pair measures
+//!   the helper's own overhead, and `benches/instructions.sh`'s memcpy
+//!   column is the figure for the real request path.
 //!
 //! `cargo bench --bench hot_path`
 
@@ -318,11 +328,50 @@ fn descriptors_and_guards(c: &mut Criterion) {
     drop(held);
 }
 
+/// Stands in for the session a hook future captures (pingora's is ~1 KiB).
+struct Captured {
+    head: [u64; 115],
+    body: Vec<u8>,
+}
+
+async fn hook_body(c: Captured) -> u64 {
+    let state = [c.head[3] as u8; 16 * 1024];
+    tokio::task::yield_now().await;
+    state.iter().map(|&b| u64::from(b)).sum::<u64>() + c.body.len() as u64
+}
+
+fn captured() -> Captured {
+    Captured {
+        head: [black_box(7); 115],
+        body: Vec::new(),
+    }
+}
+
+fn boxed_futures(c: &mut Criterion) {
+    use std::future::Future;
+    use std::pin::Pin;
+    type Boxed = Pin<Box<dyn Future<Output = u64> + Send>>;
+    c.bench_function("box_hook_future_async_trait_style", |b| {
+        b.iter(|| {
+            let cap = captured();
+            let fut: Boxed = Box::pin(async move { hook_body(cap).await });
+            black_box(fut)
+        })
+    });
+    c.bench_function("box_hook_future_in_place", |b| {
+        b.iter(|| {
+            let cap = captured();
+            let fut: Boxed = pingora::proxy::box_future_in_place(move || hook_body(cap));
+            black_box(fut)
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards
+    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards, boxed_futures
 }
 criterion_main!(benches);

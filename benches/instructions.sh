@@ -14,8 +14,10 @@
 # counters zeroed, then N requests (absolute-form GET http://127.0.0.1:<origin>/,
 # 4 keep-alive connections, one request in flight on each), the counters
 # dumped. Prints instructions per request (every thread of the proxy, the
-# log writer and timers included) and the ten functions with the most
-# inclusive instructions per request in ezthrottle's own code.
+# log writer and timers included), how many of them were libc's memcpy /
+# memmove (bytes copied, roughly: futures moved into boxes show up here),
+# and the ten functions with the most inclusive instructions per request
+# in ezthrottle's own code.
 #
 # The TLS rows (in ONLY by default) do the same over TLS to a TLS origin:
 # `ezthrottle-tls` is CONNECT + interception (each connection's CONNECT and
@@ -136,7 +138,14 @@ measure() {  # name, origin port, client mode, command...
         if (NF >= 18) print $1, $1 + 10 * ($7 + $9 + $11) + 100 * ($13 + $15 + $17)
         else print $1, "-"
         exit }')
-    RESULTS+=("$name $totals")
+    # libc's memcpy/memmove (no callees, so inclusive = own): callgrind
+    # counts every byte a `rep movsb` moves, so this tracks the bytes a
+    # request copies around, mostly futures moved into boxes (docs/
+    # performance.md, "The sixth pass").
+    local copies
+    copies=$(callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null \
+        | awk '/libc\.so/ && /(memcpy|memmove)/ { v = $1; gsub(",", "", v); s += v } END { print s + 0 }')
+    RESULTS+=("$name $totals $copies")
     if [[ $name == ezthrottle* ]]; then
         callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null \
             | awk -v n="$N" '/\?\?\?:(<)?ezthrottle::/ { v = $1; gsub(",", "", v); sub(/^.*\?\?\?:/, ""); sub(/ \[.*$/, "");
@@ -162,19 +171,20 @@ fi
 
 echo
 if [ ${#CACHE_SIM[@]} -gt 0 ]; then
-    echo "| proxy | instructions per request | estimated cycles per request |"
-    echo "|---|--:|--:|"
+    echo "| proxy | instructions per request | of which memcpy | estimated cycles per request |"
+    echo "|---|--:|--:|--:|"
 else
-    echo "| proxy | instructions per request |"
-    echo "|---|--:|"
+    echo "| proxy | instructions per request | of which memcpy |"
+    echo "|---|--:|--:|"
 fi
+per_request() { python3 -c "print(f'{$1 / $N:,.0f}')"; }
 for r in "${RESULTS[@]}"; do
-    read -r name total cycles <<<"$r"
+    read -r name total cycles copies <<<"$r"
     if [ "$cycles" = - ]; then
-        printf '| %s | %s |\n' "$name" "$(python3 -c "print(f'{$total / $N:,.0f}')")"
+        printf '| %s | %s | %s |\n' "$name" "$(per_request "$total")" "$(per_request "$copies")"
     else
-        printf '| %s | %s | %s |\n' "$name" "$(python3 -c "print(f'{$total / $N:,.0f}')")" \
-            "$(python3 -c "print(f'{$cycles / $N:,.0f}')")"
+        printf '| %s | %s | %s | %s |\n' "$name" "$(per_request "$total")" \
+            "$(per_request "$copies")" "$(per_request "$cycles")"
     fi
 done
 for top in "$TMP"/top-*.txt; do

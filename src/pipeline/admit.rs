@@ -42,7 +42,10 @@ pub async fn admit(
         ctx.throttle = (name != domain).then_some(name);
     }
     let throttle = ctx.throttle().unwrap_or(&domain).to_string();
-    let result = unless_client_leaves(session, shared.admission.admit(&throttle, max_wait)).await?;
+    // Pinned here and lent: passed by value, the ~1 KiB admission future was
+    // copied into `unless_client_leaves`'s state and again into its select.
+    let admission = std::pin::pin!(shared.admission.admit(&throttle, max_wait));
+    let result = unless_client_leaves(session, admission).await?;
     match result {
         Ok((permit, waited)) => {
             ctx.permit = Some(permit);

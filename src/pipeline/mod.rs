@@ -33,8 +33,9 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{box_future_in_place, FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
@@ -170,28 +171,14 @@ impl Pipeline {
         ctx.target = Some(target);
         Ok(())
     }
-}
 
-#[async_trait]
-impl ProxyHttp for Pipeline {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
-    }
-
-    fn on_connection_reuse(
-        &self,
-        _session: &mut Session,
-        ctx: &mut RequestCtx,
-        prev: Box<dyn Any + Send + Sync>,
-    ) {
-        if let Ok(conn) = prev.downcast::<ConnInfo>() {
-            ctx.conn = Some(*conn);
-        }
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    /// The `request_filter` hook (identify → idempotency → park →
+    /// admission). The hooks with the largest futures are written as
+    /// inherent `async fn`s that the trait methods box in place
+    /// (`box_future_in_place`): async_trait built each on the stack and
+    /// copied all of it into its box, 1-3 KiB per hook per request
+    /// (docs/performance.md, "The sixth pass").
+    async fn filter_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.inflight = Some(self.shared.inflight.enter());
         if ctx.conn.is_none() {
             ctx.conn = ctx::stream_conn();
@@ -218,7 +205,8 @@ impl ProxyHttp for Pipeline {
         }
         // Idempotency before admission: a replay or a conflict takes no slot.
         // Boxed phases (see `reject`): only the admission wait is inline.
-        match Box::pin(idempotent::begin(&self.shared, session, ctx, max_wait)).await {
+        match box_future_in_place(|| idempotent::begin(&self.shared, session, ctx, max_wait)).await
+        {
             Ok(None) => {}
             Ok(Some(record)) => {
                 ctx.outcome = Outcome::Replayed;
@@ -254,7 +242,9 @@ impl ProxyHttp for Pipeline {
         }
     }
 
-    async fn upstream_peer(
+    /// The `upstream_peer` hook: retry pause and re-admission, then the
+    /// origin's or the region's peer (boxed in place: see `filter_request`).
+    async fn choose_peer(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
@@ -308,6 +298,92 @@ impl ProxyHttp for Pipeline {
         }
     }
 
+    /// The `upstream_response_filter` hook: classify the answer, learn,
+    /// and deliver, retry or park (boxed in place: see `filter_request`).
+    async fn classify_upstream_response(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status;
+        if status == http::StatusCode::SWITCHING_PROTOCOLS {
+            admit::upgraded(&self.shared, ctx);
+        }
+        if status.is_informational() {
+            return Ok(());
+        }
+        let code = status.as_u16();
+        match classify::response(&self.shared, session, upstream_response, ctx).await {
+            classify::Verdict::Deliver => {
+                upstream_response
+                    .insert_header(WAIT_MS_HEADER, http::HeaderValue::from(ctx.wait_ms))?;
+                upstream_response
+                    .insert_header(ATTEMPTS_HEADER, http::HeaderValue::from(ctx.attempts))?;
+                Ok(())
+            }
+            classify::Verdict::Again => Err(Error::explain(
+                ErrorType::HTTPStatus(code),
+                "upstream answered with a retryable status",
+            )),
+            classify::Verdict::Park => {
+                ctx.outcome = Outcome::ParkNow;
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(code),
+                    "a retry would outlast the max wait: parking",
+                ))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Pipeline {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        prev: Box<dyn Any + Send + Sync>,
+    ) {
+        if let Ok(conn) = prev.downcast::<ConnInfo>() {
+            ctx.conn = Some(*conn);
+        }
+    }
+
+    fn request_filter<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        session: &'life1 mut Session,
+        ctx: &'life2 mut RequestCtx,
+    ) -> BoxFuture<'async_trait, Result<bool>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        box_future_in_place(move || self.filter_request(session, ctx))
+    }
+
+    fn upstream_peer<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        session: &'life1 mut Session,
+        ctx: &'life2 mut RequestCtx,
+    ) -> BoxFuture<'async_trait, Result<Box<HttpPeer>>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        box_future_in_place(move || self.choose_peer(session, ctx))
+    }
+
     #[cfg(unix)]
     fn upstream_h1_dropping(
         &self,
@@ -349,40 +425,22 @@ impl ProxyHttp for Pipeline {
         Ok(())
     }
 
-    async fn upstream_response_filter(
-        &self,
-        session: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        let status = upstream_response.status;
-        if status == http::StatusCode::SWITCHING_PROTOCOLS {
-            admit::upgraded(&self.shared, ctx);
-        }
-        if status.is_informational() {
-            return Ok(());
-        }
-        let code = status.as_u16();
-        match classify::response(&self.shared, session, upstream_response, ctx).await {
-            classify::Verdict::Deliver => {
-                upstream_response
-                    .insert_header(WAIT_MS_HEADER, http::HeaderValue::from(ctx.wait_ms))?;
-                upstream_response
-                    .insert_header(ATTEMPTS_HEADER, http::HeaderValue::from(ctx.attempts))?;
-                Ok(())
-            }
-            classify::Verdict::Again => Err(Error::explain(
-                ErrorType::HTTPStatus(code),
-                "upstream answered with a retryable status",
-            )),
-            classify::Verdict::Park => {
-                ctx.outcome = Outcome::ParkNow;
-                Err(Error::explain(
-                    ErrorType::HTTPStatus(code),
-                    "a retry would outlast the max wait: parking",
-                ))
-            }
-        }
+    fn upstream_response_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        session: &'life1 mut Session,
+        upstream_response: &'life2 mut ResponseHeader,
+        ctx: &'life3 mut RequestCtx,
+    ) -> BoxFuture<'async_trait, Result<()>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        box_future_in_place(move || {
+            self.classify_upstream_response(session, upstream_response, ctx)
+        })
     }
 
     fn upstream_response_trailer_filter(
@@ -514,5 +572,49 @@ impl ProxyHttp for Pipeline {
         let failed = e.is_some() || ctx.outcome.error().is_some();
         idempotent::finish(&self.shared, ctx, failed).await;
         record::request_done(&self.shared, session, e, ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use pingora::proxy::box_future_in_place;
+
+    /// Counts its drops, standing in for a hook's captured session.
+    struct Captured(Arc<AtomicUsize>, u64);
+
+    impl Drop for Captured {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A future as large as pingora's per-request one, holding state
+    /// across an await as a hook does.
+    async fn large(captured: Captured) -> u64 {
+        let buf = [captured.1 as u8; 16 * 1024];
+        tokio::task::yield_now().await;
+        buf.iter().map(|&b| u64::from(b)).sum::<u64>() + captured.1
+    }
+
+    /// The in-place box (unsafe inside the vendored pingora-proxy) is only
+    /// sound if the future it writes is the one that runs and what it
+    /// captured is dropped exactly once: polled to the end, or dropped
+    /// before its first poll.
+    #[tokio::test]
+    async fn a_future_boxed_in_place_runs_and_drops_once() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let c = Captured(drops.clone(), 3);
+        let out = box_future_in_place(move || large(c)).await;
+        assert_eq!(out, 3 * 16 * 1024 + 3);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+
+        let c = Captured(drops.clone(), 7);
+        let unpolled = box_future_in_place(move || large(c));
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "not dropped while boxed");
+        drop(unpolled);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
     }
 }
