@@ -81,6 +81,8 @@ pub mod names {
     pub static WEBHOOK: HeaderName = HeaderName::from_static(super::WEBHOOK_HEADER);
     pub static METADATA: HeaderName = HeaderName::from_static(super::METADATA_HEADER);
     pub static PREFER: HeaderName = HeaderName::from_static("prefer");
+    pub static WAIT_MS: HeaderName = HeaderName::from_static(super::WAIT_MS_HEADER);
+    pub static ATTEMPTS: HeaderName = HeaderName::from_static(super::ATTEMPTS_HEADER);
     /// [`super::RUNNER_HEADERS`], in the same order.
     pub static RUNNER: [&HeaderName; 3] = [&JOB, &RETRY_POLICY, &REGION];
 
@@ -102,6 +104,8 @@ pub mod names {
                 (&super::REGION, REGION_HEADER),
                 (&super::WEBHOOK, WEBHOOK_HEADER),
                 (&super::METADATA, METADATA_HEADER),
+                (&super::WAIT_MS, WAIT_MS_HEADER),
+                (&super::ATTEMPTS, ATTEMPTS_HEADER),
             ];
             for (name, s) in pairs {
                 assert_eq!(name.as_str(), s);

@@ -43,7 +43,7 @@ use crate::error::ProxyError;
 use crate::state::Shared;
 use ctx::{ConnInfo, Outcome, RequestCtx};
 
-use crate::wire::{ATTEMPTS_HEADER, WAIT_MS_HEADER};
+use crate::wire::names;
 
 pub struct Pipeline {
     shared: Arc<Shared>,
@@ -316,10 +316,11 @@ impl Pipeline {
         let code = status.as_u16();
         match classify::response(&self.shared, session, upstream_response, ctx).await {
             classify::Verdict::Deliver => {
+                // Names parsed once: no parse or allocation per response.
                 upstream_response
-                    .insert_header(WAIT_MS_HEADER, http::HeaderValue::from(ctx.wait_ms))?;
+                    .insert_static_header(&names::WAIT_MS, http::HeaderValue::from(ctx.wait_ms));
                 upstream_response
-                    .insert_header(ATTEMPTS_HEADER, http::HeaderValue::from(ctx.attempts))?;
+                    .insert_static_header(&names::ATTEMPTS, http::HeaderValue::from(ctx.attempts));
                 Ok(())
             }
             classify::Verdict::Again => Err(Error::explain(

@@ -30,7 +30,7 @@ pub async fn error_after(
         resp.insert_header(http::header::RETRY_AFTER, after.as_secs().to_string())?;
     }
     if attempts > 0 {
-        resp.insert_header(super::ATTEMPTS_HEADER, attempts.to_string())?;
+        resp.insert_header(crate::wire::ATTEMPTS_HEADER, attempts.to_string())?;
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await

@@ -585,6 +585,19 @@ impl ResponseHeader {
         )
     }
 
+    /// ezthrottle patch: insert under a name parsed once (a `static`), its
+    /// text kept as the case to send. [Self::insert_header()] parses its
+    /// name into a new `HeaderName` on every call, allocating for a name
+    /// `http` does not know; a proxy adding its own headers to every
+    /// response need not (docs/performance.md, "The sixth pass").
+    pub fn insert_static_header(&mut self, name: &'static HeaderName, value: HeaderValue) {
+        if let Some(name_map) = self.header_name_map.as_mut() {
+            let case = bytes::Bytes::from_static(name.as_str().as_bytes()).into_case_header_name();
+            name_map.insert(name.clone(), case);
+        }
+        self.base.headers.insert(name.clone(), value);
+    }
+
     /// Remove all headers under the name
     pub fn remove_header<'a, N: ?Sized>(&mut self, name: &'a N) -> Option<HeaderValue>
     where
