@@ -83,6 +83,9 @@ pub mod names {
     pub static PREFER: HeaderName = HeaderName::from_static("prefer");
     pub static WAIT_MS: HeaderName = HeaderName::from_static(super::WAIT_MS_HEADER);
     pub static ATTEMPTS: HeaderName = HeaderName::from_static(super::ATTEMPTS_HEADER);
+    /// `http`'s own, as a `static` for `insert_static_header` (a `const`
+    /// is a new value at each use, so it cannot be lent as `'static`).
+    pub static VIA: HeaderName = http::header::VIA;
     /// [`super::RUNNER_HEADERS`], in the same order.
     pub static RUNNER: [&HeaderName; 3] = [&JOB, &RETRY_POLICY, &REGION];
 

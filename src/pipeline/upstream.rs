@@ -234,8 +234,7 @@ pub fn rewrite(
         }
         None => hop,
     };
-    req.insert_header(http::header::VIA, via)
-        .map_err(|_| ProxyError::BadRequest("invalid Via header".into()))?;
+    req.insert_static_header(&crate::wire::names::VIA, via);
     Ok(())
 }
 

@@ -231,6 +231,17 @@ impl RequestHeader {
         )
     }
 
+    /// ezthrottle patch: [Self::insert_header()] under a name parsed once
+    /// (see [insert_static_header_value]).
+    pub fn insert_static_header(&mut self, name: &'static HeaderName, value: HeaderValue) {
+        insert_static_header_value(
+            self.header_name_map.as_mut(),
+            &mut self.base.headers,
+            name,
+            value,
+        )
+    }
+
     /// Remove all headers under the name
     pub fn remove_header<'a, N: ?Sized>(&mut self, name: &'a N) -> Option<HeaderValue>
     where
@@ -585,17 +596,15 @@ impl ResponseHeader {
         )
     }
 
-    /// ezthrottle patch: insert under a name parsed once (a `static`), its
-    /// text kept as the case to send. [Self::insert_header()] parses its
-    /// name into a new `HeaderName` on every call, allocating for a name
-    /// `http` does not know; a proxy adding its own headers to every
-    /// response need not (docs/performance.md, "The sixth pass").
+    /// ezthrottle patch: [Self::insert_header()] under a name parsed once
+    /// (see [insert_static_header_value]).
     pub fn insert_static_header(&mut self, name: &'static HeaderName, value: HeaderValue) {
-        if let Some(name_map) = self.header_name_map.as_mut() {
-            let case = bytes::Bytes::from_static(name.as_str().as_bytes()).into_case_header_name();
-            name_map.insert(name.clone(), case);
-        }
-        self.base.headers.insert(name.clone(), value);
+        insert_static_header_value(
+            self.header_name_map.as_mut(),
+            &mut self.base.headers,
+            name,
+            value,
+        )
     }
 
     /// Remove all headers under the name
@@ -912,6 +921,28 @@ fn insert_header_value<T>(
     }
     value_map.insert(header_name, value);
     Ok(())
+}
+
+/// ezthrottle patch: insert under a name parsed once (a `static`), sent as
+/// `http`'s title case for a standard name and as written otherwise, as
+/// [insert_header_value] would. That one parses its name into a new
+/// `HeaderName` on every call (allocating for a name `http` does not know);
+/// a proxy adding the same headers to every request and response need not
+/// (docs/performance.md, "The sixth pass").
+fn insert_static_header_value<T>(
+    name_map: Option<&mut CaseMap>,
+    value_map: &mut HMap<T>,
+    name: &'static HeaderName,
+    value: T,
+) {
+    if let Some(name_map) = name_map {
+        let case = case_header_name::titled_header_name_str(name).unwrap_or(name.as_str());
+        name_map.insert(
+            name.clone(),
+            bytes::Bytes::from_static(case.as_bytes()).into_case_header_name(),
+        );
+    }
+    value_map.insert(name.clone(), value);
 }
 
 // the &N here is to avoid clone(). None Copy type like String can impl AsHeaderName
