@@ -286,13 +286,18 @@ impl Egress {
         if let Err(r) = self.check_normalized(purpose, &name, literal, port) {
             return Ok(Err(r));
         }
-        let ips = match literal {
-            Some(ip) => vec![ip],
-            None => resolver.resolve(&name).await?,
+        // An IP literal is checked where it stands, not copied into a list.
+        let resolved;
+        let ips: &[IpAddr] = match &literal {
+            Some(ip) => std::slice::from_ref(ip),
+            None => {
+                resolved = resolver.resolve(&name).await?;
+                &resolved
+            }
         };
-        let mut ok = Vec::new();
+        let mut ok = Vec::with_capacity(ips.len());
         let mut first_refusal = None;
-        for ip in ips {
+        for &ip in ips {
             let addr = SocketAddr::new(ip, port);
             match self.check_addr(purpose, &name, addr) {
                 Ok(()) => ok.push(addr),
@@ -306,7 +311,7 @@ impl Egress {
             (false, _) => Ok(ok),
             (true, Some(r)) => Err(r),
             (true, None) => Err(Refusal::Denied {
-                target: name,
+                target: name.into_owned(),
                 why: "no address".into(),
             }),
         })
@@ -323,14 +328,21 @@ pub fn url_host_port(url: &url::Url) -> Option<(String, u16)> {
     Some((host, url.port_or_known_default()?))
 }
 
-/// Lower-case, no brackets, no trailing dot.
-fn normalize(host: &str) -> String {
+/// Lower-case, no brackets, no trailing dot. Borrowed when `host` is
+/// already so (a proxied request's host was normalized when it was
+/// identified): no allocation per request.
+fn normalize(host: &str) -> std::borrow::Cow<'_, str> {
     let h = host.trim();
     let h = h
         .strip_prefix('[')
         .and_then(|x| x.strip_suffix(']'))
         .unwrap_or(h);
-    h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase()
+    let h = h.strip_suffix('.').unwrap_or(h);
+    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(h.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(h)
+    }
 }
 
 /// An IP written as a host, in any form a URL parser turns into one

@@ -58,6 +58,36 @@ pub const WEBHOOK_HEADER: &str = "x-ezthrottle-webhook";
 pub const METADATA_HEADER: &str = "x-ezthrottle-metadata";
 
 /// The [`INTERNAL_HEADER`] value the job runner sends.
+/// `n` as a header value. The values our two response headers almost always
+/// carry (a wait of `0` ms, `1` attempt: up to 15) come from a table of static
+/// values; `HeaderValue::from(u64)` formats into a new allocation on every
+/// response (docs/performance.md, "The seventh pass").
+pub fn number_value(n: u64) -> http::HeaderValue {
+    use http::HeaderValue as V;
+    static SMALL: [V; 16] = [
+        V::from_static("0"),
+        V::from_static("1"),
+        V::from_static("2"),
+        V::from_static("3"),
+        V::from_static("4"),
+        V::from_static("5"),
+        V::from_static("6"),
+        V::from_static("7"),
+        V::from_static("8"),
+        V::from_static("9"),
+        V::from_static("10"),
+        V::from_static("11"),
+        V::from_static("12"),
+        V::from_static("13"),
+        V::from_static("14"),
+        V::from_static("15"),
+    ];
+    match usize::try_from(n).ok().and_then(|i| SMALL.get(i)) {
+        Some(v) => v.clone(),
+        None => V::from(n),
+    }
+}
+
 pub fn internal_value(parked: bool, token: &str) -> String {
     format!("{} {token}", if parked { "parked" } else { "job" })
 }
@@ -91,6 +121,15 @@ pub mod names {
 
     #[cfg(test)]
     mod tests {
+        /// Every number reads back as itself, through the table and past it.
+        #[test]
+        fn number_values_match_their_numbers() {
+            for n in (0..40).chain([u64::from(u32::MAX), u64::MAX]) {
+                let v = super::super::number_value(n);
+                assert_eq!(v.to_str().unwrap(), n.to_string());
+            }
+        }
+
         /// Each parsed name is the string it stands for, so a look-up by
         /// either finds the same header.
         #[test]

@@ -67,10 +67,10 @@ pub async fn run(
     }
     if first[0] != TLS_HANDSHAKE_RECORD {
         let conn = ConnInfo {
-            connect: Some(ConnectTarget {
+            connect: Some(std::sync::Arc::new(ConnectTarget {
                 tls: false,
                 ..target
-            }),
+            })),
             ..conn
         };
         // HTTP/2 with prior knowledge (h2c: gRPC's insecure channels
@@ -108,7 +108,7 @@ pub async fn run(
         Err(_) => return,
     };
     let conn = ConnInfo {
-        connect: Some(target),
+        connect: Some(std::sync::Arc::new(target)),
         ..conn
     };
     if matches!(tls.selected_alpn_proto(), Some(ALPN::H2)) {

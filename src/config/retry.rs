@@ -8,8 +8,10 @@ use super::ConfigError;
 pub struct RetryConfig {
     pub max_retries: u32,
     pub max_reroutes: u32,
-    pub retry_codes: Vec<u16>,
-    pub reroute_codes: Vec<u16>,
+    /// Shared, not copied: every request's retry state takes a clone of its
+    /// domain's `RetryConfig` (docs/performance.md, "The seventh pass").
+    pub retry_codes: std::sync::Arc<[u16]>,
+    pub reroute_codes: std::sync::Arc<[u16]>,
     pub max_buffered_body: u64,
 }
 
@@ -49,11 +51,11 @@ pub(super) fn retry(
         max_retries: count("max_retries", raw.max_retries, base.max_retries)?,
         max_reroutes: count("max_reroutes", raw.max_reroutes, base.max_reroutes)?,
         retry_codes: match &raw.retry_codes {
-            Some(v) => status_codes(cx, &format!("{key}.retry_codes"), v)?,
+            Some(v) => status_codes(cx, &format!("{key}.retry_codes"), v)?.into(),
             None => base.retry_codes.clone(),
         },
         reroute_codes: match &raw.reroute_codes {
-            Some(v) => status_codes(cx, &format!("{key}.reroute_codes"), v)?,
+            Some(v) => status_codes(cx, &format!("{key}.reroute_codes"), v)?.into(),
             None => base.reroute_codes.clone(),
         },
         max_buffered_body: match &raw.max_buffered_body {
@@ -70,8 +72,8 @@ impl Default for RetryConfig {
         RetryConfig {
             max_retries: 3,
             max_reroutes: 2,
-            retry_codes: vec![429, 503],
-            reroute_codes: vec![500, 502, 504],
+            retry_codes: [429, 503].into(),
+            reroute_codes: [500, 502, 504].into(),
             max_buffered_body: 1 << 20,
         }
     }

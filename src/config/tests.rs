@@ -99,8 +99,8 @@ fn the_example_file_parses_and_matches_the_built_in_defaults() {
             max_wait: Duration::from_secs(60),
         }
     );
-    assert_eq!(def.retry.retry_codes, vec![429, 503]);
-    assert_eq!(def.retry.reroute_codes, vec![500, 502, 504]);
+    assert_eq!(*def.retry.retry_codes, [429, 503]);
+    assert_eq!(*def.retry.reroute_codes, [500, 502, 504]);
     assert_eq!(def.retry.max_buffered_body, 1024 * 1024);
     assert_eq!(def.idempotency.max_stored_body, 10 * 1024 * 1024);
     assert_eq!(def.idempotency.ttl, Duration::from_secs(24 * 3600));

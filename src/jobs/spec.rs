@@ -159,10 +159,10 @@ impl RetryPolicySpec {
             base.max_reroutes = v;
         }
         if let Some(v) = &self.retry_codes {
-            base.retry_codes = v.clone();
+            base.retry_codes = v.as_slice().into();
         }
         if let Some(v) = &self.reroute_codes {
-            base.reroute_codes = v.clone();
+            base.reroute_codes = v.as_slice().into();
         }
     }
 }

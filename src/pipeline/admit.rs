@@ -17,8 +17,8 @@ pub fn max_wait(
     shared: &Shared,
     session: &Session,
     ctx: &RequestCtx,
-    domain: &str,
 ) -> Result<Duration, ProxyError> {
+    let domain = ctx.domain().ok_or(ProxyError::Internal)?;
     let header = session
         .req_header()
         .headers
@@ -33,19 +33,28 @@ pub async fn admit(
     ctx: &mut RequestCtx,
     max_wait: Duration,
 ) -> Result<(), ProxyError> {
-    let Some(domain) = ctx.domain().map(str::to_string) else {
+    // The domain and throttle are borrowed, not copied: a request that is
+    // admitted allocates nothing here (docs/performance.md, "The seventh
+    // pass"); only a refusal names its domain.
+    let Some(domain) = ctx.target.as_ref().map(|t| t.domain()) else {
         return Err(ProxyError::Internal);
     };
     if ctx.throttle.is_none() {
-        let split_by = ctx.config(shared).budget_key(&domain);
-        let name = budget_key::throttle_name(&domain, &split_by, &session.req_header().headers);
-        ctx.throttle = (name != domain).then_some(name);
+        let split_by = ctx.config(shared).budget_key(domain);
+        if !split_by.is_empty() {
+            let name = budget_key::throttle_name(domain, &split_by, &session.req_header().headers);
+            ctx.throttle = (name != domain).then_some(name);
+        }
     }
-    let throttle = ctx.throttle().unwrap_or(&domain).to_string();
-    // Pinned here and lent: passed by value, the ~1 KiB admission future was
-    // copied into `unless_client_leaves`'s state and again into its select.
-    let admission = std::pin::pin!(shared.admission.admit(&throttle, max_wait));
-    let result = unless_client_leaves(session, admission).await?;
+    let result = {
+        let throttle = ctx.throttle().unwrap_or_default();
+        // Pinned here and lent: passed by value, the ~1 KiB admission future
+        // was copied into `unless_client_leaves`'s state and again into its
+        // select.
+        let admission = std::pin::pin!(shared.admission.admit(throttle, max_wait));
+        unless_client_leaves(session, admission).await?
+    };
+    let domain = || ctx.domain().unwrap_or_default().to_string();
     match result {
         Ok((permit, waited)) => {
             ctx.permit = Some(permit);
@@ -53,11 +62,11 @@ pub async fn admit(
             Ok(())
         }
         Err(Denied::QueueFull { retry_after }) => Err(ProxyError::ThrottleQueueFull {
-            domain,
+            domain: domain(),
             retry_after,
         }),
         Err(Denied::WaitTimeout { retry_after }) => Err(ProxyError::ThrottleWaitTimeout {
-            domain,
+            domain: domain(),
             retry_after,
         }),
     }

@@ -21,7 +21,9 @@ use crate::state::InFlightGuard;
 pub struct ConnInfo {
     pub client: Option<SocketAddr>,
     /// Set on intercepted connections: the authoritative CONNECT target.
-    pub connect: Option<ConnectTarget>,
+    /// Shared: each request on the connection takes a copy of its
+    /// `ConnInfo`, and this part would be allocated again each time.
+    pub connect: Option<Arc<ConnectTarget>>,
 }
 
 tokio::task_local! {
@@ -101,7 +103,7 @@ pub struct RequestCtx {
     pub started: Instant,
     pub conn: Option<ConnInfo>,
     pub target: Option<Target>,
-    pub workspace: String,
+    pub workspace: std::borrow::Cow<'static, str>,
     /// A proxy client, or our own job runner (decides which control headers
     /// are believed and which egress policy applies).
     pub caller: super::identify::Caller,
@@ -180,7 +182,7 @@ impl RequestCtx {
             started: Instant::now(),
             conn: None,
             target: None,
-            workspace: String::from("default"),
+            workspace: std::borrow::Cow::Borrowed("default"),
             caller: Default::default(),
             outcome: Outcome::Forwarded,
             attempts: 0,

@@ -28,6 +28,13 @@ pub struct Keyed {
 
 /// Returns the record to replay, or `None` to go on (with the key claimed in
 /// `ctx` if the request has one).
+/// Whether `begin` has anything to do: a method keys apply to, with a key.
+/// Checked before `begin`'s future is boxed, so a request without a key
+/// pays for neither.
+pub fn applies(req: &pingora::http::RequestHeader) -> bool {
+    key::applies(&req.method) && req.headers.contains_key(&key::HEADER_NAME)
+}
+
 pub async fn begin(
     shared: &Shared,
     session: &mut Session,

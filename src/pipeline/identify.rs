@@ -180,7 +180,8 @@ pub struct Trust<'a> {
 /// A request's workspace, and whether it named another one we did not believe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workspace {
-    pub name: String,
+    /// Borrowed for the common `default`: no allocation per request.
+    pub name: std::borrow::Cow<'static, str>,
     pub ignored_header: bool,
 }
 
@@ -213,7 +214,7 @@ pub fn workspace(
             })?;
         if believed {
             return Ok(Workspace {
-                name: ws.to_string(),
+                name: ws.to_string().into(),
                 ignored_header,
             });
         }
@@ -232,9 +233,9 @@ pub fn workspace(
         .as_ref()
         .and_then(|c| c.workspace_of_key(trust.api_keys));
     let name = match (from_key, creds) {
-        (Some(ws), _) => ws,
-        (None, Some(c)) if believed && valid_workspace(&c.user) => c.user,
-        _ => "default".to_string(),
+        (Some(ws), _) => ws.into(),
+        (None, Some(c)) if believed && valid_workspace(&c.user) => c.user.into(),
+        _ => "default".into(),
     };
     Ok(Workspace {
         name,
@@ -393,12 +394,12 @@ mod tests {
     fn connect_target_is_authoritative() {
         let conn = ConnInfo {
             client: None,
-            connect: Some(ConnectTarget {
+            connect: Some(std::sync::Arc::new(ConnectTarget {
                 host: "api.example.com".into(),
                 port: 443,
                 proxy_auth: None,
                 tls: true,
-            }),
+            })),
         };
         let t = target(
             &req("http://evil.example.net/steal"),
@@ -462,7 +463,7 @@ mod tests {
         assert_eq!(ws(&r, None, &none, false).name, "alice");
         r.insert_header("X-EZThrottle-Workspace", "team-b").unwrap();
         let w = ws(&r, None, &none, false);
-        assert_eq!((w.name.as_str(), w.ignored_header), ("team-b", false));
+        assert_eq!((&*w.name, w.ignored_header), ("team-b", false));
         r.insert_header("X-EZThrottle-Workspace", "bad space")
             .unwrap();
         assert!(workspace(
@@ -482,7 +483,7 @@ mod tests {
         let mut r = req("http://a/");
         r.insert_header("X-EZThrottle-Workspace", "team-a").unwrap();
         let w = ws(&r, None, &keys, false);
-        assert_eq!((w.name.as_str(), w.ignored_header), ("default", true));
+        assert_eq!((&*w.name, w.ignored_header), ("default", true));
         // "alice:secret": a user name alone is not believed.
         r.insert_header("Proxy-Authorization", "Basic YWxpY2U6c2VjcmV0")
             .unwrap();
@@ -492,21 +493,21 @@ mod tests {
             .unwrap();
         r.insert_header("X-EZThrottle-Workspace", "team-b").unwrap();
         let w = ws(&r, None, &keys, false);
-        assert_eq!((w.name.as_str(), w.ignored_header), ("team-a", true));
+        assert_eq!((&*w.name, w.ignored_header), ("team-a", true));
         // The key given on the CONNECT of an intercepted connection.
         let conn = ConnInfo {
             client: None,
-            connect: Some(ConnectTarget {
+            connect: Some(std::sync::Arc::new(ConnectTarget {
                 host: "api.test".into(),
                 port: 443,
                 proxy_auth: ProxyCredentials::parse("Basic eDp0b2tfYQ=="),
                 tls: true,
-            }),
+            })),
         };
         assert_eq!(ws(&req("/x"), Some(&conn), &keys, false).name, "team-a");
         // A trusted client (or the job runner) is believed.
         let w = ws(&r, None, &keys, true);
-        assert_eq!((w.name.as_str(), w.ignored_header), ("team-b", false));
+        assert_eq!((&*w.name, w.ignored_header), ("team-b", false));
         assert!(format!("{:?}", ProxyCredentials::parse("Basic eDp0b2tfYQ==")).contains("****"));
         assert!(!format!("{:?}", ProxyCredentials::parse("Basic eDp0b2tfYQ==")).contains("tok_a"));
     }

@@ -97,11 +97,11 @@ impl Pipeline {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        domain: &str,
     ) -> std::result::Result<(), ProxyError> {
         if ctx.body.is_some() || session.is_body_empty() {
             return Ok(());
         }
+        let domain = ctx.domain().ok_or(ProxyError::Internal)?;
         let limit =
             crate::retry::route::retry_config(&ctx.config(&self.shared), domain).max_buffered_body;
         if ctx.park.is_some() {
@@ -186,10 +186,7 @@ impl Pipeline {
         if let Err(err) = self.identify(session, ctx) {
             return self.reject(session, ctx, err).await;
         }
-        let Some(domain) = ctx.domain().map(str::to_string) else {
-            return self.reject(session, ctx, ProxyError::Internal).await;
-        };
-        let max_wait = match admit::max_wait(&self.shared, session, ctx, &domain) {
+        let max_wait = match admit::max_wait(&self.shared, session, ctx) {
             Ok(w) => w,
             Err(err) => return self.reject(session, ctx, err).await,
         };
@@ -205,18 +202,25 @@ impl Pipeline {
         }
         // Idempotency before admission: a replay or a conflict takes no slot.
         // Boxed phases (see `reject`): only the admission wait is inline.
-        match box_future_in_place(|| idempotent::begin(&self.shared, session, ctx, max_wait)).await
-        {
-            Ok(None) => {}
-            Ok(Some(record)) => {
-                ctx.outcome = Outcome::Replayed;
-                Box::pin(idempotent::replay(session, &record)).await?;
-                return Ok(true);
+        // Each boxed only when it has work: most requests carry no key and
+        // no body, and a box is an allocation (docs/performance.md).
+        if idempotent::applies(session.req_header()) {
+            match box_future_in_place(|| idempotent::begin(&self.shared, session, ctx, max_wait))
+                .await
+            {
+                Ok(None) => {}
+                Ok(Some(record)) => {
+                    ctx.outcome = Outcome::Replayed;
+                    Box::pin(idempotent::replay(session, &record)).await?;
+                    return Ok(true);
+                }
+                Err(err) => return self.reject(session, ctx, err).await,
             }
-            Err(err) => return self.reject(session, ctx, err).await,
         }
-        if let Err(err) = Box::pin(self.read_ahead(session, ctx, &domain)).await {
-            return self.reject(session, ctx, err).await;
+        if ctx.body.is_none() && !session.is_body_empty() {
+            if let Err(err) = Box::pin(self.read_ahead(session, ctx)).await {
+                return self.reject(session, ctx, err).await;
+            }
         }
         if ctx.park.as_ref().is_some_and(|p| p.respond_async) {
             return self.park(session, ctx).await;
@@ -318,9 +322,11 @@ impl Pipeline {
             classify::Verdict::Deliver => {
                 // Names parsed once: no parse or allocation per response.
                 upstream_response
-                    .insert_static_header(&names::WAIT_MS, http::HeaderValue::from(ctx.wait_ms));
-                upstream_response
-                    .insert_static_header(&names::ATTEMPTS, http::HeaderValue::from(ctx.attempts));
+                    .insert_static_header(&names::WAIT_MS, crate::wire::number_value(ctx.wait_ms));
+                upstream_response.insert_static_header(
+                    &names::ATTEMPTS,
+                    crate::wire::number_value(u64::from(ctx.attempts)),
+                );
                 Ok(())
             }
             classify::Verdict::Again => Err(Error::explain(

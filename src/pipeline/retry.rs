@@ -112,7 +112,9 @@ pub fn after(
     truncated: bool,
 ) -> Next {
     let can_park = ctx.park.is_some();
-    let domain = ctx.domain().unwrap_or_default().to_string();
+    // Borrowed field by field (the target beside the retry state), not
+    // copied: most answers are delivered and need no domain at all.
+    let domain = ctx.target.as_ref().map_or("", |t| t.domain());
     let body_read_ahead = ctx.body.is_some();
     let Some(state) = ctx.retry.as_mut() else {
         return Next::Deliver;
@@ -134,7 +136,7 @@ pub fn after(
     } else {
         Kind::Retry
     };
-    let label = shared.metrics.domain_label(&domain);
+    let label = shared.metrics.domain_label(domain);
     shared
         .metrics
         .retries_total

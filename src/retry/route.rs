@@ -2,6 +2,8 @@
 //! connects directly; any other region is a peer HTTP proxy (usually another
 //! ezthrottle) named under `[regions.NAME]`.
 
+use std::sync::{Arc, LazyLock};
+
 use crate::config::{Config, RetryConfig};
 
 /// The built-in region: direct connections from this process.
@@ -10,28 +12,37 @@ pub const LOCAL: &str = "local";
 /// One request's walk through its domain's regions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    regions: Vec<String>,
+    /// Shared: most domains have the default `["local"]`, which every
+    /// request then takes without an allocation (docs/performance.md, "The
+    /// seventh pass").
+    regions: Arc<[String]>,
     index: usize,
+}
+
+/// The default order, `["local"]`, made once.
+fn local_only() -> Arc<[String]> {
+    static LOCAL_ONLY: LazyLock<Arc<[String]>> = LazyLock::new(|| Arc::from([LOCAL.to_string()]));
+    LOCAL_ONLY.clone()
 }
 
 impl Route {
     /// The domain's `regions` order (default `["local"]`).
     pub fn for_domain(config: &Config, domain: &str) -> Route {
-        let regions = config
-            .domain(domain)
-            .map(|d| d.regions.clone())
-            .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| vec![LOCAL.to_string()]);
+        let regions = match config.domain(domain).map(|d| d.regions.as_slice()) {
+            Some(r) if !r.is_empty() => Arc::from(r),
+            _ => local_only(),
+        };
         Route { regions, index: 0 }
     }
 
     /// A route that starts at `first` (a job pinned to a region), then
     /// follows the domain's order.
     pub fn starting_at(config: &Config, domain: &str, first: &str) -> Route {
-        let mut route = Route::for_domain(config, domain);
-        route.regions.retain(|r| r != first);
-        route.regions.insert(0, first.to_string());
-        route
+        let rest = Route::for_domain(config, domain).regions;
+        let regions = std::iter::once(first.to_string())
+            .chain(rest.iter().filter(|r| *r != first).cloned())
+            .collect();
+        Route { regions, index: 0 }
     }
 
     pub fn current(&self) -> &str {
