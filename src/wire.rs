@@ -58,6 +58,16 @@ pub const WEBHOOK_HEADER: &str = "x-ezthrottle-webhook";
 pub const METADATA_HEADER: &str = "x-ezthrottle-metadata";
 
 /// The [`INTERNAL_HEADER`] value the job runner sends.
+/// Whether a request carries any `X-EZThrottle-*` header: one pass over its
+/// header names, so that a request with none (nearly every one an app
+/// sends) skips the eight hashed look-ups of the individual control headers
+/// (~1.2k instructions a request; docs/performance.md, "The seventh pass").
+pub fn any_control_header(headers: &http::HeaderMap) -> bool {
+    headers
+        .keys()
+        .any(|name| name.as_str().as_bytes().starts_with(PREFIX.as_bytes()))
+}
+
 /// `n` as a header value. The values our two response headers almost always
 /// carry (a wait of `0` ms, `1` attempt: up to 15) come from a table of static
 /// values; `HeaderValue::from(u64)` formats into a new allocation on every
@@ -121,6 +131,37 @@ pub mod names {
 
     #[cfg(test)]
     mod tests {
+        /// Any `X-EZThrottle-` name counts, in any case as sent; others,
+        /// even ones that contain the words, do not.
+        #[test]
+        fn control_headers_are_found_by_prefix() {
+            use http::{HeaderMap, HeaderName, HeaderValue};
+            let with = |names: &[&str]| {
+                let mut h = HeaderMap::new();
+                for n in names {
+                    h.append(
+                        HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                        HeaderValue::from_static("v"),
+                    );
+                }
+                super::super::any_control_header(&h)
+            };
+            assert!(!with(&[]));
+            assert!(!with(&[
+                "host",
+                "accept",
+                "x-ezthrottl",
+                "x-my-ezthrottle-max-wait"
+            ]));
+            for name in super::super::RUNNER_HEADERS
+                .iter()
+                .chain(&[super::super::MAX_WAIT_HEADER, super::super::WEBHOOK_HEADER])
+            {
+                assert!(with(&["host", name]), "{name}");
+            }
+            assert!(with(&["X-EZThrottle-Internal"]));
+        }
+
         /// Every number reads back as itself, through the table and past it.
         #[test]
         fn number_values_match_their_numbers() {

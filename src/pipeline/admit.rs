@@ -19,10 +19,15 @@ pub fn max_wait(
     ctx: &RequestCtx,
 ) -> Result<Duration, ProxyError> {
     let domain = ctx.domain().ok_or(ProxyError::Internal)?;
-    let header = session
-        .req_header()
-        .headers
-        .get(&crate::wire::names::MAX_WAIT)
+    let header = ctx
+        .control_headers
+        .then(|| {
+            session
+                .req_header()
+                .headers
+                .get(&crate::wire::names::MAX_WAIT)
+        })
+        .flatten()
         .map(|v| v.to_str().unwrap_or("\u{0}"));
     crate::admission::max_wait(&ctx.config(shared), domain, header).map_err(ProxyError::BadRequest)
 }

@@ -64,8 +64,10 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub tls: bool,
-    /// Origin-form path and query to send upstream.
-    pub path_and_query: String,
+    /// Origin-form path and query to send upstream: the parsed form, which
+    /// becomes the upstream request's URI as it is (no second parse, no
+    /// copy; docs/performance.md, "The seventh pass").
+    pub path_and_query: http::uri::PathAndQuery,
 }
 
 impl Target {
@@ -107,6 +109,10 @@ pub struct RequestCtx {
     /// A proxy client, or our own job runner (decides which control headers
     /// are believed and which egress policy applies).
     pub caller: super::identify::Caller,
+    /// The request carries some `X-EZThrottle-*` header
+    /// ([`crate::wire::any_control_header`]); when not, the phases skip
+    /// looking each one up.
+    pub control_headers: bool,
     /// How the request ends, decided by the phase that knew.
     pub outcome: Outcome,
     /// Upstream attempts made.
@@ -184,6 +190,7 @@ impl RequestCtx {
             target: None,
             workspace: std::borrow::Cow::Borrowed("default"),
             caller: Default::default(),
+            control_headers: false,
             outcome: Outcome::Forwarded,
             attempts: 0,
             wait_ms: 0,

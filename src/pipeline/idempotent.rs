@@ -53,12 +53,7 @@ pub async fn begin(
     let Some(target) = ctx.target.as_ref() else {
         return Err(ProxyError::Internal);
     };
-    let path = target
-        .path_and_query
-        .split('?')
-        .next()
-        .unwrap_or("/")
-        .to_string();
+    let path = target.path_and_query.path().to_string();
     let scope = idempotency::scope(&ctx.workspace, &key, &method, &target.host, &path);
     let idem = &shared.idempotency;
     let body = body::read_whole(

@@ -79,10 +79,9 @@ pub fn target(
     })?;
     let path_and_query = uri
         .path_and_query()
-        .map(|p| p.as_str())
-        .filter(|p| p.starts_with('/'))
-        .unwrap_or("/")
-        .to_string();
+        .filter(|p| p.as_str().starts_with('/'))
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
 
     if let Some(connect) = conn.and_then(|c| c.connect.as_ref()) {
         return Ok(Target {
@@ -352,7 +351,7 @@ mod tests {
                 host: "api.example.com".into(),
                 port: 8080,
                 tls: false,
-                path_and_query: "/a/b?x=1".into()
+                path_and_query: http::uri::PathAndQuery::from_static("/a/b?x=1")
             }
         );
         let t = target(&req("https://example.com"), None, control()).unwrap();

@@ -137,7 +137,10 @@ impl Pipeline {
         }
         let config = ctx.config(&self.shared);
         let target = identify::target(req, ctx.conn.as_ref(), config.control.listen)?;
-        ctx.caller = identify::caller(req, &self.shared.internal_token);
+        ctx.control_headers = crate::wire::any_control_header(&req.headers);
+        if ctx.control_headers {
+            ctx.caller = identify::caller(req, &self.shared.internal_token);
+        }
         let trusted = ctx.caller.is_internal()
             || ctx.conn.as_ref().and_then(|c| c.client).is_some_and(|a| {
                 let ip = crate::egress::canonical(a.ip());
@@ -157,7 +160,7 @@ impl Pipeline {
                 .with_label_values(&[crate::wire::WORKSPACE_HEADER])
                 .inc();
         }
-        if !ctx.caller.is_internal() {
+        if ctx.control_headers && !ctx.caller.is_internal() {
             for (h, name) in crate::wire::RUNNER_HEADERS
                 .iter()
                 .zip(crate::wire::names::RUNNER)
@@ -191,14 +194,17 @@ impl Pipeline {
             Err(err) => return self.reject(session, ctx, err).await,
         };
         let deadline = tokio::time::Instant::now() + max_wait;
-        match park::options(
-            session.req_header(),
-            max_wait,
-            ctx.caller,
-            &self.shared.egress.load(),
-        ) {
-            Ok(opts) => ctx.park = opts,
-            Err(err) => return self.reject(session, ctx, err).await,
+        // Parking is asked for with X-EZThrottle-Webhook.
+        if ctx.control_headers {
+            match park::options(
+                session.req_header(),
+                max_wait,
+                ctx.caller,
+                &self.shared.egress.load(),
+            ) {
+                Ok(opts) => ctx.park = opts,
+                Err(err) => return self.reject(session, ctx, err).await,
+            }
         }
         // Idempotency before admission: a replay or a conflict takes no slot.
         // Boxed phases (see `reject`): only the admission wait is inline.

@@ -62,10 +62,10 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
     // A job's own retry_policy (set by the job runner, see jobs/attempt.rs;
     // a client's copy of the header is not believed).
     let internal = ctx.caller.is_internal();
-    if let Some(policy) = req
-        .headers
-        .get(&crate::wire::names::RETRY_POLICY)
-        .filter(|_| internal)
+    // `internal` first: a client's request skips the look-up.
+    if let Some(policy) = internal
+        .then(|| req.headers.get(&crate::wire::names::RETRY_POLICY))
+        .flatten()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| serde_json::from_str::<crate::jobs::spec::RetryPolicySpec>(v).ok())
     {
@@ -82,11 +82,9 @@ pub fn init(shared: &Shared, session: &Session, ctx: &mut RequestCtx, deadline: 
         // Chunked: decided by pingora's buffer after the attempt.
         (None, None) => true,
     };
-    let route = match session
-        .req_header()
-        .headers
-        .get(&crate::wire::names::REGION)
-        .filter(|_| internal)
+    let route = match internal
+        .then(|| req.headers.get(&crate::wire::names::REGION))
+        .flatten()
         .and_then(|v| v.to_str().ok())
     {
         Some(first) => Route::starting_at(&snapshot, domain, first.trim()),
@@ -207,7 +205,7 @@ mod tests {
             host: "api.test".into(),
             port: 443,
             tls: true,
-            path_and_query: "/".into(),
+            path_and_query: http::uri::PathAndQuery::from_static("/"),
         });
         let config = shared.config.load();
         ctx.retry = Some(RetryState {

@@ -187,8 +187,7 @@ pub fn rewrite(
         req.insert_header(http::header::HOST, authority)
             .map_err(|_| bad())?;
     } else {
-        let uri: http::Uri = target.path_and_query.parse().map_err(|_| bad())?;
-        req.set_uri(uri);
+        req.set_uri(http::Uri::from(target.path_and_query.clone()));
         // An h2 request names its authority in `:authority`, which the
         // origin-form URI drops; `Host` carries it to an HTTP/1.1 origin and
         // back into `:authority` for an h2 one.
@@ -258,7 +257,7 @@ mod tests {
             host: "api.test".into(),
             port: 8080,
             tls: false,
-            path_and_query: "/v1/x?y=1".into(),
+            path_and_query: http::uri::PathAndQuery::from_static("/v1/x?y=1"),
         };
         rewrite(&mut req, &target, "abc", false).unwrap();
         assert_eq!(req.raw_path(), b"/v1/x?y=1");
@@ -295,7 +294,7 @@ mod tests {
             host: "api.test".into(),
             port: 443,
             tls: true,
-            path_and_query: "/v1/x?y=1".into(),
+            path_and_query: http::uri::PathAndQuery::from_static("/v1/x?y=1"),
         };
         rewrite(&mut req, &target, "abc", true).unwrap();
         assert_eq!(req.raw_path(), b"https://api.test/v1/x?y=1");
