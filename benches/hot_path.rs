@@ -33,6 +33,15 @@
 //!   (16 KiB for `process_new_http`) into the box. So this pair measures
 //!   the helper's own overhead, and `benches/instructions.sh`'s memcpy
 //!   column is the figure for the real request path.
+//! - the seventh pass (allocations, look-ups and timers): one pass over a
+//!   usual request's header names for any `X-EZThrottle-*` header vs the
+//!   eight look-ups it spares; a response header value for a small number
+//!   from the static table vs `HeaderValue::from(u64)` (formats into a new
+//!   allocation); a default domain's retry route (the shared `["local"]`);
+//!   registering a fast timeout in the bucket registered just before (the
+//!   vendored pingora-timeout's cached last bucket) vs in alternating
+//!   buckets (a search of the thread's tree of ~6,000 buckets each time,
+//!   which every registration paid before).
 //!
 //! `cargo bench --bench hot_path`
 
@@ -385,11 +394,91 @@ fn boxed_futures(c: &mut Criterion) {
     });
 }
 
+fn seventh_pass(c: &mut Criterion) {
+    use http::{HeaderMap, HeaderName, HeaderValue};
+    let mut req = HeaderMap::new();
+    for (k, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "python-requests/2.32"),
+        ("accept", "*/*"),
+        ("accept-encoding", "gzip, deflate"),
+        ("authorization", "Bearer sk_test_123"),
+    ] {
+        req.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    let control = [
+        &names::INTERNAL,
+        &names::JOB,
+        &names::RETRY_POLICY,
+        &names::REGION,
+        &names::MAX_WAIT,
+        &names::WEBHOOK,
+        &names::RETRY_POLICY,
+        &names::REGION,
+    ];
+    c.bench_function("control_headers_one_pass", |b| {
+        b.iter(|| black_box(ezthrottle::wire::any_control_header(black_box(&req))))
+    });
+    c.bench_function("control_headers_eight_lookups", |b| {
+        b.iter(|| {
+            control
+                .iter()
+                .filter(|n| black_box(&req).contains_key(**n))
+                .count()
+        })
+    });
+    c.bench_function("number_value_static_table", |b| {
+        b.iter(|| {
+            (
+                ezthrottle::wire::number_value(black_box(0)),
+                ezthrottle::wire::number_value(black_box(1)),
+            )
+        })
+    });
+    c.bench_function("number_value_header_value_from_u64", |b| {
+        b.iter(|| {
+            (
+                HeaderValue::from(black_box(0u64)),
+                HeaderValue::from(black_box(1u64)),
+            )
+        })
+    });
+    if let Ok(config) = ezthrottle::config::Config::from_toml_str("", "bench.toml") {
+        c.bench_function("retry_route_default_domain", |b| {
+            b.iter(|| {
+                black_box(ezthrottle::retry::route::Route::for_domain(
+                    &config,
+                    black_box("api.example.com"),
+                ))
+            })
+        });
+    }
+    // A thread's timer tree as a busy proxy with a 60 s read timeout has it:
+    // a bucket every 10 ms for the next minute.
+    let timers = pingora_timeout::timer::TimerManager::new();
+    let mut held = Vec::with_capacity(6000);
+    for ms in (10..=60_000).step_by(10) {
+        held.push(timers.register_timer(Duration::from_millis(ms)));
+    }
+    c.bench_function("fast_timeout_register_same_bucket", |b| {
+        b.iter(|| black_box(timers.register_timer(black_box(Duration::from_secs(60)))))
+    });
+    let mut flip = false;
+    c.bench_function("fast_timeout_register_alternating_buckets", |b| {
+        b.iter(|| {
+            flip = !flip;
+            let d = if flip { 59 } else { 60 };
+            black_box(timers.register_timer(black_box(Duration::from_secs(d))))
+        })
+    });
+    drop(held);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards, boxed_futures
+    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards, boxed_futures, seventh_pass
 }
 criterion_main!(benches);
