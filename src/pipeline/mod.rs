@@ -93,14 +93,13 @@ impl Pipeline {
 
     /// Read the body ahead when it must be held: to park the request, or to
     /// send it again on a retry when it is too big for pingora's own buffer.
+    /// Called only for a request with a body not read yet (`filter_request`
+    /// checks, so that the others skip boxing this future).
     async fn read_ahead(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> std::result::Result<(), ProxyError> {
-        if ctx.body.is_some() || session.is_body_empty() {
-            return Ok(());
-        }
         let domain = ctx.domain().ok_or(ProxyError::Internal)?;
         let limit =
             crate::retry::route::retry_config(&ctx.config(&self.shared), domain).max_buffered_body;
