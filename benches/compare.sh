@@ -46,6 +46,14 @@
 #                 under BENCH_CACHE, installed when missing)
 #   BENCH_CACHE   where venvs live (default /var/cache/ezthrottle-bench)
 #   KEEP_ON_FAIL=1  keep the scratch dir when the run fails
+#   RATE          requests per second: pace every measured run at this
+#                 offered load (benches/h2load -rate, for plain HTTP too)
+#                 instead of as fast as each proxy answers, to compare CPU
+#                 per request at one load below every proxy's limit
+#   SYSCALLS=1    also count, with `perf stat -C 0` over each measured run,
+#                 system calls by name and context switches on the proxy's
+#                 core, printed per answered request (the tracepoints cost a
+#                 little CPU: compare CPU figures of runs without it)
 #
 # Installs squid/nginx/wrk/golang-go/openssl/curl with apt-get when missing.
 # Numbers depend on the machine and on whatever else runs on it: compare
@@ -64,6 +72,8 @@ CONNECTIONS=${CONNECTIONS:-32}
 WRK_THREADS=${WRK_THREADS:-1}
 IDLE_CONNS=${IDLE_CONNS:-1000}
 MITM=${MITM:-1}
+RATE=${RATE:-}
+[[ -z "$RATE" || "$RATE" =~ ^[1-9][0-9]*$ ]] || { echo "RATE must be a whole number of requests per second, not '$RATE'" >&2; exit 1; }
 BENCH_CACHE=${BENCH_CACHE:-/var/cache/ezthrottle-bench}
 HOST=bench.test
 PROXY_CPU=0
@@ -90,6 +100,12 @@ done
 # ---- dependencies ------------------------------------------------------------------
 missing=()
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+if [ "${SYSCALLS:-0}" = 1 ]; then
+    command -v perf >/dev/null 2>&1 || die "SYSCALLS=1 needs perf (Debian: linux-perf; Ubuntu: linux-tools-generic)"
+    # Every system call by name, plus the scheduler's view of the core.
+    PERF_EVENTS="context-switches,cpu-migrations,raw_syscalls:sys_enter,$(
+        perf list --raw-dump tracepoint 2>/dev/null | tr ' ' '\n' | grep '^syscalls:sys_enter_' | paste -sd, -)"
+fi
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
@@ -424,6 +440,13 @@ run_wrk() {  # outfile, proxy port, seconds
 # Warm-up, then the measured run with the proxy's CPU ticks around it.
 measure() {  # section, name, label, load kind (wrk|go), go args... | proxy port
     local section=$1 name=$2 label=$3 kind=$4; shift 4
+    if [ -n "$RATE" ]; then
+        # Paced: every row through the same Go client at the same offered
+        # load; plain HTTP goes to the proxy in absolute form, as wrk's does.
+        [ "$kind" = wrk ] && set -- -url "$HTTP_URL" -proxy "http://127.0.0.1:$1"
+        kind=go
+        set -- "$@" -rate "$RATE"
+    fi
     local out="$TMP/$section-$name" t0 t1 u0 u1 a0 a1 c0 c1 o0 o1 rss
     log "$section / $label: warm-up ${WARMUP}s"
     if [ "$kind" = wrk ]; then
@@ -439,6 +462,11 @@ measure() {  # section, name, label, load kind (wrk|go), go args... | proxy port
     t0=$(pticks "$PROXY_PID")
     u0=$(puticks "$PROXY_PID")
     times > "$out.times0"   # this shell's reaped children: the load generator
+    local perf_pid=""
+    if [ "${SYSCALLS:-0}" = 1 ]; then
+        perf stat -x, -o "$out.perf" -C "$PROXY_CPU" -e "$PERF_EVENTS" -- sleep "$((DURATION + 30))" &
+        perf_pid=$!
+    fi
     if [ "$kind" = wrk ]; then
         run_wrk "$out.txt" "$1" "$DURATION" || { cat "$out.txt" "$out.txt.err" >&2; die "$label: wrk failed"; }
     else
@@ -446,6 +474,10 @@ measure() {  # section, name, label, load kind (wrk|go), go args... | proxy port
             || { cat "$out.txt" "$out.txt.err" >&2; show_logs; die "$label: h2load failed"; }
     fi
     times > "$out.times1"
+    if [ -n "$perf_pid" ]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" || true
+    fi
     t1=$(pticks "$PROXY_PID")
     u1=$(puticks "$PROXY_PID")
     c1=$(pcores)
@@ -461,7 +493,8 @@ measure() {  # section, name, label, load kind (wrk|go), go args... | proxy port
     [ -n "$json" ] || die "$label: no result line"
     record kind=run section="$section" name="$name" label="$label" gen="$kind" json="$json" \
         ticks="$((t1 - t0))" user_ticks="$((u1 - u0))" cores0="$c0" cores1="$c1" origin_ticks="$((o1 - o0))" \
-        load_ms="$(( $(children_ms "$out.times1") - $(children_ms "$out.times0") ))" rss_after_kib="$rss" access_lines="$((a1 - a0))"
+        load_ms="$(( $(children_ms "$out.times1") - $(children_ms "$out.times0") ))" rss_after_kib="$rss" access_lines="$((a1 - a0))" \
+        perf="$([ -f "$out.perf" ] && echo "$out.perf")"
 }
 children_ms() {  # file with the output of `times`: user+sys of reaped children, in ms
     sed -n 2p "$1" | python3 -c '
@@ -739,14 +772,15 @@ fi
 RIG="$(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), Linux $(uname -r); \
 proxy pinned to core $PROXY_CPU (taskset -c $PROXY_CPU), origin nginx and load generator on core $LOAD_CPU; \
 loadavg $LOAD_AT_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end; $(date -u +%Y-%m-%dT%H:%MZ)"
-python3 - "$RESULTS" "$CLK_TCK" "$CONNECTIONS" "$DURATION" "$IDLE_CONNS" "$RIG" "$MITM_NOTE" <<'PY'
+python3 - "$RESULTS" "$CLK_TCK" "$CONNECTIONS" "$DURATION" "$IDLE_CONNS" "$RIG" "$MITM_NOTE" "${RATE:-0}" <<'PY'
 import json, sys
-path, hz, conns, duration, idle_conns, rig, mitm_note = sys.argv[1:8]
-hz, idle_conns = float(hz), int(idle_conns)
+path, hz, conns, duration, idle_conns, rig, mitm_note, rate = sys.argv[1:9]
+hz, idle_conns, rate = float(hz), int(idle_conns), int(rate)
 rows = [json.loads(l) for l in open(path) if l.strip()]
 runs = [r for r in rows if r["kind"] == "run"]
 mems = [r for r in rows if r["kind"] == "mem"]
 bad = False
+late = []
 
 def core_use(r):
     d = []
@@ -780,6 +814,9 @@ def table(section, title):
             ok = j["requests"]
         errs = j["errors"] + j["non_2xx"]
         bad |= errs > 0
+        if j.get("rate") and j.get("late", 0) > 0.01 * max(1, ok):
+            late.append(f"{r['label']}: {j['late']:,} of {ok:,} requests went out late (the proxy did not keep up "
+                        f"with {j['rate']:,.0f} req/s; its CPU per request is that of a saturated proxy)")
         cpu_s = int(r["ticks"]) / hz
         user_s = int(r["user_ticks"]) / hz
         us = lambda x: f"{x * 1e6 / ok:,.1f}" if ok else "-"
@@ -793,11 +830,39 @@ def table(section, title):
             print(f"\nezthrottle access log: {int(r['access_lines']):,} lines written during the measured run "
                   "(default INFO filter, stderr to a file).")
 
+def syscalls(runs):
+    # perf stat -x, lines: value,unit,event,... (counted on the proxy's core)
+    sel = [r for r in runs if r.get("perf")]
+    if not sel:
+        return
+    print()
+    print("Per answered request on the proxy's core (`perf stat -C`, SYSCALLS=1): "
+          "context switches, all system calls, then each system call made at least 0.05 times a request.")
+    print()
+    for r in sel:
+        j = json.loads(r["json"])
+        ok = max(1, (j["requests"] - j["non_2xx"] - j["errors"]) if r["gen"] == "wrk" else j["requests"])
+        counts = {}
+        for line in open(r["perf"]):
+            f = line.strip().split(",")
+            if len(f) >= 3 and f[0].replace(".", "").isdigit():
+                counts[f[2]] = float(f[0])
+        per = lambda k: counts.get(k, 0) / ok
+        calls = sorted(((per(k), k.split("sys_enter_", 1)[1]) for k in counts
+                        if k.startswith("syscalls:sys_enter_") and per(k) >= 0.05), reverse=True)
+        print(f"- {r['section']} / {r['label']}: context switches {per('context-switches'):.2f}, "
+              f"system calls {per('raw_syscalls:sys_enter'):.2f} ("
+              + ", ".join(f"{n} {v:.2f}" for v, n in calls) + ")")
+
 print()
 print(f"{conns} connections, {duration} s per measured run after a warm-up; only 2xx answers counted; "
       "CPU = utime+stime of the proxy's processes over the run.")
-table("http", f"plain HTTP, {conns} connections (wrk)")
-table("https", f"intercepted HTTPS, {conns} connections (Go net/http, HTTP/1.1, TLS both sides)")
+paced = f", paced at {rate:,} req/s" if rate else ""
+table("http", f"plain HTTP, {conns} connections ({'Go net/http' if rate else 'wrk'}{paced})")
+table("https", f"intercepted HTTPS, {conns} connections (Go net/http, HTTP/1.1, TLS both sides{paced})")
+for l in late:
+    print(f"\nWARNING: {l}.")
+syscalls(runs)
 if mems:
     print()
     print(f"| memory: {idle_conns:,} idle keep-alive client connections, one request each | RSS idle MiB "

@@ -7,7 +7,17 @@
 //
 // One warm-up request per worker is not counted (handshakes, leaf minting).
 // Prints one JSON line {proto, workers, connections, requests, errors,
-// non_2xx, seconds, rps, p50_ms, p99_ms}; exits 1 when nothing succeeded.
+// non_2xx, seconds, rps, p50_ms, p99_ms, rate, late}; exits 1 when nothing
+// succeeded.
+//
+// -rate R paces the load at R requests per second in all (each worker on
+// its own schedule, workers/R apart, offset from each other) instead of
+// back to back, so that proxies of different speeds can be compared at the
+// same offered load: below saturation, the CPU a proxy spends per request
+// is not shaped by how busy it keeps the client and the origin. "late"
+// counts requests sent after their slot because the previous answer came
+// too late (then the rate was not held). A plain http:// URL needs no -ca;
+// with -proxy it goes to the proxy in absolute form, as to a forward proxy.
 package main
 
 import (
@@ -34,15 +44,21 @@ func main() {
 	proto := flag.String("proto", "h2", "h2 (one connection, many streams) or http1 (one connection per worker)")
 	workers := flag.Int("workers", 32, "concurrent requests")
 	duration := flag.Duration("duration", 10*time.Second, "measured load")
+	rate := flag.Float64("rate", 0, "requests per second in all, paced (0: back to back)")
 	flag.Parse()
 
-	pem, err := os.ReadFile(*caFile)
-	if err != nil {
-		fail(err)
-	}
 	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(pem) {
-		fail(fmt.Errorf("no certificate in %s", *caFile))
+	if *caFile != "" {
+		pem, err := os.ReadFile(*caFile)
+		if err != nil {
+			fail(err)
+		}
+		if !roots.AppendCertsFromPEM(pem) {
+			fail(fmt.Errorf("no certificate in %s", *caFile))
+		}
+	}
+	if *rate < 0 {
+		fail(fmt.Errorf("-rate must be 0 or more"))
 	}
 	var proxyURL *url.URL
 	if *proxy != "" {
@@ -125,15 +141,33 @@ func main() {
 	}
 	wg.Wait()
 
-	var ok, errs, non2xx int64
+	var ok, errs, non2xx, late int64
 	lat := make([][]time.Duration, *workers)
 	start := time.Now()
 	stop := start.Add(*duration)
+	// Each worker's slot interval when paced; worker i starts i/workers of
+	// an interval in, so that the workers' requests interleave evenly.
+	var every time.Duration
+	if *rate > 0 {
+		every = time.Duration(float64(*workers) / *rate * float64(time.Second))
+	}
 	for i := 0; i < *workers; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
+			next := start.Add(every * time.Duration(i) / time.Duration(*workers))
 			for time.Now().Before(stop) {
+				if every > 0 {
+					if wait := time.Until(next); wait > 0 {
+						time.Sleep(wait)
+					} else if wait < -every/2 {
+						atomic.AddInt64(&late, 1)
+					}
+					next = next.Add(every)
+					if !next.Before(stop.Add(every)) {
+						break
+					}
+				}
 				t0 := time.Now()
 				code, _, err := get(clients[i])
 				d := time.Since(t0)
@@ -166,6 +200,7 @@ func main() {
 		"proto": protoSeen, "workers": *workers, "connections": atomic.LoadInt64(&conns),
 		"requests": ok, "errors": errs, "non_2xx": non2xx, "seconds": secs,
 		"rps": float64(ok) / secs, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+		"rate": *rate, "late": atomic.LoadInt64(&late),
 	})
 	if ok == 0 {
 		os.Exit(1)
