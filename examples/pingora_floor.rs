@@ -120,6 +120,9 @@ fn main() {
     };
     let conf = ServerConf {
         threads,
+        // As ezthrottle does (src/server.rs): one worker, one
+        // single-threaded runtime; more, tokio's work-stealing scheduler.
+        work_stealing: threads > 1,
         ca_file: args.ca_file.clone(),
         ..ServerConf::default()
     };

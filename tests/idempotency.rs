@@ -13,8 +13,17 @@ use common::{curl, error_code, json, metrics, Ezthrottle, Fetch};
 
 const REUSED_BODY: &str = r#"{"error":{"code":"idempotency_key_reused","message":"Idempotency-Key was already used with a different request body. Generate a new key for new operations."}}"#;
 
+/// One worker thread: the proxy then runs on a single-threaded runtime
+/// (`work_stealing` off), where storing a response cannot block its worker
+/// and must be awaited in `response_body_end`. `builder_threads` picks
+/// another count (tokio's multi-threaded scheduler).
 fn builder(origin: &ApiOrigin) -> EzBuilder {
+    builder_threads(origin, 1)
+}
+
+fn builder_threads(origin: &ApiOrigin, threads: usize) -> EzBuilder {
     EzBuilder::new()
+        .proxy(&format!("threads = {threads}"))
         .upstream_ca(&origin.pki.ca_path)
         .connect_port(origin.tls_addr.port())
         .resolve("api.test", "127.0.0.1")
@@ -340,10 +349,17 @@ fn duplicates_in_flight_wait_then_replay_or_get_409() {
     assert_eq!(origin.count("/slow"), 1);
 }
 
+/// On both runtimes: one worker (single-threaded) and three (work stealing).
 #[test]
 fn twenty_parallel_requests_one_key_one_upstream_call() {
+    for threads in [1, 3] {
+        twenty_parallel_requests_on(threads);
+    }
+}
+
+fn twenty_parallel_requests_on(threads: usize) {
     let origin = ApiOrigin::start();
-    let ez = start(&origin);
+    let ez = builder_threads(&origin, threads).start();
     let url = origin.http_url("api.test", "/burst?delay_ms=300");
     let body = r#"{"order":42}"#;
     let results: Vec<Fetch> = std::thread::scope(|s| {

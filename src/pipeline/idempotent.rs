@@ -125,15 +125,9 @@ pub fn response_header(shared: &Shared, ctx: &mut RequestCtx, resp: &ResponseHea
     }
 }
 
-/// `response_body_filter` (a synchronous hook): collect the body; at its end
-/// store the record before the last bytes go to the client, so a response
-/// the client has seen is a response that survives `kill -9`.
-pub fn response_body(
-    shared: &Shared,
-    ctx: &mut RequestCtx,
-    body: &Option<Bytes>,
-    end_of_stream: bool,
-) {
+/// `response_body_filter` (a synchronous hook): collect the body. Storing it
+/// waits for `response_body_end`.
+pub fn response_body(shared: &Shared, ctx: &mut RequestCtx, body: &Option<Bytes>) {
     let Some(keyed) = ctx.keyed.as_mut() else {
         return;
     };
@@ -156,15 +150,21 @@ pub fn response_body(
             if let Some(claim) = keyed.claim.take() {
                 shared.idempotency.release(claim, why);
             }
-            return;
         }
-    }
-    if end_of_stream {
-        store(shared, keyed);
     }
 }
 
-/// `logging`: a response that ended without passing through the body filter
+/// `response_body_end` (our vendored pingora hook, awaited after the body
+/// filter saw the end and before the last bytes go to the client): store
+/// the record, so a response the client has seen is a response that
+/// survives `kill -9`.
+pub async fn body_end(shared: &Shared, ctx: &mut RequestCtx) {
+    if let Some(keyed) = ctx.keyed.as_mut() {
+        store(shared, keyed).await;
+    }
+}
+
+/// `logging`: a response that ended without reaching `response_body_end`
 /// (no body) is stored here; anything else still claimed got no complete
 /// response and frees its key.
 pub async fn finish(shared: &Shared, ctx: &mut RequestCtx, failed: bool) {
@@ -172,11 +172,7 @@ pub async fn finish(shared: &Shared, ctx: &mut RequestCtx, failed: bool) {
         return;
     };
     if !failed {
-        if let (Some(claim), Some(capture)) = (keyed.claim.take(), keyed.capture.take()) {
-            shared.idempotency.complete(claim, capture).await;
-            keyed.hold = None;
-            return;
-        }
+        store(shared, keyed).await;
     }
     if let Some(claim) = keyed.claim.take() {
         shared.idempotency.release(claim, "not_stored_no_response");
@@ -217,17 +213,13 @@ fn grow_capture(
     Ok(())
 }
 
-fn store(shared: &Shared, keyed: &mut Keyed) {
+/// Commit a whole captured response under its claimed key (nothing when the
+/// capture was given up or the key already released).
+async fn store(shared: &Shared, keyed: &mut Keyed) {
     let (Some(claim), Some(capture)) = (keyed.claim.take(), keyed.capture.take()) else {
         return;
     };
-    let idem = shared.idempotency.clone();
-    // The hook is synchronous; `block_in_place` lets this worker wait for
-    // the commit while pingora's other tasks move to other workers (the
-    // proxy runs on a multi-threaded runtime).
-    tokio::task::block_in_place(|| {
-        tokio::runtime::Handle::current().block_on(idem.complete(claim, capture))
-    });
+    shared.idempotency.complete(claim, capture).await;
     keyed.hold = None;
 }
 

@@ -479,11 +479,16 @@ impl ProxyHttp for Pipeline {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        end_of_stream: bool,
+        _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        idempotent::response_body(&self.shared, ctx, body, end_of_stream);
+        idempotent::response_body(&self.shared, ctx, body);
         Ok(None)
+    }
+
+    async fn response_body_end(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        idempotent::body_end(&self.shared, ctx).await;
+        Ok(())
     }
 
     fn fail_to_connect(

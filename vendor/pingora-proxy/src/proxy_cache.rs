@@ -481,6 +481,12 @@ where
                                 return (false, Some(e));
                             }
                         }
+                        // ezthrottle patch: see `ProxyHttp::response_body_end`.
+                        if end {
+                            if let Err(e) = self.inner.response_body_end(session, ctx).await {
+                                return (false, Some(e));
+                            }
+                        }
 
                         if let Err(e) = session
                             .downstream_modules_ctx

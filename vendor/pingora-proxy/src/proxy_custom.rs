@@ -828,6 +828,10 @@ where
                     trace!("delaying response for {duration:?}");
                     time::sleep(duration).await;
                 }
+                if eos {
+                    // ezthrottle patch: see `ProxyHttp::response_body_end`.
+                    self.inner.response_body_end(session, ctx).await?;
+                }
                 Ok(HttpTask::Body(data, eos))
             }
             HttpTask::UpgradedBody(mut data, eos) => {
@@ -844,6 +848,10 @@ where
                 {
                     trace!("delaying upgraded response for {duration:?}");
                     time::sleep(duration).await;
+                }
+                if eos {
+                    // ezthrottle patch: see `ProxyHttp::response_body_end`.
+                    self.inner.response_body_end(session, ctx).await?;
                 }
                 Ok(HttpTask::UpgradedBody(data, eos))
             }

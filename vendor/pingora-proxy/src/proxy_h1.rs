@@ -987,6 +987,10 @@ where
                     trace!("delaying downstream response for {:?}", duration);
                     time::sleep(duration).await;
                 }
+                if end {
+                    // ezthrottle patch: see `ProxyHttp::response_body_end`.
+                    self.inner.response_body_end(session, ctx).await?;
+                }
 
                 Ok(HttpTask::Body(data, end))
             }
@@ -1004,6 +1008,10 @@ where
                 {
                     trace!("delaying downstream upgraded response for {:?}", duration);
                     time::sleep(duration).await;
+                }
+                if end {
+                    // ezthrottle patch: see `ProxyHttp::response_body_end`.
+                    self.inner.response_body_end(session, ctx).await?;
                 }
 
                 Ok(HttpTask::UpgradedBody(data, end))

@@ -983,6 +983,10 @@ where
                     trace!("delaying downstream response for {duration:?}");
                     time::sleep(duration).await;
                 }
+                if eos {
+                    // ezthrottle patch: see `ProxyHttp::response_body_end`.
+                    self.inner.response_body_end(session, ctx).await?;
+                }
                 Ok(HttpTask::Body(data, eos))
             }
             HttpTask::UpgradedBody(..) => {

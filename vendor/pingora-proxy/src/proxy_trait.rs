@@ -482,6 +482,20 @@ pub trait ProxyHttp {
         Ok(None)
     }
 
+    /// ezthrottle patch: awaited once the response body's last piece has
+    /// passed [Self::response_body_filter()] (`end_of_stream` true) and
+    /// before that piece is written downstream, so that a proxy can finish
+    /// async work the client must not see the end of the response before
+    /// (ezthrottle commits a stored idempotent response here). Without this
+    /// hook the synchronous filter could only wait by blocking its worker,
+    /// which a single-threaded runtime cannot do.
+    async fn response_body_end(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> Result<()>
+    where
+        Self::CTX: Send + Sync,
+    {
+        Ok(())
+    }
+
     /// Similar to [Self::response_filter()] but for response trailers.
     /// Note, returning an Ok(Some(Bytes)) will result in the downstream response
     /// trailers being written to the response body.
