@@ -42,6 +42,12 @@
 //!   vendored pingora-timeout's cached last bucket) vs in alternating
 //!   buckets (a search of the thread's tree of ~6,000 buckets each time,
 //!   which every registration paid before).
+//! - the eighth pass (the runtime): one request-and-answer round trip
+//!   between two tasks of one runtime, over a loopback TCP connection (each
+//!   side parks in epoll and is woken, as a proxy's worker is on every
+//!   request when it is not saturated) and over channels (the scheduler's
+//!   wake-up path alone), on a single-threaded runtime (what one worker now
+//!   runs) vs tokio's multi-threaded scheduler with one worker (before).
 //!
 //! `cargo bench --bench hot_path`
 
@@ -467,11 +473,102 @@ fn seventh_pass(c: &mut Criterion) {
     drop(held);
 }
 
+/// Run `f` as a task of `rt` (on a multi-threaded runtime `block_on`'s own
+/// future runs on the calling thread, not on a worker, unlike a proxy's
+/// connection tasks).
+fn in_task<F: std::future::Future<Output = Duration> + Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    f: F,
+) -> Duration {
+    rt.block_on(async move { tokio::spawn(f).await.expect("task") })
+}
+
+/// `n` round trips of one byte over a loopback TCP connection between two
+/// tasks of `rt`: the client writes, the server reads and answers.
+fn tcp_round_trips(rt: &tokio::runtime::Runtime, n: u64) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    in_task(rt, async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            s.set_nodelay(true).expect("nodelay");
+            let mut b = [0u8; 1];
+            while s.read_exact(&mut b).await.is_ok() {
+                if s.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        c.set_nodelay(true).expect("nodelay");
+        let mut b = [7u8; 1];
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            c.write_all(&b).await.expect("write");
+            c.read_exact(&mut b).await.expect("read");
+        }
+        let took = start.elapsed();
+        drop(c);
+        let _ = server.await;
+        took
+    })
+}
+
+/// `n` round trips between two tasks of `rt` over a pair of channels.
+fn channel_round_trips(rt: &tokio::runtime::Runtime, n: u64) -> Duration {
+    in_task(rt, async move {
+        let (to_server, mut server_rx) = tokio::sync::mpsc::channel::<u64>(1);
+        let (to_client, mut client_rx) = tokio::sync::mpsc::channel::<u64>(1);
+        let server = tokio::spawn(async move {
+            while let Some(v) = server_rx.recv().await {
+                if to_client.send(v).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let start = std::time::Instant::now();
+        for i in 0..n {
+            to_server.send(i).await.expect("send");
+            black_box(client_rx.recv().await);
+        }
+        let took = start.elapsed();
+        drop(to_server);
+        let _ = server.await;
+        took
+    })
+}
+
+fn eighth_pass(c: &mut Criterion) {
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for (name, rt) in [
+        ("current_thread", &current),
+        ("multi_thread_1_worker", &multi),
+    ] {
+        c.bench_function(&format!("runtime_tcp_round_trip_{name}"), |b| {
+            b.iter_custom(|n| tcp_round_trips(rt, n))
+        });
+        c.bench_function(&format!("runtime_channel_round_trip_{name}"), |b| {
+            b.iter_custom(|n| channel_round_trips(rt, n))
+        });
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards, boxed_futures, seventh_pass
+    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards, boxed_futures, seventh_pass, eighth_pass
 }
 criterion_main!(benches);
