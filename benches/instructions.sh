@@ -26,7 +26,9 @@
 # the floor terminating and re-originating TLS, as in compare.sh.
 #
 # Knobs: N (3000), ONLY (ezthrottle,pingora,ezthrottle-tls,pingora-tls),
-# CONNS (4 keep-alive connections), BIN, FLOOR, SKIP_BUILD=1,
+# CONNS (4 keep-alive connections), THREADS (1: worker threads of both
+# proxies; one runs a single-threaded runtime, as compare.sh's pinned
+# proxies do; 2 and more, tokio's work-stealing scheduler), BIN, FLOOR, SKIP_BUILD=1,
 # KEEP_ON_FAIL=1, CG_OUT=DIR (keep each callgrind dump there as NAME.cg, for
 # callgrind_annotate), CACHE=1 (simulate the caches too, about twice as
 # slow, and add estimated cycles per request: instructions + 10 × L1 misses
@@ -44,6 +46,7 @@ BENCH=instructions
 
 N=${N:-3000}
 CONNS=${CONNS:-4}
+THREADS=${THREADS:-1}
 # The client sends N / CONNS requests on each connection.
 N=$(( N / CONNS * CONNS ))
 [ "$N" -gt 0 ] || die "N must be at least CONNS"
@@ -75,6 +78,7 @@ data_dir = "$TMP/data"
 
 [proxy]
 listen = "127.0.0.1:$PROXY"
+threads = $THREADS
 
 connect_ports = [$ORIGIN_TLS]
 
@@ -158,13 +162,13 @@ if [[ ",$ONLY," == *,ezthrottle,* ]]; then
     measure ezthrottle "$ORIGIN" plain "$BIN" run --config "$TMP/ezthrottle.toml"
 fi
 if [[ ",$ONLY," == *,pingora,* ]]; then
-    measure pingora "$ORIGIN" plain "$FLOOR" --plain "127.0.0.1:$PROXY"
+    measure pingora "$ORIGIN" plain "$FLOOR" --threads "$THREADS" --plain "127.0.0.1:$PROXY"
 fi
 if [[ ",$ONLY," == *,ezthrottle-tls,* ]]; then
     measure ezthrottle-tls "$ORIGIN_TLS" connect "$BIN" run --config "$TMP/ezthrottle.toml"
 fi
 if [[ ",$ONLY," == *,pingora-tls,* ]]; then
-    measure pingora-tls "$ORIGIN_TLS" tls "$FLOOR" --tls "127.0.0.1:$PROXY" \
+    measure pingora-tls "$ORIGIN_TLS" tls "$FLOOR" --threads "$THREADS" --tls "127.0.0.1:$PROXY" \
         --cert "$TMP/proxy.pem" --key "$TMP/proxy.key" --upstream "127.0.0.1:$ORIGIN_TLS" \
         --sni "$HOST" --ca-file "$TMP/origin-ca.pem"
 fi
