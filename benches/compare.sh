@@ -815,8 +815,9 @@ def table(section, title):
         errs = j["errors"] + j["non_2xx"]
         bad |= errs > 0
         if j.get("rate") and j.get("late", 0) > 0.01 * max(1, ok):
-            late.append(f"{r['label']}: {j['late']:,} of {ok:,} requests went out late (the proxy did not keep up "
-                        f"with {j['rate']:,.0f} req/s; its CPU per request is that of a saturated proxy)")
+            late.append(f"{r['label']}: {j['late']:,} of {ok:,} requests went out more than half a slot late "
+                        f"(a worker's previous answer came back after its next slot), so the {j['rate']:,.0f} req/s "
+                        "were not held evenly; many late ones mean the proxy could not keep up")
         cpu_s = int(r["ticks"]) / hz
         user_s = int(r["user_ticks"]) / hz
         us = lambda x: f"{x * 1e6 / ok:,.1f}" if ok else "-"
