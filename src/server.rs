@@ -206,8 +206,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
         max_retries: attempt_budget(cfg),
         // One worker has no one to steal from: a single-threaded runtime
         // then spares tokio's multi-threaded scheduler's cost on every
-        // wake-up (~9% of the CPU per request, docs/performance.md, "The
-        // eighth pass"). With more workers, stealing keeps them balanced.
+        // wake-up (11% of the CPU per plain request flat out,
+        // docs/performance.md, "The eighth pass"). With more workers,
+        // stealing keeps them balanced.
         work_stealing: threads > 1,
         ..ServerConf::default()
     };

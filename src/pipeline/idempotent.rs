@@ -213,9 +213,13 @@ fn grow_capture(
     Ok(())
 }
 
-/// Commit a whole captured response under its claimed key (nothing when the
-/// capture was given up or the key already released).
+/// Commit a whole captured response under its claimed key. Without both a
+/// claim and a capture nothing is taken: a claim left alone is released by
+/// `finish`, with its reason counted.
 async fn store(shared: &Shared, keyed: &mut Keyed) {
+    if keyed.claim.is_none() || keyed.capture.is_none() {
+        return;
+    }
     let (Some(claim), Some(capture)) = (keyed.claim.take(), keyed.capture.take()) else {
         return;
     };
