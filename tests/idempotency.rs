@@ -542,3 +542,80 @@ fn records_survive_kill_9() {
     assert_eq!(clash.code, 409);
     assert_eq!(origin.count("/durable"), 1);
 }
+
+/// Send a keyed POST over a raw connection and read its response to the
+/// last byte of its `Content-Length` body; returns the head and the body.
+fn raw_keyed_post(ez: &Ezthrottle, origin: &ApiOrigin, path: &str, key: &str) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let body = r#"{"race":true}"#;
+    let port = origin.http_addr.port();
+    let mut s = std::net::TcpStream::connect(ez.proxy).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "POST http://api.test:{port}{path} HTTP/1.1\r\nHost: api.test:{port}\r\n\
+         Idempotency-Key: {key}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "proxy closed before the response ended: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&got[..end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .expect("a Content-Length response");
+        if got.len() >= end + 4 + len {
+            return (head, got[end + 4..end + 4 + len].to_vec());
+        }
+    }
+}
+
+/// The record commits before the response's last byte reaches the client
+/// (`response_body_end`), not after: a `kill -9` sent the moment the client
+/// has the whole response still finds it stored after restart. Committing
+/// afterwards (in `logging`) loses this race: the kill lands before the
+/// store's write.
+#[test]
+fn a_response_the_client_has_is_stored_before_a_kill_9() {
+    let origin = ApiOrigin::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let path = "/race";
+    for round in 0..5 {
+        let key = format!("race-{round}");
+        let (head, body) = {
+            let mut ez = builder(&origin).data_dir(data.path()).start();
+            let got = raw_keyed_post(&ez, &origin, path, &key);
+            ez.kill_9_now();
+            got
+        };
+        assert!(head.starts_with("HTTP/1.1 201"), "round {round}: {head}");
+        let ez = builder(&origin).data_dir(data.path()).start();
+        let (again_head, again_body) = raw_keyed_post(&ez, &origin, path, &key);
+        assert!(
+            again_head
+                .to_ascii_lowercase()
+                .contains("idempotency-replay: true"),
+            "round {round}: not replayed after kill -9:\n{again_head}"
+        );
+        assert_eq!(again_body, body, "round {round}: replay differs");
+        assert_eq!(
+            origin.count(path),
+            round + 1,
+            "round {round}: origin called twice"
+        );
+    }
+}

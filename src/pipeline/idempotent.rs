@@ -4,6 +4,7 @@
 //! captured for storage. The rules live in [`crate::idempotency`].
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
@@ -154,14 +155,23 @@ pub fn response_body(shared: &Shared, ctx: &mut RequestCtx, body: &Option<Bytes>
     }
 }
 
-/// `response_body_end` (our vendored pingora hook, awaited after the body
-/// filter saw the end and before the last bytes go to the client): store
-/// the record, so a response the client has seen is a response that
-/// survives `kill -9`.
-pub async fn body_end(shared: &Shared, ctx: &mut RequestCtx) {
-    if let Some(keyed) = ctx.keyed.as_mut() {
-        store(shared, keyed).await;
+/// `response_body_end` (our vendored pingora hook, called after the body
+/// filter saw the end; what it returns is awaited before the last bytes go
+/// to the client): store the record, so a response the client has seen is
+/// a response that survives `kill -9`. `None`, and no boxed future, for a
+/// request with nothing to store.
+pub fn body_end<'a>(
+    shared: &'a Shared,
+    ctx: &'a mut RequestCtx,
+) -> Option<BoxFuture<'a, pingora::Result<()>>> {
+    let keyed = ctx.keyed.as_mut()?;
+    if keyed.claim.is_none() || keyed.capture.is_none() {
+        return None;
     }
+    Some(Box::pin(async move {
+        store(shared, keyed).await;
+        Ok(())
+    }))
 }
 
 /// `logging`: a response that ended without reaching `response_body_end`

@@ -486,9 +486,12 @@ impl ProxyHttp for Pipeline {
         Ok(None)
     }
 
-    async fn response_body_end(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        idempotent::body_end(&self.shared, ctx).await;
-        Ok(())
+    fn response_body_end<'a>(
+        &'a self,
+        _session: &'a mut Session,
+        ctx: &'a mut RequestCtx,
+    ) -> Option<BoxFuture<'a, Result<()>>> {
+        idempotent::body_end(&self.shared, ctx)
     }
 
     fn fail_to_connect(

@@ -699,6 +699,16 @@ impl Ezthrottle {
         out.status
     }
 
+    /// SIGKILL at once, from this process (no `kill` command started
+    /// first), then the exit status: a crash the instant a test decides.
+    pub fn kill_9_now(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("process already stopped");
+        child.kill().expect("kill -9");
+        let status = child.wait().expect("wait");
+        self.join_threads();
+        status
+    }
+
     /// SIGTERM, then the exit status (bounded wait).
     pub fn stop_sigterm(&mut self) -> ExitStatus {
         self.stop_with("TERM")

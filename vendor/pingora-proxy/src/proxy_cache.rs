@@ -483,8 +483,10 @@ where
                         }
                         // ezthrottle patch: see `ProxyHttp::response_body_end`.
                         if end {
-                            if let Err(e) = self.inner.response_body_end(session, ctx).await {
-                                return (false, Some(e));
+                            if let Some(wait) = self.inner.response_body_end(session, ctx) {
+                                if let Err(e) = wait.await {
+                                    return (false, Some(e));
+                                }
                             }
                         }
 

@@ -989,7 +989,9 @@ where
                 }
                 if end {
                     // ezthrottle patch: see `ProxyHttp::response_body_end`.
-                    self.inner.response_body_end(session, ctx).await?;
+                    if let Some(wait) = self.inner.response_body_end(session, ctx) {
+                        wait.await?;
+                    }
                 }
 
                 Ok(HttpTask::Body(data, end))
@@ -1011,7 +1013,9 @@ where
                 }
                 if end {
                     // ezthrottle patch: see `ProxyHttp::response_body_end`.
-                    self.inner.response_body_end(session, ctx).await?;
+                    if let Some(wait) = self.inner.response_body_end(session, ctx) {
+                        wait.await?;
+                    }
                 }
 
                 Ok(HttpTask::UpgradedBody(data, end))

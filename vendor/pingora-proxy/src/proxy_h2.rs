@@ -985,7 +985,9 @@ where
                 }
                 if eos {
                     // ezthrottle patch: see `ProxyHttp::response_body_end`.
-                    self.inner.response_body_end(session, ctx).await?;
+                    if let Some(wait) = self.inner.response_body_end(session, ctx) {
+                        wait.await?;
+                    }
                 }
                 Ok(HttpTask::Body(data, eos))
             }

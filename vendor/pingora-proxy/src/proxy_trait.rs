@@ -482,18 +482,24 @@ pub trait ProxyHttp {
         Ok(None)
     }
 
-    /// ezthrottle patch: awaited once the response body's last piece has
-    /// passed [Self::response_body_filter()] (`end_of_stream` true) and
-    /// before that piece is written downstream, so that a proxy can finish
-    /// async work the client must not see the end of the response before
-    /// (ezthrottle commits a stored idempotent response here). Without this
-    /// hook the synchronous filter could only wait by blocking its worker,
-    /// which a single-threaded runtime cannot do.
-    async fn response_body_end(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> Result<()>
+    /// ezthrottle patch: called once the response body's last piece has
+    /// passed [Self::response_body_filter()] (`end_of_stream` true); a
+    /// future returned here is awaited before that piece is written
+    /// downstream, so that a proxy can finish async work the client must not
+    /// see the end of the response before (ezthrottle commits a stored
+    /// idempotent response here). Without this hook the synchronous filter
+    /// could only wait by blocking its worker, which a single-threaded
+    /// runtime cannot do. Synchronous, returning `None` when there is
+    /// nothing to wait for, so that the usual response pays no boxed future.
+    fn response_body_end<'a>(
+        &'a self,
+        _session: &'a mut Session,
+        _ctx: &'a mut Self::CTX,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>>
     where
         Self::CTX: Send + Sync,
     {
-        Ok(())
+        None
     }
 
     /// Similar to [Self::response_filter()] but for response trailers.
