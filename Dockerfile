@@ -18,7 +18,10 @@
 #     -v "$PWD/ezthrottle.toml:/etc/ezthrottle/ezthrottle.toml:ro" \
 #     ezthrottle:0.1.0 run --config /etc/ezthrottle/ezthrottle.toml
 
-ARG RUST_IMAGE=rust:1-bookworm
+# The compiler pgo/PROFILE records, so the committed profile applies
+# (scripts/release-flags; with another rustc the build is simply not
+# profile-guided, and says so).
+ARG RUST_IMAGE=rust:1.95.0-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS build
@@ -28,17 +31,28 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# The patched pingora crates (Cargo.toml's [patch.crates-io]).
+COPY vendor ./vendor
 COPY src ./src
 COPY benches ./benches
 COPY conf ./conf
+# The committed profile and the script that decides whether it applies:
+# the image's binary is the profile-guided one the benchmarks measure.
+COPY pgo ./pgo
+COPY scripts/release-flags ./scripts/release-flags
 # Registry, git checkouts and target/ live in BuildKit caches between builds;
-# the binary is copied out of the cache in the same step.
-ENV CARGO_PROFILE_RELEASE_STRIP=symbols
+# the binary is copied out of the cache in the same step. Symbols are
+# stripped afterwards with strip(1) rather than the profile's `strip`
+# setting, so the release profile, and with it every symbol's hash that the
+# profile is looked up by, stays the one the profile was made with.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin ezthrottle \
+    flags=$(scripts/release-flags) \
+ && if [ -n "$flags" ]; then export RUSTFLAGS="$flags"; fi \
+ && cargo build --release --locked --bin ezthrottle \
  && install -D -m 0755 target/release/ezthrottle /out/ezthrottle \
+ && strip /out/ezthrottle \
  && /out/ezthrottle --version
 
 FROM ${RUNTIME_IMAGE}

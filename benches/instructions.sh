@@ -63,7 +63,7 @@ if [ -z "${BIN:-}" ]; then release_binary; fi
 FLOOR=${FLOOR:-$(dirname "$BIN")/examples/pingora_floor}
 if [[ ",$ONLY," == *,pingora* ]] && { [ "${SKIP_BUILD:-0}" != 1 ] || [ ! -x "$FLOOR" ]; }; then
     log "cargo build --release --example pingora_floor"
-    cargo build --release --example pingora_floor >&2
+    release_build --example pingora_floor
 fi
 
 scratch_dir ezt-instructions

@@ -36,6 +36,21 @@ install_missing() {
     return 0
 }
 
+# release_build ARGS...: `cargo build --release ARGS` the way every release
+# build of ezthrottle is made (scripts/release-flags: with the committed
+# profile when it applies), so a benchmark measures the binary users run.
+# The floor example is built the same way: one set of flags per target dir,
+# or each build would rebuild every dependency. Run from the repository root.
+release_build() {
+    local flags
+    flags=$(scripts/release-flags)
+    if [ -n "$flags" ]; then
+        RUSTFLAGS="$flags" cargo build --release "$@" >&2
+    else
+        cargo build --release "$@" >&2
+    fi
+}
+
 # release_binary: BIN = the release ezthrottle in $CARGO_TARGET_DIR (else
 # cargo's own target dir), built first unless SKIP_BUILD=1 (and built anyway
 # when missing).
@@ -46,7 +61,7 @@ release_binary() {
     BIN="$target/release/ezthrottle"
     if [ "${SKIP_BUILD:-0}" != 1 ] || [ ! -x "$BIN" ]; then
         log "cargo build --release (target dir $target)"
-        cargo build --release --bin ezthrottle >&2
+        release_build --bin ezthrottle
     fi
     [ -x "$BIN" ] || die "no binary at $BIN"
 }
