@@ -37,8 +37,8 @@
 #   WRK_THREADS   wrk threads (default 1: wrk has one core)
 #   IDLE_CONNS    connections of the memory test (default 1000; 0 skips it)
 #   ONLY          comma list of proxies: ezthrottle,pingora,envoy,squid,nginx,mitmproxy
-#   FLOOR         the pingora_floor binary (default next to BIN under examples/,
-#                 built like BIN when missing)
+#   FLOOR         the pingora_floor binary (default: built without the profile, in
+#                 <target>/floor, unless SKIP_BUILD=1 and it is there)
 #   MITM=0        skip mitmproxy
 #   BIN           ezthrottle binary (default ${CARGO_TARGET_DIR:-target}/release/ezthrottle,
 #                 built only when missing, unless SKIP_BUILD=1, with `cargo build --release`
@@ -134,13 +134,7 @@ fi
 if want ezthrottle; then
     "$BIN" --version >/dev/null 2>&1 || die "$BIN --version failed"
 fi
-FLOOR=${FLOOR:-$(dirname "$BIN")/examples/pingora_floor}
-if want pingora && [ ! -x "$FLOOR" ]; then
-    [ "${SKIP_BUILD:-0}" = 1 ] && die "no binary at $FLOOR (SKIP_BUILD=1)"
-    log "no binary at $FLOOR: cargo build --release --example pingora_floor"
-    release_build --example pingora_floor
-    [ -x "$FLOOR" ] || die "no binary at $FLOOR after the build (set FLOOR or CARGO_TARGET_DIR)"
-fi
+if want pingora; then floor_binary; fi
 PINGORA_LABEL="pingora $(sed -n 's/^pingora = { version = "=\{0,1\}\([0-9.]*\)".*/\1/p' Cargo.toml), empty hooks (the floor under ezthrottle)"
 
 venv_install() {  # dir, pip requirement...

@@ -60,11 +60,7 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 install_missing "${missing[@]}"
 
 if [ -z "${BIN:-}" ]; then release_binary; fi
-FLOOR=${FLOOR:-$(dirname "$BIN")/examples/pingora_floor}
-if [[ ",$ONLY," == *,pingora* ]] && { [ "${SKIP_BUILD:-0}" != 1 ] || [ ! -x "$FLOOR" ]; }; then
-    log "cargo build --release --example pingora_floor"
-    release_build --example pingora_floor
-fi
+if [[ ",$ONLY," == *,pingora* ]]; then floor_binary; fi
 
 scratch_dir ezt-instructions
 read -r ORIGIN ORIGIN_TLS PROXY CONTROL < <(free_ports 4)

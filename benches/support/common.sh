@@ -39,8 +39,7 @@ install_missing() {
 # release_build ARGS...: `cargo build --release ARGS` the way every release
 # build of ezthrottle is made (scripts/release-flags: with the committed
 # profile when it applies), so a benchmark measures the binary users run.
-# The floor example is built the same way: one set of flags per target dir,
-# or each build would rebuild every dependency. Run from the repository root.
+# Run from the repository root.
 release_build() {
     local flags
     flags=$(scripts/release-flags)
@@ -51,19 +50,51 @@ release_build() {
     fi
 }
 
+# cargo_target_dir: where cargo puts builds ($CARGO_TARGET_DIR, else
+# cargo's own target dir).
+cargo_target_dir() {
+    if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+        printf '%s\n' "$CARGO_TARGET_DIR"
+        return 0
+    fi
+    cargo metadata --format-version 1 --no-deps \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
+}
+
 # release_binary: BIN = the release ezthrottle in $CARGO_TARGET_DIR (else
 # cargo's own target dir), built first unless SKIP_BUILD=1 (and built anyway
 # when missing).
 release_binary() {
-    local target=${CARGO_TARGET_DIR:-}
-    [ -n "$target" ] || target=$(cargo metadata --format-version 1 --no-deps \
-        | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+    local target
+    target=$(cargo_target_dir)
     BIN="$target/release/ezthrottle"
     if [ "${SKIP_BUILD:-0}" != 1 ] || [ ! -x "$BIN" ]; then
         log "cargo build --release (target dir $target)"
         release_build --bin ezthrottle
     fi
     [ -x "$BIN" ] || die "no binary at $BIN"
+}
+
+# floor_binary: FLOOR, unless already set, = examples/pingora_floor.rs
+# (pingora with empty hooks, the floor under ezthrottle) built without the
+# profile: a reference point, not what ships, and comparable with the
+# passes before the profile was committed. It is built in a target dir of
+# its own (<target>/floor), where its flags do not rebuild the release
+# build's dependencies and the other way round. Built first unless
+# SKIP_BUILD=1 (and built anyway when missing).
+floor_binary() {
+    if [ -n "${FLOOR:-}" ]; then
+        [ -x "$FLOOR" ] || die "no binary at FLOOR=$FLOOR"
+        return 0
+    fi
+    local target
+    target=$(cargo_target_dir)/floor
+    FLOOR="$target/release/examples/pingora_floor"
+    if [ "${SKIP_BUILD:-0}" != 1 ] || [ ! -x "$FLOOR" ]; then
+        log "cargo build --release --example pingora_floor (target dir $target, without the profile)"
+        CARGO_TARGET_DIR="$target" cargo build --release --example pingora_floor >&2
+    fi
+    [ -x "$FLOOR" ] || die "no binary at $FLOOR"
 }
 
 # free_ports N: N distinct free loopback ports on one line (held open
