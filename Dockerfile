@@ -48,9 +48,7 @@ COPY scripts/release-flags ./scripts/release-flags
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    flags=$(scripts/release-flags) \
- && if [ -n "$flags" ]; then export RUSTFLAGS="$flags"; fi \
- && cargo build --release --locked --bin ezthrottle \
+    scripts/release-flags cargo build --release --locked --bin ezthrottle \
  && install -D -m 0755 target/release/ezthrottle /out/ezthrottle \
  && strip /out/ezthrottle \
  && /out/ezthrottle --version

@@ -41,13 +41,7 @@ install_missing() {
 # profile when it applies), so a benchmark measures the binary users run.
 # Run from the repository root.
 release_build() {
-    local flags
-    flags=$(scripts/release-flags)
-    if [ -n "$flags" ]; then
-        RUSTFLAGS="$flags" cargo build --release "$@" >&2
-    else
-        cargo build --release "$@" >&2
-    fi
+    scripts/release-flags cargo build --release "$@" >&2
 }
 
 # cargo_target_dir: where cargo puts builds ($CARGO_TARGET_DIR, else
