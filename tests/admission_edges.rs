@@ -139,6 +139,58 @@ fn a_dead_origin_holds_a_slot_no_longer_than_the_read_timeout() {
     );
 }
 
+/// The proxy watches the client while the origin works on its request
+/// (docs/performance.md, "The tenth pass": a request without a body goes
+/// in turn, not as a duplex, and still watches): a client that hangs up
+/// ends the exchange at once. The upstream connection is closed, so the
+/// origin can stop working, and the slot comes back; neither waits for the
+/// origin's answer nor for the read timeout (600 s here).
+#[test]
+fn a_client_that_hangs_up_ends_its_exchange_at_the_origin_at_once() {
+    let _serial = serial();
+    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+    let server = common::serve::Loopback::new("watching origin");
+    // Reads one request head, never answers, and says when the proxy
+    // closes the connection.
+    let addr = server.serve_tcp(move |mut tcp| {
+        let tx = tx.clone();
+        async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = tx.send("arrived");
+            while let Ok(n) = tcp.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = tx.send("closed");
+        }
+    });
+    let ez = start(
+        "rps = 1000.0\nmax_concurrent = 4",
+        "read_timeout = \"600s\"",
+        &["watch.test"],
+    );
+    let client = send_only(&ez, &format!("http://watch.test:{}/work", addr.port()));
+    assert_eq!(rx.recv_timeout(WAIT), Ok("arrived"));
+    assert_eq!(in_flight(&ez, "watch.test"), 1);
+    drop(client);
+    assert_eq!(
+        rx.recv_timeout(WAIT),
+        Ok("closed"),
+        "the proxy kept the exchange open at the origin after its client hung up"
+    );
+    common::eventually(WAIT, "the slot released", || {
+        (in_flight(&ez, "watch.test") == 0).then_some(())
+    });
+}
+
 /// One keep-alive client: `n` GETs of `url` through the proxy, one at a time.
 async fn client(proxy: std::net::SocketAddr, url: String, n: usize) {
     let authority = url

@@ -113,7 +113,8 @@ where
             return (false, true, Some(e));
         }
 
-        session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
+        let upstream_upgrade = is_h1_upgrade_req(&req);
+        session.set_upstream_h1_upgrade_request_status(upstream_upgrade);
 
         session.upstream_compression.request_filter(&req);
 
@@ -139,10 +140,33 @@ where
             Err(e) => return (false, false, Some(e)),
         };
 
+        session.as_mut().enable_retry_buffering();
+
+        // ezthrottle patch (docs/performance.md, "The tenth pass"): a request
+        // with no body to send, over HTTP/1.1 both sides, with no cache, no
+        // upgrade and no custom messages, needs no duplex: the upstream
+        // half has nothing to send while the response comes, and the
+        // downstream half only watches for the client hanging up. It goes
+        // in turn, in this task, without the two pipes and the joined pair
+        // of loops (the same filters, hooks, writes and errors).
+        if downstream_custom_message_writer.is_none()
+            && downstream_custom_message_reader.is_none()
+            && !upstream_upgrade
+            && !session.cache.enabled()
+            && session.downstream_session.as_http1().is_some()
+            && session.as_mut().is_body_empty()
+            && session.as_ref().get_retry_buffer().is_none()
+        {
+            return match self.proxy_1to1_in_turn(session, client_session, ctx).await {
+                Ok((downstream_can_reuse, upstream_can_reuse)) => {
+                    (downstream_can_reuse, upstream_can_reuse, None)
+                }
+                Err(e) => (false, false, Some(e)),
+            };
+        }
+
         let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
         let (tx_downstream, rx_downstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
-
-        session.as_mut().enable_retry_buffering();
 
         // Shared signal so the upstream half can distinguish an expected task-pipe
         // closure (the downstream half finished and dropped rx) from an unexpected one.
@@ -189,6 +213,122 @@ where
             }
             Err(e) => (false, false, Some(e)),
         }
+    }
+
+    /// ezthrottle patch (docs/performance.md, "The tenth pass"): the exchange
+    /// of `proxy_1to1` for a request without a body (see the conditions
+    /// there), in turn instead of as a duplex. Step for step what the two
+    /// halves do for such a request:
+    /// - the body filters run once on the empty, finished body and what
+    ///   they leave (normally nothing) is written upstream and finished;
+    ///   a failed write is kept, as the upstream half keeps it, and the
+    ///   response is still read (an upstream may answer before failing);
+    /// - each response task is read while the client is watched: the
+    ///   client hanging up (or sending after its request, without
+    ///   pipelining) ends the exchange with the downstream error;
+    /// - the tasks already read (a head and the body in the same read) go
+    ///   through the filters and out in one write, as batched from the
+    ///   pipe;
+    /// - an upstream read error goes through the filters and the write as
+    ///   the `HttpTask::Failed` the upstream half would have sent.
+    ///
+    /// Returns (downstream reusable, upstream reusable).
+    async fn proxy_1to1_in_turn(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> Result<(bool, bool)>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        let mut upstream_can_reuse = true;
+        let mut send_error = None;
+        let (body_task, _) = self.request_body_task(session, None, true, ctx).await?;
+        if let Err(e) = send_body_to1(client_session, body_task).await {
+            warn!("send error, draining read buf: {e}");
+            upstream_can_reuse = false;
+            send_error = Some(e);
+        }
+
+        let mut response_state = ResponseStateMachine::new();
+        let mut serve_from_cache = proxy_cache::ServeFromCache::new();
+        let mut range_body_filter = proxy_cache::range_filter::RangeBodyFilter::new();
+        let mut watch_downstream = true;
+        while !response_state.is_done() {
+            let first = tokio::select! {
+                biased;
+                res = client_session.read_response_task() => res,
+                body = session.downstream_session.read_body_or_idle(true), if watch_downstream => {
+                    match body {
+                        Err(e) => return Err(e.into_down()),
+                        // An HTTP/1 session answers a finished request's
+                        // read with an error or not at all; should one
+                        // return data, there is nowhere to send it.
+                        Ok(_) => {
+                            watch_downstream = false;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let mut tasks = Vec::with_capacity(2);
+            let mut next = Some(first);
+            let mut failed = false;
+            while let Some(res) = next.take() {
+                match res {
+                    Ok(task) => {
+                        let end = task.is_end();
+                        tasks.push(task);
+                        if end {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let e = send_error.take().unwrap_or(e);
+                        tasks.push(HttpTask::Failed(e.into_up()));
+                        failed = true;
+                        break;
+                    }
+                }
+                // What the same read brought (the body after the head):
+                // `read_response_task` is cancel-safe, as the duplex's
+                // `select!` on it relies on.
+                next =
+                    tokio::task::unconstrained(client_session.read_response_task()).now_or_never();
+            }
+            let response_done = tasks.last().is_some_and(|t| t.is_end());
+            let Some(written_done) = self
+                .filter_and_write_upstream_tasks(
+                    session,
+                    ctx,
+                    tasks,
+                    &mut serve_from_cache,
+                    &mut range_body_filter,
+                    &mut response_state,
+                )
+                .await?
+            else {
+                continue;
+            };
+            if failed {
+                // The write of a `Failed` task returns its error; should a
+                // filter have replaced it, the exchange still ends here.
+                return Err(Error::explain(
+                    InternalError,
+                    "upstream response read failed",
+                ));
+            }
+            response_state.maybe_set_upstream_done(written_done || response_done);
+        }
+
+        let mut reuse_downstream = true;
+        if let Err(e) = session.as_mut().finish_body().await {
+            error!("Error finish sending body to downstream: {}", e);
+            reuse_downstream = false;
+        }
+        Ok((reuse_downstream, upstream_can_reuse))
     }
 
     pub(crate) async fn proxy_to_h1_upstream(
@@ -403,6 +543,33 @@ where
             }
         }
 
+        self.filter_and_write_upstream_tasks(
+            session,
+            ctx,
+            tasks,
+            serve_from_cache,
+            range_body_filter,
+            response_state,
+        )
+        .await
+    }
+
+    /// ezthrottle patch (docs/performance.md, "The tenth pass"): the part of
+    /// `process_upstream_tasks` after its batching, shared with
+    /// `proxy_1to1_in_turn`, which batches without a pipe.
+    async fn filter_and_write_upstream_tasks(
+        &self,
+        session: &mut Session,
+        ctx: &mut SV::CTX,
+        tasks: Vec<HttpTask>,
+        serve_from_cache: &mut ServeFromCache,
+        range_body_filter: &mut proxy_cache::range_filter::RangeBodyFilter,
+        response_state: &mut ResponseStateMachine,
+    ) -> Result<Option<bool>>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
         /* run filters before sending to downstream */
         let mut filtered_tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
         for mut t in tasks {
@@ -1041,11 +1208,36 @@ where
     async fn send_body_to_pipe(
         &self,
         session: &mut Session,
-        mut data: Option<Bytes>,
+        data: Option<Bytes>,
         end_of_body: bool,
         tx: mpsc::Permit<'_, HttpTask>,
         ctx: &mut SV::CTX,
     ) -> Result<bool>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        let (task, end_of_body) = self
+            .request_body_task(session, data, end_of_body, ctx)
+            .await?;
+        if let Some(task) = task {
+            tx.send(task);
+        }
+        Ok(end_of_body)
+    }
+
+    /// ezthrottle patch (docs/performance.md, "The tenth pass"): what
+    /// `send_body_to_pipe` did before sending, shared with
+    /// `proxy_1to1_in_turn`: the request body filters run on `data`, and
+    /// the task for the upstream half comes back (`None`: nothing to send
+    /// yet), with whether the downstream body is finished.
+    async fn request_body_task(
+        &self,
+        session: &mut Session,
+        mut data: Option<Bytes>,
+        end_of_body: bool,
+        ctx: &mut SV::CTX,
+    ) -> Result<(Option<HttpTask>, bool)>
     where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
@@ -1074,7 +1266,7 @@ where
          * Don't write 0 bytes to the network since it will be
          * treated as the terminating chunk */
         if !upstream_end_of_body && data.as_ref().is_some_and(|d| d.is_empty()) {
-            return Ok(false);
+            return Ok((None, false));
         }
 
         debug!(
@@ -1083,13 +1275,13 @@ where
         );
 
         // upgraded body needs to be marked
-        if session.was_upgraded() {
-            tx.send(HttpTask::UpgradedBody(data, upstream_end_of_body));
+        let task = if session.was_upgraded() {
+            HttpTask::UpgradedBody(data, upstream_end_of_body)
         } else {
-            tx.send(HttpTask::Body(data, upstream_end_of_body));
-        }
+            HttpTask::Body(data, upstream_end_of_body)
+        };
 
-        Ok(end_of_body)
+        Ok((Some(task), end_of_body))
     }
 }
 
