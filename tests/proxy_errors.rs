@@ -231,3 +231,77 @@ fn proxy_stays_healthy_after_errors() {
     let f = curl().proxy(&ez).fetch(&origin.http_url("/echo"));
     f.assert_status(200);
 }
+
+/// An origin that dies mid-answer. `/partial`: a head saying
+/// `Content-Length: 100`, 10 bytes of body, then the connection closes.
+/// `/nothing`: the connection closes before any head.
+fn dying_origin() -> (common::serve::Loopback, std::net::SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = common::serve::Loopback::new("dying origin");
+    let addr = server.serve_tcp(|mut tcp| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        if head.starts_with(b"GET /partial") {
+            let _ = tcp
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+                .await;
+            let _ = tcp.flush().await;
+        }
+        // Dropping the stream closes the connection.
+    });
+    (server, addr)
+}
+
+/// The client gets the head and the 10 bytes that came, then the proxy
+/// closes its connection: the body is not completed, padded or turned into
+/// a clean end, so the client can tell it was cut short. An origin that
+/// closes before any head is a 502 `upstream_failed`. The proxy stays
+/// healthy after both, on the same origin host.
+#[test]
+fn an_origin_that_dies_mid_answer_cuts_the_client_short() {
+    use std::io::{Read, Write};
+    let origin = Origin::start();
+    let (_dying, addr) = dying_origin();
+    let ez = Ezthrottle::for_origin(&origin)
+        .resolve("dying.test", "127.0.0.1")
+        .start();
+    let url = |path: &str| format!("http://dying.test:{}{path}", addr.port());
+
+    let mut c = std::net::TcpStream::connect(ez.proxy).expect("connect proxy");
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("read timeout");
+    write!(
+        c,
+        "GET {} HTTP/1.1\r\nHost: dying.test:{}\r\n\r\n",
+        url("/partial"),
+        addr.port()
+    )
+    .expect("send");
+    let mut got = Vec::new();
+    // Ends at the proxy's close; a timeout (the proxy holding the client
+    // open) fails here.
+    c.read_to_end(&mut got)
+        .expect("the proxy closes the connection after the cut body");
+    let text = String::from_utf8_lossy(&got).to_string();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head: {text:?}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{text:?}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 100"),
+        "the origin's length is passed on: {text:?}"
+    );
+    assert_eq!(body, "0123456789", "only what the origin sent: {text:?}");
+
+    let resp = raw::proxy_get(ez.proxy, &url("/nothing"));
+    assert_error(&resp, 502, "upstream_failed");
+
+    let f = curl().proxy(&ez).fetch(&origin.http_url("/echo"));
+    f.assert_status(200);
+}
