@@ -155,15 +155,11 @@ fn a_client_that_hangs_up_ends_its_exchange_at_the_origin_at_once() {
     let addr = server.serve_tcp(move |mut tcp| {
         let tx = tx.clone();
         async move {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match tcp.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
+            if common::serve::read_request_head(&mut tcp).await.is_none() {
+                return;
             }
             let _ = tx.send("arrived");
+            let mut buf = [0u8; 1024];
             while let Ok(n) = tcp.read(&mut buf).await {
                 if n == 0 {
                     break;

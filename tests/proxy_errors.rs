@@ -236,17 +236,12 @@ fn proxy_stays_healthy_after_errors() {
 /// `Content-Length: 100`, 10 bytes of body, then the connection closes.
 /// `/nothing`: the connection closes before any head.
 fn dying_origin() -> (common::serve::Loopback, std::net::SocketAddr) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let server = common::serve::Loopback::new("dying origin");
     let addr = server.serve_tcp(|mut tcp| async move {
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
+        let Some(head) = common::serve::read_request_head(&mut tcp).await else {
+            return;
+        };
         if head.starts_with(b"GET /partial") {
             let _ = tcp
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")

@@ -81,6 +81,22 @@ impl Listen {
 
 /// Accept on `listener` for as long as the runtime runs, one task per
 /// connection.
+/// Reads from `tcp` until a whole request head has arrived (a raw origin's
+/// first step); `None` when the peer closes or fails first. Returns every
+/// byte read, the head and whatever followed it in the same reads.
+pub async fn read_request_head(tcp: &mut TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
 async fn accept_each<F, Fut>(listener: TcpListener, conn: F)
 where
     F: Fn(TcpStream) -> Fut,
