@@ -79,8 +79,6 @@ impl Listen {
     }
 }
 
-/// Accept on `listener` for as long as the runtime runs, one task per
-/// connection.
 /// Reads from `tcp` until a whole request head has arrived (a raw origin's
 /// first step); `None` when the peer closes or fails first. Returns every
 /// byte read, the head and whatever followed it in the same reads.
@@ -97,6 +95,8 @@ pub async fn read_request_head(tcp: &mut TcpStream) -> Option<Vec<u8>> {
     Some(head)
 }
 
+/// Accept on `listener` for as long as the runtime runs, one task per
+/// connection.
 async fn accept_each<F, Fut>(listener: TcpListener, conn: F)
 where
     F: Fn(TcpStream) -> Fut,
