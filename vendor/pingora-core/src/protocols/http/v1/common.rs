@@ -330,26 +330,64 @@ fn from_digits(bytes: &[u8]) -> Option<u64> {
 /// 8.6](https://www.rfc-editor.org/rfc/rfc9110#section-8.6) this lets identical
 /// duplicates (e.g. `Content-Length: 42, 42`) be collapsed to a single value
 /// while genuinely conflicting framing is rejected.
+#[cfg(test)] // ezthrottle patch: only the tests call it now
 pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
+    match content_length_parse(headers) {
+        ContentLength::Value(n) => Some(n),
+        ContentLength::Absent | ContentLength::Invalid => None,
+    }
+}
+
+/// ezthrottle patch: what [content_length_parse_all] finds, with "absent"
+/// told apart from "invalid", so that [content_length_for_framing] need not
+/// look the header up a second time (it is called several times per message).
+enum ContentLength {
+    Absent,
+    Value(u64),
+    Invalid,
+}
+
+fn content_length_parse(headers: &HMap) -> ContentLength {
     // If multiple Content-Length headers were sent, everything can still be
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
     let mut content_length: Option<u64> = None;
+    let mut agree = |n: u64| match content_length {
+        None => {
+            content_length = Some(n);
+            true
+        }
+        Some(prev) => prev == n,
+    };
     for value in headers.get_all(header::CONTENT_LENGTH) {
+        // ezthrottle patch: the usual value, one number, read as it is; the
+        // same result as the general path below (digits only, no sign, no
+        // overflow), without its UTF-8 check, split and trims.
+        if let Some(n) = from_digits(value.as_bytes()) {
+            if !agree(n) {
+                return ContentLength::Invalid;
+            }
+            continue;
+        }
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
-        let line = value.to_str().ok()?;
+        let Ok(line) = value.to_str() else {
+            return ContentLength::Invalid;
+        };
         for v in line.split(',') {
-            let n = from_digits(v.trim().as_bytes())?;
-            match content_length {
-                None => content_length = Some(n),
-                Some(prev) if prev != n => return None,
-                Some(_) => {}
+            let Some(n) = from_digits(v.trim().as_bytes()) else {
+                return ContentLength::Invalid;
+            };
+            if !agree(n) {
+                return ContentLength::Invalid;
             }
         }
     }
 
-    content_length
+    match content_length {
+        Some(n) => ContentLength::Value(n),
+        None => ContentLength::Absent,
+    }
 }
 
 /// Resolve the framing `Content-Length` of a message following hyper's decode
@@ -357,8 +395,8 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
 /// present but cannot be resolved to a single value (conflicting duplicates or
 /// an unparseable value), or `None` when the header is absent.
 pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>> {
-    match content_length_parse_all(headers) {
-        Some(cl) => {
+    match content_length_parse(headers) {
+        ContentLength::Value(cl) => {
             // Content-Length frames the body, so a value that does not fit in
             // `usize` cannot be represented and must not be silently truncated
             // (which would misframe bodies larger than `usize::MAX`, e.g. on
@@ -373,13 +411,13 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
                 )
             })
         }
-        None if headers.contains_key(header::CONTENT_LENGTH) => {
+        ContentLength::Invalid => {
             // debug, not warn: per-message, client-influenced; avoids log floods
             // under adversarial load. The error is returned to the caller.
             debug!("invalid Content-Length header");
             Error::e_explain(InvalidHTTPHeader, "invalid Content-Length header")
         }
-        None => Ok(None),
+        ContentLength::Absent => Ok(None),
     }
 }
 
