@@ -48,6 +48,11 @@
 //!   request when it is not saturated) and over channels (the scheduler's
 //!   wake-up path alone), on a single-threaded runtime (what one worker now
 //!   runs) vs tokio's multi-threaded scheduler with one worker (before).
+//! - the eleventh pass (vendored pingora-core): an upstream connection put
+//!   down for reuse and taken back by the next request to the same peer,
+//!   through the recently idle list vs through pingora's pool (its
+//!   idle-watch task spawned, woken and waited for), which the list passes
+//!   by for idle timeouts under its one second.
 //!
 //! `cargo bench --bench hot_path`
 
@@ -564,11 +569,65 @@ fn eighth_pass(c: &mut Criterion) {
     }
 }
 
+/// `n` times: `stream`, a loopback TCP connection, put down for reuse with
+/// `idle_timeout` and taken back for the same peer, in a task of `rt`.
+fn release_and_reuse(
+    rt: &tokio::runtime::Runtime,
+    idle_timeout: Option<Duration>,
+    n: u64,
+) -> Duration {
+    use pingora::connectors::TransportConnector;
+    use pingora::upstreams::peer::{BasicPeer, Peer};
+    in_task(rt, async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            // Held open, silent, until the connector is dropped.
+            let (s, _) = listener.accept().await.expect("accept");
+            let mut b = [0u8; 1];
+            let _ = tokio::io::AsyncReadExt::read(&mut { s }, &mut b).await;
+        });
+        let connector = TransportConnector::new(None);
+        let peer = BasicPeer::new(&addr.to_string());
+        let key = peer.reuse_hash();
+        let mut stream = connector.new_stream(&peer).await.expect("connect");
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            connector.release_stream(stream, key, idle_timeout);
+            stream = connector
+                .reused_stream(&peer)
+                .await
+                .expect("the connection just put down");
+        }
+        let took = start.elapsed();
+        drop(stream);
+        drop(connector);
+        let _ = server.await;
+        took
+    })
+}
+
+fn eleventh_pass(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    c.bench_function("upstream_release_and_reuse_recently_idle_list", |b| {
+        b.iter_custom(|n| release_and_reuse(&rt, Some(Duration::from_secs(60)), n))
+    });
+    // Under the list's one second, so pingora's pool path, as before.
+    c.bench_function("upstream_release_and_reuse_pool_idle_watch", |b| {
+        b.iter_custom(|n| release_and_reuse(&rt, Some(Duration::from_millis(900)), n))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards, boxed_futures, seventh_pass, eighth_pass
+    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards, boxed_futures, seventh_pass, eighth_pass, eleventh_pass
 }
 criterion_main!(benches);
