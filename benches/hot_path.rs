@@ -488,17 +488,32 @@ fn in_task<F: std::future::Future<Output = Duration> + Send + 'static>(
     rt.block_on(async move { tokio::spawn(f).await.expect("task") })
 }
 
+/// A loopback listener, and a task that accepts one connection on it and
+/// hands it to `serve`.
+async fn one_connection_server<F, Fut>(
+    serve: F,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.expect("accept");
+        serve(s).await
+    });
+    (addr, server)
+}
+
 /// `n` round trips of one byte over a loopback TCP connection between two
 /// tasks of `rt`: the client writes, the server reads and answers.
 fn tcp_round_trips(rt: &tokio::runtime::Runtime, n: u64) -> Duration {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     in_task(rt, async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.expect("accept");
+        let (addr, server) = one_connection_server(|mut s| async move {
             s.set_nodelay(true).expect("nodelay");
             let mut b = [0u8; 1];
             while s.read_exact(&mut b).await.is_ok() {
@@ -506,7 +521,8 @@ fn tcp_round_trips(rt: &tokio::runtime::Runtime, n: u64) -> Duration {
                     break;
                 }
             }
-        });
+        })
+        .await;
         let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
         c.set_nodelay(true).expect("nodelay");
         let mut b = [7u8; 1];
@@ -546,11 +562,16 @@ fn channel_round_trips(rt: &tokio::runtime::Runtime, n: u64) -> Duration {
     })
 }
 
-fn eighth_pass(c: &mut Criterion) {
-    let current = tokio::runtime::Builder::new_current_thread()
+/// A single-threaded runtime, as one proxy worker runs.
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+fn eighth_pass(c: &mut Criterion) {
+    let current = current_thread_runtime();
     let multi = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -579,16 +600,12 @@ fn release_and_reuse(
     use pingora::connectors::TransportConnector;
     use pingora::upstreams::peer::{BasicPeer, Peer};
     in_task(rt, async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(async move {
-            // Held open, silent, until the connector is dropped.
-            let (s, _) = listener.accept().await.expect("accept");
+        // Held open, silent, until the connector is dropped.
+        let (addr, server) = one_connection_server(|mut s| async move {
             let mut b = [0u8; 1];
-            let _ = tokio::io::AsyncReadExt::read(&mut { s }, &mut b).await;
-        });
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut b).await;
+        })
+        .await;
         let connector = TransportConnector::new(None);
         let peer = BasicPeer::new(&addr.to_string());
         let key = peer.reuse_hash();
@@ -610,10 +627,7 @@ fn release_and_reuse(
 }
 
 fn eleventh_pass(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = current_thread_runtime();
     c.bench_function("upstream_release_and_reuse_recently_idle_list", |b| {
         b.iter_custom(|n| release_and_reuse(&rt, Some(Duration::from_secs(60)), n))
     });

@@ -6,7 +6,7 @@
 mod common;
 
 use common::raw::RawConn;
-use common::Ezthrottle;
+use common::{EzBuilder, Ezthrottle};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -122,6 +122,15 @@ impl RawOrigin {
     }
 }
 
+/// A proxy that resolves each of `hosts` to 127.0.0.1 (plain HTTP only: no
+/// upstream CA).
+fn proxy_resolving(hosts: &[&str]) -> Ezthrottle {
+    hosts
+        .iter()
+        .fold(EzBuilder::new(), |b, host| b.resolve(host, "127.0.0.1"))
+        .start()
+}
+
 fn get(conn: &mut RawConn, url: &str, host: &str) -> String {
     conn.send(format!("GET {url} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
     let resp = conn.read_response();
@@ -137,10 +146,7 @@ fn get(conn: &mut RawConn, url: &str, host: &str) -> String {
 fn requests_in_turn_reuse_one_connection_per_origin() {
     let a = RawOrigin::start("origin-a");
     let b = RawOrigin::start("origin-b");
-    let ez = Ezthrottle::for_origin(&common::Origin::start())
-        .resolve("a.test", "127.0.0.1")
-        .resolve("b.test", "127.0.0.1")
-        .start();
+    let ez = proxy_resolving(&["a.test", "b.test"]);
     let mut conn = RawConn::connect(ez.proxy);
     for i in 0..20 {
         let (origin, host) = if i % 2 == 0 {
@@ -163,9 +169,7 @@ fn requests_in_turn_reuse_one_connection_per_origin() {
 #[test]
 fn a_connection_the_origin_closed_is_not_used_again() {
     let origin = RawOrigin::start("closing");
-    let ez = Ezthrottle::for_origin(&common::Origin::start())
-        .resolve("closing.test", "127.0.0.1")
-        .start();
+    let ez = proxy_resolving(&["closing.test"]);
     let host = format!("closing.test:{}", origin.addr.port());
     let mut conn = RawConn::connect(ez.proxy);
     for i in 0..5 {
@@ -194,10 +198,7 @@ fn a_connection_the_origin_closed_is_not_used_again() {
 fn an_idle_connection_the_origin_closes_is_let_go() {
     let origin = RawOrigin::start("finishing");
     let other = RawOrigin::start("other");
-    let ez = Ezthrottle::for_origin(&common::Origin::start())
-        .resolve("finishing.test", "127.0.0.1")
-        .resolve("other.test", "127.0.0.1")
-        .start();
+    let ez = proxy_resolving(&["finishing.test", "other.test"]);
     let host = format!("finishing.test:{}", origin.addr.port());
     let other_host = format!("other.test:{}", other.addr.port());
     let mut conn = RawConn::connect(ez.proxy);
@@ -234,9 +235,7 @@ fn an_idle_connection_the_origin_closes_is_let_go() {
 /// `Connection: keep-alive` is.
 #[test]
 fn keep_alive_follows_what_the_origin_answered() {
-    let ez = Ezthrottle::for_origin(&common::Origin::start())
-        .resolve("ka.test", "127.0.0.1")
-        .start();
+    let ez = proxy_resolving(&["ka.test"]);
     let mut conn = RawConn::connect(ez.proxy);
     for (path, connections) in [
         ("/says-close", 3),
