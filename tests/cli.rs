@@ -163,8 +163,11 @@ fn a_redis_backend_that_is_down_at_start_starts_degraded_and_says_so() {
     let mut ez = common::harness::EzBuilder::new()
         .redis_url(&format!("redis://user:hunter2@127.0.0.1:{closed}"))
         .start();
-    let log = ez.stderr_log();
-    assert!(log.contains("redis not reachable at start"), "{log}");
+    // The log writer is asynchronous: wait for the line, not for "ready".
+    let log = common::eventually(Duration::from_secs(15), "the redis warning", || {
+        let log = ez.stderr_log();
+        log.contains("redis not reachable at start").then_some(log)
+    });
     assert!(!log.contains("hunter2"), "password echoed: {log}");
     ez.stop_sigterm();
 }
