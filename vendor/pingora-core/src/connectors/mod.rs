@@ -603,7 +603,6 @@ impl PreferredHttpVersion {
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
-/// Test whether a stream is already closed or not reusable (server sent unexpected data)
 /// pingora's release of a kept-alive connection into the pool, with its
 /// idle-watch task (ezthrottle patch: moved out of `release_stream` unchanged,
 /// so that the recently idle list's sweep can call it too).
@@ -674,6 +673,7 @@ fn recent_stream_matches<P: Peer>(peer: &P, stream: &Stream) -> bool {
     peer.matches_fd(stream.id())
 }
 
+/// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready

@@ -486,9 +486,19 @@ impl HttpSession {
 
     /// Return the status code of the response if read
     pub fn get_status(&self) -> Option<StatusCode> {
+        self.from_head(|h| h.status, |h| h.status)
+    }
+
+    /// ezthrottle patch: `parsed` of the response head the session holds,
+    /// or `kept` of what it kept of one it handed over; `None` before any.
+    fn from_head<'a, T>(
+        &'a self,
+        parsed: impl FnOnce(&'a ResponseHeader) -> T,
+        kept: impl FnOnce(&'a HandedOverHead) -> T,
+    ) -> Option<T> {
         match (&self.response_header, &self.handed_over) {
-            (Some(h), _) => Some(h.status),
-            (None, Some(h)) => Some(h.status),
+            (Some(h), _) => Some(parsed(h)),
+            (None, Some(h)) => Some(kept(h)),
             (None, None) => None,
         }
     }
@@ -518,40 +528,32 @@ impl HttpSession {
         Ok(h)
     }
 
-    /// ezthrottle patch: the response's version, whether its head was handed over or not.
+    /// ezthrottle patch: the response's version, `Connection`, `Keep-Alive`
+    /// and whether it has `Transfer-Encoding`, whether its head was handed
+    /// over or not ([`Self::from_head`]).
     fn resp_version(&self) -> Option<Version> {
-        match (&self.response_header, &self.handed_over) {
-            (Some(h), _) => Some(h.version),
-            (None, Some(h)) => Some(h.version),
-            (None, None) => None,
-        }
+        self.from_head(|h| h.version, |h| h.version)
     }
 
-    /// ezthrottle patch: the response's `Connection` header, the same way.
     fn resp_connection(&self) -> Option<&HeaderValue> {
-        match (&self.response_header, &self.handed_over) {
-            (Some(h), _) => h.headers.get(header::CONNECTION),
-            (None, Some(h)) => h.connection.as_ref(),
-            (None, None) => None,
-        }
+        self.from_head(
+            |h| h.headers.get(header::CONNECTION),
+            |h| h.connection.as_ref(),
+        )
+        .flatten()
     }
 
-    /// ezthrottle patch: the response's `Keep-Alive` header, the same way.
     fn resp_keep_alive(&self) -> Option<&HeaderValue> {
-        match (&self.response_header, &self.handed_over) {
-            (Some(h), _) => h.headers.get("Keep-Alive"),
-            (None, Some(h)) => h.keep_alive.as_ref(),
-            (None, None) => None,
-        }
+        self.from_head(|h| h.headers.get("Keep-Alive"), |h| h.keep_alive.as_ref())
+            .flatten()
     }
 
-    /// ezthrottle patch: whether the response has `Transfer-Encoding`, the same way.
     fn resp_has_transfer_encoding(&self) -> bool {
-        match (&self.response_header, &self.handed_over) {
-            (Some(h), _) => h.headers.contains_key(header::TRANSFER_ENCODING),
-            (None, Some(h)) => h.transfer_encoding,
-            (None, None) => false,
-        }
+        self.from_head(
+            |h| h.headers.contains_key(header::TRANSFER_ENCODING),
+            |h| h.transfer_encoding,
+        )
+        .unwrap_or(false)
     }
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
