@@ -419,6 +419,34 @@ fn a_head_that_never_ends_times_out_with_408() {
     assert_eq!(origin.count("/slowloris"), 0);
 }
 
+/// The head timeout holds on a kept-alive connection too: a second head
+/// that begins and stalls is answered `408` after `head_timeout`, not left
+/// for the keep-alive idle time (60 s). The connection's one timer is then
+/// moved earlier than where the idle wait had put it (`accept/deadline.rs`).
+#[test]
+fn a_head_that_stalls_after_a_kept_alive_request_times_out_with_408() {
+    let origin = Origin::start();
+    let ez = Ezthrottle::for_origin(&origin)
+        .proxy("head_timeout = \"1s\"")
+        .start();
+    let mut c = RawConn::connect(ez.proxy);
+    let host = format!("origin.test:{}", origin.http_addr.port());
+    c.send(format!("GET http://{host}/echo?first HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+    let first = c.read_response();
+    assert_eq!(first.status, 200, "{first:?}");
+    let started = Instant::now();
+    c.send(format!("GET http://{host}/slowloris HTTP/1.1\r\nHost: orig").as_bytes());
+    let resp = c.read_response();
+    let took = started.elapsed();
+    assert_our_json(&resp, 408, "request_timeout", "kept-alive slowloris");
+    assert!(c.is_closed_by_peer());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(30),
+        "answered after {took:?}"
+    );
+    assert_eq!(origin.count("/slowloris"), 0);
+}
+
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let origin = Origin::start();

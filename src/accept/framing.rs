@@ -50,6 +50,7 @@ use pingora::protocols::{
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
+use super::deadline::HeadDeadline;
 use crate::error::ProxyError;
 
 /// The largest `Content-Length` we accept: what a signed 64-bit length (the
@@ -662,22 +663,27 @@ pub enum HeadRead {
 /// Read until `pending` starts with a complete head, enforcing the limits,
 /// the deadlines and the budget. Bytes already in `pending` (pipelined
 /// after the previous request) are used first. When the connection is idle
-/// nothing is allocated: the buffer grows only as bytes arrive.
+/// nothing is allocated: the buffer grows only as bytes arrive. `deadline`
+/// is the connection's one timer (`deadline.rs`), armed here only when a
+/// wait is due: a complete pipelined head costs no clock read.
 pub async fn read_head(
     stream: &mut Stream,
     pending: &mut Pending,
     limits: &HeadLimits,
     timeouts: HeadTimeouts,
+    deadline: &mut HeadDeadline,
     shutdown: &ShutdownWatch,
 ) -> HeadRead {
     let mut scanner = HeadScanner::default();
     let mut shutdown = shutdown.clone();
-    let mut deadline = tokio::time::Instant::now()
-        + if pending.is_empty() {
-            timeouts.idle
-        } else {
-            timeouts.head
-        };
+    // Which deadline the next wait is under: the idle one until the head's
+    // first byte, then `head` from that byte (or from now, for a head begun
+    // in bytes read with the previous request); `None` once armed.
+    let mut due = Some(if pending.is_empty() {
+        timeouts.idle
+    } else {
+        timeouts.head
+    });
     loop {
         if !pending.is_empty() {
             match scanner.feed(pending.as_slice(), limits) {
@@ -693,23 +699,31 @@ pub async fn read_head(
         } else if *shutdown.borrow() {
             return HeadRead::Closed;
         }
+        if let Some(after) = due.take() {
+            deadline.arm(after);
+        }
         let was_empty = pending.is_empty();
+        // The read first, as `tokio::time::timeout` polls its future first:
+        // bytes that are there win over a deadline that passed meanwhile.
         let read = tokio::select! {
-            r = tokio::time::timeout_at(deadline, read_into(stream, pending)) => r,
+            biased;
+            r = read_into(stream, pending) => Some(r),
+            _ = deadline.passed() => None,
             _ = shutdown.changed(), if was_empty => return HeadRead::Closed,
         };
         match read {
-            Err(_) if was_empty => return HeadRead::Closed,
-            Err(_) => {
+            None if was_empty => return HeadRead::Closed,
+            None => {
                 return HeadRead::Refuse(ProxyError::RequestHeadTimeout {
                     secs: timeouts.head.as_secs().max(1),
                 })
             }
-            Ok(Got::End) => return HeadRead::Closed,
-            Ok(Got::Full) => return HeadRead::Refuse(ProxyError::Overloaded),
-            Ok(Got::Bytes) => {
+            Some(Got::End) => return HeadRead::Closed,
+            Some(Got::Full) => return HeadRead::Refuse(ProxyError::Overloaded),
+            Some(Got::Bytes) => {
                 if was_empty {
-                    deadline = tokio::time::Instant::now() + timeouts.head;
+                    // Armed when (if) the head turns out incomplete.
+                    due = Some(timeouts.head);
                 }
             }
         }

@@ -9,6 +9,7 @@
 //! connection works.
 
 pub mod connect;
+pub mod deadline;
 pub mod framing;
 pub mod http2;
 pub mod idle;
@@ -104,26 +105,33 @@ impl FrontDoor {
         // A new connection must deliver its first head within head_timeout;
         // later ones may idle for the keep-alive time first.
         let mut idle = proxy.head_timeout;
+        let mut deadline = deadline::HeadDeadline::default();
         loop {
             let timeouts = framing::HeadTimeouts {
                 idle,
                 head: proxy.head_timeout,
             };
             idle = KEEPALIVE;
-            let info =
-                match framing::read_head(&mut stream, &mut pending, limits, timeouts, shutdown)
-                    .await
-                {
-                    framing::HeadRead::Head(info) => info,
-                    framing::HeadRead::Closed => return None,
-                    framing::HeadRead::Refuse(err) => {
-                        // Give the head's memory back before the answer
-                        // and the lingering close.
-                        drop(pending);
-                        self.refuse(&mut stream, &err).await;
-                        return None;
-                    }
-                };
+            let info = match framing::read_head(
+                &mut stream,
+                &mut pending,
+                limits,
+                timeouts,
+                &mut deadline,
+                shutdown,
+            )
+            .await
+            {
+                framing::HeadRead::Head(info) => info,
+                framing::HeadRead::Closed => return None,
+                framing::HeadRead::Refuse(err) => {
+                    // Give the head's memory back before the answer
+                    // and the lingering close.
+                    drop(pending);
+                    self.refuse(&mut stream, &err).await;
+                    return None;
+                }
+            };
             let mut bytes = pending.take_all();
             let rest = bytes.split_off(info.end);
             let mut head = bytes;

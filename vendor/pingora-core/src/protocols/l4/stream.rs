@@ -916,6 +916,24 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// ezthrottle patch: whether streams add up the time their reads and writes
+/// wait ([GetTimingDigest::get_read_pending_time] and the write one). Each
+/// wait costs two clock reads, four per proxied request (a read pending on
+/// each side), and nothing in ezthrottle reads the sums; off unless
+/// [track_pending_time] turns it on, when both report zero.
+static TRACK_PENDING_TIME: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// ezthrottle patch: turn the pending-time sums of [TRACK_PENDING_TIME] on
+/// or off for every stream from now on.
+pub fn track_pending_time(on: bool) {
+    TRACK_PENDING_TIME.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn tracking_pending_time() -> bool {
+    TRACK_PENDING_TIME.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[derive(Debug)]
 struct AccumulatedDuration {
     total: Duration,
@@ -943,6 +961,9 @@ impl AccumulatedDuration {
     }
 
     fn poll_write_time(&mut self, result: &Poll<io::Result<usize>>, buf_size: usize) {
+        if !tracking_pending_time() {
+            return;
+        }
         match result {
             Poll::Ready(Ok(n)) => {
                 if *n == buf_size {
@@ -960,6 +981,9 @@ impl AccumulatedDuration {
     }
 
     fn poll_time(&mut self, result: &Poll<io::Result<()>>) {
+        if !tracking_pending_time() {
+            return;
+        }
         match result {
             Poll::Ready(_) => {
                 self.stop();
