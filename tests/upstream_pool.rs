@@ -21,6 +21,9 @@ use std::time::Duration;
 ///   connection open for the proxy to close.
 /// - `/http10`: answers as HTTP/1.0 without `Connection: keep-alive`, and
 ///   leaves the connection open; `/http10-keep-alive`: with it.
+/// - `/split`: sends the head, then the body in a second write a moment
+///   later; `/extra`: sends 5 bytes past the body's `Content-Length` in
+///   the same write (as a broken origin would).
 /// - `/fin`: answers, waits for [`RawOrigin::finish`], then closes its
 ///   sending side and waits up to 30 s for the proxy to close the
 ///   connection; says on `let_go` whether it did.
@@ -67,11 +70,28 @@ impl RawOrigin {
                     } else {
                         ("1.1", "")
                     };
-                    let answer = format!(
-                        "HTTP/{version} 200 OK\r\n{extra}Content-Length: {}\r\n\r\n{name}",
+                    let head_only = format!(
+                        "HTTP/{version} 200 OK\r\n{extra}Content-Length: {}\r\n\r\n",
                         name.len()
                     );
-                    if tcp.write_all(answer.as_bytes()).await.is_err() {
+                    let written = if head.starts_with(b"GET /split ") {
+                        // Two segments, so the proxy reads the head alone
+                        // (traffic shaping, not synchronisation: the test
+                        // asserts the same either way).
+                        let head_sent = tcp.write_all(head_only.as_bytes()).await;
+                        let _ = tcp.flush().await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        match head_sent {
+                            Ok(()) => tcp.write_all(name.as_bytes()).await,
+                            Err(e) => Err(e),
+                        }
+                    } else if head.starts_with(b"GET /extra ") {
+                        tcp.write_all(format!("{head_only}{name}EXTRA").as_bytes())
+                            .await
+                    } else {
+                        tcp.write_all(format!("{head_only}{name}").as_bytes()).await
+                    };
+                    if written.is_err() {
                         return;
                     }
                     if head.starts_with(b"GET /close ") {
@@ -254,4 +274,34 @@ fn keep_alive_follows_what_the_origin_answered() {
         let most = origin.most_on_one.load(Ordering::SeqCst);
         assert_eq!(most, 3 / connections, "{path}: requests on one connection");
     }
+}
+
+/// A response body is handed on whole and exactly, however it arrives: with
+/// its head (kept in the head's buffer, not copied: the vendored
+/// pingora-core's `take_preread_whole_body`), after it, or with bytes past
+/// its `Content-Length`. The connection is used again after the first two;
+/// after the third it is not, since what followed the body is not a
+/// response to anything.
+#[test]
+fn a_body_with_its_head_after_it_or_with_bytes_past_its_length() {
+    let origin = RawOrigin::start("alpha");
+    let ez = proxy_resolving(&["alpha.test"]);
+    let mut c = RawConn::connect(ez.proxy);
+    let url = |path| origin.url("alpha.test", path);
+    let host = format!("alpha.test:{}", origin.addr.port());
+    assert_eq!(get(&mut c, &url("/whole"), &host), "alpha");
+    assert_eq!(get(&mut c, &url("/split"), &host), "alpha");
+    assert_eq!(get(&mut c, &url("/whole"), &host), "alpha");
+    assert_eq!(
+        origin.accepted(),
+        1,
+        "one connection for whole and split bodies"
+    );
+    assert_eq!(get(&mut c, &url("/extra"), &host), "alpha");
+    assert_eq!(get(&mut c, &url("/whole"), &host), "alpha");
+    assert_eq!(
+        origin.accepted(),
+        2,
+        "the connection with bytes past the body was used again"
+    );
 }

@@ -252,6 +252,19 @@ impl BodyReader {
         }
     }
 
+    /// ezthrottle patch: a `Content-Length` body of `cl` bytes that the
+    /// caller holds already and hands out itself, then says so with
+    /// [`Self::complete_content_length`]. No body buffer is made for it.
+    pub fn init_content_length_unbuffered(&mut self, cl: usize) {
+        self.body_state = PS::Partial(0, cl);
+    }
+
+    /// ezthrottle patch: the caller handed out the whole body of
+    /// [`Self::init_content_length_unbuffered`]: it is complete.
+    pub fn complete_content_length(&mut self, cl: usize) {
+        self.body_state = PS::Complete(cl);
+    }
+
     /// Zero-copy variant of [`Self::init_content_length`].
     ///
     /// `buf_to_rewind` is adopted as the body buffer (or, when `cl` is 0, as the overread buffer)

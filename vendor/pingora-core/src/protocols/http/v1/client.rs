@@ -56,6 +56,10 @@ pub struct HttpSession {
     /// ezthrottle patch: what is still needed of a response head handed over
     /// whole by [`Self::read_response_task`] ([`HandedOverHead`]).
     handed_over: Option<HandedOverHead>,
+    /// ezthrottle patch: a `Content-Length` body that arrived whole with
+    /// its head, to be handed out as a slice of [`Self::buf`] (see
+    /// [`Self::take_preread_whole_body`]).
+    preread_whole_body: Option<BufRef>,
     request_written: Option<Box<RequestHeader>>,
     bytes_sent: usize,
     /// Total response body payload bytes received from upstream
@@ -70,6 +74,21 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+}
+
+/// ezthrottle patch: how a response's body is framed
+/// ([`HttpSession::response_framing`]).
+enum ResponseFraming {
+    /// An informational (1xx) head: the final one is still to come.
+    NotYet,
+    /// No body: 204, 304, or the answer to a HEAD.
+    Empty,
+    /// A successful upgrade: the rest of the connection.
+    Upgraded,
+    Chunked,
+    Length(usize),
+    /// Until the origin closes the connection.
+    CloseDelimited,
 }
 
 /// ezthrottle patch: the parts of a final response head that the session
@@ -109,6 +128,7 @@ impl HttpSession {
             keepalive_timeout: KeepaliveStatus::Off,
             response_header: None,
             handed_over: None,
+            preread_whole_body: None,
             request_written: None,
             read_timeout: None,
             write_timeout: None,
@@ -567,6 +587,9 @@ impl HttpSession {
     /// Return `Ok(Some(ref)) after a successful read.
     /// Return `Ok(None)` if there is no more body to read.
     pub async fn read_body_ref(&mut self) -> Result<Option<&[u8]>> {
+        if let Some(body) = self.take_preread_whole_body() {
+            return Ok(Some(body.get(&self.buf[..])));
+        }
         let result = match self.read_timeout {
             Some(t) => match timeout(t, self.do_read_body()).await {
                 Ok(res) => res,
@@ -586,8 +609,26 @@ impl HttpSession {
 
     /// Similar to [`Self::read_body_ref`] but return `Bytes` instead of a slice reference.
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
+        // ezthrottle patch: a body that came whole with its head is a slice
+        // of the head's buffer, not a copy of a copy.
+        if let Some(body) = self.take_preread_whole_body() {
+            return Ok(Some(body.get_bytes(&self.buf)));
+        }
         let read = self.read_body_ref().await?;
         Ok(read.map(Bytes::copy_from_slice))
+    }
+
+    /// ezthrottle patch: the body that arrived whole with its head, once;
+    /// the body reader then counts it read and complete. pingora copied
+    /// such a body into a fresh body buffer (64 KiB, whatever the body's
+    /// size) and again into the `Bytes` it returned: for a 1 KiB answer, two
+    /// allocations, a 64 KiB one among them, and two copies per response
+    /// (docs/performance.md, "The twelfth pass").
+    fn take_preread_whole_body(&mut self) -> Option<BufRef> {
+        let body = self.preread_whole_body.take()?;
+        self.body_reader.complete_content_length(body.len());
+        self.body_recv = self.body_recv.saturating_add(body.len());
+        Some(body)
     }
 
     /// Upstream response body bytes received (payload only; excludes headers/framing).
@@ -761,46 +802,61 @@ impl HttpSession {
 
     fn init_body_reader(&mut self) {
         if self.body_reader.need_init() {
-            // follow https://datatracker.ietf.org/doc/html/rfc9112#section-6.3
-            let preread_body = self.preread_body.as_ref().unwrap().get(&self.buf[..]);
-
-            let upgraded = if let Some(code) = self.get_status() {
-                match code.as_u16() {
-                    101 => self.is_upgrade_req(),
-                    100..=199 => {
-                        // informational headers, not enough to init body reader
-                        return;
-                    }
-                    204 | 304 => {
-                        // no body by definition
-                        self.body_reader.init_content_length(0, preread_body);
-                        return;
-                    }
-                    _ => false,
+            let preread = self.preread_body.clone().unwrap_or(BufRef(0, 0));
+            let preread_body = preread.get(&self.buf[..]);
+            match self.response_framing() {
+                ResponseFraming::NotYet => {}
+                ResponseFraming::Empty => self.body_reader.init_content_length(0, preread_body),
+                ResponseFraming::Upgraded => {
+                    self.body_reader.init_close_delimited(preread_body);
+                    self.close_delimited_resp = true;
                 }
-            } else {
-                false
-            };
-
-            if let Some(req) = self.request_written.as_ref() {
-                if req.method == http::method::Method::HEAD {
-                    self.body_reader.init_content_length(0, preread_body);
-                    return;
+                ResponseFraming::Chunked => self.body_reader.init_chunked(preread_body),
+                // ezthrottle patch: exactly the body, already read: kept
+                // where it is (take_preread_whole_body). More than the body
+                // (the origin sent past it) or less take pingora's way.
+                ResponseFraming::Length(cl) if cl > 0 && preread.len() == cl => {
+                    self.body_reader.init_content_length_unbuffered(cl);
+                    self.preread_whole_body = Some(preread);
+                }
+                ResponseFraming::Length(cl) => {
+                    self.body_reader.init_content_length(cl, preread_body)
+                }
+                ResponseFraming::CloseDelimited => {
+                    self.body_reader.init_close_delimited(preread_body);
+                    self.close_delimited_resp = true;
                 }
             }
+        }
+    }
 
-            if upgraded {
-                self.body_reader.init_close_delimited(preread_body);
-                self.close_delimited_resp = true;
-            } else if self.is_chunked_encoding() {
-                // if chunked encoding, content-length should be ignored
-                self.body_reader.init_chunked(preread_body);
-            } else if let Some(cl) = self.get_content_length().unwrap_or(None) {
-                self.body_reader.init_content_length(cl, preread_body);
-            } else {
-                self.body_reader.init_close_delimited(preread_body);
-                self.close_delimited_resp = true;
+    /// How the response's body is framed,
+    /// <https://datatracker.ietf.org/doc/html/rfc9112#section-6.3>.
+    /// ezthrottle patch: pingora's decision, taken out of
+    /// [`Self::init_body_reader`] to be matched once.
+    fn response_framing(&self) -> ResponseFraming {
+        let upgraded = match self.get_status().map(|code| code.as_u16()) {
+            Some(101) => self.is_upgrade_req(),
+            // informational headers, not enough to init body reader
+            Some(100..=199) => return ResponseFraming::NotYet,
+            // no body by definition
+            Some(204 | 304) => return ResponseFraming::Empty,
+            _ => false,
+        };
+        if let Some(req) = self.request_written.as_ref() {
+            if req.method == http::method::Method::HEAD {
+                return ResponseFraming::Empty;
             }
+        }
+        if upgraded {
+            ResponseFraming::Upgraded
+        } else if self.is_chunked_encoding() {
+            // if chunked encoding, content-length should be ignored
+            ResponseFraming::Chunked
+        } else if let Some(cl) = self.get_content_length().unwrap_or(None) {
+            ResponseFraming::Length(cl)
+        } else {
+            ResponseFraming::CloseDelimited
         }
     }
 
