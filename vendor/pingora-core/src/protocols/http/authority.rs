@@ -66,16 +66,7 @@ pub fn validate_request_authority(req: &RequestHeader) -> Result<()> {
         RawTargetAuthority::Absolute {
             scheme, authority, ..
         } => {
-            // ezthrottle patch: an authority the parsed URI already holds,
-            // byte for byte, passed this same parse when the URI was made
-            // from the request target; parsing it again copied it into a
-            // new allocation first (~300 instructions a request,
-            // docs/performance.md, "The twelfth pass").
-            let parsed = req
-                .uri
-                .authority()
-                .is_some_and(|a| a.as_str().as_bytes() == authority);
-            if is_http_family_scheme(scheme) && !parsed {
+            if is_http_family_scheme(scheme) {
                 http::uri::Authority::try_from(authority).map_err(|cause| {
                     Error::because(
                         InvalidHTTPHeader,
