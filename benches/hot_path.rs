@@ -637,11 +637,187 @@ fn eleventh_pass(c: &mut Criterion) {
     });
 }
 
+/// One poll of `f`, then it is dropped: a wait that registers its timer
+/// and is answered (here: abandoned) before the timer fires.
+async fn poll_once<F: std::future::Future>(f: F) {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| {
+        let _ = f.as_mut().poll(cx);
+        std::task::Poll::Ready(())
+    })
+    .await
+}
+
+/// `n` waits for a client's next head, each under a 60 s deadline: the
+/// connection's one timer moved later (`accept/deadline.rs`), or a
+/// `tokio::time::timeout` per wait, as before the twelfth pass.
+fn head_waits(rt: &tokio::runtime::Runtime, moved: bool, n: u64) -> Duration {
+    use ezthrottle::accept::deadline::HeadDeadline;
+    rt.block_on(async move {
+        let mut deadline = HeadDeadline::default();
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            if moved {
+                deadline.arm(Duration::from_secs(60));
+                poll_once(deadline.passed()).await;
+            } else {
+                poll_once(tokio::time::timeout(
+                    Duration::from_secs(60),
+                    std::future::pending::<()>(),
+                ))
+                .await;
+            }
+        }
+        start.elapsed()
+    })
+}
+
+/// `n` requests on one kept-alive upstream connection through pingora's
+/// client session (the vendored pingora-core): written, the response read
+/// to its end, the connection taken back for the next. The origin answers
+/// each with `answer`, head and body in one write.
+fn upstream_exchanges(rt: &tokio::runtime::Runtime, answer: &'static [u8], n: u64) -> Duration {
+    use pingora::http::RequestHeader;
+    use pingora::protocols::http::v1::client::HttpSession;
+    use pingora::protocols::http::HttpTask;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    in_task(rt, async move {
+        let (addr, server) = one_connection_server(move |mut s| async move {
+            let mut buf = vec![0u8; 4096];
+            let mut held = 0;
+            loop {
+                match s.read(&mut buf[held..]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(got) => held += got,
+                }
+                // One request at a time: answer each complete head.
+                while let Some(end) = buf[..held].windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.copy_within(end + 4..held, 0);
+                    held -= end + 4;
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut stream: pingora::protocols::Stream =
+            Box::new(pingora::protocols::l4::stream::Stream::from(tcp));
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            let mut session = HttpSession::new(stream);
+            let mut req = RequestHeader::build("GET", b"/", Some(1)).expect("head");
+            req.insert_header("Host", "bench.test").expect("host");
+            session
+                .write_request_header(Box::new(req))
+                .await
+                .expect("write");
+            loop {
+                match session.read_response_task().await.expect("read") {
+                    HttpTask::Header(_, true) | HttpTask::Body(_, true) | HttpTask::Done => break,
+                    _ => {}
+                }
+            }
+            // As the proxy does: keep-alive as the response allows.
+            session.respect_keepalive();
+            stream = session.reuse().await.expect("kept alive");
+        }
+        let took = start.elapsed();
+        drop(stream);
+        let _ = server.await;
+        took
+    })
+}
+
+/// A response head as nginx writes it, parsed into pingora's header (case
+/// kept): with every name in its default form no case map is made; with
+/// one that is not (`x-Cache` here, last), it is made then.
+fn parsed_response_head(names: &[&'static str]) -> pingora::http::ResponseHeader {
+    let mut resp = pingora::http::ResponseHeader::build(200, Some(names.len())).expect("head");
+    for name in names {
+        resp.append_header(bytes::Bytes::from_static(name.as_bytes()), "v")
+            .expect("append");
+    }
+    resp
+}
+
+const NGINX_NAMES: [&str; 8] = [
+    "Server",
+    "Date",
+    "Content-Type",
+    "Content-Length",
+    "Last-Modified",
+    "Connection",
+    "ETag",
+    "Accept-Ranges",
+];
+
+/// Hot-path pieces of the twelfth pass (docs/performance.md).
+fn twelfth_pass(c: &mut Criterion) {
+    let rt = current_thread_runtime();
+    c.bench_function("client_head_wait_timer_moved", |b| {
+        b.iter_custom(|n| head_waits(&rt, true, n))
+    });
+    c.bench_function("client_head_wait_timeout_per_wait", |b| {
+        b.iter_custom(|n| head_waits(&rt, false, n))
+    });
+    // 1 KiB, as the comparison's origin answers: the body comes whole with
+    // its head and is handed on as a slice of the head's buffer.
+    static BODY_WITH_HEAD: std::sync::LazyLock<&'static [u8]> = std::sync::LazyLock::new(|| {
+        let mut a = b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n".to_vec();
+        a.extend_from_slice(&[b'x'; 1024]);
+        Box::leak(a.into_boxed_slice())
+    });
+    // The same body chunked: pingora's body buffer and copies, for scale.
+    static CHUNKED: std::sync::LazyLock<&'static [u8]> = std::sync::LazyLock::new(|| {
+        let mut a = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n".to_vec();
+        a.extend_from_slice(&[b'x'; 1024]);
+        a.extend_from_slice(b"\r\n0\r\n\r\n");
+        Box::leak(a.into_boxed_slice())
+    });
+    c.bench_function("upstream_exchange_1k_body_with_head", |b| {
+        b.iter_custom(|n| upstream_exchanges(&rt, &BODY_WITH_HEAD, n))
+    });
+    c.bench_function("upstream_exchange_1k_body_chunked", |b| {
+        b.iter_custom(|n| upstream_exchanges(&rt, &CHUNKED, n))
+    });
+    c.bench_function("response_head_default_case_names", |b| {
+        b.iter(|| black_box(parsed_response_head(&NGINX_NAMES)))
+    });
+    let mut mixed = NGINX_NAMES;
+    mixed[7] = "x-Cache";
+    c.bench_function("response_head_one_name_in_its_own_case", |b| {
+        b.iter(|| black_box(parsed_response_head(&mixed)))
+    });
+    static DATE: http::HeaderName = http::header::DATE;
+    static CONNECTION: http::HeaderName = http::header::CONNECTION;
+    let date = http::HeaderValue::from_static("Wed, 02 Dec 2026 01:00:00 GMT");
+    c.bench_function("response_date_and_connection_static", |b| {
+        b.iter(|| {
+            let mut resp = parsed_response_head(&NGINX_NAMES[..4]);
+            resp.insert_static_header(&DATE, date.clone());
+            resp.insert_static_header(&CONNECTION, http::HeaderValue::from_static("keep-alive"));
+            black_box(resp)
+        })
+    });
+    c.bench_function("response_date_and_connection_parsed", |b| {
+        b.iter(|| {
+            let mut resp = parsed_response_head(&NGINX_NAMES[..4]);
+            resp.insert_header(http::header::DATE, date.clone())
+                .expect("date");
+            resp.insert_header(http::header::CONNECTION, "keep-alive")
+                .expect("connection");
+            black_box(resp)
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards, boxed_futures, seventh_pass, eighth_pass, eleventh_pass
+    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards, boxed_futures, seventh_pass, eighth_pass, eleventh_pass, twelfth_pass
 }
 criterion_main!(benches);

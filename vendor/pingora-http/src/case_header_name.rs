@@ -97,6 +97,36 @@ pub(crate) fn titled_header_name_str(header_name: &HeaderName) -> Option<&'stati
         header::HOST => "Host",
         header::SERVER => "Server",
         header::SET_COOKIE => "Set-Cookie",
+        // ezthrottle patch: more names as clients and origins commonly
+        // write them, so that heads written so keep no case map (`CaseNames`
+        // in lib.rs). A head without case (HTTP/2) is written with these too.
+        header::ACCEPT => "Accept",
+        header::ACCEPT_ENCODING => "Accept-Encoding",
+        header::ACCEPT_LANGUAGE => "Accept-Language",
+        header::AUTHORIZATION => "Authorization",
+        header::CONTENT_DISPOSITION => "Content-Disposition",
+        header::CONTENT_LANGUAGE => "Content-Language",
+        header::CONTENT_RANGE => "Content-Range",
+        header::COOKIE => "Cookie",
+        header::ETAG => "ETag",
+        header::EXPECT => "Expect",
+        header::EXPIRES => "Expires",
+        header::IF_MATCH => "If-Match",
+        header::IF_MODIFIED_SINCE => "If-Modified-Since",
+        header::IF_NONE_MATCH => "If-None-Match",
+        header::LAST_MODIFIED => "Last-Modified",
+        header::LOCATION => "Location",
+        header::ORIGIN => "Origin",
+        header::PRAGMA => "Pragma",
+        header::PROXY_AUTHORIZATION => "Proxy-Authorization",
+        header::RANGE => "Range",
+        header::REFERER => "Referer",
+        header::RETRY_AFTER => "Retry-After",
+        header::UPGRADE => "Upgrade",
+        header::USER_AGENT => "User-Agent",
+        header::VARY => "Vary",
+        header::VIA => "Via",
+        header::WWW_AUTHENTICATE => "WWW-Authenticate",
         // TODO: add more const header here to map to their titled case
         // TODO: automatically upper case the first letter?
         _ => {

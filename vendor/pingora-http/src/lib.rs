@@ -61,6 +61,75 @@ This idea is inspaired by hyper @nox
 */
 type CaseMap = HMap<CaseHeaderName>;
 
+/// ezthrottle patch: the header names' case, kept only once one differs
+/// from how the name is written without a case map (`http`'s title case for
+/// the names [case_header_name::titled_header_name_str] knows, lower case
+/// otherwise). A parsed head kept a second map of every name, with its two
+/// allocations, hashing and insert per header, though most clients and
+/// origins write their names exactly so (docs/performance.md, "The twelfth
+/// pass"). Until a name differs, nothing is kept and the head is written as
+/// the map would have written it; the first name that differs builds the
+/// map from the names so far, in the value map's order, so the two stay in
+/// step as before.
+#[derive(Debug, Clone)]
+enum CaseNames {
+    /// Case is not kept ([RequestHeader::build_no_case()]).
+    Off,
+    /// Case is kept; every name so far is in its default form.
+    Default,
+    /// Case is kept, one entry per value, in step with the value map.
+    Map(CaseMap),
+}
+
+impl CaseNames {
+    fn map(&self) -> Option<&CaseMap> {
+        match self {
+            CaseNames::Map(map) => Some(map),
+            _ => None,
+        }
+    }
+
+    fn map_mut(&mut self) -> Option<&mut CaseMap> {
+        match self {
+            CaseNames::Map(map) => Some(map),
+            _ => None,
+        }
+    }
+
+    /// The map to record `case` of `name` in before it is added to
+    /// `value_map`: none when case is not kept, or when it and every name
+    /// before it are in their default form.
+    fn record<T>(
+        &mut self,
+        value_map: &HMap<T>,
+        name: &HeaderName,
+        case: &[u8],
+    ) -> Result<Option<&mut CaseMap>> {
+        if let CaseNames::Default = self {
+            if case == default_case(name).as_bytes() {
+                return Ok(None);
+            }
+            let mut map =
+                CaseMap::with_capacity(http_header_map_upper_bound(Some(value_map.len() + 1)));
+            for (name, _) in value_map.iter() {
+                let case = match case_header_name::titled_header_name_str(name) {
+                    Some(titled) => bytes::Bytes::from_static(titled.as_bytes()),
+                    None => bytes::Bytes::copy_from_slice(name.as_str().as_bytes()),
+                };
+                map.try_append(name.clone(), case.into_case_header_name())
+                    .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+            }
+            *self = CaseNames::Map(map);
+        }
+        Ok(self.map_mut())
+    }
+}
+
+/// ezthrottle patch: how `name` is written without a case map.
+fn default_case(name: &HeaderName) -> &str {
+    case_header_name::titled_header_name_str(name).unwrap_or(name.as_str())
+}
+
 pub enum HeaderNameVariant<'a> {
     Case(&'a CaseHeaderName),
     Titled(&'a str),
@@ -84,7 +153,7 @@ pub enum HeaderNameVariant<'a> {
 #[derive(Debug)]
 pub struct RequestHeader {
     base: ReqParts,
-    header_name_map: Option<CaseMap>,
+    header_name_map: CaseNames,
     raw_target: RawTarget,
     // whether we send END_STREAM with HEADERS for h2 requests
     send_end_stream: bool,
@@ -152,7 +221,7 @@ impl RequestHeader {
         base.headers.reserve(http_header_map_upper_bound(size_hint));
         RequestHeader {
             base,
-            header_name_map: None,
+            header_name_map: CaseNames::Off,
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
         }
@@ -167,9 +236,7 @@ impl RequestHeader {
         size_hint: Option<usize>,
     ) -> Result<Self> {
         let mut req = Self::build_no_case(method, path, size_hint)?;
-        req.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
-            size_hint,
-        )));
+        req.header_name_map = CaseNames::Default;
         Ok(req)
     }
 
@@ -204,7 +271,7 @@ impl RequestHeader {
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while append")?;
         append_header_value(
-            self.header_name_map.as_mut(),
+            &mut self.header_name_map,
             &mut self.base.headers,
             name,
             header_value,
@@ -224,7 +291,7 @@ impl RequestHeader {
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while insert")?;
         insert_header_value(
-            self.header_name_map.as_mut(),
+            &mut self.header_name_map,
             &mut self.base.headers,
             name,
             header_value,
@@ -235,7 +302,7 @@ impl RequestHeader {
     /// (see [insert_static_header_value]).
     pub fn insert_static_header(&mut self, name: &'static HeaderName, value: HeaderValue) {
         insert_static_header_value(
-            self.header_name_map.as_mut(),
+            &mut self.header_name_map,
             &mut self.base.headers,
             name,
             value,
@@ -247,14 +314,14 @@ impl RequestHeader {
     where
         &'a N: 'a + AsHeaderName,
     {
-        remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
+        remove_header(self.header_name_map.map_mut(), &mut self.base.headers, name)
     }
 
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.
     pub fn header_to_h1_wire(&self, buf: &mut impl BufMut) {
-        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf)
+        header_to_h1_wire(self.header_name_map.map(), &self.base.headers, buf)
     }
 
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
@@ -262,19 +329,19 @@ impl RequestHeader {
     ///
     /// Headers of the same name are visited in insertion order.
     pub fn case_header_iter(&self) -> impl Iterator<Item = (&CaseHeaderName, &HeaderValue)> + '_ {
-        case_header_iter(self.header_name_map.as_ref(), &self.base.headers)
+        case_header_iter(self.header_name_map.map(), &self.base.headers)
     }
 
     /// Returns true if the request has case-sensitive headers.
     pub fn has_case(&self) -> bool {
-        self.header_name_map.is_some()
+        self.header_name_map.map().is_some()
     }
 
     pub fn map<F: FnMut(HeaderNameVariant, &HeaderValue) -> Result<()>>(
         &self,
         mut f: F,
     ) -> Result<()> {
-        let key_map = self.header_name_map.as_ref();
+        let key_map = self.header_name_map.map();
         let value_map = &self.base.headers;
 
         if let Some(key_map) = key_map {
@@ -432,7 +499,7 @@ impl From<ReqParts> for RequestHeader {
     fn from(parts: ReqParts) -> RequestHeader {
         Self {
             base: parts,
-            header_name_map: None,
+            header_name_map: CaseNames::Off,
             // The Uri is the only target available here, so it is the one that serializes.
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
@@ -463,7 +530,7 @@ impl From<RequestHeader> for ReqParts {
 pub struct ResponseHeader {
     base: RespParts,
     // an ordered header map to store the original case of each header name
-    header_name_map: Option<CaseMap>,
+    header_name_map: CaseNames,
     // the reason phrase of the response, if unset, a default one will be used
     reason_phrase: Option<String>,
 }
@@ -497,7 +564,7 @@ impl From<RespParts> for ResponseHeader {
     fn from(parts: RespParts) -> ResponseHeader {
         Self {
             base: parts,
-            header_name_map: None,
+            header_name_map: CaseNames::Off,
             reason_phrase: None,
         }
     }
@@ -518,9 +585,7 @@ impl From<Box<ResponseHeader>> for Box<RespParts> {
 impl ResponseHeader {
     fn new(size_hint: Option<usize>) -> Self {
         let mut resp_header = Self::new_no_case(size_hint);
-        resp_header.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
-            size_hint,
-        )));
+        resp_header.header_name_map = CaseNames::Default;
         resp_header
     }
 
@@ -529,7 +594,7 @@ impl ResponseHeader {
         base.headers.reserve(http_header_map_upper_bound(size_hint));
         ResponseHeader {
             base,
-            header_name_map: None,
+            header_name_map: CaseNames::Off,
             reason_phrase: None,
         }
     }
@@ -569,7 +634,7 @@ impl ResponseHeader {
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while append")?;
         append_header_value(
-            self.header_name_map.as_mut(),
+            &mut self.header_name_map,
             &mut self.base.headers,
             name,
             header_value,
@@ -589,7 +654,7 @@ impl ResponseHeader {
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while insert")?;
         insert_header_value(
-            self.header_name_map.as_mut(),
+            &mut self.header_name_map,
             &mut self.base.headers,
             name,
             header_value,
@@ -600,7 +665,7 @@ impl ResponseHeader {
     /// (see [insert_static_header_value]).
     pub fn insert_static_header(&mut self, name: &'static HeaderName, value: HeaderValue) {
         insert_static_header_value(
-            self.header_name_map.as_mut(),
+            &mut self.header_name_map,
             &mut self.base.headers,
             name,
             value,
@@ -612,14 +677,14 @@ impl ResponseHeader {
     where
         &'a N: 'a + AsHeaderName,
     {
-        remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
+        remove_header(self.header_name_map.map_mut(), &mut self.base.headers, name)
     }
 
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.
     pub fn header_to_h1_wire(&self, buf: &mut impl BufMut) {
-        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf)
+        header_to_h1_wire(self.header_name_map.map(), &self.base.headers, buf)
     }
 
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
@@ -627,19 +692,19 @@ impl ResponseHeader {
     ///
     /// Headers of the same name are visited in insertion order.
     pub fn case_header_iter(&self) -> impl Iterator<Item = (&CaseHeaderName, &HeaderValue)> + '_ {
-        case_header_iter(self.header_name_map.as_ref(), &self.base.headers)
+        case_header_iter(self.header_name_map.map(), &self.base.headers)
     }
 
     /// Returns true if the response has case-sensitive headers.
     pub fn has_case(&self) -> bool {
-        self.header_name_map.is_some()
+        self.header_name_map.map().is_some()
     }
 
     pub fn map<F: FnMut(HeaderNameVariant, &HeaderValue) -> Result<()>>(
         &self,
         mut f: F,
     ) -> Result<()> {
-        let key_map = self.header_name_map.as_ref();
+        let key_map = self.header_name_map.map();
         let value_map = &self.base.headers;
 
         if let Some(key_map) = key_map {
@@ -876,7 +941,7 @@ fn http_header_map_upper_bound(size_hint: Option<usize>) -> usize {
 
 #[inline]
 fn append_header_value<T>(
-    name_map: Option<&mut CaseMap>,
+    case: &mut CaseNames,
     value_map: &mut HMap<T>,
     name: impl IntoCaseHeaderName,
     value: T,
@@ -887,7 +952,7 @@ fn append_header_value<T>(
         .try_into()
         .or_err(InvalidHTTPHeader, "invalid header name")?;
     // store the original case in the map
-    if let Some(name_map) = name_map {
+    if let Some(name_map) = case.record(value_map, &header_name, case_header_name.as_slice())? {
         // Use the non-panicking `try_append`: the infallible `append` calls
         // `.expect("size overflows MAX_SIZE")` internally, which would abort the
         // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
@@ -905,7 +970,7 @@ fn append_header_value<T>(
 
 #[inline]
 fn insert_header_value<T>(
-    name_map: Option<&mut CaseMap>,
+    case: &mut CaseNames,
     value_map: &mut HMap<T>,
     name: impl IntoCaseHeaderName,
     value: T,
@@ -915,7 +980,7 @@ fn insert_header_value<T>(
         .as_slice()
         .try_into()
         .or_err(InvalidHTTPHeader, "invalid header name")?;
-    if let Some(name_map) = name_map {
+    if let Some(name_map) = case.record(value_map, &header_name, case_header_name.as_slice())? {
         // store the original case in the map
         name_map.insert(header_name.clone(), case_header_name);
     }
@@ -930,13 +995,14 @@ fn insert_header_value<T>(
 /// a proxy adding the same headers to every request and response need not
 /// (docs/performance.md, "The sixth pass").
 fn insert_static_header_value<T>(
-    name_map: Option<&mut CaseMap>,
+    case: &mut CaseNames,
     value_map: &mut HMap<T>,
     name: &'static HeaderName,
     value: T,
 ) {
-    if let Some(name_map) = name_map {
-        let case = case_header_name::titled_header_name_str(name).unwrap_or(name.as_str());
+    // Always in its default form: recorded only where a map is kept already.
+    if let Some(name_map) = case.map_mut() {
+        let case = default_case(name);
         name_map.insert(
             name.clone(),
             bytes::Bytes::from_static(case.as_bytes()).into_case_header_name(),

@@ -846,15 +846,20 @@ impl HttpSession {
         // no need to add these headers to 1xx responses
         if !header.status.is_informational() && self.update_resp_headers {
             /* update headers */
-            header.insert_header(header::DATE, date::get_cached_date())?;
-
-            // TODO: make these lazy static
+            // ezthrottle patch: under names parsed once and with `static`
+            // values. pingora parsed `Date` and `Connection` back from
+            // their own text on every response and copied "keep-alive"
+            // into a new allocation (~400 instructions a response,
+            // docs/performance.md, "The twelfth pass").
+            static DATE: http::HeaderName = header::DATE;
+            static CONNECTION: http::HeaderName = header::CONNECTION;
+            header.insert_static_header(&DATE, date::get_cached_date());
             let connection_value = if self.will_keepalive() {
-                "keep-alive"
+                HeaderValue::from_static("keep-alive")
             } else {
-                "close"
+                HeaderValue::from_static("close")
             };
-            header.insert_header(header::CONNECTION, connection_value)?;
+            header.insert_static_header(&CONNECTION, connection_value);
         }
 
         if header.status == 101 {
