@@ -172,6 +172,9 @@ impl FrontDoor {
             }
             let mut session = ServerSession::new_http1(Box::new(framed));
             session.set_pipelined_prefix(head);
+            // `read_head` ran pingora's authority check on these bytes
+            // (framing::check_head): pingora need not run it again.
+            session.set_authority_checked();
             if let Some(s) = settings.take() {
                 pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session);
             }

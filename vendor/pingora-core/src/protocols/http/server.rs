@@ -954,6 +954,13 @@ impl Session {
         }
     }
 
+    /// ezthrottle patch: see [`SessionV1::set_authority_checked`].
+    pub fn set_authority_checked(&mut self) {
+        if let Self::H1(s) = self {
+            s.set_authority_checked();
+        }
+    }
+
     /// Queue a downstream proxy task for cancel-safe writing.
     ///
     /// # Panics

@@ -149,6 +149,11 @@ pub struct HttpSession {
     /// call to [`Self::read_request`]. Set via [`Self::set_pipelined_prefix`] after
     /// the previous session's [`BodyReader::take_body_overread`] yielded bytes.
     pipelined_prefix: Option<BytesMut>,
+    /// ezthrottle patch: the caller ran [validate_request_authority] on this
+    /// request's head, on the same bytes, before handing it over
+    /// ([`Self::set_authority_checked`]); [`Self::validate_request`] does
+    /// not run it a second time.
+    authority_checked: bool,
     /// Set once the idle-branch of [`Self::read_body_or_idle`] has read the
     /// first bytes of a pipelined next request and pushed them onto the body
     /// reader's overread surface. Further idle polls on the same request
@@ -205,6 +210,7 @@ impl HttpSession {
             proxy_tasks_enabled: false,
             pipelining_enabled: false,
             pipelined_prefix: None,
+            authority_checked: false,
             pipelined_idle_bytes_stashed: false,
         }
     }
@@ -485,7 +491,9 @@ impl HttpSession {
         let req_header = self.req_header();
 
         // Reject an ambiguous authority before anything routes on it.
-        validate_request_authority(req_header)?;
+        if !self.authority_checked {
+            validate_request_authority(req_header)?;
+        }
 
         // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
         // parity): identical duplicates and comma-combined identical values are
@@ -1018,6 +1026,15 @@ impl HttpSession {
     /// request N+1 begins processing. No parallel pipelining.
     pub fn set_pipelining_enabled(&mut self, enabled: bool) {
         self.pipelining_enabled = enabled;
+    }
+
+    /// ezthrottle patch: the head this session will read (its pipelined
+    /// prefix) has passed [validate_request_authority] already, run by the
+    /// caller on the same bytes; the check costs ~1k instructions a request
+    /// (docs/performance.md, "The twelfth pass"). The proxy still checks the
+    /// request it sends upstream.
+    pub fn set_authority_checked(&mut self) {
+        self.authority_checked = true;
     }
 
     /// Set pipelined bytes to be parsed as the start of this session's request.
