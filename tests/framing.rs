@@ -387,13 +387,17 @@ fn slow_unfinished_heads_are_bounded_by_the_global_budget() {
     assert_eq!(ok.status, 200, "{ok:?}");
 }
 
-#[test]
-fn a_head_that_never_ends_times_out_with_408() {
-    let origin = Origin::start();
-    let ez = Ezthrottle::for_origin(&origin)
+/// A proxy for `origin` whose heads must be complete within 1 s.
+fn with_1s_head_timeout(origin: &Origin) -> Ezthrottle {
+    Ezthrottle::for_origin(origin)
         .proxy("head_timeout = \"1s\"")
-        .start();
-    let mut c = RawConn::connect(ez.proxy);
+        .start()
+}
+
+/// Sends the start of a head that never ends on `c`: answered with our
+/// `408` after the 1 s `head_timeout` (well before the 60 s a kept-alive
+/// connection may idle), then closed, and nothing reached the origin.
+fn a_stalled_head_gets_408(c: &mut RawConn, origin: &Origin, what: &str) {
     let started = Instant::now();
     c.send(
         format!(
@@ -404,19 +408,26 @@ fn a_head_that_never_ends_times_out_with_408() {
     );
     let resp = c.read_response();
     let took = started.elapsed();
-    assert_our_json(&resp, 408, "request_timeout", "slowloris");
-    assert!(c.is_closed_by_peer());
+    assert_our_json(&resp, 408, "request_timeout", what);
+    assert!(c.is_closed_by_peer(), "{what}");
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(15),
-        "answered after {took:?}"
+        "{what}: answered after {took:?}"
     );
+    assert_eq!(origin.count("/slowloris"), 0, "{what}");
+}
+
+#[test]
+fn a_head_that_never_ends_times_out_with_408() {
+    let origin = Origin::start();
+    let ez = with_1s_head_timeout(&origin);
+    a_stalled_head_gets_408(&mut RawConn::connect(ez.proxy), &origin, "slowloris");
     // A new connection that sends nothing at all is closed, without an answer.
     let mut idle = TcpStream::connect(ez.proxy).unwrap();
     idle.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let mut buf = [0u8; 64];
     assert_eq!(idle.read(&mut buf).unwrap_or(0), 0);
-    assert_eq!(origin.count("/slowloris"), 0);
 }
 
 /// The head timeout holds on a kept-alive connection too: a second head
@@ -426,25 +437,13 @@ fn a_head_that_never_ends_times_out_with_408() {
 #[test]
 fn a_head_that_stalls_after_a_kept_alive_request_times_out_with_408() {
     let origin = Origin::start();
-    let ez = Ezthrottle::for_origin(&origin)
-        .proxy("head_timeout = \"1s\"")
-        .start();
+    let ez = with_1s_head_timeout(&origin);
     let mut c = RawConn::connect(ez.proxy);
     let host = format!("origin.test:{}", origin.http_addr.port());
     c.send(format!("GET http://{host}/echo?first HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
     let first = c.read_response();
     assert_eq!(first.status, 200, "{first:?}");
-    let started = Instant::now();
-    c.send(format!("GET http://{host}/slowloris HTTP/1.1\r\nHost: orig").as_bytes());
-    let resp = c.read_response();
-    let took = started.elapsed();
-    assert_our_json(&resp, 408, "request_timeout", "kept-alive slowloris");
-    assert!(c.is_closed_by_peer());
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(30),
-        "answered after {took:?}"
-    );
-    assert_eq!(origin.count("/slowloris"), 0);
+    a_stalled_head_gets_408(&mut c, &origin, "kept-alive slowloris");
 }
 
 #[test]
