@@ -129,3 +129,106 @@ fn header_names_keep_their_case_both_ways() {
         );
     }
 }
+
+/// The case map made late gives what a map kept from the start gave: over
+/// random runs of appends, inserts, removals and static inserts (seeded,
+/// so a failure repeats), a head built with case writes the same lines as
+/// one built without (same values, same order, names equal but for case),
+/// every name spelled as it was when its value was added, and, when every
+/// spelling used was the default one, exactly the same bytes.
+#[test]
+fn a_late_case_map_keeps_every_spelling_in_step() {
+    use pingora::http::RequestHeader;
+    static VIA: http::HeaderName = http::header::VIA;
+    // (spelling, is it the name's default form)
+    const NAMES: [(&str, bool); 11] = [
+        ("Host", true),
+        ("host", false),
+        ("User-Agent", true),
+        ("user-agent", false),
+        ("x-trace", true),
+        ("X-Trace", false),
+        ("X-TRACE", false),
+        ("Accept", true),
+        ("ETag", true),
+        ("etag", false),
+        ("Via", true),
+    ];
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: usize| {
+        // xorshift64*: a fixed sequence, no dependency.
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        (seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    };
+    let lines = |h: &RequestHeader| -> Vec<(String, String)> {
+        let mut wire = Vec::new();
+        h.header_to_h1_wire(&mut wire);
+        String::from_utf8(wire)
+            .expect("ASCII")
+            .split("\r\n")
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (k, v) = l.split_once(": ").expect("name: value");
+                (k.to_string(), v.to_string())
+            })
+            .collect()
+    };
+    for run in 0..2_000 {
+        let mut kept = RequestHeader::build("GET", b"/", None).expect("head");
+        let mut plain = RequestHeader::build_no_case("GET", b"/", None).expect("head");
+        // The spelling each value went in with.
+        let mut spelled: std::collections::HashMap<String, String> = Default::default();
+        let mut all_default = true;
+        let ops = 1 + next(12);
+        for op in 0..ops {
+            let (name, default) = NAMES[next(NAMES.len())];
+            let value = format!("v{op}");
+            match next(4) {
+                0 => {
+                    kept.append_header(name.to_string(), value.as_str())
+                        .expect("append");
+                    plain
+                        .append_header(name.to_string(), value.as_str())
+                        .expect("append");
+                }
+                1 => {
+                    kept.insert_header(name.to_string(), value.as_str())
+                        .expect("insert");
+                    plain
+                        .insert_header(name.to_string(), value.as_str())
+                        .expect("insert");
+                }
+                2 => {
+                    kept.remove_header(name);
+                    plain.remove_header(name);
+                    continue;
+                }
+                _ => {
+                    let v = http::HeaderValue::from_str(&value).expect("value");
+                    kept.insert_static_header(&VIA, v.clone());
+                    plain.insert_static_header(&VIA, v);
+                    spelled.insert(value, "Via".to_string());
+                    continue;
+                }
+            }
+            all_default &= default;
+            spelled.insert(value, name.to_string());
+        }
+        let (k, p) = (lines(&kept), lines(&plain));
+        assert_eq!(k.len(), p.len(), "run {run}: {k:?} / {p:?}");
+        for ((kn, kv), (pn, pv)) in k.iter().zip(&p) {
+            assert_eq!(kv, pv, "run {run}: values out of step: {k:?} / {p:?}");
+            assert!(kn.eq_ignore_ascii_case(pn), "run {run}: {k:?} / {p:?}");
+            assert_eq!(
+                Some(kn),
+                spelled.get(kv),
+                "run {run}: {kv} spelled {kn}: {k:?}"
+            );
+        }
+        if all_default {
+            assert_eq!(k, p, "run {run}: default spellings only");
+        }
+    }
+}
