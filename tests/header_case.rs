@@ -185,33 +185,32 @@ fn a_late_case_map_keeps_every_spelling_in_step() {
         for op in 0..ops {
             let (name, default) = NAMES[next(NAMES.len())];
             let value = format!("v{op}");
-            match next(4) {
-                0 => {
-                    kept.append_header(name.to_string(), value.as_str())
-                        .expect("append");
-                    plain
-                        .append_header(name.to_string(), value.as_str())
-                        .expect("append");
-                }
-                1 => {
-                    kept.insert_header(name.to_string(), value.as_str())
-                        .expect("insert");
-                    plain
+            let kind = next(4);
+            for head in [&mut kept, &mut plain] {
+                match kind {
+                    0 => {
+                        head.append_header(name.to_string(), value.as_str())
+                            .expect("append");
+                    }
+                    1 => head
                         .insert_header(name.to_string(), value.as_str())
-                        .expect("insert");
+                        .expect("insert"),
+                    2 => {
+                        head.remove_header(name);
+                    }
+                    _ => head.insert_static_header(
+                        &VIA,
+                        http::HeaderValue::from_str(&value).expect("value"),
+                    ),
                 }
-                2 => {
-                    kept.remove_header(name);
-                    plain.remove_header(name);
-                    continue;
-                }
-                _ => {
-                    let v = http::HeaderValue::from_str(&value).expect("value");
-                    kept.insert_static_header(&VIA, v.clone());
-                    plain.insert_static_header(&VIA, v);
+            }
+            match kind {
+                2 => continue,
+                3 => {
                     spelled.insert(value, "Via".to_string());
                     continue;
                 }
+                _ => {}
             }
             all_default &= default;
             spelled.insert(value, name.to_string());
