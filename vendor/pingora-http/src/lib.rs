@@ -111,12 +111,9 @@ impl CaseNames {
             }
             let mut map =
                 CaseMap::with_capacity(http_header_map_upper_bound(Some(value_map.len() + 1)));
+            // A name's own `into_case_header_name` is its default form.
             for (name, _) in value_map.iter() {
-                let case = match case_header_name::titled_header_name_str(name) {
-                    Some(titled) => bytes::Bytes::from_static(titled.as_bytes()),
-                    None => bytes::Bytes::copy_from_slice(name.as_str().as_bytes()),
-                };
-                map.try_append(name.clone(), case.into_case_header_name())
+                map.try_append(name.clone(), name.into_case_header_name())
                     .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
             }
             *self = CaseNames::Map(map);
@@ -125,7 +122,8 @@ impl CaseNames {
     }
 }
 
-/// ezthrottle patch: how `name` is written without a case map.
+/// ezthrottle patch: how `name` is written without a case map (one
+/// function for what the writers below spelled out each time).
 fn default_case(name: &HeaderName) -> &str {
     case_header_name::titled_header_name_str(name).unwrap_or(name.as_str())
 }
@@ -355,8 +353,7 @@ impl RequestHeader {
             }
         } else {
             for (header, value) in value_map {
-                let titled_header =
-                    case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
+                let titled_header = default_case(header);
                 f(HeaderNameVariant::Titled(titled_header), value)?;
             }
         }
@@ -718,8 +715,7 @@ impl ResponseHeader {
             }
         } else {
             for (header, value) in value_map {
-                let titled_header =
-                    case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
+                let titled_header = default_case(header);
                 f(HeaderNameVariant::Titled(titled_header), value)?;
             }
         }
@@ -1141,8 +1137,7 @@ fn header_to_h1_wire(key_map: Option<&CaseMap>, value_map: &HMap, buf: &mut impl
         });
     } else {
         for (header, value) in value_map {
-            let titled_header =
-                case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
+            let titled_header = default_case(header);
             buf.put_slice(titled_header.as_bytes());
             buf.put_slice(HEADER_KV_DELIMITER);
             buf.put_slice(value.as_ref());
