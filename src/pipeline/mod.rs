@@ -351,10 +351,13 @@ impl Pipeline {
 
 #[async_trait]
 impl ProxyHttp for Pipeline {
-    type CTX = RequestCtx;
+    /// Boxed: the context is 840 bytes, and pingora moves it (alone, and
+    /// with its session) into one future after another, five copies a
+    /// request; boxed, those are pointers, for one allocation.
+    type CTX = Box<RequestCtx>;
 
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+    fn new_ctx(&self) -> Box<RequestCtx> {
+        Box::new(RequestCtx::new())
     }
 
     /// No downstream modules. pingora's default is its compression module,
@@ -367,7 +370,7 @@ impl ProxyHttp for Pipeline {
     fn on_connection_reuse(
         &self,
         _session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
         prev: Box<dyn Any + Send + Sync>,
     ) {
         if let Ok(conn) = prev.downcast::<ConnInfo>() {
@@ -378,7 +381,7 @@ impl ProxyHttp for Pipeline {
     fn request_filter<'life0, 'life1, 'life2, 'async_trait>(
         &'life0 self,
         session: &'life1 mut Session,
-        ctx: &'life2 mut RequestCtx,
+        ctx: &'life2 mut Box<RequestCtx>,
     ) -> BoxFuture<'async_trait, Result<bool>>
     where
         'life0: 'async_trait,
@@ -392,7 +395,7 @@ impl ProxyHttp for Pipeline {
     fn upstream_peer<'life0, 'life1, 'life2, 'async_trait>(
         &'life0 self,
         session: &'life1 mut Session,
-        ctx: &'life2 mut RequestCtx,
+        ctx: &'life2 mut Box<RequestCtx>,
     ) -> BoxFuture<'async_trait, Result<Box<HttpPeer>>>
     where
         'life0: 'async_trait,
@@ -408,7 +411,7 @@ impl ProxyHttp for Pipeline {
         &self,
         _peer: &HttpPeer,
         fd: std::os::unix::io::RawFd,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) {
         // Follow the exchange so its slot outlives a client that hangs up.
         admit::follow_dropped_upstream(ctx, fd);
@@ -419,7 +422,7 @@ impl ProxyHttp for Pipeline {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         body::forward(ctx, body);
         Ok(())
@@ -429,7 +432,7 @@ impl ProxyHttp for Pipeline {
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         let Some(target) = ctx.target.as_ref() else {
             return Err(Error::new(ErrorType::InternalError));
@@ -448,7 +451,7 @@ impl ProxyHttp for Pipeline {
         &'life0 self,
         session: &'life1 mut Session,
         upstream_response: &'life2 mut ResponseHeader,
-        ctx: &'life3 mut RequestCtx,
+        ctx: &'life3 mut Box<RequestCtx>,
     ) -> BoxFuture<'async_trait, Result<()>>
     where
         'life0: 'async_trait,
@@ -466,7 +469,7 @@ impl ProxyHttp for Pipeline {
         &self,
         _session: &mut Session,
         trailers: &mut http::HeaderMap,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         classify::trailers(&self.shared, trailers, ctx);
         Ok(())
@@ -476,7 +479,7 @@ impl ProxyHttp for Pipeline {
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         idempotent::response_header(&self.shared, ctx, response);
         Ok(())
@@ -487,7 +490,7 @@ impl ProxyHttp for Pipeline {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<Option<std::time::Duration>> {
         idempotent::response_body(&self.shared, ctx, body);
         Ok(None)
@@ -496,7 +499,7 @@ impl ProxyHttp for Pipeline {
     fn response_body_end<'a>(
         &'a self,
         _session: &'a mut Session,
-        ctx: &'a mut RequestCtx,
+        ctx: &'a mut Box<RequestCtx>,
     ) -> Option<BoxFuture<'a, Result<()>>> {
         idempotent::body_end(&self.shared, ctx)
     }
@@ -505,7 +508,7 @@ impl ProxyHttp for Pipeline {
         &self,
         session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
         mut e: Box<Error>,
     ) -> Box<Error> {
         let truncated = session.as_ref().retry_buffer_truncated();
@@ -523,7 +526,7 @@ impl ProxyHttp for Pipeline {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
         _client_reused: bool,
     ) -> Box<Error> {
         // The attempt ended early: its slot is held until the origin ends
@@ -554,7 +557,7 @@ impl ProxyHttp for Pipeline {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> FailToProxy {
         if matches!(ctx.outcome, Outcome::ParkNow) && session.response_written().is_none() {
             match park::park(&self.shared, session, ctx).await {
@@ -595,7 +598,7 @@ impl ProxyHttp for Pipeline {
         }
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<RequestCtx>) {
         let failed = e.is_some() || ctx.outcome.error().is_some();
         idempotent::finish(&self.shared, ctx, failed).await;
         record::request_done(&self.shared, session, e, ctx);

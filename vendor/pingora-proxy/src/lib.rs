@@ -319,10 +319,7 @@ where
         .await;
     }
 
-    async fn handle_new_request(
-        &self,
-        mut downstream_session: Box<HttpSession>,
-    ) -> Option<Box<HttpSession>>
+    async fn handle_new_request(&self, mut downstream_session: HttpSession) -> Option<HttpSession>
     where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
@@ -577,7 +574,11 @@ use pingora_core::protocols::http::compression::ResponseCompressionCtx;
 /// behavior.
 pub struct Session {
     /// the HTTP session to downstream (the client)
-    pub downstream_session: Box<HttpSession>,
+    ///
+    /// ezthrottle patch: not boxed. The session's own parts are boxed now,
+    /// so it is 24 bytes and a box around it is one more allocation a
+    /// request for nothing.
+    pub downstream_session: HttpSession,
     /// The interface to control HTTP caching
     pub cache: HttpCache,
     /// (de)compress responses coming into the proxy (from upstream)
@@ -617,13 +618,13 @@ pub struct Session {
 
 impl Session {
     fn new(
-        downstream_session: impl Into<Box<HttpSession>>,
+        downstream_session: HttpSession,
         downstream_modules: &HttpModules,
         #[cfg(feature = "upstream_modules")] upstream_modules: &HttpModules,
         shutdown_flag: Arc<AtomicBool>,
     ) -> Self {
         Session {
-            downstream_session: downstream_session.into(),
+            downstream_session,
             cache: HttpCache::new(),
             // disable both upstream and downstream compression
             upstream_compression: ResponseCompressionCtx::new(0, false, false),
@@ -650,7 +651,7 @@ impl Session {
     pub fn new_h1(stream: Stream) -> Self {
         let modules = HttpModules::new();
         Self::new(
-            Box::new(HttpSession::new_http1(stream)),
+            HttpSession::new_http1(stream),
             &modules,
             #[cfg(feature = "upstream_modules")]
             &HttpModules::new(),
@@ -664,7 +665,7 @@ impl Session {
     /// set.
     pub fn new_h1_with_modules(stream: Stream, downstream_modules: &HttpModules) -> Self {
         Self::new(
-            Box::new(HttpSession::new_http1(stream)),
+            HttpSession::new_http1(stream),
             downstream_modules,
             #[cfg(feature = "upstream_modules")]
             &HttpModules::new(),
@@ -1445,7 +1446,7 @@ where
     ) {
         debug!("starting subrequest");
 
-        let mut session = match self.handle_new_request(session).await {
+        let mut session = match self.handle_new_request(*session).await {
             Some(downstream_session) => Session::new(
                 downstream_session,
                 &self.downstream_modules,
@@ -1569,8 +1570,6 @@ where
     ) -> Option<ReusedHttpStream> {
         // Extract user context from the previous request before the session is moved into the Box
         let prev_user_ctx = session.take_connection_user_context();
-
-        let session = Box::new(session);
 
         // TODO: keepalive pool, use stack
         let mut session = match self.handle_new_request(session).await {

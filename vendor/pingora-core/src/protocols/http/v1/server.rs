@@ -1469,7 +1469,13 @@ impl HttpSession {
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned. If there was an error while draining any remaining request body that error will
     /// be returned.
-    pub async fn reuse(mut self) -> Result<Option<ReusableHttpStream>> {
+    pub async fn reuse(self) -> Result<Option<ReusableHttpStream>> {
+        Box::new(self).reuse_boxed().await
+    }
+
+    /// [`Self::reuse`] for a session in its box (ezthrottle patch): the
+    /// session is not moved out of it (680 bytes) to be consumed.
+    pub async fn reuse_boxed(mut self: Box<Self>) -> Result<Option<ReusableHttpStream>> {
         if !self.will_keepalive() {
             debug!("HTTP shutdown connection");
             self.shutdown().await;
