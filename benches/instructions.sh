@@ -38,6 +38,12 @@
 #
 # Callgrind counts every byte a `rep movsb` copies as an instruction, so
 # big memcpys (pingora's boxed futures) weigh more here than in time.
+#
+# COPIES=1 runs each proxy without callgrind, with benches/support/
+# memcpy_count.c preloaded instead, and prints the bytes memcpy / memmove
+# copied per request and the callers that copied most, with their sizes
+# (a structure moved whole from future to future shows up as its size,
+# many times a request). Needs a C compiler (installs gcc when missing).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -55,7 +61,11 @@ if [ "${CACHE:-0}" = 1 ]; then CACHE_SIM=(--cache-sim=yes); fi
 ONLY=${ONLY:-ezthrottle,pingora,ezthrottle-tls,pingora-tls}
 missing=()
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+if [ "${COPIES:-0}" = 1 ]; then
+    command -v cc >/dev/null 2>&1 || missing+=(gcc)
+else
+    command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+fi
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 install_missing "${missing[@]}"
 
@@ -92,6 +102,10 @@ $OPEN_LIMITS
 TOML
 
 RESULTS=()
+COUNTER=()
+if [ "${COPIES:-0}" = 1 ]; then
+    cc -O2 -shared -fPIC -o "$TMP/memcpy_count.so" benches/support/memcpy_count.c
+fi
 measure() {  # name, origin port, client mode, command...
     local name=$1 origin=$2 mode=$3 pid out="$TMP/$1.cg" _
     shift 3
@@ -101,9 +115,15 @@ measure() {  # name, origin port, client mode, command...
         connect) extra=("$HOST" "$TMP/data/ca/ca.pem") ;;
         tls) extra=("$HOST" "$TMP/origin-ca.pem") ;;
     esac
-    log "$name under callgrind"
-    valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no "${CACHE_SIM[@]}" "$@" \
-        > "$TMP/$name.out" 2> "$TMP/$name.err" &
+    if [ "${COPIES:-0}" = 1 ]; then
+        log "$name with memcpy counted"
+        env LD_PRELOAD="$TMP/memcpy_count.so" MEMCPY_COUNT_OUT="$TMP/$name.copies" "$@" \
+            > "$TMP/$name.out" 2> "$TMP/$name.err" &
+    else
+        log "$name under callgrind"
+        valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no "${CACHE_SIM[@]}" "$@" \
+            > "$TMP/$name.out" 2> "$TMP/$name.err" &
+    fi
     pid=$!
     PIDS+=("$pid")
     for _ in $(seq 600); do
@@ -120,10 +140,18 @@ measure() {  # name, origin port, client mode, command...
     local cpid=$! gofd
     exec {gofd}> "$TMP/$name.go"
     wait_line "$cpid" "$TMP/$name.ready" '^connected' || { show_logs "$name"; die "$name: run did not connect"; }
-    callgrind_control -z "$pid" >/dev/null
+    if [ "${COPIES:-0}" = 1 ]; then kill -USR1 "$pid"; else callgrind_control -z "$pid" >/dev/null; fi
     echo go >&"$gofd"
     exec {gofd}>&-
     wait "$cpid" || { show_logs "$name"; die "$name: run failed"; }
+    if [ "${COPIES:-0}" = 1 ]; then
+        kill -USR2 "$pid"
+        for _ in $(seq 100); do [ -f "$TMP/$name.copies" ] && break; sleep 0.1; done
+        [ -f "$TMP/$name.copies" ] || die "$name: no copy table"
+        COUNTER+=("$name" "$(python3 benches/support/copies.py "$TMP/$name.copies" "${@:1:1}" "$N")")
+        stop_pid "$pid"
+        return 0
+    fi
     callgrind_control -d "$pid" >/dev/null
     stop_pid "$pid"
     local dump
@@ -169,6 +197,16 @@ if [[ ",$ONLY," == *,pingora-tls,* ]]; then
         --sni "$HOST" --ca-file "$TMP/origin-ca.pem"
 fi
 
+if [ ${#COUNTER[@]} -gt 0 ]; then
+    for ((i = 0; i < ${#COUNTER[@]}; i += 2)); do
+        echo
+        echo "${COUNTER[i]}: memcpy and memmove"
+        echo "${COUNTER[i + 1]}"
+    done
+    echo
+    echo "$N requests on $CONNS keep-alive connections after 200 of warm-up; $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $(date -u +%Y-%m-%dT%H:%MZ)."
+    exit 0
+fi
 echo
 if [ ${#CACHE_SIM[@]} -gt 0 ]; then
     echo "| proxy | instructions per request | of which memcpy | estimated cycles per request |"
