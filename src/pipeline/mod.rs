@@ -357,7 +357,7 @@ impl ProxyHttp for Pipeline {
     type CTX = Box<RequestCtx>;
 
     fn new_ctx(&self) -> Box<RequestCtx> {
-        Box::new(RequestCtx::new())
+        pingora::utils::box_in_place(RequestCtx::new)
     }
 
     /// No downstream modules. pingora's default is its compression module,

@@ -109,3 +109,24 @@ pub const EMPTY_KV_REF: KVRef = KVRef {
     name: BufRef(0, 0),
     value: BufRef(0, 0),
 };
+
+/// ezthrottle patch: `make()`'s value built in its heap box, not on the
+/// stack and then copied into it, as `Box::new(make())` does for a value
+/// LLVM cannot place directly (a session or a peer of 600-700 bytes, built
+/// once a request; a request's futures of up to 16 KiB, `pingora_proxy::
+/// box_future_in_place`). Measured with `COPIES=1 benches/instructions.sh`
+/// (docs/performance.md, "The sixth pass" and "The thirteenth pass").
+#[inline(always)]
+pub fn box_in_place<T>(make: impl FnOnce() -> T) -> Box<T> {
+    let mut slot = Box::<T>::new_uninit();
+    write_in_place(&mut slot, make);
+    // SAFETY: `write_in_place` initialised the slot.
+    unsafe { slot.assume_init() }
+}
+
+/// Not inlined so that `make`'s result is written through `slot` (LLVM's
+/// call-slot optimisation), the point of [`box_in_place`].
+#[inline(never)]
+fn write_in_place<T>(slot: &mut std::mem::MaybeUninit<T>, make: impl FnOnce() -> T) {
+    slot.write(make());
+}
