@@ -813,11 +813,95 @@ fn twelfth_pass(c: &mut Criterion) {
     });
 }
 
+/// A request head as curl writes it, parsed into pingora's header.
+fn curl_request_head() -> pingora::http::RequestHeader {
+    let mut req = pingora::http::RequestHeader::build("GET", b"/", Some(4)).expect("head");
+    for (name, value) in [
+        ("Host", "127.0.0.1:8080"),
+        ("User-Agent", "curl/7.88.1"),
+        ("Accept", "*/*"),
+        ("X-Request-Id", "bench"),
+    ] {
+        req.append_header(name, value).expect("append");
+    }
+    req
+}
+
+/// The way pingora-http cloned a request head's parts before the
+/// thirteenth pass: through `http::request::Builder`, moved by value at
+/// every call.
+fn parts_through_builder(me: &http::request::Parts) -> http::request::Parts {
+    let mut parts = http::request::Builder::new()
+        .method(me.method.clone())
+        .uri(me.uri.clone())
+        .version(me.version)
+        .body(())
+        .expect("parts")
+        .into_parts()
+        .0;
+    parts.headers = me.headers.clone();
+    parts.extensions = me.extensions.clone();
+    parts
+}
+
+/// A value moved by four nested futures, as pingora moves its sessions and
+/// contexts from one phase's future to the next, and given back.
+async fn moved_through_futures<T>(value: T) -> T {
+    async fn one<T>(v: T) -> T {
+        two(black_box(v)).await
+    }
+    async fn two<T>(v: T) -> T {
+        three(black_box(v)).await
+    }
+    async fn three<T>(v: T) -> T {
+        tokio::task::yield_now().await;
+        black_box(v)
+    }
+    one(value).await
+}
+
+fn bench_peer() -> pingora::upstreams::peer::HttpPeer {
+    let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+    pingora::upstreams::peer::HttpPeer::new(addr, false, "bench.test".to_string())
+}
+
+/// Hot-path pieces of the thirteenth pass (docs/performance.md): what
+/// pingora copied whole a request.
+fn thirteenth_pass(c: &mut Criterion) {
+    let rt = current_thread_runtime();
+    let req = curl_request_head();
+    c.bench_function("request_head_parts_cloned", |b| {
+        b.iter(|| black_box(req.as_owned_parts()))
+    });
+    c.bench_function("request_head_parts_cloned_through_builder", |b| {
+        b.iter(|| black_box(parts_through_builder(&req)))
+    });
+    // A peer (672 bytes), made and boxed as `upstream::peer` does.
+    c.bench_function("peer_built_in_its_box", |b| {
+        b.iter(|| black_box(pingora::utils::box_in_place(bench_peer)))
+    });
+    c.bench_function("peer_built_then_boxed", |b| {
+        b.iter(|| black_box(Box::new(black_box(bench_peer()))))
+    });
+    // The same peer moved through a request's futures: whole, as the
+    // sessions (680 and 584 bytes) were, or in its box.
+    c.bench_function("peer_moved_through_futures_whole", |b| {
+        b.iter(|| rt.block_on(moved_through_futures(bench_peer())))
+    });
+    c.bench_function("peer_moved_through_futures_boxed", |b| {
+        b.iter(|| {
+            rt.block_on(moved_through_futures(pingora::utils::box_in_place(
+                bench_peer,
+            )))
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards, boxed_futures, seventh_pass, eighth_pass, eleventh_pass, twelfth_pass
+    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards, boxed_futures, seventh_pass, eighth_pass, eleventh_pass, twelfth_pass, thirteenth_pass
 }
 criterion_main!(benches);
