@@ -54,10 +54,10 @@ impl ReusableHttpStream {
 
 /// HTTP server session object for both HTTP/1.x and HTTP/2
 ///
-/// ezthrottle patch: the HTTP/1, HTTP/2 and subrequest sessions are boxed. Unboxed, this
-/// enum was 680 bytes, moved whole eleven times a request (into the
-/// request's future, into its box, into `finish` and the futures under it):
-/// 7.5 KiB of `memcpy` a request, against one allocation.
+/// ezthrottle patch: the HTTP/1, HTTP/2 and subrequest sessions are boxed.
+/// Unboxed, this enum was 680 bytes, moved whole eleven times a request
+/// (into the request's future, into its box, into `finish` and the futures
+/// under it): 7.5 KiB of `memcpy` a request, against one allocation.
 pub enum Session {
     H1(Box<SessionV1>),
     H2(Box<SessionV2>),
