@@ -319,6 +319,20 @@ where
         .await;
     }
 
+    /// The request's [`Session`], built in its box (ezthrottle patch: see
+    /// `process_request`).
+    fn boxed_session(&self, downstream_session: HttpSession) -> Box<Session> {
+        pingora_core::utils::box_in_place(|| {
+            Session::new(
+                downstream_session,
+                &self.downstream_modules,
+                #[cfg(feature = "upstream_modules")]
+                &self.upstream_modules,
+                self.shutdown_flag.clone(),
+            )
+        })
+    }
+
     async fn handle_new_request(&self, mut downstream_session: HttpSession) -> Option<HttpSession>
     where
         SV: ProxyHttp + Send + Sync,
@@ -1450,15 +1464,7 @@ where
         debug!("starting subrequest");
 
         let mut session = match self.handle_new_request(*session).await {
-            Some(downstream_session) => pingora_core::utils::box_in_place(|| {
-                Session::new(
-                    downstream_session,
-                    &self.downstream_modules,
-                    #[cfg(feature = "upstream_modules")]
-                    &self.upstream_modules,
-                    self.shutdown_flag.clone(),
-                )
-            }),
+            Some(downstream_session) => self.boxed_session(downstream_session),
             None => return, // bad request
         };
 
@@ -1578,15 +1584,7 @@ where
 
         // TODO: keepalive pool, use stack
         let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => pingora_core::utils::box_in_place(|| {
-                Session::new(
-                    downstream_session,
-                    &self.downstream_modules,
-                    #[cfg(feature = "upstream_modules")]
-                    &self.upstream_modules,
-                    self.shutdown_flag.clone(),
-                )
-            }),
+            Some(downstream_session) => self.boxed_session(downstream_session),
             None => return None, // bad request
         };
 

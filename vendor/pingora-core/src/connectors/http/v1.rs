@@ -40,7 +40,7 @@ impl Connector {
         peer: &P,
     ) -> Result<(Box<HttpSession>, bool)> {
         let (stream, reused) = self.transport.get_stream(peer).await?;
-        let http = crate::utils::box_in_place(|| HttpSession::new_with_options(stream, peer));
+        let http = HttpSession::new_boxed_with_options(stream, peer);
         Ok((http, reused))
     }
 
@@ -49,7 +49,7 @@ impl Connector {
         peer: &P,
     ) -> Option<Box<HttpSession>> {
         let stream = self.transport.reused_stream(peer).await?;
-        let http = crate::utils::box_in_place(|| HttpSession::new_with_options(stream, peer));
+        let http = HttpSession::new_boxed_with_options(stream, peer);
         Some(http)
     }
 

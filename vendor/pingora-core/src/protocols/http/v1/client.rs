@@ -153,6 +153,16 @@ impl HttpSession {
         session
     }
 
+    /// [`Self::new_with_options`] built in its box (ezthrottle patch): how
+    /// the connectors make a session for `HttpSession::H1`, which is boxed
+    /// so that it is not moved whole from future to future.
+    pub fn new_boxed_with_options<P: crate::upstreams::peer::Peer>(
+        stream: Stream,
+        peer: &P,
+    ) -> Box<Self> {
+        crate::utils::box_in_place(|| Self::new_with_options(stream, peer))
+    }
+
     /// Write the request header to the server
     /// After the request header is sent. The caller can either start reading the response or
     /// sending request body if any.
