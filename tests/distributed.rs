@@ -862,14 +862,53 @@ fn replicas_share_a_vendor_budget() {
         .filter(|a| a.status == 200 && a.at.saturating_duration_since(first) < window * 2)
         .count();
     let shown = control_get(&ez[1], "/api/v1/domains");
+    // Where the time went, should this fail: admitted per window, every
+    // pause of more than 400 ms between two arrivals and every refusal
+    // (seconds from the first arrival).
+    let timeline = {
+        let per_window: Vec<usize> = (0..3)
+            .map(|k| {
+                arrivals
+                    .iter()
+                    .filter(|a| a.status == 200)
+                    .filter(|a| {
+                        let t = a.at.saturating_duration_since(first);
+                        t >= window * k && t < window * (k + 1)
+                    })
+                    .count()
+            })
+            .collect();
+        let pauses: Vec<String> = arrivals
+            .windows(2)
+            .filter(|w| w[1].at.saturating_duration_since(w[0].at) > Duration::from_millis(400))
+            .map(|w| {
+                format!(
+                    "{:.2}s..{:.2}s",
+                    w[0].at.saturating_duration_since(first).as_secs_f64(),
+                    w[1].at.saturating_duration_since(first).as_secs_f64()
+                )
+            })
+            .collect();
+        let refused: Vec<String> = arrivals
+            .iter()
+            .filter(|a| a.status == 429)
+            .map(|a| {
+                format!(
+                    "{:.2}s",
+                    a.at.saturating_duration_since(first).as_secs_f64()
+                )
+            })
+            .collect();
+        format!("admitted per window {per_window:?}; pauses {pauses:?}; 429 at {refused:?}")
+    };
     assert_eq!(
         origin.count_429("budget.test"),
         0,
-        "the origin refused: {reports:?}\n{shown}"
+        "the origin refused ({timeline}): {reports:?}\n{shown}"
     );
     assert!(
         admitted >= 90,
-        "{admitted} of 100 in two windows: {reports:?}\n{shown}"
+        "{admitted} of 100 in two windows ({timeline}): {reports:?}\n{shown}"
     );
     for r in &reports {
         assert_eq!(r["errors"], 0, "{r}");
