@@ -866,6 +866,7 @@ fn replicas_share_a_vendor_budget() {
     // pause of more than 400 ms between two arrivals and every refusal
     // (seconds from the first arrival).
     let timeline = {
+        let secs = |at: std::time::Instant| at.saturating_duration_since(first).as_secs_f64();
         let per_window: Vec<usize> = (0..3)
             .map(|k| {
                 arrivals
@@ -881,23 +882,12 @@ fn replicas_share_a_vendor_budget() {
         let pauses: Vec<String> = arrivals
             .windows(2)
             .filter(|w| w[1].at.saturating_duration_since(w[0].at) > Duration::from_millis(400))
-            .map(|w| {
-                format!(
-                    "{:.2}s..{:.2}s",
-                    w[0].at.saturating_duration_since(first).as_secs_f64(),
-                    w[1].at.saturating_duration_since(first).as_secs_f64()
-                )
-            })
+            .map(|w| format!("{:.2}s..{:.2}s", secs(w[0].at), secs(w[1].at)))
             .collect();
         let refused: Vec<String> = arrivals
             .iter()
             .filter(|a| a.status == 429)
-            .map(|a| {
-                format!(
-                    "{:.2}s",
-                    a.at.saturating_duration_since(first).as_secs_f64()
-                )
-            })
+            .map(|a| format!("{:.2}s", secs(a.at)))
             .collect();
         format!("admitted per window {per_window:?}; pauses {pauses:?}; 429 at {refused:?}")
     };
