@@ -25,7 +25,7 @@ use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: ezthrottle::allocator::MiMalloc = ezthrottle::allocator::MiMalloc;
 
 #[derive(Parser)]
 struct Args {

@@ -6,11 +6,13 @@
 /// proxy path under load (`perf`: `__lll_lock_wait_private`); mimalloc's
 /// per-thread heaps avoid them.
 ///
+/// Asked as the system allocator is asked (`allocator::MiMalloc` says why).
+///
 /// `--features system-allocator` builds with the system allocator instead,
 /// for heap profilers that only see malloc (docs/memory.md).
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: ezthrottle::allocator::MiMalloc = ezthrottle::allocator::MiMalloc;
 
 fn main() {
     let code = ezthrottle::cli::main();
