@@ -444,25 +444,37 @@ impl DomainThrottle {
     /// slot. Dropping the returned future leaves the queue at once and
     /// consumes nothing.
     pub async fn acquire(self: &Arc<Self>, max_wait: Duration) -> Result<LocalPermit, Denied> {
+        self.acquire_timed(max_wait).await.0
+    }
+
+    /// [`Self::acquire`], with how long it waited: zero when it was decided
+    /// at once (most requests), so that the caller need not read the clock
+    /// around it (two reads of ~30 ns a request on the plain path; issue 17).
+    pub async fn acquire_timed(
+        self: &Arc<Self>,
+        max_wait: Duration,
+    ) -> (Result<LocalPermit, Denied>, Duration) {
         let now = Instant::now();
         let (id, grant) = {
             let mut st = self.lock();
             self.sync(&mut st, now);
             if st.queue.is_empty() && st.can_start(now) {
                 self.start(&mut st, now, None);
-                return Ok(LocalPermit(self.clone()));
+                return (Ok(LocalPermit(self.clone())), Duration::ZERO);
             }
             let position = st.queue.len();
             if position >= st.init.queue_capacity {
-                return Err(Denied::QueueFull {
-                    retry_after: st.eta(position, now),
-                });
+                let retry_after = st.eta(position, now);
+                return (Err(Denied::QueueFull { retry_after }), Duration::ZERO);
             }
             // The pace alone already makes this request wait longer than it
             // is willing to: say so now rather than after max_wait.
             let eta = st.eta(position, now);
             if eta > max_wait {
-                return Err(Denied::WaitTimeout { retry_after: eta });
+                return (
+                    Err(Denied::WaitTimeout { retry_after: eta }),
+                    Duration::ZERO,
+                );
             }
             let id = st.next_id;
             st.next_id += 1;
@@ -480,7 +492,7 @@ impl DomainThrottle {
             id,
             granted: false,
         };
-        match tokio::time::timeout(max_wait, grant).await {
+        let result = match tokio::time::timeout(max_wait, grant).await {
             Ok(Ok(())) => {
                 guard.granted = true;
                 Ok(LocalPermit(self.clone()))
@@ -499,7 +511,8 @@ impl DomainThrottle {
                     Ok(LocalPermit(self.clone()))
                 }
             }
-        }
+        };
+        (result, now.elapsed())
     }
 
     async fn dispatch(self: Arc<Self>) {
@@ -997,6 +1010,37 @@ mod tests {
         assert_eq!(t.snapshot().in_flight, 1);
         drop(p1);
         waiter.await.unwrap().unwrap();
+    }
+
+    /// Admitted or refused at once: no wait, and none read. Queued: the
+    /// wait is at least how long the slot was held after it queued.
+    #[tokio::test]
+    async fn acquire_timed_says_how_long_it_waited() {
+        let t = throttle(1000.0, 1, 1);
+        let (p1, waited) = t.acquire_timed(Duration::from_secs(5)).await;
+        let p1 = p1.expect("admitted at once");
+        assert_eq!(waited, Duration::ZERO);
+        let t2 = t.clone();
+        let waiter = tokio::spawn(async move {
+            let (r, waited) = t2.acquire_timed(Duration::from_secs(5)).await;
+            (r.map(|_| ()), waited)
+        });
+        for _ in 0..5000 {
+            if t.snapshot().waiting == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(t.snapshot().waiting, 1);
+        let (full, waited) = t.acquire_timed(Duration::from_secs(5)).await;
+        assert!(matches!(full, Err(Denied::QueueFull { .. })));
+        assert_eq!(waited, Duration::ZERO);
+        let held = Duration::from_millis(30);
+        tokio::time::sleep(held).await;
+        drop(p1);
+        let (r, waited) = waiter.await.expect("waiter");
+        r.expect("granted on release");
+        assert!(waited >= held, "waited {waited:?}");
     }
 
     #[tokio::test(start_paused = true)]

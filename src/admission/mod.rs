@@ -218,12 +218,17 @@ impl Admission {
         max_wait: Duration,
     ) -> Result<(Permit, Duration), Denied> {
         let throttle = self.throttle(domain);
-        let started = Instant::now();
-        let result = match &self.shared {
-            None => throttle.acquire(max_wait).await.map(Permit::from),
-            Some(shared) => self.admit_shared(shared, &throttle, max_wait).await,
+        let (result, waited) = match &self.shared {
+            None => {
+                let (result, waited) = throttle.acquire_timed(max_wait).await;
+                (result.map(Permit::from), waited)
+            }
+            Some(shared) => {
+                let started = Instant::now();
+                let result = self.admit_shared(shared, &throttle, max_wait).await;
+                (result, started.elapsed())
+            }
         };
-        let waited = started.elapsed();
         let series = self.metrics.series(domain);
         series.throttle_wait.observe(waited.as_secs_f64());
         if result.is_ok() {
