@@ -644,3 +644,114 @@ fn bodies_read_ahead_count_against_the_same_budget() {
     );
     assert_eq!(ok.status, 200, "{ok:?}");
 }
+
+/// An origin that answers `GET /respond/K` with `K` headers `X-R<i>: v<i>`
+/// beside its `Content-Length` (K + 1 in all), and with the header lines it
+/// received as its body, one line each.
+fn many_headers_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let k: usize = line
+                        .split(' ')
+                        .nth(1)
+                        .and_then(|t| t.rsplit('/').next())
+                        .and_then(|k| k.parse().ok())
+                        .unwrap_or(0);
+                    let mut received = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        received.push_str(line.trim_end());
+                        received.push('\n');
+                    }
+                    let mut resp = String::from("HTTP/1.1 200 OK\r\n");
+                    for i in 0..k {
+                        resp.push_str(&format!("X-R{i}: v{i}\r\n"));
+                    }
+                    resp.push_str(&format!("Content-Length: {}\r\n\r\n", received.len()));
+                    resp.push_str(&received);
+                    if reader.get_mut().write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// pingora parses a head into 256 header slots, left uninitialised since
+/// the fifteenth CPU pass (docs/performance.md): a head that fills every
+/// slot goes through whole, in order, both ways (the request with
+/// `max_headers` at pingora's 256); one header more is refused, a request
+/// with 431 at our front door and a response with 502.
+#[test]
+fn heads_that_fill_every_header_slot_pass_whole_and_one_more_is_refused() {
+    // Our front door's ceiling raised to pingora's.
+    let ez = EzBuilder::new().proxy("max_headers = 256").start();
+    let upstream = many_headers_origin();
+    let host = format!("127.0.0.1:{}", upstream.port());
+    let request = |extra: usize, k: usize| {
+        let mut raw = format!(
+            "GET http://{host}/respond/{k} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+        );
+        for i in 0..extra {
+            raw.push_str(&format!("X-H{i}: value-{i}\r\n"));
+        }
+        raw.push_str("\r\n");
+        raw
+    };
+    // Host, Connection and 254 more: 256, every slot; the response's
+    // Content-Length and 255 more: 256.
+    let full = common::raw::request(ez.proxy, &request(254, 255));
+    assert_eq!(full.status, 200, "{full:?}");
+    // Sorted: fields of different names may be reordered on the way
+    // (removing the hop-by-hop `Connection` moves the last field into its
+    // place, http's `HeaderMap::remove`), which RFC 9110 §5.3 allows.
+    let mut arrived: Vec<String> = full
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("X-H") || l.starts_with("x-h"))
+        .map(str::to_ascii_lowercase)
+        .collect();
+    arrived.sort();
+    let mut sent: Vec<String> = (0..254).map(|i| format!("x-h{i}: value-{i}")).collect();
+    sent.sort();
+    assert_eq!(arrived, sent, "the headers the origin saw");
+    let relayed: Vec<(String, String)> = full
+        .headers
+        .iter()
+        .filter(|(k, _)| k.starts_with("X-R"))
+        .cloned()
+        .collect();
+    let answered: Vec<(String, String)> = (0..255)
+        .map(|i| (format!("X-R{i}"), format!("v{i}")))
+        .collect();
+    assert_eq!(relayed, answered, "the headers the client saw");
+
+    refused(
+        &ez,
+        request(255, 0).as_bytes(),
+        431,
+        "request_header_too_large",
+        "257 headers",
+    );
+    let over = common::raw::request(ez.proxy, &request(0, 256));
+    assert_eq!(over.status, 502, "{over:?}");
+    assert!(over.header("x-ezthrottle-error").is_some(), "{over:?}");
+}

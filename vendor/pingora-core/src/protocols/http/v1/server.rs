@@ -40,7 +40,7 @@ use crate::protocols::http::{
     ReusableHttpStream,
 };
 use crate::protocols::{Digest, SocketAddr, Stream};
-use crate::utils::{BufRef, KVRef};
+use crate::utils::BufRef;
 
 /// Tracks which writer is currently processing a task.
 ///
@@ -337,9 +337,11 @@ impl HttpSession {
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
             loop {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
-                let parsed = parse_req_buffer(&mut req, &buf);
+                // ezthrottle patch: parsed into uninitialised slots, the
+                // offsets kept on the stack (common.rs, `header_offsets`).
+                let mut headers = uninit_headers();
+                let mut req = httparse::Request::new(&mut []);
+                let parsed = parse_req_buffer(&mut req, &buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         self.raw_header = Some(BufRef(0, s));
@@ -350,10 +352,8 @@ impl HttpSession {
                         // `KVRef`s to record the offset of each piece of data, drop `req`, convert
                         // buf, the do the 0 copy update
                         let base = buf.as_ptr() as usize;
-                        let mut header_refs = Vec::<KVRef>::with_capacity(req.headers.len());
-                        // Note: req.headers has the correct number of headers
-                        // while header_refs doesn't as it is still empty
-                        let _num_headers = populate_headers(base, &mut header_refs, req.headers);
+                        let mut offsets = uninit_offsets();
+                        let header_refs = header_offsets(base, &mut offsets, req.headers);
 
                         let mut request_header = Box::new(RequestHeader::build(
                             req.method.unwrap_or(""),
@@ -1822,23 +1822,45 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
 }
 
 #[inline]
-fn parse_req_buffer<'buf>(
-    req: &mut httparse::Request<'_, 'buf>,
+fn parse_req_buffer<'h, 'buf>(
+    req: &mut httparse::Request<'h, 'buf>,
     buf: &'buf [u8],
+    headers: &'h mut [std::mem::MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     use httparse::Result;
 
     #[cfg(feature = "patched_http1")]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
+    fn parse<'h, 'buf>(
+        req: &mut httparse::Request<'h, 'buf>,
+        buf: &'buf [u8],
+        headers: &'h mut [std::mem::MaybeUninit<httparse::Header<'buf>>],
+    ) -> Result<usize> {
+        // The patched parser takes initialised slots.
+        for slot in headers.iter_mut() {
+            slot.write(httparse::EMPTY_HEADER);
+        }
+        // SAFETY: every slot was initialised just above, and
+        // `MaybeUninit<T>` has `T`'s layout.
+        let headers = unsafe {
+            &mut *(headers as *mut [std::mem::MaybeUninit<httparse::Header<'buf>>]
+                as *mut [httparse::Header<'buf>])
+        };
+        *req = httparse::Request::new(headers);
         req.parse_unchecked(buf)
     }
 
+    // ezthrottle patch: into uninitialised slots (common.rs, `uninit_headers`);
+    // the default config, as `Request::parse` uses.
     #[cfg(not(feature = "patched_http1"))]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
-        req.parse(buf)
+    fn parse<'h, 'buf>(
+        req: &mut httparse::Request<'h, 'buf>,
+        buf: &'buf [u8],
+        headers: &'h mut [std::mem::MaybeUninit<httparse::Header<'buf>>],
+    ) -> Result<usize> {
+        httparse::ParserConfig::default().parse_request_with_uninit_headers(req, buf, headers)
     }
 
-    let res = match parse(req, buf) {
+    let res = match parse(req, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
