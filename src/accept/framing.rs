@@ -320,8 +320,17 @@ fn check_head(buf: &[u8], start: usize, end: usize) -> Result<HeadInfo, FramingE
     };
     let block = head.get(line_end + 1..).unwrap_or_default();
     let count = block.iter().filter(|b| **b == b'\n').count();
-    let mut storage = vec![httparse::EMPTY_HEADER; count.max(1)];
-    let headers = match httparse::parse_headers(block, &mut storage) {
+    // Most heads fit the slots on the stack; a longer one gets as many as
+    // it has lines, on the heap (an allocation a request saved; issue 17).
+    let mut on_stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut on_heap = Vec::new();
+    let storage: &mut [httparse::Header] = if count <= STACK_HEADERS {
+        &mut on_stack[..count.max(1)]
+    } else {
+        on_heap.resize(count, httparse::EMPTY_HEADER);
+        &mut on_heap
+    };
+    let headers = match httparse::parse_headers(block, storage) {
         Ok(httparse::Status::Complete((_, headers))) => headers,
         Ok(httparse::Status::Partial) => {
             return Err(FramingError::Malformed("incomplete header section".into()))
@@ -329,24 +338,24 @@ fn check_head(buf: &[u8], start: usize, end: usize) -> Result<HeadInfo, FramingE
         Err(e) => return Err(FramingError::Malformed(format!("invalid header: {e}"))),
     };
 
-    let mut lengths = Vec::new();
-    let mut codings = Vec::new();
-    let mut hosts = Vec::new();
+    let mut lengths = Seen::default();
+    let mut codings = Seen::default();
+    let mut hosts = Seen::default();
     let mut upgrade = false;
     for h in headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            lengths.push(h.value);
+            lengths.add(h.value);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            codings.push(h.value);
+            codings.add(h.value);
         } else if h.name.eq_ignore_ascii_case("host") {
-            hosts.push(h.value);
+            hosts.add(h.value);
         } else if h.name.eq_ignore_ascii_case("upgrade") {
             upgrade = !http10;
         }
     }
     let is_connect = method == b"CONNECT";
 
-    let body = match (lengths.as_slice(), codings.as_slice()) {
+    let body = match (lengths.values(), codings.values()) {
         ([], []) => BodyFraming::None,
         ([_, ..], [_, ..]) => {
             return Err(FramingError::Framing(
@@ -385,12 +394,12 @@ fn check_head(buf: &[u8], start: usize, end: usize) -> Result<HeadInfo, FramingE
             "a CONNECT request has no body".into(),
         ));
     }
-    if hosts.len() > 1 {
+    if hosts.count > 1 {
         return Err(FramingError::Malformed("more than one Host header".into()));
     }
-    if !is_connect && !plainly_agrees(method, target, hosts.first().copied()) {
+    if !is_connect && !plainly_agrees(method, target, hosts.first()) {
         let target = target_as_pingora_sees_it(request_line, target);
-        authority_agrees(method, &target, hosts.first().copied())?;
+        authority_agrees(method, &target, hosts.first())?;
     }
     Ok(HeadInfo {
         start,
@@ -399,6 +408,38 @@ fn check_head(buf: &[u8], start: usize, end: usize) -> Result<HeadInfo, FramingE
         upgrade,
         body,
     })
+}
+
+/// Header slots [`check_head`]'s parse keeps on the stack (a request from
+/// curl or a client library has 3–12 headers).
+const STACK_HEADERS: usize = 16;
+
+/// The values of one header name in a head, as far as the checks need
+/// them: the first two, and how many there were. Three `Vec`s were an
+/// allocation a request (`Host`) for what a slice pattern reads.
+#[derive(Default)]
+struct Seen<'a> {
+    first_two: [&'a [u8]; 2],
+    count: usize,
+}
+
+impl<'a> Seen<'a> {
+    fn add(&mut self, value: &'a [u8]) {
+        if let Some(slot) = self.first_two.get_mut(self.count) {
+            *slot = value;
+        }
+        self.count += 1;
+    }
+
+    /// The values seen, the first two at most: enough to tell none, one
+    /// and more than one apart.
+    fn values(&self) -> &[&'a [u8]] {
+        &self.first_two[..self.count.min(2)]
+    }
+
+    fn first(&self) -> Option<&'a [u8]> {
+        self.values().first().copied()
+    }
 }
 
 /// One `Content-Length` value: digits only (no sign, no list, no spaces
@@ -1556,6 +1597,43 @@ mod tests {
         );
         let e = FramingError::HeaderLineTooLong { limit: 24 }.to_proxy_error();
         assert_eq!((e.status(), e.code()), (431, "request_header_too_large"));
+    }
+
+    /// Heads on both sides of the stack's slots: the checks see every
+    /// header, the last one included, whether the slots were on the stack
+    /// or on the heap; a repeated header is counted however many came.
+    #[test]
+    fn every_header_is_checked_on_both_sides_of_the_stack_slots() {
+        for filler in [STACK_HEADERS - 2, STACK_HEADERS - 1, STACK_HEADERS, 40] {
+            let head = |last: &str| {
+                format!(
+                    "POST http://a.test/ HTTP/1.1\r\nHost: a.test\r\n{}{last}\r\n\r\n",
+                    "X-Fill: 1\r\n".repeat(filler)
+                )
+            };
+            let lines = filler + 2;
+            assert_eq!(
+                inspect(&head("Content-Length: 7")).map(|i| i.body),
+                Ok(BodyFraming::Length(7)),
+                "{lines} header lines"
+            );
+            assert!(
+                matches!(inspect(&head("Host: a.test")), Err(FramingError::Malformed(m)) if m.contains("more than one Host")),
+                "{lines} header lines"
+            );
+            assert!(
+                matches!(inspect(&head("Host: b.test\r\nHost: c.test")), Err(FramingError::Malformed(m)) if m.contains("more than one Host")),
+                "{lines} header lines and three Hosts"
+            );
+            assert!(
+                matches!(inspect(&head("Content-Length: 1\r\nContent-Length: 1\r\nContent-Length: 1")), Err(FramingError::Framing(m)) if m.contains("more than one Content-Length")),
+                "{lines} header lines and three Content-Lengths"
+            );
+            assert!(
+                matches!(inspect(&head("Transfer-Encoding: chunked")), Ok(i) if i.body == BodyFraming::Chunked),
+                "{lines} header lines"
+            );
+        }
     }
 
     #[test]
