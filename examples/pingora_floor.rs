@@ -57,6 +57,10 @@ struct Forward;
 #[async_trait]
 impl ProxyHttp for Forward {
     type CTX = ();
+    // As ezthrottle: hooks left at their defaults are not called.
+    const EARLY_REQUEST_FILTER: bool = false;
+    const PROXY_UPSTREAM_FILTER: bool = false;
+    const CONNECTED_TO_UPSTREAM_H1: bool = false;
     fn new_ctx(&self) {}
 
     async fn upstream_peer(&self, session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
@@ -98,6 +102,10 @@ struct Fixed {
 #[async_trait]
 impl ProxyHttp for Fixed {
     type CTX = ();
+    // As ezthrottle: hooks left at their defaults are not called.
+    const EARLY_REQUEST_FILTER: bool = false;
+    const PROXY_UPSTREAM_FILTER: bool = false;
+    const CONNECTED_TO_UPSTREAM_H1: bool = false;
     fn new_ctx(&self) {}
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {

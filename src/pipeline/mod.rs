@@ -351,6 +351,15 @@ impl Pipeline {
 
 #[async_trait]
 impl ProxyHttp for Pipeline {
+    /// Hooks left at their defaults, which pingora then does not call: each
+    /// call would box a future that does nothing, and `connected_to_upstream`
+    /// would also gather a digest of the upstream connection nobody reads
+    /// (docs/performance.md, "The sixteenth pass"). Implementing one of
+    /// them means turning its switch back on here.
+    const EARLY_REQUEST_FILTER: bool = false;
+    const PROXY_UPSTREAM_FILTER: bool = false;
+    const CONNECTED_TO_UPSTREAM_H1: bool = false;
+
     /// Boxed: the context is 840 bytes, and pingora moves it (alone, and
     /// with its session) into one future after another, five copies a
     /// request; boxed, those are pointers, for one allocation.

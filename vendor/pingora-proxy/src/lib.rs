@@ -1178,14 +1178,18 @@ where
         SV: ProxyHttp + Send + Sync + 'static,
         <SV as ProxyHttp>::CTX: Send + Sync,
     {
-        if let Err(e) = self
-            .inner
-            .early_request_filter(&mut session, &mut ctx)
-            .await
-        {
-            return self
-                .handle_error(session, &mut ctx, e, "Fail to early filter request:")
-                .await;
+        // ezthrottle patch: not called where the proxy leaves it at its
+        // default (`ProxyHttp::EARLY_REQUEST_FILTER`).
+        if SV::EARLY_REQUEST_FILTER {
+            if let Err(e) = self
+                .inner
+                .early_request_filter(&mut session, &mut ctx)
+                .await
+            {
+                return self
+                    .handle_error(session, &mut ctx, e, "Fail to early filter request:")
+                    .await;
+            }
         }
 
         if self.inner.allow_spawning_subrequest(&session, &ctx) {
@@ -1247,11 +1251,16 @@ where
         self.cleanup_sub_req(&mut session);
 
         // decide if the request is allowed to go to upstream
-        match self
-            .inner
-            .proxy_upstream_filter(&mut session, &mut ctx)
-            .await
-        {
+        // ezthrottle patch: the default's answer without the call where the
+        // proxy leaves it at its default (`ProxyHttp::PROXY_UPSTREAM_FILTER`).
+        let to_upstream = if SV::PROXY_UPSTREAM_FILTER {
+            self.inner
+                .proxy_upstream_filter(&mut session, &mut ctx)
+                .await
+        } else {
+            Ok(true)
+        };
+        match to_upstream {
             Ok(proxy_to_upstream) => {
                 if !proxy_to_upstream {
                     // The hook can choose to write its own response, but if it doesn't, we respond

@@ -351,19 +351,23 @@ where
 
         let initial_write_pending = client_session.stream().get_write_pending_time();
 
-        if let Err(e) = self
-            .inner
-            .connected_to_upstream(
-                session,
-                reused,
-                peer,
-                raw,
-                Some(client_session.digest()),
-                ctx,
-            )
-            .await
-        {
-            return (false, false, Some(e));
+        // ezthrottle patch: not called where the proxy says it does not
+        // implement it (`ProxyHttp::CONNECTED_TO_UPSTREAM_H1`).
+        if SV::CONNECTED_TO_UPSTREAM_H1 {
+            if let Err(e) = self
+                .inner
+                .connected_to_upstream(
+                    session,
+                    reused,
+                    peer,
+                    raw,
+                    Some(client_session.digest()),
+                    ctx,
+                )
+                .await
+            {
+                return (false, false, Some(e));
+            }
         }
 
         let (server_session_reuse, client_session_reuse, error) =

@@ -49,6 +49,24 @@ pub trait ProxyHttp {
     /// The per request object to share state across the different filters
     type CTX;
 
+    /// ezthrottle patch (docs/performance.md, "The sixteenth pass"): whether
+    /// [`Self::early_request_filter`] is called. Every call of an `async`
+    /// hook boxes its future, the default's that does nothing included; a
+    /// proxy that leaves the hook at its default says `false` here and
+    /// saves that allocation a request.
+    const EARLY_REQUEST_FILTER: bool = true;
+
+    /// ezthrottle patch: whether [`Self::proxy_upstream_filter`] is called
+    /// (as [`Self::EARLY_REQUEST_FILTER`]); when not, every request goes on
+    /// to the upstream, as the default hook says.
+    const PROXY_UPSTREAM_FILTER: bool = true;
+
+    /// ezthrottle patch: whether [`Self::connected_to_upstream`] is called
+    /// for an HTTP/1 upstream (as [`Self::EARLY_REQUEST_FILTER`]). The call
+    /// also gathers the upstream session's [`Digest`] to pass it (a box and
+    /// a `Vec`), which is not gathered at all when the hook is not called.
+    const CONNECTED_TO_UPSTREAM_H1: bool = true;
+
     /// Define how the `ctx` should be created.
     fn new_ctx(&self) -> Self::CTX;
 

@@ -37,6 +37,53 @@ pub struct Digest {
     pub socket_digest: Option<Arc<SocketDigest>>,
 }
 
+/// A session's [`Digest`], gathered from its stream the first time it is
+/// asked for (ezthrottle patch).
+///
+/// pingora built each HTTP/1 session's digest eagerly: a box and a timing
+/// `Vec` (two allocations, and an `Arc` clone per digest part) for the
+/// downstream and the upstream session of every request, whether or not
+/// anything read it. On a proxy whose hooks never look (ezthrottle's), that
+/// was four allocations a request for nothing. Gathered on first use it is
+/// the same value: every part comes from the stream, which the session
+/// owns for its whole life, and the parts are fixed once the connection is
+/// established (TLS digests are set by the handshake, before any session).
+#[derive(Debug, Default)]
+pub struct LazyDigest(OnceCell<Box<Digest>>);
+
+impl LazyDigest {
+    fn gather(stream: &super::Stream) -> Box<Digest> {
+        Box::new(Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: stream.get_socket_digest(),
+        })
+    }
+
+    /// The digest of `stream`, gathered now if it has not been yet.
+    pub fn get(&self, stream: &super::Stream) -> &Digest {
+        self.0.get_or_init(|| Self::gather(stream))
+    }
+
+    /// As [`Self::get`], for changing it.
+    pub fn get_mut(&mut self, stream: &super::Stream) -> &mut Digest {
+        if self.0.get().is_none() {
+            // Cannot fail: the cell was just seen empty and `&mut self`
+            // keeps anyone else from filling it in between.
+            let _ = self.0.set(Self::gather(stream));
+        }
+        self.0
+            .get_mut()
+            .expect("the digest was gathered just above")
+    }
+
+    /// Whether the digest has been gathered (for tests).
+    pub fn is_gathered(&self) -> bool {
+        self.0.get().is_some()
+    }
+}
+
 /// The interface to return protocol related information
 pub trait ProtoDigest {
     fn get_digest(&self) -> Option<&Digest> {

@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::body::{BodyReader, BodyWriter};
 use super::common::*;
 use crate::protocols::http::HttpTask;
-use crate::protocols::{Digest, SocketAddr, Stream, UniqueID, UniqueIDType};
+use crate::protocols::{Digest, LazyDigest, SocketAddr, Stream, UniqueID, UniqueIDType};
 use crate::utils::BufRef;
 
 /// The HTTP 1.x client session
@@ -51,7 +51,7 @@ pub struct HttpSession {
     /// request.
     pub write_timeout: Option<Duration>,
     keepalive_timeout: KeepaliveStatus,
-    pub(crate) digest: Box<Digest>,
+    pub(crate) digest: LazyDigest,
     response_header: Option<Box<ResponseHeader>>,
     /// ezthrottle patch: what is still needed of a response head handed over
     /// whole by [`Self::read_response_task`] ([`HandedOverHead`]).
@@ -110,13 +110,8 @@ struct HandedOverHead {
 impl HttpSession {
     /// Create a new http client session from an established (TCP or TLS) [`Stream`].
     pub fn new(stream: Stream) -> Self {
-        // TODO: maybe we should put digest in the connection itself
-        let digest = Box::new(Digest {
-            ssl_digest: stream.get_ssl_digest(),
-            timing_digest: stream.get_timing_digest(),
-            proxy_digest: stream.get_proxy_digest(),
-            socket_digest: stream.get_socket_digest(),
-        });
+        // ezthrottle patch: the digest is gathered when first asked for
+        // (`LazyDigest`), not for every session.
         HttpSession {
             underlying_stream: stream,
             buf: Bytes::new(), // zero size, will be replaced by parsed header later
@@ -132,7 +127,7 @@ impl HttpSession {
             request_written: None,
             read_timeout: None,
             write_timeout: None,
-            digest,
+            digest: LazyDigest::default(),
             bytes_sent: 0,
             body_recv: 0,
             upgraded: false,
@@ -1004,12 +999,12 @@ impl HttpSession {
     /// For reused connection, the timing in the digest will reflect its initial handshakes
     /// The caller should check if the connection is reused to avoid misuse the timing field.
     pub fn digest(&self) -> &Digest {
-        &self.digest
+        self.digest.get(&self.underlying_stream)
     }
 
     /// Return a mutable [Digest] reference for the connection.
     pub fn digest_mut(&mut self) -> &mut Digest {
-        &mut self.digest
+        self.digest.get_mut(&self.underlying_stream)
     }
 
     /// Return the server (peer) address recorded in the connection digest.

@@ -39,7 +39,7 @@ use crate::protocols::http::{
     authority::validate_request_authority, body_buffer::FixedBuffer, date, HttpTask,
     ReusableHttpStream,
 };
-use crate::protocols::{Digest, SocketAddr, Stream};
+use crate::protocols::{Digest, LazyDigest, SocketAddr, Stream};
 use crate::utils::BufRef;
 
 /// Tracks which writer is currently processing a task.
@@ -115,7 +115,7 @@ pub struct HttpSession {
     /// response header to the client.
     upgraded: bool,
     /// Digest to track underlying connection metrics
-    digest: Box<Digest>,
+    digest: LazyDigest,
     /// Minimum send rate to the client
     min_send_rate: Option<usize>,
     /// When this is enabled informational response headers will not be proxied downstream
@@ -170,13 +170,8 @@ impl HttpSession {
     /// The created session needs to call [`Self::read_request()`] first before performing
     /// any other operations.
     pub fn new(underlying_stream: Stream) -> Self {
-        // TODO: maybe we should put digest in the connection itself
-        let digest = Box::new(Digest {
-            ssl_digest: underlying_stream.get_ssl_digest(),
-            timing_digest: underlying_stream.get_timing_digest(),
-            proxy_digest: underlying_stream.get_proxy_digest(),
-            socket_digest: underlying_stream.get_socket_digest(),
-        });
+        // ezthrottle patch: the digest is gathered when first asked for
+        // (`LazyDigest`), not for every session.
 
         HttpSession {
             underlying_stream,
@@ -198,7 +193,7 @@ impl HttpSession {
             body_bytes_read: 0,
             retry_buffer: None,
             upgraded: false,
-            digest,
+            digest: LazyDigest::default(),
             min_send_rate: None,
             ignore_info_resp: false,
             // default on to avoid rejecting requests after body as pipelined
@@ -1436,12 +1431,12 @@ impl HttpSession {
 
     /// Return the [Digest] of the connection.
     pub fn digest(&self) -> &Digest {
-        &self.digest
+        self.digest.get(&self.underlying_stream)
     }
 
     /// Return a mutable [Digest] reference for the connection.
     pub fn digest_mut(&mut self) -> &mut Digest {
-        &mut self.digest
+        self.digest.get_mut(&self.underlying_stream)
     }
 
     /// Return the client (peer) address of the underlying connection.
