@@ -997,11 +997,55 @@ fn fifteenth_pass(c: &mut Criterion) {
     });
 }
 
+/// The sixteenth pass: pingora built a digest of the connection (a box, a
+/// timing `Vec`, three `Arc` clones) for each HTTP/1 session, downstream
+/// and upstream, whether or not anything read it; the vendored copy gathers
+/// it on first use. An upstream session made on a kept-alive loopback
+/// connection and given back, as a pooled connection is each request, with
+/// its digest read (what every session used to pay) and untouched (what a
+/// session pays now on ezthrottle's path). The hooks no longer called, each
+/// a boxed future, are `box_hook_future_async_trait_style` above.
+fn sixteenth_pass(c: &mut Criterion) {
+    use pingora::protocols::http::v1::client::HttpSession;
+    use pingora::protocols::l4::stream::Stream as L4;
+    use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
+    use std::os::unix::io::AsRawFd;
+
+    let rt = current_thread_runtime();
+    let (stream, _peer): (Stream, _) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let at = listener.local_addr().expect("address");
+        let (dialled, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(at), listener.accept());
+        let dialled = dialled.expect("connect");
+        let fd = dialled.as_raw_fd();
+        let mut s = L4::from(dialled);
+        s.set_socket_digest(SocketDigest::from_raw_fd(fd));
+        (Box::new(s) as Stream, accepted.expect("accept"))
+    });
+    let mut stream = Some(stream);
+    c.bench_function("upstream_session_digest_read", |b| {
+        b.iter(|| {
+            let session = HttpSession::new(stream.take().expect("given back"));
+            black_box(session.digest());
+            stream = Some(session.into_inner());
+        })
+    });
+    c.bench_function("upstream_session_digest_untouched", |b| {
+        b.iter(|| {
+            let session = black_box(HttpSession::new(stream.take().expect("given back")));
+            stream = Some(session.into_inner());
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards, boxed_futures, seventh_pass, eighth_pass, eleventh_pass, twelfth_pass, thirteenth_pass, fourteenth_pass, fifteenth_pass
+    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards, boxed_futures, seventh_pass, eighth_pass, eleventh_pass, twelfth_pass, thirteenth_pass, fourteenth_pass, fifteenth_pass, sixteenth_pass
 }
 criterion_main!(benches);

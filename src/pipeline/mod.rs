@@ -656,4 +656,51 @@ mod tests {
         drop(unpolled);
         assert_eq!(drops.load(Ordering::SeqCst), 2);
     }
+
+    /// A session's digest is gathered from its stream the first time it is
+    /// asked for (vendored pingora-core, "The sixteenth pass"), so it must
+    /// say what an eagerly built one said: both ends of the connection,
+    /// the stream's timing; and a change made through `digest_mut` must
+    /// stay. For the downstream (server) and the upstream (client) session.
+    #[tokio::test]
+    async fn a_sessions_digest_gathered_late_names_both_ends() {
+        use pingora::protocols::http::v1::{client, server};
+        use pingora::protocols::l4::stream::Stream as L4;
+        use pingora::protocols::{GetSocketDigest, SocketDigest};
+        use std::os::unix::io::AsRawFd;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let (dialled, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(at), listener.accept());
+        let dialled = dialled.unwrap();
+        let (accepted, peer) = accepted.unwrap();
+        let dialled_from = dialled.local_addr().unwrap();
+        assert_eq!(peer, dialled_from);
+
+        let stream = |tcp: tokio::net::TcpStream| {
+            let fd = tcp.as_raw_fd();
+            let mut s = L4::from(tcp);
+            s.set_socket_digest(SocketDigest::from_raw_fd(fd));
+            Box::new(s)
+        };
+        let inet = |a: Option<&pingora::protocols::l4::socket::SocketAddr>| {
+            a.and_then(|a| a.as_inet().copied())
+        };
+
+        let mut down = server::HttpSession::new(stream(accepted));
+        assert_eq!(inet(down.client_addr()), Some(dialled_from));
+        assert_eq!(inet(down.server_addr()), Some(at));
+        assert_eq!(down.digest().timing_digest.len(), 1);
+        assert!(down.digest().timing_digest[0].is_some());
+        down.digest_mut().timing_digest.push(None);
+        assert_eq!(down.digest().timing_digest.len(), 2, "a change stays");
+
+        // Changed before it was ever read: gathered first, then changed.
+        let mut up = client::HttpSession::new(stream(dialled));
+        up.digest_mut().timing_digest.clear();
+        assert!(up.digest().timing_digest.is_empty(), "a change stays");
+        assert_eq!(inet(up.server_addr()), Some(at));
+        assert_eq!(inet(up.client_addr()), Some(dialled_from));
+    }
 }
