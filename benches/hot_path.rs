@@ -1004,7 +1004,9 @@ fn fifteenth_pass(c: &mut Criterion) {
 /// connection and given back, as a pooled connection is each request, with
 /// its digest read (what every session used to pay) and untouched (what a
 /// session pays now on ezthrottle's path). The hooks no longer called, each
-/// a boxed future, are `box_hook_future_async_trait_style` above.
+/// a boxed future, are `box_hook_future_async_trait_style` above. And the
+/// host of a request's authority, found by `http`'s char searcher and by
+/// byte searches.
 fn sixteenth_pass(c: &mut Criterion) {
     use pingora::protocols::http::v1::client::HttpSession;
     use pingora::protocols::l4::stream::Stream as L4;
@@ -1031,6 +1033,18 @@ fn sixteenth_pass(c: &mut Criterion) {
             let session = HttpSession::new(stream.take().expect("given back"));
             black_box(session.digest());
             stream = Some(session.into_inner());
+        })
+    });
+    // The host of a request's authority: `http`'s `Authority::host` (a char
+    // searcher for its `rsplit('@')`) against `identify::host_of`'s byte
+    // searches, for the same answer.
+    let authority: http::uri::Authority = "api.example.com:8080".parse().expect("authority");
+    c.bench_function("authority_host_http", |b| {
+        b.iter(|| black_box(black_box(&authority).host().len()))
+    });
+    c.bench_function("authority_host_bytes", |b| {
+        b.iter(|| {
+            black_box(ezthrottle::pipeline::identify::host_of(black_box(&authority).as_str()).len())
         })
     });
     c.bench_function("upstream_session_digest_untouched", |b| {

@@ -53,10 +53,19 @@ pub async fn admit(
     }
     let result = {
         let throttle = ctx.throttle().unwrap_or_default();
+        // The domain's series, kept in the context for classification, is
+        // the throttle's unless the domain's budget is split by credential.
+        let series = if ctx.throttle.is_none() {
+            ctx.series(&shared.metrics)
+        } else {
+            None
+        };
         // Pinned here and lent: passed by value, the ~1 KiB admission future
         // was copied into `unless_client_leaves`'s state and again into its
         // select.
-        let admission = std::pin::pin!(shared.admission.admit(throttle, max_wait));
+        let admission = std::pin::pin!(shared
+            .admission
+            .admit_counted_in(throttle, max_wait, series));
         unless_client_leaves(session, admission).await?
     };
     let domain = || ctx.domain().unwrap_or_default().to_string();
