@@ -77,11 +77,6 @@ impl LazyDigest {
             .get_mut()
             .expect("the digest was gathered just above")
     }
-
-    /// Whether the digest has been gathered (for tests).
-    pub fn is_gathered(&self) -> bool {
-        self.0.get().is_some()
-    }
 }
 
 /// The interface to return protocol related information
