@@ -68,14 +68,8 @@ impl LazyDigest {
 
     /// As [`Self::get`], for changing it.
     pub fn get_mut(&mut self, stream: &super::Stream) -> &mut Digest {
-        if self.0.get().is_none() {
-            // Cannot fail: the cell was just seen empty and `&mut self`
-            // keeps anyone else from filling it in between.
-            let _ = self.0.set(Self::gather(stream));
-        }
-        self.0
-            .get_mut()
-            .expect("the digest was gathered just above")
+        self.get(stream);
+        self.0.get_mut().expect("`get` has just filled the cell")
     }
 }
 
