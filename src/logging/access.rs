@@ -57,6 +57,12 @@ pub(super) enum Format {
 }
 
 static FORMAT: OnceLock<Format> = OnceLock::new();
+/// Whether `EZTHROTTLE_LOG` lets access lines through, asked once the
+/// subscriber is in place ([`settle`]). The filter cannot change after that
+/// (there is no reload layer), and `tracing::enabled!` asks the subscriber
+/// every time it runs: ~185 instructions a request through the layered
+/// filters (docs/performance.md, "The seventeenth pass").
+static ENABLED: OnceLock<bool> = OnceLock::new();
 static SINK: OnceLock<Sink> = OnceLock::new();
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
@@ -77,6 +83,15 @@ pub(super) fn start(format: Format) {
     let _ = FORMAT.set(format);
 }
 
+/// Ask the installed subscriber, once, whether access lines are wanted.
+/// Called by [`super::init`] after it has installed its subscriber.
+pub(super) fn settle() {
+    let _ = ENABLED.set(tracing::enabled!(
+        target: "ezthrottle::access",
+        tracing::Level::INFO
+    ));
+}
+
 /// Access lines dropped because stderr did not keep up.
 pub fn dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
@@ -92,12 +107,17 @@ pub fn flush() {
 
 /// Log one request.
 pub fn request(a: &Access<'_>) {
-    if !tracing::enabled!(target: "ezthrottle::access", tracing::Level::INFO) {
-        return;
-    }
     let (Some(format), Some(sink)) = (FORMAT.get(), SINK.get()) else {
+        // `info!` asks the subscriber itself.
         return via_tracing(a);
     };
+    let enabled = match ENABLED.get() {
+        Some(&enabled) => enabled,
+        None => tracing::enabled!(target: "ezthrottle::access", tracing::Level::INFO),
+    };
+    if !enabled {
+        return;
+    }
     LINE.with(|line| {
         let mut line = line.borrow_mut();
         line.clear();

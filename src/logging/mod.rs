@@ -104,6 +104,7 @@ pub fn init() -> Result<(), String> {
     if let Err(e) = result {
         eprintln!("ezthrottle: logging: {e}");
     }
+    access::settle();
     Ok(())
 }
 

@@ -703,4 +703,264 @@ mod tests {
         assert_eq!(inet(up.server_addr()), Some(at));
         assert_eq!(inet(up.client_addr()), Some(dialled_from));
     }
+
+    /// A connected pair of pingora streams over real loopback TCP, and the
+    /// far end of each as a plain socket: `dial` is pingora's side.
+    async fn pingora_pair() -> (
+        Box<pingora::protocols::l4::stream::Stream>,
+        tokio::net::TcpStream,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let (dialled, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(at), listener.accept());
+        let ours = pingora::protocols::l4::stream::Stream::from(dialled.unwrap());
+        (Box::new(ours), accepted.unwrap().0)
+    }
+
+    /// What an upstream session makes of a response head: its body to the
+    /// end, or the error that refused the head. The far end writes `raw`
+    /// and closes.
+    async fn upstream_reads(method: &str, raw: &[u8], tolerate: bool) -> Result<Vec<u8>, String> {
+        use pingora::protocols::http::v1::client;
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut far) = pingora_pair().await;
+        let mut up = client::HttpSession::new(ours);
+        up.set_allow_h1_response_invalid_content_length(tolerate);
+        let mut req = pingora::http::RequestHeader::build(method, b"/", None).unwrap();
+        req.insert_header("Host", "origin.test").unwrap();
+        up.write_request_header(Box::new(req)).await.unwrap();
+        far.write_all(raw).await.unwrap();
+        far.shutdown().await.unwrap();
+        up.read_response().await.map_err(|e| e.to_string())?;
+        let mut body = Vec::new();
+        for _ in 0..64 {
+            match up.read_body_bytes().await.map_err(|e| e.to_string())? {
+                Some(b) => body.extend_from_slice(&b),
+                None => return Ok(body),
+            }
+        }
+        panic!("the body of {raw:?} did not end");
+    }
+
+    /// The framing a response head declares decides its body, each field
+    /// looked up once by the upstream session (vendored pingora-core, "The
+    /// seventeenth pass"): every rule the repeated look-ups applied, at and
+    /// past its edges.
+    #[tokio::test]
+    async fn an_upstream_heads_framing_decides_its_body() {
+        let ok = |h: &str, body: &str| format!("HTTP/1.1 200 OK\r\n{h}\r\n{body}");
+        let chunked = "5\r\nhello\r\n0\r\n\r\n";
+        let cases: Vec<(&str, String, bool, Result<&str, ()>)> = vec![
+            (
+                "GET",
+                ok("Content-Length: 5\r\n", "hello"),
+                false,
+                Ok("hello"),
+            ),
+            (
+                "GET",
+                ok("Content-Length: 5\r\n", "helloEXTRA"),
+                false,
+                Ok("hello"),
+            ),
+            (
+                "GET",
+                ok("Content-Length: 5, 5\r\n", "hello"),
+                false,
+                Ok("hello"),
+            ),
+            (
+                "GET",
+                ok("Content-Length: 5\r\nContent-Length: 5\r\n", "hello"),
+                false,
+                Ok("hello"),
+            ),
+            (
+                "GET",
+                ok("Content-Length: 5\r\nContent-Length: 6\r\n", "hello!"),
+                false,
+                Err(()),
+            ),
+            (
+                "GET",
+                ok("Content-Length: 5,6\r\n", "hello!"),
+                true,
+                Err(()),
+            ),
+            ("GET", ok("Content-Length: abc\r\n", "xyz"), false, Err(())),
+            (
+                "GET",
+                ok("Content-Length: 18446744073709551616\r\n", "xyz"),
+                false,
+                Err(()),
+            ),
+            // Tolerated: one token that does not parse reads to the close.
+            ("GET", ok("Content-Length: abc\r\n", "xyz"), true, Ok("xyz")),
+            // Transfer-Encoding wins over Content-Length.
+            (
+                "GET",
+                ok(
+                    "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+                    chunked,
+                ),
+                false,
+                Ok("hello"),
+            ),
+            (
+                "GET",
+                ok(
+                    "Transfer-Encoding: chunked\r\nContent-Length: abc\r\n",
+                    chunked,
+                ),
+                false,
+                Ok("hello"),
+            ),
+            (
+                "GET",
+                ok("Transfer-Encoding: gzip, chunked\r\n", chunked),
+                false,
+                Ok("hello"),
+            ),
+            // Not chunked last: read to the close, the length ignored.
+            (
+                "GET",
+                ok("Transfer-Encoding: gzip\r\nContent-Length: 2\r\n", "abcdef"),
+                false,
+                Ok("abcdef"),
+            ),
+            ("GET", ok("", "xyz"), false, Ok("xyz")),
+            (
+                "GET",
+                "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n".into(),
+                false,
+                Ok(""),
+            ),
+            ("HEAD", ok("Content-Length: 5\r\n", ""), false, Ok("")),
+            ("GET", ok("Content-Length: 0\r\n", ""), false, Ok("")),
+        ];
+        for (method, raw, tolerate, want) in cases {
+            let got = upstream_reads(method, raw.as_bytes(), tolerate).await;
+            match want {
+                Ok(body) => assert_eq!(
+                    got.as_deref().map(String::from_utf8_lossy),
+                    Ok(body.into()),
+                    "{method} {raw:?} tolerate={tolerate}"
+                ),
+                Err(()) => assert!(
+                    got.is_err(),
+                    "{method} {raw:?} tolerate={tolerate}: {got:?}"
+                ),
+            }
+        }
+    }
+
+    /// What a downstream session makes of a request head: its body, and
+    /// whether the connection may be kept; or the error that refused it.
+    async fn downstream_reads(raw: &[u8]) -> Result<(Vec<u8>, bool), String> {
+        use pingora::protocols::http::v1::server;
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut far) = pingora_pair().await;
+        let mut down = server::HttpSession::new(ours);
+        far.write_all(raw).await.unwrap();
+        match down.read_request().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err("no request".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+        let mut body = Vec::new();
+        for _ in 0..64 {
+            match down.read_body_bytes().await.map_err(|e| e.to_string())? {
+                Some(b) => body.extend_from_slice(&b),
+                None => return Ok((body, down.will_keepalive())),
+            }
+        }
+        panic!("the body of {raw:?} did not end");
+    }
+
+    /// The same for a request head and the downstream session, whose
+    /// validation is told what reading the head found.
+    #[tokio::test]
+    async fn a_downstream_heads_framing_is_checked_and_decides_its_body() {
+        let post = |v: &str, h: &str, body: &str| {
+            format!("POST /p HTTP/{v}\r\nHost: a.test\r\n{h}\r\n{body}")
+        };
+        let chunked = "5\r\nhello\r\n0\r\n\r\n";
+        let cases: Vec<(String, Result<(&str, bool), ()>)> = vec![
+            (
+                post("1.1", "Content-Length: 5\r\n", "hello"),
+                Ok(("hello", true)),
+            ),
+            (
+                post("1.1", "Content-Length: 5, 5\r\n", "hello"),
+                Ok(("hello", true)),
+            ),
+            (
+                post("1.1", "Content-Length: 5\r\nContent-Length: 5\r\n", "hello"),
+                Ok(("hello", true)),
+            ),
+            (
+                post(
+                    "1.1",
+                    "Content-Length: 5\r\nContent-Length: 6\r\n",
+                    "hello!",
+                ),
+                Err(()),
+            ),
+            (post("1.1", "Content-Length: abc\r\n", ""), Err(())),
+            (post("1.1", "Content-Length: -5\r\n", ""), Err(())),
+            (
+                post("1.1", "Content-Length: 18446744073709551616\r\n", ""),
+                Err(()),
+            ),
+            // Both: the length goes, chunked frames it, and the connection
+            // is not kept (RFC 9112 section 6.1).
+            (
+                post(
+                    "1.1",
+                    "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+                    chunked,
+                ),
+                Ok(("hello", false)),
+            ),
+            (
+                post(
+                    "1.1",
+                    "Transfer-Encoding: chunked\r\nContent-Length: abc\r\n",
+                    chunked,
+                ),
+                Ok(("hello", false)),
+            ),
+            (
+                post("1.1", "Transfer-Encoding: chunked\r\n", chunked),
+                Ok(("hello", true)),
+            ),
+            (
+                post("1.1", "Transfer-Encoding: chunked, gzip\r\n", chunked),
+                Err(()),
+            ),
+            (post("1.1", "Transfer-Encoding: gzip\r\n", ""), Err(())),
+            (
+                post("1.0", "Transfer-Encoding: chunked\r\n", chunked),
+                Err(()),
+            ),
+            (post("1.1", "", ""), Ok(("", true))),
+            (
+                post("1.0", "Content-Length: 5\r\n", "hello"),
+                Ok(("hello", false)),
+            ),
+        ];
+        for (raw, want) in cases {
+            let got = downstream_reads(raw.as_bytes()).await;
+            match want {
+                Ok((body, keep)) => assert_eq!(
+                    got.as_ref()
+                        .map(|(b, k)| (String::from_utf8_lossy(b).into_owned(), *k)),
+                    Ok((body.to_string(), keep)),
+                    "{raw:?}"
+                ),
+                Err(()) => assert!(got.is_err(), "{raw:?}: {got:?}"),
+            }
+        }
+    }
 }

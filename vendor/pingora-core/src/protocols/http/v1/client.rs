@@ -91,6 +91,17 @@ enum ResponseFraming {
     CloseDelimited,
 }
 
+/// ezthrottle patch: what a response head's own fields say of its body's
+/// framing, before the status, the method and an upgrade are weighed
+/// ([`HttpSession::response_framing`]).
+#[derive(Clone, Copy)]
+struct HeadFraming {
+    /// `Transfer-Encoding` ends in `chunked`.
+    chunked: bool,
+    /// The valid `Content-Length`, if any.
+    length: Option<usize>,
+}
+
 /// ezthrottle patch: the parts of a final response head that the session
 /// still reads after [`HttpSession::read_response_task`] has handed the head
 /// over: the status (is there another head to read, an upgrade), and what
@@ -245,34 +256,57 @@ impl HttpSession {
         Ok(res)
     }
 
-    // Validate the response header read. This function must be called after the response header
-    // read.
-    fn validate_response(&self) -> Result<()> {
+    /// The framing a freshly read response head declares, with its
+    /// `Content-Length` validated (RFC 9110 section 8.6, hyper parity):
+    /// identical duplicates and comma-combined identical values are accepted
+    /// and collapsed; conflicting or unparseable values are an unrecoverable
+    /// framing error, unless the peer opted to tolerate a single, otherwise
+    /// invalid value and treat the response as close-delimited.
+    ///
+    /// ezthrottle patch: `transfer_encoding` and `content_length` say
+    /// whether the head carries those fields, as [`Self::read_response`] has
+    /// just looked them up (and removed `Content-Length` when both came).
+    /// pingora looked both up again here, then a third time for the body
+    /// reader straight after: six look-ups and two parses of the length a
+    /// response, now two look-ups and one parse (docs/performance.md, "The
+    /// seventeenth pass"). The answer is the same: an absent field looks up
+    /// to nothing, and the head is not changed in between.
+    fn validate_response_framing(
+        &self,
+        transfer_encoding: bool,
+        content_length: bool,
+    ) -> Result<HeadFraming> {
         let resp_header = self
             .response_header
             .as_ref()
             .expect("response header must be read");
-
-        // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
-        // parity): identical duplicates and comma-combined identical values are
-        // accepted and collapsed. Conflicting or duplicate values are always an
-        // unrecoverable framing error. A peer may opt to tolerate a single,
-        // otherwise-invalid value and treat the response as close-delimited.
-        // Note: Content-Length is already removed if Transfer-Encoding is present.
-        if let Err(e) = super::common::validate_content_length(&resp_header.headers) {
-            if self.allow_h1_response_invalid_content_length
-                && super::common::content_length_is_single_token(&resp_header.headers)
-            {
-                debug!(
-                    "tolerating invalid Content-Length ({e}); \
-                     treating response as close-delimited"
-                );
-            } else {
-                return Err(e);
+        let headers = &resp_header.headers;
+        // Transfer-Encoding takes precedence over Content-Length, which is
+        // removed when both are present (validate_content_length's rule).
+        let length = if content_length && !transfer_encoding {
+            match content_length_for_framing(headers) {
+                Ok(length) => length,
+                Err(e) => {
+                    if self.allow_h1_response_invalid_content_length
+                        && super::common::content_length_is_single_token(headers)
+                    {
+                        debug!(
+                            "tolerating invalid Content-Length ({e}); \
+                             treating response as close-delimited"
+                        );
+                        None
+                    } else {
+                        return Err(e);
+                    }
+                }
             }
-        }
-
-        Ok(())
+        } else {
+            None
+        };
+        Ok(HeadFraming {
+            chunked: transfer_encoding && is_chunked_encoding_from_headers(headers),
+            length,
+        })
     }
 
     fn clear_response_header_read_state(&mut self) {
@@ -381,9 +415,13 @@ impl HttpSession {
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
                         self.response_header = Some(response_header);
-                        if let Err(e) = self.validate_response() {
-                            return self.fail_response_header_read(e);
-                        }
+                        let framing = match self.validate_response_framing(
+                            contains_transfer_encoding,
+                            contains_content_length,
+                        ) {
+                            Ok(framing) => framing,
+                            Err(e) => return self.fail_response_header_read(e),
+                        };
                         // convert to upgrade body type
                         // https://datatracker.ietf.org/doc/html/rfc9110#status.101
                         // as an "informational" header, this cannot have a body
@@ -393,7 +431,7 @@ impl HttpSession {
                         // init body reader if upgrade status has changed body mode
                         // (read_response_task will immediately try to init body afterwards anyways)
                         // informational headers will automatically avoid initializing body reader
-                        self.init_body_reader();
+                        self.init_body_reader_framed(framing);
                         // note that the (request) body writer is converted to close delimit
                         // when the upgraded body tasks are received
                         return Ok(s);
@@ -813,9 +851,18 @@ impl HttpSession {
 
     fn init_body_reader(&mut self) {
         if self.body_reader.need_init() {
+            let framing = self.head_framing();
+            self.init_body_reader_framed(framing);
+        }
+    }
+
+    /// As [`Self::init_body_reader`], with the head's framing fields already
+    /// read (ezthrottle patch: [`Self::validate_response_framing`]).
+    fn init_body_reader_framed(&mut self, head: HeadFraming) {
+        if self.body_reader.need_init() {
             let preread = self.preread_body.clone().unwrap_or(BufRef(0, 0));
             let preread_body = preread.get(&self.buf[..]);
-            match self.response_framing() {
+            match self.response_framing(head) {
                 ResponseFraming::NotYet => {}
                 ResponseFraming::Empty => self.body_reader.init_content_length(0, preread_body),
                 ResponseFraming::Upgraded => {
@@ -845,7 +892,7 @@ impl HttpSession {
     /// <https://datatracker.ietf.org/doc/html/rfc9112#section-6.3>.
     /// ezthrottle patch: pingora's decision, taken out of
     /// [`Self::init_body_reader`] to be matched once.
-    fn response_framing(&self) -> ResponseFraming {
+    fn response_framing(&self, head: HeadFraming) -> ResponseFraming {
         let upgraded = match self.get_status().map(|code| code.as_u16()) {
             Some(101) => self.is_upgrade_req(),
             // informational headers, not enough to init body reader
@@ -861,10 +908,10 @@ impl HttpSession {
         }
         if upgraded {
             ResponseFraming::Upgraded
-        } else if self.is_chunked_encoding() {
+        } else if head.chunked {
             // if chunked encoding, content-length should be ignored
             ResponseFraming::Chunked
-        } else if let Some(cl) = self.get_content_length().unwrap_or(None) {
+        } else if let Some(cl) = head.length {
             ResponseFraming::Length(cl)
         } else {
             ResponseFraming::CloseDelimited
@@ -907,17 +954,33 @@ impl HttpSession {
         }
     }
 
-    fn get_content_length(&self) -> Result<Option<usize>> {
-        match self.resp_header() {
-            Some(h) => content_length_for_framing(&h.headers),
-            None => Ok(None),
-        }
+    #[cfg(test)]
+    fn is_chunked_encoding(&self) -> bool {
+        self.head_framing().chunked
     }
 
-    fn is_chunked_encoding(&self) -> bool {
-        self.resp_header()
-            .map(|h| is_chunked_encoding_from_headers(&h.headers))
-            .unwrap_or(false)
+    /// The framing the response head declares, read from it (ezthrottle
+    /// patch: what `is_chunked_encoding` and `get_content_length` gave,
+    /// taken together).
+    fn head_framing(&self) -> HeadFraming {
+        match self.resp_header() {
+            Some(h) => {
+                let chunked = is_chunked_encoding_from_headers(&h.headers);
+                HeadFraming {
+                    chunked,
+                    // Only asked when not chunked, as before.
+                    length: if chunked {
+                        None
+                    } else {
+                        content_length_for_framing(&h.headers).unwrap_or(None)
+                    },
+                }
+            }
+            None => HeadFraming {
+                chunked: false,
+                length: None,
+            },
+        }
     }
 
     fn init_req_body_writer(&mut self, header: &RequestHeader) {

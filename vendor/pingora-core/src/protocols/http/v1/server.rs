@@ -427,7 +427,10 @@ impl HttpSession {
                         if has_both_te_and_cl {
                             self.set_keepalive(None);
                         }
-                        self.validate_request()?;
+                        self.validate_request_framing(
+                            contains_transfer_encoding,
+                            contains_content_length,
+                        )?;
 
                         return Ok(Some(s));
                     }
@@ -483,6 +486,27 @@ impl HttpSession {
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
     pub fn validate_request(&self) -> Result<()> {
+        let headers = &self.req_header().headers;
+        self.validate_request_framing(
+            headers.contains_key(TRANSFER_ENCODING),
+            headers.contains_key(CONTENT_LENGTH),
+        )
+    }
+
+    /// [`Self::validate_request`], told whether the head carries
+    /// `Transfer-Encoding` and `Content-Length`.
+    ///
+    /// ezthrottle patch: [`Self::read_request`] has just looked both up;
+    /// pingora looked `Transfer-Encoding` up twice more here and
+    /// `Content-Length` once more even when absent (docs/performance.md,
+    /// "The seventeenth pass"). The checks and their order are pingora's:
+    /// an absent field looks up to nothing, so skipping its look-up changes
+    /// no answer.
+    fn validate_request_framing(
+        &self,
+        transfer_encoding: bool,
+        content_length: bool,
+    ) -> Result<()> {
         let req_header = self.req_header();
 
         // Reject an ambiguous authority before anything routes on it.
@@ -494,9 +518,12 @@ impl HttpSession {
         // parity): identical duplicates and comma-combined identical values are
         // accepted and collapsed; differing or unparseable values are rejected.
         // This is a no-op when Transfer-Encoding is present (TE overrides CL).
-        super::common::validate_content_length(&req_header.headers)?;
+        // (validate_content_length, its look-ups known.)
+        if !transfer_encoding && content_length {
+            content_length_for_framing(&req_header.headers)?;
+        }
 
-        if req_header.headers.contains_key(TRANSFER_ENCODING) {
+        if transfer_encoding {
             // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
             // HTTP/1.0 requests with Transfer-Encoding MUST be treated as having faulty framing.
             // We reject with 400 Bad Request and close the connection.
