@@ -1055,11 +1055,84 @@ fn sixteenth_pass(c: &mut Criterion) {
     });
 }
 
+/// The seventeenth pass: an HTTP/1 head's `Transfer-Encoding` and
+/// `Content-Length`, looked up by pingora's upstream session six times
+/// with the length parsed twice (read, validate, frame the body), now
+/// twice with one parse; the look-ups as `http`'s map does them on a
+/// typical response head. And whether access lines are wanted: asked of
+/// a subscriber built as `logging::init` builds it, per request before,
+/// once now.
+fn seventeenth_pass(c: &mut Criterion) {
+    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let mut head = pingora::http::ResponseHeader::build(200, None).expect("head");
+    for (name, value) in [
+        ("Server", "nginx/1.22.1"),
+        ("Date", "Wed, 02 Dec 2026 18:00:00 GMT"),
+        ("Content-Type", "application/octet-stream"),
+        ("Content-Length", "1024"),
+        ("Connection", "keep-alive"),
+        ("Accept-Ranges", "bytes"),
+    ] {
+        head.append_header(name, value).expect("header");
+    }
+    let headers = &head.headers;
+    let length = |h: &http::HeaderMap| -> Option<usize> {
+        let mut n = None;
+        for v in h.get_all(CONTENT_LENGTH) {
+            n = std::str::from_utf8(v.as_bytes()).ok()?.parse().ok();
+        }
+        n
+    };
+    c.bench_function("response_framing_six_lookups", |b| {
+        b.iter(|| {
+            let h = black_box(headers);
+            let te = h.contains_key(TRANSFER_ENCODING);
+            let cl = h.contains_key(CONTENT_LENGTH);
+            let validated = h.get(TRANSFER_ENCODING).is_none() && length(h).is_some();
+            let chunked = h.get_all(TRANSFER_ENCODING).iter().next_back().is_some();
+            black_box((te, cl, validated, chunked, length(h)))
+        })
+    });
+    c.bench_function("response_framing_two_lookups", |b| {
+        b.iter(|| {
+            let h = black_box(headers);
+            let te = h.contains_key(TRANSFER_ENCODING);
+            let cl = h.contains_key(CONTENT_LENGTH);
+            let n = if cl && !te { length(h) } else { None };
+            black_box((te, cl, n))
+        })
+    });
+
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::filter_fn(
+            ezthrottle::logging::allowed,
+        ))
+        .with(ezthrottle::logging::filter_from(None).expect("default filter"))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink));
+    tracing::subscriber::with_default(subscriber, || {
+        c.bench_function("access_wanted_asked", |b| {
+            b.iter(|| {
+                black_box(tracing::enabled!(
+                    target: "ezthrottle::access",
+                    tracing::Level::INFO
+                ))
+            })
+        });
+    });
+    let settled = std::sync::OnceLock::new();
+    let _ = settled.set(true);
+    c.bench_function("access_wanted_settled", |b| {
+        b.iter(|| black_box(*black_box(&settled).get().unwrap_or(&false)))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards, boxed_futures, seventh_pass, eighth_pass, eleventh_pass, twelfth_pass, thirteenth_pass, fourteenth_pass, fifteenth_pass, sixteenth_pass
+    targets = access_line, limits, head, egress, metrics, scrub_and_lookups, identify_and_maps, descriptors_and_guards, boxed_futures, seventh_pass, eighth_pass, eleventh_pass, twelfth_pass, thirteenth_pass, fourteenth_pass, fifteenth_pass, sixteenth_pass, seventeenth_pass
 }
 criterion_main!(benches);
