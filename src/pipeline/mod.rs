@@ -878,6 +878,39 @@ mod tests {
         panic!("the body of {raw:?} did not end");
     }
 
+    /// The downstream session keeps the framing it validated for its body
+    /// reader only while the head is unchanged: a head changed through
+    /// `req_header_mut` is framed as changed, as pingora always did.
+    #[tokio::test]
+    async fn a_downstream_head_changed_before_its_body_is_framed_as_changed() {
+        use pingora::protocols::http::v1::server;
+        use tokio::io::AsyncWriteExt;
+        for (from, to, want) in [
+            ("Content-Length: 5", Some("10"), "helloworld"),
+            ("Content-Length: 10", Some("5"), "hello"),
+            ("Content-Length: 10", None, "helloworld"),
+        ] {
+            let (ours, mut far) = pingora_pair().await;
+            let mut down = server::HttpSession::new(ours);
+            let raw = format!("POST /p HTTP/1.1\r\nHost: a.test\r\n{from}\r\n\r\nhelloworld");
+            far.write_all(raw.as_bytes()).await.unwrap();
+            down.read_request().await.unwrap().unwrap();
+            if let Some(to) = to {
+                down.req_header_mut()
+                    .insert_header("Content-Length", to)
+                    .unwrap();
+            }
+            let mut body = Vec::new();
+            for _ in 0..64 {
+                match down.read_body_bytes().await.unwrap() {
+                    Some(b) => body.extend_from_slice(&b),
+                    None => break,
+                }
+            }
+            assert_eq!(String::from_utf8_lossy(&body), want, "{from} -> {to:?}");
+        }
+    }
+
     /// The same for a request head and the downstream session, whose
     /// validation is told what reading the head found.
     #[tokio::test]

@@ -1196,22 +1196,26 @@ where
             session.subrequest_spawner = Some(SubrequestSpawner::new(self.clone()));
         }
 
-        let req = session.downstream_session.req_header_mut();
-
-        // Built-in downstream request filters go first
-        if let Err(e) = session
-            .downstream_modules_ctx
-            .request_header_filter(req)
-            .await
-        {
-            return self
-                .handle_error(
-                    session,
-                    &mut ctx,
-                    e,
-                    "Failed in downstream modules request filter:",
-                )
-                .await;
+        // Built-in downstream request filters go first. ezthrottle patch:
+        // only when there are any; the head is not asked for mutably
+        // otherwise (that makes the HTTP/1 session read its framing again;
+        // docs/performance.md, "The seventeenth pass").
+        if !session.downstream_modules_ctx.is_empty() {
+            let req = session.downstream_session.req_header_mut();
+            if let Err(e) = session
+                .downstream_modules_ctx
+                .request_header_filter(req)
+                .await
+            {
+                return self
+                    .handle_error(
+                        session,
+                        &mut ctx,
+                        e,
+                        "Failed in downstream modules request filter:",
+                    )
+                    .await;
+            }
         }
 
         match self.inner.request_filter(&mut session, &mut ctx).await {

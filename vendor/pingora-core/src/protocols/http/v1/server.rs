@@ -73,6 +73,17 @@ impl ProxyTaskState {
     }
 }
 
+/// ezthrottle patch: how a validated request head frames its body
+/// ([`HttpSession::read_request`] to [`HttpSession::init_body_reader`]).
+#[derive(Debug, Clone, Copy)]
+struct RequestFraming {
+    /// `Transfer-Encoding` present (validation refused any not ending in
+    /// `chunked`).
+    chunked: bool,
+    /// The valid `Content-Length`, when there is no `Transfer-Encoding`.
+    length: Option<usize>,
+}
+
 /// The HTTP 1.x server session
 pub struct HttpSession {
     underlying_stream: Stream,
@@ -154,6 +165,13 @@ pub struct HttpSession {
     /// ([`Self::set_authority_checked`]); [`Self::validate_request`] does
     /// not run it a second time.
     authority_checked: bool,
+    /// ezthrottle patch: how the request head that [`Self::read_request`]
+    /// read and validated frames its body, kept for [`Self::init_body_reader`]
+    /// until anything could change the head ([`Self::req_header_mut`]
+    /// clears it). The reader asked the header map again for
+    /// `Transfer-Encoding` and `Content-Length`, two look-ups and a parse a
+    /// request (docs/performance.md, "The seventeenth pass").
+    request_framing: Option<RequestFraming>,
     /// Set once the idle-branch of [`Self::read_body_or_idle`] has read the
     /// first bytes of a pipelined next request and pushed them onto the body
     /// reader's overread surface. Further idle polls on the same request
@@ -206,6 +224,7 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             authority_checked: false,
+            request_framing: None,
             pipelined_idle_bytes_stashed: false,
         }
     }
@@ -280,6 +299,7 @@ impl HttpSession {
         const MAX_ERR_BUF_LEN: usize = 2048;
 
         self.buf.clear();
+        self.request_framing = None;
         // Account parsing a fully buffered request against Tokio's cooperative task budget. Do
         // this before taking the prefix so cancellation cannot discard bytes between sessions.
         if self
@@ -427,10 +447,10 @@ impl HttpSession {
                         if has_both_te_and_cl {
                             self.set_keepalive(None);
                         }
-                        self.validate_request_framing(
+                        self.request_framing = Some(self.validate_request_framing(
                             contains_transfer_encoding,
                             contains_content_length,
-                        )?;
+                        )?);
 
                         return Ok(Some(s));
                     }
@@ -491,6 +511,7 @@ impl HttpSession {
             headers.contains_key(TRANSFER_ENCODING),
             headers.contains_key(CONTENT_LENGTH),
         )
+        .map(|_| ())
     }
 
     /// [`Self::validate_request`], told whether the head carries
@@ -502,11 +523,15 @@ impl HttpSession {
     /// "The seventeenth pass"). The checks and their order are pingora's:
     /// an absent field looks up to nothing, so skipping its look-up changes
     /// no answer.
+    ///
+    /// Returns how the head frames the body: a valid head with
+    /// `Transfer-Encoding` is chunked (anything else is refused here), and
+    /// a valid `Content-Length` is its value.
     fn validate_request_framing(
         &self,
         transfer_encoding: bool,
         content_length: bool,
-    ) -> Result<()> {
+    ) -> Result<RequestFraming> {
         let req_header = self.req_header();
 
         // Reject an ambiguous authority before anything routes on it.
@@ -519,9 +544,11 @@ impl HttpSession {
         // accepted and collapsed; differing or unparseable values are rejected.
         // This is a no-op when Transfer-Encoding is present (TE overrides CL).
         // (validate_content_length, its look-ups known.)
-        if !transfer_encoding && content_length {
-            content_length_for_framing(&req_header.headers)?;
-        }
+        let length = if !transfer_encoding && content_length {
+            content_length_for_framing(&req_header.headers)?
+        } else {
+            None
+        };
 
         if transfer_encoding {
             // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
@@ -540,7 +567,10 @@ impl HttpSession {
             }
         }
 
-        Ok(())
+        Ok(RequestFraming {
+            chunked: transfer_encoding,
+            length,
+        })
     }
 
     /// Return a reference of the `RequestHeader` this session read
@@ -556,6 +586,8 @@ impl HttpSession {
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
     pub fn req_header_mut(&mut self) -> &mut RequestHeader {
+        // ezthrottle patch: the head may change; its framing is read again.
+        self.request_framing = None;
         self.request_header
             .as_mut()
             .expect("Request header is not read yet")
@@ -1173,13 +1205,19 @@ impl HttpSession {
                 // if upgraded _post_ 101 (and body was not init yet)
                 // treat as upgraded body (pass through until closed)
                 self.body_reader.init_close_delimited_owned(preread_body);
-            } else if self.is_chunked_encoding() {
+            } else if self
+                .request_framing
+                .map_or_else(|| self.is_chunked_encoding(), |f| f.chunked)
+            {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked_owned(preread_body);
             } else {
                 // At this point, validate_request() should have already been called,
                 // so get_content_length() should not return an error for invalid values
-                let cl = self.get_content_length().unwrap_or(None);
+                // (ezthrottle patch: as read_request found it, if the head is unchanged)
+                let cl = self
+                    .request_framing
+                    .map_or_else(|| self.get_content_length().unwrap_or(None), |f| f.length);
                 match cl {
                     Some(i) => {
                         self.body_reader.init_content_length_owned(i, preread_body);
