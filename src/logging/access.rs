@@ -20,7 +20,8 @@
 //!
 //! Filtering is unchanged: the line is written only when `EZTHROTTLE_LOG`
 //! enables `ezthrottle::access` at `info` (field-value filters in a
-//! directive are not applied to it). On a terminal, where lines are
+//! directive are not applied to it), which is asked once, when logging
+//! starts ([`settle`]). On a terminal, where lines are
 //! coloured, and where [`super::init`] did not run (tests, embedders), the
 //! line goes through `tracing` as before.
 
