@@ -328,6 +328,20 @@ fn shopify_leaky_bucket() {
     zero_429s("shop.test", "dialect:shopify");
 }
 
+/// Requests already on their way when the budget runs out are counted
+/// (tests/common/on_their_way.rs): the API never has to refuse one.
+#[test]
+fn requests_on_their_way_spend_the_budget() {
+    use common::on_their_way as otw;
+    let origin = otw::origin();
+    let ez = EzBuilder::new()
+        .resolve(otw::HOST, "127.0.0.1")
+        .limits(otw::CONFIG)
+        .extra(otw::RETRY)
+        .start();
+    otw::run_and_check(&origin, &[ez], 12);
+}
+
 /// Two API keys on one host, each with its own quota: with `budget_key`
 /// each credential is paced on its own budget, gets (most of) its full
 /// quota, and neither starves the other. The keys never show.

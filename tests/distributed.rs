@@ -924,6 +924,24 @@ fn replicas_share_a_vendor_budget() {
     }
 }
 
+/// Requests on their way through two replicas spend one budget
+/// (tests/common/on_their_way.rs): the starts after an answered request
+/// are numbered across replicas in Redis, so neither replica sends one the
+/// other's requests already spent.
+#[test]
+fn replicas_count_the_requests_on_their_way() {
+    use common::on_their_way as otw;
+    let origin = otw::origin();
+    let redis = RedisServer::start();
+    let ez = EzBuilder::new()
+        .redis(&redis)
+        .resolve(otw::HOST, "127.0.0.1")
+        .limits(otw::CONFIG)
+        .extra(otw::RETRY)
+        .start_replicas(2);
+    otw::run_and_check(&origin, &ez, 6);
+}
+
 fn json_domain(ez: &Ezthrottle, domain: &str) -> Value {
     let all: Value =
         serde_json::from_str(&control_get(ez, "/api/v1/domains")).expect("domains JSON");

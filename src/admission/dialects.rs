@@ -139,7 +139,7 @@ pub struct Budget {
 }
 
 impl Budget {
-    fn new(dialect: Dialect, kind: BudgetKind) -> Budget {
+    pub(crate) fn new(dialect: Dialect, kind: BudgetKind) -> Budget {
         Budget {
             dialect,
             kind,

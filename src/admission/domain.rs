@@ -24,6 +24,7 @@ use tokio::sync::{oneshot, Notify};
 use super::dialects::{self, Budget, BudgetKind, Dialect, Pace};
 use super::gcra::Gcra;
 use super::learn::Signals;
+use super::spent::{self, Spent, StartNo};
 use super::timer::{Fine, COARSE};
 
 /// Where a limit value came from (reported by `/api/v1/domains`, the
@@ -277,7 +278,8 @@ pub struct Snapshot {
 
 struct Waiter {
     id: u64,
-    grant: oneshot::Sender<()>,
+    /// The start number of the grant.
+    grant: oneshot::Sender<u64>,
 }
 
 struct State {
@@ -303,6 +305,10 @@ struct State {
     dispatcher: bool,
     /// Last start or release: how long the domain has been idle.
     last_active: Instant,
+    /// Starts so far: the latest start's number ([`spent`]).
+    started: u64,
+    /// The latest budget count an answer gave, as of its start.
+    spent: Option<Spent>,
 }
 
 impl State {
@@ -372,6 +378,8 @@ impl State {
 
 pub struct DomainThrottle {
     pub name: String,
+    /// Tells this throttle's start numbers from another's.
+    id: u64,
     state: Mutex<State>,
     wake: Notify,
     gauges: Gauges,
@@ -407,9 +415,12 @@ impl DomainThrottle {
             last_grant: None,
             dispatcher: false,
             last_active: Instant::now(),
+            started: 0,
+            spent: None,
         };
         Arc::new(DomainThrottle {
             name,
+            id: spent::throttle_id(),
             state: Mutex::new(state),
             wake: Notify::new(),
             gauges,
@@ -424,20 +435,65 @@ impl DomainThrottle {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Start a request now. `now` must be the real current instant (read
-    /// under the lock): the pace is only as exact as the instants it is fed.
-    fn start(&self, st: &mut State, now: Instant, grant: Option<u64>) {
+    /// Start a request now, and return its start number. `now` must be the
+    /// real current instant (read under the lock): the pace is only as exact
+    /// as the instants it is fed.
+    fn start(&self, st: &mut State, now: Instant, grant: Option<u64>) -> u64 {
         st.gcra.take(now);
         st.last_grant = grant;
         st.in_flight += 1;
         st.last_active = now;
+        st.started += 1;
         self.gauges.in_flight.set(i64::from(st.in_flight));
+        // This start took the last request the latest answer left: the
+        // next one waits for the reset.
+        self.pause_if_spent(st, now);
         // The real instant, whatever the caller passed: what an origin sees.
         #[cfg(test)]
         self.starts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Instant::now());
+        st.started
+    }
+
+    /// Pause until the budget's reset when the starts after the latest
+    /// answered one used up what it said was left.
+    fn pause_if_spent(&self, st: &mut State, now: Instant) {
+        let Some(spent) = st.spent else { return };
+        if !spent.used_up(st.started, now) {
+            return;
+        }
+        let wall = SystemTime::now().checked_add(spent.until.saturating_duration_since(now));
+        if let Some(wall) = wall {
+            self.pause_until(
+                st,
+                spent.until,
+                wall,
+                Some("budget spent by requests on their way".to_string()),
+            );
+        }
+    }
+
+    /// Pause the domain until `until` (`wall` on the wall clock), unless a
+    /// longer pause holds already.
+    fn pause_until(
+        &self,
+        st: &mut State,
+        until: Instant,
+        wall: SystemTime,
+        reason: Option<String>,
+    ) {
+        if st.paused_until.is_none_or(|p| p < until) {
+            st.paused_until = Some(until);
+            st.paused_until_wall = Some(wall);
+            st.pause_reason = reason;
+            self.gauges.paused_until.set(
+                wall.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0),
+            );
+        }
     }
 
     /// Wait (FIFO, at most `max_wait`) for a pace slot and a concurrency
@@ -459,8 +515,8 @@ impl DomainThrottle {
             let mut st = self.lock();
             self.sync(&mut st, now);
             if st.queue.is_empty() && st.can_start(now) {
-                self.start(&mut st, now, None);
-                return (Ok(LocalPermit(self.clone())), Duration::ZERO);
+                let n = self.start(&mut st, now, None);
+                return (Ok(self.permit(n)), Duration::ZERO);
             }
             let position = st.queue.len();
             if position >= st.init.queue_capacity {
@@ -492,10 +548,11 @@ impl DomainThrottle {
             id,
             granted: false,
         };
-        let result = match tokio::time::timeout(max_wait, grant).await {
-            Ok(Ok(())) => {
+        let mut grant = grant;
+        let result = match tokio::time::timeout(max_wait, &mut grant).await {
+            Ok(Ok(n)) => {
                 guard.granted = true;
-                Ok(LocalPermit(self.clone()))
+                Ok(self.permit(n))
             }
             _ => {
                 let mut st = self.lock();
@@ -506,9 +563,12 @@ impl DomainThrottle {
                     let retry_after = st.eta(n, Instant::now());
                     Err(Denied::WaitTimeout { retry_after })
                 } else {
-                    // Granted in the same instant the wait ran out: take it.
+                    // Granted in the same instant the wait ran out: take it
+                    // (its number was sent; without it, the latest start's
+                    // counts this one as later than it was: conservative).
                     guard.granted = true;
-                    Ok(LocalPermit(self.clone()))
+                    let n = grant.try_recv().unwrap_or(st.started);
+                    Ok(self.permit(n))
                 }
             }
         };
@@ -540,11 +600,11 @@ impl DomainThrottle {
                     }
                     if let Some(w) = st.queue.pop_front() {
                         self.gauges.waiting.set(st.queue.len() as i64);
-                        self.start(&mut st, now, Some(w.id));
+                        let n = self.start(&mut st, now, Some(w.id));
                         // A waiter that is gone already left the queue (its
                         // guard runs under this lock); if it leaves after
                         // this, the guard gives the slot back.
-                        let _ = w.grant.send(());
+                        let _ = w.grant.send(n);
                     }
                 }
             };
@@ -607,9 +667,17 @@ impl DomainThrottle {
         }
     }
 
-    /// Apply what a response said. Returns the learned values that changed
-    /// (to persist; a budget pace is not one of them).
-    pub fn learn(&self, signals: &Signals) -> Changed {
+    fn permit(self: &Arc<Self>, n: u64) -> LocalPermit {
+        LocalPermit {
+            throttle: self.clone(),
+            n,
+        }
+    }
+
+    /// Apply what a response said; `start` is the answered request's start
+    /// number of this throttle, if it was one. Returns the learned values
+    /// that changed (to persist; a budget pace is not one of them).
+    pub fn learn(&self, signals: &Signals, start: Option<StartNo>) -> Changed {
         let mut changed = Changed::default();
         let mut st = self.lock();
         if st.init.pinned {
@@ -639,6 +707,22 @@ impl DomainThrottle {
                 self.gauges.budget(&view);
                 st.budget_view = Some(view);
             }
+            let mine = match start {
+                Some(StartNo::Local { throttle, n }) if throttle == self.id => Some(n),
+                _ => None,
+            };
+            if let (Some(after), Some((remaining, reset_in))) =
+                (mine, spent::spendable(&signals.budgets))
+            {
+                if st.spent.is_none_or(|s| s.replaced_by(after, now)) {
+                    st.spent = Some(Spent {
+                        after,
+                        remaining,
+                        until: now + reset_in,
+                    });
+                    self.pause_if_spent(&mut st, now);
+                }
+            }
         }
         self.sync(&mut st, now);
         if let Some(c) = signals.max_concurrent {
@@ -658,16 +742,7 @@ impl DomainThrottle {
             .pause
             .and_then(|p| Some((p, now.checked_add(p)?, SystemTime::now().checked_add(p)?)));
         if let Some((_, until, wall)) = pause {
-            if st.paused_until.is_none_or(|p| p < until) {
-                st.paused_until = Some(until);
-                st.paused_until_wall = Some(wall);
-                st.pause_reason = signals.pause_reason.clone();
-                self.gauges.paused_until.set(
-                    wall.duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs_f64())
-                        .unwrap_or(0.0),
-                );
-            }
+            self.pause_until(&mut st, until, wall, signals.pause_reason.clone());
         }
         drop(st);
         self.wake.notify_one();
@@ -780,11 +855,24 @@ impl Drop for WaitGuard<'_> {
 }
 
 /// A concurrency slot, held while the request (or tunnel) is upstream.
-pub struct LocalPermit(Arc<DomainThrottle>);
+pub struct LocalPermit {
+    throttle: Arc<DomainThrottle>,
+    /// This start's number.
+    n: u64,
+}
+
+impl LocalPermit {
+    pub fn start_no(&self) -> StartNo {
+        StartNo::Local {
+            throttle: self.throttle.id,
+            n: self.n,
+        }
+    }
+}
 
 impl Drop for LocalPermit {
     fn drop(&mut self) {
-        self.0.release();
+        self.throttle.release();
     }
 }
 
@@ -1097,21 +1185,27 @@ mod tests {
     async fn learned_pause_and_rate_apply_to_the_next_admission() {
         let t = throttle(1000.0, 10, 10);
         drop(t.acquire(Duration::from_secs(5)).await.unwrap());
-        t.learn(&Signals {
-            pause: Some(Duration::from_secs(2)),
-            ..Default::default()
-        });
+        t.learn(
+            &Signals {
+                pause: Some(Duration::from_secs(2)),
+                ..Default::default()
+            },
+            None,
+        );
         let start = tokio::time::Instant::now();
         drop(t.acquire(Duration::from_secs(5)).await.unwrap());
         assert!(
             tokio::time::Instant::now() - start
                 >= Duration::from_secs(2) - Duration::from_millis(5)
         );
-        let changed = t.learn(&Signals {
-            rps: Some(0.5),
-            max_concurrent: Some(5000),
-            ..Default::default()
-        });
+        let changed = t.learn(
+            &Signals {
+                rps: Some(0.5),
+                max_concurrent: Some(5000),
+                ..Default::default()
+            },
+            None,
+        );
         assert_eq!(
             changed,
             Changed {
@@ -1169,12 +1263,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_budget_pace_replaces_the_default_until_its_reset() {
         let t = throttle(2.0, 10, 10);
-        let changed = t.learn(&budget_signals(budget(
-            Dialect::Ietf,
-            100,
-            50,
-            Duration::from_secs(10),
-        )));
+        let changed = t.learn(
+            &budget_signals(budget(Dialect::Ietf, 100, 50, Duration::from_secs(10))),
+            None,
+        );
         assert!(!changed.any(), "a budget pace is not persisted");
         assert_eq!(
             changed.budget,
@@ -1186,12 +1278,10 @@ mod tests {
         assert_eq!((b.limit, b.remaining), (Some(100), Some(50)));
         assert_eq!(b.pace_rps, Some(5.0));
         // Slower than the default: slower it is.
-        t.learn(&budget_signals(budget(
-            Dialect::Ietf,
-            100,
-            5,
-            Duration::from_secs(10),
-        )));
+        t.learn(
+            &budget_signals(budget(Dialect::Ietf, 100, 5, Duration::from_secs(10))),
+            None,
+        );
         assert_eq!(t.snapshot().rps, 0.5);
         let starts_before = starts(&t).len();
         for _ in 0..3 {
@@ -1209,6 +1299,90 @@ mod tests {
         assert_eq!((s.rps, s.rps_source), (2.0, Source::Default));
     }
 
+    /// An answer's count of what is left: `remaining` of 100 until `reset`.
+    fn count_signals(remaining: u64, reset: Duration) -> Signals {
+        let mut b = Budget::new(Dialect::XRateLimit, BudgetKind::Requests);
+        b.limit = Some(100);
+        b.remaining = Some(remaining);
+        b.reset_in = Some(reset);
+        budget_signals(b)
+    }
+
+    fn n(p: &LocalPermit) -> u64 {
+        p.n
+    }
+
+    fn spent_pause(t: &DomainThrottle) -> Option<String> {
+        let s = t.snapshot();
+        s.paused_until.and(s.pause_reason)
+    }
+
+    /// The starts after an answered request spend what its answer said was
+    /// left: the start that takes the last pauses the domain until the
+    /// reset, after which starts go again.
+    #[tokio::test(start_paused = true)]
+    async fn starts_after_an_answer_spend_what_it_left() {
+        let t = throttle(1000.0, 10, 10);
+        let p1 = t.acquire(Duration::from_secs(1)).await.expect("1");
+        let p2 = t.acquire(Duration::from_secs(1)).await.expect("2");
+        let p3 = t.acquire(Duration::from_secs(1)).await.expect("3");
+        assert_eq!((n(&p1), n(&p2), n(&p3)), (1, 2, 3));
+        // The answer to 1: three left, of which 2 and 3 are on their way.
+        t.learn(
+            &count_signals(3, Duration::from_secs(10)),
+            Some(p1.start_no()),
+        );
+        assert_eq!(spent_pause(&t), None);
+        // 4 takes the last one.
+        let p4 = t.acquire(Duration::from_secs(60)).await.expect("4");
+        assert_eq!(n(&p4), 4);
+        assert_eq!(
+            spent_pause(&t).as_deref(),
+            Some("budget spent by requests on their way")
+        );
+        assert!(matches!(
+            t.acquire(Duration::from_secs(1)).await,
+            Err(Denied::WaitTimeout { .. })
+        ));
+        // The reset passes: starts go again, numbered on.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let p5 = t.acquire(Duration::from_secs(1)).await.expect("5");
+        assert_eq!(n(&p5), 5);
+        drop((p1, p2, p3, p4, p5));
+    }
+
+    /// Only an answer to one of this throttle's own starts counts, and a
+    /// late answer to an earlier start does not undo a newer count.
+    #[tokio::test(start_paused = true)]
+    async fn only_its_own_latest_answer_counts() {
+        let t = throttle(1000.0, 10, 10);
+        let other = throttle(1000.0, 10, 10);
+        let q = other.acquire(Duration::from_secs(1)).await.expect("other");
+        let p1 = t.acquire(Duration::from_secs(1)).await.expect("1");
+        let p2 = t.acquire(Duration::from_secs(1)).await.expect("2");
+        // Another throttle's start 1 (taken as this one's, 2 would have
+        // spent the one left).
+        t.learn(
+            &count_signals(1, Duration::from_secs(10)),
+            Some(q.start_no()),
+        );
+        t.learn(&count_signals(1, Duration::from_secs(10)), None);
+        assert_eq!(spent_pause(&t), None);
+        // The answer to 2: one left. Then the answer to 1, late: five left.
+        t.learn(
+            &count_signals(1, Duration::from_secs(10)),
+            Some(p2.start_no()),
+        );
+        t.learn(
+            &count_signals(5, Duration::from_secs(10)),
+            Some(p1.start_no()),
+        );
+        assert_eq!(spent_pause(&t), None);
+        let p3 = t.acquire(Duration::from_secs(60)).await.expect("3");
+        assert!(spent_pause(&t).is_some(), "the late answer undid the count");
+        drop((q, p1, p2, p3));
+    }
+
     /// A stated limit (config, preset, X-EZTHROTTLE-RPS) is only ever
     /// lowered by a budget; a pinned domain ignores budgets.
     #[tokio::test(start_paused = true)]
@@ -1216,32 +1390,26 @@ mod tests {
         let mut init = initial(3.0, 1, 10, 10);
         init.rps_source = Source::Config;
         let t = DomainThrottle::with_fine("c.test".into(), init.clone(), gauges(), Fine::Virtual);
-        t.learn(&budget_signals(budget(
-            Dialect::Ietf,
-            100,
-            90,
-            Duration::from_secs(10),
-        )));
+        t.learn(
+            &budget_signals(budget(Dialect::Ietf, 100, 90, Duration::from_secs(10))),
+            None,
+        );
         assert_eq!(t.snapshot().rps, 3.0, "9/s is above the configured 3/s");
         assert_eq!(t.snapshot().rps_source, Source::Config);
-        t.learn(&budget_signals(budget(
-            Dialect::Ietf,
-            100,
-            10,
-            Duration::from_secs(10),
-        )));
+        t.learn(
+            &budget_signals(budget(Dialect::Ietf, 100, 10, Duration::from_secs(10))),
+            None,
+        );
         assert_eq!(
             (t.snapshot().rps, t.snapshot().rps_source.name()),
             (1.0, "dialect:ietf")
         );
         init.pinned = true;
         let p = DomainThrottle::with_fine("p.test".into(), init, gauges(), Fine::Virtual);
-        let changed = p.learn(&budget_signals(budget(
-            Dialect::Ietf,
-            100,
-            1,
-            Duration::from_secs(10),
-        )));
+        let changed = p.learn(
+            &budget_signals(budget(Dialect::Ietf, 100, 1, Duration::from_secs(10))),
+            None,
+        );
         assert_eq!(changed.budget, None);
         assert_eq!((p.snapshot().rps, p.snapshot().budget), (3.0, None));
     }

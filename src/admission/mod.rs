@@ -10,6 +10,7 @@ pub mod domain;
 pub mod gcra;
 pub mod learn;
 pub mod shared;
+pub mod spent;
 pub mod timer;
 
 use std::sync::Arc;
@@ -19,12 +20,24 @@ use dashmap::DashMap;
 
 pub use domain::{Denied, DomainThrottle, LocalPermit, Snapshot, Source};
 pub use shared::SharedSlots;
+pub use spent::StartNo;
 
 /// A concurrency slot, held while the request (or tunnel) is upstream:
 /// this replica's own, or one shared with every replica through Redis.
 pub enum Permit {
     Local(LocalPermit),
     Shared(shared::SharedPermit),
+}
+
+impl Permit {
+    /// Which start of its throttle this was (an answer's budget counts up
+    /// to it; see [`spent`]).
+    pub fn start_no(&self) -> StartNo {
+        match self {
+            Permit::Local(p) => p.start_no(),
+            Permit::Shared(p) => p.start_no(),
+        }
+    }
 }
 
 impl From<LocalPermit> for Permit {
@@ -336,10 +349,17 @@ impl Admission {
             .clone()
     }
 
-    /// Learn from an upstream response of `domain`. Changed limits are
-    /// persisted before this returns, so the client's response is only sent
-    /// once a restart would remember them.
-    pub async fn learn(&self, domain: &str, status: u16, headers: &http::HeaderMap) {
+    /// Learn from an upstream response of `domain` to the request admitted
+    /// as `start` (if known). Changed limits are persisted before this
+    /// returns, so the client's response is only sent once a restart would
+    /// remember them.
+    pub async fn learn(
+        &self,
+        domain: &str,
+        status: u16,
+        headers: &http::HeaderMap,
+        start: Option<StartNo>,
+    ) {
         let signals = learn::read(status, headers, crate::clock::coarse_now());
         if signals.is_empty() {
             return;
@@ -360,9 +380,9 @@ impl Admission {
                 tracing::warn!(domain, headers = ?signals.ignored, "ignoring unusable rate-limit header values (logged once per domain)");
             }
         }
-        let mut changed = throttle.learn(&signals);
+        let mut changed = throttle.learn(&signals, start);
         if let Some(t) = self.degraded.get(domain) {
-            t.learn(&signals);
+            t.learn(&signals, start);
         }
         if let Some(pause) = signals.pause {
             tracing::info!(
@@ -378,8 +398,24 @@ impl Admission {
                 }
             }
         }
-        if let (Some(shared), Some((rps, valid, dialect))) = (&self.shared, changed.budget) {
-            shared.budget(domain, rps, valid, dialect).await;
+        if let Some(shared) = &self.shared {
+            // The count as of a start through Redis: every replica's later
+            // starts spend it.
+            let spent = match start {
+                Some(StartNo::Shared(after)) if !throttle.snapshot().pinned => {
+                    spent::spendable(&signals.budgets).map(|(remaining, reset_in)| {
+                        shared::SharedSpent {
+                            after,
+                            remaining,
+                            reset_in,
+                        }
+                    })
+                }
+                _ => None,
+            };
+            if changed.budget.is_some() || spent.is_some() {
+                shared.budget(domain, changed.budget, spent).await;
+            }
         }
         if let Some(shared) = &self.shared {
             // Another replica may have learned something else meanwhile:
@@ -576,7 +612,7 @@ mod tests {
             .expect("admit");
         let mut headers = http::HeaderMap::new();
         headers.insert("x-ezthrottle-rps", "5".parse().expect("hv"));
-        a.learn("a.test", 200, &headers).await;
+        a.learn("a.test", 200, &headers, None).await;
         let held = a.throttle("b.test");
 
         // In use, then not idle long enough: kept.
@@ -621,6 +657,7 @@ mod tests {
                 &format!("d{i}.test"),
                 200,
                 &headers("x-ezthrottle-rps", "5"),
+                None,
             )
             .await;
             assert!(a.learned.len() <= 10, "{} after {i}", a.learned.len());
@@ -631,7 +668,7 @@ mod tests {
         assert!(!a.learned.contains_key("d0.test"), "the oldest went");
         // A domain already known is updated in place, whatever the count.
         let before = a.learned.len();
-        a.learn("d24.test", 200, &headers("x-ezthrottle-rps", "7"))
+        a.learn("d24.test", 200, &headers("x-ezthrottle-rps", "7"), None)
             .await;
         assert_eq!(a.learned.len(), before);
         assert_eq!(a.learned.get("d24.test").expect("kept").rps, Some(7.0));
@@ -667,6 +704,7 @@ mod tests {
                 &format!("w{i}.test"),
                 200,
                 &headers("x-ezthrottle-rps", "abc"),
+                None,
             )
             .await;
             assert!(a.warned.len() <= 5, "{} after {i}", a.warned.len());

@@ -21,6 +21,11 @@
 //! - **Learned limits and pauses** sit in the domain's `limits` hash, which
 //!   the script reads on every admission: a limit or a `Retry-After` learned
 //!   through one replica governs the very next admission on every replica.
+//! - **Starts are numbered** across every replica (`starts` in the `limits`
+//!   hash), and the latest budget count an answer gave is kept as of its
+//!   request's number (`bseq`, `brem`, `bend`): a start is granted only
+//!   while the starts after the answered one leave some of it
+//!   ([`super::spent`]).
 //!
 //! Each replica keeps its own FIFO of waiters for a concurrency slot (a
 //! fair gate), so only the head of the local queue asks Redis again.
@@ -52,6 +57,12 @@ const WAITING_FLAG: Duration = Duration::from_secs(2);
 /// A budget pace within this share of the last one shared is not sent
 /// again (until that one is half spent).
 const BUDGET_SLACK: f64 = 0.02;
+
+/// A budget count more than this many requests (or a twentieth of it, if
+/// more) above what the one last shared implies is sent again: requests
+/// that never reached the API were counted as spent. One below it is sent
+/// at once (someone else spends the same budget).
+const SPENT_SLACK: u64 = 2;
 
 /// Dialects as the small integers the admission script carries (0: none,
 /// else a position in [`Dialect::ALL`] plus one; replicas of one version
@@ -85,10 +96,15 @@ const RECHECK_MAX: Duration = Duration::from_millis(250);
 /// first, in the same round trip), then the number of requests and a
 /// (member, max_delay_us) pair for each.
 /// Reply: {rps_micro, max_concurrent, held, learned_bits, now_us} then
-/// {code, delay_us} per request, with code 0 = granted (slot booked `delay_us` from
-/// now, lease taken), 1 = the pace slot is later than max_delay (nothing
-/// taken), 2 = paused for `delay_us` (nothing taken), 3 = every slot is held
-/// (nothing taken; `delay_us` until the earliest lease expiry). Learned
+/// {code, delay_us, start} per request, with code 0 = granted (slot booked
+/// `delay_us` from now, lease taken, `start` its number across every
+/// replica), 1 = the pace slot is later than max_delay (nothing taken), 2 =
+/// paused for `delay_us` (nothing taken), 3 = every slot is held (nothing
+/// taken; `delay_us` until the earliest lease expiry), 4 = the starts after
+/// the latest answered request spent what it left (nothing taken;
+/// `delay_us` until its reset); `start` is 0 unless granted. Unlike a
+/// pause, 4 does not hold back the starts already booked: they are within
+/// the count. Learned
 /// bits: 1 rps learned, 2 concurrency learned, 4 the budget pace (`brps`
 /// until `bexp`, server ms) governs, its dialect's code times 8 added.
 const ADMIT_LUA: &str = r#"
@@ -114,8 +130,10 @@ local base = 12 + nf
 local na = tonumber(ARGV[base])
 local learned = 0
 local paused = nil
+local lim = redis.call('HMGET', KEYS[3], 'rps', 'max_concurrent', 'paused_until', 'brps', 'bexp', 'bsrc', 'starts', 'bseq', 'brem', 'bend')
+local starts = tonumber(lim[7]) or 0
+local spent_after, spent_left, spent_end = nil, nil, nil
 if not pinned then
-  local lim = redis.call('HMGET', KEYS[3], 'rps', 'max_concurrent', 'paused_until', 'brps', 'bexp', 'bsrc')
   local lr = tonumber(lim[1])
   if lr and lr > 0 then
     rps = math.min(math.max(lr, 0.01), rps_ceiling)
@@ -138,12 +156,17 @@ if not pinned then
   end
   local p = tonumber(lim[3])
   if p and p * 1000 > now then paused = p * 1000 - now end
+  local bs, bm, bn = tonumber(lim[8]), tonumber(lim[9]), tonumber(lim[10])
+  if bs and bm and bn and bn * 1000 > now then
+    spent_after, spent_left, spent_end = bs, bm, bn * 1000
+  end
 end
 local out = {math.floor(rps * 1000000 + 0.5), maxc, 0, learned, now}
 if paused then
   for k = 1, na do
     out[#out + 1] = 2
     out[#out + 1] = paused
+    out[#out + 1] = 0
   end
   return out
 end
@@ -172,7 +195,13 @@ local last_end = 0
 for k = 0, na - 1 do
   local member = ARGV[base + 1 + 2 * k]
   local max_delay = tonumber(ARGV[base + 2 + 2 * k])
-  if held >= maxc then
+  if spent_end and starts + 1 - spent_after > spent_left then
+    -- The starts after the latest answered request spent what it left:
+    -- nothing more goes before its reset.
+    out[#out + 1] = 4
+    out[#out + 1] = spent_end - now
+    out[#out + 1] = 0
+  elseif held >= maxc then
     if not full_wait then
       local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
       full_wait = lease_us
@@ -181,23 +210,28 @@ for k = 0, na - 1 do
     end
     out[#out + 1] = 3
     out[#out + 1] = full_wait
+    out[#out + 1] = 0
   else
     local delay = math.max(tat - tolerance, now) - now
     if delay > max_delay then
       out[#out + 1] = 1
       out[#out + 1] = delay
+      out[#out + 1] = 0
     else
       tat = tat + interval
       last_end = now + delay + lease_us
       redis.call('ZADD', KEYS[2], last_end, member)
       held = held + 1
       taken = true
+      starts = starts + 1
       out[#out + 1] = 0
       out[#out + 1] = delay
+      out[#out + 1] = starts
     end
   end
 end
 if taken then
+  redis.call('HSET', KEYS[3], 'starts', starts)
   redis.call('HSET', KEYS[1], 'tat', tat, 'interval', interval)
   redis.call('PEXPIRE', KEYS[1], math.ceil((tat - now) / 1000) + 60000)
   redis.call('PEXPIRE', KEYS[2], math.ceil((last_end - now) / 1000) + 60000)
@@ -251,13 +285,30 @@ end
 return cur
 "#;
 
-/// The pace one replica read from the API's budget headers, for every
-/// replica until the budget's reset. KEYS: limits hash. ARGV: rps,
-/// valid_ms, dialect code.
+/// What one replica read from the API's budget headers, for every replica
+/// until the budget's reset. KEYS: limits hash. ARGV: the pace (rps,
+/// valid_ms, dialect code; rps '' for none), then the count (the answered
+/// request's start number, requests left, ms to the reset; '' for none).
+/// A count replaces the one kept only if its start is later or the kept
+/// one's reset passed (a late answer must not undo a newer count). Starts
+/// granted already go as booked: pausing the domain when they are more
+/// than the count left held back every booked start, not just the excess
+/// (a window of 50 paused after 4 when 51 were booked before the first
+/// answer).
 const BUDGET_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'brps', ARGV[1], 'bexp', now + tonumber(ARGV[2]), 'bsrc', ARGV[3])
+if ARGV[1] ~= '' then
+  redis.call('HSET', KEYS[1], 'brps', ARGV[1], 'bexp', now + tonumber(ARGV[2]), 'bsrc', ARGV[3])
+end
+if ARGV[4] ~= '' then
+  local after = tonumber(ARGV[4])
+  local cur = redis.call('HMGET', KEYS[1], 'bseq', 'bend')
+  local cs, ce = tonumber(cur[1]), tonumber(cur[2])
+  if not cs or not ce or after >= cs or now >= ce then
+    redis.call('HSET', KEYS[1], 'bseq', after, 'brem', ARGV[5], 'bend', now + tonumber(ARGV[6]))
+  end
+end
 return 1
 "#;
 
@@ -429,9 +480,8 @@ pub struct SharedSlots {
     flush: Notify,
     /// Redis round trips made for admissions (benchmarks read it).
     pub round_trips: AtomicU64,
-    /// The budget pace last shared per domain: (rps, when, for how long,
-    /// dialect).
-    budgets_sent: DashMap<String, (f64, Instant, Duration, Dialect)>,
+    /// The budget pace and count last shared per domain.
+    budgets_sent: DashMap<String, Sent>,
 }
 
 /// A concurrency slot held in Redis; dropping it frees the slot.
@@ -440,6 +490,72 @@ pub struct SharedPermit {
     domain: Arc<Domain>,
     name: String,
     member: String,
+    /// This start's number across every replica.
+    n: u64,
+}
+
+impl SharedPermit {
+    pub fn start_no(&self) -> super::StartNo {
+        super::StartNo::Shared(self.n)
+    }
+}
+
+/// An answer's budget count, as of its request's start through Redis
+/// ([`super::spent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedSpent {
+    pub after: u64,
+    pub remaining: u64,
+    pub reset_in: Duration,
+}
+
+/// What [`SharedSlots::budget`] last sent for a domain.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sent {
+    /// (rps, when, for how long, dialect).
+    pace: Option<(f64, Instant, Duration, Dialect)>,
+    /// The count and when its reset is.
+    spent: Option<(SharedSpent, Instant)>,
+}
+
+impl Sent {
+    fn pace_due(&self, rps: f64, dialect: Dialect, now: Instant) -> bool {
+        match self.pace {
+            None => true,
+            Some((sent_rps, sent_at, sent_for, sent_dialect)) => {
+                (rps / sent_rps - 1.0).abs() > BUDGET_SLACK
+                    || sent_dialect != dialect
+                    || now.saturating_duration_since(sent_at) * 2 >= sent_for
+            }
+        }
+    }
+
+    /// A count is due unless the one sent implies it: same reset (within a
+    /// second), and the new one's `remaining` what the sent one's less the
+    /// starts between the two would leave (up to [`SPENT_SLACK`] more).
+    /// Older counts of the same window are no worse than newer ones (the
+    /// admission script spends every start after them), so most answers
+    /// send nothing.
+    fn spent_due(&self, spent: SharedSpent, now: Instant) -> bool {
+        let Some((sent, sent_end)) = self.spent else {
+            return true;
+        };
+        let end = now + spent.reset_in;
+        let moved = if end > sent_end {
+            end - sent_end
+        } else {
+            sent_end - end
+        };
+        if now >= sent_end || moved > Duration::from_secs(1) {
+            return true;
+        }
+        if spent.after < sent.after {
+            return false;
+        }
+        let implied = sent.remaining.saturating_sub(spent.after - sent.after);
+        let slack = SPENT_SLACK.max(implied / 20);
+        spent.remaining < implied || spent.remaining > implied.saturating_add(slack)
+    }
 }
 
 impl Drop for SharedPermit {
@@ -474,12 +590,16 @@ impl Drop for Booking<'_> {
 /// One answer of the admission script.
 enum Answer {
     /// Start at `at` on this replica's clock (the slot Redis booked on its
-    /// own, placed by [`Domain::spaced`]).
+    /// own, placed by [`Domain::spaced`]), as start `n` of the domain.
     Go {
         at: Instant,
+        n: u64,
     },
     TooLate(Duration),
     Paused(Duration),
+    /// The count an answer left is spent: wait this long, for its reset
+    /// (the domain is not paused).
+    Spent(Duration),
     Full(Duration),
 }
 
@@ -647,7 +767,7 @@ impl SharedSlots {
         let answer = self.ask(name, domain, limits, max_delay, &member).await?;
         let answered = Instant::now();
         match answer {
-            Answer::Go { at } => {
+            Answer::Go { at, n } => {
                 booking.member = None;
                 self.leases.insert(member.clone(), name.to_string());
                 domain.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -656,6 +776,7 @@ impl SharedSlots {
                     domain: domain.clone(),
                     name: name.to_string(),
                     member,
+                    n,
                 };
                 // Meet the booked slot on our clock (the permit frees the
                 // slot if we are dropped meanwhile).
@@ -675,7 +796,7 @@ impl SharedSlots {
                 booking.member = None;
                 Ok(Step::Done(Err(Denied::WaitTimeout { retry_after: delay })))
             }
-            Answer::Paused(delay) => {
+            Answer::Paused(delay) | Answer::Spent(delay) => {
                 booking.member = None;
                 Ok(Step::Paused(answered + delay))
             }
@@ -788,7 +909,7 @@ impl SharedSlots {
             .script::<Vec<i64>, _, _>(&ADMIT, &keys, &args)
             .await;
         let reply = match reply {
-            Ok(r) if r.len() == 5 + 2 * asks.len() => r,
+            Ok(r) if r.len() == 5 + 3 * asks.len() => r,
             other => {
                 // Not known to have run: the releases go again (a second
                 // ZREM of a member is harmless), and every request falls
@@ -817,7 +938,7 @@ impl SharedSlots {
         let (rps_micro, maxc, held, learned, server_now) =
             (reply[0], reply[1], reply[2], reply[3], reply[4]);
         let answers: Vec<Answer> = reply[5..]
-            .chunks_exact(2)
+            .chunks_exact(3)
             .map(|answer| {
                 let delay = Duration::from_micros(answer[1].max(0) as u64);
                 match answer[0] {
@@ -825,10 +946,12 @@ impl SharedSlots {
                         let booked_us = server_now.saturating_add(answer[1].max(0));
                         Answer::Go {
                             at: domain.spaced(answered + delay, booked_us),
+                            n: answer[2].max(0) as u64,
                         }
                     }
                     1 => Answer::TooLate(delay),
                     2 => Answer::Paused(delay),
+                    4 => Answer::Spent(delay),
                     _ => Answer::Full(delay),
                 }
             })
@@ -913,37 +1036,57 @@ impl SharedSlots {
         Ok(())
     }
 
-    /// Share a budget pace: every replica books at `rps` (below a stated
-    /// limit only) until `valid_for` from now. Sent only when it differs by
-    /// more than [`BUDGET_SLACK`] from the last one sent, or when that one
-    /// is half spent: the budget headers come with every response, and
-    /// most say the same again.
-    pub async fn budget(&self, name: &str, rps: f64, valid_for: Duration, dialect: Dialect) {
+    /// Share what an answer said of the budget: its pace (every replica
+    /// books at `rps`, below a stated limit only, until `valid_for` from
+    /// now) and its count as of the answered start. Sent only when the pace
+    /// differs by more than [`BUDGET_SLACK`] from the last one sent or that
+    /// one is half spent, or when the count is not what the last one sent
+    /// implies ([`Sent::spent_due`]): the budget headers come with every
+    /// response, and most say the same again.
+    pub async fn budget(
+        &self,
+        name: &str,
+        pace: Option<(f64, Duration, Dialect)>,
+        spent: Option<SharedSpent>,
+    ) {
         let now = Instant::now();
-        let due = match self.budgets_sent.get(name) {
-            None => true,
-            Some(last) => {
-                let (sent_rps, sent_at, sent_for, sent_dialect) = *last;
-                (rps / sent_rps - 1.0).abs() > BUDGET_SLACK
-                    || sent_dialect != dialect
-                    || now.saturating_duration_since(sent_at) * 2 >= sent_for
+        let (pace, spent) = {
+            let mut sent = self.budgets_sent.entry(name.to_string()).or_default();
+            let pace = pace.filter(|&(rps, _, dialect)| sent.pace_due(rps, dialect, now));
+            let spent = spent.filter(|&c| sent.spent_due(c, now));
+            if let Some((rps, valid_for, dialect)) = pace {
+                sent.pace = Some((rps, now, valid_for, dialect));
             }
+            if let Some(c) = spent {
+                sent.spent = Some((c, now + c.reset_in));
+            }
+            (pace, spent)
         };
-        if !due {
+        if pace.is_none() && spent.is_none() {
             return;
         }
-        self.budgets_sent
-            .insert(name.to_string(), (rps, now, valid_for, dialect));
         let keys = [self.redis.domain_key(name, "limits")];
-        let args = [
-            rps.to_string(),
-            valid_for.as_millis().max(1).to_string(),
-            dialect_code(dialect).to_string(),
-        ];
+        let (rps, valid_ms, dialect) = match pace {
+            Some((rps, valid_for, dialect)) => (
+                rps.to_string(),
+                valid_for.as_millis().max(1).to_string(),
+                dialect_code(dialect).to_string(),
+            ),
+            None => (String::new(), String::new(), String::new()),
+        };
+        let (after, remaining, reset_ms) = match spent {
+            Some(c) => (
+                c.after.to_string(),
+                c.remaining.to_string(),
+                c.reset_in.as_millis().max(1).to_string(),
+            ),
+            None => (String::new(), String::new(), String::new()),
+        };
+        let args = [rps, valid_ms, dialect, after, remaining, reset_ms];
         if let Err(e) = self.redis.script::<i64, _, _>(&BUDGET, &keys, &args).await {
             // Not shared this time; the next response tries again.
             self.budgets_sent.remove(name);
-            tracing::debug!(domain = name, error = %e, "could not share the budget pace");
+            tracing::debug!(domain = name, error = %e, "could not share the budget");
         }
     }
 
@@ -1181,7 +1324,59 @@ mod tests {
         }
     }
 
+    fn n(p: &SharedPermit) -> u64 {
+        match p.start_no() {
+            crate::admission::StartNo::Shared(n) => n,
+            other => panic!("not a shared start: {other:?}"),
+        }
+    }
+
+    fn count(after: u64, remaining: u64) -> Option<SharedSpent> {
+        Some(SharedSpent {
+            after,
+            remaining,
+            reset_in: Duration::from_secs(30),
+        })
+    }
+
+    async fn refused_at_once(s: &Arc<SharedSlots>, l: &Limits) -> bool {
+        matches!(
+            s.acquire("api.test", l, Duration::from_millis(200)).await,
+            Ok(Err(Denied::WaitTimeout { .. }))
+        )
+    }
+
+    /// Starts are numbered across replicas; an answer's count, as of its
+    /// start, is spent by every replica's later starts: once they used it
+    /// up nothing more is granted, and a late answer of an earlier start
+    /// does not undo a newer count.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn starts_after_an_answer_spend_its_count_on_every_replica() {
+        let srv = server();
+        let (a, b) = (replica(&srv, LEASE), replica(&srv, LEASE));
+        let l = limits(10_000.0, 100);
+        let p1 = admit(&a, &l, Duration::from_secs(1)).await;
+        let p2 = admit(&b, &l, Duration::from_secs(1)).await;
+        let p3 = admit(&a, &l, Duration::from_secs(1)).await;
+        assert_eq!((n(&p1), n(&p2), n(&p3)), (1, 2, 3));
+        // Answer to 2: two left. 3 spent one; 4 spends the other.
+        a.budget("api.test", None, count(2, 2)).await;
+        let p4 = admit(&b, &l, Duration::from_secs(1)).await;
+        assert_eq!(n(&p4), 4);
+        // A late answer to 1 (five left then) changes nothing.
+        b.budget("api.test", None, count(1, 5)).await;
+        assert!(refused_at_once(&a, &l).await, "granted past the count");
+        assert!(refused_at_once(&b, &l).await, "granted past the count");
+        // A later answer that says more is left (the API never got some,
+        // or its window reset) replaces it: granted again, numbered on.
+        b.budget("api.test", None, count(4, 10)).await;
+        let p5 = admit(&a, &l, Duration::from_secs(1)).await;
+        assert_eq!(n(&p5), 5);
+        drop((p1, p2, p3, p4, p5));
+    }
+
     /// Two replicas alternating on one domain keep the domain's pace
+    /// together: n starts take at least (n - 1) intervals.    /// Two replicas alternating on one domain keep the domain's pace
     /// together: n starts take at least (n - 1) intervals.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replicas_share_one_pace() {

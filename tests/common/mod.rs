@@ -14,6 +14,7 @@ pub mod exchange_origin;
 pub mod harness;
 pub mod limit_origin;
 pub mod metrics;
+pub mod on_their_way;
 pub mod origin;
 pub mod proc;
 pub mod proxy_suite;

@@ -125,6 +125,8 @@ struct Config {
     window: Duration,
     dialect: Dialect,
     credential_header: Option<String>,
+    /// How long an answer takes after the request was counted.
+    latency: Duration,
 }
 
 #[derive(Default)]
@@ -141,6 +143,16 @@ pub struct QuotaOrigin {
 
 impl QuotaOrigin {
     pub fn start(quota: Quota<'_>) -> QuotaOrigin {
+        Self::start_with_latency(quota, Duration::ZERO)
+    }
+
+    /// An API that counts a request when it arrives and answers `latency`
+    /// later: several requests are on their way at once, as with a real
+    /// API across a network. Its `remaining` is as of the arrival (what the
+    /// limiter counted then), its reset as of the answer (as an absolute
+    /// reset time, GitHub's epoch, always is): the remaining lags the
+    /// requests sent meanwhile, the time left does not.
+    pub fn start_with_latency(quota: Quota<'_>, latency: Duration) -> QuotaOrigin {
         assert!(quota.limit > 0, "a quota of 0 admits nothing");
         if let Algorithm::LeakyBucket { drain_per_sec } = quota.algorithm {
             assert!(
@@ -156,6 +168,7 @@ impl QuotaOrigin {
             window: quota.window,
             dialect: quota.dialect,
             credential_header: quota.credential_header.map(|h| h.to_ascii_lowercase()),
+            latency,
         });
         let state = Arc::new(Mutex::new(State::default()));
         let st = state.clone();
@@ -499,6 +512,12 @@ async fn handle(
         });
         (ok, st)
     };
+    let mut st = st;
+    if !cfg.latency.is_zero() {
+        tokio::time::sleep(cfg.latency).await;
+        st.reset_in = st.reset_in.saturating_sub(cfg.latency);
+        st.retry_after = st.retry_after.saturating_sub(cfg.latency);
+    }
     let status = if ok { 200 } else { 429 };
     let mut resp = Response::builder()
         .status(status)

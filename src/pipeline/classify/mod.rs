@@ -47,13 +47,23 @@ pub async fn response(
         series.response(code);
         shared.metrics.console.response(series.label(), code);
         // The API's own limit headers govern the next admission (of this
-        // credential's budget, when the domain is split).
+        // credential's budget, when the domain is split); its count is as
+        // of this attempt's start.
+        let start = ctx.permit.as_ref().map(crate::admission::Permit::start_no);
         match grpc {
             Some(equivalent) => {
                 let headers = grpc::as_limit_headers(&resp.headers);
-                shared.admission.learn(throttle, equivalent, &headers).await;
+                shared
+                    .admission
+                    .learn(throttle, equivalent, &headers, start)
+                    .await;
             }
-            None => shared.admission.learn(throttle, code, &resp.headers).await,
+            None => {
+                shared
+                    .admission
+                    .learn(throttle, code, &resp.headers, start)
+                    .await
+            }
         }
     }
     let (retry_after, outcome) = match grpc {
@@ -86,10 +96,11 @@ pub fn trailers(shared: &std::sync::Arc<Shared>, trailers: &http::HeaderMap, ctx
         let shared = shared.clone();
         let throttle = throttle.to_string();
         let headers = grpc::as_limit_headers(trailers);
+        let start = ctx.permit.as_ref().map(crate::admission::Permit::start_no);
         tokio::spawn(async move {
             shared
                 .admission
-                .learn(&throttle, equivalent, &headers)
+                .learn(&throttle, equivalent, &headers, start)
                 .await;
         });
     }
