@@ -466,17 +466,13 @@ impl DomainThrottle {
         }
         let wall = SystemTime::now().checked_add(spent.until.saturating_duration_since(now));
         if let Some(wall) = wall {
-            self.pause_until(
-                st,
-                spent.until,
-                wall,
-                Some("budget spent by requests on their way".to_string()),
-            );
+            self.pause_until(st, spent.until, wall, Some(SPENT_REASON.to_string()));
         }
     }
 
     /// Pause the domain until `until` (`wall` on the wall clock), unless a
-    /// longer pause holds already.
+    /// pause as long holds already. A pause the API asked for itself gives
+    /// its reason to one of ours that holds as long (its words say why).
     fn pause_until(
         &self,
         st: &mut State,
@@ -484,16 +480,22 @@ impl DomainThrottle {
         wall: SystemTime,
         reason: Option<String>,
     ) {
-        if st.paused_until.is_none_or(|p| p < until) {
-            st.paused_until = Some(until);
-            st.paused_until_wall = Some(wall);
-            st.pause_reason = reason;
-            self.gauges.paused_until.set(
-                wall.duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0),
-            );
+        if st.paused_until.is_some_and(|p| p >= until) {
+            if st.pause_reason.as_deref() == Some(SPENT_REASON)
+                && reason.as_deref().is_some_and(|r| r != SPENT_REASON)
+            {
+                st.pause_reason = reason;
+            }
+            return;
         }
+        st.paused_until = Some(until);
+        st.paused_until_wall = Some(wall);
+        st.pause_reason = reason;
+        self.gauges.paused_until.set(
+            wall.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        );
     }
 
     /// Wait (FIFO, at most `max_wait`) for a pace slot and a concurrency
@@ -707,22 +709,6 @@ impl DomainThrottle {
                 self.gauges.budget(&view);
                 st.budget_view = Some(view);
             }
-            let mine = match start {
-                Some(StartNo::Local { throttle, n }) if throttle == self.id => Some(n),
-                _ => None,
-            };
-            if let (Some(after), Some((remaining, reset_in))) =
-                (mine, spent::spendable(&signals.budgets))
-            {
-                if st.spent.is_none_or(|s| s.replaced_by(after, now)) {
-                    st.spent = Some(Spent {
-                        after,
-                        remaining,
-                        until: now + reset_in,
-                    });
-                    self.pause_if_spent(&mut st, now);
-                }
-            }
         }
         self.sync(&mut st, now);
         if let Some(c) = signals.max_concurrent {
@@ -743,6 +729,24 @@ impl DomainThrottle {
             .and_then(|p| Some((p, now.checked_add(p)?, SystemTime::now().checked_add(p)?)));
         if let Some((_, until, wall)) = pause {
             self.pause_until(&mut st, until, wall, signals.pause_reason.clone());
+        }
+        // After the API's own pause: when both end together, its words are
+        // the ones shown.
+        let mine = match start {
+            Some(StartNo::Local { throttle, n }) if throttle == self.id => Some(n),
+            _ => None,
+        };
+        if let (Some(after), Some((remaining, reset_in))) =
+            (mine, spent::spendable(&signals.budgets))
+        {
+            if st.spent.is_none_or(|s| s.replaced_by(after, now)) {
+                st.spent = Some(Spent {
+                    after,
+                    remaining,
+                    until: now + reset_in,
+                });
+                self.pause_if_spent(&mut st, now);
+            }
         }
         drop(st);
         self.wake.notify_one();
@@ -853,6 +857,10 @@ impl Drop for WaitGuard<'_> {
         t.wake.notify_one();
     }
 }
+
+/// Why a domain paused when the starts after an answered request used up
+/// what it said was left ([`spent`]).
+const SPENT_REASON: &str = "budget spent by requests on their way";
 
 /// A concurrency slot, held while the request (or tunnel) is upstream.
 pub struct LocalPermit {
@@ -1349,6 +1357,44 @@ mod tests {
         let p5 = t.acquire(Duration::from_secs(1)).await.expect("5");
         assert_eq!(n(&p5), 5);
         drop((p1, p2, p3, p4, p5));
+    }
+
+    /// An answer that itself says nothing is left shows the API's reason,
+    /// not ours; an API pause that comes while ours holds longer gives its
+    /// reason to ours and leaves its end.
+    #[tokio::test(start_paused = true)]
+    async fn the_apis_own_pause_reason_is_shown() {
+        let api_says = |pause: u64, why: &str| Signals {
+            pause: Some(Duration::from_secs(pause)),
+            pause_reason: Some(why.to_string()),
+            ..Default::default()
+        };
+        let t = throttle(1000.0, 10, 10);
+        let p1 = t.acquire(Duration::from_secs(1)).await.expect("1");
+        let zero = Signals {
+            budgets: count_signals(0, Duration::from_secs(10)).budgets,
+            ..api_says(10, "HTTP 200: dialect:x-ratelimit requests budget at 0")
+        };
+        t.learn(&zero, Some(p1.start_no()));
+        assert_eq!(
+            spent_pause(&t).as_deref(),
+            Some("HTTP 200: dialect:x-ratelimit requests budget at 0")
+        );
+
+        let t = throttle(1000.0, 10, 10);
+        let p1 = t.acquire(Duration::from_secs(1)).await.expect("1");
+        let p2 = t.acquire(Duration::from_secs(1)).await.expect("2");
+        t.learn(
+            &count_signals(1, Duration::from_secs(10)),
+            Some(p1.start_no()),
+        );
+        assert_eq!(spent_pause(&t).as_deref(), Some(SPENT_REASON));
+        let until = t.snapshot().paused_until;
+        t.learn(&api_says(5, "HTTP 429: Retry-After"), None);
+        let s = t.snapshot();
+        assert_eq!(s.pause_reason.as_deref(), Some("HTTP 429: Retry-After"));
+        assert_eq!(s.paused_until, until);
+        drop((p1, p2));
     }
 
     /// Only an answer to one of this throttle's own starts counts, and a
