@@ -871,27 +871,11 @@ fn replicas_share_a_vendor_budget() {
     // (seconds from the first arrival).
     let timeline = {
         let secs = |at: std::time::Instant| at.saturating_duration_since(first).as_secs_f64();
-        let per_window: Vec<usize> = (0..3)
-            .map(|k| {
-                arrivals
-                    .iter()
-                    .filter(|a| a.status == 200)
-                    .filter(|a| {
-                        let t = a.at.saturating_duration_since(first);
-                        t >= window * k && t < window * (k + 1)
-                    })
-                    .count()
-            })
-            .collect();
+        let (per_window, refused) = common::quota_origin::per_window(&arrivals, window, 3);
         let pauses: Vec<String> = arrivals
             .windows(2)
             .filter(|w| w[1].at.saturating_duration_since(w[0].at) > Duration::from_millis(400))
             .map(|w| format!("{:.2}s..{:.2}s", secs(w[0].at), secs(w[1].at)))
-            .collect();
-        let refused: Vec<String> = arrivals
-            .iter()
-            .filter(|a| a.status == 429)
-            .map(|a| format!("{:.2}s", secs(a.at)))
             .collect();
         format!("admitted per window {per_window:?}; pauses {pauses:?}; 429 at {refused:?}")
     };

@@ -57,29 +57,7 @@ pub fn run_and_check(origin: &QuotaOrigin, proxies: &[Ezthrottle], clients: usiz
             .map(|h| h.join().expect("clients"))
             .collect()
     });
-    let arrivals = origin.arrivals(HOST);
-    let first = arrivals.first().expect("requests arrived").at;
-    let in_window = |k: u32| {
-        arrivals
-            .iter()
-            .filter(|a| a.status == 200)
-            .filter(|a| {
-                let t = a.at.saturating_duration_since(first);
-                t >= WINDOW * k && t < WINDOW * (k + 1)
-            })
-            .count()
-    };
-    let per_window: Vec<usize> = (0..3).map(in_window).collect();
-    let refused: Vec<String> = arrivals
-        .iter()
-        .filter(|a| a.status == 429)
-        .map(|a| {
-            format!(
-                "{:.2}s",
-                a.at.saturating_duration_since(first).as_secs_f64()
-            )
-        })
-        .collect();
+    let (per_window, refused) = super::quota_origin::per_window(&origin.arrivals(HOST), WINDOW, 3);
     let shown = control_get(&proxies[0], "/api/v1/domains");
     let timeline = format!("admitted per window {per_window:?}; 429 at {refused:?}");
     assert!(

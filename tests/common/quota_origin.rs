@@ -102,6 +102,42 @@ pub struct Arrival {
     pub at: Instant,
 }
 
+/// Where a run's time went, for a failure message: requests admitted in
+/// each of the first `windows` windows and when every refusal came
+/// (seconds), both counted from the first arrival.
+pub fn per_window(
+    arrivals: &[Arrival],
+    window: Duration,
+    windows: u32,
+) -> (Vec<usize>, Vec<String>) {
+    let Some(first) = arrivals.first().map(|a| a.at) else {
+        return (vec![0; windows as usize], Vec::new());
+    };
+    let admitted = (0..windows)
+        .map(|k| {
+            arrivals
+                .iter()
+                .filter(|a| a.status == 200)
+                .filter(|a| {
+                    let t = a.at.saturating_duration_since(first);
+                    t >= window * k && t < window * (k + 1)
+                })
+                .count()
+        })
+        .collect();
+    let refused = arrivals
+        .iter()
+        .filter(|a| a.status == 429)
+        .map(|a| {
+            format!(
+                "{:.2}s",
+                a.at.saturating_duration_since(first).as_secs_f64()
+            )
+        })
+        .collect();
+    (admitted, refused)
+}
+
 /// The budget state a response describes.
 #[derive(Debug, Clone, Copy)]
 struct Status {
