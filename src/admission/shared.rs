@@ -1346,6 +1346,43 @@ mod tests {
         )
     }
 
+    /// A count is sent again only when the last one sent does not imply
+    /// it: first, fewer left than implied (someone else spends the budget),
+    /// more beyond the slack (requests that never reached the API), a moved
+    /// reset (a new window) or a passed one; an answer to an earlier start
+    /// sends nothing.
+    #[test]
+    fn a_count_is_sent_only_when_the_last_one_does_not_imply_it() {
+        let now = Instant::now();
+        let c = |after, remaining, reset_s: u64| SharedSpent {
+            after,
+            remaining,
+            reset_in: Duration::from_secs(reset_s),
+        };
+        let mut sent = Sent::default();
+        assert!(sent.spent_due(c(10, 40, 30), now), "the first count");
+        sent.spent = Some((c(10, 40, 30), now + Duration::from_secs(30)));
+        // 5 starts later, 35 left: implied.
+        assert!(!sent.spent_due(c(15, 35, 30), now));
+        // Up to the slack more: still implied (2, or a twentieth).
+        assert!(!sent.spent_due(c(15, 37, 30), now));
+        assert!(sent.spent_due(c(15, 38, 30), now));
+        // One fewer than implied: sent at once.
+        assert!(sent.spent_due(c(15, 34, 30), now));
+        // An answer to an earlier start: nothing.
+        assert!(!sent.spent_due(c(9, 0, 30), now));
+        // The reset moved by more than a second: a new window.
+        assert!(!sent.spent_due(c(15, 35, 31), now));
+        assert!(sent.spent_due(c(15, 35, 32), now));
+        // The sent one's reset passed.
+        let later = now + Duration::from_secs(30);
+        assert!(sent.spent_due(c(15, 35, 30), later));
+        // A large count: the slack is a twentieth of it.
+        sent.spent = Some((c(0, 10_000, 30), now + Duration::from_secs(30)));
+        assert!(!sent.spent_due(c(100, 9_900 + 495, 30), now));
+        assert!(sent.spent_due(c(100, 9_900 + 496, 30), now));
+    }
+
     /// Starts are numbered across replicas; an answer's count, as of its
     /// start, is spent by every replica's later starts: once they used it
     /// up nothing more is granted, and a late answer of an earlier start
