@@ -775,6 +775,12 @@ impl DomainThrottle {
             && now.duration_since(st.last_active) >= idle
     }
 
+    /// Whether the domain's limits are pinned (learned values and budgets
+    /// ignored), without building a whole [`Snapshot`].
+    pub fn pinned(&self) -> bool {
+        self.lock().init.pinned
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let mut st = self.lock();
         let now = Instant::now();

@@ -391,7 +391,7 @@ impl Admission {
                 "domain paused by upstream"
             );
             if let Some(shared) = &self.shared {
-                if !throttle.snapshot().pinned {
+                if !throttle.pinned() {
                     if let Err(e) = shared.pause(domain, pause).await {
                         tracing::warn!(domain, error = %e, "cannot share the pause with the other replicas");
                     }
@@ -401,14 +401,14 @@ impl Admission {
         if let Some(shared) = &self.shared {
             // The count as of a start through Redis: every replica's later
             // starts spend it.
-            let spent = match start {
-                Some(StartNo::Shared(after)) if !throttle.snapshot().pinned => {
-                    spent::spendable(&signals.budgets).map(|(remaining, reset_in)| {
-                        shared::SharedSpent {
-                            after,
-                            remaining,
-                            reset_in,
-                        }
+            let spent = match (start, spent::spendable(&signals.budgets)) {
+                (Some(StartNo::Shared(after)), Some((remaining, reset_in)))
+                    if !throttle.pinned() =>
+                {
+                    Some(shared::SharedSpent {
+                        after,
+                        remaining,
+                        reset_in,
                     })
                 }
                 _ => None,

@@ -1051,7 +1051,11 @@ impl SharedSlots {
     ) {
         let now = Instant::now();
         let (pace, spent) = {
-            let mut sent = self.budgets_sent.entry(name.to_string()).or_default();
+            // Most answers find the domain's entry: no key allocated.
+            let mut sent = match self.budgets_sent.get_mut(name) {
+                Some(sent) => sent,
+                None => self.budgets_sent.entry(name.to_string()).or_default(),
+            };
             let pace = pace.filter(|&(rps, _, dialect)| sent.pace_due(rps, dialect, now));
             let spent = spent.filter(|&c| sent.spent_due(c, now));
             if let Some((rps, valid_for, dialect)) = pace {
