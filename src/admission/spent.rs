@@ -103,14 +103,19 @@ mod tests {
         b
     }
 
-    #[test]
-    fn the_starts_after_the_answered_one_spend_what_it_left() {
-        let now = Instant::now();
-        let s = Spent {
+    /// The answer to start 10 said two were left, until 5 s from `now`.
+    fn two_left_after_10(now: Instant) -> Spent {
+        Spent {
             after: 10,
             remaining: 2,
             until: now + Duration::from_secs(5),
-        };
+        }
+    }
+
+    #[test]
+    fn the_starts_after_the_answered_one_spend_what_it_left() {
+        let now = Instant::now();
+        let s = two_left_after_10(now);
         // The answered request itself and one after it: one left.
         assert!(!s.used_up(10, now));
         assert!(!s.used_up(11, now));
@@ -130,11 +135,7 @@ mod tests {
     #[test]
     fn only_a_later_answer_or_a_passed_reset_replaces_the_count() {
         let now = Instant::now();
-        let s = Spent {
-            after: 10,
-            remaining: 2,
-            until: now + Duration::from_secs(5),
-        };
+        let s = two_left_after_10(now);
         assert!(s.replaced_by(11, now));
         assert!(s.replaced_by(10, now));
         assert!(!s.replaced_by(9, now));
