@@ -183,6 +183,23 @@ fn egress(c: &mut Criterion) {
             ))
         })
     });
+    // What a request to an address costs in the egress policy: the literal
+    // is read, checked as an address (loop, classes, port) and handed back
+    // without the resolver (an address is resolved without awaiting).
+    let Ok(resolver) = ezthrottle::resolve::Resolver::new(&config) else {
+        return;
+    };
+    c.bench_function("egress_resolve_ip_literal", |b| {
+        b.iter(|| {
+            let fut = egress.resolve(
+                &resolver,
+                ezthrottle::egress::Purpose::Proxy,
+                black_box("203.0.113.7"),
+                8080,
+            );
+            black_box(futures::FutureExt::now_or_never(fut).map(|r| r.is_ok()))
+        })
+    });
 }
 
 fn metrics(c: &mut Criterion) {

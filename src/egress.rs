@@ -238,8 +238,6 @@ impl Egress {
         if Self::net_rule(&self.config.deny, ip) || Self::host_rule(&self.config.deny, host) {
             return denied("listed in [egress] deny".into());
         }
-        let allowed =
-            Self::net_rule(&self.config.allow, ip) || Self::host_rule(&self.config.allow, host);
         if let Some(class) = always_refused(ip) {
             // Only an explicit CIDR opens these: a host allow-list entry that
             // later resolves to the metadata address must not.
@@ -247,7 +245,12 @@ impl Egress {
                 return denied(format!("{class} (open it with an [egress] allow CIDR)"));
             }
         }
-        if purpose.strict() && !allowed {
+        // The allow lists matter only to a strict purpose: not looked through
+        // for every proxied request.
+        if purpose.strict()
+            && !(Self::net_rule(&self.config.allow, ip)
+                || Self::host_rule(&self.config.allow, host))
+        {
             if let Some(class) = internal(ip) {
                 return denied(format!(
                     "{class}; jobs and webhooks may not reach it unless [egress] allow lists it"
@@ -286,18 +289,17 @@ impl Egress {
         if let Err(r) = self.check_normalized(purpose, &name, literal, port) {
             return Ok(Err(r));
         }
-        // An IP literal is checked where it stands, not copied into a list.
-        let resolved;
-        let ips: &[IpAddr] = match &literal {
-            Some(ip) => std::slice::from_ref(ip),
-            None => {
-                resolved = resolver.resolve(&name).await?;
-                &resolved
-            }
-        };
+        // An IP literal was checked as an address just above, in full (the
+        // loop, the classes, the port): checking it again below cost every
+        // request to an address as much again (docs/performance.md, "The
+        // eighteenth pass").
+        if let Some(ip) = literal {
+            return Ok(Ok(vec![SocketAddr::new(ip, port)]));
+        }
+        let ips = resolver.resolve(&name).await?;
         let mut ok = Vec::with_capacity(ips.len());
         let mut first_refusal = None;
-        for &ip in ips {
+        for &ip in ips.iter() {
             let addr = SocketAddr::new(ip, port);
             match self.check_addr(purpose, &name, addr) {
                 Ok(()) => ok.push(addr),
