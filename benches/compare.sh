@@ -55,7 +55,11 @@
 #   SYSCALLS=1    also count, with `perf stat -C 0` over each measured run,
 #                 system calls by name and context switches on the proxy's
 #                 core, printed per answered request (the tracepoints cost a
-#                 little CPU: compare CPU figures of runs without it)
+#                 little CPU: compare CPU figures of runs without it), and
+#                 page faults, wake-ups, interrupts sent and softirqs there
+#   PROFILE_DIR   also sample the proxy's core (`perf record -g -C 0`, 1999 Hz)
+#                 over each measured run into DIR/<section>-<proxy>.data, for
+#                 `perf report` (kernel symbols included: where kernel time goes)
 #
 # Installs squid/nginx/wrk/golang-go/openssl/curl with apt-get when missing.
 # Numbers depend on the machine and on whatever else runs on it: compare
@@ -105,7 +109,11 @@ command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
 if [ "${SYSCALLS:-0}" = 1 ]; then
     command -v perf >/dev/null 2>&1 || die "SYSCALLS=1 needs perf (Debian: linux-perf; Ubuntu: linux-tools-generic)"
     # Every system call by name, plus the scheduler's view of the core.
-    PERF_EVENTS="context-switches,cpu-migrations,raw_syscalls:sys_enter,$(
+    # Page faults, wake-ups, interrupts sent to the other core and softirqs
+    # explain kernel time that no system call count shows.
+    PERF_EVENTS="context-switches,cpu-migrations,page-faults,raw_syscalls:sys_enter,$(
+        perf list --raw-dump tracepoint 2>/dev/null | tr ' ' '\n' |
+            grep -xE 'sched:sched_wakeup|ipi:ipi_send_cpu|ipi:ipi_send_cpumask|irq:softirq_entry' | paste -sd, -),$(
         perf list --raw-dump tracepoint 2>/dev/null | tr ' ' '\n' | grep '^syscalls:sys_enter_' | paste -sd, -)"
 fi
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
@@ -460,8 +468,14 @@ measure() {  # section, name, label, load kind (wrk|go), go args... | proxy port
     times > "$out.times0"   # this shell's reaped children: the load generator
     local perf_pid=""
     if [ "${SYSCALLS:-0}" = 1 ]; then
-        perf stat -x, -o "$out.perf" -C "$PROXY_CPU" -e "$PERF_EVENTS" -- sleep "$((DURATION + 30))" &
+        perf stat -x, -o "$out.perf" -C "$PROXY_CPU" -e "$PERF_EVENTS" -- sleep "$((DURATION + 30))" 2>"$out.perf.err" &
         perf_pid=$!
+    fi
+    local rec_pid=""
+    if [ -n "${PROFILE_DIR:-}" ]; then
+        perf record -q -F 1999 -g -C "$PROXY_CPU" -o "$PROFILE_DIR/$section-$name.data" \
+            -- sleep "$((DURATION + 30))" 2>"$PROFILE_DIR/$section-$name.err" &
+        rec_pid=$!
     fi
     if [ "$kind" = wrk ]; then
         run_wrk "$out.txt" "$1" "$DURATION" || { cat "$out.txt" "$out.txt.err" >&2; die "$label: wrk failed"; }
@@ -470,10 +484,11 @@ measure() {  # section, name, label, load kind (wrk|go), go args... | proxy port
             || { cat "$out.txt" "$out.txt.err" >&2; show_logs; die "$label: h2load failed"; }
     fi
     times > "$out.times1"
-    if [ -n "$perf_pid" ]; then
-        kill -INT "$perf_pid" 2>/dev/null || true
-        wait "$perf_pid" || true
-    fi
+    local p
+    for p in $perf_pid $rec_pid; do
+        kill -INT "$p" 2>/dev/null || true
+        wait "$p" || true
+    done
     t1=$(pticks "$PROXY_PID")
     u1=$(puticks "$PROXY_PID")
     c1=$(pcores)
@@ -834,7 +849,7 @@ def syscalls(runs):
         return
     print()
     print("Per answered request on the proxy's core (`perf stat -C`, SYSCALLS=1): "
-          "context switches, all system calls, then each system call made at least 0.05 times a request.")
+          "context switches, page faults, wake-ups (of any task, by this core), interrupts sent to other cores, softirqs, all system calls, then each system call made at least 0.05 times a request.")
     print()
     for r in sel:
         j = json.loads(r["json"])
@@ -848,6 +863,9 @@ def syscalls(runs):
         calls = sorted(((per(k), k.split("sys_enter_", 1)[1]) for k in counts
                         if k.startswith("syscalls:sys_enter_") and per(k) >= 0.05), reverse=True)
         print(f"- {r['section']} / {r['label']}: context switches {per('context-switches'):.2f}, "
+              f"page faults {per('page-faults'):.2f}, wake-ups {per('sched:sched_wakeup'):.2f}, "
+              f"interrupts sent {per('ipi:ipi_send_cpu') + per('ipi:ipi_send_cpumask'):.2f}, "
+              f"softirqs {per('irq:softirq_entry'):.2f}, "
               f"system calls {per('raw_syscalls:sys_enter'):.2f} ("
               + ", ".join(f"{n} {v:.2f}" for v, n in calls) + ")")
 
