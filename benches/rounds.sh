@@ -16,17 +16,27 @@
 # compare.sh passes through; ONLY defaults to ezthrottle,pingora,nginx, and
 # MITM=0 IDLE_CONNS=0 (rounds compare CPU, not memory). Each run's whole
 # output is kept in OUT_DIR (default: a new directory under /tmp, printed).
+# REPORT_ONLY=1 with OUT_DIR runs nothing and reports on the run-N.md files
+# already there (say, the runs of several sessions copied into one place).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROUNDS=${ROUNDS:-5}
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a whole number of runs, not '$ROUNDS'" >&2; exit 1; }
 export ONLY=${ONLY:-ezthrottle,pingora,nginx} MITM=${MITM:-0} IDLE_CONNS=${IDLE_CONNS:-0}
-OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/ezthrottle-rounds.XXXXXX)}
-mkdir -p "$OUT_DIR"
-echo "rounds: $ROUNDS runs of benches/compare.sh (ONLY=$ONLY), outputs in $OUT_DIR" >&2
+if [ "${REPORT_ONLY:-0}" != 1 ]; then
+    OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/ezthrottle-rounds.XXXXXX)}
+    mkdir -p "$OUT_DIR"
+    echo "rounds: $ROUNDS runs of benches/compare.sh (ONLY=$ONLY), outputs in $OUT_DIR" >&2
+fi
 
+if [ "${REPORT_ONLY:-0}" = 1 ]; then
+    [ -n "${OUT_DIR:-}" ] || { echo "REPORT_ONLY=1 needs OUT_DIR" >&2; exit 1; }
+    ROUNDS=$(find "$OUT_DIR" -maxdepth 1 -name 'run-*.md' | wc -l)
+    [ "$ROUNDS" -gt 0 ] || { echo "no run-N.md in $OUT_DIR" >&2; exit 1; }
+fi
 for i in $(seq 1 "$ROUNDS"); do
+    [ "${REPORT_ONLY:-0}" = 1 ] && break
     echo "rounds: run $i of $ROUNDS" >&2
     if ! benches/compare.sh > "$OUT_DIR/run-$i.md" 2> "$OUT_DIR/run-$i.err"; then
         tail -n 20 "$OUT_DIR/run-$i.err" >&2
