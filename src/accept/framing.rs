@@ -484,29 +484,8 @@ const PLAIN_URI_CHAR: [bool; 256] = {
     let mut i = 0;
     while i < 256 {
         let b = i as u8;
-        t[i] = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'/'
-                    | b'?'
-                    | b'@'
-                    | b'%'
-            );
+        t[i] = crate::pipeline::identify::uri_unreserved_or_sub_delim(b)
+            || matches!(b, b':' | b'/' | b'?' | b'@' | b'%');
         i += 1;
     }
     t

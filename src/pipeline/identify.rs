@@ -146,38 +146,51 @@ pub fn target(
     })
 }
 
-/// Every byte of `authority` is one RFC 3986 allows there (unreserved,
-/// percent sign, sub-delims, `:`, `@`, `[`, `]`): what `http`'s authority
-/// parser admits byte by byte. pingora's ingress runs that parser on an
-/// absolute-form http(s) authority before any hook; this keeps a request
-/// head built some other way from carrying spaces, controls or `/` into a
-/// host name.
+/// RFC 3986's unreserved characters and sub-delims: what every part of a
+/// URI may hold as it is. The head check's plain-target table
+/// (`accept::framing`) and [`authority_bytes_ok`] add their own delimiters
+/// to it.
+pub(crate) const fn uri_unreserved_or_sub_delim(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
+}
+
+/// Bytes an authority may hold: [`uri_unreserved_or_sub_delim`], `%`, `:`,
+/// `@`, `[` and `]`; a table, read once a byte.
+const AUTHORITY_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = uri_unreserved_or_sub_delim(b) || matches!(b, b'%' | b':' | b'@' | b'[' | b']');
+        i += 1;
+    }
+    t
+};
+
+/// Every byte of `authority` is one RFC 3986 allows there
+/// ([`AUTHORITY_CHAR`]): what `http`'s authority parser admits byte by
+/// byte. pingora's ingress runs that parser on an absolute-form http(s)
+/// authority before any hook; this keeps a request head built some other
+/// way from carrying spaces, controls or `/` into a host name.
 fn authority_bytes_ok(authority: &[u8]) -> bool {
-    authority.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-                    | b'['
-                    | b']'
-            )
-    })
+    authority.iter().all(|&b| AUTHORITY_CHAR[usize::from(b)])
 }
 
 /// The host of an authority that `http` has parsed, as
