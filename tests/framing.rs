@@ -150,6 +150,34 @@ fn ambiguous_content_length_is_refused_and_nothing_reaches_the_upstream() {
     assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
 }
 
+/// A target with a query and no path (`http://host?q=1`) goes upstream as
+/// `/?q=1` (RFC 9112 §3.2.1: origin-form is at least `/`), query kept, and
+/// one with neither as `/`; the identify phase once dropped such a query
+/// (docs/performance.md, "The eighteenth pass").
+#[test]
+fn a_query_without_a_path_reaches_the_origin_whole() {
+    let origin = RawOrigin::start();
+    let ez = EzBuilder::new().start();
+    let host = format!("127.0.0.1:{}", origin.addr.port());
+    for target in [format!("http://{host}?q=1&r=%20"), format!("http://{host}")] {
+        let resp = common::raw::request(
+            ez.proxy,
+            &format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(resp.status, 200, "{target}: {resp:?}");
+    }
+    let seen = origin.received();
+    let lines: Vec<&str> = seen
+        .split("\r\n")
+        .filter(|l| l.ends_with(" HTTP/1.1"))
+        .collect();
+    assert_eq!(
+        lines,
+        ["GET /?q=1&r=%20 HTTP/1.1", "GET / HTTP/1.1"],
+        "upstream saw: {seen}"
+    );
+}
+
 #[test]
 fn everything_the_parser_refuses_is_our_json() {
     let origin = Origin::start();
