@@ -299,7 +299,7 @@ impl Egress {
         let ips = resolver.resolve(&name).await?;
         let mut ok = Vec::with_capacity(ips.len());
         let mut first_refusal = None;
-        for &ip in ips.iter() {
+        for &ip in &ips {
             let addr = SocketAddr::new(ip, port);
             match self.check_addr(purpose, &name, addr) {
                 Ok(()) => ok.push(addr),

@@ -104,17 +104,18 @@ pub fn target(
     }
 
     let raw = req.raw_path();
+    let not_a_uri = || {
+        ProxyError::BadRequest(format!(
+            "request target {:?} is not a valid URI",
+            String::from_utf8_lossy(raw)
+        ))
+    };
     let (scheme, authority) = match raw_target_authority(raw) {
         RawTargetAuthority::Absolute {
             scheme, authority, ..
         } => (scheme, authority),
         RawTargetAuthority::None => return Err(ProxyError::NotAProxyRequest { control }),
-        RawTargetAuthority::AmbiguousAuthority => {
-            return Err(ProxyError::BadRequest(format!(
-                "request target {:?} is not a valid URI",
-                String::from_utf8_lossy(raw)
-            )))
-        }
+        RawTargetAuthority::AmbiguousAuthority => return Err(not_a_uri()),
     };
     let tls = if scheme.eq_ignore_ascii_case(b"http") {
         false
@@ -126,16 +127,11 @@ pub fn target(
             String::from_utf8_lossy(scheme)
         )));
     };
-    // ASCII by `authority_bytes_ok`, so `from_utf8` cannot fail after it.
-    let authority = std::str::from_utf8(authority)
-        .ok()
-        .filter(|a| authority_bytes_ok(a.as_bytes()))
-        .ok_or_else(|| {
-            ProxyError::BadRequest(format!(
-                "request target {:?} is not a valid URI",
-                String::from_utf8_lossy(raw)
-            ))
-        })?;
+    // ASCII once `authority_bytes_ok` passes it, so `from_utf8` cannot fail.
+    let authority = Some(authority)
+        .filter(|a| authority_bytes_ok(a))
+        .and_then(|a| std::str::from_utf8(a).ok())
+        .ok_or_else(not_a_uri)?;
     let host = normalize_host(host_of(authority))?;
     let port = explicit_port(authority)?.unwrap_or(if tls { 443 } else { 80 });
     Ok(Target {
